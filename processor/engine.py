@@ -1,0 +1,540 @@
+"""The edit engine: Qwen-Image-Edit-2509 through diffusers' ``QwenImageEditPlusPipeline``.
+
+``DiffusersEditor`` implements ``ports.Editor``. It loads the pipeline once (model id or
+local folder), runs one edit at a time under a lock (the pipeline and its scheduler
+keep per-call state, and one GPU fits one edit), validates inputs and parameters up
+front, and returns the image with its seed, size and per-stage timings.
+
+How an edit runs, and why:
+
+* The pipeline is called with ``output_type="latent"`` and the engine decodes the
+  latents itself, exactly as the pipeline would. That gives the VAE decode its own
+  timing and lets a cancelled or failed run end before the decode.
+* Stage timings come from a thin subclass that times ``encode_prompt`` (text and vision
+  encoders, twice with CFG) and ``prepare_latents`` (VAE encode of the inputs); the
+  denoising loop is timed from there to the last step; every mark synchronises the
+  device first, so GPU time is measured, not kernel launches. The pipeline's
+  ``__call__`` itself is untouched.
+* After every step the latents are checked for NaN/inf (which also synchronises, so
+  progress reports completed steps), progress is reported, and the cancel event is
+  checked. Cancelling raises from the step callback, so the loop stops at once and the
+  VAE decode never runs (the pipeline's own ``interrupt`` flag would still decode).
+* The noise comes from a CPU generator seeded with the request's seed (drawn when
+  absent), so a seed gives the same noise on any device.
+* The output size is computed here with the model's own rule (``sizing``) and passed
+  explicitly, so it is known and reported.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import diffusers
+import torch
+import transformers
+from diffusers import QwenImageEditPlusPipeline
+from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as _plus_module
+from PIL import Image
+
+from processor.compat import allow_processor_without_torchvision, install_mrope_fix
+from processor.errors import ConfigurationError, EditCancelled, InvalidInput, ModelError
+from processor.images import to_rgb
+from processor.ports import EditParams, EditResult, ProgressCallback
+from processor.settings import Settings
+from processor.sizing import ModelSizing, output_size
+
+log = logging.getLogger(__name__)
+
+DeviceChoice = Literal["auto", "cuda", "cpu"]
+
+PIPELINE_CLASS = "QwenImageEditPlusPipeline"
+MAX_IMAGES = 3
+"""The model card: "optimal performance is achieved with 1 to 3 input images"."""
+MIN_STEPS, MAX_STEPS = 2, 100
+"""One step is refused: with Qwen-Image's scheduler config (``shift_terminal``) it yields NaN sigmas."""
+MAX_CFG_SCALE = 20.0
+MAX_PROMPT_CHARS = 4000
+"""Nothing truncates the prompt downstream; this keeps the text sequence (and memory) bounded."""
+MAX_SEED = 2**63 - 1
+"""Seeds fit a Postgres ``bigint``; drawn seeds are below 2**31."""
+
+
+class DiffusersEditor:
+    """``ports.Editor`` for Qwen-Image-Edit-2509. Thread-safe: edits run one at a time.
+
+    Build it with ``load`` or ``from_settings``. ``edit`` blocks until the edit is done
+    and raises ``InvalidInput`` (before touching the model), ``EditCancelled`` or
+    ``ModelError`` (``out_of_memory``, ``nan_output``, ``model_error``); after any of
+    them the editor stays usable.
+    """
+
+    def __init__(
+        self,
+        pipeline: Any,
+        *,
+        model_id: str,
+        revision: str | None = None,
+        sizing: ModelSizing | None = None,
+        cpu_offload: bool = False,
+    ) -> None:
+        """Wrap an already loaded and placed pipeline (from ``load_pipeline``)."""
+        if not isinstance(pipeline, _InstrumentedPipeline):
+            raise TypeError("DiffusersEditor needs a pipeline from processor.engine.load_pipeline")
+        self._pipe = pipeline
+        self._model_id = model_id
+        self._revision = revision
+        self._sizing = sizing or ModelSizing()
+        self._cpu_offload = cpu_offload
+        self._device = torch.device(pipeline._execution_device)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        model_id: str | Path,
+        *,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        device: DeviceChoice = "auto",
+        cpu_offload: bool = False,
+        warmup: bool = False,
+    ) -> DiffusersEditor:
+        """Load a ``QwenImageEditPlusPipeline`` (hub id or local folder) and optionally warm it up.
+
+        bfloat16 on CUDA, float32 on CPU. ``cpu_offload`` (CUDA only) keeps each model on
+        the GPU only while it runs: for GPUs under 64 GB, slower. Raises
+        ``ConfigurationError`` when the model cannot be loaded.
+        """
+        started = time.perf_counter()
+        target = resolve_device(device)
+        pipeline = load_pipeline(
+            model_id, revision=revision, cache_dir=cache_dir, device=target, cpu_offload=cpu_offload
+        )
+        editor = cls(
+            pipeline,
+            model_id=str(model_id),
+            revision=revision,
+            sizing=ModelSizing.for_model(model_id),
+            cpu_offload=cpu_offload and target.type == "cuda",
+        )
+        log.info(
+            "model loaded",
+            extra={**editor.describe(), "seconds": round(time.perf_counter() - started, 3)},
+        )
+        if warmup:
+            editor.warm_up()
+        return editor
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DiffusersEditor:
+        """``load`` with ``MODEL_ID``, ``MODEL_REVISION``, ``MODEL_CACHE_DIR``, ``DEVICE``, ``CPU_OFFLOAD``, ``WARMUP``."""
+        return cls.load(
+            settings.model_id,
+            revision=settings.model_revision,
+            cache_dir=settings.model_cache_dir,
+            device=settings.device,
+            cpu_offload=settings.cpu_offload,
+            warmup=settings.warmup,
+        )
+
+    @property
+    def pipeline(self) -> Any:
+        """The underlying diffusers pipeline, for diagnostics and tests. Not thread-safe to use."""
+        return self._pipe
+
+    @property
+    def sizing(self) -> ModelSizing:
+        return self._sizing
+
+    def describe(self) -> Mapping[str, Any]:
+        """Model id, revision, device, dtype and library versions: recorded with every result."""
+        return {
+            "model_id": self._model_id,
+            "revision": self._revision,
+            "device": str(self._device),
+            "dtype": str(self._pipe.transformer.dtype).removeprefix("torch."),
+            "cpu_offload": self._cpu_offload,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+        }
+
+    def output_size(
+        self, image_sizes: Sequence[tuple[int, int]], width: int | None = None, height: int | None = None
+    ) -> tuple[int, int]:
+        """The ``(width, height)`` an edit of images of these sizes gives; raises ``InvalidInput``."""
+        return output_size(list(image_sizes), self._sizing, width, height)
+
+    def warm_up(self) -> float:
+        """Run one short edit so the first real one does not pay for lazy initialisation; returns seconds."""
+        started = time.perf_counter()
+        gradient = Image.linear_gradient("L").resize((256, 256)).convert("RGB")
+        self.edit([gradient], EditParams(prompt="warm-up", num_inference_steps=MIN_STEPS, seed=0))
+        seconds = time.perf_counter() - started
+        log.info("warm-up done", extra={"seconds": round(seconds, 3)})
+        return seconds
+
+    def edit(
+        self,
+        images: Sequence[Image.Image],
+        params: EditParams,
+        *,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> EditResult:
+        """Edit 1 to 3 images; see the class docstring for what it raises."""
+        inputs = _check_images(images)
+        width, height = self.output_size([image.size for image in inputs], params.width, params.height)
+        check_params(params)
+        seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
+        _raise_if_cancelled(cancel, "before it started")
+        with self._lock:
+            _raise_if_cancelled(cancel, "while it waited for the model")
+            image, timings = self._run(inputs, params, seed, width, height, on_progress, cancel)
+        return EditResult(
+            image=image,
+            seed=seed,
+            width=image.width,
+            height=image.height,
+            num_inference_steps=params.num_inference_steps,
+            timings=timings,
+            model=self.describe(),
+        )
+
+    def _run(
+        self,
+        inputs: list[Image.Image],
+        params: EditParams,
+        seed: int,
+        width: int,
+        height: int,
+        on_progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> tuple[Image.Image, dict[str, float]]:
+        pipe = self._pipe
+        run = _Run(self._synchronize, params.num_inference_steps, on_progress, cancel)
+        cfg = params.true_cfg_scale > 1
+        guidance_embeds = bool(pipe.transformer.config.guidance_embeds)
+        failure: Exception | None = None
+        out_of_memory = False
+        started = time.perf_counter()
+        try:
+            with _sizing_gate.applied(self._sizing), torch.inference_mode():
+                pipe.attach_run(run)
+                latents = pipe(
+                    image=inputs,
+                    prompt=params.prompt,
+                    # Always a negative prompt with CFG: without one the pipeline silently skips CFG.
+                    negative_prompt=(params.negative_prompt or " ") if cfg else None,
+                    true_cfg_scale=params.true_cfg_scale,
+                    height=height,
+                    width=width,
+                    num_inference_steps=params.num_inference_steps,
+                    # Qwen-Image checkpoints are not guidance-distilled: the value would only be logged and ignored.
+                    guidance_scale=params.guidance_scale if guidance_embeds else None,
+                    generator=torch.Generator("cpu").manual_seed(seed),
+                    output_type="latent",
+                    callback_on_step_end=run.on_step_end,
+                ).images
+                image = self._decode(latents, width, height, run)
+        except _Cancelled as exc:
+            when = (
+                f"after step {exc.step} of {params.num_inference_steps}" if exc.step else "before denoising"
+            )
+            failure = EditCancelled(f"cancelled {when}")
+        except _NonFinite as exc:
+            failure = ModelError(
+                f"the model produced NaN or infinite values ({exc.where})", reason="nan_output"
+            )
+        except torch.cuda.OutOfMemoryError:
+            out_of_memory = True  # handled below, once this frame no longer holds the tensors
+        except RuntimeError as exc:
+            failure = ModelError(f"{type(exc).__name__}: {exc}", reason="model_error")
+            failure.__cause__ = exc
+        finally:
+            pipe.attach_run(None)
+            # Puts offloaded models back on the CPU after a run that stopped half-way.
+            pipe.maybe_free_model_hooks()
+        if out_of_memory:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise ModelError(
+                f"out of GPU memory for {len(inputs)} image(s) at {width}×{height}", reason="out_of_memory"
+            )
+        if failure is not None:
+            raise failure
+        run.timings["total"] = time.perf_counter() - started
+        return image, run.timings
+
+    def _decode(self, latents: torch.Tensor, width: int, height: int, run: _Run) -> Image.Image:
+        """The pipeline's own final block (unpack, de-normalise, VAE decode, postprocess), timed."""
+        pipe = self._pipe
+        vae = pipe.vae
+        with run.stage("decoding"):
+            latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor).to(vae.dtype)
+            shape = (1, vae.config.z_dim, 1, 1, 1)
+            mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device, latents.dtype)
+            inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(
+                latents.device, latents.dtype
+            )
+            latents = latents / inverse_std + mean  # written as the pipeline writes it, for identical bits
+            decoded = vae.decode(latents, return_dict=False)[0][:, :, 0]
+            run.check_finite(decoded, "decoded image")
+            images: list[Image.Image] = pipe.image_processor.postprocess(decoded, output_type="pil")
+        return images[0]
+
+    def _synchronize(self) -> None:
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+
+
+def resolve_device(choice: DeviceChoice | str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU. Asking for CUDA without one is a configuration error."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(choice)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigurationError("DEVICE=cuda but no CUDA device is available")
+    return device
+
+
+def load_pipeline(
+    model_id: str | Path,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    device: torch.device,
+    cpu_offload: bool = False,
+) -> Any:
+    """``from_pretrained`` a ``QwenImageEditPlusPipeline`` with the engine's fixes, placed on ``device``."""
+    allow_processor_without_torchvision()
+    # Loading progress bars are noise in a service's logs (and on the CLI's stderr).
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # fp16 overflows in this model
+    source = str(model_id)
+    options: dict[str, Any] = {"revision": revision, "cache_dir": str(cache_dir) if cache_dir else None}
+    try:
+        class_name = QwenImageEditPlusPipeline.load_config(source, **options).get("_class_name")
+        if class_name != PIPELINE_CLASS:
+            raise ConfigurationError(
+                f"{source} is a {class_name}, not a {PIPELINE_CLASS} (Qwen-Image-Edit-2509)"
+            )
+        pipeline = _InstrumentedPipeline.from_pretrained(source, dtype=dtype, **options)
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot load the model {source!r}: {exc}") from exc
+    if not install_mrope_fix(pipeline.text_encoder):
+        log.info("text encoder computes 3D positions itself; no mm_token_type_ids hook needed")
+    pipeline.set_progress_bar_config(disable=True)
+    if cpu_offload and device.type == "cuda":
+        pipeline.enable_model_cpu_offload(device=device)
+    else:
+        if cpu_offload:
+            log.warning("CPU_OFFLOAD applies to CUDA only; ignored on %s", device)
+        pipeline.to(device)
+    return pipeline
+
+
+def check_params(params: EditParams) -> None:
+    """Raise ``InvalidInput`` (``invalid_prompt`` / ``invalid_parameter``) for parameters the engine refuses."""
+    if not params.prompt.strip():
+        raise InvalidInput("the prompt is empty", reason="invalid_prompt")
+    for name, text in (("prompt", params.prompt), ("negative_prompt", params.negative_prompt)):
+        if len(text) > MAX_PROMPT_CHARS:
+            raise InvalidInput(
+                f"{name} has {len(text)} characters; the limit is {MAX_PROMPT_CHARS}", reason="invalid_prompt"
+            )
+    steps = params.num_inference_steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or not MIN_STEPS <= steps <= MAX_STEPS:
+        raise InvalidInput(
+            f"num_inference_steps must be an integer from {MIN_STEPS} to {MAX_STEPS}, got {steps!r}",
+            reason="invalid_parameter",
+        )
+    for name, value in (("true_cfg_scale", params.true_cfg_scale), ("guidance_scale", params.guidance_scale)):
+        if not (isinstance(value, int | float) and math.isfinite(value) and 0 <= value <= MAX_CFG_SCALE):
+            raise InvalidInput(
+                f"{name} must be from 0 to {MAX_CFG_SCALE}, got {value!r}", reason="invalid_parameter"
+            )
+    seed = params.seed
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED
+    ):
+        raise InvalidInput(
+            f"seed must be an integer from 0 to 2**63-1, got {seed!r}", reason="invalid_parameter"
+        )
+
+
+def generation_text(params: EditParams, result: EditResult) -> dict[str, str]:
+    """The generation parameters as PNG text chunks (``images.encode_image(..., text=...)``)."""
+    return {
+        "prompt": params.prompt,
+        "negative_prompt": params.negative_prompt,
+        "seed": str(result.seed),
+        "num_inference_steps": str(result.num_inference_steps),
+        "true_cfg_scale": str(params.true_cfg_scale),
+        "guidance_scale": str(params.guidance_scale),
+        "width": str(result.width),
+        "height": str(result.height),
+        "model": str(result.model.get("model_id", "")),
+        "model_revision": str(result.model.get("revision") or ""),
+    }
+
+
+def _check_images(images: Sequence[Image.Image]) -> list[Image.Image]:
+    if not images:
+        raise InvalidInput("no input image", reason="no_images")
+    if len(images) > MAX_IMAGES:
+        raise InvalidInput(
+            f"{len(images)} images; at most {MAX_IMAGES} are supported", reason="too_many_images"
+        )
+    return [to_rgb(image) for image in images]
+
+
+def _raise_if_cancelled(cancel: threading.Event | None, when: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise EditCancelled(f"cancelled {when}")
+
+
+class _SizingGate:
+    """Sets the pipeline module's sizing globals for the calls that run, one sizing at a time.
+
+    ``pipeline_qwenimage_edit_plus`` reads ``VAE_IMAGE_SIZE`` and ``CONDITION_IMAGE_SIZE``
+    at call time. Calls with the same sizing run together (each editor still runs one
+    edit at a time under its own lock); a call with another sizing waits until they are
+    done. In a process with one model the gate is never contended. Between calls the
+    globals hold diffusers' own values again.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._defaults = (_plus_module.VAE_IMAGE_SIZE, _plus_module.CONDITION_IMAGE_SIZE)
+        self._current: tuple[int, int] | None = None
+        self._active = 0
+
+    @contextmanager
+    def applied(self, sizing: ModelSizing) -> Iterator[None]:
+        wanted = (sizing.vae_image_area, sizing.condition_image_area)
+        with self._changed:
+            self._changed.wait_for(lambda: self._active == 0 or self._current == wanted)
+            if self._active == 0:
+                _plus_module.VAE_IMAGE_SIZE, _plus_module.CONDITION_IMAGE_SIZE = wanted
+                self._current = wanted
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._active -= 1
+                if self._active == 0:
+                    _plus_module.VAE_IMAGE_SIZE, _plus_module.CONDITION_IMAGE_SIZE = self._defaults
+                    self._current = None
+                    self._changed.notify_all()
+
+
+_sizing_gate = _SizingGate()
+
+
+class _Cancelled(Exception):
+    def __init__(self, step: int) -> None:
+        super().__init__(step)
+        self.step = step
+
+
+class _NonFinite(Exception):
+    def __init__(self, where: str) -> None:
+        super().__init__(where)
+        self.where = where
+
+
+class _Run:
+    """One edit's progress, cancellation and stage clock, driven from inside the pipeline."""
+
+    def __init__(
+        self,
+        synchronize: Callable[[], None],
+        total_steps: int,
+        on_progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> None:
+        self.timings: dict[str, float] = {}
+        self._synchronize = synchronize
+        self._total = total_steps
+        self._on_progress = on_progress
+        self._cancel = cancel
+        self._denoising_started: float | None = None
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Add the stage's device time to ``timings[name]`` (stages like prompt encoding run twice)."""
+        self._synchronize()
+        started = time.perf_counter()
+        yield
+        self._synchronize()
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
+
+    def raise_if_cancelled(self, step: int = 0) -> None:
+        if self._cancel is not None and self._cancel.is_set():
+            raise _Cancelled(step)
+
+    def denoising_starts(self) -> None:
+        self._denoising_started = time.perf_counter()
+
+    def check_finite(self, tensor: torch.Tensor, where: str) -> None:
+        # .item() waits for the device, so this is also the step's synchronisation point.
+        if not bool(torch.isfinite(tensor).all().item()):
+            raise _NonFinite(where)
+
+    def on_step_end(self, pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        """``callback_on_step_end``: check, report progress, stop if cancelled."""
+        step = index + 1
+        self.check_finite(tensors["latents"], f"latents after step {step}")
+        if step == self._total and self._denoising_started is not None:
+            self.timings["denoising"] = time.perf_counter() - self._denoising_started
+        if self._on_progress is not None:
+            try:
+                self._on_progress(step, self._total)
+            except Exception:
+                log.exception("progress callback failed; the edit goes on")
+        self.raise_if_cancelled(step)
+        return {}
+
+
+class _InstrumentedPipeline(QwenImageEditPlusPipeline):  # type: ignore[misc]
+    """``QwenImageEditPlusPipeline`` whose encoding stages report to the edit that runs it.
+
+    Loaded with ``from_pretrained`` like its parent; without an attached run it behaves
+    exactly like it.
+    """
+
+    _edit_run: _Run | None = None
+
+    def attach_run(self, run: _Run | None) -> None:
+        self._edit_run = run
+
+    def encode_prompt(self, *args: Any, **kwargs: Any) -> Any:
+        run = self._edit_run
+        if run is None:
+            return super().encode_prompt(*args, **kwargs)
+        run.raise_if_cancelled()
+        with run.stage("prompt_encoding"):
+            return super().encode_prompt(*args, **kwargs)
+
+    def prepare_latents(self, *args: Any, **kwargs: Any) -> Any:
+        run = self._edit_run
+        if run is None:
+            return super().prepare_latents(*args, **kwargs)
+        run.raise_if_cancelled()
+        with run.stage("image_encoding"):
+            prepared = super().prepare_latents(*args, **kwargs)
+        run.denoising_starts()
+        return prepared

@@ -1,0 +1,180 @@
+"""Image input and output: decode and validate untrusted bytes, encode results.
+
+Decoding refuses bad input with ``errors.InvalidInput`` and one of the reason codes
+``empty_image``, ``truncated_image``, ``unknown_format``, ``too_many_bytes``,
+``too_many_pixels``, ``too_small`` and ``animated_image``. The checks run in order of
+cost: the byte count before Pillow sees the data, the header's pixel count before any
+pixel is decoded (so a decompression bomb never expands), then the full decode.
+
+Only PNG, JPEG and WebP are accepted. A decoded image is upright (EXIF orientation
+applied) and RGB, with any transparency flattened onto white: the model takes RGB only.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
+
+from processor.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from processor.settings import Settings
+
+OutputFormat = Literal["png", "webp", "jpeg"]
+"""Encodings ``encode_image`` can write."""
+
+MEDIA_TYPES: Mapping[OutputFormat, str] = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
+
+# Pillow format names we open. MPO is how Pillow names a JPEG with extra pictures
+# (phone cameras write them): it is a still image, and its first picture is the photo.
+_ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+_STILL_MULTI_PICTURE_FORMATS = frozenset({"MPO"})
+
+# Leading bytes of the accepted formats: data that starts like one of them but does not
+# open is damaged ("truncated_image"), anything else is "unknown_format".
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
+
+# What Pillow raises on damaged data, from the header parsers and the decoders.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
+
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+
+@dataclass(frozen=True, slots=True)
+class ImageLimits:
+    """What an input image may be: at most ``max_bytes`` and ``max_pixels``, sides at least ``min_side``.
+
+    Pillow's own decompression-bomb guard stays on as a second line: it refuses images
+    above twice ``PIL.Image.MAX_IMAGE_PIXELS`` (about 179 MP) whatever ``max_pixels`` says.
+    """
+
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 25_000_000
+    min_side: int = 32
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImageLimits:
+        return cls(
+            max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels,
+            min_side=settings.min_image_side,
+        )
+
+
+def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Decode untrusted bytes into an upright RGB image, or raise ``InvalidInput``."""
+    if not data:
+        raise InvalidInput("the image is empty (0 bytes)", reason="empty_image")
+    if len(data) > limits.max_bytes:
+        raise InvalidInput(
+            f"the image has {len(data):,} bytes; the limit is {limits.max_bytes:,}", reason="too_many_bytes"
+        )
+    image = _open_header(data)
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise InvalidInput(
+            f"the image is {width}×{height} = {width * height:,} pixels; the limit is {limits.max_pixels:,}",
+            reason="too_many_pixels",
+        )
+    if min(width, height) < limits.min_side:
+        raise InvalidInput(
+            f"the image is {width}×{height}; each side must be at least {limits.min_side} pixels",
+            reason="too_small",
+        )
+    if getattr(image, "is_animated", False) and image.format not in _STILL_MULTI_PICTURE_FORMATS:
+        frames = getattr(image, "n_frames", "several")
+        raise InvalidInput(
+            f"the image is animated ({image.format}, {frames} frames); send a single still image",
+            reason="animated_image",
+        )
+    try:
+        image.load()
+        upright = ImageOps.exif_transpose(image)
+    except _DECODE_ERRORS as exc:
+        raise InvalidInput(
+            f"the image data is truncated or corrupt: {exc}", reason="truncated_image"
+        ) from exc
+    return to_rgb(upright)
+
+
+def _open_header(data: bytes) -> Image.Image:
+    """``Image.open`` reads the header only: size and format, no pixels yet."""
+    try:
+        return Image.open(io.BytesIO(data), formats=_ACCEPTED_FORMATS)
+    except Image.DecompressionBombError as exc:
+        # Pillow's own guard (twice ``Image.MAX_IMAGE_PIXELS``) can fire inside ``open``,
+        # before our limit is checked; it is the same refusal. The warning below its hard
+        # cap is a warning, which is raised only where warnings are errors (tests).
+        raise InvalidInput(f"the image is too large: {exc}", reason="too_many_pixels") from exc
+    except Image.DecompressionBombWarning as exc:
+        raise InvalidInput(f"the image is too large: {exc}", reason="too_many_pixels") from exc
+    except (UnidentifiedImageError, *_DECODE_ERRORS) as exc:
+        if _looks_like_accepted_format(data):
+            raise InvalidInput("the image header is truncated or corrupt", reason="truncated_image") from exc
+        raise InvalidInput(
+            "unrecognised image format; send PNG, JPEG or WebP", reason="unknown_format"
+        ) from exc
+
+
+def _looks_like_accepted_format(data: bytes) -> bool:
+    if any(data.startswith(signature) for signature in _SIGNATURES):
+        return True
+    # A PNG or JPEG signature cut short is still recognisably one of them.
+    if len(data) < 8 and any(signature.startswith(data) for signature in _SIGNATURES):
+        return True
+    return data[:4] == b"RIFF" and (len(data) < 12 or data[8:12] == b"WEBP")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An RGB version of ``image``: transparency flattened onto white, 16-bit scaled to 8-bit."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        # Pillow's own I;16 → L conversion clips at 255 instead of scaling: 16-bit greys would turn white.
+        wide = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+        return Image.fromarray((wide >> 8).astype(np.uint8), mode="L").convert("RGB")
+    if image.mode == "F":
+        return Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), mode="L").convert("RGB")
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        white.alpha_composite(rgba)
+        return white.convert("RGB")
+    return image.convert("RGB")
+
+
+def encode_image(
+    image: Image.Image,
+    fmt: OutputFormat = "png",
+    text: Mapping[str, str] | None = None,
+    *,
+    quality: int = 95,
+) -> bytes:
+    """Encode ``image`` as PNG (with ``text`` as PNG text chunks), WebP or JPEG (``quality`` 1–100).
+
+    PNG output is deterministic: the same pixels and text give the same bytes. WebP and
+    JPEG carry no text (their metadata lives in EXIF/XMP, which we do not write).
+    """
+    buffer = io.BytesIO()
+    if fmt == "png":
+        info = PngInfo()
+        for key, value in (text or {}).items():
+            info.add_text(key, value)  # Pillow writes iTXt (UTF-8) where Latin-1 cannot hold the value
+        image.save(buffer, format="PNG", pnginfo=info)
+    elif fmt == "webp":
+        image.save(buffer, format="WEBP", quality=quality, method=4)
+    elif fmt == "jpeg":
+        image.convert("RGB").save(buffer, format="JPEG", quality=quality, subsampling=0)
+    else:
+        raise InvalidInput(
+            f"unknown output format {fmt!r}; use png, webp or jpeg", reason="invalid_parameter"
+        )
+    return buffer.getvalue()

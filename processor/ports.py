@@ -1,0 +1,155 @@
+"""Ports: the interfaces the worker depends on, and the domain types they exchange.
+
+The worker loop talks only to these protocols. Adapters implement them
+(``queue.PostgresJobQueue``, ``storage.SupabaseObjectStorage``,
+``engine.DiffusersEditor``), and tests swap adapters, never internals.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from PIL import Image
+
+HeartbeatAnswer = Literal["ok", "lost", "canceled"]
+"""What ``heartbeat_edit_request`` answers: keep going, abandon silently, or stop."""
+
+ProgressCallback = Callable[[int, int], None]
+"""Called after every denoising step with ``(step, total)``; ``step`` counts from 1."""
+
+
+@dataclass(frozen=True, slots=True)
+class EditParams:
+    """Generation parameters, with the model card's defaults."""
+
+    prompt: str
+    negative_prompt: str = " "
+    num_inference_steps: int = 40
+    true_cfg_scale: float = 4.0
+    guidance_scale: float = 1.0
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EditResult:
+    """An edited image and what produced it."""
+
+    image: Image.Image
+    seed: int
+    width: int
+    height: int
+    num_inference_steps: int
+    timings: Mapping[str, float]
+    """Seconds per stage: ``prompt_encoding``, ``denoising``, ``decoding``, ``total``."""
+    model: Mapping[str, Any] = field(default_factory=dict)
+    """Model id, revision, device and dtype."""
+
+    def metadata(self) -> dict[str, Any]:
+        """Everything but the image, JSON-ready (stored in ``edit_requests.result``)."""
+        return {
+            "seed": self.seed,
+            "width": self.width,
+            "height": self.height,
+            "num_inference_steps": self.num_inference_steps,
+            "timings": dict(self.timings),
+            "model": dict(self.model),
+        }
+
+
+@runtime_checkable
+class Editor(Protocol):
+    """Turns 1 to 3 images and a prompt into an edited image. Blocking; thread-safe.
+
+    Implementations serialise edits on their device, so concurrent callers queue.
+    ``cancel`` is polled between steps; when set, the edit raises
+    ``errors.EditCancelled`` without decoding. Bad input raises ``errors.InvalidInput``.
+    """
+
+    def edit(
+        self,
+        images: Sequence[Image.Image],
+        params: EditParams,
+        *,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> EditResult: ...
+
+    def describe(self) -> Mapping[str, Any]:
+        """Model id, revision, device, dtype: recorded with every result."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class EditJob:
+    """A claimed ``edit_requests`` row: what the worker needs to run it."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID | None
+    prompt: str
+    negative_prompt: str
+    input_bucket: str
+    input_paths: tuple[str, ...]
+    output_bucket: str
+    num_inference_steps: int
+    true_cfg_scale: float
+    guidance_scale: float
+    seed: int | None
+    attempts: int
+    max_attempts: int
+    created_at: datetime | None = None
+
+    def params(self) -> EditParams:
+        return EditParams(
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            num_inference_steps=self.num_inference_steps,
+            true_cfg_scale=self.true_cfg_scale,
+            guidance_scale=self.guidance_scale,
+            seed=self.seed,
+        )
+
+
+class JobQueue(Protocol):
+    """The ``edit_requests`` state machine. Every method calls one SQL function."""
+
+    async def claim(
+        self, worker_id: str, lease_seconds: int, request_id: uuid.UUID | None = None
+    ) -> EditJob | None: ...
+
+    async def heartbeat(
+        self, job_id: uuid.UUID, worker_id: str, progress: float | None, lease_seconds: int
+    ) -> HeartbeatAnswer: ...
+
+    async def complete(
+        self, job_id: uuid.UUID, worker_id: str, output_path: str, result: Mapping[str, Any]
+    ) -> bool: ...
+
+    async def fail(
+        self, job_id: uuid.UUID, worker_id: str, error: str, *, retryable: bool, error_code: str
+    ) -> str: ...
+
+    async def release(self, job_id: uuid.UUID, worker_id: str) -> bool: ...
+
+    async def requeue_expired(self) -> int: ...
+
+
+class ObjectStorage(Protocol):
+    """Supabase Storage, as the worker needs it."""
+
+    async def download(self, bucket: str, path: str, *, max_bytes: int) -> bytes:
+        """The object's bytes. ``InvalidInput('missing_object')`` when absent,
+        ``InvalidInput('too_many_bytes')`` past ``max_bytes``, ``TransientError`` on faults."""
+        ...
+
+    async def upload(self, bucket: str, path: str, data: bytes, *, content_type: str) -> None:
+        """Create or overwrite (upsert) the object."""
+        ...
+
+    async def signed_url(self, bucket: str, path: str, *, expires_in: int) -> str: ...
