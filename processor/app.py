@@ -1,0 +1,134 @@
+"""The HTTP app: database webhook, health, readiness and metrics.
+
+The webhook is only a wake-up hint: it checks the shared secret in constant time,
+answers 202 at once and never trusts the payload for state (the worker claims from
+the table). Duplicates and late deliveries are harmless.
+"""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Response, status
+from fastapi.responses import JSONResponse
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from pydantic import BaseModel, ConfigDict, Field
+
+from processor.api import RestApi
+from processor.service import ProcessorService
+
+WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
+
+
+class WebhookRecord(BaseModel):
+    """The part of the row the webhook needs: its id (everything else is re-read)."""
+
+    model_config = ConfigDict(extra="allow")
+    id: uuid.UUID
+
+
+class DatabaseWebhook(BaseModel):
+    """A Supabase Database Webhook body (``supabase_functions.http_request`` shape)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["INSERT", "UPDATE", "DELETE"]
+    table: str
+    schema_: str = Field(alias="schema")
+    record: WebhookRecord | None = None
+    old_record: dict[str, Any] | None = None
+
+
+class Accepted(BaseModel):
+    accepted: bool = True
+
+
+class Readiness(BaseModel):
+    state: str
+    database: bool
+    detail: str | None = None
+
+
+def create_app(
+    service: ProcessorService, *, api: RestApi | None = None, mcp: MCPServer | None = None
+) -> FastAPI:
+    """The app; its lifespan starts and drains ``service`` (and opens the REST API and MCP)."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            if api is not None:
+                await api.open()
+                stack.push_async_callback(api.close)
+            if mcp is not None:
+                await stack.enter_async_context(mcp.session_manager.run())
+            await service.start()
+            stack.push_async_callback(service.stop)
+            yield
+
+    app = FastAPI(
+        title="qwen-edit-processor",
+        version="0.1.0",
+        summary="Qwen-Image-Edit-2509 image edits behind Supabase",
+        lifespan=lifespan,
+    )
+    if api is not None:
+        api.install(app)
+    secret = service.settings.webhook_secret
+
+    def require_webhook_secret(
+        x_webhook_secret: Annotated[str | None, Header(alias=WEBHOOK_SECRET_HEADER)] = None,
+    ) -> None:
+        # A dependency runs before the body is validated: a caller without the secret
+        # learns nothing about the expected body, and no work is done.
+        if (
+            secret is None
+            or x_webhook_secret is None
+            or not hmac.compare_digest(x_webhook_secret.encode(), secret.get_secret_value().encode())
+        ):
+            raise HTTPException(status_code=status.HTTP_401_UNAUTHORIZED, detail="invalid webhook secret")
+
+    @app.post(
+        "/webhooks/edit-requests",
+        status_code=status.HTTP_202_ACCEPTED,
+        dependencies=[Depends(require_webhook_secret)],
+        responses={401: {"description": "Missing or wrong shared secret"}},
+    )
+    async def edit_request_webhook(body: DatabaseWebhook) -> Accepted:
+        """Wake the worker. The table, not the payload, is the source of truth."""
+        service.wake(body.record.id if body.record else None)
+        return Accepted()
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "alive"}
+
+    @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+    async def readyz() -> JSONResponse:
+        """200 only when the model is loaded and warmed up and the database answers."""
+        state = service.state
+        database = await service.database_reachable()
+        ready = state in ("ready", "busy") and database
+        body = Readiness(state=state, database=database, detail=service.setup_error)
+        return JSONResponse(
+            body.model_dump(),
+            status_code=status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+
+    @app.get("/metrics", response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus text format."""
+        return Response(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    if mcp is not None:
+        # Bearer tokens are verified per call, so the DNS-rebinding guard (meant for
+        # unauthenticated local servers) would only refuse legitimate Host headers.
+        security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+        # Mounted last: the app's own routes match first; MCP answers at /mcp.
+        app.mount("/", mcp.streamable_http_app(streamable_http_path="/mcp", transport_security=security))
+    return app

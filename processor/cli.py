@@ -1,0 +1,283 @@
+"""The ``edit-processor`` command: one Typer app, one sub-command per way of running."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
+
+import typer
+
+from processor.errors import ConfigurationError, ModelError, ProcessorError
+from processor.images import OutputFormat
+from processor.logs import configure_logging
+from processor.settings import Settings, load_settings
+
+T = TypeVar("T")
+DeviceChoice = Literal["auto", "cuda", "cpu"]
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Qwen-Image-Edit-2509 processor for Supabase."
+)
+
+
+@contextmanager
+def exit_on_configuration_error() -> Iterator[None]:
+    """A missing or malformed setting ends the command with its message and exit code 2."""
+    try:
+        yield
+    except ConfigurationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+
+
+def _settings_or_exit() -> Settings:
+    with exit_on_configuration_error():
+        settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+@app.command()
+def serve() -> None:
+    """Run the HTTP app (webhook, REST API, health, metrics) and the worker in one process."""
+    import uvicorn
+
+    from processor.app import create_app
+    from processor.service import build_mcp, build_rest_api, build_service
+
+    settings = _settings_or_exit()
+    with exit_on_configuration_error():
+        settings.require("webhook_secret")
+        service = build_service(settings)
+        api = build_rest_api(settings, service)
+    uvicorn.run(
+        create_app(service, api=api, mcp=build_mcp(settings, api)),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 15,
+    )
+
+
+@app.command()
+def worker() -> None:
+    """Run the worker alone (LISTEN and sweep, no HTTP): for hosts that cannot receive webhooks."""
+    from processor.service import build_service
+
+    settings = _settings_or_exit()
+    with exit_on_configuration_error():
+        service = build_service(settings)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await service.run_until(stop)
+
+    asyncio.run(main())
+
+
+def _fail(error: ProcessorError) -> typer.Exit:
+    """Print ``error: <reason>: <message>`` and give the exit code: 2 for bad input or config, 1 otherwise."""
+    typer.echo(f"error: {error}", err=True)
+    return typer.Exit(code=1 if isinstance(error, ModelError) else 2)
+
+
+_FORMATS: dict[str, OutputFormat] = {"png": "png", "webp": "webp", "jpeg": "jpeg", "jpg": "jpeg"}
+_DEVICES: dict[str, DeviceChoice] = {"auto": "auto", "cuda": "cuda", "cpu": "cpu"}
+
+
+@app.command()
+def edit(
+    image: Annotated[
+        list[Path],
+        typer.Option(
+            "--image",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="Input image; repeat for 2 or 3 images.",
+        ),
+    ],
+    prompt: Annotated[str, typer.Option(help="What to change.")],
+    out: Annotated[Path, typer.Option(help="Where to write the result.")],
+    negative_prompt: Annotated[
+        str, typer.Option(help="What to avoid (used when --true-cfg-scale > 1).")
+    ] = " ",
+    steps: Annotated[int, typer.Option(help="Denoising steps, 2 to 100.")] = 40,
+    true_cfg_scale: Annotated[
+        float, typer.Option(help="Classifier-free guidance scale; 1 turns it off.")
+    ] = 4.0,
+    seed: Annotated[int | None, typer.Option(help="Random seed; drawn and reported when absent.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Hub id or local folder (default: MODEL_ID, Qwen/Qwen-Image-Edit-2509)."),
+    ] = None,
+    width: Annotated[int | None, typer.Option(help="Output width (with --height); a multiple of 16.")] = None,
+    height: Annotated[
+        int | None, typer.Option(help="Output height (with --width); a multiple of 16.")
+    ] = None,
+    output_format: Annotated[
+        str | None, typer.Option(help="png, webp or jpeg (default: from the --out suffix, else png).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cuda or cpu (default: DEVICE, else auto).")
+    ] = None,
+) -> None:
+    """Run one edit, write the image and print its metadata as JSON. Bad input exits with code 2."""
+    from processor.images import ImageLimits, decode_image, encode_image
+    from processor.ports import EditParams
+    from processor.sizing import ModelSizing, output_size
+
+    try:
+        settings = load_settings()
+        model_id = model or settings.model_id
+        if output_format is None:
+            fmt = _FORMATS.get(out.suffix.lstrip(".").lower(), "png")
+        else:
+            fmt = _choice(output_format, "--output-format", _FORMATS)
+        target = settings.device if device is None else _choice(device, "--device", _DEVICES)
+        limits = ImageLimits.from_settings(settings)
+        images = [decode_image(path.read_bytes(), limits) for path in image]
+        params = EditParams(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            num_inference_steps=steps,
+            true_cfg_scale=true_cfg_scale,
+            seed=seed,
+            width=width,
+            height=height,
+        )
+        # Everything that can be refused is refused before the (slow) model load.
+        from processor.engine import DiffusersEditor, check_params, generation_text
+
+        check_params(params)
+        output_size([decoded.size for decoded in images], ModelSizing.for_model(model_id), width, height)
+        editor = DiffusersEditor.load(
+            model_id,
+            revision=settings.model_revision,
+            cache_dir=settings.model_cache_dir,
+            device=target,
+            cpu_offload=settings.cpu_offload,
+        )
+        result = editor.edit(images, params)
+    except ProcessorError as exc:
+        raise _fail(exc) from exc
+    data = encode_image(result.image, fmt, generation_text(params, result))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    typer.echo(
+        json.dumps({**result.metadata(), "output": str(out), "format": fmt, "bytes": len(data)}, indent=2)
+    )
+
+
+def _choice(value: str, option: str, choices: Mapping[str, T]) -> T:
+    if value.lower() not in choices:
+        raise ConfigurationError(f"{option} must be one of {', '.join(choices)}, not {value!r}")
+    return choices[value.lower()]
+
+
+@app.command("make-tiny-model")
+def make_tiny_model(
+    directory: Annotated[Path, typer.Argument(help="Folder to write the model into (created if needed).")],
+) -> None:
+    """Build a tiny random Qwen-Image-Edit-2509 pipeline (offline, seconds) for tests and local runs."""
+    from processor.tiny_model import save_tiny_model
+
+    typer.echo(str(save_tiny_model(directory)))
+
+
+@app.command("storage-server")
+def storage_server(
+    database_url: Annotated[
+        str, typer.Option(envvar="DATABASE_URL", help="The database holding storage.objects.")
+    ],
+    service_key: Annotated[
+        str, typer.Option(envvar="SUPABASE_SERVICE_ROLE_KEY", help="The key that acts as service_role.")
+    ],
+    jwt_secret: Annotated[
+        str, typer.Option(envvar="SUPABASE_JWT_SECRET", help="HS256 secret that signs user tokens.")
+    ],
+    root: Annotated[Path, typer.Option(help="Folder for the objects' bytes.")] = Path(".dev/objects"),
+    host: Annotated[str, typer.Option(help="Interface to listen on (keep it on loopback).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port; Storage is then at http://HOST:PORT/storage/v1.")] = 54321,
+) -> None:
+    """Run the Supabase-Storage-compatible test server (tests and local runs only, never production)."""
+    import uvicorn
+
+    from processor.devtools.storage_server import StorageConfig, create_storage_app
+
+    config = StorageConfig(database_url, root, service_key, jwt_secret)
+    uvicorn.run(create_storage_app(config), host=host, port=port, log_config=None, access_log=False)
+
+
+@app.command()
+def mcp() -> None:
+    """Serve the MCP tools over stdio, as the user whose access token is in MCP_ACCESS_TOKEN."""
+    from processor.auth import TokenVerifier
+    from processor.images import ImageLimits
+    from processor.mcp_server import create_mcp_server
+    from processor.storage import SupabaseObjectStorage
+    from processor.submissions import EditRequests, Submissions
+
+    settings = _settings_or_exit()
+    with exit_on_configuration_error():
+        settings.require("database_url", "supabase_url", "supabase_service_role_key", "mcp_access_token")
+        assert settings.database_url is not None and settings.mcp_access_token is not None
+        secret = settings.supabase_jwt_secret.get_secret_value() if settings.supabase_jwt_secret else None
+        submissions = Submissions(
+            EditRequests(settings.database_url),
+            SupabaseObjectStorage.from_settings(settings),
+            ImageLimits.from_settings(settings),
+        )
+        server = create_mcp_server(
+            submissions,
+            TokenVerifier(jwt_secret=secret, jwks_url=settings.jwks_url()),
+            stdio_token=settings.mcp_access_token.get_secret_value(),
+            signed_url_seconds=settings.signed_url_seconds,
+            open_resources=True,
+        )
+    server.run("stdio")
+
+
+@app.command()
+def dev(
+    out: Annotated[Path, typer.Option(help="Where to write the edited sample.")] = Path("edited.png"),
+    prompt: Annotated[str, typer.Option(help="The edit to make.")] = "make the sky a warm sunset",
+    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 8,
+    admin_database_url: Annotated[
+        str | None,
+        typer.Option(help="A PostgreSQL URL allowed to create databases (default: local postgres)."),
+    ] = None,
+    workdir: Annotated[Path, typer.Option(help="Folder for objects and the tiny model.")] = Path(".dev"),
+    keep_running: Annotated[bool, typer.Option(help="Stay up after the sample edit.")] = False,
+) -> None:
+    """Run everything locally (scratch database, Storage stand-in, processor) and edit a sample image."""
+    from rich.console import Console
+
+    from processor.devtools.dev import admin_url_default, run_dev
+
+    console = Console(stderr=True)
+    try:
+        run_dev(
+            out=out,
+            prompt=prompt,
+            steps=steps,
+            admin_url=admin_database_url or admin_url_default(),
+            workdir=workdir,
+            keep_running=keep_running,
+            console=console,
+        )
+    except Exception as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=1) from exc
+
+
+def main() -> None:
+    app()

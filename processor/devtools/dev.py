@@ -1,0 +1,184 @@
+"""``edit-processor dev``: the whole product on one machine with PostgreSQL and nothing else.
+
+Creates a scratch database (platform bootstrap + migrations), starts the Storage-compatible
+server and the processor (HTTP app with the REST API, worker, LISTEN, sweep), submits a
+sample edit through the REST API as a development user, follows it with a progress bar and
+writes the result. The tiny model is used unless ``MODEL_ID`` names a real model and CUDA is
+there. ``--keep-running`` leaves everything up for manual testing (Ctrl-C to stop).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import secrets
+import threading
+import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import psycopg
+from PIL import Image, ImageDraw
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from processor.app import create_app
+from processor.devtools import localdb
+from processor.devtools.serving import serve_in_thread
+from processor.devtools.storage_server import StorageConfig, create_storage_app
+from processor.devtools.tokens import mint_token
+from processor.ports import Editor
+from processor.queue import PostgresJobQueue
+from processor.service import ProcessorService, build_rest_api
+from processor.settings import Settings, load_settings
+from processor.storage import SupabaseObjectStorage
+
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def sample_image() -> bytes:
+    """A small picture with shapes, so the edit has something to work on."""
+    image = Image.new("RGB", (512, 384), (235, 228, 210))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((40, 200, 472, 360), fill=(90, 140, 70))
+    draw.ellipse((300, 40, 420, 160), fill=(250, 200, 60))
+    draw.polygon([(80, 200), (180, 90), (280, 200)], fill=(150, 80, 60))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _model(settings: Settings, workdir: Path, console: Console) -> tuple[str, str]:
+    """The model to load and the device: the configured one on CUDA, else the tiny one on CPU."""
+    import torch
+
+    if "MODEL_ID" in os.environ and torch.cuda.is_available():
+        return settings.model_id, "cuda"
+    from processor.tiny_model import save_tiny_model
+
+    folder = workdir / "tiny-model"
+    if not (folder / "model_index.json").exists():
+        save_tiny_model(folder)
+    console.print(
+        f"[dim]No CUDA model configured: using the tiny random model in {folder} (its output is noise).[/]"
+    )
+    return str(folder), "cpu"
+
+
+def run_dev(
+    *, out: Path, prompt: str, steps: int, admin_url: str, workdir: Path, keep_running: bool, console: Console
+) -> None:
+    """Bring everything up, run one edit through the REST API, write ``out``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    name = f"qep_dev_{uuid.uuid4().hex[:8]}"
+    service_key = f"sb_secret_dev_{secrets.token_hex(8)}"
+    jwt_secret = secrets.token_hex(32)
+    with ExitStack() as stack:
+        console.print(f"[bold]Scratch database[/] {name} (platform bootstrap + migrations)")
+        dsn = localdb.build_migrated_database(admin_url, name)
+        stack.callback(localdb.drop_database, admin_url, name)
+        storage = serve_in_thread(
+            create_storage_app(StorageConfig(dsn, workdir / "objects", service_key, jwt_secret))
+        )
+        stack.callback(storage.stop)
+        console.print(f"[bold]Storage[/] {storage.url}/storage/v1")
+
+        base = load_settings()
+        model_id, device = _model(base, workdir, console)
+        settings = load_settings(
+            database_url=dsn,
+            supabase_url=storage.url,
+            supabase_service_role_key=service_key,
+            supabase_jwt_secret=jwt_secret,
+            webhook_secret=secrets.token_hex(16),
+            model_id=model_id,
+            device=device,
+            warmup=device == "cuda",
+            log_level="warning",
+        )
+        service = ProcessorService(
+            settings,
+            queue=PostgresJobQueue(dsn),
+            storage=SupabaseObjectStorage(storage.url, service_key),
+            editor_factory=_editor_factory(settings),
+        )
+        app = serve_in_thread(create_app(service, api=build_rest_api(settings, service)))
+        stack.callback(app.stop)
+        console.print(f"[bold]Processor[/] {app.url} (REST /v1/edits, /readyz, /metrics, /docs)")
+
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            user = uuid.uuid4()
+            conn.execute("insert into auth.users (id, email) values (%s, 'dev@example.test')", (user,))
+        token = mint_token(jwt_secret, sub=user)
+        _submit_and_follow(app.url, token, prompt, steps, out, console)
+
+        if keep_running:
+            console.print(
+                f"\nRunning. Try:  curl -H 'Authorization: Bearer {token}' {app.url}/v1/edits/<id>\n"
+                f"DATABASE_URL={dsn}\nSUPABASE_URL={storage.url}\nSUPABASE_SERVICE_ROLE_KEY={service_key}\n"
+                "Ctrl-C to stop (the scratch database is dropped)."
+            )
+            try:
+                threading.Event().wait()
+            except KeyboardInterrupt:
+                console.print("stopping")
+
+
+def _editor_factory(settings: Settings) -> Callable[[], Editor]:
+    def load() -> Editor:
+        from processor.engine import DiffusersEditor
+
+        return DiffusersEditor.from_settings(settings)
+
+    return load
+
+
+def _submit_and_follow(url: str, token: str, prompt: str, steps: int, out: Path, console: Console) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        while client.get("/readyz").status_code != 200:
+            threading.Event().wait(0.2)
+        created = client.post(
+            "/v1/edits",
+            json={
+                "prompt": prompt,
+                "image": base64.b64encode(sample_image()).decode(),
+                "num_inference_steps": steps,
+            },
+        )
+        created.raise_for_status()
+        request_id = created.json()["id"]
+        console.print(f"[bold]Submitted[/] {request_id}: {prompt!r}, {steps} steps")
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+        )
+        final: dict[str, object] = {}
+        with (
+            Progress(*columns, console=console) as progress,
+            client.stream("GET", f"/v1/edits/{request_id}/events", timeout=None) as events,
+        ):
+            task = progress.add_task("queued", total=1.0)
+            for line in events.iter_lines():
+                if line.startswith("data: "):
+                    final = json.loads(line[6:])
+                    progress.update(
+                        task, completed=float(str(final["progress"])), description=str(final["status"])
+                    )
+        if final.get("status") != "succeeded":
+            raise RuntimeError(f"the edit ended {final.get('status')}: {final.get('error')}")
+        view = client.get(f"/v1/edits/{request_id}").json()
+        out.write_bytes(httpx.get(view["output_url"]).content)
+        console.print(
+            f"[bold green]Done[/] in {view['result']['timings']['total']:.2f} s of model time → {out}"
+        )
+
+
+def admin_url_default() -> str:
+    return os.environ.get("TEST_ADMIN_DATABASE_URL", DEFAULT_ADMIN_URL)

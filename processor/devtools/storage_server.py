@@ -1,0 +1,631 @@
+"""A Supabase-Storage-compatible HTTP server for tests and the local one-command run.
+
+It speaks the part of the Storage REST API that supabase-py (storage3) uses, keeps bytes
+on disk, and writes ``storage.objects`` in the same PostgreSQL the way Supabase Storage
+does, so triggers on ``storage.objects`` run for real. It never stands in for Supabase in
+production.
+
+Behaviour reproduced (``../shared/research/supabase.md`` §3 and §10; supabase/storage
+``src/storage/uploader.ts``, ``src/storage/database/knex.ts``, ``src/storage/errors.ts``):
+- served under ``/storage/v1`` (the API gateway's prefix, stripped on the real platform);
+- auth from ``apikey`` / ``Authorization: Bearer``: the service key (or a service_role JWT)
+  is ``service_role``; a user JWT (HS256, the project's JWT secret) acts as its role and sub;
+- an upload first runs the insert (or upsert) as the caller's role with
+  ``request.jwt.claims`` set, in a transaction that is rolled back (the RLS check: storage
+  triggers fire here too, and roll back); then stores the bytes; then commits
+  ``INSERT ... ON CONFLICT (bucket_id, name) DO UPDATE`` (upserts) or a plain INSERT as the
+  superuser with ``request.jwt.claims = {"role": "service_role"}``. ``owner``/``owner_id``
+  are the JWT ``sub``, NULL for the service key; ``metadata`` has Storage's keys;
+- reads, lists, signs and deletes by users go through RLS (select/delete as the caller);
+- bucket ``file_size_limit`` (413) and ``allowed_mime_types`` (415); duplicate without
+  upsert (409 ``Duplicate``); missing object (404 ``not_found``); RLS refusals (403);
+- errors as ``{"statusCode": "...", "error": "...", "message": "..."}`` (what storage3 parses).
+Not covered: TUS/S3 uploads, image transforms, move/copy, public bucket caching, versions.
+
+Faults for tests: added latency, 5xx answers, cut-off download bodies and stalls, set
+in-process through ``Faults`` or over HTTP with ``POST /__faults``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+
+import anyio
+import jwt
+import psycopg
+from psycopg import sql
+from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+
+PREFIX = "/storage/v1"
+_VALID_NAME = re.compile(r"^[\w\-.'\s,!*&$@=;:+?/()]+$")
+
+
+# --- Faults -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _FailRule:
+    """Matching requests get ``status`` (a failure) or wait ``seconds`` after their work (a delay)."""
+
+    remaining: int
+    status: int
+    method: str | None
+    path: re.Pattern[str] | None
+    seconds: float = 0.0
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.method is None or self.method == method) and (
+            self.path is None or self.path.search(path) is not None
+        )
+
+
+@dataclass
+class Faults:
+    """Faults to inject; thread-safe, settable from tests in-process or over HTTP."""
+
+    latency: float = 0.0
+    _fail: list[_FailRule] = field(default_factory=list)
+    _cut_downloads: int = 0
+    _stalls: list[tuple[int, float]] = field(default_factory=list)
+    _delays: list[_FailRule] = field(default_factory=list)
+    hits: list[tuple[str, str, int]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail_next(
+        self, count: int, status: int = 503, *, method: str | None = None, path: str | None = None
+    ) -> None:
+        """Answer the next ``count`` matching requests with ``status``."""
+        with self._lock:
+            self._fail.append(_FailRule(count, status, method, re.compile(path) if path else None))
+
+    def cut_next_downloads(self, count: int) -> None:
+        """Send the full Content-Length, then only half the body, then close."""
+        with self._lock:
+            self._cut_downloads += count
+
+    def stall_next(self, count: int, seconds: float) -> None:
+        """Hold the next ``count`` requests for ``seconds`` before answering."""
+        with self._lock:
+            self._stalls.append((count, seconds))
+
+    def delay_answer_next(
+        self, count: int, seconds: float, *, method: str | None = None, path: str | None = None
+    ) -> None:
+        """Do the work of the next ``count`` matching requests, then wait ``seconds`` before answering
+        (the object is committed but the client does not know yet)."""
+        with self._lock:
+            self._delays.append(_FailRule(count, 200, method, re.compile(path) if path else None, seconds))
+
+    def _take_delay(self, method: str, path: str) -> float:
+        with self._lock:
+            for rule in self._delays:
+                if rule.remaining > 0 and rule.matches(method, path):
+                    rule.remaining -= 1
+                    return rule.seconds
+        return 0.0
+
+    def reset(self) -> None:
+        with self._lock:
+            self.latency = 0.0
+            self._delays.clear()
+            self._fail.clear()
+            self._cut_downloads = 0
+            self._stalls.clear()
+            self.hits.clear()
+
+    def configure(self, body: dict[str, Any]) -> None:
+        """The ``POST /__faults`` body: ``{latency, fail: {count, status, method, path}, cut_downloads, stall: {count, seconds}, reset}``."""
+        if body.get("reset"):
+            self.reset()
+        if "latency" in body:
+            self.latency = float(body["latency"])
+        if fail := body.get("fail"):
+            self.fail_next(
+                int(fail["count"]),
+                int(fail.get("status", 503)),
+                method=fail.get("method"),
+                path=fail.get("path"),
+            )
+        if body.get("cut_downloads"):
+            self.cut_next_downloads(int(body["cut_downloads"]))
+        if stall := body.get("stall"):
+            self.stall_next(int(stall["count"]), float(stall["seconds"]))
+        if delay := body.get("delay_answer"):
+            self.delay_answer_next(
+                int(delay["count"]),
+                float(delay["seconds"]),
+                method=delay.get("method"),
+                path=delay.get("path"),
+            )
+
+    def _take_failure(self, method: str, path: str) -> int | None:
+        with self._lock:
+            for rule in self._fail:
+                if rule.remaining > 0 and rule.matches(method, path):
+                    rule.remaining -= 1
+                    return rule.status
+        return None
+
+    def _take_cut(self) -> bool:
+        with self._lock:
+            if self._cut_downloads > 0:
+                self._cut_downloads -= 1
+                return True
+        return False
+
+    def _take_stall(self) -> float:
+        with self._lock:
+            for index, (count, seconds) in enumerate(self._stalls):
+                if count > 0:
+                    self._stalls[index] = (count - 1, seconds)
+                    return seconds
+        return 0.0
+
+    def count(self, method: str, path_pattern: str) -> int:
+        pattern = re.compile(path_pattern)
+        with self._lock:
+            return sum(1 for m, p, _ in self.hits if m == method and pattern.search(p))
+
+
+# --- Errors and auth ------------------------------------------------------------------------------------
+
+
+class StorageError(Exception):
+    """An error answer in Storage's shape."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(
+            {"statusCode": str(self.status), "error": self.error, "message": self.message},
+            status_code=self.status,
+        )
+
+
+def _not_found() -> StorageError:
+    return StorageError(404, "not_found", "Object not found")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: the Postgres role Storage would use, and the JWT claims."""
+
+    role: str
+    claims: dict[str, Any]
+
+    @property
+    def sub(self) -> str | None:
+        sub = self.claims.get("sub")
+        return str(sub) if sub else None
+
+    @property
+    def is_service(self) -> bool:
+        return self.role == "service_role"
+
+
+@dataclass
+class StorageConfig:
+    """What the server needs: the database, where bytes live, and the keys it accepts."""
+
+    database_url: str
+    root: Path
+    service_key: str
+    jwt_secret: str
+    faults: Faults = field(default_factory=Faults)
+
+
+def _caller(request: Request, config: StorageConfig) -> Caller:
+    token = request.headers.get("authorization", "")
+    token = token[7:] if token.lower().startswith("bearer ") else request.headers.get("apikey", "")
+    if not token:
+        raise StorageError(400, "Error", "headers must have required property 'authorization'")
+    if token == config.service_key:
+        return Caller("service_role", {"role": "service_role"})
+    try:
+        claims = jwt.decode(token, config.jwt_secret, algorithms=["HS256"], options={"verify_aud": False})
+    except jwt.ExpiredSignatureError as exc:
+        raise StorageError(400, "InvalidJWT", '"exp" claim timestamp check failed') from exc
+    except jwt.InvalidTokenError as exc:
+        raise StorageError(400, "InvalidJWT", "invalid signature") from exc
+    role = str(claims.get("role", "anon"))
+    if role not in ("anon", "authenticated", "service_role"):
+        raise StorageError(400, "InvalidJWT", f"unknown role {role}")
+    return Caller(role, claims)
+
+
+# --- Database -------------------------------------------------------------------------------------------
+
+
+async def _as_caller(conn: psycopg.AsyncConnection[Any], caller: Caller) -> None:
+    """Inside a transaction: act as the caller's role, as Storage's request scope does."""
+    await conn.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps(caller.claims),))
+    await conn.execute("select set_config('request.jwt.claim.role', %s, true)", (caller.role,))
+    await conn.execute("select set_config('request.jwt.claim.sub', %s, true)", (caller.sub or "",))
+    await conn.execute(sql.SQL("set local role {}").format(sql.Identifier(caller.role)))
+
+
+def _is_rls_violation(exc: psycopg.Error) -> bool:
+    return exc.sqlstate == "42501"
+
+
+class _Store:
+    def __init__(self, config: StorageConfig) -> None:
+        self.config = config
+        self.pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] = AsyncConnectionPool(
+            config.database_url,
+            connection_class=psycopg.AsyncConnection[DictRow],
+            min_size=1,
+            max_size=8,
+            open=False,
+            kwargs={"row_factory": dict_row},
+            check=AsyncConnectionPool.check_connection,
+        )
+
+    def blob_path(self, bucket: str, name: str, version: str) -> Path:
+        return self.config.root / bucket / name / version
+
+    async def bucket(self, bucket_id: str) -> dict[str, Any]:
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute("select * from storage.buckets where id = %s", (bucket_id,))
+            ).fetchone()
+        if row is None:
+            raise StorageError(404, "Bucket not found", "Bucket not found")
+        return row
+
+    async def find(self, caller: Caller, bucket: str, name: str) -> dict[str, Any]:
+        """The object row if it exists and the caller may read it."""
+        async with self.pool.connection() as conn, conn.transaction():
+            if not caller.is_service:
+                await _as_caller(conn, caller)
+            row = await (
+                await conn.execute(
+                    "select id, name, version, metadata, created_at, updated_at, owner_id from storage.objects "
+                    "where bucket_id = %s and name = %s",
+                    (bucket, name),
+                )
+            ).fetchone()
+        if row is None:
+            raise _not_found()
+        return row
+
+    async def upload(
+        self,
+        caller: Caller,
+        bucket: str,
+        name: str,
+        data: bytes,
+        mimetype: str,
+        cache_control: str,
+        upsert: bool,
+    ) -> dict[str, Any]:
+        row_bucket = await self.bucket(bucket)
+        limit = row_bucket.get("file_size_limit")
+        if limit is not None and len(data) > limit:
+            raise StorageError(413, "Payload too large", "The object exceeded the maximum allowed size")
+        allowed = row_bucket.get("allowed_mime_types")
+        if allowed and mimetype.split(";")[0].strip() not in allowed:
+            raise StorageError(415, "invalid_mime_type", f"mime type {mimetype} is not supported")
+
+        version = str(uuid.uuid4())
+        owner = caller.sub if not caller.is_service else None
+        etag = f'"{hashlib.md5(data).hexdigest()}"'
+        metadata = {
+            "eTag": etag,
+            "size": len(data),
+            "mimetype": mimetype,
+            "cacheControl": f"max-age={cache_control}" if cache_control.isdigit() else cache_control,
+            "lastModified": formatdate(usegmt=True),
+            "contentLength": len(data),
+            "httpStatusCode": 200,
+        }
+        insert = (
+            "insert into storage.objects (bucket_id, name, owner, owner_id, metadata, version) "
+            "values (%s, %s, %s, %s, %s, %s)"
+        )
+        upsert_tail = (
+            " on conflict (bucket_id, name) do update set metadata = excluded.metadata, version = excluded.version,"
+            " owner = excluded.owner, owner_id = excluded.owner_id, updated_at = now()"
+        )
+        statement = insert + (upsert_tail if upsert else "") + " returning id"
+        params = (bucket, name, owner, owner, Jsonb(metadata), version)
+
+        # 1. The permission check: the same statement as the caller, rolled back.
+        async with self.pool.connection() as conn:
+            try:
+                async with conn.transaction(force_rollback=True):
+                    await _as_caller(conn, caller)
+                    await conn.execute(statement, params)
+            except psycopg.errors.UniqueViolation as exc:
+                raise StorageError(409, "Duplicate", "The resource already exists") from exc
+            except psycopg.Error as exc:
+                if _is_rls_violation(exc):
+                    raise StorageError(
+                        403, "Unauthorized", "new row violates row-level security policy"
+                    ) from exc
+                raise
+        # 2. The bytes.
+        blob = self.blob_path(bucket, name, version)
+        await anyio.to_thread.run_sync(_write_file, blob, data)
+        # 3. The committed write, as Storage's superuser connection in a service_role scope.
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "select set_config('request.jwt.claims', %s, true)", ('{"role":"service_role"}',)
+            )
+            try:
+                row = await (await conn.execute(statement, params)).fetchone()
+            except psycopg.errors.UniqueViolation as exc:
+                raise StorageError(409, "Duplicate", "The resource already exists") from exc
+        assert row is not None
+        return {"Id": str(row["id"]), "Key": f"{bucket}/{name}"}
+
+    async def read(self, caller: Caller, bucket: str, name: str) -> tuple[bytes, dict[str, Any]]:
+        row = await self.find(caller, bucket, name)
+        if not row["version"]:
+            raise _not_found()  # a row without stored bytes: the backend has no such key
+        blob = self.blob_path(bucket, name, row["version"])
+        try:
+            data = await anyio.to_thread.run_sync(blob.read_bytes)
+        except FileNotFoundError as exc:
+            raise _not_found() from exc
+        return data, row["metadata"] or {}
+
+    async def remove(self, caller: Caller, bucket: str, names: list[str]) -> list[dict[str, Any]]:
+        async with self.pool.connection() as conn, conn.transaction():
+            if not caller.is_service:
+                await _as_caller(conn, caller)
+            rows = await (
+                await conn.execute(
+                    "delete from storage.objects where bucket_id = %s and name = any(%s) "
+                    "returning id, name, bucket_id, metadata, version",
+                    (bucket, names),
+                )
+            ).fetchall()
+        for row in rows:
+            self.blob_path(bucket, row["name"], row["version"]).unlink(missing_ok=True)
+        return [
+            {"id": str(r["id"]), "name": r["name"], "bucket_id": r["bucket_id"], "metadata": r["metadata"]}
+            for r in rows
+        ]
+
+    async def list(self, caller: Caller, bucket: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        prefix = str(body.get("prefix") or "").strip("/")
+        like = f"{prefix}/%" if prefix else "%"
+        search = str(body.get("search") or "")
+        async with self.pool.connection() as conn, conn.transaction():
+            if not caller.is_service:
+                await _as_caller(conn, caller)
+            rows = await (
+                await conn.execute(
+                    "select id, name, metadata, created_at, updated_at, last_accessed_at from storage.objects "
+                    "where bucket_id = %s and name like %s order by name",
+                    (bucket, like),
+                )
+            ).fetchall()
+        entries: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            rest = row["name"][len(prefix) + 1 :] if prefix else row["name"]
+            head, _, tail = rest.partition("/")
+            if search and search not in head:
+                continue
+            if tail:  # a folder, shown once with null id, as Storage does
+                entries.setdefault(head, {"name": head, "id": None, "metadata": None})
+            else:
+                entries[head] = {
+                    "name": head,
+                    "id": str(row["id"]),
+                    "metadata": row["metadata"],
+                    "created_at": row["created_at"].isoformat(),
+                    "updated_at": row["updated_at"].isoformat(),
+                    "last_accessed_at": row["last_accessed_at"].isoformat(),
+                }
+        offset = int(body.get("offset", 0))
+        limit = int(body.get("limit", 100))
+        return list(entries.values())[offset : offset + limit]
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _object_name(raw: str) -> str:
+    if not raw or raw.startswith("/") or "//" in raw or not _VALID_NAME.match(raw):
+        raise StorageError(400, "InvalidKey", f"Invalid key: {raw}")
+    return raw
+
+
+# --- The app --------------------------------------------------------------------------------------------
+
+
+def create_storage_app(config: StorageConfig) -> Starlette:  # noqa: C901 - one small closure per route
+    """The Storage-compatible ASGI app, mounted under ``/storage/v1``."""
+    store = _Store(config)
+    faults = config.faults
+
+    async def upload(request: Request) -> Response:
+        caller = _caller(request, config)
+        bucket = request.path_params["bucket"]
+        name = _object_name(request.path_params["name"])
+        upsert = request.method == "PUT" or request.headers.get("x-upsert", "").lower() == "true"
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            form = await request.form()
+            part = form.get("file")
+            if part is None or isinstance(part, str):
+                raise StorageError(400, "Error", "No file in the upload")
+            data = await part.read()
+            mimetype = part.content_type or "application/octet-stream"
+            cache_control = str(form.get("cacheControl") or "3600")
+        else:
+            data = await request.body()
+            mimetype = content_type or "application/octet-stream"
+            cache_control = request.headers.get("cache-control", "3600")
+        return JSONResponse(await store.upload(caller, bucket, name, data, mimetype, cache_control, upsert))
+
+    async def download(request: Request) -> Response:
+        caller = _caller(request, config)
+        data, metadata = await store.read(caller, request.path_params["bucket"], request.path_params["name"])
+        return _object_response(data, metadata)
+
+    def _object_response(data: bytes, metadata: dict[str, Any]) -> Response:
+        headers = {"content-length": str(len(data)), "etag": str(metadata.get("eTag", ""))}
+        media_type = str(metadata.get("mimetype", "application/octet-stream"))
+        if faults._take_cut():
+
+            async def half_then_close() -> AsyncIterator[bytes]:
+                yield data[: len(data) // 2]
+                raise ConnectionAbortedError("cut off by fault injection")
+
+            return StreamingResponse(half_then_close(), headers=headers, media_type=media_type)
+        return Response(data, headers=headers, media_type=media_type)
+
+    async def info(request: Request) -> Response:
+        caller = _caller(request, config)
+        bucket, name = request.path_params["bucket"], request.path_params["name"]
+        row = await store.find(caller, bucket, name)
+        metadata = row["metadata"] or {}
+        body = {
+            "id": str(row["id"]),
+            "name": name,
+            "bucket_id": bucket,
+            "version": row["version"],
+            "size": metadata.get("size"),
+            "content_type": metadata.get("mimetype"),
+            "cache_control": metadata.get("cacheControl"),
+            "etag": metadata.get("eTag"),
+            "metadata": metadata,
+            "last_modified": row["updated_at"].isoformat(),
+            "created_at": row["created_at"].isoformat(),
+        }
+        if request.method == "HEAD":
+            return Response(status_code=200, headers={"content-length": str(metadata.get("size", 0))})
+        return JSONResponse(body)
+
+    async def remove(request: Request) -> Response:
+        caller = _caller(request, config)
+        body = await request.json()
+        return JSONResponse(
+            await store.remove(caller, request.path_params["bucket"], list(body.get("prefixes", [])))
+        )
+
+    async def list_objects(request: Request) -> Response:
+        caller = _caller(request, config)
+        return JSONResponse(await store.list(caller, request.path_params["bucket"], await request.json()))
+
+    async def sign(request: Request) -> Response:
+        caller = _caller(request, config)
+        bucket, name = request.path_params["bucket"], request.path_params["name"]
+        await store.find(caller, bucket, name)
+        body = await request.json()
+        expires_in = int(body.get("expiresIn", 60))
+        token = jwt.encode(
+            {"url": f"{bucket}/{name}", "iat": int(time.time()), "exp": int(time.time()) + expires_in},
+            config.jwt_secret,
+            algorithm="HS256",
+        )
+        return JSONResponse({"signedURL": f"/object/sign/{bucket}/{name}?token={token}"})
+
+    async def signed_download(request: Request) -> Response:
+        bucket, name = request.path_params["bucket"], request.path_params["name"]
+        try:
+            claims = jwt.decode(
+                request.query_params.get("token", ""), config.jwt_secret, algorithms=["HS256"]
+            )
+        except jwt.InvalidTokenError as exc:
+            raise StorageError(400, "InvalidJWT", "invalid signature") from exc
+        if claims.get("url") != f"{bucket}/{name}":
+            raise StorageError(400, "InvalidSignature", "The url do not match the signature")
+        data, metadata = await store.read(Caller("service_role", {"role": "service_role"}), bucket, name)
+        return _object_response(data, metadata)
+
+    async def list_buckets(request: Request) -> Response:
+        _caller(request, config)
+        async with store.pool.connection() as conn:
+            rows = await (await conn.execute("select * from storage.buckets order by id")).fetchall()
+        return JSONResponse(json.loads(json.dumps(rows, default=str)))
+
+    async def get_bucket(request: Request) -> Response:
+        _caller(request, config)
+        row = await store.bucket(request.path_params["bucket"])
+        return JSONResponse(json.loads(json.dumps(row, default=str)))
+
+    async def set_faults(request: Request) -> Response:
+        faults.configure(await request.json())
+        return JSONResponse({"ok": True})
+
+    routes = [
+        Route("/bucket", list_buckets, methods=["GET"]),
+        Route("/bucket/{bucket}", get_bucket, methods=["GET"]),
+        Route("/object/list/{bucket}", list_objects, methods=["POST"]),
+        Route("/object/sign/{bucket}/{name:path}", sign, methods=["POST"]),
+        Route("/object/sign/{bucket}/{name:path}", signed_download, methods=["GET"]),
+        Route("/object/info/authenticated/{bucket}/{name:path}", info, methods=["GET", "HEAD"]),
+        Route("/object/info/{bucket}/{name:path}", info, methods=["GET", "HEAD"]),
+        Route("/object/authenticated/{bucket}/{name:path}", download, methods=["GET"]),
+        Route("/object/{bucket}/{name:path}", download, methods=["GET"]),
+        Route("/object/{bucket}/{name:path}", upload, methods=["POST", "PUT"]),
+        Route("/object/{bucket}", remove, methods=["DELETE"]),
+    ]
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        config.root.mkdir(parents=True, exist_ok=True)
+        await store.pool.open()
+        try:
+            yield
+        finally:
+            await store.pool.close()
+
+    async def inject_faults(request: Request, call_next: Any) -> Response:
+        path = request.url.path
+        if path == "/__faults":
+            passthrough: Response = await call_next(request)
+            return passthrough
+        if faults.latency:
+            await anyio.sleep(faults.latency)
+        if stall := faults._take_stall():
+            await anyio.sleep(stall)
+        status = faults._take_failure(request.method, path)
+        if status is not None:
+            faults.hits.append((request.method, path, status))
+            return StorageError(status, "InternalError", "injected fault").response()
+        response: Response = await call_next(request)
+        faults.hits.append((request.method, path, response.status_code))
+        if delay := faults._take_delay(request.method, path):
+            await anyio.sleep(delay)
+        return response
+
+    async def storage_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StorageError)
+        return exc.response()
+
+    return Starlette(
+        routes=[Route("/__faults", set_faults, methods=["POST"]), Mount(PREFIX, routes=routes)],
+        middleware=[Middleware(BaseHTTPMiddleware, dispatch=inject_faults)],
+        exception_handlers={StorageError: storage_error},
+        lifespan=lifespan,
+    )

@@ -1,0 +1,139 @@
+"""``JobQueue`` over PostgreSQL: each method calls one SQL function of the migrations.
+
+The state rules (who may claim, fencing by owner and status, back-off, attempts) live in
+SQL, so apps, dashboards and workers see one truth; this adapter only calls them.
+psycopg 3 async with a connection pool; connection failures become ``TransientError``
+(reason ``database_unavailable``) so the worker backs off and the pool reconnects.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Self, cast
+
+import psycopg
+from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from processor.errors import TransientError
+from processor.ports import EditJob, HeartbeatAnswer
+
+
+def _job_from_row(row: Mapping[str, Any]) -> EditJob:
+    return EditJob(
+        id=row["id"],
+        user_id=row["user_id"],
+        prompt=row["prompt"],
+        negative_prompt=row["negative_prompt"],
+        input_bucket=row["input_bucket"],
+        input_paths=tuple(row["input_paths"]),
+        output_bucket=row["output_bucket"],
+        num_inference_steps=row["num_inference_steps"],
+        true_cfg_scale=float(row["true_cfg_scale"]),
+        guidance_scale=float(row["guidance_scale"]),
+        seed=row["seed"],
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        created_at=row["created_at"],
+    )
+
+
+class PostgresJobQueue:
+    """The ``edit_requests`` state machine through its SQL functions."""
+
+    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 4, timeout: float = 10.0) -> None:
+        self._timeout = timeout
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] = AsyncConnectionPool(
+            dsn,
+            connection_class=psycopg.AsyncConnection[DictRow],
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            open=False,
+            # A restarted database leaves dead connections in the pool: check before use.
+            check=AsyncConnectionPool.check_connection,
+        )
+
+    async def open(self) -> None:
+        await self._pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def _fetchone(self, query: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
+        try:
+            async with self._pool.connection(timeout=self._timeout) as conn:
+                cursor = await conn.execute(query, params)
+                return await cursor.fetchone()
+        except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as exc:
+            raise TransientError(f"database unavailable: {exc}", reason="database_unavailable") from exc
+
+    async def ping(self) -> None:
+        await self._fetchone("select 1 as ok", ())
+
+    async def claim(
+        self, worker_id: str, lease_seconds: int, request_id: uuid.UUID | None = None
+    ) -> EditJob | None:
+        row = await self._fetchone(
+            "select * from public.claim_edit_request(%s::text, %s::int, %s::uuid)",
+            (worker_id, lease_seconds, request_id),
+        )
+        return None if row is None else _job_from_row(row)
+
+    async def heartbeat(
+        self, job_id: uuid.UUID, worker_id: str, progress: float | None, lease_seconds: int
+    ) -> HeartbeatAnswer:
+        row = await self._fetchone(
+            "select public.heartbeat_edit_request(%s::uuid, %s::text, %s::real, %s::int) as answer",
+            (job_id, worker_id, progress, lease_seconds),
+        )
+        assert row is not None
+        return cast("HeartbeatAnswer", row["answer"])
+
+    async def complete(
+        self, job_id: uuid.UUID, worker_id: str, output_path: str, result: Mapping[str, Any]
+    ) -> bool:
+        row = await self._fetchone(
+            "select public.complete_edit_request(%s::uuid, %s::text, %s::text, %s::jsonb) as done",
+            (job_id, worker_id, output_path, Jsonb(dict(result))),
+        )
+        return bool(row and row["done"])
+
+    async def fail(
+        self, job_id: uuid.UUID, worker_id: str, error: str, *, retryable: bool, error_code: str
+    ) -> str:
+        row = await self._fetchone(
+            "select public.fail_edit_request(%s::uuid, %s::text, %s::text, %s::boolean, %s::text) as status",
+            (job_id, worker_id, error, retryable, error_code),
+        )
+        status = row["status"] if row else None
+        return "lost" if status is None else str(status)
+
+    async def release(self, job_id: uuid.UUID, worker_id: str) -> bool:
+        row = await self._fetchone(
+            "select public.release_edit_request(%s::uuid, %s::text) as done", (job_id, worker_id)
+        )
+        return bool(row and row["done"])
+
+    async def requeue_expired(self) -> int:
+        row = await self._fetchone("select public.requeue_expired_edit_requests() as n", ())
+        return int(row["n"]) if row else 0
+
+    async def stats(self) -> tuple[dict[str, int], float]:
+        """Depth by status and the age of the oldest due queued request (for /metrics)."""
+        row = await self._fetchone("select public.edit_request_queue_stats() as stats", ())
+        stats = row["stats"] if row else {}
+        depth = {str(k): int(v) for k, v in stats.get("depth", {}).items()}
+        return depth, float(stats.get("oldest_queued_age_seconds", 0.0))

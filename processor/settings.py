@@ -1,0 +1,132 @@
+"""Configuration: one ``Settings`` class read from environment variables (and ``.env``).
+
+Every field maps to the upper-case environment variable of the same name
+(``lease_seconds`` is ``LEASE_SECONDS``). Fields a command does not need may be
+absent; ``Settings.require`` names the missing ones at start-up so a service never
+starts half-configured.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from processor.errors import ConfigurationError
+
+
+def _default_worker_id() -> str:
+    # Unique per process: host, pid and a random suffix (a restarted pid must not reuse an old lease).
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+class Settings(BaseSettings):
+    """All settings of the processor. See the README's configuration table."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_ignore_empty=True, extra="ignore", protected_namespaces=()
+    )
+
+    # --- Supabase and the database ----------------------------------------------------------------
+    supabase_url: str | None = None
+    """Project URL, e.g. ``https://xyz.supabase.co`` (Storage is reached at ``/storage/v1``)."""
+    supabase_service_role_key: SecretStr | None = None
+    """Service role JWT or ``sb_secret_`` key. Server-side only; never sent to clients."""
+    database_url: str | None = None
+    """Direct (session-mode) Postgres URL: LISTEN needs a real session, not a transaction pooler."""
+    webhook_secret: SecretStr | None = None
+    """Shared secret the database webhook sends in ``X-Webhook-Secret``."""
+    supabase_jwt_secret: SecretStr | None = None
+    """Legacy HS256 JWT secret, to verify users' access tokens (REST API, MCP over HTTP)."""
+    supabase_jwks_url: str | None = None
+    """JWKS of the project's asymmetric signing keys; default ``{SUPABASE_URL}/auth/v1/.well-known/jwks.json``."""
+    signed_url_seconds: int = Field(default=3600, ge=60)
+    """Lifetime of the signed output URLs the REST API hands out."""
+    mcp_access_token: SecretStr | None = None
+    """A user's access token for ``edit-processor mcp`` (stdio): the edits belong to that user."""
+
+    # --- Model ------------------------------------------------------------------------------------
+    model_id: str = "Qwen/Qwen-Image-Edit-2509"
+    """Hub id or local folder of a ``QwenImageEditPlusPipeline``."""
+    model_revision: str | None = None
+    model_cache_dir: Path | None = None
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    cpu_offload: bool = False
+    """Model CPU offload for GPUs under 64 GB (slower; needs about 64 GB of host RAM)."""
+    warmup: bool = True
+    """Run one short edit after loading, so the first real request is not the slow one."""
+
+    # --- Input limits -----------------------------------------------------------------------------
+    max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(default=25_000_000, gt=0)
+    min_image_side: int = Field(default=32, gt=0)
+
+    # --- Worker -----------------------------------------------------------------------------------
+    worker_id: str = Field(default_factory=_default_worker_id)
+    lease_seconds: int = Field(default=120, ge=2)
+    heartbeat_interval_seconds: float = Field(default=5.0, gt=0)
+    progress_interval_seconds: float = Field(default=0.5, gt=0)
+    """Least time between two progress writes (a heartbeat is also sent at least every interval)."""
+    sweep_interval_seconds: float = Field(default=5.0, gt=0)
+    worker_concurrency: int = Field(default=1, ge=1, le=16)
+    """Jobs in flight per process. GPU work stays serial; above 1, I/O overlaps the GPU."""
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    storage_timeout_seconds: float = Field(default=60.0, gt=0)
+    storage_retry_attempts: int = Field(default=4, ge=1)
+
+    # --- HTTP -------------------------------------------------------------------------------------
+    host: str = "0.0.0.0"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("supabase_url")
+    @classmethod
+    def _url_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if value else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _dsn_is_postgres(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _heartbeat_fits_lease(self) -> Settings:
+        if self.heartbeat_interval_seconds * 3 > self.lease_seconds:
+            raise ValueError(
+                "heartbeat_interval_seconds must be at most a third of lease_seconds, "
+                "so one lost heartbeat never loses the lease"
+            )
+        return self
+
+    def jwks_url(self) -> str | None:
+        if self.supabase_jwks_url:
+            return self.supabase_jwks_url
+        return f"{self.supabase_url}/auth/v1/.well-known/jwks.json" if self.supabase_url else None
+
+    def require(self, *names: str) -> None:
+        """Raise ``ConfigurationError`` naming every listed setting that is unset."""
+        missing = [name.upper() for name in names if getattr(self, name) is None]
+        if missing:
+            raise ConfigurationError(f"missing required setting(s): {', '.join(missing)}")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings, turning validation errors into one readable ``ConfigurationError``."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper() or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid settings: {problems}") from exc

@@ -1,0 +1,434 @@
+"""Shared fixtures: a fresh PostgreSQL database per test, cloned from a migrated template.
+
+The admin connection comes from ``TEST_ADMIN_DATABASE_URL`` (default: the local
+server with trust auth). The template is built once per session from
+``tests/supabase_platform.sql`` plus ``supabase/migrations/*.sql`` in order.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import httpx
+import psycopg
+import pytest
+from PIL import Image
+from psycopg.rows import dict_row
+
+from processor.app import create_app
+from processor.devtools import localdb
+from processor.devtools.serving import ServedApp, serve_in_thread
+from processor.devtools.storage_server import Faults, StorageConfig, create_storage_app
+from processor.devtools.tokens import mint_token
+from processor.ports import Editor, EditParams, EditResult, ProgressCallback
+from processor.queue import PostgresJobQueue
+from processor.service import ProcessorService, build_mcp, build_rest_api
+from processor.settings import Settings, load_settings
+from processor.storage import SupabaseObjectStorage
+
+if TYPE_CHECKING:
+    from processor.engine import DiffusersEditor
+
+# Tests never reach the model hub: models are built locally (``tiny_model_dir``).
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+ADMIN_DSN = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def template_database() -> Iterator[str]:
+    name = f"qep_template_{os.getpid()}"
+    localdb.build_migrated_database(ADMIN_DSN, name)
+    yield name
+    localdb.drop_database(ADMIN_DSN, name)
+
+
+@pytest.fixture
+def database_url(template_database: str) -> Iterator[str]:
+    """DSN of a fresh, migrated database that only this test uses."""
+    name = f"qep_test_{uuid.uuid4().hex[:16]}"
+    dsn = localdb.create_database(ADMIN_DSN, name, template=template_database)
+    yield dsn
+    localdb.drop_database(ADMIN_DSN, name)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection[dict[str, object]]]:
+    """An autocommit connection as ``postgres`` (the owner) to this test's database."""
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        yield conn
+
+
+@contextmanager
+def acting_as(
+    conn: psycopg.Connection[dict[str, object]], role: str, user_id: uuid.UUID | None = None
+) -> Iterator[psycopg.Connection[dict[str, object]]]:
+    """Run statements as PostgREST would: ``set local role`` plus ``request.jwt.claims``."""
+    claims: dict[str, object] = {"role": role}
+    if user_id is not None:
+        claims["sub"] = str(user_id)
+    with conn.transaction():
+        conn.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps(claims),))
+        conn.execute(f"set local role {role}")
+        yield conn
+
+
+@pytest.fixture
+def as_role() -> Callable[..., object]:
+    """``with as_role(db, 'authenticated', user_id): ...`` (see ``acting_as``)."""
+    return acting_as
+
+
+@pytest.fixture
+def make_user(db: psycopg.Connection[dict[str, object]]) -> Callable[[], uuid.UUID]:
+    """Insert an ``auth.users`` row and return its id."""
+
+    def _make() -> uuid.UUID:
+        user_id = uuid.uuid4()
+        db.execute("insert into auth.users (id, email) values (%s, %s)", (user_id, f"{user_id}@example.test"))
+        return user_id
+
+    return _make
+
+
+# --- Polling and editors for service tests -----------------------------------------------------------
+T = TypeVar("T")
+
+
+def wait_for(
+    predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.02, what: str = ""
+) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class GatedEditor:
+    """Wraps a real ``Editor`` and holds it after step ``pause_at`` until released.
+
+    Gives tests a deterministic "mid-edit" moment (cancel, kill, shutdown) without sleeps.
+    A set ``cancel`` event also releases the gate, so the wrapped editor sees it at once.
+    """
+
+    def __init__(self, inner: Editor, pause_at: int = 1) -> None:
+        self.inner = inner
+        self.pause_at = pause_at
+        self.reached = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+
+    def describe(self) -> Mapping[str, Any]:
+        return self.inner.describe()
+
+    def edit(
+        self,
+        images: Sequence[Image.Image],
+        params: EditParams,
+        *,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> EditResult:
+        self.calls += 1
+
+        def progress(step: int, total: int) -> None:
+            if on_progress is not None:
+                on_progress(step, total)
+            if step == self.pause_at:
+                self.reached.set()
+                while not self.release.wait(0.01):
+                    if cancel is not None and cancel.is_set():
+                        return
+
+        return self.inner.edit(images, params, on_progress=progress, cancel=cancel)
+
+
+# --- Edit engine ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen-Image-Edit-2509 pipeline saved with ``save_pretrained`` (built once, offline)."""
+    from processor.tiny_model import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_editor(tiny_model_dir: Path) -> DiffusersEditor:
+    """A ``DiffusersEditor`` on CPU loaded from ``tiny_model_dir``; a 2-step edit takes about 0.1 s.
+
+    Shared by the session: it is thread-safe, and a cancelled or failed edit leaves it usable.
+    """
+    from processor.engine import DiffusersEditor
+
+    return DiffusersEditor.load(tiny_model_dir, device="cpu", warmup=False)
+
+
+# --- The Storage-compatible server -----------------------------------------------------------------
+SERVICE_KEY = "sb_secret_test-service-key-0123456789"
+JWT_SECRET = "test-jwt-secret-at-least-32-characters-long"
+
+
+@dataclass
+class StorageServer:
+    """A running Storage-compatible server: ``url`` is what SUPABASE_URL would be."""
+
+    url: str
+    faults: Faults
+    service_key: str
+    jwt_secret: str
+
+    def adapter(self, **kwargs: Any) -> SupabaseObjectStorage:
+        kwargs.setdefault("backoff_initial", 0.01)
+        kwargs.setdefault("backoff_max", 0.05)
+        return SupabaseObjectStorage(self.url, self.service_key, **kwargs)
+
+    def token(
+        self, user_id: uuid.UUID | None = None, *, role: str = "authenticated", expires_in: int = 3600
+    ) -> str:
+        return mint_token(self.jwt_secret, role=role, sub=user_id, expires_in=expires_in)
+
+
+@pytest.fixture
+def storage_server(database_url: str, tmp_path: Path) -> Iterator[StorageServer]:
+    config = StorageConfig(database_url, tmp_path / "objects", SERVICE_KEY, JWT_SECRET)
+    served = serve_in_thread(create_storage_app(config))
+    try:
+        yield StorageServer(served.url, config.faults, SERVICE_KEY, JWT_SECRET)
+    finally:
+        served.stop()
+
+
+# --- Rows for SQL tests ------------------------------------------------------------------------------
+@pytest.fixture
+def add_request(
+    db: psycopg.Connection[dict[str, object]], make_user: Callable[[], uuid.UUID]
+) -> Callable[..., uuid.UUID]:
+    """Insert a request as postgres (inputs stored first unless ``stored=False``); returns its id."""
+    db.execute("insert into auth.users (id, email) values (%s, 'owner@example.test')", (OWNER,))
+
+    def _add(*, stored: bool = True, user_id: uuid.UUID = OWNER, **columns: object) -> uuid.UUID:
+        request_id = uuid.uuid4()
+        paths = columns.pop("input_paths", [f"{user_id}/{request_id}.png"])
+        assert isinstance(paths, list)
+        if stored:
+            for path in paths:
+                db.execute(
+                    "insert into storage.objects (bucket_id, name) values ('edit-inputs', %s) "
+                    "on conflict (bucket_id, name) do nothing",
+                    (path,),
+                )
+        values = {
+            "id": request_id,
+            "user_id": user_id,
+            "prompt": "make it blue",
+            "input_paths": paths,
+            **columns,
+        }
+        db.execute(
+            f"insert into edit_requests ({', '.join(values)}) values ({', '.join(['%s'] * len(values))})",
+            tuple(values.values()),
+        )
+        return request_id
+
+    return _add
+
+
+OWNER = uuid.UUID("00000000-0000-4000-8000-000000000001")
+
+
+# --- A running processor (real HTTP app, worker, queue, storage, tiny model) -------------------------
+WEBHOOK_SECRET = "webhook-secret-for-tests"
+
+Row = dict[str, Any]
+
+
+def png_bytes(size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 40, 90)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class Harness:
+    """One running processor plus the client-side actions of an app."""
+
+    db: psycopg.Connection[Row]
+    storage: StorageServer
+    service: ProcessorService
+    served: ServedApp
+
+    def upload(self, user: uuid.UUID, name: str, data: bytes, content_type: str = "image/png") -> str:
+        path = f"{user}/{name}"
+        response = httpx.post(
+            f"{self.storage.url}/storage/v1/object/edit-inputs/{path}",
+            headers={"Authorization": f"Bearer {self.storage.token(user)}", "x-upsert": "true"},
+            files={"file": (name, data, content_type)},
+        )
+        response.raise_for_status()
+        return path
+
+    def insert(self, user: uuid.UUID, paths: list[str], **columns: Any) -> uuid.UUID:
+        values = {"prompt": "make it blue", "input_paths": paths, "num_inference_steps": 2, **columns}
+        names = ", ".join(values)
+        marks = ", ".join(["%s"] * len(values))
+        with acting_as(self.db, "authenticated", user) as conn:
+            row = conn.execute(
+                f"insert into edit_requests ({names}) values ({marks}) returning id", tuple(values.values())
+            ).fetchone()
+        assert row is not None
+        return uuid.UUID(str(row["id"]))
+
+    def row(self, request_id: uuid.UUID) -> Row:
+        row = self.db.execute("select * from edit_requests where id = %s", (request_id,)).fetchone()
+        assert row is not None
+        return row
+
+    def wait_status(self, request_id: uuid.UUID, *statuses: str, timeout: float = 30.0) -> Row:
+        return wait_for(
+            lambda: (r := self.row(request_id))["status"] in statuses and r,
+            timeout=timeout,
+            what=f"{request_id} to reach {statuses}",
+        )
+
+    def output_exists(self, row: Row) -> bool:
+        found = self.db.execute(
+            "select 1 from storage.objects where bucket_id = %s and name = %s",
+            (row["output_bucket"], row["output_path"]),
+        ).fetchone()
+        return found is not None
+
+    def webhook(self, request_id: uuid.UUID, secret: str = WEBHOOK_SECRET) -> httpx.Response:
+        body = {
+            "type": "INSERT",
+            "table": "edit_requests",
+            "schema": "public",
+            "record": {"id": str(request_id)},
+        }
+        return httpx.post(
+            f"{self.served.url}/webhooks/edit-requests", json=body, headers={"X-Webhook-Secret": secret}
+        )
+
+
+@pytest.fixture
+def start_processor(
+    database_url: str, db: psycopg.Connection[Row], storage_server: StorageServer, tiny_editor: Editor
+) -> Iterator[Callable[..., Harness]]:
+    running: list[ServedApp] = []
+
+    def start(
+        *, editor: Editor | None = None, listen: bool = True, rest: bool = False, **overrides: Any
+    ) -> Harness:
+        settings: Settings = load_settings(
+            database_url=database_url,
+            supabase_url=storage_server.url,
+            supabase_service_role_key=storage_server.service_key,
+            webhook_secret=WEBHOOK_SECRET,
+            supabase_jwt_secret=storage_server.jwt_secret,
+            **{
+                "lease_seconds": 30,
+                "heartbeat_interval_seconds": 0.5,
+                "sweep_interval_seconds": 0.5,
+                **overrides,
+            },
+        )
+        service = ProcessorService(
+            settings,
+            queue=PostgresJobQueue(database_url),
+            storage=storage_server.adapter(attempts=settings.storage_retry_attempts),
+            editor_factory=lambda: editor or tiny_editor,
+            listen_for_notifications=listen,
+        )
+        api = build_rest_api(settings, service) if rest else None
+        mcp = build_mcp(settings, api) if api is not None else None
+        served = serve_in_thread(create_app(service, api=api, mcp=mcp))
+        running.append(served)
+        wait_for(lambda: httpx.get(f"{served.url}/readyz").status_code == 200, what="readiness")
+        return Harness(db, storage_server, service, served)
+
+    yield start
+    for served in running:
+        served.stop()
+
+
+# --- Worker processes ------------------------------------------------------------------------------
+@pytest.fixture
+def spawn_worker(
+    database_url: str, storage_server: StorageServer, tiny_model_dir: Path
+) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def spawn(worker_id: str, **settings: Any) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "SUPABASE_URL": storage_server.url,
+            "SUPABASE_SERVICE_ROLE_KEY": storage_server.service_key,
+            "MODEL_ID": str(tiny_model_dir),
+            "DEVICE": "cpu",
+            "WARMUP": "false",
+            "WORKER_ID": worker_id,
+            "LEASE_SECONDS": "3",
+            "HEARTBEAT_INTERVAL_SECONDS": "0.5",
+            "SWEEP_INTERVAL_SECONDS": "0.5",
+            "LOG_FORMAT": "console",
+            "LOG_LEVEL": "warning",
+            "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+            **{key.upper(): str(value) for key, value in settings.items()},
+        }
+        process = subprocess.Popen([sys.executable, "-m", "processor", "worker"], env=env)
+        processes.append(process)
+        return process
+
+    yield spawn
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait(30)
+
+
+def insert_requests(
+    db: psycopg.Connection[Row], user: uuid.UUID, path: str, count: int, **columns: Any
+) -> list[uuid.UUID]:
+    values = {"prompt": "make it blue", "input_paths": [path], **columns}
+    ids = []
+    with acting_as(db, "authenticated", user) as conn:
+        for _ in range(count):
+            row = conn.execute(
+                f"insert into edit_requests ({', '.join(values)}) values ({', '.join(['%s'] * len(values))}) returning id",
+                tuple(values.values()),
+            ).fetchone()
+            assert row is not None
+            ids.append(row["id"])
+    return ids
+
+
+def upload(storage: StorageServer, user: uuid.UUID) -> str:
+    import httpx
+
+    path = f"{user}/in.png"
+    httpx.post(
+        f"{storage.url}/storage/v1/object/edit-inputs/{path}",
+        headers={"Authorization": f"Bearer {storage.token(user)}"},
+        files={"file": ("in.png", png_bytes(), "image/png")},
+    ).raise_for_status()
+    return path

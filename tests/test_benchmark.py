@@ -1,0 +1,28 @@
+"""``benchmarks/edit_stages.py`` runs with the tiny model on CPU and reports every stage."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "edit_stages.py"
+
+
+def test_the_stage_benchmark_reports_timings_and_memory(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = importlib.util.spec_from_file_location("edit_stages", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--model", str(tiny_model_dir), "--device", "cpu", "--steps", "2", "--runs", "2", "--images", "2"]
+    assert module.main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["stages"]) == {"prompt_encoding", "image_encoding", "denoising", "decoding", "total"}
+    assert report["runs"] == 2 and report["output"] == "64x64"
+    assert report["seconds_per_image"] > 0 and report["peak_rss_bytes"] > 0
+    assert module.main(argv) == 0
+    assert "seconds per image" in capsys.readouterr().out

@@ -1,0 +1,128 @@
+"""Real worker processes (`edit-processor worker`): sharing a queue, killed mid-edit, stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import Harness, StorageServer, insert_requests, upload, wait_for
+
+Row = dict[str, Any]
+pytestmark = pytest.mark.slow
+
+
+def test_two_processes_share_fifty_requests_each_processed_once(
+    db: psycopg.Connection[Row],
+    storage_server: StorageServer,
+    spawn_worker: Callable[..., Any],
+    make_user: Any,
+) -> None:
+    user = make_user()
+    ids = insert_requests(db, user, upload(storage_server, user), 50, num_inference_steps=8)
+    spawn_worker("proc-a")
+    spawn_worker("proc-b")
+
+    wait_for(
+        lambda: (
+            db.execute("select count(*) as n from edit_requests where status = 'succeeded'").fetchone()
+            == {"n": 50}
+        ),
+        timeout=180,
+        what="all 50 requests to succeed",
+    )
+    rows = db.execute("select claimed_by, attempts, output_path from edit_requests").fetchall()
+    assert {r["attempts"] for r in rows} == {1}
+    assert {r["claimed_by"] for r in rows} == {"proc-a", "proc-b"}
+    outputs = db.execute(
+        "select count(*) as n from storage.objects where bucket_id = 'edit-outputs'"
+    ).fetchone()
+    assert outputs == {"n": 50}
+    assert sorted(r["output_path"] for r in rows) == sorted(f"{user}/{i}.png" for i in ids)
+
+
+def test_a_worker_killed_mid_edit_is_replaced_after_its_lease(
+    db: psycopg.Connection[Row],
+    storage_server: StorageServer,
+    spawn_worker: Callable[..., Any],
+    start_processor: Callable[..., Harness],
+    make_user: Any,
+) -> None:
+    user = make_user()
+    [request_id] = insert_requests(db, user, upload(storage_server, user), 1, num_inference_steps=100)
+    doomed = spawn_worker("doomed")
+    wait_for(
+        lambda: db.execute(
+            "select 1 from edit_requests where id = %s and status = 'processing' and progress > 0",
+            (request_id,),
+        ).fetchone(),
+        timeout=60,
+        what="the edit to be under way",
+    )
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(10)
+    assert db.execute("select status, claimed_by from edit_requests").fetchone() == {
+        "status": "processing",
+        "claimed_by": "doomed",
+    }
+
+    rescuer = start_processor(lease_seconds=3, heartbeat_interval_seconds=0.5, sweep_interval_seconds=0.3)
+    row = rescuer.wait_status(request_id, "succeeded", "failed", timeout=60)
+
+    assert row["status"] == "succeeded"
+    assert row["attempts"] == 2
+    assert row["claimed_by"] == rescuer.service.settings.worker_id
+    outputs = db.execute(
+        "select count(*) as n from storage.objects where bucket_id = 'edit-outputs'"
+    ).fetchone()
+    assert outputs == {"n": 1}
+
+
+def test_sigterm_gives_an_unfinished_job_back_without_using_an_attempt(
+    db: psycopg.Connection[Row],
+    storage_server: StorageServer,
+    spawn_worker: Callable[..., Any],
+    make_user: Any,
+) -> None:
+    user = make_user()
+    [request_id] = insert_requests(db, user, upload(storage_server, user), 1, num_inference_steps=100)
+    worker = spawn_worker("leaving", shutdown_grace_seconds=0)
+    wait_for(
+        lambda: db.execute(
+            "select 1 from edit_requests where id = %s and status = 'processing' and progress > 0",
+            (request_id,),
+        ).fetchone(),
+        timeout=60,
+        what="the edit to be under way",
+    )
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+
+    row = db.execute("select status, attempts, claimed_by from edit_requests").fetchone()
+    assert row == {"status": "queued", "attempts": 0, "claimed_by": None}
+
+
+def test_sigterm_lets_a_job_finish_within_the_grace_period(
+    db: psycopg.Connection[Row],
+    storage_server: StorageServer,
+    spawn_worker: Callable[..., Any],
+    make_user: Any,
+) -> None:
+    user = make_user()
+    [request_id] = insert_requests(db, user, upload(storage_server, user), 1, num_inference_steps=60)
+    worker = spawn_worker("patient", shutdown_grace_seconds=60)
+    wait_for(
+        lambda: db.execute(
+            "select 1 from edit_requests where id = %s and status = 'processing' and progress > 0",
+            (request_id,),
+        ).fetchone(),
+        timeout=60,
+        what="the edit to be under way",
+    )
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(60) == 0
+    row = db.execute("select status, attempts from edit_requests").fetchone()
+    assert row == {"status": "succeeded", "attempts": 1}
