@@ -1,0 +1,311 @@
+"""REST API for apps that would rather not talk to Supabase directly: ``/v1/edits``.
+
+A thin layer over ``Submissions``: callers authenticate with their Supabase access token,
+rows belong to them and RLS holds. Every error has one JSON shape,
+``{"error": {"code": "<reason>", "message": "..."}}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field, ValidationError
+from starlette.datastructures import UploadFile
+
+from processor.auth import AuthError, TokenVerifier, User
+from processor.errors import InvalidInput, ProcessorError, TransientError
+from processor.submissions import TERMINAL, EditSpec, Submissions
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """The one error shape of the API."""
+
+    error: ErrorBody
+
+
+class ApiError(Exception):
+    """An answer other than success, with its HTTP status and reason code."""
+
+    def __init__(self, status_code: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+
+
+class EditCreate(BaseModel):
+    """A new edit, with the original RunPod service's field names. Give ``image`` or ``images``."""
+
+    prompt: str = Field(min_length=1, max_length=2000)
+    image: str | None = Field(
+        default=None, description="Base64 image (PNG, JPEG or WebP); a data: URL works too."
+    )
+    images: list[str] | None = Field(
+        default=None, min_length=1, max_length=3, description="1 to 3 base64 images."
+    )
+    negative_prompt: str = Field(default=" ", max_length=2000)
+    num_inference_steps: int = Field(default=40, ge=1, le=100)
+    true_cfg_scale: float = Field(default=4.0, ge=0, le=20)
+    guidance_scale: float = Field(default=1.0, ge=0, le=20)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+
+
+class EditAccepted(BaseModel):
+    id: uuid.UUID
+    status: str
+    status_url: str
+    events_url: str
+
+
+class EditView(BaseModel):
+    """A request as its owner sees it."""
+
+    id: uuid.UUID
+    status: str
+    progress: float
+    prompt: str
+    error: str | None = None
+    error_code: str | None = None
+    result: dict[str, Any] | None = None
+    output_url: str | None = Field(default=None, description="Signed URL of the result, when succeeded.")
+    image: str | None = Field(default=None, description="The result as base64 PNG (`wait=true` only).")
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "Malformed request",
+        401: "Missing, invalid or expired user token",
+        404: "No such request for this user",
+        409: "The request has already finished",
+        422: "Invalid input (reason code in error.code)",
+        503: "Database or Storage unavailable; retry",
+    }.items()
+}
+
+_CREATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/EditCreate"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["prompt", "image"],
+                    "properties": {
+                        "image": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "maxItems": 3,
+                        },
+                        "prompt": {"type": "string"},
+                        "negative_prompt": {"type": "string"},
+                        "num_inference_steps": {"type": "integer"},
+                        "true_cfg_scale": {"type": "number"},
+                        "guidance_scale": {"type": "number"},
+                        "seed": {"type": "integer"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+def _decode_base64(value: str) -> bytes:
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput("image is not valid base64", reason="invalid_base64") from exc
+
+
+async def _read_create(request: Request) -> tuple[EditCreate, list[bytes]]:
+    content_type = request.headers.get("content-type", "")
+    try:
+        if content_type.startswith("multipart/form-data"):
+            form = await request.form()
+            files = [
+                item
+                for key in ("image", "images")
+                for item in form.getlist(key)
+                if isinstance(item, UploadFile)
+            ]
+            fields = {k: v for k, v in form.items() if isinstance(v, str) and k not in ("image", "images")}
+            body = EditCreate.model_validate(fields)
+            return body, [await item.read() for item in files]
+        body = EditCreate.model_validate(await request.json())
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", "the body is not valid JSON") from exc
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from exc
+    encoded = ([body.image] if body.image else []) + (body.images or [])
+    return body, [_decode_base64(item) for item in encoded]
+
+
+def _view(row: dict[str, Any], **extra: Any) -> EditView:
+    return EditView.model_validate({**row, **extra})
+
+
+class RestApi:
+    """The ``/v1`` router and what it needs; opened and closed with the app."""
+
+    def __init__(
+        self, submissions: Submissions, verifier: TokenVerifier, *, signed_url_seconds: int = 3600
+    ) -> None:
+        self.submissions = submissions
+        self.verifier = verifier
+        self.signed_url_seconds = signed_url_seconds
+
+    async def open(self) -> None:
+        await self.submissions.requests.open()
+
+    async def close(self) -> None:
+        await self.submissions.requests.close()
+
+    def current_user(self, request: Request) -> User:
+        return self.verifier.verify(request.headers.get("authorization"))
+
+    async def _owned(self, user: User, request_id: uuid.UUID) -> dict[str, Any]:
+        row = await self.submissions.requests.get(user, request_id)
+        if row is None:
+            raise ApiError(404, "not_found", "no such edit request")
+        return row
+
+    def router(self) -> APIRouter:
+        router = APIRouter(prefix="/v1", tags=["edits"], responses=_ERRORS)
+        # A default, not Annotated: with postponed annotations FastAPI resolves names in module scope.
+        current_user = Depends(self.current_user)
+
+        @router.post(
+            "/edits",
+            status_code=status.HTTP_202_ACCEPTED,
+            response_model=EditAccepted | EditView,
+            openapi_extra=_CREATE_BODY,
+            responses={200: {"model": EditView, "description": "Finished (`wait=true`)"}},
+        )
+        async def create_edit(
+            request: Request,
+            user: User = current_user,
+            wait: Annotated[bool, Query(description="Wait for the result (up to `timeout`)")] = False,
+            timeout: Annotated[float, Query(gt=0, le=600)] = 120,
+        ) -> JSONResponse:
+            """Upload the images, create the request and answer 202, or with `wait=true` the result."""
+            body, images = await _read_create(request)
+            spec = EditSpec(
+                prompt=body.prompt,
+                negative_prompt=body.negative_prompt,
+                num_inference_steps=body.num_inference_steps,
+                true_cfg_scale=body.true_cfg_scale,
+                guidance_scale=body.guidance_scale,
+                seed=body.seed,
+            )
+            row = await self.submissions.submit(user, images, spec)
+            if wait:
+                final = await self.submissions.wait(user, row["id"], timeout)
+                if final is not None and final["status"] in TERMINAL:
+                    image = None
+                    if final["status"] == "succeeded":
+                        image = base64.b64encode(await self.submissions.output(final)).decode()
+                    url = await self.submissions.output_url(final, self.signed_url_seconds)
+                    return JSONResponse(_view(final, image=image, output_url=url).model_dump(mode="json"))
+                row = final or row
+            accepted = EditAccepted(
+                id=row["id"],
+                status=row["status"],
+                status_url=str(request.url_for("get_edit", request_id=row["id"])),
+                events_url=str(request.url_for("edit_events", request_id=row["id"])),
+            )
+            return JSONResponse(accepted.model_dump(mode="json"), status_code=status.HTTP_202_ACCEPTED)
+
+        @router.get("/edits/{request_id}", response_model=EditView, name="get_edit")
+        async def get_edit(request_id: uuid.UUID, user: User = current_user) -> EditView:
+            """Status, progress, result and a signed URL of the output."""
+            row = await self._owned(user, request_id)
+            return _view(row, output_url=await self.submissions.output_url(row, self.signed_url_seconds))
+
+        @router.get(
+            "/edits/{request_id}/events",
+            name="edit_events",
+            response_class=StreamingResponse,
+            responses={
+                200: {"content": {"text/event-stream": {}}, "description": "progress events, then done"}
+            },
+        )
+        async def edit_events(request_id: uuid.UUID, user: User = current_user) -> StreamingResponse:
+            """Server-sent events: `progress` on every status or progress change, then `done`."""
+            await self._owned(user, request_id)
+
+            async def stream() -> AsyncIterator[str]:
+                async for row in self.submissions.follow(user, request_id):
+                    payload = {"id": str(row["id"]), "status": row["status"], "progress": row["progress"]}
+                    if row["status"] in TERMINAL:
+                        payload.update(error=row["error"], error_code=row["error_code"])
+                        yield f"event: done\ndata: {json.dumps(payload)}\n\n"
+                    else:
+                        yield f"event: progress\ndata: {json.dumps(payload)}\n\n"
+
+            return StreamingResponse(
+                stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
+            )
+
+        @router.delete("/edits/{request_id}", response_model=EditView)
+        async def cancel_edit(request_id: uuid.UUID, user: User = current_user) -> EditView:
+            """Cancel a waiting or running request (a running edit stops between steps)."""
+            row = await self._owned(user, request_id)
+            if row["status"] in TERMINAL:
+                raise ApiError(409, "already_finished", f"the request is already {row['status']}")
+            if not await self.submissions.requests.cancel(user, request_id):
+                raise ApiError(409, "already_finished", "the request finished before it could be canceled")
+            return _view(await self._owned(user, request_id))
+
+        return router
+
+    def install(self, app: FastAPI) -> None:
+        """Mount the router and the error handlers that give every error one shape."""
+        app.include_router(self.router())
+
+        def error(status_code: int, code: str, message: str) -> JSONResponse:
+            return JSONResponse({"error": {"code": code, "message": message}}, status_code=status_code)
+
+        async def api_error(_: Request, exc: Exception) -> JSONResponse:
+            assert isinstance(exc, ApiError)
+            return error(exc.status_code, exc.code, exc.message)
+
+        async def processor_error(_: Request, exc: Exception) -> JSONResponse:
+            assert isinstance(exc, ProcessorError)
+            if isinstance(exc, AuthError):
+                return error(401, exc.reason, exc.message)
+            if isinstance(exc, InvalidInput):
+                return error(422, exc.reason, exc.message)
+            if isinstance(exc, TransientError):
+                return error(503, exc.reason, exc.message)
+            return error(500, exc.reason, exc.message)
+
+        async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+            assert isinstance(exc, RequestValidationError)
+            first = exc.errors()[0] if exc.errors() else {}
+            where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+            return error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}".strip(": "))
+
+        app.add_exception_handler(ApiError, api_error)
+        app.add_exception_handler(ProcessorError, processor_error)
+        app.add_exception_handler(RequestValidationError, validation_error)

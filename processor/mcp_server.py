@@ -1,0 +1,143 @@
+"""MCP tools over the same submissions as the REST API: ``edit_image``, ``get_edit_status``, ``list_recent_edits``.
+
+Served over streamable HTTP at ``/mcp`` inside the app (callers send their Supabase access
+token as ``Authorization: Bearer``), or over stdio with ``edit-processor mcp`` (the token comes
+from ``MCP_ACCESS_TOKEN``). Either way the edits belong to that user and RLS holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.utilities.types import Image
+
+from processor.auth import AuthError, TokenVerifier, User
+from processor.errors import ProcessorError
+from processor.submissions import TERMINAL, EditSpec, Submissions
+
+_VIEW_KEYS = (
+    "id",
+    "status",
+    "progress",
+    "prompt",
+    "error",
+    "error_code",
+    "result",
+    "created_at",
+    "finished_at",
+)
+
+
+def _view(row: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps({key: row[key] for key in _VIEW_KEYS}, default=str))  # type: ignore[no-any-return]
+
+
+async def _submit(
+    submissions: Submissions, user: User, spec: EditSpec, image_base64: str | None, object_path: str | None
+) -> dict[str, Any]:
+    if image_base64:
+        try:
+            data = base64.b64decode(image_base64.partition(",")[2] or image_base64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ToolError("invalid_base64: image_base64 is not valid base64") from exc
+        return await submissions.submit(user, [data], spec)
+    if object_path:
+        # RLS refuses paths outside the caller's own folder.
+        return await submissions.requests.insert(user, uuid.uuid4(), [object_path], spec)
+    raise ToolError("no_images: give image_base64 or object_path")
+
+
+def create_mcp_server(
+    submissions: Submissions,
+    verifier: TokenVerifier,
+    *,
+    stdio_token: str | None = None,
+    signed_url_seconds: int = 3600,
+    open_resources: bool = False,
+) -> MCPServer:
+    """The MCP server; mount ``streamable_http_app()`` in the app, or ``run("stdio")`` with
+    ``open_resources=True`` so the server opens the database pool and storage client itself."""
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer) -> AsyncIterator[None]:
+        await submissions.open()
+        try:
+            yield
+        finally:
+            await submissions.close()
+
+    mcp = MCPServer(
+        lifespan=lifespan if open_resources else None,
+        name="qwen-edit-processor",
+        instructions="Edit images with Qwen-Image-Edit-2509. Edits run on a GPU queue and take seconds to minutes.",
+    )
+
+    def user_of(ctx: Context) -> User:
+        headers = ctx.headers
+        authorization = headers.get("authorization") if headers else None
+        if authorization is None and stdio_token:
+            authorization = f"Bearer {stdio_token}"
+        try:
+            return verifier.verify(authorization)
+        except AuthError as exc:
+            raise ToolError(str(exc)) from exc
+
+    @mcp.tool(structured_output=False)
+    async def edit_image(
+        prompt: str,
+        ctx: Context,
+        image_base64: str | None = None,
+        object_path: str | None = None,
+        negative_prompt: str = " ",
+        num_inference_steps: int = 40,
+        true_cfg_scale: float = 4.0,
+        seed: int | None = None,
+        timeout_seconds: float = 600,
+    ) -> list[Any]:
+        """Edit an image (base64, or an object path in your `edit-inputs/{your id}/` folder) and return it.
+
+        Waits for the result up to `timeout_seconds`; returns the edited PNG and its metadata.
+        """
+        user = user_of(ctx)
+        spec = EditSpec(prompt, negative_prompt, num_inference_steps, true_cfg_scale, 1.0, seed)
+        try:
+            row = await _submit(submissions, user, spec, image_base64, object_path)
+            final = await submissions.wait(user, row["id"], timeout_seconds) or row
+            if final["status"] != "succeeded":
+                if final["status"] in TERMINAL:
+                    raise ToolError(
+                        f"{final['error_code'] or final['status']}: {final['error'] or final['status']}"
+                    )
+                return [json.dumps({**_view(final), "note": "still running; call get_edit_status"})]
+            png = await submissions.output(final)
+        except ProcessorError as exc:
+            raise ToolError(str(exc)) from exc
+        return [Image(data=png, format="png"), json.dumps(_view(final))]
+
+    @mcp.tool()
+    async def get_edit_status(edit_id: str, ctx: Context) -> dict[str, Any]:
+        """Status, progress, result metadata and a signed URL of the output of one of your edits."""
+        user = user_of(ctx)
+        try:
+            row = await submissions.requests.get(user, uuid.UUID(edit_id))
+        except ValueError as exc:
+            raise ToolError("invalid_request: edit_id is not a uuid") from exc
+        if row is None:
+            raise ToolError("not_found: no such edit request")
+        return {**_view(row), "output_url": await submissions.output_url(row, signed_url_seconds)}
+
+    @mcp.tool()
+    async def list_recent_edits(ctx: Context, limit: int = 10) -> list[dict[str, Any]]:
+        """Your most recent edits, newest first."""
+        user = user_of(ctx)
+        return [_view(row) for row in await submissions.requests.recent(user, max(1, min(limit, 100)))]
+
+    return mcp

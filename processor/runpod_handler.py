@@ -1,0 +1,194 @@
+"""RunPod serverless handler: the same edit engine and the same rows, on GPUs that scale to zero.
+
+Two kinds of job input:
+
+- ``{"prompt", "image" (base64) or "images" (1-3), "negative_prompt", "num_inference_steps",
+  "true_cfg_scale", "guidance_scale", "seed", "width", "height"}``: edit directly and return
+  ``{"image": <base64 PNG>, "seed", "width", "height", "timings"}``, like the original handler;
+- ``{"edit_request_id": "<uuid>"}``: claim that ``edit_requests`` row and process it exactly as
+  the worker does (download, edit, upload, complete, heartbeats). Point the database webhook at the
+  endpoint with Vault secret ``edit_processor_webhook_format = 'runpod'``.
+
+Bad input returns ``{"error": "<reason>: <message>", "error_code": "<reason>"}``. Progress goes to
+RunPod's progress updates. The model is loaded once per worker, before the first job.
+
+    python -m processor.runpod_handler                      # on RunPod
+    python -m processor.runpod_handler --test_input '{"input": {...}}'   # locally (SDK test mode)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from PIL import Image
+
+from processor.errors import InvalidInput, ProcessorError
+from processor.images import ImageLimits, decode_image, encode_image
+from processor.ports import Editor, EditParams, EditResult, ProgressCallback
+from processor.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+Job = dict[str, Any]
+Reporter = Callable[[Job, dict[str, Any]], None]
+
+
+def runpod_progress(job: Job, update: dict[str, Any]) -> None:
+    """Send a progress update to RunPod (only on RunPod: locally there is nobody to tell)."""
+    if os.environ.get("RUNPOD_WEBHOOK_GET_JOB"):
+        import runpod
+
+        runpod.serverless.progress_update(job, update)
+    else:
+        log.debug("progress %s", update)
+
+
+class _ReportingEditor:
+    """Forwards each step's progress to RunPod, whoever calls the editor."""
+
+    def __init__(self, inner: Editor, job: Job, report: Reporter) -> None:
+        self._inner = inner
+        self._job = job
+        self._report = report
+
+    def describe(self) -> Mapping[str, Any]:
+        return self._inner.describe()
+
+    def edit(
+        self,
+        images: Sequence[Image.Image],
+        params: EditParams,
+        *,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> EditResult:
+        def progress(step: int, total: int) -> None:
+            if on_progress is not None:
+                on_progress(step, total)
+            self._report(self._job, {"step": step, "total": total, "percent": round(100 * step / total)})
+
+        return self._inner.edit(images, params, on_progress=progress, cancel=cancel)
+
+
+def _images(job_input: Mapping[str, Any], limits: ImageLimits) -> list[Image.Image]:
+    raw = job_input.get("images") or ([job_input["image"]] if job_input.get("image") else [])
+    if not isinstance(raw, list) or not raw:
+        raise InvalidInput("give `image` (base64) or `images` (1 to 3)", reason="no_images")
+    if len(raw) > 3:
+        raise InvalidInput(f"{len(raw)} images given; 1 to 3 are allowed", reason="too_many_images")
+    decoded = []
+    for item in raw:
+        text = str(item).partition(",")[2] if str(item).startswith("data:") else str(item)
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidInput("image is not valid base64", reason="invalid_base64") from exc
+        decoded.append(decode_image(data, limits))
+    return decoded
+
+
+def _params(job_input: Mapping[str, Any]) -> EditParams:
+    prompt = job_input.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidInput("`prompt` is required", reason="invalid_prompt")
+    try:
+        seed = job_input.get("seed")
+        return EditParams(
+            prompt=prompt,
+            negative_prompt=str(job_input.get("negative_prompt") or " "),
+            num_inference_steps=int(job_input.get("num_inference_steps", 40)),
+            true_cfg_scale=float(job_input.get("true_cfg_scale", 4.0)),
+            guidance_scale=float(job_input.get("guidance_scale", 1.0)),
+            seed=None if seed in (None, -1) else int(seed),
+            width=int(job_input["width"]) if job_input.get("width") else None,
+            height=int(job_input["height"]) if job_input.get("height") else None,
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"bad parameter: {exc}", reason="invalid_parameter") from exc
+
+
+def make_handler(
+    editor: Editor, settings: Settings, *, report: Reporter = runpod_progress
+) -> Callable[[Job], Awaitable[dict[str, Any]]]:
+    """The handler RunPod calls for each job, closed over an editor loaded once."""
+    limits = ImageLimits.from_settings(settings)
+
+    async def edit_directly(job: Job, job_input: Mapping[str, Any]) -> dict[str, Any]:
+        images = await asyncio.to_thread(_images, job_input, limits)
+        params = _params(job_input)
+        reporting = _ReportingEditor(editor, job, report)
+        result = await asyncio.to_thread(reporting.edit, images, params)
+        png = await asyncio.to_thread(
+            encode_image, result.image, "png", {"prompt": params.prompt, "seed": str(result.seed)}
+        )
+        return {
+            "image": base64.b64encode(png).decode(),
+            "seed": result.seed,
+            "width": result.width,
+            "height": result.height,
+            "timings": dict(result.timings),
+        }
+
+    async def process_row(job: Job, request_id: uuid.UUID) -> dict[str, Any]:
+        from processor.queue import PostgresJobQueue
+        from processor.storage import SupabaseObjectStorage
+        from processor.worker import Worker
+
+        settings.require("database_url", "supabase_url", "supabase_service_role_key")
+        assert settings.database_url is not None
+        storage = SupabaseObjectStorage.from_settings(settings)
+        async with PostgresJobQueue(settings.database_url) as queue:
+            await storage.open()
+            try:
+                worker = Worker(
+                    queue=queue,
+                    storage=storage,
+                    editor=_ReportingEditor(editor, job, report),
+                    settings=settings,
+                )
+                outcome = await worker.run_one(request_id)
+            finally:
+                await storage.close()
+        # None: already taken, finished or canceled; a duplicate delivery is not an error.
+        return {"edit_request_id": str(request_id), "status": outcome or "not_claimed"}
+
+    async def handler(job: Job) -> dict[str, Any]:
+        job_input = job.get("input") or {}
+        try:
+            if not isinstance(job_input, dict):
+                raise InvalidInput("`input` must be an object", reason="invalid_request")
+            if "edit_request_id" in job_input:
+                try:
+                    request_id = uuid.UUID(str(job_input["edit_request_id"]))
+                except ValueError as exc:
+                    raise InvalidInput("edit_request_id is not a uuid", reason="invalid_request") from exc
+                return await process_row(job, request_id)
+            return await edit_directly(job, job_input)
+        except ProcessorError as exc:
+            return {"error": str(exc), "error_code": exc.reason}
+
+    return handler
+
+
+def main() -> None:
+    import runpod
+
+    from processor.engine import DiffusersEditor
+    from processor.logs import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    editor = DiffusersEditor.from_settings(settings)  # once per worker, before any job
+    runpod.serverless.start({"handler": make_handler(editor, settings)})
+
+
+if __name__ == "__main__":
+    main()
