@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from processor.auth import AuthError, TokenVerifier, User
 from processor.errors import InvalidInput, ProcessorError, TransientError
@@ -142,7 +143,10 @@ async def _read_create(request: Request) -> tuple[EditCreate, list[bytes]]:
     content_type = request.headers.get("content-type", "")
     try:
         if content_type.startswith("multipart/form-data"):
-            form = await request.form()
+            try:
+                form = await request.form()
+            except HTTPException as exc:  # Starlette's answer to a malformed multipart body
+                raise ApiError(400, "invalid_multipart", str(exc.detail)) from exc
             files = [
                 item
                 for key in ("image", "images")

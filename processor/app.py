@@ -96,7 +96,10 @@ def create_app(
         "/webhooks/edit-requests",
         status_code=status.HTTP_202_ACCEPTED,
         dependencies=[Depends(require_webhook_secret)],
-        responses={401: {"description": "Missing or wrong shared secret"}},
+        responses={
+            400: {"description": "The body is not JSON"},
+            401: {"description": "Missing or wrong shared secret"},
+        },
     )
     async def edit_request_webhook(body: DatabaseWebhook) -> Accepted:
         """Wake the worker. The table, not the payload, is the source of truth."""

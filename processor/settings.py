@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     """Project URL, e.g. ``https://xyz.supabase.co`` (Storage is reached at ``/storage/v1``)."""
     supabase_service_role_key: SecretStr | None = None
     """Service role JWT or ``sb_secret_`` key. Server-side only; never sent to clients."""
-    database_url: str | None = None
+    database_url: str | None = Field(default=None, repr=False)  # may hold a password
     """Direct (session-mode) Postgres URL: LISTEN needs a real session, not a transaction pooler."""
     webhook_secret: SecretStr | None = None
     """Shared secret the database webhook sends in ``X-Webhook-Secret``."""
@@ -129,4 +129,6 @@ def load_settings(**overrides: object) -> Settings:
             f"{'.'.join(str(p) for p in err['loc']).upper() or 'settings'}: {err['msg']}"
             for err in exc.errors()
         )
-        raise ConfigurationError(f"invalid settings: {problems}") from exc
+        # ``from None``: pydantic's own message echoes the rejected values, secrets included,
+        # and a traceback would print it.
+        raise ConfigurationError(f"invalid settings: {problems}") from None

@@ -338,21 +338,22 @@ def start_processor(
         *, editor: Editor | None = None, listen: bool = True, rest: bool = False, **overrides: Any
     ) -> Harness:
         settings: Settings = load_settings(
-            database_url=database_url,
-            supabase_url=storage_server.url,
-            supabase_service_role_key=storage_server.service_key,
-            webhook_secret=WEBHOOK_SECRET,
-            supabase_jwt_secret=storage_server.jwt_secret,
             **{
+                "database_url": database_url,
+                "supabase_url": storage_server.url,
+                "supabase_service_role_key": storage_server.service_key,
+                "webhook_secret": WEBHOOK_SECRET,
+                "supabase_jwt_secret": storage_server.jwt_secret,
                 "lease_seconds": 30,
                 "heartbeat_interval_seconds": 0.5,
                 "sweep_interval_seconds": 0.5,
                 **overrides,
             },
         )
+        assert settings.database_url is not None
         service = ProcessorService(
             settings,
-            queue=PostgresJobQueue(database_url),
+            queue=PostgresJobQueue(settings.database_url),
             storage=storage_server.adapter(attempts=settings.storage_retry_attempts),
             editor_factory=lambda: editor or tiny_editor,
             listen_for_notifications=listen,
