@@ -10,6 +10,7 @@ folder in ``edit-inputs``; the row's insert trigger sees them and queues the req
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -24,8 +25,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from processor.auth import User
 from processor.errors import InvalidInput, TransientError
-from processor.images import ImageLimits, decode_image
-from processor.ports import ObjectStorage
+from processor.images import ImageLimits, decode_image, parse_hex_colour
+from processor.ports import BaseCanvas, ObjectStorage
+from processor.sizing import ModelSizing, output_size
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 INPUT_BUCKET = "edit-inputs"
@@ -33,8 +35,10 @@ _FORMATS = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "WEBP": 
 _VIEW_COLUMNS = (
     "id, status, progress, prompt, negative_prompt, num_inference_steps, true_cfg_scale, guidance_scale, seed, "
     "input_paths, output_bucket, output_path, error, error_code, result, attempts, created_at, started_at, "
-    "finished_at, updated_at"
+    "finished_at, updated_at, width, height, base, base_color"
 )
+CREATION_SIZE = (1024, 1024)
+"""Size of a creation (no input image) that names none: Qwen-Image-Edit-2509's native square."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,10 @@ class EditSpec:
     true_cfg_scale: float = 4.0
     guidance_scale: float = 1.0
     seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    base: BaseCanvas = "blank"
+    base_color: str = "#ffffff"
 
 
 class EditRequests:
@@ -87,8 +95,9 @@ class EditRequests:
             async with self._as_user(user) as conn:
                 cursor = await conn.execute(
                     "insert into public.edit_requests (id, prompt, negative_prompt, input_paths, "
-                    "num_inference_steps, true_cfg_scale, guidance_scale, seed) "
-                    f"values (%s, %s, %s, %s, %s, %s, %s, %s) returning {_VIEW_COLUMNS}",
+                    "num_inference_steps, true_cfg_scale, guidance_scale, seed, width, height, base, "
+                    "base_color) "
+                    f"values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning {_VIEW_COLUMNS}",
                     (
                         request_id,
                         spec.prompt,
@@ -98,12 +107,26 @@ class EditRequests:
                         spec.true_cfg_scale,
                         spec.guidance_scale,
                         spec.seed,
+                        spec.width,
+                        spec.height,
+                        spec.base,
+                        spec.base_color,
                     ),
                 )
                 row = await cursor.fetchone()
         except psycopg.errors.CheckViolation as exc:
+            reason = (
+                "invalid_size"
+                if exc.diag.constraint_name == "edit_requests_size_valid"
+                else "invalid_parameter"
+            )
             raise InvalidInput(
-                f"request refused by the schema: {exc.diag.constraint_name}", reason="invalid_parameter"
+                f"request refused by the schema: {exc.diag.constraint_name}", reason=reason
+            ) from exc
+        except psycopg.errors.DataError as exc:
+            # A value the column type cannot hold (1e-300 is a valid float, but underflows ``real``).
+            raise InvalidInput(
+                f"a parameter cannot be stored: {exc.diag.message_primary}", reason="invalid_parameter"
             ) from exc
         assert row is not None
         return row
@@ -152,8 +175,16 @@ class Submissions:
             await closer()
 
     async def submit(self, user: User, images: Sequence[bytes], spec: EditSpec) -> dict[str, Any]:
-        if not images:
-            raise InvalidInput("at least one image is needed", reason="no_images")
+        """Validate, upload the images and insert the row; with no image, a creation at ``spec``'s size."""
+        if not images and spec.width is None and spec.height is None:
+            spec = dataclasses.replace(spec, width=CREATION_SIZE[0], height=CREATION_SIZE[1])
+        if spec.width is not None or spec.height is not None:
+            output_size([], ModelSizing(), spec.width, spec.height)  # the schema's rule, with a reason
+        if spec.base not in ("blank", "noise"):
+            raise InvalidInput(
+                f"base must be 'blank' or 'noise', got {spec.base!r}", reason="invalid_parameter"
+            )
+        parse_hex_colour(spec.base_color)
         if len(images) > 3:
             raise InvalidInput(
                 f"{len(images)} images given; Qwen-Image-Edit-2509 takes 1 to 3", reason="too_many_images"
