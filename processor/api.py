@@ -13,7 +13,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, status
 from fastapi.exceptions import RequestValidationError
@@ -49,7 +49,11 @@ class ApiError(Exception):
 
 
 class EditCreate(BaseModel):
-    """A new edit, with the original RunPod service's field names. Give ``image`` or ``images``."""
+    """A new edit, with the original RunPod service's field names.
+
+    Give ``image`` or ``images`` to edit them; give neither to create an image from a base
+    canvas (``base``) at ``width`` × ``height`` (default 1024 × 1024).
+    """
 
     prompt: str = Field(min_length=1, max_length=2000)
     image: str | None = Field(
@@ -63,6 +67,18 @@ class EditCreate(BaseModel):
     true_cfg_scale: float = Field(default=4.0, ge=0, le=20)
     guidance_scale: float = Field(default=1.0, ge=0, le=20)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    width: int | None = Field(
+        default=None, ge=32, le=4096, multiple_of=16, description="Output width; give with height."
+    )
+    height: int | None = Field(
+        default=None, ge=32, le=4096, multiple_of=16, description="Output height; give with width."
+    )
+    base: Literal["blank", "noise"] = Field(
+        default="blank", description="Without images: start from a blank canvas or seeded noise."
+    )
+    base_color: str = Field(
+        default="#ffffff", pattern=r"^#[0-9A-Fa-f]{6}$", description="Colour of a blank canvas."
+    )
 
 
 class EditAccepted(BaseModel):
@@ -84,6 +100,9 @@ class EditView(BaseModel):
     result: dict[str, Any] | None = None
     output_url: str | None = Field(default=None, description="Signed URL of the result, when succeeded.")
     image: str | None = Field(default=None, description="The result as base64 PNG (`wait=true` only).")
+    width: int | None = None
+    height: int | None = None
+    base: str = "blank"
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -109,7 +128,7 @@ _CREATE_BODY = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["prompt", "image"],
+                    "required": ["prompt"],
                     "properties": {
                         "image": {
                             "type": "array",
@@ -122,6 +141,10 @@ _CREATE_BODY = {
                         "true_cfg_scale": {"type": "number"},
                         "guidance_scale": {"type": "number"},
                         "seed": {"type": "integer"},
+                        "width": {"type": "integer"},
+                        "height": {"type": "integer"},
+                        "base": {"type": "string", "enum": ["blank", "noise"]},
+                        "base_color": {"type": "string"},
                     },
                 }
             },
@@ -221,6 +244,10 @@ class RestApi:
                 true_cfg_scale=body.true_cfg_scale,
                 guidance_scale=body.guidance_scale,
                 seed=body.seed,
+                width=body.width,
+                height=body.height,
+                base=body.base,
+                base_color=body.base_color,
             )
             row = await self.submissions.submit(user, images, spec)
             if wait:

@@ -15,6 +15,7 @@ import typer
 from processor.errors import ConfigurationError, ModelError, ProcessorError
 from processor.images import OutputFormat
 from processor.logs import configure_logging
+from processor.ports import BaseCanvas
 from processor.settings import Settings, load_settings
 
 T = TypeVar("T")
@@ -91,22 +92,27 @@ def _fail(error: ProcessorError) -> typer.Exit:
 
 _FORMATS: dict[str, OutputFormat] = {"png": "png", "webp": "webp", "jpeg": "jpeg", "jpg": "jpeg"}
 _DEVICES: dict[str, DeviceChoice] = {"auto": "auto", "cuda": "cuda", "cpu": "cpu"}
+_BASES: dict[str, BaseCanvas] = {"blank": "blank", "noise": "noise"}
 
 
 @app.command()
 def edit(
+    prompt: Annotated[str, typer.Option(help="What to change (or, without --image, what to create).")],
+    out: Annotated[Path, typer.Option(help="Where to write the result.")],
     image: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Option(
             "--image",
             exists=True,
             dir_okay=False,
             readable=True,
-            help="Input image; repeat for 2 or 3 images.",
+            help="Input image; repeat for 2 or 3 images. Leave out to create from --base.",
         ),
-    ],
-    prompt: Annotated[str, typer.Option(help="What to change.")],
-    out: Annotated[Path, typer.Option(help="Where to write the result.")],
+    ] = None,
+    base: Annotated[
+        str, typer.Option(help="Without --image: start from a 'blank' canvas or seeded 'noise'.")
+    ] = "blank",
+    base_color: Annotated[str, typer.Option(help="Colour of a blank canvas, #rrggbb.")] = "#ffffff",
     negative_prompt: Annotated[
         str, typer.Option(help="What to avoid (used when --true-cfg-scale > 1).")
     ] = " ",
@@ -130,7 +136,9 @@ def edit(
         str | None, typer.Option(help="auto, cuda or cpu (default: DEVICE, else auto).")
     ] = None,
 ) -> None:
-    """Run one edit, write the image and print its metadata as JSON. Bad input exits with code 2."""
+    """Run one edit (or, without --image, create an image), write it and print its metadata as JSON.
+
+    Bad input exits with code 2."""
     from processor.images import ImageLimits, decode_image, encode_image
     from processor.ports import EditParams
     from processor.sizing import ModelSizing, output_size
@@ -144,7 +152,7 @@ def edit(
             fmt = _choice(output_format, "--output-format", _FORMATS)
         target = settings.device if device is None else _choice(device, "--device", _DEVICES)
         limits = ImageLimits.from_settings(settings)
-        images = [decode_image(path.read_bytes(), limits) for path in image]
+        images = [decode_image(path.read_bytes(), limits) for path in image or []]
         params = EditParams(
             prompt=prompt,
             negative_prompt=negative_prompt,
@@ -153,6 +161,8 @@ def edit(
             seed=seed,
             width=width,
             height=height,
+            base=_choice(base, "--base", _BASES),
+            base_color=base_color,
         )
         # Everything that can be refused is refused before the (slow) model load.
         from processor.engine import DiffusersEditor, check_params, generation_text

@@ -47,7 +47,7 @@ from PIL import Image
 
 from processor.compat import allow_processor_without_torchvision, install_mrope_fix
 from processor.errors import ConfigurationError, EditCancelled, InvalidInput, ModelError
-from processor.images import to_rgb
+from processor.images import base_canvas, parse_hex_colour, to_rgb
 from processor.ports import EditParams, EditResult, ProgressCallback
 from processor.settings import Settings
 from processor.sizing import ModelSizing, output_size
@@ -191,11 +191,13 @@ class DiffusersEditor:
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> EditResult:
-        """Edit 1 to 3 images; see the class docstring for what it raises."""
+        """Edit 0 to 3 images (none: a base canvas); see the class docstring for what it raises."""
         inputs = _check_images(images)
         width, height = self.output_size([image.size for image in inputs], params.width, params.height)
         check_params(params)
         seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
+        if not inputs:
+            inputs = [base_canvas(params.base, width, height, seed=seed, colour=params.base_color)]
         _raise_if_cancelled(cancel, "before it started")
         with self._lock:
             _raise_if_cancelled(cancel, "while it waited for the model")
@@ -208,6 +210,7 @@ class DiffusersEditor:
             num_inference_steps=params.num_inference_steps,
             timings=timings,
             model=self.describe(),
+            base=None if images else params.base,
         )
 
     def _run(
@@ -365,6 +368,11 @@ def check_params(params: EditParams) -> None:
             raise InvalidInput(
                 f"{name} must be from 0 to {MAX_CFG_SCALE}, got {value!r}", reason="invalid_parameter"
             )
+    if params.base not in ("blank", "noise"):
+        raise InvalidInput(
+            f"base must be 'blank' or 'noise', got {params.base!r}", reason="invalid_parameter"
+        )
+    parse_hex_colour(params.base_color)
     seed = params.seed
     if seed is not None and (
         isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED
@@ -391,8 +399,6 @@ def generation_text(params: EditParams, result: EditResult) -> dict[str, str]:
 
 
 def _check_images(images: Sequence[Image.Image]) -> list[Image.Image]:
-    if not images:
-        raise InvalidInput("no input image", reason="no_images")
     if len(images) > MAX_IMAGES:
         raise InvalidInput(
             f"{len(images)} images; at most {MAX_IMAGES} are supported", reason="too_many_images"

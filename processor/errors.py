@@ -32,7 +32,7 @@ class InvalidInput(ProcessorError):
 
     Reason codes in use: ``empty_image``, ``truncated_image``, ``unknown_format``,
     ``too_many_bytes``, ``too_many_pixels``, ``too_small``, ``animated_image``,
-    ``too_many_images``, ``no_images``, ``invalid_size``, ``invalid_parameter``,
+    ``too_many_images``, ``invalid_size``, ``invalid_parameter``,
     ``invalid_prompt``, ``missing_object``, ``forbidden_path``.
     """
 

@@ -13,6 +13,7 @@ applied) and RGB, with any transparency flattened onto white: the model takes RG
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 from collections.abc import Mapping
@@ -178,3 +179,28 @@ def encode_image(
             f"unknown output format {fmt!r}; use png, webp or jpeg", reason="invalid_parameter"
         )
     return buffer.getvalue()
+
+
+_HEX_COLOUR = re.compile(r"#[0-9A-Fa-f]{6}")
+
+
+def parse_hex_colour(value: str) -> tuple[int, int, int]:
+    """``(r, g, b)`` of ``#rrggbb``; ``InvalidInput('invalid_parameter')`` otherwise (as the database checks)."""
+    if not isinstance(value, str) or not _HEX_COLOUR.fullmatch(value):
+        raise InvalidInput(f"base_color must be #rrggbb, got {value!r}", reason="invalid_parameter")
+    return int(value[1:3], 16), int(value[3:5], 16), int(value[5:7], 16)
+
+
+def base_canvas(base: str, width: int, height: int, *, seed: int, colour: str = "#ffffff") -> Image.Image:
+    """The image a request without inputs starts from: ``blank`` in ``colour``, or ``noise``.
+
+    The model always edits an image; creating "from nothing" edits this one. Noise comes
+    from ``seed`` (numpy's PCG64, independent of torch and the device), so a fixed seed
+    gives the same canvas, and with it the same result, on every machine.
+    """
+    if base == "blank":
+        return Image.new("RGB", (width, height), parse_hex_colour(colour))
+    if base == "noise":
+        pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+        return Image.fromarray(pixels)
+    raise InvalidInput(f"base must be 'blank' or 'noise', got {base!r}", reason="invalid_parameter")

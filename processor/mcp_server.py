@@ -13,7 +13,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -31,6 +31,8 @@ _VIEW_KEYS = (
     "error",
     "error_code",
     "result",
+    "width",
+    "height",
     "created_at",
     "finished_at",
 )
@@ -52,7 +54,7 @@ async def _submit(
     if object_path:
         # RLS refuses paths outside the caller's own folder.
         return await submissions.requests.insert(user, uuid.uuid4(), [object_path], spec)
-    raise ToolError("no_images: give image_base64 or object_path")
+    return await submissions.submit(user, [], spec)  # no image: create from a base canvas
 
 
 def create_mcp_server(
@@ -100,14 +102,31 @@ def create_mcp_server(
         num_inference_steps: int = 40,
         true_cfg_scale: float = 4.0,
         seed: int | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        base: Literal["blank", "noise"] = "blank",
+        base_color: str = "#ffffff",
         timeout_seconds: float = 600,
     ) -> list[Any]:
         """Edit an image (base64, or an object path in your `edit-inputs/{your id}/` folder) and return it.
 
-        Waits for the result up to `timeout_seconds`; returns the edited PNG and its metadata.
+        Without an image, creates one: the model edits a `blank` canvas (`base_color`) or seeded
+        `noise` at `width` × `height` (multiples of 16; default 1024 × 1024). Waits for the result
+        up to `timeout_seconds`; returns the PNG and its metadata.
         """
         user = user_of(ctx)
-        spec = EditSpec(prompt, negative_prompt, num_inference_steps, true_cfg_scale, 1.0, seed)
+        spec = EditSpec(
+            prompt,
+            negative_prompt,
+            num_inference_steps,
+            true_cfg_scale,
+            1.0,
+            seed,
+            width=width,
+            height=height,
+            base=base,
+            base_color=base_color,
+        )
         try:
             row = await _submit(submissions, user, spec, image_base64, object_path)
             final = await submissions.wait(user, row["id"], timeout_seconds) or row

@@ -19,6 +19,9 @@ from PIL import Image
 HeartbeatAnswer = Literal["ok", "lost", "canceled"]
 """What ``heartbeat_edit_request`` answers: keep going, abandon silently, or stop."""
 
+BaseCanvas = Literal["blank", "noise"]
+"""What a request without input images starts from: a plain canvas, or seeded noise."""
+
 ProgressCallback = Callable[[int, int], None]
 """Called after every denoising step with ``(step, total)``; ``step`` counts from 1."""
 
@@ -35,6 +38,10 @@ class EditParams:
     seed: int | None = None
     width: int | None = None
     height: int | None = None
+    base: BaseCanvas = "blank"
+    """Used only without input images: the engine then edits a canvas it builds."""
+    base_color: str = "#ffffff"
+    """``#rrggbb`` of a ``blank`` canvas."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +57,12 @@ class EditResult:
     """Seconds per stage: ``prompt_encoding``, ``denoising``, ``decoding``, ``total``."""
     model: Mapping[str, Any] = field(default_factory=dict)
     """Model id, revision, device and dtype."""
+    base: BaseCanvas | None = None
+    """The canvas the edit started from when it had no input image; ``None`` for edits."""
 
     def metadata(self) -> dict[str, Any]:
         """Everything but the image, JSON-ready (stored in ``edit_requests.result``)."""
-        return {
+        metadata = {
             "seed": self.seed,
             "width": self.width,
             "height": self.height,
@@ -61,11 +70,18 @@ class EditResult:
             "timings": dict(self.timings),
             "model": dict(self.model),
         }
+        if self.base is not None:
+            metadata["base"] = self.base
+        return metadata
 
 
 @runtime_checkable
 class Editor(Protocol):
-    """Turns 1 to 3 images and a prompt into an edited image. Blocking; thread-safe.
+    """Turns 0 to 3 images and a prompt into an edited image. Blocking; thread-safe.
+
+    With no image it edits a base canvas it builds itself (``images.base_canvas`` of
+    ``params.base`` at ``params.width`` × ``params.height``, default the model's native
+    square), so creation and editing share one path.
 
     Implementations serialise edits on their device, so concurrent callers queue.
     ``cancel`` is polled between steps; when set, the edit raises
@@ -104,6 +120,10 @@ class EditJob:
     attempts: int
     max_attempts: int
     created_at: datetime | None = None
+    width: int | None = None
+    height: int | None = None
+    base: BaseCanvas = "blank"
+    base_color: str = "#ffffff"
 
     def params(self) -> EditParams:
         return EditParams(
@@ -113,6 +133,10 @@ class EditJob:
             true_cfg_scale=self.true_cfg_scale,
             guidance_scale=self.guidance_scale,
             seed=self.seed,
+            width=self.width,
+            height=self.height,
+            base=self.base,
+            base_color=self.base_color,
         )
 
 

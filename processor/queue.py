@@ -38,6 +38,10 @@ def _job_from_row(row: Mapping[str, Any]) -> EditJob:
         attempts=row["attempts"],
         max_attempts=row["max_attempts"],
         created_at=row["created_at"],
+        width=row["width"],
+        height=row["height"],
+        base=row["base"],
+        base_color=row["base_color"],
     )
 
 

@@ -79,9 +79,10 @@ class _ReportingEditor:
 
 
 def _images(job_input: Mapping[str, Any], limits: ImageLimits) -> list[Image.Image]:
+    # No image at all is a creation: the editor starts from a base canvas.
     raw = job_input.get("images") or ([job_input["image"]] if job_input.get("image") else [])
-    if not isinstance(raw, list) or not raw:
-        raise InvalidInput("give `image` (base64) or `images` (1 to 3)", reason="no_images")
+    if not isinstance(raw, list):
+        raise InvalidInput("`images` must be a list of 1 to 3 base64 images", reason="invalid_parameter")
     if len(raw) > 3:
         raise InvalidInput(f"{len(raw)} images given; 1 to 3 are allowed", reason="too_many_images")
     decoded = []
@@ -110,6 +111,8 @@ def _params(job_input: Mapping[str, Any]) -> EditParams:
             seed=None if seed in (None, -1) else int(seed),
             width=int(job_input["width"]) if job_input.get("width") else None,
             height=int(job_input["height"]) if job_input.get("height") else None,
+            base=job_input.get("base", "blank"),
+            base_color=str(job_input.get("base_color", "#ffffff")),
         )
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"bad parameter: {exc}", reason="invalid_parameter") from exc

@@ -95,7 +95,7 @@ def output_size(
     """The ``(width, height)`` an edit of images of ``image_sizes`` produces; raises ``InvalidInput``.
 
     Without ``width``/``height`` it is the model's rule (``default_output_size`` of the
-    last image). Explicit sizes come as a pair, each side a multiple of 16 between 32 and
+    last image; with no image, the model's native square, the canvas a creation starts from). Explicit sizes come as a pair, each side a multiple of 16 between 32 and
     4096 and at most 4 MP in all; they are refused rather than rounded, so the caller
     always gets exactly the size asked for. (Explicit sizes do not change how the inputs
     are resized for the VAE: an output far from one megapixel looks zoomed, see diffusers
@@ -104,6 +104,9 @@ def output_size(
     """
     check_input_shapes(image_sizes, sizing)
     if width is None and height is None:
+        if not image_sizes:
+            # Creation without an input: the model's native square (1024×1024 for the real model).
+            return default_output_size((1, 1), sizing)
         result = default_output_size(image_sizes[-1], sizing)
         if min(result) < SIZE_MULTIPLE:
             raise InvalidInput(

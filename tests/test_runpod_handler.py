@@ -76,7 +76,9 @@ def test_same_seed_same_image(run_job: Callable[..., dict[str, Any]]) -> None:
     "job_input, code",
     [
         ({"image": b64(png_bytes())}, "invalid_prompt"),
-        ({"prompt": "x"}, "no_images"),
+        ({"prompt": "x", "base": "plasma"}, "invalid_parameter"),
+        ({"prompt": "x", "width": 50, "height": 64}, "invalid_size"),
+        ({"prompt": "x", "images": "not a list"}, "invalid_parameter"),
         ({"prompt": "x", "image": "%%%"}, "invalid_base64"),
         ({"prompt": "x", "image": b64(png_bytes()[:60])}, "truncated_image"),
         ({"prompt": "x", "images": [b64(png_bytes())] * 4}, "too_many_images"),
