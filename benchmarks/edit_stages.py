@@ -43,7 +43,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--model", help="hub id or local folder (default: a freshly built tiny model)")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    parser.add_argument("--cpu-offload", action="store_true", help="model CPU offload (CUDA only)")
+    parser.add_argument(
+        "--memory", default="full", choices=["full", "offload", "quantized"], help="MEMORY_MODE to load with"
+    )
+    parser.add_argument(
+        "--quantization", default="nf4", choices=["nf4", "int8"], help="for --memory quantized"
+    )
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--true-cfg-scale", type=float, default=4.0)
     parser.add_argument("--image-size", default="1024x1024", help="input size WxH (default 1024x1024)")
@@ -78,7 +83,9 @@ def peak_rss_bytes() -> int:
 
 def run(args: argparse.Namespace, model: str) -> dict[str, Any]:
     started = time.perf_counter()
-    editor = DiffusersEditor.load(model, device=args.device, cpu_offload=args.cpu_offload)
+    editor = DiffusersEditor.load(
+        model, device=args.device, memory=args.memory, quantization=args.quantization
+    )
     load_seconds = time.perf_counter() - started
     images = synthetic_images(args.images, args.image_size)
     params = EditParams(
@@ -120,7 +127,7 @@ def run(args: argparse.Namespace, model: str) -> dict[str, Any]:
 def print_table(report: dict[str, Any]) -> None:
     model = report["model"]
     print(
-        f"model    {model['model_id']}  ({model['dtype']} on {report['device_name']}, offload={model['cpu_offload']})"
+        f"model    {model['model_id']}  ({model['dtype']} on {report['device_name']}, memory={model['memory_mode']})"
     )
     print(
         f"versions diffusers {model['diffusers']}, transformers {model['transformers']}, torch {model['torch']}"

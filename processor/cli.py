@@ -174,7 +174,8 @@ def edit(
             revision=settings.model_revision,
             cache_dir=settings.model_cache_dir,
             device=target,
-            cpu_offload=settings.cpu_offload,
+            memory=settings.memory_mode,
+            quantization=settings.quantization,
         )
         result = editor.edit(images, params)
     except ProcessorError as exc:

@@ -28,6 +28,7 @@ How an edit runs, and why:
 from __future__ import annotations
 
 import gc
+import importlib.util
 import logging
 import math
 import secrets
@@ -49,7 +50,7 @@ from processor.compat import allow_processor_without_torchvision, install_mrope_
 from processor.errors import ConfigurationError, EditCancelled, InvalidInput, ModelError
 from processor.images import base_canvas, parse_hex_colour, to_rgb
 from processor.ports import EditParams, EditResult, ProgressCallback
-from processor.settings import Settings
+from processor.settings import MemoryMode, Quantization, Settings
 from processor.sizing import ModelSizing, output_size
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,8 @@ class DiffusersEditor:
         model_id: str,
         revision: str | None = None,
         sizing: ModelSizing | None = None,
-        cpu_offload: bool = False,
+        memory: MemoryMode = "full",
+        quantization: Quantization | None = None,
     ) -> None:
         """Wrap an already loaded and placed pipeline (from ``load_pipeline``)."""
         if not isinstance(pipeline, _InstrumentedPipeline):
@@ -93,7 +95,8 @@ class DiffusersEditor:
         self._model_id = model_id
         self._revision = revision
         self._sizing = sizing or ModelSizing()
-        self._cpu_offload = cpu_offload
+        self._memory = memory
+        self._quantization = quantization if memory == "quantized" else None
         self._device = torch.device(pipeline._execution_device)
         self._lock = threading.Lock()
 
@@ -105,26 +108,34 @@ class DiffusersEditor:
         revision: str | None = None,
         cache_dir: str | Path | None = None,
         device: DeviceChoice = "auto",
-        cpu_offload: bool = False,
+        memory: MemoryMode = "full",
+        quantization: Quantization = "nf4",
         warmup: bool = False,
     ) -> DiffusersEditor:
         """Load a ``QwenImageEditPlusPipeline`` (hub id or local folder) and optionally warm it up.
 
-        bfloat16 on CUDA, float32 on CPU. ``cpu_offload`` (CUDA only) keeps each model on
-        the GPU only while it runs: for GPUs under 64 GB, slower. Raises
-        ``ConfigurationError`` when the model cannot be loaded.
+        bfloat16 on CUDA, float32 on CPU. ``memory`` (see ``Settings.memory_mode``): ``full``,
+        ``offload`` (CUDA only: each model on the GPU only while it runs) or ``quantized``
+        (the transformer's linear weights in ``quantization``, the rest offloaded on CUDA).
+        Raises ``ConfigurationError`` when the model cannot be loaded that way.
         """
         started = time.perf_counter()
         target = resolve_device(device)
         pipeline = load_pipeline(
-            model_id, revision=revision, cache_dir=cache_dir, device=target, cpu_offload=cpu_offload
+            model_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            device=target,
+            memory=memory,
+            quantization=quantization,
         )
         editor = cls(
             pipeline,
             model_id=str(model_id),
             revision=revision,
             sizing=ModelSizing.for_model(model_id),
-            cpu_offload=cpu_offload and target.type == "cuda",
+            memory=memory if target.type == "cuda" or memory == "quantized" else "full",
+            quantization=quantization,
         )
         log.info(
             "model loaded",
@@ -136,13 +147,15 @@ class DiffusersEditor:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DiffusersEditor:
-        """``load`` with ``MODEL_ID``, ``MODEL_REVISION``, ``MODEL_CACHE_DIR``, ``DEVICE``, ``CPU_OFFLOAD``, ``WARMUP``."""
+        """``load`` with ``MODEL_ID``, ``MODEL_REVISION``, ``MODEL_CACHE_DIR``, ``DEVICE``, ``MEMORY_MODE``,
+        ``QUANTIZATION`` and ``WARMUP``."""
         return cls.load(
             settings.model_id,
             revision=settings.model_revision,
             cache_dir=settings.model_cache_dir,
             device=settings.device,
-            cpu_offload=settings.cpu_offload,
+            memory=settings.memory_mode,
+            quantization=settings.quantization,
             warmup=settings.warmup,
         )
 
@@ -162,7 +175,8 @@ class DiffusersEditor:
             "revision": self._revision,
             "device": str(self._device),
             "dtype": str(self._pipe.transformer.dtype).removeprefix("torch."),
-            "cpu_offload": self._cpu_offload,
+            "memory_mode": self._memory,
+            "quantization": self._quantization,
             "diffusers": diffusers.__version__,
             "transformers": transformers.__version__,
             "torch": torch.__version__,
@@ -317,9 +331,11 @@ def load_pipeline(
     revision: str | None = None,
     cache_dir: str | Path | None = None,
     device: torch.device,
-    cpu_offload: bool = False,
+    memory: MemoryMode = "full",
+    quantization: Quantization = "nf4",
 ) -> Any:
-    """``from_pretrained`` a ``QwenImageEditPlusPipeline`` with the engine's fixes, placed on ``device``."""
+    """``from_pretrained`` a ``QwenImageEditPlusPipeline`` with the engine's fixes, placed on ``device``
+    as ``memory`` says."""
     allow_processor_without_torchvision()
     # Loading progress bars are noise in a service's logs (and on the CLI's stderr).
     diffusers.utils.logging.disable_progress_bar()
@@ -333,19 +349,56 @@ def load_pipeline(
             raise ConfigurationError(
                 f"{source} is a {class_name}, not a {PIPELINE_CLASS} (Qwen-Image-Edit-2509)"
             )
+        if memory == "quantized":
+            options["quantization_config"] = _quantization_config(quantization, device, dtype)
         pipeline = _InstrumentedPipeline.from_pretrained(source, dtype=dtype, **options)
     except (OSError, ValueError) as exc:
         raise ConfigurationError(f"cannot load the model {source!r}: {exc}") from exc
     if not install_mrope_fix(pipeline.text_encoder):
         log.info("text encoder computes 3D positions itself; no mm_token_type_ids hook needed")
     pipeline.set_progress_bar_config(disable=True)
-    if cpu_offload and device.type == "cuda":
+    if memory != "full" and device.type == "cuda":
+        # Quantized too: the 16 GB text encoder waits on the CPU while the transformer runs.
         pipeline.enable_model_cpu_offload(device=device)
     else:
-        if cpu_offload:
-            log.warning("CPU_OFFLOAD applies to CUDA only; ignored on %s", device)
+        if memory == "offload":
+            log.warning("MEMORY_MODE=offload applies to CUDA only; ignored on %s", device)
         pipeline.to(device)
     return pipeline
+
+
+def _quantization_config(quantization: Quantization, device: torch.device, dtype: torch.dtype) -> Any:
+    """diffusers' own pipeline quantization for the transformer, the one model too big for 24 GB."""
+    from diffusers.quantizers import PipelineQuantizationConfig
+
+    if quantization == "nf4":
+        if device.type != "cuda":
+            raise ConfigurationError("QUANTIZATION=nf4 (bitsandbytes) needs CUDA; use int8 on this device")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ConfigurationError(_MISSING_QUANTIZATION.format(library="bitsandbytes"))
+        return PipelineQuantizationConfig(
+            quant_backend="bitsandbytes_4bit",
+            quant_kwargs={
+                "load_in_4bit": True,
+                "bnb_4bit_quant_type": "nf4",
+                "bnb_4bit_compute_dtype": dtype,
+            },
+            components_to_quantize=["transformer"],
+        )
+    if importlib.util.find_spec("torchao") is None:
+        raise ConfigurationError(_MISSING_QUANTIZATION.format(library="torchao"))
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    # An explicit mapping: the string shorthand ("int8wo") trips diffusers' check that its and
+    # transformers' config signatures match.
+    return PipelineQuantizationConfig(
+        quant_mapping={"transformer": diffusers.TorchAoConfig(Int8WeightOnlyConfig())}
+    )
+
+
+_MISSING_QUANTIZATION = (
+    "MEMORY_MODE=quantized needs {library}: pip install 'qwen-edit-processor[quantization]'"
+)
 
 
 def check_params(params: EditParams) -> None:

@@ -25,6 +25,10 @@ def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+MemoryMode = Literal["full", "offload", "quantized"]
+Quantization = Literal["nf4", "int8"]
+
+
 class Settings(BaseSettings):
     """All settings of the processor. See the README's configuration table."""
 
@@ -56,8 +60,16 @@ class Settings(BaseSettings):
     model_revision: str | None = None
     model_cache_dir: Path | None = None
     device: Literal["auto", "cuda", "cpu"] = "auto"
+    memory_mode: MemoryMode = "full"
+    """How the model uses GPU memory. ``full``: everything on the GPU (about 60 GB in bf16).
+    ``offload``: model CPU offload, each model on the GPU only while it runs (48 GB cards;
+    slower, needs about 64 GB of host RAM). ``quantized``: the transformer in 4- or 8-bit
+    weights (``QUANTIZATION``) and the text encoder offloaded: one 1024² edit in 24 GB."""
+    quantization: Quantization = "nf4"
+    """Transformer weights in ``MEMORY_MODE=quantized``: ``nf4`` (bitsandbytes 4-bit, CUDA only) or
+    ``int8`` (torchao int8 weight-only; CUDA or CPU). Needs the ``quantization`` extra."""
     cpu_offload: bool = False
-    """Model CPU offload for GPUs under 64 GB (slower; needs about 64 GB of host RAM)."""
+    """Older spelling of ``MEMORY_MODE=offload``, still honoured."""
     warmup: bool = True
     """Run one short edit after loading, so the first real request is not the slow one."""
 
@@ -98,6 +110,12 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must be a postgresql:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _cpu_offload_means_offload(self) -> Settings:
+        if self.cpu_offload and self.memory_mode == "full":
+            self.memory_mode = "offload"
+        return self
 
     @model_validator(mode="after")
     def _heartbeat_fits_lease(self) -> Settings:

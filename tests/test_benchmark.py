@@ -26,3 +26,20 @@ def test_the_stage_benchmark_reports_timings_and_memory(
     assert report["seconds_per_image"] > 0 and report["peak_rss_bytes"] > 0
     assert module.main(argv) == 0
     assert "seconds per image" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_load_benchmark_checks_exactly_once_with_bad_inputs_mixed_in() -> None:
+    import subprocess
+    import sys
+
+    script = SCRIPT.parent / "load.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--requests", "40", "--workers", "2", "--malformed", "0.25"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert done.stdout.count("exactly once: yes") == 2
+    assert "'succeeded': 30" in done.stdout and "'failed': 10" in done.stdout
