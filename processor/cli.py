@@ -15,7 +15,7 @@ import typer
 from processor.errors import ConfigurationError, ModelError, ProcessorError
 from processor.images import OutputFormat
 from processor.logs import configure_logging
-from processor.ports import BaseCanvas
+from processor.ports import BaseCanvas, Editor
 from processor.settings import Settings, load_settings
 
 T = TypeVar("T")
@@ -140,6 +140,7 @@ def edit(
 
     Bad input exits with code 2."""
     from processor.images import ImageLimits, decode_image, encode_image
+    from processor.params import check_params, generation_text
     from processor.ports import EditParams
     from processor.sizing import ModelSizing, output_size
 
@@ -165,18 +166,24 @@ def edit(
             base_color=base_color,
         )
         # Everything that can be refused is refused before the (slow) model load.
-        from processor.engine import DiffusersEditor, check_params, generation_text
-
         check_params(params)
         output_size([decoded.size for decoded in images], ModelSizing.for_model(model_id), width, height)
-        editor = DiffusersEditor.load(
-            model_id,
-            revision=settings.model_revision,
-            cache_dir=settings.model_cache_dir,
-            device=target,
-            memory=settings.memory_mode,
-            quantization=settings.quantization,
-        )
+        editor: Editor
+        if settings.edit_engine == "comfyui":
+            from processor.editors import build_editor
+
+            editor = build_editor(settings)
+        else:
+            from processor.engine import DiffusersEditor
+
+            editor = DiffusersEditor.load(
+                model_id,
+                revision=settings.model_revision,
+                cache_dir=settings.model_cache_dir,
+                device=target,
+                memory=settings.memory_mode,
+                quantization=settings.quantization,
+            )
         result = editor.edit(images, params)
     except ProcessorError as exc:
         raise _fail(exc) from exc

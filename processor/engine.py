@@ -30,8 +30,6 @@ from __future__ import annotations
 import gc
 import importlib.util
 import logging
-import math
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -47,8 +45,8 @@ from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as _plus_
 from PIL import Image
 
 from processor.compat import allow_processor_without_torchvision, install_mrope_fix
-from processor.errors import ConfigurationError, EditCancelled, InvalidInput, ModelError
-from processor.images import base_canvas, parse_hex_colour, to_rgb
+from processor.errors import ConfigurationError, EditCancelled, ModelError
+from processor.params import MIN_STEPS, prepare_edit
 from processor.ports import EditParams, EditResult, ProgressCallback
 from processor.settings import MemoryMode, Quantization, Settings
 from processor.sizing import ModelSizing, output_size
@@ -58,15 +56,6 @@ log = logging.getLogger(__name__)
 DeviceChoice = Literal["auto", "cuda", "cpu"]
 
 PIPELINE_CLASS = "QwenImageEditPlusPipeline"
-MAX_IMAGES = 3
-"""The model card: "optimal performance is achieved with 1 to 3 input images"."""
-MIN_STEPS, MAX_STEPS = 2, 100
-"""One step is refused: with Qwen-Image's scheduler config (``shift_terminal``) it yields NaN sigmas."""
-MAX_CFG_SCALE = 20.0
-MAX_PROMPT_CHARS = 4000
-"""Nothing truncates the prompt downstream; this keeps the text sequence (and memory) bounded."""
-MAX_SEED = 2**63 - 1
-"""Seeds fit a Postgres ``bigint``; drawn seeds are below 2**31."""
 
 
 class DiffusersEditor:
@@ -206,25 +195,22 @@ class DiffusersEditor:
         cancel: threading.Event | None = None,
     ) -> EditResult:
         """Edit 0 to 3 images (none: a base canvas); see the class docstring for what it raises."""
-        inputs = _check_images(images)
-        width, height = self.output_size([image.size for image in inputs], params.width, params.height)
-        check_params(params)
-        seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
-        if not inputs:
-            inputs = [base_canvas(params.base, width, height, seed=seed, colour=params.base_color)]
+        prepared = prepare_edit(images, params, self._sizing)
         _raise_if_cancelled(cancel, "before it started")
         with self._lock:
             _raise_if_cancelled(cancel, "while it waited for the model")
-            image, timings = self._run(inputs, params, seed, width, height, on_progress, cancel)
+            image, timings = self._run(
+                prepared.images, params, prepared.seed, prepared.width, prepared.height, on_progress, cancel
+            )
         return EditResult(
             image=image,
-            seed=seed,
+            seed=prepared.seed,
             width=image.width,
             height=image.height,
             num_inference_steps=params.num_inference_steps,
             timings=timings,
             model=self.describe(),
-            base=None if images else params.base,
+            base=prepared.base,
         )
 
     def _run(
@@ -399,64 +385,6 @@ def _quantization_config(quantization: Quantization, device: torch.device, dtype
 _MISSING_QUANTIZATION = (
     "MEMORY_MODE=quantized needs {library}: pip install 'qwen-edit-processor[quantization]'"
 )
-
-
-def check_params(params: EditParams) -> None:
-    """Raise ``InvalidInput`` (``invalid_prompt`` / ``invalid_parameter``) for parameters the engine refuses."""
-    if not params.prompt.strip():
-        raise InvalidInput("the prompt is empty", reason="invalid_prompt")
-    for name, text in (("prompt", params.prompt), ("negative_prompt", params.negative_prompt)):
-        if len(text) > MAX_PROMPT_CHARS:
-            raise InvalidInput(
-                f"{name} has {len(text)} characters; the limit is {MAX_PROMPT_CHARS}", reason="invalid_prompt"
-            )
-    steps = params.num_inference_steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or not MIN_STEPS <= steps <= MAX_STEPS:
-        raise InvalidInput(
-            f"num_inference_steps must be an integer from {MIN_STEPS} to {MAX_STEPS}, got {steps!r}",
-            reason="invalid_parameter",
-        )
-    for name, value in (("true_cfg_scale", params.true_cfg_scale), ("guidance_scale", params.guidance_scale)):
-        if not (isinstance(value, int | float) and math.isfinite(value) and 0 <= value <= MAX_CFG_SCALE):
-            raise InvalidInput(
-                f"{name} must be from 0 to {MAX_CFG_SCALE}, got {value!r}", reason="invalid_parameter"
-            )
-    if params.base not in ("blank", "noise"):
-        raise InvalidInput(
-            f"base must be 'blank' or 'noise', got {params.base!r}", reason="invalid_parameter"
-        )
-    parse_hex_colour(params.base_color)
-    seed = params.seed
-    if seed is not None and (
-        isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED
-    ):
-        raise InvalidInput(
-            f"seed must be an integer from 0 to 2**63-1, got {seed!r}", reason="invalid_parameter"
-        )
-
-
-def generation_text(params: EditParams, result: EditResult) -> dict[str, str]:
-    """The generation parameters as PNG text chunks (``images.encode_image(..., text=...)``)."""
-    return {
-        "prompt": params.prompt,
-        "negative_prompt": params.negative_prompt,
-        "seed": str(result.seed),
-        "num_inference_steps": str(result.num_inference_steps),
-        "true_cfg_scale": str(params.true_cfg_scale),
-        "guidance_scale": str(params.guidance_scale),
-        "width": str(result.width),
-        "height": str(result.height),
-        "model": str(result.model.get("model_id", "")),
-        "model_revision": str(result.model.get("revision") or ""),
-    }
-
-
-def _check_images(images: Sequence[Image.Image]) -> list[Image.Image]:
-    if len(images) > MAX_IMAGES:
-        raise InvalidInput(
-            f"{len(images)} images; at most {MAX_IMAGES} are supported", reason="too_many_images"
-        )
-    return [to_rgb(image) for image in images]
 
 
 def _raise_if_cancelled(cancel: threading.Event | None, when: str) -> None:

@@ -58,6 +58,18 @@ class ModelError(ProcessorError):
     retryable = True
 
 
+class WorkflowError(ProcessorError):
+    """An external engine's workflow failed on this request (a ComfyUI node raised).
+
+    Not retried: the same workflow on the same inputs fails the same way (a missing model
+    file, an incompatible input). Reason codes: ``comfyui_node_error``,
+    ``comfyui_invalid_workflow`` (ComfyUI refused the workflow before running it).
+    """
+
+    reason = "workflow_error"
+    retryable = False
+
+
 class EditCancelled(ProcessorError):
     """A running edit was stopped between steps at the caller's request."""
 

@@ -184,12 +184,12 @@ def make_handler(
 def main() -> None:
     import runpod
 
-    from processor.engine import DiffusersEditor
+    from processor.editors import build_editor
     from processor.logs import configure_logging
 
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    editor = DiffusersEditor.from_settings(settings)  # once per worker, before any job
+    editor = build_editor(settings)  # once per worker, before any job
     runpod.serverless.start({"handler": make_handler(editor, settings)})
 
 

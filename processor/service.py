@@ -167,7 +167,7 @@ def build_service(settings: Settings, *, listen_for_notifications: bool = True) 
     """The production wiring: Postgres queue, Supabase Storage, diffusers editor."""
     settings.require("database_url", "supabase_url", "supabase_service_role_key")
     # Imported here so that `edit-processor --help` stays fast and light.
-    from processor.engine import DiffusersEditor
+    from processor.editors import build_editor
     from processor.queue import PostgresJobQueue
     from processor.storage import SupabaseObjectStorage
 
@@ -176,7 +176,7 @@ def build_service(settings: Settings, *, listen_for_notifications: bool = True) 
         settings,
         queue=PostgresJobQueue(settings.database_url),
         storage=SupabaseObjectStorage.from_settings(settings),
-        editor_factory=lambda: DiffusersEditor.from_settings(settings),
+        editor_factory=lambda: build_editor(settings),
         listen_for_notifications=listen_for_notifications,
     )
 

@@ -54,6 +54,18 @@ class Settings(BaseSettings):
     mcp_access_token: SecretStr | None = None
     """A user's access token for ``edit-processor mcp`` (stdio): the edits belong to that user."""
 
+    # --- Engine -----------------------------------------------------------------------------------
+    edit_engine: Literal["diffusers", "comfyui"] = "diffusers"
+    """``diffusers``: load the model in this process. ``comfyui``: drive a ComfyUI server that has it."""
+    comfyui_url: str | None = None
+    """ComfyUI's address, e.g. ``http://comfyui:8188`` (``EDIT_ENGINE=comfyui``)."""
+    comfyui_auth_header: SecretStr | None = None
+    """Sent as the ``Authorization`` header to ComfyUI (e.g. ``Bearer …`` behind an auth proxy)."""
+    comfyui_timeout_seconds: float = Field(default=30.0, gt=0)
+    """Per HTTP call to ComfyUI; a run may take longer (its websocket must speak every 10 minutes)."""
+    comfyui_workflow: Path | None = None
+    """Your own API-format workflow with placeholders (see README); default: the packaged one."""
+
     # --- Model ------------------------------------------------------------------------------------
     model_id: str = "Qwen/Qwen-Image-Edit-2509"
     """Hub id or local folder of a ``QwenImageEditPlusPipeline``."""
@@ -100,6 +112,13 @@ class Settings(BaseSettings):
     @field_validator("supabase_url")
     @classmethod
     def _url_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if value else value
+
+    @field_validator("comfyui_url")
+    @classmethod
+    def _comfyui_url_is_http(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/") if value else value

@@ -20,7 +20,19 @@ def compose() -> dict[str, Any]:
 
 
 def test_compose_file_is_valid_compose() -> None:
-    assert set(compose()["services"]) == {"processor", "worker"}
+    assert set(compose()["services"]) == {"processor", "worker", "processor-comfyui"}
+
+
+def test_the_comfyui_profile_is_opt_in_needs_no_gpu_and_joins_comfyuis_network() -> None:
+    loaded = compose()
+    service = loaded["services"]["processor-comfyui"]
+    assert service["profiles"] == ["comfyui"]  # not started by a plain `docker compose up`
+    assert service["environment"]["EDIT_ENGINE"] == "comfyui"
+    assert "deploy" not in service and "volumes" not in service  # no GPU, no model here
+    assert "comfyui" in service["networks"]
+    network = loaded["networks"]["comfyui"]
+    assert network["external"] is True and "COMFYUI_NETWORK" in network["name"]
+    assert "comfyui" not in loaded["services"]["processor"].get("profiles", [])
 
 
 def test_processor_service_reserves_a_gpu_checks_readiness_and_restarts() -> None:

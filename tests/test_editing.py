@@ -15,9 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from processor.engine import MAX_IMAGES, DiffusersEditor
+from processor.engine import DiffusersEditor
 from processor.errors import EditCancelled, InvalidInput, ModelError
 from processor.images import encode_image
+from processor.params import MAX_IMAGES
 from processor.ports import Editor, EditParams
 
 

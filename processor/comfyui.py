@@ -1,0 +1,410 @@
+"""``ports.Editor`` over a ComfyUI server that already has Qwen-Image-Edit-2509 loaded.
+
+For teams that run ComfyUI with the model's native nodes and do not want a second 20B
+model in memory. The flow follows ComfyUI's own API (``comfyanonymous/ComfyUI``):
+
+- ``GET /ws?clientId=…`` (``server.py``, ``websocket_handler``): JSON messages
+  ``{"type", "data"}`` (``PromptServer.send_json``) and binary frames that start with a
+  4-byte big-endian event type (``encode_bytes``; 1 = ``PREVIEW_IMAGE``, then a 4-byte
+  image type and the image). Execution messages come from ``execution.py``:
+  ``execution_start``, ``execution_cached``, ``executing`` (``node: null`` when the prompt
+  is done), ``progress`` (``value``, ``max``, ``node``, ``prompt_id``), ``executed``,
+  ``execution_success``, ``execution_error`` (``node_id``, ``node_type``,
+  ``exception_type``, ``exception_message``) and ``execution_interrupted``.
+- ``POST /upload/image`` (multipart ``image``, ``type``, ``subfolder``, ``overwrite``) answers
+  ``{"name", "subfolder", "type"}``.
+- ``POST /prompt`` ``{"prompt", "client_id"}`` answers ``{"prompt_id", "number",
+  "node_errors"}``, or 400 ``{"error": {...}, "node_errors": {...}}`` for a workflow it refuses.
+- ``GET /queue`` (``queue_running``/``queue_pending``: lists whose second item is the prompt id),
+  ``POST /queue`` ``{"delete": [ids]}``, ``POST /interrupt`` (with ``{"prompt_id"}`` newer
+  servers interrupt only when that prompt is the running one; we also check first, so an
+  older, global-only server never loses someone else's prompt).
+- ``GET /history/{prompt_id}`` (``outputs`` by node: ``images`` of ``{filename, subfolder,
+  type}``) and ``GET /view?filename=&subfolder=&type=``.
+
+Workflows are ComfyUI's API format (``{node_id: {"class_type", "inputs"}}``). String values
+that are exactly a placeholder are replaced with typed values: ``{{prompt}}``,
+``{{negative_prompt}}``, ``{{image1}}``..``{{image3}}`` (uploaded file names), ``{{steps}}``,
+``{{cfg}}`` (``true_cfg_scale``), ``{{seed}}``, ``{{width}}`` and ``{{height}}``. With fewer
+images than slots, the unused ``LoadImage`` nodes are removed, inputs named ``image1``..
+``image3`` that pointed at them are dropped (they are optional on
+``TextEncodeQwenImageEditPlus``), and any other node left pointing at a removed node is
+removed too.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from PIL import Image
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.sync.client import ClientConnection, connect
+from websockets.sync.connection import Connection
+
+from processor.errors import (
+    ConfigurationError,
+    EditCancelled,
+    ModelError,
+    TransientError,
+    WorkflowError,
+)
+from processor.params import prepare_edit
+from processor.ports import EditParams, EditResult, ProgressCallback
+from processor.sizing import ModelSizing
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDERS = frozenset(
+    {"prompt", "negative_prompt", "image1", "image2", "image3", "steps", "cfg", "seed", "width", "height"}
+)
+IMAGE_SLOTS = ("image1", "image2", "image3")
+SAMPLER_CLASSES = frozenset({"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"})
+DEFAULT_WORKFLOW = "qwen_image_edit_2509.json"
+_PREVIEW_IMAGE = 1  # server.py BinaryEventTypes.PREVIEW_IMAGE
+_UPLOAD_SUBFOLDER = "qwen-edit-processor"
+
+
+def load_workflow(path: str | Path | None = None) -> dict[str, Any]:
+    """The API-format workflow at ``path`` (or the packaged one), checked; ``ConfigurationError`` if unusable."""
+    try:
+        if path is None:
+            text = resources.files("processor.workflows").joinpath(DEFAULT_WORKFLOW).read_text()
+        else:
+            text = Path(path).read_text()
+        workflow = json.loads(text)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigurationError(f"cannot read the ComfyUI workflow {path}: {exc}") from exc
+    check_workflow(workflow, str(path or DEFAULT_WORKFLOW))
+    return dict(workflow)
+
+
+def check_workflow(workflow: object, name: str) -> None:
+    """An API-format workflow with the placeholders the processor fills, and nothing else in braces."""
+    if not isinstance(workflow, dict) or not workflow:
+        raise ConfigurationError(f"{name}: not an API-format workflow (export it with 'Save (API)')")
+    found: set[str] = set()
+    for node_id, node in workflow.items():
+        if not isinstance(node, dict) or "class_type" not in node or not isinstance(node.get("inputs"), dict):
+            raise ConfigurationError(f"{name}: node {node_id} has no class_type or inputs")
+        for value in node["inputs"].values():
+            if isinstance(value, str) and value.startswith("{{") and value.endswith("}}"):
+                found.add(value[2:-2])
+    unknown = found - PLACEHOLDERS
+    if unknown:
+        raise ConfigurationError(
+            f"{name}: unknown placeholders {sorted(unknown)}; known: {sorted(PLACEHOLDERS)}"
+        )
+    missing = {"prompt", "image1"} - found
+    if missing:
+        raise ConfigurationError(f"{name}: the workflow needs the placeholders {sorted(missing)}")
+
+
+def fill_workflow(workflow: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy with placeholders replaced; image slots without a value removed (see the module doc)."""
+    filled: dict[str, Any] = copy.deepcopy(dict(workflow))
+    removed = {
+        node_id
+        for node_id, node in filled.items()
+        for value in node["inputs"].values()
+        if isinstance(value, str) and value[2:-2] in IMAGE_SLOTS and values.get(value[2:-2]) is None
+    }
+    for node_id in removed:
+        del filled[node_id]
+    while True:
+        dangling = set()
+        for node_id, node in filled.items():
+            for name, value in list(node["inputs"].items()):
+                if isinstance(value, list) and value and str(value[0]) in removed:
+                    if name in IMAGE_SLOTS:
+                        del node["inputs"][name]
+                    else:
+                        dangling.add(node_id)
+        if not dangling:
+            break
+        removed |= dangling
+        for node_id in dangling:
+            del filled[node_id]
+    for node in filled.values():
+        for name, value in node["inputs"].items():
+            if isinstance(value, str) and value.startswith("{{") and value.endswith("}}"):
+                node["inputs"][name] = values[value[2:-2]]
+    return filled
+
+
+class ComfyUIEditor:
+    """``ports.Editor`` that runs each edit as a prompt on a ComfyUI server.
+
+    Blocking and thread-safe: one edit at a time per editor (ComfyUI runs one prompt at a
+    time anyway). Server down, timeouts and 5xx raise ``TransientError``
+    (``comfyui_unavailable``: retried by the queue); a workflow ComfyUI refuses or a node
+    that raises gives ``WorkflowError``; out of memory gives ``ModelError``
+    (``out_of_memory``, retryable); a cancel interrupts only our own prompt.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        workflow: Mapping[str, Any] | None = None,
+        workflow_name: str = DEFAULT_WORKFLOW,
+        auth_header: str | None = None,
+        timeout: float = 30.0,
+        idle_timeout: float = 600.0,
+        sizing: ModelSizing | None = None,
+    ) -> None:
+        self._url = url.rstrip("/")
+        self._workflow = dict(workflow) if workflow is not None else load_workflow()
+        check_workflow(self._workflow, workflow_name)
+        self._workflow_name = workflow_name
+        self._headers = {"Authorization": auth_header} if auth_header else {}
+        self._timeout = timeout
+        self._idle_timeout = idle_timeout
+        self._sizing = sizing or ModelSizing()
+        self._lock = threading.Lock()
+        self._http = httpx.Client(base_url=self._url, headers=self._headers, timeout=timeout)
+
+    def describe(self) -> Mapping[str, Any]:
+        return {"engine": "comfyui", "server": self._url, "workflow": self._workflow_name}
+
+    def close(self) -> None:
+        self._http.close()
+
+    def edit(
+        self,
+        images: Sequence[Image.Image],
+        params: EditParams,
+        *,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> EditResult:
+        prepared = prepare_edit(images, params, self._sizing)
+        with self._lock:
+            started = time.perf_counter()
+            client_id = uuid.uuid4().hex
+            with self._websocket(client_id) as socket:
+                names = [self._upload(image) for image in prepared.images]
+                values: dict[str, Any] = {
+                    "prompt": params.prompt,
+                    "negative_prompt": params.negative_prompt or " ",
+                    "steps": params.num_inference_steps,
+                    "cfg": params.true_cfg_scale,
+                    "seed": prepared.seed,
+                    "width": prepared.width,
+                    "height": prepared.height,
+                    **{slot: names[i] if i < len(names) else None for i, slot in enumerate(IMAGE_SLOTS)},
+                }
+                workflow = fill_workflow(self._workflow, values)
+                prompt_id = self._submit(workflow, client_id)
+                sampler = {
+                    node_id for node_id, node in workflow.items() if node["class_type"] in SAMPLER_CLASSES
+                }
+                timings = self._follow(socket, prompt_id, sampler, on_progress, cancel)
+            fetch_started = time.perf_counter()
+            image = self._result(prompt_id)
+            timings["fetch"] = time.perf_counter() - fetch_started
+            timings["total"] = time.perf_counter() - started
+        return EditResult(
+            image=image,
+            seed=prepared.seed,
+            width=image.width,
+            height=image.height,
+            num_inference_steps=params.num_inference_steps,
+            timings=timings,
+            model={**self.describe(), "prompt_id": prompt_id},
+            base=prepared.base,
+        )
+
+    # --- HTTP ------------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise TransientError(f"ComfyUI unreachable: {exc}", reason="comfyui_unavailable") from exc
+        if response.status_code >= 500:
+            raise TransientError(
+                f"ComfyUI answered {response.status_code} to {method} {path}", reason="comfyui_unavailable"
+            )
+        return response
+
+    def _upload(self, image: Image.Image) -> str:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        name = f"{uuid.uuid4().hex}.png"
+        response = self._request(
+            "POST",
+            "/upload/image",
+            files={"image": (name, buffer.getvalue(), "image/png")},
+            data={"type": "input", "subfolder": _UPLOAD_SUBFOLDER, "overwrite": "true"},
+        )
+        if response.status_code != 200:
+            raise WorkflowError(
+                f"ComfyUI refused the upload ({response.status_code})", reason="comfyui_invalid_workflow"
+            )
+        stored = response.json()
+        # LoadImage names files relative to the input folder, subfolder included.
+        return f"{stored['subfolder']}/{stored['name']}" if stored.get("subfolder") else str(stored["name"])
+
+    def _submit(self, workflow: Mapping[str, Any], client_id: str) -> str:
+        response = self._request("POST", "/prompt", json={"prompt": workflow, "client_id": client_id})
+        if response.status_code != 200:
+            try:
+                body = response.json()
+            except json.JSONDecodeError:
+                body = {"error": {"message": response.text[:500]}}
+            error = (
+                body.get("error") if isinstance(body.get("error"), dict) else {"message": body.get("error")}
+            )
+            details = "; ".join(
+                f"{node.get('class_type', node_id)}: {problem.get('message')} ({problem.get('details')})"
+                for node_id, node in (body.get("node_errors") or {}).items()
+                for problem in node.get("errors", [])
+            )
+            raise WorkflowError(
+                f"ComfyUI refused the workflow: {error.get('message')}" + (f": {details}" if details else ""),
+                reason="comfyui_invalid_workflow",
+            )
+        return str(response.json()["prompt_id"])
+
+    def _result(self, prompt_id: str) -> Image.Image:
+        entry = self._request("GET", f"/history/{prompt_id}").json().get(prompt_id)
+        if not entry:
+            raise TransientError(f"ComfyUI has no history for {prompt_id}", reason="comfyui_unavailable")
+        outputs = [
+            image
+            for output in entry.get("outputs", {}).values()
+            for image in output.get("images", [])
+            if image.get("type") == "output"
+        ]
+        if not outputs:
+            raise WorkflowError("the workflow saved no output image", reason="comfyui_node_error")
+        first = outputs[0]
+        response = self._request(
+            "GET",
+            "/view",
+            params={"filename": first["filename"], "subfolder": first.get("subfolder", ""), "type": "output"},
+        )
+        if response.status_code != 200:
+            raise TransientError(
+                f"ComfyUI could not serve the output ({response.status_code})", reason="comfyui_unavailable"
+            )
+        with Image.open(io.BytesIO(response.content)) as opened:
+            return opened.convert("RGB")
+
+    def _interrupt_if_ours(self, prompt_id: str) -> None:
+        """Stop our prompt: interrupt it only while it is the running one, else drop it from the queue."""
+        queue = self._request("GET", "/queue").json()
+        running = {str(item[1]) for item in queue.get("queue_running", []) if len(item) > 1}
+        if prompt_id in running:
+            self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
+        else:
+            self._request("POST", "/queue", json={"delete": [prompt_id]})
+
+    # --- Websocket -------------------------------------------------------------------------------
+    def _websocket(self, client_id: str) -> ClientConnection:
+        parts = urlsplit(self._url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        uri = urlunsplit((scheme, parts.netloc, f"{parts.path}/ws", f"clientId={client_id}", ""))
+        try:
+            return connect(uri, additional_headers=self._headers, open_timeout=self._timeout, max_size=None)
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            raise TransientError(
+                f"ComfyUI websocket unreachable: {exc}", reason="comfyui_unavailable"
+            ) from exc
+
+    def _follow(
+        self,
+        socket: Connection,
+        prompt_id: str,
+        sampler: set[str],
+        on_progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> dict[str, float]:
+        """Read messages until our prompt ends; returns ``queue_wait`` and ``execution`` seconds."""
+        submitted = time.perf_counter()
+        execution_started: float | None = None
+        last_message = time.perf_counter()
+        cancel_sent = False
+        while True:
+            if cancel is not None and cancel.is_set() and not cancel_sent:
+                self._interrupt_if_ours(prompt_id)
+                cancel_sent = True
+                if execution_started is None:
+                    raise EditCancelled("cancelled while queued in ComfyUI")
+            try:
+                raw = socket.recv(timeout=0.2)
+            except TimeoutError:
+                if time.perf_counter() - last_message > self._idle_timeout:
+                    raise TransientError(
+                        f"no word from ComfyUI for {self._idle_timeout:.0f} s", reason="comfyui_unavailable"
+                    ) from None
+                continue
+            except ConnectionClosed as exc:
+                raise TransientError(
+                    "ComfyUI closed the websocket mid-run", reason="comfyui_unavailable"
+                ) from exc
+            last_message = time.perf_counter()
+            if isinstance(raw, bytes):
+                _check_binary_frame(raw)
+                continue
+            message = json.loads(raw)
+            kind, data = message.get("type"), message.get("data") or {}
+            if data.get("prompt_id") != prompt_id:
+                continue  # status broadcasts and other clients' prompts
+            if kind == "execution_start":
+                execution_started = time.perf_counter()
+            elif (
+                kind == "progress"
+                and on_progress is not None
+                and (not sampler or str(data.get("node")) in sampler)
+            ):
+                on_progress(int(data["value"]), int(data["max"]))
+            elif kind == "execution_error":
+                raise _execution_error(data)
+            elif kind == "execution_interrupted":
+                raise EditCancelled("cancelled while running in ComfyUI")
+            elif kind == "execution_success" or (kind == "executing" and data.get("node") is None):
+                began = execution_started or submitted
+                return {"queue_wait": began - submitted, "execution": time.perf_counter() - began}
+
+
+def _check_binary_frame(frame: bytes) -> None:
+    """Binary frames are previews (``server.py`` ``encode_bytes``); nothing in them is ours to keep."""
+    if len(frame) >= 4 and struct.unpack(">I", frame[:4])[0] != _PREVIEW_IMAGE:
+        log.debug("unknown ComfyUI binary event %d", struct.unpack(">I", frame[:4])[0])
+
+
+def _execution_error(data: Mapping[str, Any]) -> Exception:
+    exception_type = str(data.get("exception_type", ""))
+    message = f"{data.get('node_type', 'node')} {data.get('node_id', '')}: {exception_type}: {data.get('exception_message', '')}".strip()
+    if "OutOfMemory" in exception_type or "out of memory" in str(data.get("exception_message", "")).lower():
+        # Memory can free up (another prompt finishes, a model unloads): worth another attempt.
+        return ModelError(f"ComfyUI ran out of memory: {message}", reason="out_of_memory")
+    return WorkflowError(f"ComfyUI node failed: {message}", reason="comfyui_node_error")
+
+
+def editor_from_settings(
+    url: str | None, workflow: Path | None, auth_header: str | None, timeout: float
+) -> ComfyUIEditor:
+    """The editor ``EDIT_ENGINE=comfyui`` builds."""
+    if not url:
+        raise ConfigurationError("EDIT_ENGINE=comfyui needs COMFYUI_URL")
+    return ComfyUIEditor(
+        url,
+        workflow=load_workflow(workflow) if workflow else None,
+        workflow_name=str(workflow or DEFAULT_WORKFLOW),
+        auth_header=auth_header,
+        timeout=timeout,
+    )

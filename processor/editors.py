@@ -1,0 +1,24 @@
+"""Choose the editor: the in-process diffusers engine or a ComfyUI server (``EDIT_ENGINE``).
+
+Imports stay lazy, so the ComfyUI engine never loads diffusers, and the diffusers engine
+never needs a websocket client.
+"""
+
+from __future__ import annotations
+
+from processor.ports import Editor
+from processor.settings import Settings
+
+
+def build_editor(settings: Settings) -> Editor:
+    """The editor ``settings`` name, loaded and ready; ``ConfigurationError`` when it cannot be."""
+    if settings.edit_engine == "comfyui":
+        from processor.comfyui import editor_from_settings
+
+        auth = settings.comfyui_auth_header.get_secret_value() if settings.comfyui_auth_header else None
+        return editor_from_settings(
+            settings.comfyui_url, settings.comfyui_workflow, auth, settings.comfyui_timeout_seconds
+        )
+    from processor.engine import DiffusersEditor
+
+    return DiffusersEditor.from_settings(settings)

@@ -1,0 +1,1 @@
+"""ComfyUI workflows (API format) that ship with the package."""
