@@ -18,7 +18,8 @@ COPY pyproject.toml README.md ./
 COPY processor ./processor
 COPY supabase ./supabase
 # The base image's torch (and torchvision) satisfy the project's `torch>=2.6`: pip keeps them.
-RUN pip install .
+# The quantization extra (bitsandbytes, torchao) makes MEMORY_MODE=quantized work on 24 GB cards.
+RUN pip install '.[quantization]'
 
 USER processor
 VOLUME ["/models"]

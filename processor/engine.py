@@ -160,6 +160,7 @@ class DiffusersEditor:
     def describe(self) -> Mapping[str, Any]:
         """Model id, revision, device, dtype and library versions: recorded with every result."""
         return {
+            "engine": "diffusers",
             "model_id": self._model_id,
             "revision": self._revision,
             "device": str(self._device),

@@ -29,6 +29,7 @@ from processor.errors import EditCancelled, ProcessorError, TransientError
 from processor.images import ImageLimits, decode_image, encode_image
 from processor.logs import request_context
 from processor.metrics import Metrics
+from processor.params import generation_text
 from processor.ports import EditJob, Editor, EditResult, JobQueue, ObjectStorage
 from processor.settings import Settings
 
@@ -380,15 +381,7 @@ class Worker:
 
 
 def _png_text(job: EditJob, result: EditResult) -> dict[str, str]:
-    return {
-        "prompt": job.prompt,
-        "negative_prompt": job.negative_prompt,
-        "seed": str(result.seed),
-        "num_inference_steps": str(result.num_inference_steps),
-        "true_cfg_scale": str(job.true_cfg_scale),
-        "request_id": str(job.id),
-        "model": str(result.model.get("model_id", "")),
-    }
+    return {**generation_text(job.params(), result), "request_id": str(job.id)}
 
 
 def _result_json(job: EditJob, result: EditResult) -> dict[str, Any]:
