@@ -374,7 +374,13 @@ class ComfyUIEditor:
             elif kind == "execution_error":
                 raise _execution_error(data)
             elif kind == "execution_interrupted":
-                raise EditCancelled("cancelled while running in ComfyUI")
+                if cancel_sent:
+                    raise EditCancelled("cancelled while running in ComfyUI")
+                # Someone else stopped it (ComfyUI's own Cancel button, another client): the
+                # request itself is fine, so it goes back to the queue for another attempt.
+                raise TransientError(
+                    "ComfyUI interrupted our prompt without our asking", reason="comfyui_interrupted"
+                )
             elif kind == "execution_success" or (kind == "executing" and data.get("node") is None):
                 began = execution_started or submitted
                 return {"queue_wait": began - submitted, "execution": time.perf_counter() - began}

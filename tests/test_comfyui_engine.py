@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -153,6 +154,22 @@ def test_cancel_while_a_foreign_prompt_runs_leaves_it_alone(comfy: Comfy) -> Non
         lambda: comfy.state.history.get(foreign, {}).get("status", {}).get("completed"),
         what="the foreign prompt",
     )
+
+
+def test_an_interrupt_we_did_not_ask_for_is_retried_not_a_cancel(comfy: Comfy) -> None:
+    comfy.state.faults.step_seconds = 0.05
+
+    def press_cancel_in_comfyuis_own_ui() -> None:
+        wait_for(lambda: comfy.state.running is not None, what="our prompt to run")
+        httpx.post(f"{comfy.url}/interrupt", json={}).raise_for_status()  # no prompt id: whatever runs
+
+    someone_else = threading.Thread(target=press_cancel_in_comfyuis_own_ui)
+    someone_else.start()
+    with pytest.raises(TransientError) as caught:
+        comfy.editor().edit([picture()], EditParams(prompt="x", num_inference_steps=50, seed=1))
+    someone_else.join()
+    assert caught.value.reason == "comfyui_interrupted" and caught.value.retryable
+    assert [i["prompt_id"] for i in comfy.state.faults.interrupts] == [None]
 
 
 # --- Workflows ---------------------------------------------------------------------------------------
