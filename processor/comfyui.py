@@ -35,6 +35,7 @@ removed too.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 import logging
@@ -242,11 +243,14 @@ class ComfyUIEditor:
     def _upload(self, image: Image.Image) -> str:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        name = f"{uuid.uuid4().hex}.png"
+        content = buffer.getvalue()
+        # Named by content: ComfyUI has no API to delete inputs, so retries and repeated images
+        # reuse one file instead of filling its input folder (LoadImage re-reads by hash anyway).
+        name = f"{hashlib.sha256(content).hexdigest()[:32]}.png"
         response = self._request(
             "POST",
             "/upload/image",
-            files={"image": (name, buffer.getvalue(), "image/png")},
+            files={"image": (name, content, "image/png")},
             data={"type": "input", "subfolder": _UPLOAD_SUBFOLDER, "overwrite": "true"},
         )
         if response.status_code != 200:
@@ -282,19 +286,24 @@ class ComfyUIEditor:
         entry = self._request("GET", f"/history/{prompt_id}").json().get(prompt_id)
         if not entry:
             raise TransientError(f"ComfyUI has no history for {prompt_id}", reason="comfyui_unavailable")
-        outputs = [
-            image
-            for output in entry.get("outputs", {}).values()
-            for image in output.get("images", [])
-            if image.get("type") == "output"
-        ]
-        if not outputs:
-            raise WorkflowError("the workflow saved no output image", reason="comfyui_node_error")
-        first = outputs[0]
+        images = [image for output in entry.get("outputs", {}).values() for image in output.get("images", [])]
+        # A SaveImage result ("output") wins over previews ("temp"); the packaged workflow only
+        # previews, so ComfyUI's output folder does not keep a second copy of every edit.
+        ranked = sorted(
+            (image for image in images if image.get("type") in ("output", "temp")),
+            key=lambda image: image["type"] != "output",
+        )
+        if not ranked:
+            raise WorkflowError("the workflow produced no image", reason="comfyui_node_error")
+        first = ranked[0]
         response = self._request(
             "GET",
             "/view",
-            params={"filename": first["filename"], "subfolder": first.get("subfolder", ""), "type": "output"},
+            params={
+                "filename": first["filename"],
+                "subfolder": first.get("subfolder", ""),
+                "type": first["type"],
+            },
         )
         if response.status_code != 200:
             raise TransientError(

@@ -91,6 +91,13 @@ def test_creation_uploads_the_base_canvas(comfy: Comfy) -> None:
     assert len(comfy.state.inputs) == 1
 
 
+def test_inputs_are_stored_once_per_content_so_retries_do_not_fill_comfyuis_folder(comfy: Comfy) -> None:
+    editor = comfy.editor()
+    for _ in range(3):
+        editor.edit([picture(), picture(32, 32)], PARAMS)
+    assert len(comfy.state.inputs) == 2
+
+
 def test_node_errors_and_out_of_memory_map_to_their_failure_classes(comfy: Comfy) -> None:
     editor = comfy.editor()
     comfy.state.faults.node_error_next = True
@@ -184,6 +191,17 @@ def test_a_user_workflow_with_placeholders(comfy: Comfy, tmp_path: Path) -> None
     editor.edit([picture(), picture()], PARAMS)
     [entry] = comfy.state.history.values()
     assert entry["prompt"][2]["41"]["inputs"]["sampler_name"] == "dpmpp_2m"
+
+
+def test_the_packaged_workflow_only_previews_and_a_saved_image_wins_over_previews(comfy: Comfy) -> None:
+    comfy.editor().edit([picture()], PARAMS)
+    assert len(comfy.state.temp) == 1 and comfy.state.outputs == {}  # nothing left in ComfyUI's output folder
+    workflow = load_workflow()
+    workflow["62"] = {"class_type": "SaveImage", "inputs": {"images": ["51", 0], "filename_prefix": "mine"}}
+    workflow["63"] = {"class_type": "PreviewImage", "inputs": {"images": ["51", 0]}}
+    comfy.editor(workflow=workflow).edit([picture()], PARAMS)
+    [saved] = comfy.state.outputs
+    assert comfy.state.viewed[-1] == ("output", saved)
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,10 @@ NODE_INPUTS: dict[str, tuple[str, ...]] = {
     ),
     "VAEDecode": ("samples", "vae"),
     "SaveImage": ("images", "filename_prefix"),
+    "PreviewImage": ("images",),
 }
+# Output nodes and the folder their images go to (``nodes.py``: SaveImage → output, PreviewImage → temp).
+OUTPUT_NODES: dict[str, str] = {"SaveImage": "output", "PreviewImage": "temp"}
 SAMPLERS = frozenset({"KSampler"})
 _PREVIEW_IMAGE = 1
 
@@ -93,6 +96,10 @@ class ComfyState:
         self.faults = ComfyFaults()
         self.inputs: dict[str, bytes] = {}
         self.outputs: dict[str, bytes] = {}
+        self.temp: dict[str, bytes] = {}
+        """PreviewImage results: ComfyUI's temp folder, emptied when it starts."""
+        self.viewed: list[tuple[str, str]] = []
+        """Each ``/view``: the folder type and file name asked for."""
         self.history: dict[str, dict[str, Any]] = {}
         self.pending: list[_Prompt] = []
         self.running: _Prompt | None = None
@@ -246,17 +253,18 @@ def _run(state: ComfyState, prompt: _Prompt) -> None:
             state.send(client, "progress", {"value": step, "max": steps, "prompt_id": pid, "node": node_id})
             # A preview frame, as latent previews are sent: event type, image type (1 = JPEG), bytes.
             state.send_bytes(client, struct.pack(">II", _PREVIEW_IMAGE, 1) + b"\xff\xd8\xff\xe0preview")
-    save_id, filename = _save_output(state, workflow)
-    output = {"images": [{"filename": filename, "subfolder": "", "type": "output"}]}
-    state.send(
-        client, "executed", {"node": save_id, "display_node": save_id, "output": output, "prompt_id": pid}
-    )
+    outputs = _save_outputs(state, workflow)
+    for node_id, output in outputs.items():
+        state.send(
+            client, "executed", {"node": node_id, "display_node": node_id, "output": output, "prompt_id": pid}
+        )
     state.send(client, "execution_success", {"prompt_id": pid, "timestamp": int(time.time() * 1000)})
     state.send(client, "executing", {"node": None, "prompt_id": pid})
-    state.history[pid] = _history(prompt, {save_id: output}, "success")
+    state.history[pid] = _history(prompt, outputs, "success")
 
 
-def _save_output(state: ComfyState, workflow: dict[str, Any]) -> tuple[str, str]:
+def _save_outputs(state: ComfyState, workflow: dict[str, Any]) -> dict[str, Any]:
+    """Every output node's image, in its folder, as ``/history`` lists them by node."""
     first = next(node["inputs"]["image"] for node in workflow.values() if node["class_type"] == "LoadImage")
     latent = next(node["inputs"] for node in workflow.values() if node["class_type"] == "EmptySD3LatentImage")
     with Image.open(io.BytesIO(state.inputs[first])) as image:
@@ -264,10 +272,19 @@ def _save_output(state: ComfyState, workflow: dict[str, Any]) -> tuple[str, str]
         result = result.resize((int(latent["width"]), int(latent["height"])))
     buffer = io.BytesIO()
     result.save(buffer, format="PNG")
-    filename = f"edit_{len(state.outputs) + 1:05d}_.png"
-    state.outputs[filename] = buffer.getvalue()
-    save_id = next(node_id for node_id, node in workflow.items() if node["class_type"] == "SaveImage")
-    return save_id, filename
+    outputs: dict[str, Any] = {}
+    for node_id, node in workflow.items():
+        folder = OUTPUT_NODES.get(node["class_type"])
+        if folder is None:
+            continue
+        files = state.outputs if folder == "output" else state.temp
+        prefix = (
+            node["inputs"].get("filename_prefix", "ComfyUI") if folder == "output" else "ComfyUI_temp_qwen"
+        )
+        filename = f"{prefix}_{len(files) + 1:05d}_.png"
+        files[filename] = buffer.getvalue()
+        outputs[node_id] = {"images": [{"filename": filename, "subfolder": "", "type": folder}]}
+    return outputs
 
 
 def _history(prompt: _Prompt, outputs: dict[str, Any], status: str) -> dict[str, Any]:
@@ -456,7 +473,8 @@ def create_comfyui_app(state: ComfyState | None = None) -> FastAPI:  # noqa: C90
 
     @app.get("/view")
     async def view(filename: str, type: str = "output", subfolder: str = "") -> Response:
-        files = state.outputs if type == "output" else state.inputs
+        state.viewed.append((type, filename))
+        files = {"output": state.outputs, "temp": state.temp}.get(type, state.inputs)
         name = f"{subfolder}/{filename}" if subfolder else filename
         if name not in files:
             return Response(status_code=404)
