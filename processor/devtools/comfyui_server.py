@@ -109,6 +109,10 @@ class ComfyState:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.finished: list[str] = []
 
+    def folder(self, kind: str) -> dict[str, bytes]:
+        """The files of a folder type as ``/view`` and output nodes name it (anything else: the inputs)."""
+        return {"output": self.outputs, "temp": self.temp}.get(kind, self.inputs)
+
     # Called from the runner thread: hand the message to the client's socket task.
     def send(self, client_id: str | None, kind: str, data: dict[str, Any]) -> None:
         self._put(client_id, {"type": kind, "data": data})
@@ -277,7 +281,7 @@ def _save_outputs(state: ComfyState, workflow: dict[str, Any]) -> dict[str, Any]
         folder = OUTPUT_NODES.get(node["class_type"])
         if folder is None:
             continue
-        files = state.outputs if folder == "output" else state.temp
+        files = state.folder(folder)
         prefix = (
             node["inputs"].get("filename_prefix", "ComfyUI") if folder == "output" else "ComfyUI_temp_qwen"
         )
@@ -474,7 +478,7 @@ def create_comfyui_app(state: ComfyState | None = None) -> FastAPI:  # noqa: C90
     @app.get("/view")
     async def view(filename: str, type: str = "output", subfolder: str = "") -> Response:
         state.viewed.append((type, filename))
-        files = {"output": state.outputs, "temp": state.temp}.get(type, state.inputs)
+        files = state.folder(type)
         name = f"{subfolder}/{filename}" if subfolder else filename
         if name not in files:
             return Response(status_code=404)
