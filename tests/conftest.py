@@ -261,9 +261,14 @@ WEBHOOK_SECRET = "webhook-secret-for-tests"
 Row = dict[str, Any]
 
 
+def picture(width: int = 64, height: int = 48, color: tuple[int, int, int] = (200, 40, 90)) -> Image.Image:
+    """A plain RGB image: the smallest input every editor accepts."""
+    return Image.new("RGB", (width, height), color)
+
+
 def png_bytes(size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 40, 90)) -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
+    picture(*size, color).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

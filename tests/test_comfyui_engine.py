@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 
 from processor.comfyui import ComfyUIEditor, fill_workflow, load_workflow
 from processor.devtools.comfyui_server import ComfyState, create_comfyui_app, run_foreign_prompt
@@ -21,7 +20,7 @@ from processor.errors import ConfigurationError, EditCancelled, ModelError, Tran
 from processor.ports import EditParams
 from processor.settings import load_settings
 from processor.sizing import ModelSizing, default_output_size
-from tests.conftest import Harness, acting_as, png_bytes, wait_for
+from tests.conftest import Harness, acting_as, picture, png_bytes, wait_for
 
 
 @dataclass
@@ -42,10 +41,6 @@ def comfy() -> Iterator[Comfy]:
     finally:
         state.faults.down = False
         served.stop()
-
-
-def picture(width: int = 64, height: int = 48) -> Image.Image:
-    return Image.new("RGB", (width, height), (200, 60, 20))
 
 
 PARAMS = EditParams(prompt="make it blue", num_inference_steps=4, seed=7)

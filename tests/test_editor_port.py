@@ -19,6 +19,7 @@ from processor.devtools.serving import serve_in_thread
 from processor.errors import EditCancelled, InvalidInput
 from processor.ports import Editor, EditParams
 from processor.tiny_model import TINY_SIZING
+from tests.conftest import picture
 
 
 @pytest.fixture(params=["diffusers", "comfyui"])
@@ -34,10 +35,6 @@ def editor(request: pytest.FixtureRequest) -> Iterator[Editor]:
         yield ComfyUIEditor(served.url, timeout=5, sizing=TINY_SIZING)
     finally:
         served.stop()
-
-
-def picture(width: int = 64, height: int = 48) -> Image.Image:
-    return Image.new("RGB", (width, height), (30, 90, 200))
 
 
 def test_progress_is_reported_after_every_step_up_to_the_total(editor: Editor) -> None:
