@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from processor.engine import DiffusersEditor
-from processor.ports import EditParams
+from processor.adapters.diffusers.engine import DiffusersEditor
+from processor.domain.ports import EditParams
 
 STAGES = ("prompt_encoding", "image_encoding", "denoising", "decoding", "total")
 
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tiny-qwen-edit-") as scratch:
         model = args.model
         if model is None:
-            from processor.tiny_model import save_tiny_model
+            from processor.adapters.diffusers.tiny_model import save_tiny_model
 
             model = str(save_tiny_model(Path(scratch) / "tiny"))
         report = run(args, model)

@@ -42,8 +42,8 @@ import psycopg
 from PIL import Image
 from psycopg.rows import dict_row
 
+from processor.adapters.diffusers.tiny_model import save_tiny_model
 from processor.devtools import localdb
-from processor.tiny_model import save_tiny_model
 
 ADMIN = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SERVICE_KEY = "sb_secret_benchmark-key-0123456789"

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from processor.engine import DiffusersEditor
-from processor.ports import EditParams
-from processor.settings import MemoryMode, Quantization
-from processor.tiny_model import save_tiny_model
+from processor.adapters.diffusers.engine import DiffusersEditor
+from processor.adapters.diffusers.tiny_model import save_tiny_model
+from processor.domain.ports import EditParams
+from processor.domain.rules import MemoryMode, Quantization
 
 
 def main() -> None:

@@ -36,16 +36,17 @@ import psycopg
 from PIL import Image
 from psycopg.rows import dict_row
 
-from processor.app import create_app
+from processor.adapters.diffusers.engine import DiffusersEditor
+from processor.adapters.diffusers.tiny_model import save_tiny_model
+from processor.adapters.postgres.queue import PostgresJobQueue
+from processor.adapters.supabase_storage import SupabaseObjectStorage
+from processor.composition import worker_config
+from processor.core.service import ProcessorService
 from processor.devtools import localdb
 from processor.devtools.serving import serve_in_thread
-from processor.engine import DiffusersEditor
-from processor.ports import EditParams, EditResult, ProgressCallback
-from processor.queue import PostgresJobQueue
-from processor.service import ProcessorService
+from processor.domain.ports import EditParams, EditResult, ProgressCallback
+from processor.entrypoints.http_app import create_app
 from processor.settings import load_settings
-from processor.storage import SupabaseObjectStorage
-from processor.tiny_model import save_tiny_model
 
 ADMIN = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SERVICE_KEY = "sb_secret_benchmark-key-0123456789"
@@ -63,6 +64,9 @@ class TimedEditor:
 
     def describe(self) -> Mapping[str, Any]:
         return self.inner.describe()
+
+    def close(self) -> None:
+        self.inner.close()
 
     def edit(
         self,
@@ -146,13 +150,12 @@ def main() -> None:
         log_level="warning",
     )
     service = ProcessorService(
-        settings,
+        worker_config(settings),
         queue=PostgresJobQueue(dsn),
         storage=SupabaseObjectStorage(storage_url, SERVICE_KEY),
         editor_factory=lambda: editor,
-        listen_for_notifications=False,
     )
-    app = serve_in_thread(create_app(service))
+    app = serve_in_thread(create_app(service, webhook_secret=settings.webhook_secret))
     db = psycopg.connect(dsn, autocommit=True, row_factory=dict_row)
     client = httpx.Client()
     try:

@@ -4,8 +4,8 @@ The public surface is small on purpose: the domain types and ports below, plus t
 ``edit-processor`` command. Adapters live in their own modules.
 """
 
-from processor.errors import EditCancelled, InvalidInput, ModelError, ProcessorError, TransientError
-from processor.ports import EditJob, Editor, EditParams, EditResult, JobQueue, ObjectStorage
+from processor.domain.errors import EditCancelled, InvalidInput, ModelError, ProcessorError, TransientError
+from processor.domain.ports import EditJob, Editor, EditParams, EditResult, JobQueue, ObjectStorage
 
 __all__ = [
     "EditCancelled",

@@ -8,18 +8,18 @@ import signal
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 
-from processor.errors import ConfigurationError, ModelError, ProcessorError
-from processor.images import OutputFormat
-from processor.logs import configure_logging
-from processor.ports import BaseCanvas, Editor
+from processor.domain.errors import ConfigurationError, ModelError, ProcessorError
+from processor.domain.images import OutputFormat
+from processor.domain.ports import BaseCanvas
+from processor.domain.rules import DeviceChoice
+from processor.observability.logs import configure_logging
 from processor.settings import Settings, load_settings
 
 T = TypeVar("T")
-DeviceChoice = Literal["auto", "cuda", "cpu"]
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Qwen-Image-Edit-2509 processor for Supabase."
@@ -48,16 +48,17 @@ def serve() -> None:
     """Run the HTTP app (webhook, REST API, health, metrics) and the worker in one process."""
     import uvicorn
 
-    from processor.app import create_app
-    from processor.service import build_mcp, build_rest_api, build_service
+    from processor.composition import build_mcp, build_rest_api, build_service
+    from processor.entrypoints.http_app import create_app
 
     settings = _settings_or_exit()
     with exit_on_configuration_error():
         settings.require("webhook_secret")
+        assert settings.webhook_secret is not None
         service = build_service(settings)
         api = build_rest_api(settings, service)
     uvicorn.run(
-        create_app(service, api=api, mcp=build_mcp(settings, api)),
+        create_app(service, webhook_secret=settings.webhook_secret, api=api, mcp=build_mcp(settings, api)),
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -68,7 +69,7 @@ def serve() -> None:
 @app.command()
 def worker() -> None:
     """Run the worker alone (LISTEN and sweep, no HTTP): for hosts that cannot receive webhooks."""
-    from processor.service import build_service
+    from processor.composition import build_service
 
     settings = _settings_or_exit()
     with exit_on_configuration_error():
@@ -139,20 +140,24 @@ def edit(
     """Run one edit (or, without --image, create an image), write it and print its metadata as JSON.
 
     Bad input exits with code 2."""
-    from processor.images import ImageLimits, decode_image, encode_image
-    from processor.params import check_params, generation_text
-    from processor.ports import EditParams
-    from processor.sizing import ModelSizing, output_size
+    from processor.composition import build_editor, image_limits
+    from processor.domain.images import decode_image, encode_image
+    from processor.domain.params import check_params, generation_text
+    from processor.domain.ports import EditParams
+    from processor.domain.sizing import ModelSizing, output_size
 
     try:
-        settings = load_settings()
-        model_id = model or settings.model_id
+        overrides: dict[str, object] = {}
+        if model is not None:
+            overrides["model_id"] = model
+        if device is not None:
+            overrides["device"] = _choice(device, "--device", _DEVICES)
+        settings = load_settings(**overrides)
         if output_format is None:
             fmt = _FORMATS.get(out.suffix.lstrip(".").lower(), "png")
         else:
             fmt = _choice(output_format, "--output-format", _FORMATS)
-        target = settings.device if device is None else _choice(device, "--device", _DEVICES)
-        limits = ImageLimits.from_settings(settings)
+        limits = image_limits(settings)
         images = [decode_image(path.read_bytes(), limits) for path in image or []]
         params = EditParams(
             prompt=prompt,
@@ -167,24 +172,15 @@ def edit(
         )
         # Everything that can be refused is refused before the (slow) model load.
         check_params(params)
-        output_size([decoded.size for decoded in images], ModelSizing.for_model(model_id), width, height)
-        editor: Editor
-        if settings.edit_engine == "comfyui":
-            from processor.editors import build_editor
-
-            editor = build_editor(settings)
-        else:
-            from processor.engine import DiffusersEditor
-
-            editor = DiffusersEditor.load(
-                model_id,
-                revision=settings.model_revision,
-                cache_dir=settings.model_cache_dir,
-                device=target,
-                memory=settings.memory_mode,
-                quantization=settings.quantization,
-            )
-        result = editor.edit(images, params)
+        output_size(
+            [decoded.size for decoded in images], ModelSizing.for_model(settings.model_id), width, height
+        )
+        # One short edit: a warm-up would double its cost.
+        editor = build_editor(settings.model_copy(update={"warmup": False}))
+        try:
+            result = editor.edit(images, params)
+        finally:
+            editor.close()
     except ProcessorError as exc:
         raise _fail(exc) from exc
     data = encode_image(result.image, fmt, generation_text(params, result))
@@ -206,7 +202,7 @@ def make_tiny_model(
     directory: Annotated[Path, typer.Argument(help="Folder to write the model into (created if needed).")],
 ) -> None:
     """Build a tiny random Qwen-Image-Edit-2509 pipeline (offline, seconds) for tests and local runs."""
-    from processor.tiny_model import save_tiny_model
+    from processor.adapters.diffusers.tiny_model import save_tiny_model
 
     typer.echo(str(save_tiny_model(directory)))
 
@@ -238,30 +234,25 @@ def storage_server(
 @app.command()
 def mcp() -> None:
     """Serve the MCP tools over stdio, as the user whose access token is in MCP_ACCESS_TOKEN."""
-    from processor.auth import TokenVerifier
-    from processor.images import ImageLimits
-    from processor.mcp_server import create_mcp_server
-    from processor.storage import SupabaseObjectStorage
-    from processor.submissions import EditRequests, Submissions
+    from processor.composition import build_stdio_mcp
 
     settings = _settings_or_exit()
     with exit_on_configuration_error():
-        settings.require("database_url", "supabase_url", "supabase_service_role_key", "mcp_access_token")
-        assert settings.database_url is not None and settings.mcp_access_token is not None
-        secret = settings.supabase_jwt_secret.get_secret_value() if settings.supabase_jwt_secret else None
-        submissions = Submissions(
-            EditRequests(settings.database_url),
-            SupabaseObjectStorage.from_settings(settings),
-            ImageLimits.from_settings(settings),
-        )
-        server = create_mcp_server(
-            submissions,
-            TokenVerifier(jwt_secret=secret, jwks_url=settings.jwks_url()),
-            stdio_token=settings.mcp_access_token.get_secret_value(),
-            signed_url_seconds=settings.signed_url_seconds,
-            open_resources=True,
-        )
+        server = build_stdio_mcp(settings)
     server.run("stdio")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def runpod() -> None:
+    """Serve RunPod serverless jobs (the SDK reads its own flags, e.g. --test_input, from argv)."""
+    import runpod as runpod_sdk
+
+    from processor.composition import build_editor, build_runpod_handler
+
+    settings = _settings_or_exit()
+    with exit_on_configuration_error():
+        editor = build_editor(settings)  # once per worker, before any job
+    runpod_sdk.serverless.start({"handler": build_runpod_handler(settings, editor)})
 
 
 @app.command()

@@ -17,16 +17,13 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from processor.errors import ConfigurationError
+from processor.domain.errors import ConfigurationError
+from processor.domain.rules import DeviceChoice, MemoryMode, Quantization
 
 
 def _default_worker_id() -> str:
     # Unique per process: host, pid and a random suffix (a restarted pid must not reuse an old lease).
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-MemoryMode = Literal["full", "offload", "quantized"]
-Quantization = Literal["nf4", "int8"]
 
 
 class Settings(BaseSettings):
@@ -71,7 +68,7 @@ class Settings(BaseSettings):
     """Hub id or local folder of a ``QwenImageEditPlusPipeline``."""
     model_revision: str | None = None
     model_cache_dir: Path | None = None
-    device: Literal["auto", "cuda", "cpu"] = "auto"
+    device: DeviceChoice = "auto"
     memory_mode: MemoryMode = "full"
     """How the model uses GPU memory. ``full``: everything on the GPU (about 60 GB in bf16).
     ``offload``: model CPU offload, each model on the GPU only while it runs (48 GB cards;

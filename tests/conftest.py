@@ -27,19 +27,21 @@ import pytest
 from PIL import Image
 from psycopg.rows import dict_row
 
-from processor.app import create_app
+from processor.adapters.postgres.notifications import PostgresNotifications
+from processor.adapters.postgres.queue import PostgresJobQueue
+from processor.adapters.supabase_storage import SupabaseObjectStorage
+from processor.composition import build_mcp, build_rest_api, worker_config
+from processor.core.service import ProcessorService
 from processor.devtools import localdb
 from processor.devtools.serving import ServedApp, serve_in_thread
 from processor.devtools.storage_server import Faults, StorageConfig, create_storage_app
 from processor.devtools.tokens import mint_token
-from processor.ports import Editor, EditParams, EditResult, ProgressCallback
-from processor.queue import PostgresJobQueue
-from processor.service import ProcessorService, build_mcp, build_rest_api
+from processor.domain.ports import Editor, EditParams, EditResult, ProgressCallback
+from processor.entrypoints.http_app import create_app
 from processor.settings import Settings, load_settings
-from processor.storage import SupabaseObjectStorage
 
 if TYPE_CHECKING:
-    from processor.engine import DiffusersEditor
+    from processor.adapters.diffusers.engine import DiffusersEditor
 
 # Tests never reach the model hub: models are built locally (``tiny_model_dir``).
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -121,6 +123,29 @@ def wait_for(
         time.sleep(interval)
 
 
+class Borrowed:
+    """An editor lent to a service: the service closes what it loaded, but the session owns this one."""
+
+    def __init__(self, inner: Editor) -> None:
+        self.inner = inner
+
+    def describe(self) -> Mapping[str, Any]:
+        return self.inner.describe()
+
+    def close(self) -> None:
+        """Nothing: the lender closes it."""
+
+    def edit(
+        self,
+        images: Sequence[Image.Image],
+        params: EditParams,
+        *,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> EditResult:
+        return self.inner.edit(images, params, on_progress=on_progress, cancel=cancel)
+
+
 class GatedEditor:
     """Wraps a real ``Editor`` and holds it after step ``pause_at`` until released.
 
@@ -137,6 +162,9 @@ class GatedEditor:
 
     def describe(self) -> Mapping[str, Any]:
         return self.inner.describe()
+
+    def close(self) -> None:
+        """Nothing: the wrapped editor is shared by the session's tests."""
 
     def edit(
         self,
@@ -166,7 +194,7 @@ class GatedEditor:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen-Image-Edit-2509 pipeline saved with ``save_pretrained`` (built once, offline)."""
-    from processor.tiny_model import save_tiny_model
+    from processor.adapters.diffusers.tiny_model import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
@@ -177,7 +205,7 @@ def tiny_editor(tiny_model_dir: Path) -> DiffusersEditor:
 
     Shared by the session: it is thread-safe, and a cancelled or failed edit leaves it usable.
     """
-    from processor.engine import DiffusersEditor
+    from processor.adapters.diffusers.engine import DiffusersEditor
 
     return DiffusersEditor.load(tiny_model_dir, device="cpu", warmup=False)
 
@@ -280,6 +308,7 @@ class Harness:
     storage: StorageServer
     service: ProcessorService
     served: ServedApp
+    settings: Settings
 
     def upload(self, user: uuid.UUID, name: str, data: bytes, content_type: str = "image/png") -> str:
         path = f"{user}/{name}"
@@ -357,18 +386,20 @@ def start_processor(
         )
         assert settings.database_url is not None
         service = ProcessorService(
-            settings,
+            worker_config(settings),
             queue=PostgresJobQueue(settings.database_url),
             storage=storage_server.adapter(attempts=settings.storage_retry_attempts),
-            editor_factory=lambda: editor or tiny_editor,
-            listen_for_notifications=listen,
+            editor_factory=lambda: Borrowed(editor or tiny_editor),
+            wakeups=PostgresNotifications(settings.database_url) if listen else None,
         )
         api = build_rest_api(settings, service) if rest else None
         mcp = build_mcp(settings, api) if api is not None else None
-        served = serve_in_thread(create_app(service, api=api, mcp=mcp))
+        served = serve_in_thread(
+            create_app(service, webhook_secret=settings.webhook_secret, api=api, mcp=mcp)
+        )
         running.append(served)
         wait_for(lambda: httpx.get(f"{served.url}/readyz").status_code == 200, what="readiness")
-        return Harness(db, storage_server, service, served)
+        return Harness(db, storage_server, service, served, settings)
 
     yield start
     for served in running:

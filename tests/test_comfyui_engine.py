@@ -12,14 +12,20 @@ from pathlib import Path
 import httpx
 import pytest
 
-from processor.comfyui import ComfyUIEditor, fill_workflow, load_workflow
+from processor.adapters.comfyui.editor import ComfyUIEditor, fill_workflow, load_workflow
+from processor.composition import build_editor
 from processor.devtools.comfyui_server import ComfyState, create_comfyui_app, run_foreign_prompt
 from processor.devtools.serving import serve_in_thread
-from processor.editors import build_editor
-from processor.errors import ConfigurationError, EditCancelled, ModelError, TransientError, WorkflowError
-from processor.ports import EditParams
+from processor.domain.errors import (
+    ConfigurationError,
+    EditCancelled,
+    ModelError,
+    TransientError,
+    WorkflowError,
+)
+from processor.domain.ports import EditParams
+from processor.domain.sizing import ModelSizing, default_output_size
 from processor.settings import load_settings
-from processor.sizing import ModelSizing, default_output_size
 from tests.conftest import Harness, acting_as, picture, png_bytes, wait_for
 
 

@@ -22,12 +22,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from processor.adapters.diffusers.engine import DiffusersEditor
 from processor.cli import app
-from processor.engine import DiffusersEditor
-from processor.errors import InvalidInput
-from processor.images import base_canvas
-from processor.ports import Editor, EditParams
-from processor.runpod_handler import make_handler
+from processor.composition import build_runpod_handler
+from processor.domain.errors import InvalidInput
+from processor.domain.images import base_canvas
+from processor.domain.ports import Editor, EditParams
 from processor.settings import load_settings
 from tests.conftest import Harness, acting_as
 from tests.test_mcp_tools import call_over_http, text_of
@@ -152,7 +152,7 @@ def test_mcp_creates_without_an_image(
 
 
 def test_runpod_creates_without_an_image(tiny_editor: Editor) -> None:
-    handler = make_handler(tiny_editor, load_settings(), report=lambda job, update: None)
+    handler = build_runpod_handler(load_settings(), tiny_editor, report=lambda job, update: None)
     job = {
         "prompt": "a red fox",
         "num_inference_steps": 2,

@@ -15,11 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from processor.engine import DiffusersEditor
-from processor.errors import EditCancelled, InvalidInput, ModelError
-from processor.images import encode_image
-from processor.params import MAX_IMAGES
-from processor.ports import Editor, EditParams
+from processor.adapters.diffusers.engine import DiffusersEditor
+from processor.composition import build_editor
+from processor.domain.errors import EditCancelled, InvalidInput, ModelError
+from processor.domain.images import encode_image
+from processor.domain.params import MAX_IMAGES
+from processor.domain.ports import Editor, EditParams
 
 
 def picture(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
@@ -228,7 +229,7 @@ def test_the_engine_matches_the_stock_pipeline_bit_for_bit(
     from diffusers import QwenImageEditPlusPipeline
     from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as module
 
-    from processor.compat import install_mrope_fix
+    from processor.adapters.diffusers.compat import install_mrope_fix
 
     stock = QwenImageEditPlusPipeline.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
     stock.set_progress_bar_config(disable=True)
@@ -347,8 +348,8 @@ def test_loading_from_settings_logs_the_load_and_warms_up(
     from processor.settings import Settings
 
     settings = Settings(model_id=str(tiny_model_dir), device="cpu", warmup=True)
-    with caplog.at_level(logging.INFO, logger="processor.engine"):
-        editor = DiffusersEditor.from_settings(settings)
+    with caplog.at_level(logging.INFO, logger="processor.adapters.diffusers.engine"):
+        editor = build_editor(settings)
     messages = [record.getMessage() for record in caplog.records]
     assert messages == ["model loaded", "warm-up done"]
     assert caplog.records[0].seconds > 0  # type: ignore[attr-defined]

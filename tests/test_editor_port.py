@@ -13,12 +13,12 @@ from collections.abc import Iterator
 import pytest
 from PIL import Image
 
-from processor.comfyui import ComfyUIEditor
+from processor.adapters.comfyui.editor import ComfyUIEditor
+from processor.adapters.diffusers.tiny_model import TINY_SIZING
 from processor.devtools.comfyui_server import ComfyState, create_comfyui_app
 from processor.devtools.serving import serve_in_thread
-from processor.errors import EditCancelled, InvalidInput
-from processor.ports import Editor, EditParams
-from processor.tiny_model import TINY_SIZING
+from processor.domain.errors import EditCancelled, InvalidInput
+from processor.domain.ports import Editor, EditParams
 from tests.conftest import picture
 
 

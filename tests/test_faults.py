@@ -13,8 +13,8 @@ import httpx
 import psycopg
 from PIL import Image
 
-from processor.errors import ModelError
-from processor.ports import Editor, EditParams, EditResult, ProgressCallback
+from processor.domain.errors import ModelError
+from processor.domain.ports import Editor, EditParams, EditResult, ProgressCallback
 from tests.conftest import Harness, insert_requests, png_bytes, upload, wait_for
 
 Row = dict[str, Any]
@@ -28,6 +28,9 @@ class FailingEditor:
 
     def describe(self) -> Mapping[str, Any]:
         return self.inner.describe()
+
+    def close(self) -> None:
+        self.inner.close()
 
     def edit(
         self,

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from processor.errors import InvalidInput
-from processor.images import ImageLimits, decode_image, encode_image
+from processor.composition import image_limits
+from processor.domain.errors import InvalidInput
+from processor.domain.images import ImageLimits, decode_image, encode_image
 from processor.settings import Settings
 
 LIMITS = ImageLimits(max_bytes=1_000_000, max_pixels=4_000_000, min_side=32)
@@ -194,7 +195,7 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped() -> None:
 
 def test_limits_come_from_settings() -> None:
     settings = Settings(max_image_bytes=123, max_image_pixels=456, min_image_side=7)
-    assert ImageLimits.from_settings(settings) == ImageLimits(max_bytes=123, max_pixels=456, min_side=7)
+    assert image_limits(settings) == ImageLimits(max_bytes=123, max_pixels=456, min_side=7)
 
 
 def test_png_output_carries_the_parameters_as_text_and_is_deterministic() -> None:

@@ -15,10 +15,11 @@ from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
-from processor.auth import TokenVerifier
-from processor.images import ImageLimits
-from processor.mcp_server import create_mcp_server
-from processor.submissions import EditRequests, Submissions
+from processor.adapters.postgres.requests import EditRequests
+from processor.core.submissions import Submissions
+from processor.domain.images import ImageLimits
+from processor.entrypoints.auth import TokenVerifier
+from processor.entrypoints.mcp_tools import create_mcp_server
 from tests.conftest import Harness, StorageServer, png_bytes
 
 

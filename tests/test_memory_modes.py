@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from processor.engine import DiffusersEditor
-from processor.errors import ConfigurationError
-from processor.ports import EditParams
+from processor.adapters.diffusers.engine import DiffusersEditor
+from processor.domain.errors import ConfigurationError
+from processor.domain.ports import EditParams
 from processor.settings import load_settings
 
 PARAMS = EditParams(prompt="make it blue", num_inference_steps=2, seed=3)

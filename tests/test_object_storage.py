@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from processor.errors import InvalidInput
-from processor.ports import ObjectStorage
-from processor.storage import SupabaseObjectStorage
+from processor.adapters.supabase_storage import SupabaseObjectStorage
+from processor.domain.errors import InvalidInput
+from processor.domain.ports import ObjectStorage
 from tests.conftest import StorageServer
 
 BUCKET = "edit-outputs"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from processor.errors import InvalidInput
-from processor.sizing import ModelSizing, default_output_size, dimensions_for_area, output_size
+from processor.domain.errors import InvalidInput
+from processor.domain.sizing import ModelSizing, default_output_size, dimensions_for_area, output_size
 
 REAL = ModelSizing()
 

@@ -11,11 +11,12 @@ from collections.abc import Callable
 
 import httpx
 
-from processor.app import create_app
+from processor.adapters.postgres.queue import PostgresJobQueue
+from processor.composition import worker_config
+from processor.core.service import ProcessorService
 from processor.devtools.serving import serve_in_thread
-from processor.ports import Editor
-from processor.queue import PostgresJobQueue
-from processor.service import ProcessorService
+from processor.domain.ports import Editor
+from processor.entrypoints.http_app import create_app
 from tests.conftest import (
     WEBHOOK_SECRET,
     GatedEditor,
@@ -224,12 +225,12 @@ def test_readiness_reports_setup_failure(database_url: str, storage_server: Stor
         webhook_secret=WEBHOOK_SECRET,
     )
     service = ProcessorService(
-        settings,
+        worker_config(settings),
         queue=PostgresJobQueue(database_url),
         storage=storage_server.adapter(),
         editor_factory=broken,
     )
-    with serve_in_thread(create_app(service)) as served:
+    with serve_in_thread(create_app(service, webhook_secret=settings.webhook_secret)) as served:
         response = wait_for(
             lambda: (r := httpx.get(f"{served.url}/readyz")).json()["state"] == "setup_failed" and r,
             what="setup_failed",

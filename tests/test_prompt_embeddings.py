@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from processor.compat import install_mrope_fix
-from processor.engine import DiffusersEditor
+from processor.adapters.diffusers.compat import install_mrope_fix
+from processor.adapters.diffusers.engine import DiffusersEditor
 
 PROMPT = "make the sky blue"
 

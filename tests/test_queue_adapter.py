@@ -10,9 +10,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from processor.errors import TransientError
-from processor.ports import JobQueue
-from processor.queue import PostgresJobQueue
+from processor.adapters.postgres.queue import PostgresJobQueue
+from processor.domain.errors import TransientError
+from processor.domain.ports import JobQueue
 
 Row = dict[str, Any]
 

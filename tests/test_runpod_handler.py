@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from processor.ports import Editor
-from processor.runpod_handler import make_handler
+from processor.composition import build_runpod_handler
+from processor.domain.ports import Editor
 from processor.settings import load_settings
 from tests.conftest import Harness, StorageServer, png_bytes
 
@@ -36,11 +36,15 @@ def progress() -> list[dict[str, Any]]:
 
 @pytest.fixture
 def run_job(tiny_editor: Editor, progress: list[dict[str, Any]]) -> Callable[..., dict[str, Any]]:
-    handler = make_handler(tiny_editor, load_settings(), report=lambda job, update: progress.append(update))
+    handler = build_runpod_handler(
+        load_settings(), tiny_editor, report=lambda job, update: progress.append(update)
+    )
 
     def run(job_input: Any, **settings: Any) -> dict[str, Any]:
         chosen = (
-            make_handler(tiny_editor, load_settings(**settings), report=lambda j, u: progress.append(u))
+            build_runpod_handler(
+                load_settings(**settings), tiny_editor, report=lambda j, u: progress.append(u)
+            )
             if settings
             else handler
         )
@@ -134,7 +138,7 @@ def sdk_local_test(tiny_model_dir: Path, job_input: dict[str, Any]) -> subproces
     }
     env.pop("RUNPOD_WEBHOOK_GET_JOB", None)
     return subprocess.run(
-        [sys.executable, "-m", "processor.runpod_handler", "--test_input", json.dumps({"input": job_input})],
+        [sys.executable, "-m", "processor", "runpod", "--test_input", json.dumps({"input": job_input})],
         env=env,
         capture_output=True,
         text=True,

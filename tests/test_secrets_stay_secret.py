@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from processor.devtools.tokens import mint_token
-from processor.errors import ConfigurationError
+from processor.domain.errors import ConfigurationError
 from processor.settings import load_settings
 from tests.conftest import JWT_SECRET, SERVICE_KEY, WEBHOOK_SECRET, Harness, png_bytes
 
@@ -89,7 +89,7 @@ def test_secrets_stay_out_of_logs_and_answers(
     for record in caplog.records:
         formatted = logging.Formatter("%(message)s %(exc_text)s").format(record)
         assert_no_secret(formatted + repr(record.__dict__), f"the log line of {record.name}")
-    assert_no_secret(repr(harness.service.settings), "repr(settings)")
+    assert_no_secret(repr(harness.settings), "repr(settings)")
 
 
 def test_configuration_errors_do_not_echo_secrets(database_url: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from processor.errors import ConfigurationError
+from processor.domain.errors import ConfigurationError
 from processor.settings import load_settings
 
 

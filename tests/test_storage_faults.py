@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from processor.errors import ProcessorError, TransientError
-from processor.storage import SupabaseObjectStorage
+from processor.adapters.supabase_storage import SupabaseObjectStorage
+from processor.domain.errors import ProcessorError, TransientError
 from tests.conftest import StorageServer
 
 BUCKET = "edit-inputs"

@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from processor.engine import DiffusersEditor
-from processor.errors import ConfigurationError
-from processor.sizing import ModelSizing
-from processor.tiny_model import (
+from processor.adapters.diffusers.engine import DiffusersEditor
+from processor.adapters.diffusers.tiny_model import (
     QWEN_IMAGE_SCHEDULER_CONFIG,
     QWEN_SPECIAL_TOKENS,
     TINY_SIZING,
     save_tiny_model,
 )
+from processor.domain.errors import ConfigurationError
+from processor.domain.sizing import ModelSizing
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,9 +111,9 @@ NO_TORCHVISION = textwrap.dedent(
     from transformers.utils import is_torchvision_available
     assert not is_torchvision_available()
     from PIL import Image
-    from processor.engine import DiffusersEditor
-    from processor.ports import EditParams
-    from processor.tiny_model import save_tiny_model
+    from processor.adapters.diffusers.engine import DiffusersEditor
+    from processor.domain.ports import EditParams
+    from processor.adapters.diffusers.tiny_model import save_tiny_model
     built = save_tiny_model(sys.argv[1])
     for folder in (built, sys.argv[2]):  # its own folder, and one built with torchvision
         editor = DiffusersEditor.load(folder, device="cpu")
@@ -125,7 +125,7 @@ NO_TORCHVISION = textwrap.dedent(
 
 
 def test_without_torchvision_the_model_builds_loads_and_edits(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from processor.compat import torchvision_available
+    from processor.adapters.diffusers.compat import torchvision_available
 
     assert torchvision_available()  # this process has it: the subprocess below hides it
     built = tmp_path / "built-without-torchvision"

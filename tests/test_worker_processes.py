@@ -74,7 +74,7 @@ def test_a_worker_killed_mid_edit_is_replaced_after_its_lease(
 
     assert row["status"] == "succeeded"
     assert row["attempts"] == 2
-    assert row["claimed_by"] == rescuer.service.settings.worker_id
+    assert row["claimed_by"] == rescuer.settings.worker_id
     outputs = db.execute(
         "select count(*) as n from storage.objects where bucket_id = 'edit-outputs'"
     ).fetchone()

@@ -16,7 +16,6 @@ import os
 import secrets
 import threading
 import uuid
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -26,16 +25,13 @@ from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from processor.app import create_app
+from processor.composition import build_mcp, build_rest_api, build_service
 from processor.devtools import localdb
 from processor.devtools.serving import serve_in_thread
 from processor.devtools.storage_server import StorageConfig, create_storage_app
 from processor.devtools.tokens import mint_token
-from processor.ports import Editor
-from processor.queue import PostgresJobQueue
-from processor.service import ProcessorService, build_rest_api
+from processor.entrypoints.http_app import create_app
 from processor.settings import Settings, load_settings
-from processor.storage import SupabaseObjectStorage
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -58,7 +54,7 @@ def _model(settings: Settings, workdir: Path, console: Console) -> tuple[str, st
 
     if "MODEL_ID" in os.environ and torch.cuda.is_available():
         return settings.model_id, "cuda"
-    from processor.tiny_model import save_tiny_model
+    from processor.adapters.diffusers.tiny_model import save_tiny_model
 
     folder = workdir / "tiny-model"
     if not (folder / "model_index.json").exists():
@@ -100,13 +96,11 @@ def run_dev(
             warmup=device == "cuda",
             log_level="warning",
         )
-        service = ProcessorService(
-            settings,
-            queue=PostgresJobQueue(dsn),
-            storage=SupabaseObjectStorage(storage.url, service_key),
-            editor_factory=_editor_factory(settings),
+        service = build_service(settings)
+        api = build_rest_api(settings, service)
+        app = serve_in_thread(
+            create_app(service, webhook_secret=settings.webhook_secret, api=api, mcp=build_mcp(settings, api))
         )
-        app = serve_in_thread(create_app(service, api=build_rest_api(settings, service)))
         stack.callback(app.stop)
         console.print(f"[bold]Processor[/] {app.url} (REST /v1/edits, /readyz, /metrics, /docs)")
 
@@ -126,15 +120,6 @@ def run_dev(
                 threading.Event().wait()
             except KeyboardInterrupt:
                 console.print("stopping")
-
-
-def _editor_factory(settings: Settings) -> Callable[[], Editor]:
-    def load() -> Editor:
-        from processor.engine import DiffusersEditor
-
-        return DiffusersEditor.from_settings(settings)
-
-    return load
 
 
 def _submit_and_follow(url: str, token: str, prompt: str, steps: int, out: Path, console: Console) -> None:

@@ -18,16 +18,13 @@ import struct
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
-from processor.errors import InvalidInput
-
-if TYPE_CHECKING:
-    from processor.settings import Settings
+from processor.domain.errors import InvalidInput
 
 OutputFormat = Literal["png", "webp", "jpeg"]
 """Encodings ``encode_image`` can write."""
@@ -60,14 +57,6 @@ class ImageLimits:
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 25_000_000
     min_side: int = 32
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ImageLimits:
-        return cls(
-            max_bytes=settings.max_image_bytes,
-            max_pixels=settings.max_image_pixels,
-            min_side=settings.min_image_side,
-        )
 
 
 def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:

@@ -10,12 +10,12 @@ anon and service-role keys and ``sb_`` API keys, so a client can never act as th
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import jwt
 
-from processor.errors import ProcessorError
+from processor.domain.errors import ProcessorError
+from processor.domain.users import User
 
 _ASYMMETRIC = ("RS256", "ES256", "EdDSA")
 
@@ -25,14 +25,6 @@ class AuthError(ProcessorError):
 
     reason = "unauthorized"
     retryable = False
-
-
-@dataclass(frozen=True, slots=True)
-class User:
-    """An authenticated caller: their id, and the claims to hand to Postgres for RLS."""
-
-    id: uuid.UUID
-    claims: dict[str, Any]
 
 
 class TokenVerifier:

@@ -1,12 +1,17 @@
-"""Ports: the interfaces the worker depends on, and the domain types they exchange.
+"""Ports: the interfaces the core depends on, and the domain types they exchange.
 
-The worker loop talks only to these protocols. Adapters implement them
-(``queue.PostgresJobQueue``, ``storage.SupabaseObjectStorage``,
-``engine.DiffusersEditor``), and tests swap adapters, never internals.
+The worker and the submission service talk only to these protocols. Adapters implement
+them (``adapters.postgres``, ``adapters.supabase_storage``, ``adapters.diffusers``,
+``adapters.comfyui``, ``adapters.memory``), and tests swap adapters, never internals.
+
+Every port owns its lifecycle: ``open`` acquires what the adapter needs (pools, HTTP
+clients), ``close`` releases it and may be called more than once. Whoever builds an
+adapter (the composition root) opens it before use and closes it at the end.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -15,6 +20,8 @@ from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from PIL import Image
+
+from processor.domain.users import User
 
 HeartbeatAnswer = Literal["ok", "lost", "canceled"]
 """What ``heartbeat_edit_request`` answers: keep going, abandon silently, or stop."""
@@ -101,6 +108,10 @@ class Editor(Protocol):
         """Model id, revision, device, dtype: recorded with every result."""
         ...
 
+    def close(self) -> None:
+        """Release the model or the connection to the engine. Idempotent."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class EditJob:
@@ -143,6 +154,18 @@ class EditJob:
 class JobQueue(Protocol):
     """The ``edit_requests`` state machine. Every method calls one SQL function."""
 
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Return when the backend answers; ``TransientError`` otherwise (for ``/readyz``)."""
+        ...
+
+    async def stats(self) -> tuple[dict[str, int], float]:
+        """Row counts by status, and the age in seconds of the oldest due queued request."""
+        ...
+
     async def claim(
         self, worker_id: str, lease_seconds: int, request_id: uuid.UUID | None = None
     ) -> EditJob | None: ...
@@ -167,6 +190,10 @@ class JobQueue(Protocol):
 class ObjectStorage(Protocol):
     """Supabase Storage, as the worker needs it."""
 
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
     async def download(self, bucket: str, path: str, *, max_bytes: int) -> bytes:
         """The object's bytes. ``InvalidInput('missing_object')`` when absent,
         ``InvalidInput('too_many_bytes')`` past ``max_bytes``, ``TransientError`` on faults."""
@@ -177,3 +204,37 @@ class ObjectStorage(Protocol):
         ...
 
     async def signed_url(self, bucket: str, path: str, *, expires_in: int) -> str: ...
+
+
+class UserRequests(Protocol):
+    """``edit_requests`` as one user sees it: every call runs as that user, under RLS."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def insert(
+        self, user: User, request_id: uuid.UUID, paths: Sequence[str], params: EditParams
+    ) -> dict[str, Any]:
+        """Insert the row; ``InvalidInput`` when the schema refuses it."""
+        ...
+
+    async def get(self, user: User, request_id: uuid.UUID) -> dict[str, Any] | None: ...
+
+    async def recent(self, user: User, limit: int = 20) -> list[dict[str, Any]]: ...
+
+    async def cancel(self, user: User, request_id: uuid.UUID) -> bool: ...
+
+
+class Wakeups(Protocol):
+    """Pushes from the database: a request may be claimable, or one was canceled."""
+
+    async def run(
+        self,
+        *,
+        on_queued: Callable[[uuid.UUID | None], None],
+        on_cancel: Callable[[uuid.UUID], None],
+        stop: asyncio.Event,
+    ) -> None:
+        """Dispatch until ``stop`` is set, reconnecting as needed; ``on_queued(None)`` after each connect."""
+        ...

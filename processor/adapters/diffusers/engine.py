@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import diffusers
 import torch
@@ -44,16 +44,15 @@ from diffusers import QwenImageEditPlusPipeline
 from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as _plus_module
 from PIL import Image
 
-from processor.compat import allow_processor_without_torchvision, install_mrope_fix
-from processor.errors import ConfigurationError, EditCancelled, ModelError
-from processor.params import MIN_STEPS, prepare_edit
-from processor.ports import EditParams, EditResult, ProgressCallback
-from processor.settings import MemoryMode, Quantization, Settings
-from processor.sizing import ModelSizing, output_size
+from processor.adapters.diffusers.compat import allow_processor_without_torchvision, install_mrope_fix
+from processor.domain.errors import ConfigurationError, EditCancelled, ModelError
+from processor.domain.params import MIN_STEPS, prepare_edit
+from processor.domain.ports import EditParams, EditResult, ProgressCallback
+from processor.domain.rules import DeviceChoice, MemoryMode, Quantization
+from processor.domain.sizing import ModelSizing, output_size
 
 log = logging.getLogger(__name__)
 
-DeviceChoice = Literal["auto", "cuda", "cpu"]
 
 PIPELINE_CLASS = "QwenImageEditPlusPipeline"
 
@@ -61,7 +60,7 @@ PIPELINE_CLASS = "QwenImageEditPlusPipeline"
 class DiffusersEditor:
     """``ports.Editor`` for Qwen-Image-Edit-2509. Thread-safe: edits run one at a time.
 
-    Build it with ``load`` or ``from_settings``. ``edit`` blocks until the edit is done
+    Build it with ``load`` (the composition root passes the settings' values). ``edit`` blocks until the edit is done
     and raises ``InvalidInput`` (before touching the model), ``EditCancelled`` or
     ``ModelError`` (``out_of_memory``, ``nan_output``, ``model_error``); after any of
     them the editor stays usable.
@@ -79,8 +78,12 @@ class DiffusersEditor:
     ) -> None:
         """Wrap an already loaded and placed pipeline (from ``load_pipeline``)."""
         if not isinstance(pipeline, _InstrumentedPipeline):
-            raise TypeError("DiffusersEditor needs a pipeline from processor.engine.load_pipeline")
-        self._pipe = pipeline
+            raise TypeError(
+                "DiffusersEditor needs a pipeline from processor.adapters.diffusers.engine.load_pipeline"
+            )
+        self._pipe: _InstrumentedPipeline | None = pipeline
+        self._dtype = str(pipeline.transformer.dtype).removeprefix("torch.")
+        self._closed = False
         self._model_id = model_id
         self._revision = revision
         self._sizing = sizing or ModelSizing()
@@ -134,20 +137,6 @@ class DiffusersEditor:
             editor.warm_up()
         return editor
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> DiffusersEditor:
-        """``load`` with ``MODEL_ID``, ``MODEL_REVISION``, ``MODEL_CACHE_DIR``, ``DEVICE``, ``MEMORY_MODE``,
-        ``QUANTIZATION`` and ``WARMUP``."""
-        return cls.load(
-            settings.model_id,
-            revision=settings.model_revision,
-            cache_dir=settings.model_cache_dir,
-            device=settings.device,
-            memory=settings.memory_mode,
-            quantization=settings.quantization,
-            warmup=settings.warmup,
-        )
-
     @property
     def pipeline(self) -> Any:
         """The underlying diffusers pipeline, for diagnostics and tests. Not thread-safe to use."""
@@ -164,7 +153,7 @@ class DiffusersEditor:
             "model_id": self._model_id,
             "revision": self._revision,
             "device": str(self._device),
-            "dtype": str(self._pipe.transformer.dtype).removeprefix("torch."),
+            "dtype": self._dtype,
             "memory_mode": self._memory,
             "quantization": self._quantization,
             "diffusers": diffusers.__version__,
@@ -214,6 +203,17 @@ class DiffusersEditor:
             base=prepared.base,
         )
 
+    def close(self) -> None:
+        """Drop the model so its memory can be freed. Idempotent; edits then refuse."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._pipe = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def _run(
         self,
         inputs: list[Image.Image],
@@ -225,6 +225,8 @@ class DiffusersEditor:
         cancel: threading.Event | None,
     ) -> tuple[Image.Image, dict[str, float]]:
         pipe = self._pipe
+        if pipe is None:
+            raise ConfigurationError("the editor was closed")
         run = _Run(self._synchronize, params.num_inference_steps, on_progress, cancel)
         cfg = params.true_cfg_scale > 1
         guidance_embeds = bool(pipe.transformer.config.guidance_embeds)
@@ -283,6 +285,7 @@ class DiffusersEditor:
     def _decode(self, latents: torch.Tensor, width: int, height: int, run: _Run) -> Image.Image:
         """The pipeline's own final block (unpack, de-normalise, VAE decode, postprocess), timed."""
         pipe = self._pipe
+        assert pipe is not None  # under the lock, after ``_run`` checked it
         vae = pipe.vae
         with run.stage("decoding"):
             latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor).to(vae.dtype)

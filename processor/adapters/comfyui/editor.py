@@ -55,16 +55,16 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 from websockets.sync.connection import Connection
 
-from processor.errors import (
+from processor.domain.errors import (
     ConfigurationError,
     EditCancelled,
     ModelError,
     TransientError,
     WorkflowError,
 )
-from processor.params import prepare_edit
-from processor.ports import EditParams, EditResult, ProgressCallback
-from processor.sizing import ModelSizing
+from processor.domain.params import prepare_edit
+from processor.domain.ports import EditParams, EditResult, ProgressCallback
+from processor.domain.sizing import ModelSizing
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,9 @@ def load_workflow(path: str | Path | None = None) -> dict[str, Any]:
     """The API-format workflow at ``path`` (or the packaged one), checked; ``ConfigurationError`` if unusable."""
     try:
         if path is None:
-            text = resources.files("processor.workflows").joinpath(DEFAULT_WORKFLOW).read_text()
+            text = (
+                resources.files("processor.adapters.comfyui.workflows").joinpath(DEFAULT_WORKFLOW).read_text()
+            )
         else:
             text = Path(path).read_text()
         workflow = json.loads(text)

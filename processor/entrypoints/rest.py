@@ -22,9 +22,11 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from processor.auth import AuthError, TokenVerifier, User
-from processor.errors import InvalidInput, ProcessorError, TransientError
-from processor.submissions import TERMINAL, EditSpec, Submissions
+from processor.core.submissions import TERMINAL, Submissions
+from processor.domain.errors import InvalidInput, ProcessorError, TransientError
+from processor.domain.ports import EditParams
+from processor.domain.users import User
+from processor.entrypoints.auth import AuthError, TokenVerifier
 
 
 class ErrorBody(BaseModel):
@@ -237,7 +239,7 @@ class RestApi:
         ) -> JSONResponse:
             """Upload the images, create the request and answer 202, or with `wait=true` the result."""
             body, images = await _read_create(request)
-            spec = EditSpec(
+            params = EditParams(
                 prompt=body.prompt,
                 negative_prompt=body.negative_prompt,
                 num_inference_steps=body.num_inference_steps,
@@ -249,7 +251,7 @@ class RestApi:
                 base=body.base,
                 base_color=body.base_color,
             )
-            row = await self.submissions.submit(user, images, spec)
+            row = await self.submissions.submit(user, images, params)
             if wait:
                 final = await self.submissions.wait(user, row["id"], timeout)
                 if final is not None and final["status"] in TERMINAL:

@@ -24,8 +24,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from processor.errors import InvalidInput, ProcessorError, TransientError
-from processor.settings import Settings
+from processor.domain.errors import InvalidInput, ProcessorError, TransientError
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,7 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class SupabaseObjectStorage:
-    """Downloads inputs and uploads results; create with ``from_settings`` and ``open()``."""
+    """Downloads inputs and uploads results; call ``open()`` before use and ``close()`` after."""
 
     def __init__(
         self,
@@ -67,17 +66,6 @@ class SupabaseObjectStorage:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._client: AsyncClient | None = None
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SupabaseObjectStorage:
-        settings.require("supabase_url", "supabase_service_role_key")
-        assert settings.supabase_url is not None and settings.supabase_service_role_key is not None
-        return cls(
-            settings.supabase_url,
-            settings.supabase_service_role_key.get_secret_value(),
-            timeout=settings.storage_timeout_seconds,
-            attempts=settings.storage_retry_attempts,
-        )
 
     async def open(self) -> None:
         if self._client is None:

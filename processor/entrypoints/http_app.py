@@ -17,10 +17,10 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Response, status
 from fastapi.responses import JSONResponse
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from processor.api import RestApi
-from processor.service import ProcessorService
+from processor.core.service import ProcessorService
+from processor.entrypoints.rest import RestApi
 
 WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
 
@@ -54,7 +54,11 @@ class Readiness(BaseModel):
 
 
 def create_app(
-    service: ProcessorService, *, api: RestApi | None = None, mcp: MCPServer | None = None
+    service: ProcessorService,
+    *,
+    webhook_secret: SecretStr | None,
+    api: RestApi | None = None,
+    mcp: MCPServer | None = None,
 ) -> FastAPI:
     """The app; its lifespan starts and drains ``service`` (and opens the REST API and MCP)."""
 
@@ -78,7 +82,7 @@ def create_app(
     )
     if api is not None:
         api.install(app)
-    secret = service.settings.webhook_secret
+    secret = webhook_secret
 
     def require_webhook_secret(
         x_webhook_secret: Annotated[str | None, Header(alias=WEBHOOK_SECRET_HEADER)] = None,

@@ -18,8 +18,8 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from processor.errors import TransientError
-from processor.ports import EditJob, HeartbeatAnswer
+from processor.domain.errors import TransientError
+from processor.domain.ports import EditJob, HeartbeatAnswer
 
 
 def _job_from_row(row: Mapping[str, Any]) -> EditJob:

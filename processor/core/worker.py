@@ -25,13 +25,12 @@ from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
-from processor.errors import EditCancelled, ProcessorError, TransientError
-from processor.images import ImageLimits, decode_image, encode_image
-from processor.logs import request_context
-from processor.metrics import Metrics
-from processor.params import generation_text
-from processor.ports import EditJob, Editor, EditResult, JobQueue, ObjectStorage
-from processor.settings import Settings
+from processor.domain.errors import EditCancelled, ProcessorError, TransientError
+from processor.domain.images import ImageLimits, decode_image, encode_image
+from processor.domain.params import generation_text
+from processor.domain.ports import EditJob, Editor, EditResult, JobQueue, ObjectStorage
+from processor.observability.logs import request_context
+from processor.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +80,20 @@ class _ActiveJob:
         self.loop.call_soon_threadsafe(self.report_progress, DENOISING_SHARE * step / total)
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """What the worker needs to know; the composition root fills it from ``Settings``."""
+
+    worker_id: str
+    lease_seconds: int
+    heartbeat_interval_seconds: float
+    progress_interval_seconds: float
+    sweep_interval_seconds: float
+    worker_concurrency: int
+    shutdown_grace_seconds: float
+    image_limits: ImageLimits
+
+
 def output_path_for(job: EditJob) -> str:
     """Deterministic, so a retried job overwrites instead of leaving orphans."""
     owner = str(job.user_id) if job.user_id is not None else "_no_user"
@@ -96,15 +109,15 @@ class Worker:
         queue: JobQueue,
         storage: ObjectStorage,
         editor: Editor,
-        settings: Settings,
+        config: WorkerConfig,
         metrics: Metrics | None = None,
     ) -> None:
         self._queue = queue
         self._storage = storage
         self._editor = editor
-        self._settings = settings
+        self._config = config
         self._metrics = metrics or Metrics()
-        self._limits = ImageLimits.from_settings(settings)
+        self._limits = config.image_limits
         self._wakeup = asyncio.Event()
         self._woken_at: float | None = None
         self._active: dict[uuid.UUID, _ActiveJob] = {}
@@ -113,7 +126,7 @@ class Worker:
 
     @property
     def worker_id(self) -> str:
-        return self._settings.worker_id
+        return self._config.worker_id
 
     @property
     def busy(self) -> bool:
@@ -139,7 +152,7 @@ class Worker:
             now = time.monotonic()
             if now >= next_sweep:
                 await self._sweep()
-                next_sweep = now + self._settings.sweep_interval_seconds
+                next_sweep = now + self._config.sweep_interval_seconds
                 self.wake()
             if self._wakeup.is_set():
                 self._wakeup.clear()
@@ -156,7 +169,7 @@ class Worker:
         Returns the outcome (``succeeded``, ``retrying``, ``failed``, ``canceled``...), or
         None when the row could not be claimed (already taken, finished or not due).
         """
-        job = await self._queue.claim(self.worker_id, self._settings.lease_seconds, request_id)
+        job = await self._queue.claim(self.worker_id, self._config.lease_seconds, request_id)
         if job is None:
             return None
         active = self._start(job)
@@ -166,17 +179,15 @@ class Worker:
         """Requeue lapsed leases (and promote ready rows); refresh queue metrics."""
         try:
             await self._queue.requeue_expired()
-            stats = getattr(self._queue, "stats", None)
-            if stats is not None:
-                depth, oldest_age = await stats()
-                self._metrics.observe_queue(depth, oldest_age)
+            depth, oldest_age = await self._queue.stats()
+            self._metrics.observe_queue(depth, oldest_age)
         except ProcessorError as exc:
             log.warning("sweep failed: %s", exc)
 
     async def _fill_slots(self) -> None:
-        while not self._stopping and len(self._active) < self._settings.worker_concurrency:
+        while not self._stopping and len(self._active) < self._config.worker_concurrency:
             try:
-                job = await self._queue.claim(self.worker_id, self._settings.lease_seconds)
+                job = await self._queue.claim(self.worker_id, self._config.lease_seconds)
             except ProcessorError as exc:
                 log.warning("claim failed: %s", exc)
                 return
@@ -205,13 +216,13 @@ class Worker:
         if not self._tasks:
             return
         log.info("draining %d job(s)", len(self._tasks))
-        _, pending = await asyncio.wait(set(self._tasks), timeout=self._settings.shutdown_grace_seconds)
+        _, pending = await asyncio.wait(set(self._tasks), timeout=self._config.shutdown_grace_seconds)
         if not pending:
             return
         for active in self._active.values():
             active.stop(StopReason.SHUTDOWN)
         # The model stops between steps; I/O stages finish or are interrupted below.
-        _, still = await asyncio.wait(pending, timeout=max(5.0, self._settings.heartbeat_interval_seconds))
+        _, still = await asyncio.wait(pending, timeout=max(5.0, self._config.heartbeat_interval_seconds))
         for task in still:
             task.cancel()
         if still:
@@ -320,7 +331,7 @@ class Worker:
         for up to a third of the lease: finished GPU work is worth keeping."""
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(TransientError),
-            stop=stop_after_delay(self._settings.lease_seconds / 3),
+            stop=stop_after_delay(self._config.lease_seconds / 3),
             wait=wait_exponential_jitter(initial=0.2, max=2.0),
             reraise=True,
         ):
@@ -341,22 +352,22 @@ class Worker:
     async def _heartbeat_loop(self, active: _ActiveJob) -> None:
         """Extend the lease and publish progress: at least every heartbeat interval,
         at most once per progress interval. Stops the job on ``canceled`` or ``lost``."""
-        settings = self._settings
+        config = self._config
         last_sent = time.monotonic()
         while True:
-            deadline = last_sent + settings.heartbeat_interval_seconds
+            deadline = last_sent + config.heartbeat_interval_seconds
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     active.progress_changed.wait(), timeout=max(0.0, deadline - time.monotonic())
                 )
-            throttle = last_sent + settings.progress_interval_seconds - time.monotonic()
+            throttle = last_sent + config.progress_interval_seconds - time.monotonic()
             if throttle > 0:
                 await asyncio.sleep(throttle)
             active.progress_changed.clear()
             last_sent = time.monotonic()
             try:
                 answer = await self._queue.heartbeat(
-                    active.job.id, self.worker_id, active.progress, settings.lease_seconds
+                    active.job.id, self.worker_id, active.progress, config.lease_seconds
                 )
             except ProcessorError as exc:
                 log.warning("heartbeat failed: %s", exc)

@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 
-from processor.compat import allow_processor_without_torchvision, torchvision_available
-from processor.sizing import SIZING_FILE, ModelSizing
+from processor.adapters.diffusers.compat import allow_processor_without_torchvision, torchvision_available
+from processor.domain.sizing import SIZING_FILE, ModelSizing
 
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>",

@@ -19,9 +19,11 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.utilities.types import Image
 
-from processor.auth import AuthError, TokenVerifier, User
-from processor.errors import ProcessorError
-from processor.submissions import TERMINAL, EditSpec, Submissions
+from processor.core.submissions import TERMINAL, Submissions
+from processor.domain.errors import ProcessorError
+from processor.domain.ports import EditParams
+from processor.domain.users import User
+from processor.entrypoints.auth import AuthError, TokenVerifier
 
 _VIEW_KEYS = (
     "id",
@@ -43,18 +45,22 @@ def _view(row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _submit(
-    submissions: Submissions, user: User, spec: EditSpec, image_base64: str | None, object_path: str | None
+    submissions: Submissions,
+    user: User,
+    params: EditParams,
+    image_base64: str | None,
+    object_path: str | None,
 ) -> dict[str, Any]:
     if image_base64:
         try:
             data = base64.b64decode(image_base64.partition(",")[2] or image_base64, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise ToolError("invalid_base64: image_base64 is not valid base64") from exc
-        return await submissions.submit(user, [data], spec)
+        return await submissions.submit(user, [data], params)
     if object_path:
         # RLS refuses paths outside the caller's own folder.
-        return await submissions.requests.insert(user, uuid.uuid4(), [object_path], spec)
-    return await submissions.submit(user, [], spec)  # no image: create from a base canvas
+        return await submissions.requests.insert(user, uuid.uuid4(), [object_path], params)
+    return await submissions.submit(user, [], params)  # no image: create from a base canvas
 
 
 def create_mcp_server(
@@ -115,7 +121,7 @@ def create_mcp_server(
         up to `timeout_seconds`; returns the PNG and its metadata.
         """
         user = user_of(ctx)
-        spec = EditSpec(
+        params = EditParams(
             prompt,
             negative_prompt,
             num_inference_steps,
@@ -128,7 +134,7 @@ def create_mcp_server(
             base_color=base_color,
         )
         try:
-            row = await _submit(submissions, user, spec, image_base64, object_path)
+            row = await _submit(submissions, user, params, image_base64, object_path)
             final = await submissions.wait(user, row["id"], timeout_seconds) or row
             if final["status"] != "succeeded":
                 if final["status"] in TERMINAL:

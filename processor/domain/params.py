@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from processor.errors import InvalidInput
-from processor.images import base_canvas, parse_hex_colour, to_rgb
-from processor.ports import BaseCanvas, EditParams, EditResult
-from processor.sizing import ModelSizing, output_size
+from processor.domain.errors import InvalidInput
+from processor.domain.images import base_canvas, parse_hex_colour, to_rgb
+from processor.domain.ports import BaseCanvas, EditParams, EditResult
+from processor.domain.sizing import ModelSizing, output_size
 
 MAX_IMAGES = 3
 """The model card: "optimal performance is achieved with 1 to 3 input images"."""

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from processor.errors import InvalidInput
+from processor.domain.errors import InvalidInput
 
 SIZING_FILE = "edit_processor.json"
 """Optional file in a model folder with its ``ModelSizing`` (the tiny model has one; the real model not)."""

@@ -12,8 +12,8 @@ Two kinds of job input:
 Bad input returns ``{"error": "<reason>: <message>", "error_code": "<reason>"}``. Progress goes to
 RunPod's progress updates. The model is loaded once per worker, before the first job.
 
-    python -m processor.runpod_handler                      # on RunPod
-    python -m processor.runpod_handler --test_input '{"input": {...}}'   # locally (SDK test mode)
+    edit-processor runpod                                   # on RunPod
+    edit-processor runpod --test_input '{"input": {...}}'   # locally (SDK test mode)
 """
 
 from __future__ import annotations
@@ -30,15 +30,16 @@ from typing import Any
 
 from PIL import Image
 
-from processor.errors import InvalidInput, ProcessorError
-from processor.images import ImageLimits, decode_image, encode_image
-from processor.ports import Editor, EditParams, EditResult, ProgressCallback
-from processor.settings import Settings, load_settings
+from processor.domain.errors import InvalidInput, ProcessorError
+from processor.domain.images import ImageLimits, decode_image, encode_image
+from processor.domain.ports import Editor, EditParams, EditResult, ProgressCallback
 
 log = logging.getLogger(__name__)
 
 Job = dict[str, Any]
 Reporter = Callable[[Job, dict[str, Any]], None]
+RowRunner = Callable[[Editor, uuid.UUID], Awaitable[str | None]]
+"""Claims one ``edit_requests`` row and runs it with the editor; the outcome, or None when not claimed."""
 
 
 def runpod_progress(job: Job, update: dict[str, Any]) -> None:
@@ -61,6 +62,9 @@ class _ReportingEditor:
 
     def describe(self) -> Mapping[str, Any]:
         return self._inner.describe()
+
+    def close(self) -> None:
+        """Nothing: the editor is shared by every job and closed by whoever loaded it."""
 
     def edit(
         self,
@@ -119,10 +123,13 @@ def _params(job_input: Mapping[str, Any]) -> EditParams:
 
 
 def make_handler(
-    editor: Editor, settings: Settings, *, report: Reporter = runpod_progress
+    editor: Editor,
+    limits: ImageLimits,
+    run_row: RowRunner,
+    *,
+    report: Reporter = runpod_progress,
 ) -> Callable[[Job], Awaitable[dict[str, Any]]]:
     """The handler RunPod calls for each job, closed over an editor loaded once."""
-    limits = ImageLimits.from_settings(settings)
 
     async def edit_directly(job: Job, job_input: Mapping[str, Any]) -> dict[str, Any]:
         images = await asyncio.to_thread(_images, job_input, limits)
@@ -141,25 +148,7 @@ def make_handler(
         }
 
     async def process_row(job: Job, request_id: uuid.UUID) -> dict[str, Any]:
-        from processor.queue import PostgresJobQueue
-        from processor.storage import SupabaseObjectStorage
-        from processor.worker import Worker
-
-        settings.require("database_url", "supabase_url", "supabase_service_role_key")
-        assert settings.database_url is not None
-        storage = SupabaseObjectStorage.from_settings(settings)
-        async with PostgresJobQueue(settings.database_url) as queue:
-            await storage.open()
-            try:
-                worker = Worker(
-                    queue=queue,
-                    storage=storage,
-                    editor=_ReportingEditor(editor, job, report),
-                    settings=settings,
-                )
-                outcome = await worker.run_one(request_id)
-            finally:
-                await storage.close()
+        outcome = await run_row(_ReportingEditor(editor, job, report), request_id)
         # None: already taken, finished or canceled; a duplicate delivery is not an error.
         return {"edit_request_id": str(request_id), "status": outcome or "not_claimed"}
 
@@ -179,19 +168,3 @@ def make_handler(
             return {"error": str(exc), "error_code": exc.reason}
 
     return handler
-
-
-def main() -> None:
-    import runpod
-
-    from processor.editors import build_editor
-    from processor.logs import configure_logging
-
-    settings = load_settings()
-    configure_logging(settings.log_level, settings.log_format)
-    editor = build_editor(settings)  # once per worker, before any job
-    runpod.serverless.start({"handler": make_handler(editor, settings)})
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,192 @@
+"""The composition root: the one place that turns ``Settings`` into adapters, the core and the ways in.
+
+Everything below it gets values, not ``Settings``. Heavy imports stay inside the builders, so
+``edit-processor --help`` stays fast, the ComfyUI engine never loads diffusers, and the
+diffusers engine never needs a websocket client.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from processor.core.service import ProcessorService
+from processor.core.submissions import Submissions
+from processor.core.worker import Worker, WorkerConfig
+from processor.domain.images import ImageLimits
+from processor.domain.ports import Editor, ObjectStorage
+from processor.settings import Settings
+
+if TYPE_CHECKING:
+    from mcp.server.mcpserver import MCPServer
+
+    from processor.adapters.postgres.queue import PostgresJobQueue
+    from processor.adapters.postgres.requests import EditRequests
+    from processor.adapters.supabase_storage import SupabaseObjectStorage
+    from processor.entrypoints.auth import TokenVerifier
+    from processor.entrypoints.rest import RestApi
+    from processor.entrypoints.runpod_handler import Job, Reporter
+
+
+def image_limits(settings: Settings) -> ImageLimits:
+    return ImageLimits(
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+        min_side=settings.min_image_side,
+    )
+
+
+def worker_config(settings: Settings) -> WorkerConfig:
+    return WorkerConfig(
+        worker_id=settings.worker_id,
+        lease_seconds=settings.lease_seconds,
+        heartbeat_interval_seconds=settings.heartbeat_interval_seconds,
+        progress_interval_seconds=settings.progress_interval_seconds,
+        sweep_interval_seconds=settings.sweep_interval_seconds,
+        worker_concurrency=settings.worker_concurrency,
+        shutdown_grace_seconds=settings.shutdown_grace_seconds,
+        image_limits=image_limits(settings),
+    )
+
+
+def build_editor(settings: Settings) -> Editor:
+    """The editor ``EDIT_ENGINE`` names, loaded and ready; ``ConfigurationError`` when it cannot be."""
+    if settings.edit_engine == "comfyui":
+        from processor.adapters.comfyui.editor import editor_from_settings
+
+        auth = settings.comfyui_auth_header.get_secret_value() if settings.comfyui_auth_header else None
+        return editor_from_settings(
+            settings.comfyui_url, settings.comfyui_workflow, auth, settings.comfyui_timeout_seconds
+        )
+    from processor.adapters.diffusers.engine import DiffusersEditor
+
+    return DiffusersEditor.load(
+        settings.model_id,
+        revision=settings.model_revision,
+        cache_dir=settings.model_cache_dir,
+        device=settings.device,
+        memory=settings.memory_mode,
+        quantization=settings.quantization,
+        warmup=settings.warmup,
+    )
+
+
+def build_queue(settings: Settings) -> PostgresJobQueue:
+    from processor.adapters.postgres.queue import PostgresJobQueue
+
+    settings.require("database_url")
+    assert settings.database_url is not None
+    return PostgresJobQueue(settings.database_url)
+
+
+def build_storage(settings: Settings) -> SupabaseObjectStorage:
+    from processor.adapters.supabase_storage import SupabaseObjectStorage
+
+    settings.require("supabase_url", "supabase_service_role_key")
+    assert settings.supabase_url is not None and settings.supabase_service_role_key is not None
+    return SupabaseObjectStorage(
+        settings.supabase_url,
+        settings.supabase_service_role_key.get_secret_value(),
+        timeout=settings.storage_timeout_seconds,
+        attempts=settings.storage_retry_attempts,
+    )
+
+
+def build_user_requests(settings: Settings) -> EditRequests:
+    from processor.adapters.postgres.requests import EditRequests
+
+    settings.require("database_url")
+    assert settings.database_url is not None
+    return EditRequests(settings.database_url)
+
+
+def build_service(settings: Settings, *, listen_for_notifications: bool = True) -> ProcessorService:
+    """The production wiring: Postgres queue and LISTEN, Supabase Storage, the configured editor."""
+    settings.require("database_url", "supabase_url", "supabase_service_role_key")
+    from processor.adapters.postgres.notifications import PostgresNotifications
+
+    assert settings.database_url is not None
+    return ProcessorService(
+        worker_config(settings),
+        queue=build_queue(settings),
+        storage=build_storage(settings),
+        editor_factory=lambda: build_editor(settings),
+        wakeups=PostgresNotifications(settings.database_url) if listen_for_notifications else None,
+    )
+
+
+def build_verifier(settings: Settings) -> TokenVerifier:
+    from processor.entrypoints.auth import TokenVerifier
+
+    secret = settings.supabase_jwt_secret.get_secret_value() if settings.supabase_jwt_secret else None
+    return TokenVerifier(jwt_secret=secret, jwks_url=settings.jwks_url())
+
+
+def build_submissions(settings: Settings, storage: ObjectStorage | None = None) -> Submissions:
+    """Submissions as the users, over ``storage`` (the service's, when one runs in this process)."""
+    return Submissions(
+        build_user_requests(settings), storage or build_storage(settings), image_limits(settings)
+    )
+
+
+def build_rest_api(settings: Settings, service: ProcessorService) -> RestApi:
+    """The REST API over the service's storage adapter and a pool of its own (rows as the user)."""
+    from processor.entrypoints.rest import RestApi
+
+    return RestApi(
+        build_submissions(settings, service.storage),
+        build_verifier(settings),
+        signed_url_seconds=settings.signed_url_seconds,
+    )
+
+
+def build_mcp(settings: Settings, api: RestApi) -> MCPServer:
+    """MCP tools over the REST API's submissions (same users, same rows)."""
+    from processor.entrypoints.mcp_tools import create_mcp_server
+
+    return create_mcp_server(api.submissions, api.verifier, signed_url_seconds=settings.signed_url_seconds)
+
+
+def build_stdio_mcp(settings: Settings) -> MCPServer:
+    """MCP over stdio as the user whose token is ``MCP_ACCESS_TOKEN``; it opens its own resources."""
+    from processor.entrypoints.mcp_tools import create_mcp_server
+
+    settings.require("database_url", "supabase_url", "supabase_service_role_key", "mcp_access_token")
+    assert settings.mcp_access_token is not None
+    return create_mcp_server(
+        build_submissions(settings),
+        build_verifier(settings),
+        stdio_token=settings.mcp_access_token.get_secret_value(),
+        signed_url_seconds=settings.signed_url_seconds,
+        open_resources=True,
+    )
+
+
+def build_row_runner(settings: Settings) -> Callable[[Editor, uuid.UUID], Awaitable[str | None]]:
+    """For RunPod's ``edit_request_id`` jobs: claim that row and run it exactly as the worker does."""
+
+    async def run_row(editor: Editor, request_id: uuid.UUID) -> str | None:
+        queue, storage = build_queue(settings), build_storage(settings)
+        await queue.open()
+        try:
+            await storage.open()
+            try:
+                worker = Worker(queue=queue, storage=storage, editor=editor, config=worker_config(settings))
+                return await worker.run_one(request_id)
+            finally:
+                await storage.close()
+        finally:
+            await queue.close()
+
+    return run_row
+
+
+def build_runpod_handler(
+    settings: Settings, editor: Editor, report: Reporter | None = None
+) -> Callable[[Job], Awaitable[dict[str, Any]]]:
+    from processor.entrypoints.runpod_handler import make_handler, runpod_progress
+
+    return make_handler(
+        editor, image_limits(settings), build_row_runner(settings), report=report or runpod_progress
+    )

@@ -1,0 +1,131 @@
+"""The processor service: wires the adapters to the worker and tracks readiness.
+
+Start-up order: open the queue and storage adapters, load the model in a thread
+(``/healthz`` answers meanwhile, ``/readyz`` says ``starting``), then run the worker,
+the LISTEN loop and the sweep. ``stop`` drains the worker (see ``Worker._drain``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Literal
+
+from processor.core.worker import Worker, WorkerConfig
+from processor.domain.ports import Editor, JobQueue, ObjectStorage, Wakeups
+from processor.observability.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+State = Literal["starting", "ready", "busy", "setup_failed", "stopping"]
+
+
+class ProcessorService:
+    """One per process: the worker, its wake-ups and its health."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        queue: JobQueue,
+        storage: ObjectStorage,
+        editor_factory: Callable[[], Editor],
+        wakeups: Wakeups | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self._queue = queue
+        self._storage = storage
+        self._editor_factory = editor_factory
+        self._wakeups = wakeups
+        self._editor: Editor | None = None
+        self._stop = asyncio.Event()
+        self._worker: Worker | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._setup_error: str | None = None
+        self._stopping = False
+
+    @property
+    def storage(self) -> ObjectStorage:
+        return self._storage
+
+    @property
+    def worker(self) -> Worker | None:
+        return self._worker
+
+    @property
+    def state(self) -> State:
+        if self._stopping:
+            return "stopping"
+        if self._setup_error is not None:
+            return "setup_failed"
+        if self._worker is None:
+            return "starting"
+        return "busy" if self._worker.busy else "ready"
+
+    @property
+    def setup_error(self) -> str | None:
+        return self._setup_error
+
+    async def start(self) -> None:
+        """Open the adapters, then load the model and work in the background. Returns at once."""
+        await self._queue.open()
+        await self._storage.open()
+        self._tasks.append(asyncio.create_task(self._load_and_run(), name="processor-main"))
+
+    async def _load_and_run(self) -> None:
+        started = time.monotonic()
+        try:
+            editor = await asyncio.to_thread(self._editor_factory)
+        except Exception as exc:
+            self._setup_error = f"{type(exc).__name__}: {exc}"
+            log.exception("model setup failed")
+            return
+        log.info("model ready", extra={"seconds": round(time.monotonic() - started, 3)})
+        self._editor = editor
+        self._worker = Worker(
+            queue=self._queue, storage=self._storage, editor=editor, config=self.config, metrics=self.metrics
+        )
+        if self._wakeups is not None:
+            self._tasks.append(
+                asyncio.create_task(
+                    self._wakeups.run(on_queued=self.wake, on_cancel=self._worker.cancel, stop=self._stop),
+                    name="processor-listen",
+                )
+            )
+        await self._worker.run(self._stop)
+
+    def wake(self, request_id: uuid.UUID | None = None) -> None:
+        """A hint that something may be claimable (webhook or notification)."""
+        if self._worker is not None:
+            self._worker.wake()
+
+    async def database_reachable(self) -> bool:
+        try:
+            await asyncio.wait_for(self._queue.ping(), timeout=2.0)
+        except Exception:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """Stop claiming, drain the jobs in flight, stop the listener."""
+        self._stopping = True
+        self._stop.set()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._queue.close()
+        await self._storage.close()
+        if self._editor is not None:
+            await asyncio.to_thread(self._editor.close)
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set (the ``worker`` command's main)."""
+        await self.start()
+        await stop.wait()
+        await self.stop()
