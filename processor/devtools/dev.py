@@ -4,7 +4,9 @@ Creates a scratch database (platform bootstrap + migrations), starts the Storage
 server and the processor (HTTP app with the REST API, worker, LISTEN, sweep), submits a
 sample edit through the REST API as a development user, follows it with a progress bar and
 writes the result. The tiny model is used unless ``MODEL_ID`` names a real model and CUDA is
-there. ``--keep-running`` leaves everything up for manual testing (Ctrl-C to stop).
+there. ``--keep-running`` leaves everything up for manual testing and prints every way in,
+ready to paste. Ctrl-C or SIGTERM (``docker stop``, systemd, a supervisor) stops it, and either
+way the scratch database is dropped.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ import io
 import json
 import os
 import secrets
+import shlex
+import signal
 import threading
 import uuid
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from types import FrameType
 
 import httpx
 import psycopg
@@ -34,6 +40,28 @@ from processor.entrypoints.http_app import create_app
 from processor.settings import Settings, load_settings
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+KEEP_RUNNING_TOKEN_SECONDS = 24 * 3600
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: unwind like Ctrl-C, so every clean-up runs."""
+
+
+@contextmanager
+def _terminate_by_unwinding() -> Iterator[None]:
+    """Turn SIGTERM into ``Terminated`` while the block runs (main thread only, as signals are)."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        raise Terminated(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def sample_image() -> bytes:
@@ -73,7 +101,7 @@ def run_dev(
     name = f"qep_dev_{uuid.uuid4().hex[:8]}"
     service_key = f"sb_secret_dev_{secrets.token_hex(8)}"
     jwt_secret = secrets.token_hex(32)
-    with ExitStack() as stack:
+    with _terminate_by_unwinding(), ExitStack() as stack:
         console.print(f"[bold]Scratch database[/] {name} (platform bootstrap + migrations)")
         dsn = localdb.build_migrated_database(admin_url, name)
         stack.callback(localdb.drop_database, admin_url, name)
@@ -111,15 +139,56 @@ def run_dev(
         _submit_and_follow(app.url, token, prompt, steps, out, console)
 
         if keep_running:
+            sample = workdir / "sample.png"
+            sample.write_bytes(sample_image())
+            env = {
+                "DATABASE_URL": dsn,
+                "SUPABASE_URL": storage.url,
+                "SUPABASE_SERVICE_ROLE_KEY": service_key,
+                "SUPABASE_JWT_SECRET": jwt_secret,
+                "WEBHOOK_SECRET": settings.webhook_secret.get_secret_value()
+                if settings.webhook_secret
+                else "",
+                "MODEL_ID": model_id,
+                "DEVICE": device,
+            }
+            token = mint_token(jwt_secret, sub=user, expires_in=KEEP_RUNNING_TOKEN_SECONDS)
             console.print(
-                f"\nRunning. Try:  curl -H 'Authorization: Bearer {token}' {app.url}/v1/edits/<id>\n"
-                f"DATABASE_URL={dsn}\nSUPABASE_URL={storage.url}\nSUPABASE_SERVICE_ROLE_KEY={service_key}\n"
-                "Ctrl-C to stop (the scratch database is dropped)."
+                "\n[bold]Running.[/] Every way in, ready to paste (Ctrl-C or SIGTERM stops and cleans up):"
             )
+            for line in ways_in(app.url, token, env, sample):
+                # soft_wrap: a wrapped token cannot be pasted; markup off: the lines hold brackets.
+                console.print(line, soft_wrap=True, markup=False, highlight=False)
             try:
                 threading.Event().wait()
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, Terminated):
                 console.print("stopping")
+
+
+def ways_in(url: str, token: str, env: dict[str, str], sample: Path) -> list[str]:
+    """Shell lines that use each way in against the running processor (one line each: copy-paste safe)."""
+    q = shlex.quote
+    auth = '-H "Authorization: Bearer $TOKEN"'
+    webhook_body = '{"type":"INSERT","table":"edit_requests","schema":"public","record":{"id":"<id>"}}'
+    return [
+        f"export TOKEN={q(token)}",
+        "export " + " ".join(f"{name}={q(value)}" for name, value in env.items()),
+        "# REST, JSON or multipart (add ?wait=true to get the image back):",
+        f"curl -s {auth} -F prompt='make it blue' -F image=@{q(str(sample))} {url}/v1/edits",
+        f"curl -s {auth} {url}/v1/edits/<id>",
+        f"curl -sN {auth} {url}/v1/edits/<id>/events",
+        "# MCP (streamable HTTP), with the official inspector:",
+        f"npx @modelcontextprotocol/inspector --cli {url}/mcp --transport http {auth.replace('-H', '--header')} --method tools/list",
+        "# MCP over stdio for a desktop client: edit-processor mcp (with MCP_ACCESS_TOKEN=$TOKEN and the exports above)",
+        "# Database webhook (what pg_net sends):",
+        f'curl -s -X POST -H "X-Webhook-Secret: $WEBHOOK_SECRET" -H "Content-Type: application/json" -d {q(webhook_body)} {url}/webhooks/edit-requests',
+        "# RunPod handler, locally (SDK test mode):",
+        "edit-processor runpod --test_input "
+        + q(json.dumps({"input": {"prompt": "make it blue", "num_inference_steps": 4}})),
+        "# One-off edit without the database:",
+        f"edit-processor edit --image {q(str(sample))} --prompt 'make it blue' --steps 4 --out edited-cli.png",
+        f"# Health and metrics: curl -s {url}/readyz; curl -s {url}/metrics",
+    ]
 
 
 def _submit_and_follow(url: str, token: str, prompt: str, steps: int, out: Path, console: Console) -> None:
