@@ -49,7 +49,11 @@ class TokenVerifier:
             if algorithm == "HS256" and self._secret:
                 key = self._secret
             elif algorithm in _ASYMMETRIC and self._jwks is not None:
-                key = self._jwks.get_signing_key_from_jwt(token).key
+                signing_key = self._jwks.get_signing_key_from_jwt(token)
+                # The header's alg is the caller's word; the key's own type decides.
+                if signing_key.algorithm_name != algorithm:
+                    raise AuthError(f"token algorithm {algorithm!r} does not fit its key")
+                key = signing_key.key
             else:
                 raise AuthError(f"unsupported token algorithm {algorithm!r}")
             claims: dict[str, Any] = jwt.decode(
@@ -61,8 +65,11 @@ class TokenVerifier:
             )
         except jwt.ExpiredSignatureError as exc:
             raise AuthError("token expired") from exc
-        except (jwt.InvalidTokenError, jwt.PyJWKClientError) as exc:
+        except (jwt.InvalidTokenError, jwt.PyJWKClientError, jwt.PyJWKError) as exc:
             raise AuthError(f"invalid token: {exc}") from exc
+        except (TypeError, ValueError, KeyError) as exc:
+            # PyJWT raises these for some crafted headers; any token we cannot decode is a 401.
+            raise AuthError("undecodable token") from exc
         if claims.get("role") != "authenticated":
             raise AuthError("only authenticated users may call this API")
         try:
