@@ -58,9 +58,7 @@ def database_exists(name: str) -> bool:
 
 @pytest.mark.slow
 def test_dev_edits_a_sample_and_drops_its_database(tmp_path: Path) -> None:
-    done = subprocess.run(
-        dev_command(tmp_path), env=dev_env(), capture_output=True, text=True, timeout=300
-    )
+    done = subprocess.run(dev_command(tmp_path), env=dev_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "succeeded" in done.stderr
     assert Image.open(tmp_path / "edited.png").format == "PNG"

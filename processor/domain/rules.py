@@ -13,3 +13,6 @@ Quantization = Literal["nf4", "int8"]
 """Transformer weights with ``MEMORY_MODE=quantized`` (``QUANTIZATION``)."""
 DeviceChoice = Literal["auto", "cuda", "cpu"]
 """Where the model runs (``DEVICE``): ``auto`` is CUDA when available."""
+
+WEBHOOK_MAX_BODY_BYTES = 256 * 1024
+"""A database webhook carries one row (and its old version on UPDATE): a few KB, 256 KiB at most."""

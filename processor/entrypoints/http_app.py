@@ -13,13 +13,16 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Response, status
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from processor.core.service import ProcessorService
+from processor.domain.rules import WEBHOOK_MAX_BODY_BYTES
+from processor.entrypoints.bodies import json_body, read_capped_body
 from processor.entrypoints.rest import RestApi
 
 WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
@@ -41,6 +44,9 @@ class DatabaseWebhook(BaseModel):
     schema_: str = Field(alias="schema")
     record: WebhookRecord | None = None
     old_record: dict[str, Any] | None = None
+
+
+_WEBHOOK_BODY = json_body(DatabaseWebhook)
 
 
 class Accepted(BaseModel):
@@ -84,7 +90,7 @@ def create_app(
         api.install(app)
     secret = webhook_secret
 
-    def require_webhook_secret(
+    async def require_webhook_secret(
         x_webhook_secret: Annotated[str | None, Header(alias=WEBHOOK_SECRET_HEADER)] = None,
     ) -> None:
         # A dependency runs before the body is validated: a caller without the secret
@@ -100,13 +106,22 @@ def create_app(
         "/webhooks/edit-requests",
         status_code=status.HTTP_202_ACCEPTED,
         dependencies=[Depends(require_webhook_secret)],
+        openapi_extra=_WEBHOOK_BODY,
         responses={
-            400: {"description": "The body is not JSON"},
             401: {"description": "Missing or wrong shared secret"},
+            413: {"description": f"The body is over {WEBHOOK_MAX_BODY_BYTES:,} bytes"},
+            422: {"description": "The body is not a database webhook"},
         },
     )
-    async def edit_request_webhook(body: DatabaseWebhook) -> Accepted:
+    async def edit_request_webhook(request: Request) -> Accepted:
         """Wake the worker. The table, not the payload, is the source of truth."""
+        # Read here, not as a parameter: FastAPI would parse a declared body before the secret
+        # dependency runs, so callers without the secret could make the app read and parse it.
+        raw = await read_capped_body(request, WEBHOOK_MAX_BODY_BYTES)
+        try:
+            body = DatabaseWebhook.model_validate_json(raw)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors(include_url=False, include_input=False)) from None
         service.wake(body.record.id if body.record else None)
         return Accepted()
 
