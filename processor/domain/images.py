@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 from processor.domain.errors import InvalidInput
+from processor.domain.rules import JPEG_MAX_PIXEL_SCANS, JPEG_MAX_SCANS
 
 OutputFormat = Literal["png", "webp", "jpeg"]
 """Encodings ``encode_image`` can write."""
@@ -79,6 +80,8 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
             f"the image is {width}×{height}; each side must be at least {limits.min_side} pixels",
             reason="too_small",
         )
+    if image.format in ("JPEG", "MPO"):
+        _check_scan_work(data, width * height)
     if getattr(image, "is_animated", False) and image.format not in _STILL_MULTI_PICTURE_FORMATS:
         frames = getattr(image, "n_frames", "several")
         raise InvalidInput(
@@ -87,12 +90,73 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
         )
     try:
         image.load()
-        upright = ImageOps.exif_transpose(image)
+        return to_rgb(_upright(image))
     except _DECODE_ERRORS as exc:
         raise InvalidInput(
             f"the image data is truncated or corrupt: {exc}", reason="truncated_image"
         ) from exc
-    return to_rgb(upright)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        # Pillow raises TypeError, AttributeError, IndexError... for some crafted files (found by
+        # mutation fuzzing): whatever the decoder trips on, the bytes are the caller's fault.
+        raise InvalidInput(
+            f"the image cannot be decoded ({type(exc).__name__})", reason="corrupt_image"
+        ) from exc
+
+
+_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says. Only the orientation is read: unlike
+    ``ImageOps.exif_transpose`` nothing rewrites the metadata, which crafted EXIF blocks break
+    (and the output never carries the input's metadata anyway). Unreadable EXIF means upright."""
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except _DECODE_ERRORS:
+        return image
+    method = _TRANSPOSES.get(orientation) if isinstance(orientation, int) else None
+    return image if method is None else image.transpose(method)
+
+
+def jpeg_scan_count(data: bytes) -> int:
+    """Start-of-scan markers in a JPEG: the first one found by walking the header segments (so an
+    EXIF thumbnail's own scan is skipped with its segment), the rest by counting ``FF DA`` after it,
+    which entropy-coded data cannot contain (every ``FF`` there is stuffed or a marker)."""
+    pos, size = 2, len(data)
+    while pos + 4 <= size:
+        if data[pos] != 0xFF:
+            return 0  # not a marker where one must be: the decoder will refuse it
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1  # fill byte
+        elif marker == 0xDA:
+            return data.count(b"\xff\xda", pos)
+        elif marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            pos += 2  # markers without a length
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return 0
+
+
+def _check_scan_work(data: bytes, pixels: int) -> None:
+    """Refuse a JPEG whose progressive scans would cost more decoding than any real photo needs."""
+    scans = jpeg_scan_count(data)
+    if scans > JPEG_MAX_SCANS or scans * pixels > JPEG_MAX_PIXEL_SCANS:
+        raise InvalidInput(
+            f"the JPEG has {scans} scans over {pixels:,} pixels; at most {JPEG_MAX_SCANS} scans and "
+            f"{JPEG_MAX_PIXEL_SCANS:,} pixel-scans are decoded",
+            reason="too_many_scans",
+        )
 
 
 def _open_header(data: bytes) -> Image.Image:

@@ -16,3 +16,10 @@ DeviceChoice = Literal["auto", "cuda", "cpu"]
 
 WEBHOOK_MAX_BODY_BYTES = 256 * 1024
 """A database webhook carries one row (and its old version on UPDATE): a few KB, 256 KiB at most."""
+
+JPEG_MAX_SCANS = 100
+"""Scans a progressive JPEG may have. Encoders write 10 (libjpeg's simple progression) to a few dozen;
+each scan re-walks every coefficient, so thousands of tiny scans turn 0.4 MB into minutes of decoding."""
+JPEG_MAX_PIXEL_SCANS = 25_000_000 * 12
+"""Decode work bound: scans × pixels. A 25 MP photo with the usual 10 scans passes; measured here at
+about 23 ms per megapixel-scan, this caps a decode at roughly 7 s of one core."""
