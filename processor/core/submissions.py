@@ -14,11 +14,13 @@ import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from processor.domain.errors import InvalidInput
 from processor.domain.images import ImageLimits, decode_image, parse_hex_colour
 from processor.domain.ports import EditParams, ObjectStorage, UserRequests
+from processor.domain.rules import VALIDATION_THREADS
 from processor.domain.sizing import ModelSizing, output_size
 from processor.domain.users import User
 
@@ -36,6 +38,9 @@ class Submissions:
         self.requests = requests
         self._storage = storage
         self._limits = limits
+        # Validation decodes untrusted images: its own small pool, so neither a flood of uploads
+        # nor slow decodes can take the threads that edits run in (the loop's default executor).
+        self._validation = ThreadPoolExecutor(max_workers=VALIDATION_THREADS, thread_name_prefix="validate")
 
     async def open(self) -> None:
         """Open the pool and the storage client (when nobody else owns them, e.g. MCP over stdio)."""
@@ -45,6 +50,7 @@ class Submissions:
     async def close(self) -> None:
         await self.requests.close()
         await self._storage.close()
+        self._validation.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, user: User, images: Sequence[bytes], params: EditParams) -> dict[str, Any]:
         """Validate, upload the images and insert the row; with no image, a creation at ``params``' size."""
@@ -65,7 +71,7 @@ class Submissions:
             raise InvalidInput("the prompt must have 1 to 2,000 characters", reason="invalid_prompt")
         if "\x00" in params.prompt or "\x00" in params.negative_prompt:
             raise InvalidInput("prompts may not contain NUL characters", reason="invalid_prompt")
-        formats = await asyncio.to_thread(self._validate, images)
+        formats = await asyncio.get_running_loop().run_in_executor(self._validation, self._validate, images)
         request_id = uuid.uuid4()
         paths = []
         for index, (data, (extension, media_type)) in enumerate(zip(images, formats, strict=True)):

@@ -23,3 +23,6 @@ each scan re-walks every coefficient, so thousands of tiny scans turn 0.4 MB int
 JPEG_MAX_PIXEL_SCANS = 25_000_000 * 12
 """Decode work bound: scans × pixels. A 25 MP photo with the usual 10 scans passes; measured here at
 about 23 ms per megapixel-scan, this caps a decode at roughly 7 s of one core."""
+
+VALIDATION_THREADS = 2
+"""Uploads validated at once per process; more wait their turn instead of taking the threads edits use."""
