@@ -123,6 +123,7 @@ def make_handler(
 ) -> Callable[[Job], Awaitable[dict[str, Any]]]:
     """The handler RunPod calls for each job, closed over an editor loaded once."""
     limits = ImageLimits.from_settings(settings)
+    sweep_checked = False
 
     async def edit_directly(job: Job, job_input: Mapping[str, Any]) -> dict[str, Any]:
         images = await asyncio.to_thread(_images, job_input, limits)
@@ -149,6 +150,21 @@ def make_handler(
         assert settings.database_url is not None
         storage = SupabaseObjectStorage.from_settings(settings)
         async with PostgresJobQueue(settings.database_url) as queue:
+            nonlocal sweep_checked
+            if not sweep_checked:
+                # Scale to zero relies on the database's own lease sweep: while no worker runs,
+                # nothing else requeues a lapsed lease. Schedule it, or say that it is missing.
+                sweep_checked = True
+                try:
+                    sweep = await queue.ensure_lease_sweep()
+                except ProcessorError as exc:
+                    sweep = f"unknown ({exc})"
+                if sweep != "scheduled":
+                    log.warning(
+                        "no lease sweep is scheduled in the database (%s): with workers scaled to zero, "
+                        "lapsed leases stay lapsed; enable pg_cron and run select public.ensure_edit_request_sweep()",
+                        sweep,
+                    )
             await storage.open()
             try:
                 worker = Worker(

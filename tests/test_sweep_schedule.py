@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from typing import Any
 
 import httpx
@@ -19,7 +20,9 @@ import pytest
 
 from processor.devtools import localdb
 from processor.queue import PostgresJobQueue
-from tests.conftest import Harness
+from processor.runpod_handler import make_handler
+from processor.settings import load_settings
+from tests.conftest import Harness, StorageServer
 
 Row = dict[str, Any]
 SWEEP = "select public.requeue_expired_edit_requests()"
@@ -132,3 +135,35 @@ def test_readyz_reports_a_sweep_scheduled_at_start_up(
     harness: Harness = start_processor()
     assert httpx.get(f"{harness.served.url}/readyz").json()["lease_sweep"] == "scheduled"
     assert len(jobs(db)) == 1
+
+
+class _NoEditor:
+    """No row is claimed in this test, so no edit runs."""
+
+    def describe(self) -> dict[str, str]:
+        return {"engine": "none"}
+
+    def edit(self, *args: object, **kwargs: object) -> Any:
+        raise AssertionError("no edit expected")
+
+
+def test_the_runpod_handler_schedules_it_or_warns(
+    database_url: str,
+    db: psycopg.Connection[Row],
+    storage_server: StorageServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Scale to zero is where the sweep matters: the first row job of a worker checks it."""
+    settings = load_settings(
+        database_url=database_url,
+        supabase_url=storage_server.url,
+        supabase_service_role_key=storage_server.service_key,
+    )
+    job = {"id": "job-1", "input": {"edit_request_id": str(uuid.uuid4())}}  # no such row: not claimed
+    with caplog.at_level(logging.WARNING, logger="processor.runpod_handler"):
+        assert asyncio.run(make_handler(_NoEditor(), settings)(job))["status"] == "not_claimed"
+    assert any("pg_cron_missing" in record.getMessage() for record in caplog.records)
+
+    enable_pg_cron(db)
+    assert asyncio.run(make_handler(_NoEditor(), settings)(job))["status"] == "not_claimed"
+    assert [job["command"] for job in jobs(db)] == [SWEEP]
