@@ -7,6 +7,7 @@ diffusers engine never needs a websocket client.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -14,9 +15,12 @@ from typing import TYPE_CHECKING, Any
 from processor.core.service import ProcessorService
 from processor.core.submissions import Submissions
 from processor.core.worker import Worker, WorkerConfig
+from processor.domain.errors import ProcessorError
 from processor.domain.images import ImageLimits
-from processor.domain.ports import Editor, ObjectStorage
+from processor.domain.ports import Editor, JobQueue, ObjectStorage
 from processor.settings import Settings
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
@@ -166,10 +170,18 @@ def build_stdio_mcp(settings: Settings) -> MCPServer:
 def build_row_runner(settings: Settings) -> Callable[[Editor, uuid.UUID], Awaitable[str | None]]:
     """For RunPod's ``edit_request_id`` jobs: claim that row and run it exactly as the worker does."""
 
+    sweep_checked = False
+
     async def run_row(editor: Editor, request_id: uuid.UUID) -> str | None:
+        nonlocal sweep_checked
         queue, storage = build_queue(settings), build_storage(settings)
         await queue.open()
         try:
+            if not sweep_checked:
+                # Scale to zero relies on the database's own lease sweep: while no worker runs,
+                # nothing else requeues a lapsed lease. Schedule it, or say that it is missing.
+                sweep_checked = True
+                await _check_lease_sweep(queue)
             await storage.open()
             try:
                 worker = Worker(queue=queue, storage=storage, editor=editor, config=worker_config(settings))
@@ -180,6 +192,19 @@ def build_row_runner(settings: Settings) -> Callable[[Editor, uuid.UUID], Awaita
             await queue.close()
 
     return run_row
+
+
+async def _check_lease_sweep(queue: JobQueue) -> None:
+    try:
+        sweep = await queue.ensure_lease_sweep()
+    except ProcessorError as exc:
+        sweep = f"unknown ({exc})"
+    if sweep != "scheduled":
+        log.warning(
+            "no lease sweep is scheduled in the database (%s): with workers scaled to zero, lapsed "
+            "leases stay lapsed; enable pg_cron and run select public.ensure_edit_request_sweep()",
+            sweep,
+        )
 
 
 def build_runpod_handler(

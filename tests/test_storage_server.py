@@ -1,12 +1,15 @@
 """The Storage-compatible server behaves like Supabase Storage where our product depends on it
-(``../shared/research/supabase.md`` §10): owners, trigger firings, upserts, policies, errors."""
+(``../shared/research/supabase.md`` §10 and §11, the real server v1.70.6): owners, trigger firings,
+upserts, policies, errors. Errors are HTTP 400 with the real code only in the body."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
 import httpx
+import jwt
 import psycopg
 import pytest
 
@@ -41,6 +44,26 @@ def get(server: StorageServer, token: str, path: str, bucket: str = "edit-inputs
     )
 
 
+def refused(response: httpx.Response, status: str, code: str, error: str, message: str | None = None) -> None:
+    """The real server's error answer: HTTP 400 whatever the error (below 500), the real
+    status as a string in the body, with the ``code`` and the backwards-compatible ``error``."""
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert (body["statusCode"], body["code"], body["error"]) == (status, code, error), body
+    if message is not None:
+        assert body["message"] == message
+
+
+def not_found(response: httpx.Response) -> None:
+    assert response.status_code == 400
+    assert response.json() == {
+        "statusCode": "404",
+        "code": "NoSuchKey",
+        "error": "not_found",
+        "message": "Object not found",
+    }
+
+
 @pytest.fixture
 def firings(db: psycopg.Connection[Row]) -> psycopg.Connection[Row]:
     """Record every committed firing of AFTER INSERT / AFTER UPDATE triggers on storage.objects."""
@@ -66,7 +89,10 @@ def test_service_key_upload_has_no_owner_and_a_user_upload_is_owned(
     assert upload(storage_server, storage_server.service_key, "x/service.png").status_code == 200
     assert upload(storage_server, storage_server.token(user), f"{user}/mine.png").status_code == 200
 
-    rows = {r["name"]: r for r in db.execute("select name, owner, owner_id, metadata from storage.objects")}
+    rows = {
+        r["name"]: r
+        for r in db.execute("select name, owner, owner_id, metadata, user_metadata from storage.objects")
+    }
     assert rows["x/service.png"]["owner"] is None and rows["x/service.png"]["owner_id"] is None
     assert rows[f"{user}/mine.png"]["owner"] == user
     assert rows[f"{user}/mine.png"]["owner_id"] == str(user)
@@ -81,6 +107,39 @@ def test_service_key_upload_has_no_owner_and_a_user_upload_is_owned(
         "httpStatusCode",
     } <= set(metadata)
     assert metadata["mimetype"] == "image/png" and metadata["cacheControl"] == "max-age=3600"
+    assert rows[f"{user}/mine.png"]["user_metadata"] == {}
+
+
+def test_a_service_key_upsert_over_a_users_object_keeps_the_user_as_owner(
+    storage_server: StorageServer, db: psycopg.Connection[Row], make_user: Any
+) -> None:
+    user = make_user()
+    path = f"{user}/mine.png"
+    assert upload(storage_server, storage_server.token(user), path).status_code == 200
+    assert (
+        upload(storage_server, storage_server.service_key, path, b"\x89PNG z", upsert=True).status_code == 200
+    )
+    row = db.execute("select owner, owner_id from storage.objects where name = %s", (path,)).fetchone()
+    assert row == {"owner": user, "owner_id": str(user)}
+
+
+def test_downloads_and_info_answer_as_the_real_server(storage_server: StorageServer, make_user: Any) -> None:
+    user = make_user()
+    token = storage_server.token(user)
+    assert upload(storage_server, token, f"{user}/a.png").status_code == 200
+    download = get(storage_server, token, f"{user}/a.png")
+    assert download.status_code == 200
+    assert download.headers["cache-control"] == "max-age=3600"
+    assert download.headers["accept-ranges"] == "bytes"
+    assert download.headers["last-modified"].endswith(" GMT")
+    assert download.headers["etag"].startswith('"') and "x-robots-tag" in download.headers
+    info = httpx.get(
+        f"{storage_server.url}/storage/v1/object/info/edit-inputs/{user}/a.png",
+        headers={"Authorization": f"Bearer {token}"},
+    ).json()
+    # ``metadata`` here is the user metadata, empty for a plain upload; the system fields are spread out.
+    assert info["metadata"] == {}
+    assert (info["content_type"], info["size"], info["cache_control"]) == ("image/png", 6, "max-age=3600")
 
 
 def test_insert_trigger_commits_once_and_an_upsert_is_an_update(
@@ -102,18 +161,23 @@ def test_duplicate_without_upsert_is_refused(storage_server: StorageServer, make
     token = storage_server.token(user)
     assert upload(storage_server, token, f"{user}/a.png").status_code == 200
     second = upload(storage_server, token, f"{user}/a.png")
-    assert second.status_code == 409
-    assert second.json()["error"] == "Duplicate"
+    refused(second, "409", "KeyAlreadyExists", "Duplicate", "The resource already exists")
 
 
 def test_policies_keep_users_in_their_own_folder(storage_server: StorageServer, make_user: Any) -> None:
     alice, bob = make_user(), make_user()
     assert upload(storage_server, storage_server.token(alice), f"{alice}/a.png").status_code == 200
 
-    refused = upload(storage_server, storage_server.token(bob), f"{alice}/evil.png")
-    assert refused.status_code == 403
-    assert refused.json()["message"] == "new row violates row-level security policy"
-    assert get(storage_server, storage_server.token(bob), f"{alice}/a.png").status_code == 404
+    evil = upload(storage_server, storage_server.token(bob), f"{alice}/evil.png")
+    refused(evil, "403", "AccessDenied", "Unauthorized", "new row violates row-level security policy")
+    # Another user's object is not there as far as bob can tell.
+    not_found(get(storage_server, storage_server.token(bob), f"{alice}/a.png"))
+    signing = httpx.post(
+        f"{storage_server.url}/storage/v1/object/sign/edit-inputs/{alice}/a.png",
+        json={"expiresIn": 60},
+        headers={"Authorization": f"Bearer {storage_server.token(bob)}"},
+    )
+    not_found(signing)
     assert get(storage_server, storage_server.token(alice), f"{alice}/a.png").status_code == 200
 
 
@@ -121,8 +185,10 @@ def test_anon_can_neither_write_nor_read(storage_server: StorageServer, make_use
     user = make_user()
     assert upload(storage_server, storage_server.token(user), f"{user}/a.png").status_code == 200
     anon = storage_server.token(role="anon")
-    assert upload(storage_server, anon, f"{user}/b.png").status_code == 403
-    assert get(storage_server, anon, f"{user}/a.png").status_code == 404
+    refused(upload(storage_server, anon, f"{user}/b.png"), "403", "AccessDenied", "Unauthorized")
+    not_found(get(storage_server, anon, f"{user}/a.png"))
+    no_header = httpx.get(f"{storage_server.url}/storage/v1/object/edit-inputs/{user}/a.png")
+    refused(no_header, "400", "InvalidRequest", "InvalidRequest")
 
 
 def test_users_read_only_their_own_outputs(storage_server: StorageServer, make_user: Any) -> None:
@@ -130,23 +196,57 @@ def test_users_read_only_their_own_outputs(storage_server: StorageServer, make_u
     path = f"{alice}/{uuid.uuid4()}.png"
     assert upload(storage_server, storage_server.service_key, path, bucket="edit-outputs").status_code == 200
     assert get(storage_server, storage_server.token(alice), path, bucket="edit-outputs").status_code == 200
-    assert get(storage_server, storage_server.token(bob), path, bucket="edit-outputs").status_code == 404
+    not_found(get(storage_server, storage_server.token(bob), path, bucket="edit-outputs"))
+
+
+def test_a_wrong_bucket_is_no_such_bucket(storage_server: StorageServer, make_user: Any) -> None:
+    user = make_user()
+    for token in (storage_server.service_key, storage_server.token(user)):
+        wrong = get(storage_server, token, f"{user}/a.png", bucket="no-such-bucket")
+        refused(wrong, "404", "NoSuchBucket", "Bucket not found", "Bucket not found")
 
 
 def test_bucket_limits_are_enforced(storage_server: StorageServer, make_user: Any) -> None:
     user = make_user()
     token = storage_server.token(user)
     gif = upload(storage_server, token, f"{user}/a.gif", b"GIF89a", content_type="image/gif")
-    assert gif.status_code == 415
+    refused(gif, "415", "InvalidMimeType", "invalid_mime_type", "mime type image/gif is not supported")
     huge = upload(storage_server, token, f"{user}/huge.png", b"\0" * (20 * 1024 * 1024 + 1))
-    assert huge.status_code == 413
+    refused(huge, "413", "EntityTooLarge", "Payload too large")
 
 
 def test_bad_or_expired_tokens_are_refused(storage_server: StorageServer, make_user: Any) -> None:
     user = make_user()
     expired = storage_server.token(user, expires_in=-10)
-    assert upload(storage_server, expired, f"{user}/a.png").status_code == 400
-    assert upload(storage_server, "not-a-jwt", f"{user}/a.png").status_code == 400
+    refused(upload(storage_server, expired, f"{user}/a.png"), "403", "AccessDenied", "Unauthorized")
+    refused(upload(storage_server, "not-a-jwt", f"{user}/a.png"), "403", "AccessDenied", "Unauthorized")
+    # Signed with another secret: the real server's body says 403 Unauthorized, signature verification failed.
+    forged = jwt.encode(
+        {"sub": str(user), "role": "authenticated", "exp": int(time.time()) + 60},
+        "another-secret-of-at-least-32-characters",
+        algorithm="HS256",
+    )
+    refused(
+        upload(storage_server, forged, f"{user}/a.png"),
+        "403",
+        "AccessDenied",
+        "Unauthorized",
+        "signature verification failed",
+    )
+
+
+def test_a_tampered_signed_url_is_invalid_jwt(storage_server: StorageServer, make_user: Any) -> None:
+    user = make_user()
+    assert upload(storage_server, storage_server.token(user), f"{user}/a.png").status_code == 200
+    signed = httpx.post(
+        f"{storage_server.url}/storage/v1/object/sign/edit-inputs/{user}/a.png",
+        json={"expiresIn": 60},
+        headers={"Authorization": f"Bearer {storage_server.token(user)}"},
+    ).json()["signedURL"]
+    assert httpx.get(f"{storage_server.url}/storage/v1{signed}").content == b"\x89PNG x"
+    head, _, signature = signed.rpartition(".")
+    tampered = f"{head}.{signature[::-1]}"
+    refused(httpx.get(f"{storage_server.url}/storage/v1{tampered}"), "400", "InvalidJWT", "InvalidJWT")
 
 
 def test_list_remove_and_then_not_found(storage_server: StorageServer, make_user: Any) -> None:
@@ -169,6 +269,4 @@ def test_list_remove_and_then_not_found(storage_server: StorageServer, make_user
         headers={"Authorization": f"Bearer {storage_server.service_key}"},
     )
     assert [r["name"] for r in removed.json()] == [f"{user}/a.png"]
-    missing = get(storage_server, token, f"{user}/a.png")
-    assert missing.status_code == 404
-    assert missing.json() == {"statusCode": "404", "error": "not_found", "message": "Object not found"}
+    not_found(get(storage_server, token, f"{user}/a.png"))

@@ -154,10 +154,16 @@ class SupabaseObjectStorage:
 
 
 def _api_error(response: httpx.Response) -> StorageApiError:
-    """The error storage3 would raise for this answer (same parsing, same fallback)."""
+    """The error storage3 would raise for this answer (same parsing, same fallback).
+
+    The real server (v1.x) answers HTTP 400 for every error below 500 and puts the real code
+    only in the body's ``statusCode``; older servers answered with the code as the HTTP status.
+    Reading the body covers both; a 5xx HTTP status (a gateway, an overloaded server) wins
+    over the body, so it is always retried."""
     try:
         body = response.json()
-        return StorageApiError(body["message"], body["error"], body["statusCode"])
+        status = response.status_code if response.status_code >= 500 else body["statusCode"]
+        return StorageApiError(body["message"], body["error"], status)
     except (KeyError, TypeError, ValueError):
         return StorageApiError(
             f"Unable to parse error message: {response.text}", "InternalError", response.status_code

@@ -21,6 +21,9 @@ from processor.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+# How often a missing sweep is looked for again (pg_cron may be enabled while we run).
+_SWEEP_RECHECK_SECONDS = 60.0
+
 State = Literal["starting", "ready", "busy", "setup_failed", "stopping"]
 
 
@@ -49,6 +52,8 @@ class ProcessorService:
         self._tasks: list[asyncio.Task[None]] = []
         self._setup_error: str | None = None
         self._stopping = False
+        self._lease_sweep: str | None = None
+        self._lease_sweep_checked = -_SWEEP_RECHECK_SECONDS
 
     @property
     def storage(self) -> ObjectStorage:
@@ -79,6 +84,7 @@ class ProcessorService:
         self._tasks.append(asyncio.create_task(self._load_and_run(), name="processor-main"))
 
     async def _load_and_run(self) -> None:
+        await self.lease_sweep()  # schedules it where pg_cron exists, or says it is missing
         started = time.monotonic()
         try:
             editor = await asyncio.to_thread(self._editor_factory)
@@ -104,6 +110,33 @@ class ProcessorService:
         """A hint that something may be claimable (webhook or notification)."""
         if self._worker is not None:
             self._worker.wake()
+
+    async def lease_sweep(self) -> str:
+        """Whether the database sweeps lapsed leases on its own: ``scheduled``,
+        ``not_scheduled``, ``pg_cron_missing`` or ``unknown`` (could not ask). Scale-to-zero
+        deployments (RunPod) rely on it: while no processor runs, nothing else requeues a lapsed
+        lease. Asking also schedules it where pg_cron exists, so the set-up order does not matter;
+        a missing sweep is looked for again at most every minute and logged when it changes."""
+        now = time.monotonic()
+        if self._lease_sweep == "scheduled" or now - self._lease_sweep_checked < _SWEEP_RECHECK_SECONDS:
+            return self._lease_sweep or "unknown"
+        self._lease_sweep_checked = now
+        try:
+            answer = await asyncio.wait_for(self._queue.ensure_lease_sweep(), timeout=5.0)
+        except Exception as exc:
+            answer = "unknown"
+            log.warning("could not check the lease sweep: %s", exc)
+        if answer != self._lease_sweep:
+            if answer == "scheduled":
+                log.info("lease sweep scheduled in the database (pg_cron, every 30 s)")
+            else:
+                log.warning(
+                    "no lease sweep is scheduled in the database (%s): lapsed leases are requeued only "
+                    "while a processor runs; enable pg_cron and run select public.ensure_edit_request_sweep()",
+                    answer,
+                )
+        self._lease_sweep = answer
+        return answer
 
     async def database_reachable(self) -> bool:
         try:

@@ -5,8 +5,9 @@ on disk, and writes ``storage.objects`` in the same PostgreSQL the way Supabase 
 does, so triggers on ``storage.objects`` run for real. It never stands in for Supabase in
 production.
 
-Behaviour reproduced (``../shared/research/supabase.md`` §3 and §10; supabase/storage
-``src/storage/uploader.ts``, ``src/storage/database/knex.ts``, ``src/storage/errors.ts``):
+Behaviour reproduced (``../shared/research/supabase.md`` §3, §10 and §11, observed against the real
+server v1.70.6; supabase/storage ``src/storage/uploader.ts``, ``src/storage/database/knex.ts``,
+``src/internal/errors/codes.ts`` and ``storage-error.ts``):
 - served under ``/storage/v1`` (the API gateway's prefix, stripped on the real platform);
 - auth from ``apikey`` / ``Authorization: Bearer``: the service key (or a service_role JWT)
   is ``service_role``; a user JWT (HS256, the project's JWT secret) acts as its role and sub;
@@ -15,11 +16,18 @@ Behaviour reproduced (``../shared/research/supabase.md`` §3 and §10; supabase/
   triggers fire here too, and roll back); then stores the bytes; then commits
   ``INSERT ... ON CONFLICT (bucket_id, name) DO UPDATE`` (upserts) or a plain INSERT as the
   superuser with ``request.jwt.claims = {"role": "service_role"}``. ``owner``/``owner_id``
-  are the JWT ``sub``, NULL for the service key; ``metadata`` has Storage's keys;
+  are the JWT ``sub``, NULL for the service key, and a service-key upsert keeps the previous
+  owner; ``metadata`` has Storage's keys, ``user_metadata`` is ``{}``;
 - reads, lists, signs and deletes by users go through RLS (select/delete as the caller);
-- bucket ``file_size_limit`` (413) and ``allowed_mime_types`` (415); duplicate without
-  upsert (409 ``Duplicate``); missing object (404 ``not_found``); RLS refusals (403);
-- errors as ``{"statusCode": "...", "error": "...", "message": "..."}`` (what storage3 parses).
+- bucket ``file_size_limit`` (``EntityTooLarge``) and ``allowed_mime_types``
+  (``InvalidMimeType``); duplicate without upsert (``KeyAlreadyExists``); missing object, or one
+  RLS hides (``NoSuchKey``); unknown bucket (``NoSuchBucket``); RLS refusals on write
+  (``AccessDenied``); bad JWTs; tampered signed URLs (``InvalidJWT``);
+- errors as the real server renders them: **HTTP 400 for every error below 500**, the real code
+  only in the body, ``{"statusCode": "404", "code": "NoSuchKey", "error": "not_found",
+  "message": "Object not found"}`` (storage3 and our adapter read the body's ``statusCode``);
+- downloads send ``cache-control``, ``last-modified``, ``etag``, ``accept-ranges`` and
+  ``x-robots-tag`` as the real server does; ``/object/info`` returns the user metadata (``{}``).
 Not covered: TUS/S3 uploads, image transforms, move/copy, public bucket caching, versions.
 
 Faults for tests: added latency, 5xx answers, cut-off download bodies and stalls, set
@@ -71,6 +79,7 @@ class _FailRule:
     method: str | None
     path: re.Pattern[str] | None
     seconds: float = 0.0
+    http_status: int | None = None  # None: as the real server (400 below 500); else this status
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and (
@@ -91,11 +100,22 @@ class Faults:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fail_next(
-        self, count: int, status: int = 503, *, method: str | None = None, path: str | None = None
+        self,
+        count: int,
+        status: int = 503,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+        http_status: int | None = None,
     ) -> None:
-        """Answer the next ``count`` matching requests with ``status``."""
+        """Answer the next ``count`` matching requests with an error whose code is ``status``.
+
+        The HTTP status is what the real server sends (400 below 500) unless ``http_status``
+        names one: older servers (and gateways) answered with the code itself."""
         with self._lock:
-            self._fail.append(_FailRule(count, status, method, re.compile(path) if path else None))
+            self._fail.append(
+                _FailRule(count, status, method, re.compile(path) if path else None, http_status=http_status)
+            )
 
     def cut_next_downloads(self, count: int) -> None:
         """Send the full Content-Length, then only half the body, then close."""
@@ -144,6 +164,7 @@ class Faults:
                 int(fail.get("status", 503)),
                 method=fail.get("method"),
                 path=fail.get("path"),
+                http_status=int(fail["http_status"]) if fail.get("http_status") else None,
             )
         if body.get("cut_downloads"):
             self.cut_next_downloads(int(body["cut_downloads"]))
@@ -157,12 +178,15 @@ class Faults:
                 path=delay.get("path"),
             )
 
-    def _take_failure(self, method: str, path: str) -> int | None:
+    def _take_failure(self, method: str, path: str) -> StorageError | None:
         with self._lock:
             for rule in self._fail:
                 if rule.remaining > 0 and rule.matches(method, path):
                     rule.remaining -= 1
-                    return rule.status
+                    code = _FAULT_CODES.get(
+                        rule.status, "InternalError" if rule.status >= 500 else "InvalidRequest"
+                    )
+                    return StorageError(rule.status, code, "injected fault", http_status=rule.http_status)
         return None
 
     def _take_cut(self) -> bool:
@@ -188,25 +212,55 @@ class Faults:
 
 # --- Errors and auth ------------------------------------------------------------------------------------
 
+# Codes an injected fault carries, by its status, as the real server would name them.
+_FAULT_CODES = {403: "AccessDenied", 404: "NoSuchKey", 409: "KeyAlreadyExists", 413: "EntityTooLarge"}
+
 
 class StorageError(Exception):
-    """An error answer in Storage's shape."""
+    """An error answer in Storage's shape: ``status`` is the error's own code (the body's
+    ``statusCode``); the HTTP status is 400 for all of them below 500, as on the real server
+    (``userStatusCode``), unless ``http_status`` says otherwise (fault injection imitating an
+    older server or a gateway)."""
 
-    def __init__(self, status: int, error: str, message: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        error: str | None = None,
+        http_status: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
-        self.error = error
+        self.code = code
+        self.error = error or code  # the "backwards compatible" error string; the code when absent
         self.message = message
+        self.http_status = http_status if http_status is not None else (status if status >= 500 else 400)
 
     def response(self) -> JSONResponse:
         return JSONResponse(
-            {"statusCode": str(self.status), "error": self.error, "message": self.message},
-            status_code=self.status,
+            {"statusCode": str(self.status), "code": self.code, "error": self.error, "message": self.message},
+            status_code=self.http_status,
         )
 
 
 def _not_found() -> StorageError:
-    return StorageError(404, "not_found", "Object not found")
+    return StorageError(404, "NoSuchKey", "Object not found", error="not_found")
+
+
+def _no_such_bucket() -> StorageError:
+    return StorageError(404, "NoSuchBucket", "Bucket not found", error="Bucket not found")
+
+
+def _duplicate() -> StorageError:
+    return StorageError(409, "KeyAlreadyExists", "The resource already exists", error="Duplicate")
+
+
+def _rls_refused() -> StorageError:
+    return StorageError(
+        403, "AccessDenied", "new row violates row-level security policy", error="Unauthorized"
+    )
 
 
 @dataclass(frozen=True)
@@ -241,18 +295,26 @@ def _caller(request: Request, config: StorageConfig) -> Caller:
     token = request.headers.get("authorization", "")
     token = token[7:] if token.lower().startswith("bearer ") else request.headers.get("apikey", "")
     if not token:
-        raise StorageError(400, "Error", "headers must have required property 'authorization'")
+        raise StorageError(400, "InvalidRequest", "headers must have required property 'authorization'")
     if token == config.service_key:
         return Caller("service_role", {"role": "service_role"})
+    # The real server refuses a JWT it cannot verify as AccessDenied (body statusCode 403,
+    # error "Unauthorized") with jose's message; the HTTP status is still 400.
     try:
         claims = jwt.decode(token, config.jwt_secret, algorithms=["HS256"], options={"verify_aud": False})
     except jwt.ExpiredSignatureError as exc:
-        raise StorageError(400, "InvalidJWT", '"exp" claim timestamp check failed') from exc
+        raise StorageError(
+            403, "AccessDenied", '"exp" claim timestamp check failed', error="Unauthorized"
+        ) from exc
+    except jwt.InvalidSignatureError as exc:
+        raise StorageError(
+            403, "AccessDenied", "signature verification failed", error="Unauthorized"
+        ) from exc
     except jwt.InvalidTokenError as exc:
-        raise StorageError(400, "InvalidJWT", "invalid signature") from exc
+        raise StorageError(403, "AccessDenied", "Invalid Compact JWS", error="Unauthorized") from exc
     role = str(claims.get("role", "anon"))
     if role not in ("anon", "authenticated", "service_role"):
-        raise StorageError(400, "InvalidJWT", f"unknown role {role}")
+        raise StorageError(403, "AccessDenied", f"unknown role {role}", error="Unauthorized")
     return Caller(role, claims)
 
 
@@ -293,17 +355,20 @@ class _Store:
                 await conn.execute("select * from storage.buckets where id = %s", (bucket_id,))
             ).fetchone()
         if row is None:
-            raise StorageError(404, "Bucket not found", "Bucket not found")
+            raise _no_such_bucket()
         return row
 
     async def find(self, caller: Caller, bucket: str, name: str) -> dict[str, Any]:
-        """The object row if it exists and the caller may read it."""
+        """The object row if it exists and the caller may read it (an unknown bucket is told
+        apart first, as the real server does)."""
+        await self.bucket(bucket)
         async with self.pool.connection() as conn, conn.transaction():
             if not caller.is_service:
                 await _as_caller(conn, caller)
             row = await (
                 await conn.execute(
-                    "select id, name, version, metadata, created_at, updated_at, owner_id from storage.objects "
+                    "select id, name, version, metadata, user_metadata, created_at, updated_at, owner_id "
+                    "from storage.objects "
                     "where bucket_id = %s and name = %s",
                     (bucket, name),
                 )
@@ -325,10 +390,17 @@ class _Store:
         row_bucket = await self.bucket(bucket)
         limit = row_bucket.get("file_size_limit")
         if limit is not None and len(data) > limit:
-            raise StorageError(413, "Payload too large", "The object exceeded the maximum allowed size")
+            raise StorageError(
+                413,
+                "EntityTooLarge",
+                "The object exceeded the maximum allowed size",
+                error="Payload too large",
+            )
         allowed = row_bucket.get("allowed_mime_types")
         if allowed and mimetype.split(";")[0].strip() not in allowed:
-            raise StorageError(415, "invalid_mime_type", f"mime type {mimetype} is not supported")
+            raise StorageError(
+                415, "InvalidMimeType", f"mime type {mimetype} is not supported", error="invalid_mime_type"
+            )
 
         version = str(uuid.uuid4())
         owner = caller.sub if not caller.is_service else None
@@ -343,12 +415,16 @@ class _Store:
             "httpStatusCode": 200,
         }
         insert = (
-            "insert into storage.objects (bucket_id, name, owner, owner_id, metadata, version) "
-            "values (%s, %s, %s, %s, %s, %s)"
+            "insert into storage.objects (bucket_id, name, owner, owner_id, metadata, user_metadata, version) "
+            "values (%s, %s, %s, %s, %s, '{}'::jsonb, %s)"
         )
+        # The real server leaves the owner out of the merge when the caller has none (the
+        # service key), so a service-key upsert over a user's object keeps the user as owner.
         upsert_tail = (
             " on conflict (bucket_id, name) do update set metadata = excluded.metadata, version = excluded.version,"
-            " owner = excluded.owner, owner_id = excluded.owner_id, updated_at = now()"
+            " user_metadata = excluded.user_metadata,"
+            " owner = coalesce(excluded.owner, storage.objects.owner),"
+            " owner_id = coalesce(excluded.owner_id, storage.objects.owner_id), updated_at = now()"
         )
         statement = insert + (upsert_tail if upsert else "") + " returning id"
         params = (bucket, name, owner, owner, Jsonb(metadata), version)
@@ -360,12 +436,10 @@ class _Store:
                     await _as_caller(conn, caller)
                     await conn.execute(statement, params)
             except psycopg.errors.UniqueViolation as exc:
-                raise StorageError(409, "Duplicate", "The resource already exists") from exc
+                raise _duplicate() from exc
             except psycopg.Error as exc:
                 if _is_rls_violation(exc):
-                    raise StorageError(
-                        403, "Unauthorized", "new row violates row-level security policy"
-                    ) from exc
+                    raise _rls_refused() from exc
                 raise
         # 2. The bytes.
         blob = self.blob_path(bucket, name, version)
@@ -378,7 +452,7 @@ class _Store:
             try:
                 row = await (await conn.execute(statement, params)).fetchone()
             except psycopg.errors.UniqueViolation as exc:
-                raise StorageError(409, "Duplicate", "The resource already exists") from exc
+                raise _duplicate() from exc
         assert row is not None
         return {"Id": str(row["id"]), "Key": f"{bucket}/{name}"}
 
@@ -391,7 +465,9 @@ class _Store:
             data = await anyio.to_thread.run_sync(blob.read_bytes)
         except FileNotFoundError as exc:
             raise _not_found() from exc
-        return data, row["metadata"] or {}
+        metadata = dict(row["metadata"] or {})
+        metadata.setdefault("lastModified", formatdate(row["updated_at"].timestamp(), usegmt=True))
+        return data, metadata
 
     async def remove(self, caller: Caller, bucket: str, names: list[str]) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn, conn.transaction():
@@ -476,7 +552,7 @@ def create_storage_app(config: StorageConfig) -> Starlette:  # noqa: C901 - one 
             form = await request.form()
             part = form.get("file")
             if part is None or isinstance(part, str):
-                raise StorageError(400, "Error", "No file in the upload")
+                raise StorageError(400, "InvalidRequest", "No content provided")
             data = await part.read()
             mimetype = part.content_type or "application/octet-stream"
             cache_control = str(form.get("cacheControl") or "3600")
@@ -492,7 +568,15 @@ def create_storage_app(config: StorageConfig) -> Starlette:  # noqa: C901 - one 
         return _object_response(data, metadata)
 
     def _object_response(data: bytes, metadata: dict[str, Any]) -> Response:
-        headers = {"content-length": str(len(data)), "etag": str(metadata.get("eTag", ""))}
+        # The headers the real server sends with an object (research §11).
+        headers = {
+            "content-length": str(len(data)),
+            "etag": str(metadata.get("eTag", "")),
+            "cache-control": str(metadata.get("cacheControl", "no-cache")),
+            "last-modified": str(metadata.get("lastModified", "")),
+            "accept-ranges": "bytes",
+            "x-robots-tag": "none",
+        }
         media_type = str(metadata.get("mimetype", "application/octet-stream"))
         if faults._take_cut():
 
@@ -508,6 +592,8 @@ def create_storage_app(config: StorageConfig) -> Starlette:  # noqa: C901 - one 
         bucket, name = request.path_params["bucket"], request.path_params["name"]
         row = await store.find(caller, bucket, name)
         metadata = row["metadata"] or {}
+        # ``metadata`` in the answer is the user metadata (``{}`` for a plain upload), not the
+        # system metadata, whose fields are spread over size, content_type, etag, ...
         body = {
             "id": str(row["id"]),
             "name": name,
@@ -517,7 +603,7 @@ def create_storage_app(config: StorageConfig) -> Starlette:  # noqa: C901 - one 
             "content_type": metadata.get("mimetype"),
             "cache_control": metadata.get("cacheControl"),
             "etag": metadata.get("eTag"),
-            "metadata": metadata,
+            "metadata": row["user_metadata"] or {},
             "last_modified": row["updated_at"].isoformat(),
             "created_at": row["created_at"].isoformat(),
         }
@@ -556,7 +642,11 @@ def create_storage_app(config: StorageConfig) -> Starlette:  # noqa: C901 - one 
                 request.query_params.get("token", ""), config.jwt_secret, algorithms=["HS256"]
             )
         except jwt.InvalidTokenError as exc:
-            raise StorageError(400, "InvalidJWT", "invalid signature") from exc
+            # A tampered or expired signed-URL token: InvalidJWT with jose's message.
+            message = (
+                "signature verification failed" if isinstance(exc, jwt.InvalidSignatureError) else str(exc)
+            )
+            raise StorageError(400, "InvalidJWT", message) from exc
         if claims.get("url") != f"{bucket}/{name}":
             raise StorageError(400, "InvalidSignature", "The url do not match the signature")
         data, metadata = await store.read(Caller("service_role", {"role": "service_role"}), bucket, name)
@@ -609,10 +699,10 @@ def create_storage_app(config: StorageConfig) -> Starlette:  # noqa: C901 - one 
             await anyio.sleep(faults.latency)
         if stall := faults._take_stall():
             await anyio.sleep(stall)
-        status = faults._take_failure(request.method, path)
-        if status is not None:
-            faults.hits.append((request.method, path, status))
-            return StorageError(status, "InternalError", "injected fault").response()
+        failure = faults._take_failure(request.method, path)
+        if failure is not None:
+            faults.hits.append((request.method, path, failure.http_status))
+            return failure.response()
         response: Response = await call_next(request)
         faults.hits.append((request.method, path, response.status_code))
         if delay := faults._take_delay(request.method, path):

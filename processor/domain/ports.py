@@ -166,6 +166,11 @@ class JobQueue(Protocol):
         """Row counts by status, and the age in seconds of the oldest due queued request."""
         ...
 
+    async def ensure_lease_sweep(self) -> str:
+        """Schedule the backend's own lease sweep where it can (pg_cron) and say how it stands:
+        ``scheduled``, ``not_scheduled`` or ``pg_cron_missing``."""
+        ...
+
     async def claim(
         self, worker_id: str, lease_seconds: int, request_id: uuid.UUID | None = None
     ) -> EditJob | None: ...

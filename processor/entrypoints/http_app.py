@@ -57,6 +57,10 @@ class Readiness(BaseModel):
     state: str
     database: bool
     detail: str | None = None
+    # The database's own lease sweep (pg_cron): "scheduled", "not_scheduled", "pg_cron_missing",
+    # "unknown"; null where the queue has none. Informative: it does not make the answer 503,
+    # since a running processor sweeps too.
+    lease_sweep: str | None = None
 
 
 def create_app(
@@ -136,7 +140,12 @@ def create_app(
         state = service.state
         database = await service.database_reachable()
         ready = state in ("ready", "busy") and database
-        body = Readiness(state=state, database=database, detail=service.setup_error)
+        body = Readiness(
+            state=state,
+            database=database,
+            detail=service.setup_error,
+            lease_sweep=await service.lease_sweep(),
+        )
         return JSONResponse(
             body.model_dump(),
             status_code=status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE,

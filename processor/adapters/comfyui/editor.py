@@ -10,7 +10,10 @@ model in memory. The flow follows ComfyUI's own API (``comfyanonymous/ComfyUI``)
   ``execution_start``, ``execution_cached``, ``executing`` (``node: null`` when the prompt
   is done), ``progress`` (``value``, ``max``, ``node``, ``prompt_id``), ``executed``,
   ``execution_success``, ``execution_error`` (``node_id``, ``node_type``,
-  ``exception_type``, ``exception_message``) and ``execution_interrupted``.
+  ``exception_type``, ``exception_message``) and ``execution_interrupted``. Run for real
+  (ComfyUI 0.8.0), ``execution_success`` comes while the prompt is still executing: the
+  history entry is written after it (``main.py``, ``prompt_worker``: ``task_done``), and only
+  then comes ``executing`` with ``node: null``. We finish on that one.
 - ``POST /upload/image`` (multipart ``image``, ``type``, ``subfolder``, ``overwrite``) answers
   ``{"name", "subfolder", "type"}``.
 - ``POST /prompt`` ``{"prompt", "client_id"}`` answers ``{"prompt_id", "number",
@@ -76,6 +79,7 @@ SAMPLER_CLASSES = frozenset({"KSampler", "KSamplerAdvanced", "SamplerCustom", "S
 DEFAULT_WORKFLOW = "qwen_image_edit_2509.json"
 _PREVIEW_IMAGE = 1  # server.py BinaryEventTypes.PREVIEW_IMAGE
 _UPLOAD_SUBFOLDER = "qwen-edit-processor"
+_HISTORY_GRACE_SECONDS = 5.0
 
 
 def load_workflow(path: str | Path | None = None) -> dict[str, Any]:
@@ -167,7 +171,14 @@ class ComfyUIEditor:
         timeout: float = 30.0,
         idle_timeout: float = 600.0,
         sizing: ModelSizing | None = None,
+        ping_interval: float = 5.0,
+        ping_timeout: float = 5.0,
     ) -> None:
+        """``ping_interval``/``ping_timeout``: websocket keepalive. A server that freezes (its
+        process stops answering, sockets still open) is noticed within about their sum; the
+        websocket library's defaults (20 s + 20 s) took ~50 s. ComfyUI answers pings from its
+        event loop, which keeps running while a node computes, so a busy server is not mistaken
+        for a frozen one."""
         self._url = url.rstrip("/")
         self._workflow = dict(workflow) if workflow is not None else load_workflow()
         check_workflow(self._workflow, workflow_name)
@@ -176,6 +187,8 @@ class ComfyUIEditor:
         self._timeout = timeout
         self._idle_timeout = idle_timeout
         self._sizing = sizing or ModelSizing()
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
         self._lock = threading.Lock()
         self._http = httpx.Client(base_url=self._url, headers=self._headers, timeout=timeout)
 
@@ -211,10 +224,7 @@ class ComfyUIEditor:
                 }
                 workflow = fill_workflow(self._workflow, values)
                 prompt_id = self._submit(workflow, client_id)
-                sampler = {
-                    node_id for node_id, node in workflow.items() if node["class_type"] in SAMPLER_CLASSES
-                }
-                timings = self._follow(socket, prompt_id, sampler, on_progress, cancel)
+                timings = self._follow(socket, prompt_id, _Progress(workflow, on_progress), cancel)
             fetch_started = time.perf_counter()
             image = self._result(prompt_id)
             timings["fetch"] = time.perf_counter() - fetch_started
@@ -285,9 +295,13 @@ class ComfyUIEditor:
         return str(response.json()["prompt_id"])
 
     def _result(self, prompt_id: str) -> Image.Image:
-        entry = self._request("GET", f"/history/{prompt_id}").json().get(prompt_id)
-        if not entry:
-            raise TransientError(f"ComfyUI has no history for {prompt_id}", reason="comfyui_unavailable")
+        # We read the history after "executing: null", when ComfyUI has written it; a short
+        # retry covers a server that ends the socket early or writes it late.
+        deadline = time.monotonic() + _HISTORY_GRACE_SECONDS
+        while not (entry := self._request("GET", f"/history/{prompt_id}").json().get(prompt_id)):
+            if time.monotonic() > deadline:
+                raise TransientError(f"ComfyUI has no history for {prompt_id}", reason="comfyui_unavailable")
+            time.sleep(0.1)
         images = [image for output in entry.get("outputs", {}).values() for image in output.get("images", [])]
         # A SaveImage result ("output") wins over previews ("temp"); the packaged workflow only
         # previews, so ComfyUI's output folder does not keep a second copy of every edit.
@@ -329,7 +343,17 @@ class ComfyUIEditor:
         scheme = "wss" if parts.scheme == "https" else "ws"
         uri = urlunsplit((scheme, parts.netloc, f"{parts.path}/ws", f"clientId={client_id}", ""))
         try:
-            return connect(uri, additional_headers=self._headers, open_timeout=self._timeout, max_size=None)
+            return connect(
+                uri,
+                additional_headers=self._headers,
+                open_timeout=self._timeout,
+                max_size=None,
+                ping_interval=self._ping_interval,
+                ping_timeout=self._ping_timeout,
+                # Closing waits for the server's close frame; a frozen server never sends it,
+                # so the wait is bounded like the pings (the default 10 s would add to it).
+                close_timeout=min(self._ping_timeout, 2.0),
+            )
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             raise TransientError(
                 f"ComfyUI websocket unreachable: {exc}", reason="comfyui_unavailable"
@@ -339,8 +363,7 @@ class ComfyUIEditor:
         self,
         socket: Connection,
         prompt_id: str,
-        sampler: set[str],
-        on_progress: ProgressCallback | None,
+        progress: _Progress,
         cancel: threading.Event | None,
     ) -> dict[str, float]:
         """Read messages until our prompt ends; returns ``queue_wait`` and ``execution`` seconds."""
@@ -348,6 +371,7 @@ class ComfyUIEditor:
         execution_started: float | None = None
         last_message = time.perf_counter()
         cancel_sent = False
+        succeeded = False
         while True:
             if cancel is not None and cancel.is_set() and not cancel_sent:
                 self._interrupt_if_ours(prompt_id)
@@ -363,8 +387,11 @@ class ComfyUIEditor:
                     ) from None
                 continue
             except ConnectionClosed as exc:
+                if succeeded:  # it said so; the history says what came out
+                    break
                 raise TransientError(
-                    "ComfyUI closed the websocket mid-run", reason="comfyui_unavailable"
+                    "ComfyUI closed the websocket mid-run (or stopped answering pings)",
+                    reason="comfyui_unavailable",
                 ) from exc
             last_message = time.perf_counter()
             if isinstance(raw, bytes):
@@ -376,31 +403,88 @@ class ComfyUIEditor:
                 continue  # status broadcasts and other clients' prompts
             if kind == "execution_start":
                 execution_started = time.perf_counter()
-            elif (
-                kind == "progress"
-                and on_progress is not None
-                and (not sampler or str(data.get("node")) in sampler)
-            ):
-                on_progress(int(data["value"]), int(data["max"]))
-            elif kind == "execution_error":
-                raise _execution_error(data)
-            elif kind == "execution_interrupted":
-                if cancel_sent:
-                    raise EditCancelled("cancelled while running in ComfyUI")
-                # Someone else stopped it (ComfyUI's own Cancel button, another client): the
-                # request itself is fine, so it goes back to the queue for another attempt.
-                raise TransientError(
-                    "ComfyUI interrupted our prompt without our asking", reason="comfyui_interrupted"
-                )
-            elif kind == "execution_success" or (kind == "executing" and data.get("node") is None):
-                began = execution_started or submitted
-                return {"queue_wait": began - submitted, "execution": time.perf_counter() - began}
+            elif kind in ("execution_error", "execution_interrupted"):
+                raise _ended_early(kind, data, cancel_sent)
+            elif kind == "execution_success":
+                succeeded = True  # not done yet: the history is written after this message
+            elif kind == "executing" and data.get("node") is None:
+                break
+            else:
+                progress.message(kind, data)
+        began = execution_started or submitted
+        return {"queue_wait": began - submitted, "execution": time.perf_counter() - began}
+
+
+class _Progress:
+    """One monotonic progress for the whole prompt, from ComfyUI's per-node ``progress``.
+
+    With one sampler, its steps are the edit's steps, passed on as they are. Without one (a
+    model-free workflow) or with several, each node's progress restarts at 1/N, so progress is
+    the share of the prompt's nodes done: finished nodes count whole, the running node by its
+    fraction, reported in thousandths and never going back."""
+
+    SCALE = 1000
+
+    def __init__(self, workflow: Mapping[str, Any], on_progress: ProgressCallback | None) -> None:
+        self._on_progress = on_progress
+        self._samplers = {n for n, node in workflow.items() if node["class_type"] in SAMPLER_CLASSES}
+        # Samplers only when there are some: other nodes' bars (a tiled decode) are not the edit's steps.
+        self._counted = self._samplers or set(workflow)
+        self._finished: set[str] = set()
+        self._running: str | None = None
+        self._fraction = 0.0
+        self._reported = 0
+
+    def message(self, kind: str | None, data: Mapping[str, Any]) -> None:
+        if kind == "execution_cached":
+            self.cached(data.get("nodes") or [])
+        elif kind == "executing":
+            self.executing(str(data["node"]))
+        elif kind == "progress":
+            self.step(str(data.get("node")), int(data["value"]), int(data["max"]))
+
+    def cached(self, nodes: Sequence[object]) -> None:
+        self._finished |= {str(n) for n in nodes} & self._counted
+
+    def executing(self, node: str) -> None:
+        if self._running is not None and self._running in self._counted:
+            self._finished.add(self._running)
+        self._running, self._fraction = node, 0.0
+        self._report()
+
+    def step(self, node: str, value: int, maximum: int) -> None:
+        if self._on_progress is None or node not in self._counted or maximum <= 0:
+            return
+        if len(self._samplers) == 1:
+            self._on_progress(value, maximum)
+            return
+        self._running, self._fraction = node, min(1.0, value / maximum)
+        self._report()
+
+    def _report(self) -> None:
+        if self._on_progress is None or len(self._samplers) == 1:
+            return
+        done = len(self._finished) + (self._fraction if self._running in self._counted else 0.0)
+        value = min(self.SCALE, int(self.SCALE * done / len(self._counted)))
+        if value > self._reported:
+            self._reported = value
+            self._on_progress(value, self.SCALE)
 
 
 def _check_binary_frame(frame: bytes) -> None:
     """Binary frames are previews (``server.py`` ``encode_bytes``); nothing in them is ours to keep."""
     if len(frame) >= 4 and struct.unpack(">I", frame[:4])[0] != _PREVIEW_IMAGE:
         log.debug("unknown ComfyUI binary event %d", struct.unpack(">I", frame[:4])[0])
+
+
+def _ended_early(kind: str, data: Mapping[str, Any], cancel_sent: bool) -> Exception:
+    if kind == "execution_error":
+        return _execution_error(data)
+    if cancel_sent:
+        return EditCancelled("cancelled while running in ComfyUI")
+    # Someone else stopped it (ComfyUI's own Cancel button, another client): the request
+    # itself is fine, so it goes back to the queue for another attempt.
+    return TransientError("ComfyUI interrupted our prompt without our asking", reason="comfyui_interrupted")
 
 
 def _execution_error(data: Mapping[str, Any]) -> Exception:

@@ -135,6 +135,12 @@ class PostgresJobQueue:
         row = await self._fetchone("select public.requeue_expired_edit_requests() as n", ())
         return int(row["n"]) if row else 0
 
+    async def ensure_lease_sweep(self) -> str:
+        """Schedule the pg_cron lease sweep if pg_cron exists (idempotent); the answer is
+        ``scheduled``, ``not_scheduled`` or ``pg_cron_missing``."""
+        row = await self._fetchone("select public.ensure_edit_request_sweep() as sweep", ())
+        return str(row["sweep"]) if row else "unknown"
+
     async def stats(self) -> tuple[dict[str, int], float]:
         """Depth by status and the age of the oldest due queued request (for /metrics)."""
         row = await self._fetchone("select public.edit_request_queue_stats() as stats", ())
