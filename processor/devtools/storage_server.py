@@ -347,7 +347,12 @@ class _Store:
         )
 
     def blob_path(self, bucket: str, name: str, version: str) -> Path:
-        return self.config.root / bucket / name / version
+        # Names are checked for dot segments already; this keeps any other trick under the root too.
+        root = self.config.root.resolve()
+        path = (root / bucket / name / version).resolve()
+        if not path.is_relative_to(root):
+            raise StorageError(400, "InvalidKey", f"Invalid key: {bucket}/{name}")
+        return path
 
     async def bucket(self, bucket_id: str) -> dict[str, Any]:
         async with self.pool.connection() as conn:
@@ -529,7 +534,15 @@ def _write_file(path: Path, data: bytes) -> None:
 
 
 def _object_name(raw: str) -> str:
-    if not raw or raw.startswith("/") or "//" in raw or not _VALID_NAME.match(raw):
+    # "." and ".." segments (also sent as %2e%2e, which arrives decoded) would climb out of the
+    # bucket's folder on disk: refused, as the object names apps use never contain them.
+    if (
+        not raw
+        or raw.startswith("/")
+        or "//" in raw
+        or not _VALID_NAME.match(raw)
+        or any(segment in (".", "..") for segment in raw.split("/"))
+    ):
         raise StorageError(400, "InvalidKey", f"Invalid key: {raw}")
     return raw
 
@@ -664,6 +677,9 @@ def create_storage_app(config: StorageConfig) -> Starlette:  # noqa: C901 - one 
         return JSONResponse(json.loads(json.dumps(row, default=str)))
 
     async def set_faults(request: Request) -> Response:
+        # Developers run this server on their machines: only the service key may switch faults on.
+        if _caller(request, config).role != "service_role":
+            raise StorageError(403, "AccessDenied", "the fault switch needs the service key", error="Unauthorized")
         faults.configure(await request.json())
         return JSONResponse({"ok": True})
 
