@@ -129,8 +129,16 @@ def build_verifier(settings: Settings) -> TokenVerifier:
 
 def build_submissions(settings: Settings, storage: ObjectStorage | None = None) -> Submissions:
     """Submissions as the users, over ``storage`` (the service's, when one runs in this process)."""
+    from processor.adapters.postgres.changes import PostgresRowChanges
+
+    requests = build_user_requests(settings)
+    assert settings.database_url is not None  # build_user_requests required it
     return Submissions(
-        build_user_requests(settings), storage or build_storage(settings), image_limits(settings)
+        requests,
+        storage or build_storage(settings),
+        image_limits(settings),
+        PostgresRowChanges(settings.database_url),
+        owns_storage=storage is None,
     )
 
 

@@ -15,6 +15,7 @@ from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
+from processor.adapters.postgres.changes import PostgresRowChanges
 from processor.adapters.postgres.requests import EditRequests
 from processor.core.submissions import Submissions
 from processor.domain.images import ImageLimits
@@ -101,7 +102,12 @@ def test_stdio_server_acts_as_the_configured_user(
     user = make_user()
     path = harness.upload(user, "in.png", png_bytes())
     server = create_mcp_server(
-        Submissions(EditRequests(database_url), storage_server.adapter(), ImageLimits()),
+        Submissions(
+            EditRequests(database_url),
+            storage_server.adapter(),
+            ImageLimits(),
+            PostgresRowChanges(database_url),
+        ),
         TokenVerifier(jwt_secret=storage_server.jwt_secret),
         stdio_token=storage_server.token(user),
         open_resources=True,

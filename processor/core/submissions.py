@@ -13,14 +13,22 @@ import asyncio
 import dataclasses
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from typing import Any
 
-from processor.domain.errors import InvalidInput
+from processor.domain.errors import InvalidInput, LimitExceeded
 from processor.domain.images import ImageLimits, decode_image, parse_hex_colour
-from processor.domain.ports import EditParams, ObjectStorage, UserRequests
-from processor.domain.rules import VALIDATION_THREADS
+from processor.domain.ports import EditParams, ObjectStorage, RowChanges, UserRequests
+from processor.domain.rules import (
+    CHANGES_FALLBACK_SECONDS,
+    STREAM_MAX_SECONDS,
+    VALIDATION_THREADS,
+    WAIT_MAX_SECONDS,
+    WAITS_PER_USER,
+)
 from processor.domain.sizing import ModelSizing, output_size
 from processor.domain.users import User
 
@@ -34,22 +42,43 @@ CREATION_SIZE = (1024, 1024)
 class Submissions:
     """Validate, store and submit; follow and fetch results. Shared by REST and MCP."""
 
-    def __init__(self, requests: UserRequests, storage: ObjectStorage, limits: ImageLimits) -> None:
+    def __init__(
+        self,
+        requests: UserRequests,
+        storage: ObjectStorage,
+        limits: ImageLimits,
+        changes: RowChanges,
+        *,
+        owns_storage: bool = True,
+        stream_seconds: float = STREAM_MAX_SECONDS,
+        waits_per_user: int = WAITS_PER_USER,
+    ) -> None:
+        """``owns_storage=False`` when the storage adapter is shared (the service's): then it is
+        opened and closed by its owner, not here."""
         self.requests = requests
         self._storage = storage
         self._limits = limits
+        self._changes = changes
+        self._owns_storage = owns_storage
+        self._stream_seconds = stream_seconds
+        self._waits_per_user = waits_per_user
+        self._waits: Counter[uuid.UUID] = Counter()
         # Validation decodes untrusted images: its own small pool, so neither a flood of uploads
         # nor slow decodes can take the threads that edits run in (the loop's default executor).
         self._validation = ThreadPoolExecutor(max_workers=VALIDATION_THREADS, thread_name_prefix="validate")
 
     async def open(self) -> None:
-        """Open the pool and the storage client (when nobody else owns them, e.g. MCP over stdio)."""
+        """Open the pool, the change listener and (when this owns it) the storage client."""
         await self.requests.open()
-        await self._storage.open()
+        if self._owns_storage:
+            await self._storage.open()
+        await self._changes.open()
 
     async def close(self) -> None:
         await self.requests.close()
-        await self._storage.close()
+        if self._owns_storage:
+            await self._storage.close()
+        await self._changes.close()
         self._validation.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, user: User, images: Sequence[bytes], params: EditParams) -> dict[str, Any]:
@@ -88,33 +117,57 @@ class Submissions:
             formats.append(_FORMATS[_sniff_format(data)])
         return formats
 
-    async def wait(
-        self, user: User, request_id: uuid.UUID, timeout: float, poll: float = 0.1
-    ) -> dict[str, Any] | None:
-        """The row once it is finished, or as it stands when ``timeout`` runs out (None: not theirs)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            row = await self.requests.get(user, request_id)
-            if row is None or row["status"] in TERMINAL or time.monotonic() >= deadline:
-                return row
-            await asyncio.sleep(poll)
+    async def wait(self, user: User, request_id: uuid.UUID, timeout: float) -> dict[str, Any] | None:
+        """The row once it is finished, or as it stands when ``timeout`` (at most ``WAIT_MAX_SECONDS``)
+        runs out; None when it is not theirs."""
+        last: dict[str, Any] | None = None
+        async for row in self.follow(user, request_id, seconds=min(timeout, WAIT_MAX_SECONDS)):
+            last = row
+        return last
 
     async def follow(
-        self, user: User, request_id: uuid.UUID, poll: float = 0.25
+        self, user: User, request_id: uuid.UUID, *, seconds: float | None = None
     ) -> AsyncIterator[dict[str, Any]]:
-        """Yield the row each time its status or progress changes, until it is finished."""
-        last: tuple[Any, Any] | None = None
-        while True:
-            row = await self.requests.get(user, request_id)
-            if row is None:
-                return
-            state = (row["status"], row["progress"])
-            if state != last:
-                last = state
-                yield row
-            if row["status"] in TERMINAL:
-                return
-            await asyncio.sleep(poll)
+        """Yield the row each time its status or progress changes, until it is finished or the
+        stream's lifetime (``seconds``, at most the configured one) is over. Driven by change
+        notifications: an idle row costs a re-read only every ``CHANGES_FALLBACK_SECONDS``."""
+        lifetime = self._stream_seconds if seconds is None else min(seconds, self._stream_seconds)
+        deadline = time.monotonic() + lifetime
+        async with self._held_by(user), self._changes.watch(request_id) as watch:
+            last: tuple[Any, Any] | None = None
+            while True:
+                row = await self.requests.get(user, request_id)
+                if row is None:
+                    return
+                state = (row["status"], row["progress"])
+                if state != last:
+                    last = state
+                    yield row
+                left = deadline - time.monotonic()
+                if row["status"] in TERMINAL or left <= 0:
+                    return
+                await watch.wait(min(left, CHANGES_FALLBACK_SECONDS))
+
+    def ensure_can_wait(self, user: User) -> None:
+        """``LimitExceeded`` when ``user`` already holds as many waits and streams as allowed (ways in
+        call it before answering, so the refusal is a status code, not a stream cut short)."""
+        if self._waits[user.id] >= self._waits_per_user:
+            raise LimitExceeded(
+                f"{self._waits_per_user} waits or event streams are already open for this user",
+                reason="too_many_waits",
+            )
+
+    @asynccontextmanager
+    async def _held_by(self, user: User) -> AsyncIterator[None]:
+        """Count one open wait or stream against ``user``; refuse past the per-user bound."""
+        self.ensure_can_wait(user)
+        self._waits[user.id] += 1
+        try:
+            yield
+        finally:
+            self._waits[user.id] -= 1
+            if not self._waits[user.id]:
+                del self._waits[user.id]
 
     async def output(self, row: dict[str, Any]) -> bytes:
         return await self._storage.download(

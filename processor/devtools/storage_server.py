@@ -679,7 +679,9 @@ def create_storage_app(config: StorageConfig) -> Starlette:  # noqa: C901 - one 
     async def set_faults(request: Request) -> Response:
         # Developers run this server on their machines: only the service key may switch faults on.
         if _caller(request, config).role != "service_role":
-            raise StorageError(403, "AccessDenied", "the fault switch needs the service key", error="Unauthorized")
+            raise StorageError(
+                403, "AccessDenied", "the fault switch needs the service key", error="Unauthorized"
+            )
         faults.configure(await request.json())
         return JSONResponse({"ok": True})
 

@@ -82,3 +82,10 @@ class ConfigurationError(ProcessorError):
 
     reason = "configuration_error"
     retryable = False
+
+
+class LimitExceeded(ProcessorError):
+    """The caller holds as much of something as one user may (open waits, for example): HTTP 429."""
+
+    reason = "limit_exceeded"
+    retryable = True

@@ -15,6 +15,7 @@ import asyncio
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -243,3 +244,21 @@ class Wakeups(Protocol):
     ) -> None:
         """Dispatch until ``stop`` is set, reconnecting as needed; ``on_queued(None)`` after each connect."""
         ...
+
+
+class Watch(Protocol):
+    """A registration for one row's changes, made before the row is read so no change is missed."""
+
+    async def wait(self, timeout: float) -> bool:
+        """Return True once the row changed since the last wait (or the watch began), False on timeout."""
+        ...
+
+
+class RowChanges(Protocol):
+    """Pushes when a request's client-visible state changes (status, progress, output, reason)."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def watch(self, request_id: uuid.UUID) -> AbstractAsyncContextManager[Watch]: ...

@@ -26,3 +26,14 @@ about 23 ms per megapixel-scan, this caps a decode at roughly 7 s of one core.""
 
 VALIDATION_THREADS = 2
 """Uploads validated at once per process; more wait their turn instead of taking the threads edits use."""
+
+CHANGES_CHANNEL = "edit_request_changes"
+"""NOTIFY channel: a request's client-visible state changed (payload: its id)."""
+WAIT_MAX_SECONDS = 600
+"""Longest a caller may wait for one request (REST ``wait=true``, the MCP tool)."""
+STREAM_MAX_SECONDS = 900
+"""Longest one event stream stays open; SSE clients reconnect and carry on."""
+WAITS_PER_USER = 4
+"""Waits and event streams one user may hold open at once in one process."""
+CHANGES_FALLBACK_SECONDS = 5.0
+"""Waits re-read the row at least this often, in case a notification was lost (a reconnect)."""

@@ -13,15 +13,17 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.utilities.types import Image
+from pydantic import Field
 
 from processor.core.submissions import TERMINAL, Submissions
 from processor.domain.errors import ProcessorError
 from processor.domain.ports import EditParams
+from processor.domain.rules import WAIT_MAX_SECONDS
 from processor.domain.users import User
 from processor.entrypoints.auth import AuthError, TokenVerifier
 
@@ -112,7 +114,7 @@ def create_mcp_server(
         height: int | None = None,
         base: Literal["blank", "noise"] = "blank",
         base_color: str = "#ffffff",
-        timeout_seconds: float = 600,
+        timeout_seconds: Annotated[float, Field(gt=0, le=WAIT_MAX_SECONDS)] = WAIT_MAX_SECONDS,
     ) -> list[Any]:
         """Edit an image (base64, or an object path in your `edit-inputs/{your id}/` folder) and return it.
 
@@ -134,6 +136,7 @@ def create_mcp_server(
             base_color=base_color,
         )
         try:
+            submissions.ensure_can_wait(user)  # refused before anything is stored
             row = await _submit(submissions, user, params, image_base64, object_path)
             final = await submissions.wait(user, row["id"], timeout_seconds) or row
             if final["status"] != "succeeded":

@@ -23,8 +23,9 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from processor.core.submissions import TERMINAL, Submissions
-from processor.domain.errors import InvalidInput, ProcessorError, TransientError
+from processor.domain.errors import InvalidInput, LimitExceeded, ProcessorError, TransientError
 from processor.domain.ports import EditParams
+from processor.domain.rules import WAIT_MAX_SECONDS
 from processor.domain.users import User
 from processor.entrypoints.auth import AuthError, TokenVerifier
 
@@ -205,10 +206,10 @@ class RestApi:
         self.signed_url_seconds = signed_url_seconds
 
     async def open(self) -> None:
-        await self.submissions.requests.open()
+        await self.submissions.open()
 
     async def close(self) -> None:
-        await self.submissions.requests.close()
+        await self.submissions.close()
 
     def current_user(self, request: Request) -> User:
         return self.verifier.verify(request.headers.get("authorization"))
@@ -235,9 +236,11 @@ class RestApi:
             request: Request,
             user: User = current_user,
             wait: Annotated[bool, Query(description="Wait for the result (up to `timeout`)")] = False,
-            timeout: Annotated[float, Query(gt=0, le=600)] = 120,
+            timeout: Annotated[float, Query(gt=0, le=WAIT_MAX_SECONDS)] = 120,
         ) -> JSONResponse:
             """Upload the images, create the request and answer 202, or with `wait=true` the result."""
+            if wait:
+                self.submissions.ensure_can_wait(user)  # refused before anything is stored
             body, images = await _read_create(request)
             params = EditParams(
                 prompt=body.prompt,
@@ -284,8 +287,11 @@ class RestApi:
             },
         )
         async def edit_events(request_id: uuid.UUID, user: User = current_user) -> StreamingResponse:
-            """Server-sent events: `progress` on every status or progress change, then `done`."""
+            """Server-sent events: `progress` on every status or progress change, then `done`.
+            A stream lasts at most `STREAM_MAX_SECONDS` (clients reconnect); a user holds at most
+            `WAITS_PER_USER` streams and waits at once (429 beyond)."""
             await self._owned(user, request_id)
+            self.submissions.ensure_can_wait(user)
 
             async def stream() -> AsyncIterator[str]:
                 async for row in self.submissions.follow(user, request_id):
@@ -329,6 +335,8 @@ class RestApi:
                 return error(401, exc.reason, exc.message)
             if isinstance(exc, InvalidInput):
                 return error(422, exc.reason, exc.message)
+            if isinstance(exc, LimitExceeded):
+                return error(429, exc.reason, exc.message)
             if isinstance(exc, TransientError):
                 return error(503, exc.reason, exc.message)
             return error(500, exc.reason, exc.message)

@@ -1,0 +1,153 @@
+"""Waiting for a request (REST ``wait=true``, event streams, MCP) is driven by notifications, lasts
+a bounded time, and one user holds a bounded number of waits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from processor.adapters.postgres.changes import PostgresRowChanges
+from processor.adapters.postgres.requests import EditRequests
+from processor.core import submissions as submissions_module
+from processor.core.submissions import Submissions
+from processor.domain.errors import LimitExceeded
+from processor.domain.images import ImageLimits
+from processor.domain.rules import WAIT_MAX_SECONDS, WAITS_PER_USER
+from processor.domain.users import User
+from tests.conftest import OWNER, Harness, StorageServer, wait_for
+
+Row = dict[str, Any]
+
+
+def owner() -> User:
+    return User(OWNER, {"sub": str(OWNER), "role": "authenticated"})
+
+
+def submissions_for(database_url: str, storage: StorageServer, **options: Any) -> Submissions:
+    return Submissions(
+        EditRequests(database_url),
+        storage.adapter(),
+        ImageLimits(),
+        PostgresRowChanges(database_url),
+        **options,
+    )
+
+
+async def collect(rows: AsyncIterator[Row]) -> list[Row]:
+    return [row async for row in rows]
+
+
+def test_a_stream_on_a_row_that_never_finishes_ends_at_its_lifetime(
+    database_url: str, storage_server: StorageServer, add_request: Callable[..., uuid.UUID]
+) -> None:
+    request_id = add_request(stored=False)  # awaiting_image: it would never finish
+
+    async def main() -> list[Row]:
+        submissions = submissions_for(database_url, storage_server, stream_seconds=0.5)
+        await submissions.open()
+        try:
+            return await asyncio.wait_for(collect(submissions.follow(owner(), request_id)), timeout=10)
+        finally:
+            await submissions.close()
+
+    rows = asyncio.run(main())
+    assert [row["status"] for row in rows] == ["awaiting_image"]
+
+
+def test_a_change_reaches_a_waiter_by_notification_not_by_polling(
+    database_url: str,
+    storage_server: StorageServer,
+    add_request: Callable[..., uuid.UUID],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With the fallback re-read an hour away, only the notification can deliver the change in time.
+    monkeypatch.setattr(submissions_module, "CHANGES_FALLBACK_SECONDS", 3600.0)
+    request_id = add_request()
+
+    async def main() -> list[tuple[str, float]]:
+        submissions = submissions_for(database_url, storage_server)
+        await submissions.open()
+        seen: list[tuple[str, float]] = []
+        try:
+            async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as worker:
+                stream = submissions.follow(owner(), request_id)
+                first = await anext(stream)
+                seen.append((first["status"], first["progress"]))
+                await worker.execute("select * from public.claim_edit_request('w', 60, %s)", (request_id,))
+                claimed = await asyncio.wait_for(anext(stream), timeout=10)
+                seen.append((claimed["status"], claimed["progress"]))
+                await worker.execute("select public.heartbeat_edit_request(%s, 'w', 0.5, 60)", (request_id,))
+                moved = await asyncio.wait_for(anext(stream), timeout=10)
+                seen.append((moved["status"], moved["progress"]))
+                await stream.aclose()
+        finally:
+            await submissions.close()
+        return seen
+
+    started = time.monotonic()
+    assert asyncio.run(main()) == [("queued", 0.0), ("processing", 0.0), ("processing", 0.5)]
+    assert time.monotonic() - started < 60
+
+
+def test_one_user_holds_at_most_a_bounded_number_of_waits(
+    database_url: str, storage_server: StorageServer, add_request: Callable[..., uuid.UUID]
+) -> None:
+    request_id = add_request(stored=False)
+
+    async def main() -> None:
+        submissions = submissions_for(database_url, storage_server, stream_seconds=60)
+        await submissions.open()
+        try:
+            streams = [submissions.follow(owner(), request_id) for _ in range(WAITS_PER_USER)]
+            for stream in streams:
+                await anext(stream)
+            with pytest.raises(LimitExceeded) as refused:
+                submissions.ensure_can_wait(owner())
+            assert refused.value.reason == "too_many_waits"
+            other = User(uuid.uuid4(), {})
+            submissions.ensure_can_wait(other)  # other users are not affected
+            await streams[0].aclose()
+            submissions.ensure_can_wait(owner())  # a closed stream gives its place back
+            for stream in streams[1:]:
+                await stream.aclose()
+        finally:
+            await submissions.close()
+
+    asyncio.run(main())
+
+
+def test_the_rest_api_answers_429_past_the_bound_and_refuses_long_waits(
+    start_processor: Callable[..., Harness], make_user: Callable[[], uuid.UUID]
+) -> None:
+    harness = start_processor(rest=True)
+    user = make_user()
+    headers = {"Authorization": f"Bearer {harness.storage.token(user)}"}
+    request_id = harness.insert(user, [f"{user}/never-uploaded.png"])  # awaiting_image forever
+    url = f"{harness.served.url}/v1/edits/{request_id}/events"
+    with httpx.Client(headers=headers, timeout=30) as client:
+        streams = [client.stream("GET", url) for _ in range(WAITS_PER_USER)]
+        opened = [stream.__enter__() for stream in streams]
+        try:
+            assert all(response.status_code == 200 for response in opened)
+            # Keep each line iterator: dropping one closes its stream (httpx closes the connection).
+            lines = [response.iter_lines() for response in opened]
+            for line in lines:
+                assert next(line).startswith("event: ")  # the first event: the stream is held
+            refused = client.get(url)
+            assert refused.status_code == 429 and refused.json()["error"]["code"] == "too_many_waits"
+        finally:
+            for stream in streams:
+                stream.__exit__(None, None, None)
+        # Disconnected streams give their places back (the server notices the client leaving).
+        wait_for(lambda: client.get(f"{harness.served.url}/v1/edits/{request_id}").status_code == 200)
+        too_long = client.post(
+            f"{harness.served.url}/v1/edits?wait=true&timeout={WAIT_MAX_SECONDS + 1}", json={"prompt": "x"}
+        )
+        assert too_long.status_code == 422
