@@ -67,6 +67,10 @@ class Submissions:
         # nor slow decodes can take the threads that edits run in (the loop's default executor).
         self._validation = ThreadPoolExecutor(max_workers=VALIDATION_THREADS, thread_name_prefix="validate")
 
+    @property
+    def limits(self) -> ImageLimits:
+        return self._limits
+
     async def open(self) -> None:
         """Open the pool, the change listener and (when this owns it) the storage client."""
         await self.requests.open()

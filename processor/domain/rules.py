@@ -37,3 +37,14 @@ WAITS_PER_USER = 4
 """Waits and event streams one user may hold open at once in one process."""
 CHANGES_FALLBACK_SECONDS = 5.0
 """Waits re-read the row at least this often, in case a notification was lost (a reconnect)."""
+
+EDIT_BODY_FIELDS_BYTES = 64 * 1024
+"""What ``POST /v1/edits`` may carry besides its images (prompts and parameters, as JSON or form fields)."""
+MULTIPART_MAX_FIELDS = 32
+"""Form fields parsed from one multipart body before it is refused (Starlette's default is 1,000)."""
+
+
+def edit_body_bytes(max_images: int, max_image_bytes: int) -> int:
+    """The largest ``POST /v1/edits`` body: every image at the byte limit, base64-encoded (4/3, the
+    larger of JSON's and multipart's encodings), plus the fields."""
+    return max_images * (4 * -(-max_image_bytes // 3) + 1024) + EDIT_BODY_FIELDS_BYTES

@@ -31,6 +31,17 @@ async def read_capped_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+async def capped_request(request: Request, limit: int) -> Request:
+    """The same request with its body read under ``limit`` (HTTP 413 past it), for parsers that read
+    the body themselves (JSON, Starlette's multipart parser)."""
+    body = await read_capped_body(request, limit)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, receive)
+
+
 def json_body(model: type[BaseModel]) -> dict[str, Any]:
     """``openapi_extra`` documenting a JSON body read by hand, with the model's nested ``$defs`` inlined
     (OpenAPI resolves ``#/$defs/...`` against the whole document, where they do not exist)."""

@@ -24,10 +24,17 @@ from starlette.exceptions import HTTPException
 
 from processor.core.submissions import TERMINAL, Submissions
 from processor.domain.errors import InvalidInput, LimitExceeded, ProcessorError, TransientError
+from processor.domain.params import MAX_IMAGES
 from processor.domain.ports import EditParams
-from processor.domain.rules import WAIT_MAX_SECONDS
+from processor.domain.rules import (
+    EDIT_BODY_FIELDS_BYTES,
+    MULTIPART_MAX_FIELDS,
+    WAIT_MAX_SECONDS,
+    edit_body_bytes,
+)
 from processor.domain.users import User
 from processor.entrypoints.auth import AuthError, TokenVerifier
+from processor.entrypoints.bodies import capped_request
 
 
 class ErrorBody(BaseModel):
@@ -118,7 +125,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         401: "Missing, invalid or expired user token",
         404: "No such request for this user",
         409: "The request has already finished",
+        413: "The body is larger than three images at the byte limit need",
         422: "Invalid input (reason code in error.code)",
+        429: "Too many waits or event streams open for this user",
         503: "Database or Storage unavailable; retry",
     }.items()
 }
@@ -165,12 +174,24 @@ def _decode_base64(value: str) -> bytes:
         raise InvalidInput("image is not valid base64", reason="invalid_base64") from exc
 
 
-async def _read_create(request: Request) -> tuple[EditCreate, list[bytes]]:
+async def _read_create(request: Request, max_body: int) -> tuple[EditCreate, list[bytes]]:
+    """The body (at most ``max_body`` bytes: 413 past it, before reading on) and its images."""
     content_type = request.headers.get("content-type", "")
+    try:
+        request = await capped_request(request, max_body)
+    except HTTPException as exc:
+        code = "body_too_large" if exc.status_code == 413 else "invalid_request"
+        raise ApiError(exc.status_code, code, str(exc.detail)) from exc
     try:
         if content_type.startswith("multipart/form-data"):
             try:
-                form = await request.form()
+                # One file more than allowed, so that four images get the same ``too_many_images``
+                # as through every other way in; the parser stops at the next one.
+                form = await request.form(
+                    max_files=MAX_IMAGES + 1,
+                    max_fields=MULTIPART_MAX_FIELDS,
+                    max_part_size=EDIT_BODY_FIELDS_BYTES,
+                )
             except HTTPException as exc:  # Starlette's answer to a malformed multipart body
                 raise ApiError(400, "invalid_multipart", str(exc.detail)) from exc
             files = [
@@ -204,6 +225,7 @@ class RestApi:
         self.submissions = submissions
         self.verifier = verifier
         self.signed_url_seconds = signed_url_seconds
+        self.max_body_bytes = edit_body_bytes(MAX_IMAGES, submissions.limits.max_bytes)
 
     async def open(self) -> None:
         await self.submissions.open()
@@ -241,7 +263,7 @@ class RestApi:
             """Upload the images, create the request and answer 202, or with `wait=true` the result."""
             if wait:
                 self.submissions.ensure_can_wait(user)  # refused before anything is stored
-            body, images = await _read_create(request)
+            body, images = await _read_create(request, self.max_body_bytes)
             params = EditParams(
                 prompt=body.prompt,
                 negative_prompt=body.negative_prompt,
