@@ -2,7 +2,7 @@
 
 Start-up order: open the queue and storage adapters, load the model in a thread
 (``/healthz`` answers meanwhile, ``/readyz`` says ``starting``), then run the worker,
-the LISTEN loop and the sweep. ``stop`` drains the worker (see ``Worker._drain``).
+the LISTEN loop and the sweep. ``stop`` drains the worker (see ``JobSlots.drain``).
 """
 
 from __future__ import annotations
