@@ -42,19 +42,26 @@ class JobSlots:
             active.stop(reason)
 
     def spawn(self, job: EditJob) -> None:
-        """Run ``job`` in a task of its own."""
-        task = asyncio.create_task(self.run(job), name=f"edit-{job.id}")
+        """Run ``job`` in a task of its own; its slot is taken at once, before the task starts."""
+        active = self._take_slot(job)
+        task = asyncio.create_task(self._run(active), name=f"edit-{job.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def run(self, job: EditJob) -> str:
-        """Run ``job`` here and return its outcome (also what ``spawn``'s tasks run)."""
+        """Run ``job`` here and return its outcome."""
+        return await self._run(self._take_slot(job))
+
+    def _take_slot(self, job: EditJob) -> ActiveJob:
         active = ActiveJob(job=job, loop=asyncio.get_running_loop())
         self._active[job.id] = active
+        return active
+
+    async def _run(self, active: ActiveJob) -> str:
         try:
             return await self._runner.run(active)
         finally:
-            self._active.pop(job.id, None)
+            self._active.pop(active.job.id, None)
             self._on_free()
 
     async def drain(self) -> None:
