@@ -323,3 +323,20 @@ def test_a_request_waits_for_its_input_then_runs(world: World) -> None:
             await world.reaches(request_id, "succeeded")
 
     run(scenario)
+
+
+def test_each_job_records_stage_total_once(world: World) -> None:
+    """Defect: ``stage_seconds{stage="total"}`` was recorded twice per job, the editor's total and the job's."""
+
+    async def scenario() -> None:
+        first, second = world.request(), world.request()
+        async with running_worker(world.queue, world.storage, StandInEditor(), metrics=world.metrics):
+            await world.reaches(first, "succeeded")
+            await world.reaches(second, "succeeded")
+        await eventually(lambda: world.jobs("succeeded", "ok") == 2)
+
+    run(scenario)
+    # "total" is the job's wall time from claim to end; the editor call is "edit", once each.
+    assert world.stage_count("total") == 2
+    assert world.stage_count("edit") == 2
+    assert world.stage_count("denoising") == 2

@@ -1,4 +1,9 @@
-"""Every metric the worker records, in one place."""
+"""Every metric the worker records, in one place, so each is recorded once per event.
+
+``stage_seconds{stage="total"}`` is the job's wall time from claim to end (what operators
+want); the editor's own total is not recorded again: the call to the editor is stage
+``edit``, and its inner stages (``prompt_encoding``, ``denoising``...) keep their names.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,9 @@ from processor.domain.ports import EditJob
 from processor.observability.metrics import Metrics
 
 T = TypeVar("T")
+
+EDITOR_TOTAL = "total"
+"""The editor's own total in ``EditResult.timings``: covered by stage ``edit``, so not recorded."""
 
 
 class WorkerMetrics:
@@ -47,9 +55,11 @@ class WorkerMetrics:
         self.metrics.stage_seconds.labels(stage=stage).observe(seconds)
 
     def edit(self, seconds: float, timings: Mapping[str, float]) -> None:
-        """The editor's stages, as it timed them."""
+        """The editor call's wall time as ``edit``, and the editor's inner stages."""
+        self.stage("edit", seconds)
         for stage, stage_seconds in timings.items():
-            self.stage(stage, stage_seconds)
+            if stage != EDITOR_TOTAL:
+                self.stage(stage, stage_seconds)
 
     def started(self) -> None:
         self.metrics.jobs_in_progress.inc()
