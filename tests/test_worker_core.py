@@ -340,3 +340,38 @@ def test_each_job_records_stage_total_once(world: World) -> None:
     assert world.stage_count("total") == 2
     assert world.stage_count("edit") == 2
     assert world.stage_count("denoising") == 2
+
+
+def test_a_cancelled_job_releases_its_row_and_lets_the_cancellation_through(world: World) -> None:
+    """Defect: the worker swallowed ``CancelledError`` after releasing a job, so a caller that
+    cancelled ``run_one`` (or the drain's hard stop) saw an ordinary return."""
+    editor = StandInEditor(hold_at=1)
+
+    async def scenario() -> None:
+        request_id = world.request()
+        await world.queue.open()
+        await world.storage.open()
+        worker = Worker(
+            queue=world.queue,
+            storage=world.storage,
+            editor=editor,
+            config=fast_config(),
+            metrics=world.metrics,
+        )
+        task = asyncio.create_task(worker.run_one(request_id))
+        try:
+            await asyncio.to_thread(editor.held.wait, 5)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            editor.proceed.set()  # never leave the model thread waiting
+        row = world.queue.row(request_id)
+        assert (row.status, row.attempts, row.claimed_by) == ("queued", 0, None)
+        assert not worker.busy
+        # The model is told to stop too, rather than running on for a row given back.
+        await asyncio.to_thread(editor.canceled.wait, 5)
+        assert editor.canceled.is_set()
+
+    run(scenario)
+    assert world.jobs("released", "shutdown") == 1

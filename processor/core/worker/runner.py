@@ -8,7 +8,7 @@ import logging
 import time
 
 from processor.core.worker.heartbeat import Heartbeat
-from processor.core.worker.job import ActiveJob
+from processor.core.worker.job import ActiveJob, StopReason
 from processor.core.worker.pipeline import JobPipeline
 from processor.core.worker.recorder import WorkerMetrics
 from processor.core.worker.writes import FinalWrites
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 class JobRunner:
-    """``run(active)`` returns the outcome; a cancelled run releases the row."""
+    """``run(active)`` returns the outcome; a cancelled run releases the row, then re-raises."""
 
     def __init__(
         self,
@@ -45,8 +45,12 @@ class JobRunner:
             try:
                 outcome, reason = await self._pipeline.run(active)
             except asyncio.CancelledError:
-                # Hard shutdown past the grace period: give the row back untouched.
+                # Hard shutdown past the grace period, or the caller gave up: stop the model
+                # (its thread would run on), give the row back untouched, and let the
+                # cancellation through so the caller sees it.
+                active.stop(StopReason.SHUTDOWN)
                 await self._writes.release(job)
+                raise
             finally:
                 heartbeat.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
