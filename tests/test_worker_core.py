@@ -184,8 +184,9 @@ def test_progress_is_sent_at_most_once_per_progress_interval(world: World) -> No
         beats = world.queue.calls_to("heartbeat", request_id)
         gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(beats)]
         progress = [beat.args["progress"] for beat in beats]
-        # 40 steps of 5 ms: about 200 ms of progress, at least 40 ms apart.
-        assert 2 <= len(beats) <= 8, beats
+        # 40 steps of 5 ms report progress 40 times; the heartbeats carrying it are 40 ms apart
+        # or more (unthrottled they would follow each step, 5 ms apart).
+        assert len(beats) >= 2, beats
         assert all(gap >= 0.04 * 0.9 for gap in gaps), gaps
         assert progress == sorted(progress) and 0 < progress[-1] <= 0.95
 
