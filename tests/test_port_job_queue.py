@@ -436,3 +436,21 @@ def test_a_fault_is_a_transient_error() -> None:
         with pytest.raises(TransientError) as caught:
             asyncio.run(scenario())
         assert caught.value.reason == "database_unavailable"
+
+
+@pytest.mark.parametrize(
+    ("columns", "constraint"),
+    [
+        ({"num_inference_steps": 0}, "edit_requests_steps_range"),
+        ({"prompt": ""}, "edit_requests_prompt_length"),
+        ({"max_attempts": 0}, "edit_requests_max_attempts_range"),
+        ({"priority": 101}, "edit_requests_priority_range"),
+        ({"input_paths": ["../escape.png"]}, "edit_requests_input_paths_valid"),
+    ],
+)
+def test_a_row_the_schema_refuses_is_refused(
+    backend: Backend, columns: dict[str, Any], constraint: str
+) -> None:
+    """The stand-in keeps the table's CHECK constraints: a bad state is impossible there too."""
+    with pytest.raises((ValueError, psycopg.errors.CheckViolation), match=constraint):
+        backend.enqueue(**columns)
