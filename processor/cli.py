@@ -68,8 +68,11 @@ def serve() -> None:
 
 @app.command()
 def worker() -> None:
-    """Run the worker alone (LISTEN and sweep, no HTTP): for hosts that cannot receive webhooks."""
+    """Run the worker alone (LISTEN and sweep, no HTTP): for hosts that cannot receive webhooks.
+
+    Exits with code 1 when the model cannot be loaded (there is no /readyz to report it)."""
     from processor.composition import build_service
+    from processor.core.service import SetupFailed
 
     settings = _settings_or_exit()
     with exit_on_configuration_error():
@@ -82,7 +85,11 @@ def worker() -> None:
             loop.add_signal_handler(signum, stop.set)
         await service.run_until(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except SetupFailed as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
 
 
 def _fail(error: ProcessorError) -> typer.Exit:

@@ -2,7 +2,12 @@
 
 Start-up order: open the queue and storage adapters, load the model in a thread
 (``/healthz`` answers meanwhile, ``/readyz`` says ``starting``), then run the worker,
-the LISTEN loop and the sweep. ``stop`` drains the worker (see ``Worker._drain``).
+the LISTEN loop and the sweep. ``stop`` drains the worker (see ``JobSlots.drain``).
+
+When the model cannot be loaded, ``state`` is ``setup_failed`` with ``setup_error`` (the HTTP
+app's ``/readyz`` reports it, so the platform restarts the process); ``run_until`` (the
+``worker`` command, which has no ``/readyz``) stops and raises ``SetupFailed`` instead of
+waiting forever.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from processor.core.worker import Worker, WorkerConfig
+from processor.domain.errors import ProcessorError
 from processor.domain.ports import Editor, JobQueue, ObjectStorage, Wakeups
 from processor.observability.metrics import Metrics
 
@@ -25,6 +31,13 @@ log = logging.getLogger(__name__)
 _SWEEP_RECHECK_SECONDS = 60.0
 
 State = Literal["starting", "ready", "busy", "setup_failed", "stopping"]
+
+
+class SetupFailed(ProcessorError):
+    """The service could not start working (the model did not load); not retried in-process."""
+
+    reason = "setup_failed"
+    retryable = False
 
 
 class ProcessorService:
@@ -51,6 +64,7 @@ class ProcessorService:
         self._worker: Worker | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._setup_error: str | None = None
+        self._setup_failed = asyncio.Event()
         self._stopping = False
         self._lease_sweep: str | None = None
         self._lease_sweep_checked = -_SWEEP_RECHECK_SECONDS
@@ -91,6 +105,7 @@ class ProcessorService:
         except Exception as exc:
             self._setup_error = f"{type(exc).__name__}: {exc}"
             log.exception("model setup failed")
+            self._setup_failed.set()
             return
         log.info("model ready", extra={"seconds": round(time.monotonic() - started, 3)})
         self._editor = editor
@@ -158,7 +173,15 @@ class ProcessorService:
             await asyncio.to_thread(self._editor.close)
 
     async def run_until(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set (the ``worker`` command's main)."""
+        """Run until ``stop`` is set (the ``worker`` command's main); ``SetupFailed`` when the
+        model cannot be loaded, after closing the adapters, so the process exits and is restarted."""
         await self.start()
-        await stop.wait()
+        waits = [asyncio.create_task(stop.wait()), asyncio.create_task(self._setup_failed.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
         await self.stop()
+        if self._setup_error is not None:
+            raise SetupFailed(f"the model could not be loaded: {self._setup_error}")

@@ -52,7 +52,7 @@ class Metrics:
         )
         self.stage_seconds = Histogram(
             "edit_processor_stage_seconds",
-            "Seconds per stage of a job (download, decode, edit stages, encode, upload, total)",
+            "Seconds per stage of a job: download, decode, edit (and the editor's own stages), encode, upload; total is claim to end",
             ["stage"],
             buckets=_STAGE_BUCKETS,
             registry=self.registry,

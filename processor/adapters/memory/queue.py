@@ -1,0 +1,559 @@
+"""``JobQueue`` in memory: the ``edit_requests`` state machine of the SQL migrations, in Python.
+
+Each port method does what its SQL function does (``claim_edit_request``,
+``heartbeat_edit_request``, ``complete/fail/release_edit_request``,
+``requeue_expired_edit_requests``, ``edit_request_queue_stats``): the same statuses, the
+attempt counted at claim, back-off on retryable failures, priority then age, fencing by
+owner and status, lapsed leases recovered. Time comes from an injectable clock
+(``ManualClock``), so tests let leases lapse without sleeping. After every change the row is
+checked against the table's CHECK constraints, so a state the database would refuse fails
+here too. The same conformance tests (``tests/test_port_job_queue.py``) run against this and
+``PostgresJobQueue``.
+
+Beyond the port, for tests: ``enqueue`` (an app's insert), ``cancel`` and ``retry`` (the SQL
+functions of the same names), ``row``/``rows`` (read the state), ``subscribe`` (the
+notifications ``InMemoryWakeups`` delivers), ``faults`` and ``calls``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from processor.adapters.memory.clock import Clock, wall_clock
+from processor.adapters.memory.faults import Faults
+from processor.adapters.memory.storage import InMemoryObjectStorage
+from processor.domain.ports import BaseCanvas, EditJob, HeartbeatAnswer
+
+Status = Literal["awaiting_image", "queued", "processing", "succeeded", "failed", "canceled"]
+
+LEASE_EXPIRED = "lease expired: the worker stopped answering"
+LEASE_EXPIRED_LAST = "lease expired on the last attempt: the worker stopped answering"
+
+
+@dataclass
+class QueueRow:
+    """One ``edit_requests`` row: the same columns, the same defaults."""
+
+    id: uuid.UUID
+    prompt: str
+    input_paths: tuple[str, ...]
+    user_id: uuid.UUID | None = None
+    status: Status = "queued"
+    negative_prompt: str = " "
+    input_bucket: str = "edit-inputs"
+    output_bucket: str = "edit-outputs"
+    output_path: str | None = None
+    num_inference_steps: int = 40
+    true_cfg_scale: float = 4.0
+    guidance_scale: float = 1.0
+    seed: int | None = None
+    progress: float = 0.0
+    attempts: int = 0
+    max_attempts: int = 3
+    next_attempt_at: datetime | None = None
+    claimed_by: str | None = None
+    lease_expires_at: datetime | None = None
+    error: str | None = None
+    error_code: str | None = None
+    result: dict[str, Any] | None = None
+    priority: int = 0
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime | None = None
+    width: int | None = None
+    height: int | None = None
+    base: BaseCanvas = "blank"
+    base_color: str = "#ffffff"
+
+
+def check_constraints(row: QueueRow) -> None:
+    """The table's CHECK constraints; ``ValueError`` names the one a row breaks."""
+    rules: list[tuple[str, bool]] = [
+        ("edit_requests_prompt_length", 1 <= len(row.prompt) <= 2000),
+        ("edit_requests_negative_prompt_length", len(row.negative_prompt) <= 2000),
+        ("edit_requests_input_paths_valid", _paths_valid(row.input_paths)),
+        ("edit_requests_steps_range", 1 <= row.num_inference_steps <= 100),
+        ("edit_requests_true_cfg_range", 0 <= row.true_cfg_scale <= 20),
+        ("edit_requests_guidance_range", 0 <= row.guidance_scale <= 20),
+        ("edit_requests_seed_range", row.seed is None or 0 <= row.seed <= 2**63 - 1),
+        ("edit_requests_progress_range", 0 <= row.progress <= 1),
+        ("edit_requests_attempts_range", 0 <= row.attempts <= row.max_attempts),
+        ("edit_requests_max_attempts_range", 1 <= row.max_attempts <= 20),
+        ("edit_requests_priority_range", -100 <= row.priority <= 100),
+        (
+            "edit_requests_processing_is_owned",
+            row.status != "processing"
+            or (
+                row.claimed_by is not None and row.lease_expires_at is not None and row.started_at is not None
+            ),
+        ),
+        (
+            "edit_requests_waiting_is_unowned",
+            row.status not in ("awaiting_image", "queued")
+            or (row.lease_expires_at is None and row.finished_at is None),
+        ),
+        (
+            "edit_requests_succeeded_has_output",
+            row.status != "succeeded"
+            or (row.output_path is not None and row.finished_at is not None and row.progress == 1),
+        ),
+        (
+            "edit_requests_failed_has_reason",
+            row.status != "failed" or (row.error is not None and row.finished_at is not None),
+        ),
+        ("edit_requests_canceled_is_finished", row.status != "canceled" or row.finished_at is not None),
+        ("edit_requests_only_success_has_output", row.output_path is None or row.status == "succeeded"),
+    ]
+    broken = [name for name, holds in rules if not holds]
+    if broken:
+        raise ValueError(f"edit_requests row {row.id} violates check constraint {broken[0]}")
+
+
+def _paths_valid(paths: Sequence[str]) -> bool:
+    return 1 <= len(paths) <= 3 and all(
+        1 <= len(path) <= 1024
+        and not path.startswith("/")
+        and "//" not in path
+        and not any(part in (".", "..") for part in path.split("/"))
+        for path in paths
+    )
+
+
+def backoff_seconds(attempts: int, jitter: float) -> float:
+    """``edit_request_backoff``: 10 s, 20 s, 40 s ... capped at 10 minutes, times ``0.75 + jitter/2``."""
+    return min(600.0, 10.0 * 2.0 ** max(attempts - 1, 0)) * (0.75 + jitter * 0.5)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCall:
+    """One port call, as ``calls`` records it (``at`` is ``time.monotonic()``)."""
+
+    name: str
+    job_id: uuid.UUID | None
+    worker_id: str | None
+    at: float
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+
+QueuedListener = Callable[[uuid.UUID], None]
+CancelListener = Callable[[uuid.UUID], None]
+
+
+class InMemoryJobQueue:
+    """The ``edit_requests`` state machine in one process. Thread-safe; port calls never wait.
+
+    With ``storage``, a request whose inputs are not all stored starts ``awaiting_image`` and is
+    queued when the last one is uploaded, as the database's triggers on ``storage.objects`` do;
+    without it, every input counts as stored. ``jitter`` draws the back-off's random factor in
+    ``[0, 1)`` (``random.random`` by default).
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock = wall_clock,
+        storage: InMemoryObjectStorage | None = None,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._clock = clock
+        self._storage = storage
+        self._jitter = jitter
+        self._rows: dict[uuid.UUID, QueueRow] = {}
+        self._lock = threading.RLock()
+        self._opened = False
+        self._on_queued: list[QueuedListener] = []
+        self._on_cancel: list[CancelListener] = []
+        self._order: dict[uuid.UUID, int] = {}
+        self.faults = Faults("database_unavailable")
+        self.calls: list[QueueCall] = []
+        if storage is not None:
+            storage.on_stored(self._object_stored)
+
+    # --- The port ---------------------------------------------------------------------------------
+    async def open(self) -> None:
+        self._opened = True
+
+    async def close(self) -> None:
+        self._opened = False
+
+    async def ping(self) -> None:
+        self._call("ping")
+
+    async def stats(self) -> tuple[dict[str, int], float]:
+        self._call("stats")
+        with self._lock:
+            now = self._clock()
+            depth: dict[str, int] = {}
+            for row in self._rows.values():
+                depth[row.status] = depth.get(row.status, 0) + 1
+            due = [row.created_at for row in self._rows.values() if self._due(row, now) and row.created_at]
+            oldest = max(0.0, (now - min(due)).total_seconds()) if due else 0.0
+        return depth, oldest
+
+    async def claim(
+        self, worker_id: str, lease_seconds: int, request_id: uuid.UUID | None = None
+    ) -> EditJob | None:
+        self._call("claim", request_id, worker_id, lease_seconds=lease_seconds)
+        if not worker_id:
+            raise ValueError("claim_edit_request: p_worker_id is required")
+        if lease_seconds < 1:
+            raise ValueError("claim_edit_request: p_lease_seconds must be positive")
+        with self._lock:
+            now = self._clock()
+            candidates = [row for row in self._rows.values() if request_id is None or row.id == request_id]
+            # A lapsed lease is recovered first (its owner is gone)...
+            lapsed = [
+                row
+                for row in candidates
+                if row.status == "processing"
+                and row.lease_expires_at is not None
+                and row.lease_expires_at < now
+                and row.attempts < row.max_attempts
+            ]
+            if lapsed:
+                row = min(lapsed, key=lambda r: r.lease_expires_at or now)
+            else:
+                # ...then the next due queued row, by priority then age.
+                due = [row for row in candidates if self._due(row, now)]
+                if not due:
+                    return None
+                row = min(due, key=lambda r: (-r.priority, r.created_at or now, self._order[r.id]))
+            self._update(
+                row,
+                status="processing",
+                claimed_by=worker_id,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                attempts=row.attempts + 1,
+                started_at=row.started_at or now,
+                next_attempt_at=None,
+                progress=0.0,
+            )
+            return _job(row)
+
+    async def heartbeat(
+        self, job_id: uuid.UUID, worker_id: str, progress: float | None, lease_seconds: int
+    ) -> HeartbeatAnswer:
+        self._call("heartbeat", job_id, worker_id, progress=progress, lease_seconds=lease_seconds)
+        with self._lock:
+            row = self._rows.get(job_id)
+            if row is None or row.claimed_by != worker_id:
+                return "lost"
+            if row.status == "processing":
+                reported = row.progress if progress is None else min(1.0, max(0.0, progress))
+                self._update(
+                    row,
+                    lease_expires_at=self._clock() + timedelta(seconds=max(lease_seconds, 1)),
+                    progress=max(row.progress, reported),
+                )
+                return "ok"
+            return "canceled" if row.status == "canceled" else "lost"
+
+    async def complete(
+        self, job_id: uuid.UUID, worker_id: str, output_path: str, result: Mapping[str, Any]
+    ) -> bool:
+        self._call("complete", job_id, worker_id, output_path=output_path)
+        # Stored as jsonb is: a JSON copy (and a result that is not JSON fails here too).
+        stored = json.loads(json.dumps(dict(result)))
+        with self._lock:
+            row = self._owned(job_id, worker_id)
+            if row is None:
+                return False
+            self._update(
+                row,
+                status="succeeded",
+                progress=1.0,
+                output_path=output_path,
+                result=stored,
+                finished_at=self._clock(),
+                lease_expires_at=None,
+                error=None,
+                error_code=None,
+            )
+            return True
+
+    async def fail(
+        self, job_id: uuid.UUID, worker_id: str, error: str, *, retryable: bool, error_code: str
+    ) -> str:
+        self._call("fail", job_id, worker_id, error=error, retryable=retryable, error_code=error_code)
+        with self._lock:
+            row = self._owned(job_id, worker_id)
+            if row is None:
+                return "lost"  # not the owner any more: nothing written
+            now = self._clock()
+            if retryable and row.attempts < row.max_attempts:
+                self._update(
+                    row,
+                    status="queued",
+                    claimed_by=None,
+                    lease_expires_at=None,
+                    next_attempt_at=now + timedelta(seconds=backoff_seconds(row.attempts, self._jitter())),
+                    error=error,
+                    error_code=error_code or "error",
+                    progress=0.0,
+                )
+                return "queued"
+            self._update(
+                row,
+                status="failed",
+                lease_expires_at=None,
+                finished_at=now,
+                error=error or "unknown error",
+                error_code=error_code or "error",
+            )
+            return "failed"
+
+    async def release(self, job_id: uuid.UUID, worker_id: str) -> bool:
+        self._call("release", job_id, worker_id)
+        with self._lock:
+            row = self._owned(job_id, worker_id)
+            if row is None:
+                return False
+            self._update(
+                row,
+                status="queued",
+                claimed_by=None,
+                lease_expires_at=None,
+                next_attempt_at=None,
+                attempts=max(row.attempts - 1, 0),
+                progress=0.0,
+            )
+            return True
+
+    async def requeue_expired(self) -> int:
+        self._call("requeue_expired")
+        changed = 0
+        with self._lock:
+            now = self._clock()
+            for row in list(self._rows.values()):
+                lapsed = (
+                    row.status == "processing"
+                    and row.lease_expires_at is not None
+                    and row.lease_expires_at < now
+                )
+                if lapsed and row.attempts < row.max_attempts:
+                    self._update(
+                        row,
+                        status="queued",
+                        claimed_by=None,
+                        lease_expires_at=None,
+                        progress=0.0,
+                        error=LEASE_EXPIRED,
+                        error_code="lease_expired",
+                    )
+                elif lapsed:
+                    self._update(
+                        row,
+                        status="failed",
+                        lease_expires_at=None,
+                        finished_at=now,
+                        error=LEASE_EXPIRED_LAST,
+                        error_code="lease_expired",
+                    )
+                elif row.status == "awaiting_image" and self._inputs_present(row):
+                    self._update(row, status="queued")
+                elif (
+                    row.status == "queued" and row.next_attempt_at is not None and row.next_attempt_at <= now
+                ):
+                    self._update(row, next_attempt_at=None)
+                else:
+                    continue
+                changed += 1
+        return changed
+
+    # --- For tests ----------------------------------------------------------------------------------
+    def enqueue(
+        self,
+        prompt: str = "make it blue",
+        input_paths: Sequence[str] | None = None,
+        *,
+        id: uuid.UUID | None = None,
+        **columns: Any,
+    ) -> uuid.UUID:
+        """Insert a request as an app would; returns its id. ``columns`` are ``QueueRow`` fields
+        (``user_id``, ``num_inference_steps``, ``priority``, ``max_attempts``...)."""
+        request_id = id or uuid.uuid4()
+        paths = (
+            tuple(input_paths)
+            if input_paths is not None
+            else (f"{columns.get('user_id') or 'u'}/{request_id}.png",)
+        )
+        with self._lock:
+            if request_id in self._rows:
+                raise ValueError(f"duplicate key: edit_requests row {request_id} exists")
+            now = self._clock()
+            row = QueueRow(
+                id=request_id,
+                prompt=prompt,
+                input_paths=paths,
+                created_at=columns.pop("created_at", now),
+                updated_at=now,
+                **columns,
+            )
+            if row.status in ("queued", "awaiting_image"):
+                row.status = "queued" if self._inputs_present(row) else "awaiting_image"
+            check_constraints(row)
+            self._rows[request_id] = row
+            # Rows made in one clock tick are claimed in insertion order (SQL breaks ties by id).
+            self._order[request_id] = len(self._order)
+            if row.status == "queued":
+                self._notify_queued(row)
+        return request_id
+
+    def cancel(self, request_id: uuid.UUID) -> bool:
+        """``cancel_edit_request`` (as the service role): a waiting or running request ends canceled;
+        ``claimed_by`` is kept, so its worker's next heartbeat answers ``canceled``."""
+        with self._lock:
+            row = self._rows.get(request_id)
+            if row is None or row.status not in ("awaiting_image", "queued", "processing"):
+                return False
+            previous = row.status
+            self._update(
+                row,
+                status="canceled",
+                finished_at=self._clock(),
+                lease_expires_at=None,
+                error_code="canceled",
+                next_attempt_at=None,
+            )
+            listeners = list(self._on_cancel) if previous == "processing" else []
+        for listener in listeners:
+            listener(request_id)
+        return True
+
+    def retry(self, request_id: uuid.UUID) -> bool:
+        """``retry_edit_request``: a failed or canceled request starts over, attempts reset."""
+        with self._lock:
+            row = self._rows.get(request_id)
+            if row is None or row.status not in ("failed", "canceled"):
+                return False
+            self._update(
+                row,
+                status="queued" if self._inputs_present(row) else "awaiting_image",
+                attempts=0,
+                progress=0.0,
+                error=None,
+                error_code=None,
+                claimed_by=None,
+                lease_expires_at=None,
+                next_attempt_at=None,
+                finished_at=None,
+                started_at=None,
+                output_path=None,
+                result=None,
+            )
+            return True
+
+    def row(self, request_id: uuid.UUID) -> QueueRow:
+        """A copy of the row's current state (``KeyError`` when there is none)."""
+        with self._lock:
+            return copy.deepcopy(self._rows[request_id])
+
+    def rows(self) -> list[QueueRow]:
+        with self._lock:
+            return [copy.deepcopy(row) for row in self._rows.values()]
+
+    def subscribe(self, *, on_queued: QueuedListener, on_cancel: CancelListener) -> Callable[[], None]:
+        """Hear what the database would ``NOTIFY``: a row became claimable now (``edit_requests``),
+        a running row was canceled (``edit_requests_cancel``). Returns a function that stops it."""
+        with self._lock:
+            self._on_queued.append(on_queued)
+            self._on_cancel.append(on_cancel)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if on_queued in self._on_queued:
+                    self._on_queued.remove(on_queued)
+                if on_cancel in self._on_cancel:
+                    self._on_cancel.remove(on_cancel)
+
+        return unsubscribe
+
+    def calls_to(self, name: str, job_id: uuid.UUID | None = None) -> list[QueueCall]:
+        """The recorded calls of one method (and one job)."""
+        with self._lock:
+            return [c for c in self.calls if c.name == name and (job_id is None or c.job_id == job_id)]
+
+    # --- Internals ----------------------------------------------------------------------------------
+    def _call(
+        self, name: str, job_id: uuid.UUID | None = None, worker_id: str | None = None, **args: Any
+    ) -> None:
+        if not self._opened:
+            raise RuntimeError("InMemoryJobQueue.open() was not called")
+        with self._lock:
+            self.calls.append(QueueCall(name, job_id, worker_id, time.monotonic(), args))
+        self.faults.check(name)
+
+    def _owned(self, job_id: uuid.UUID, worker_id: str) -> QueueRow | None:
+        row = self._rows.get(job_id)
+        if row is None or row.claimed_by != worker_id or row.status != "processing":
+            return None
+        return row
+
+    @staticmethod
+    def _due(row: QueueRow, now: datetime) -> bool:
+        return row.status == "queued" and (row.next_attempt_at is None or row.next_attempt_at <= now)
+
+    def _inputs_present(self, row: QueueRow) -> bool:
+        storage = self._storage
+        return storage is None or all(storage.exists(row.input_bucket, path) for path in row.input_paths)
+
+    def _update(self, row: QueueRow, **changes: Any) -> None:
+        """Apply one transition, as one UPDATE: checked first, so a refused change leaves no trace."""
+        before_status, before_next = row.status, row.next_attempt_at
+        now = changes["updated_at"] = self._clock()
+        check_constraints(replace(row, **changes))
+        for name, value in changes.items():
+            setattr(row, name, value)
+        # edit_requests_wake_processor: into queued and due now, or a back-off that ended.
+        if self._due(row, now) and (
+            before_status != "queued" or (before_next is not None and row.next_attempt_at is None)
+        ):
+            self._notify_queued(row)
+
+    def _notify_queued(self, row: QueueRow) -> None:
+        for listener in list(self._on_queued):
+            listener(row.id)
+
+    def _object_stored(self, bucket: str, path: str) -> None:
+        with self._lock:
+            waiting = [
+                row
+                for row in self._rows.values()
+                if row.status == "awaiting_image" and row.input_bucket == bucket and path in row.input_paths
+            ]
+            for row in waiting:
+                if self._inputs_present(row):
+                    self._update(row, status="queued")
+
+
+def _job(row: QueueRow) -> EditJob:
+    return EditJob(
+        id=row.id,
+        user_id=row.user_id,
+        prompt=row.prompt,
+        negative_prompt=row.negative_prompt,
+        input_bucket=row.input_bucket,
+        input_paths=row.input_paths,
+        output_bucket=row.output_bucket,
+        num_inference_steps=row.num_inference_steps,
+        true_cfg_scale=row.true_cfg_scale,
+        guidance_scale=row.guidance_scale,
+        seed=row.seed,
+        attempts=row.attempts,
+        max_attempts=row.max_attempts,
+        created_at=row.created_at,
+        width=row.width,
+        height=row.height,
+        base=row.base,
+        base_color=row.base_color,
+    )

@@ -1,0 +1,128 @@
+"""The job pipeline: download, decode, edit, encode, upload, complete; failures mapped to the row.
+
+Outcomes (for metrics and logs): ``succeeded``; ``retrying`` or ``failed`` after ``fail``;
+``canceled`` (the row is already canceled: nothing written); ``lost`` (another worker owns
+the row: nothing written); ``released`` (shutdown: the row and its attempt given back);
+``error`` (the failure could not be written: the lease lapses and the sweep requeues).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from processor.core.worker.config import WorkerConfig, output_path_for
+from processor.core.worker.job import ActiveJob, StopReason
+from processor.core.worker.recorder import WorkerMetrics
+from processor.core.worker.writes import FinalWrites
+from processor.domain.errors import EditCancelled, ProcessorError, TransientError
+from processor.domain.images import decode_image, encode_image
+from processor.domain.params import generation_text
+from processor.domain.ports import EditJob, Editor, EditResult, ObjectStorage
+
+log = logging.getLogger(__name__)
+
+Outcome = tuple[str, str]
+"""``(outcome, reason)``: what happened to the job, and its reason code."""
+
+
+class JobPipeline:
+    """Runs one claimed job through its stages and writes its end to the queue."""
+
+    def __init__(
+        self,
+        *,
+        storage: ObjectStorage,
+        editor: Editor,
+        writes: FinalWrites,
+        config: WorkerConfig,
+        metrics: WorkerMetrics,
+    ) -> None:
+        self._storage = storage
+        self._editor = editor
+        self._writes = writes
+        self._limits = config.image_limits
+        self._metrics = metrics
+
+    async def run(self, active: ActiveJob) -> Outcome:
+        try:
+            return await self._stages(active)
+        except EditCancelled:
+            return await self.after_stop(active)
+        except ProcessorError as exc:
+            # A stopped job's I/O may fail because it was stopped; the stop explains it.
+            if active.stop_reason is not None:
+                return await self.after_stop(active)
+            return await self._fail(active.job, exc)
+        except Exception as exc:
+            log.exception("unexpected error")
+            return await self._fail(
+                active.job, ProcessorError(f"{type(exc).__name__}: {exc}", reason="internal_error")
+            )
+
+    async def _stages(self, active: ActiveJob) -> Outcome:
+        job, timed = active.job, self._metrics.timed
+        inputs = await timed("download", self._download(job))
+        decoded = await timed(
+            "decode", asyncio.to_thread(lambda: [decode_image(data, self._limits) for data in inputs])
+        )
+        active.raise_if_stopped()
+        edit_started = time.monotonic()
+        result = await asyncio.to_thread(
+            self._editor.edit, decoded, job.params(), on_progress=active.on_step, cancel=active.cancel
+        )
+        edit_seconds = time.monotonic() - edit_started
+        self._metrics.edit(edit_seconds, result.timings)
+        encoded = await timed(
+            "encode", asyncio.to_thread(encode_image, result.image, "png", _png_text(job, result))
+        )
+        output_path = output_path_for(job)
+        await timed(
+            "upload", self._storage.upload(job.output_bucket, output_path, encoded, content_type="image/png")
+        )
+        if not await self._writes.complete(job, output_path, _result_json(job, result)):
+            return "lost", "not_owner"
+        self._metrics.overhead(time.monotonic() - active.claimed_at - edit_seconds)
+        return "succeeded", "ok"
+
+    async def _download(self, job: EditJob) -> list[bytes]:
+        max_bytes = self._limits.max_bytes
+        return list(
+            await asyncio.gather(
+                *(
+                    self._storage.download(job.input_bucket, path, max_bytes=max_bytes)
+                    for path in job.input_paths
+                )
+            )
+        )
+
+    async def after_stop(self, active: ActiveJob) -> Outcome:
+        """A stopped job: give it back on shutdown; on cancel or loss the row is not ours to write."""
+        reason = active.stop_reason
+        if reason is StopReason.SHUTDOWN:
+            await self._writes.release(active.job)
+            return "released", "shutdown"
+        if reason is StopReason.CANCELED:
+            return "canceled", "canceled"
+        return "lost", "lease_lost"
+
+    async def _fail(self, job: EditJob, exc: ProcessorError) -> Outcome:
+        retryable = exc.retryable or isinstance(exc, TransientError)
+        log.warning("failed: %s", exc, extra={"retryable": retryable})
+        try:
+            status = await self._writes.fail(job, exc, retryable=retryable)
+        except ProcessorError as write_error:
+            # The lease lapses and the sweep requeues the row: nothing is lost.
+            log.error("could not record the failure: %s", write_error)
+            return "error", exc.reason
+        return ("retrying" if status == "queued" else status), exc.reason
+
+
+def _png_text(job: EditJob, result: EditResult) -> dict[str, str]:
+    return {**generation_text(job.params(), result), "request_id": str(job.id)}
+
+
+def _result_json(job: EditJob, result: EditResult) -> dict[str, Any]:
+    return {**result.metadata(), "attempt": job.attempts}

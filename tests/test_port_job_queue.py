@@ -1,0 +1,456 @@
+"""Conformance of the ``JobQueue`` port: the same behaviour from ``PostgresJobQueue`` on the real
+database and from ``InMemoryJobQueue`` (the stand-in users' tests and the fast worker tests rely on).
+
+Each backend supplies the queue and the few things only a test does: insert a request, cancel
+it, read its row, and let time pass (a lease lapses, a back-off ends). In SQL that is an UPDATE
+of the timestamps; in memory the clock moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import psycopg
+import pytest
+
+from processor.adapters.memory import InMemoryJobQueue, ManualClock
+from processor.adapters.postgres.queue import PostgresJobQueue
+from processor.domain.errors import TransientError
+from processor.domain.ports import JobQueue
+from tests.conftest import OWNER
+
+Row = dict[str, Any]
+LEASE = 60
+
+
+class Backend(Protocol):
+    queue: JobQueue
+
+    def enqueue(self, **columns: Any) -> uuid.UUID: ...
+
+    def cancel(self, request_id: uuid.UUID) -> bool: ...
+
+    def state(self, request_id: uuid.UUID) -> Row:
+        """status, attempts, claimed_by, progress, error, error_code, output_path, result,
+        and ``lease_left``/``backoff_left``: seconds from now (None when unset)."""
+        ...
+
+    def lapse_leases(self) -> None:
+        """Time passes beyond every running lease."""
+        ...
+
+    def end_backoffs(self) -> None:
+        """Time passes beyond every retry's back-off."""
+        ...
+
+
+STATE_COLUMNS = (
+    "status",
+    "attempts",
+    "claimed_by",
+    "progress",
+    "error",
+    "error_code",
+    "output_path",
+    "result",
+)
+
+
+@dataclass
+class PostgresBackend:
+    queue: PostgresJobQueue
+    db: psycopg.Connection[Row]
+    add_request: Callable[..., uuid.UUID]
+
+    def enqueue(self, **columns: Any) -> uuid.UUID:
+        return self.add_request(**columns)
+
+    def cancel(self, request_id: uuid.UUID) -> bool:
+        row = self.db.execute("select cancel_edit_request(%s) as done", (request_id,)).fetchone()
+        return bool(row and row["done"])
+
+    def state(self, request_id: uuid.UUID) -> Row:
+        row = self.db.execute(
+            f"select {', '.join(STATE_COLUMNS)}, "
+            "extract(epoch from lease_expires_at - now())::float as lease_left, "
+            "extract(epoch from next_attempt_at - now())::float as backoff_left "
+            "from edit_requests where id = %s",
+            (request_id,),
+        ).fetchone()
+        assert row is not None
+        return dict(row)
+
+    def lapse_leases(self) -> None:
+        self.db.execute(
+            "update edit_requests set lease_expires_at = now() - interval '1 second' where status = 'processing'"
+        )
+
+    def end_backoffs(self) -> None:
+        self.db.execute(
+            "update edit_requests set next_attempt_at = now() - interval '1 second' where next_attempt_at is not null"
+        )
+
+
+@dataclass
+class MemoryBackend:
+    queue: InMemoryJobQueue
+    clock: ManualClock
+
+    def enqueue(self, **columns: Any) -> uuid.UUID:
+        return self.queue.enqueue(user_id=OWNER, **columns)
+
+    def cancel(self, request_id: uuid.UUID) -> bool:
+        return self.queue.cancel(request_id)
+
+    def state(self, request_id: uuid.UUID) -> Row:
+        row = self.queue.row(request_id)
+        now = self.clock()
+        return {
+            **{name: getattr(row, name) for name in STATE_COLUMNS},
+            "lease_left": (row.lease_expires_at - now).total_seconds() if row.lease_expires_at else None,
+            "backoff_left": (row.next_attempt_at - now).total_seconds() if row.next_attempt_at else None,
+        }
+
+    def lapse_leases(self) -> None:
+        self.clock.advance(LEASE + 1)
+
+    def end_backoffs(self) -> None:
+        self.clock.advance(601 * 1.25)
+
+
+@pytest.fixture(params=["postgres", "memory"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if request.param == "postgres":
+        yield PostgresBackend(
+            PostgresJobQueue(request.getfixturevalue("database_url")),
+            request.getfixturevalue("db"),
+            request.getfixturevalue("add_request"),
+        )
+    else:
+        clock = ManualClock()
+        yield MemoryBackend(InMemoryJobQueue(clock=clock), clock)
+
+
+def run(backend: Backend, scenario: Callable[[JobQueue], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        await backend.queue.open()
+        try:
+            return await scenario(backend.queue)
+        finally:
+            await backend.queue.close()
+
+    return asyncio.run(main())
+
+
+# --- Claim --------------------------------------------------------------------------------------------
+def test_a_request_is_claimed_once(backend: Backend) -> None:
+    request_id = backend.enqueue(seed=5, num_inference_steps=12, width=512, height=384)
+
+    async def scenario(queue: JobQueue) -> Any:
+        return await queue.claim("w1", LEASE), await queue.claim("w2", LEASE)
+
+    job, second = run(backend, scenario)
+    assert second is None
+    assert job is not None
+    assert (job.id, job.user_id, job.prompt, job.seed, job.num_inference_steps) == (
+        request_id,
+        OWNER,
+        "make it blue",
+        5,
+        12,
+    )
+    assert (job.attempts, job.max_attempts, job.input_bucket, job.output_bucket) == (
+        1,
+        3,
+        "edit-inputs",
+        "edit-outputs",
+    )
+    assert (job.width, job.height, job.base, job.base_color) == (512, 384, "blank", "#ffffff")
+    assert job.input_paths == (f"{OWNER}/{request_id}.png",) and job.created_at is not None
+    state = backend.state(request_id)
+    assert (state["status"], state["claimed_by"], state["attempts"]) == ("processing", "w1", 1)
+    assert LEASE - 5 < state["lease_left"] <= LEASE
+
+
+def test_claims_follow_priority_then_age(backend: Backend) -> None:
+    first, urgent, second = backend.enqueue(), backend.enqueue(priority=5), backend.enqueue()
+
+    async def scenario(queue: JobQueue) -> list[Any]:
+        jobs = [await queue.claim("w1", LEASE) for _ in range(4)]
+        return [job.id if job else None for job in jobs]
+
+    assert run(backend, scenario) == [urgent, first, second, None]
+
+
+def test_claim_by_id_takes_only_that_request(backend: Backend) -> None:
+    backend.enqueue(priority=9)
+    wanted = backend.enqueue()
+
+    async def scenario(queue: JobQueue) -> list[Any]:
+        job = await queue.claim("w1", LEASE, wanted)
+        again = await queue.claim("w2", LEASE, wanted)
+        return [job.id if job else None, again]
+
+    assert run(backend, scenario) == [wanted, None]
+
+
+# --- Heartbeat and fencing ----------------------------------------------------------------------------
+def test_heartbeat_extends_the_lease_and_keeps_progress_monotonic(backend: Backend) -> None:
+    request_id = backend.enqueue()
+
+    async def scenario(queue: JobQueue) -> list[Any]:
+        await queue.claim("w1", 5)
+        answers = [await queue.heartbeat(request_id, "w1", 0.5, LEASE)]
+        answers.append(await queue.heartbeat(request_id, "w1", 0.3, LEASE))  # late, lower: ignored
+        progress = [backend.state(request_id)["progress"]]
+        answers.append(await queue.heartbeat(request_id, "w1", None, LEASE))  # lease only
+        answers.append(await queue.heartbeat(request_id, "w1", 7.0, LEASE))  # clamped to 1
+        progress.append(backend.state(request_id)["progress"])
+        return [answers, progress]
+
+    answers, progress = run(backend, scenario)
+    assert answers == ["ok", "ok", "ok", "ok"]
+    assert progress == [pytest.approx(0.5), pytest.approx(1.0)]
+    assert backend.state(request_id)["lease_left"] > 5
+
+
+def test_heartbeat_answers_lost_and_canceled(backend: Backend) -> None:
+    request_id = backend.enqueue()
+
+    async def scenario(queue: JobQueue) -> list[str]:
+        await queue.claim("w1", LEASE)
+        answers = [await queue.heartbeat(request_id, "someone-else", 0.1, LEASE)]
+        assert backend.cancel(request_id)
+        answers.append(await queue.heartbeat(request_id, "w1", 0.2, LEASE))
+        answers.append(await queue.heartbeat(uuid.uuid4(), "w1", 0.2, LEASE))
+        return answers
+
+    assert run(backend, scenario) == ["lost", "canceled", "lost"]
+    assert backend.state(request_id)["status"] == "canceled"
+
+
+def test_a_lapsed_lease_is_claimed_again_and_fences_the_old_owner(backend: Backend) -> None:
+    request_id = backend.enqueue()
+
+    async def scenario(queue: JobQueue) -> list[Any]:
+        await queue.claim("w1", LEASE)
+        backend.lapse_leases()
+        job = await queue.claim("w2", LEASE)
+        assert job is not None and job.id == request_id
+        stale = [
+            await queue.heartbeat(request_id, "w1", 0.9, LEASE),
+            await queue.complete(request_id, "w1", "u/stale.png", {}),
+            await queue.fail(request_id, "w1", "late", retryable=True, error_code="x"),
+            await queue.release(request_id, "w1"),
+        ]
+        return [job.attempts, stale, await queue.complete(request_id, "w2", "u/out.png", {"seed": 1})]
+
+    attempts, stale, completed = run(backend, scenario)
+    assert (attempts, stale, completed) == (2, ["lost", False, "lost", False], True)
+    state = backend.state(request_id)
+    assert (state["status"], state["claimed_by"], state["output_path"]) == ("succeeded", "w2", "u/out.png")
+
+
+# --- Ends ---------------------------------------------------------------------------------------------
+def test_complete_stores_the_result_once(backend: Backend) -> None:
+    request_id = backend.enqueue()
+
+    async def scenario(queue: JobQueue) -> list[bool]:
+        await queue.claim("w1", LEASE)
+        return [
+            await queue.complete(request_id, "w1", "u/out.png", {"seed": 5, "timings": {"total": 1.5}}),
+            await queue.complete(request_id, "w1", "u/other.png", {}),
+        ]
+
+    assert run(backend, scenario) == [True, False]
+    state = backend.state(request_id)
+    assert (state["status"], state["progress"], state["output_path"]) == ("succeeded", 1.0, "u/out.png")
+    assert state["result"] == {"seed": 5, "timings": {"total": 1.5}}
+    assert state["lease_left"] is None and state["error_code"] is None
+
+
+def test_a_retryable_failure_is_queued_with_back_off(backend: Backend) -> None:
+    request_id = backend.enqueue()
+
+    async def scenario(queue: JobQueue) -> list[Any]:
+        await queue.claim("w1", LEASE)
+        status = await queue.fail(
+            request_id, "w1", "CUDA out of memory", retryable=True, error_code="out_of_memory"
+        )
+        during_backoff = await queue.claim("w1", LEASE)
+        state = backend.state(request_id)
+        backend.end_backoffs()
+        again = await queue.claim("w2", LEASE)
+        return [status, during_backoff, state, again.attempts if again else None]
+
+    status, during_backoff, state, attempts = run(backend, scenario)
+    assert (status, during_backoff, attempts) == ("queued", None, 2)
+    assert (state["status"], state["claimed_by"], state["error"], state["error_code"]) == (
+        "queued",
+        None,
+        "CUDA out of memory",
+        "out_of_memory",
+    )
+    assert 7.5 - 1 <= state["backoff_left"] <= 12.5  # 10 s ± 25 % for the first retry
+
+
+def test_back_off_doubles_with_each_attempt(backend: Backend) -> None:
+    request_id = backend.enqueue(max_attempts=5)
+
+    async def scenario(queue: JobQueue) -> list[float]:
+        waits = []
+        for _ in range(3):
+            await queue.claim("w1", LEASE)
+            await queue.fail(request_id, "w1", "flaky", retryable=True, error_code="model_error")
+            waits.append(backend.state(request_id)["backoff_left"])
+            backend.end_backoffs()
+        return waits
+
+    first, second, third = run(backend, scenario)
+    assert 7.5 - 1 <= first <= 12.5 and 15 - 1 <= second <= 25 and 30 - 1 <= third <= 50
+
+
+def test_failure_is_final_when_permanent_or_at_max_attempts(backend: Backend) -> None:
+    permanent, last = backend.enqueue(), backend.enqueue(max_attempts=1)
+
+    async def scenario(queue: JobQueue) -> list[str]:
+        await queue.claim("w1", LEASE, permanent)
+        await queue.claim("w1", LEASE, last)
+        return [
+            await queue.fail(permanent, "w1", "not an image", retryable=False, error_code="unknown_format"),
+            await queue.fail(last, "w1", "CUDA out of memory", retryable=True, error_code="out_of_memory"),
+            await queue.fail(last, "w1", "again", retryable=True, error_code="x"),
+        ]
+
+    assert run(backend, scenario) == ["failed", "failed", "lost"]
+    assert backend.state(permanent)["error_code"] == "unknown_format"
+    state = backend.state(last)
+    assert (state["status"], state["attempts"], state["error"]) == ("failed", 1, "CUDA out of memory")
+
+
+def test_release_gives_the_attempt_back(backend: Backend) -> None:
+    request_id = backend.enqueue()
+
+    async def scenario(queue: JobQueue) -> list[Any]:
+        await queue.claim("w1", LEASE)
+        released = await queue.release(request_id, "w1")
+        state = backend.state(request_id)
+        again = await queue.claim("w2", LEASE)
+        return [released, state, again.attempts if again else None, await queue.release(request_id, "w1")]
+
+    released, state, attempts, stale = run(backend, scenario)
+    assert (released, attempts, stale) == (True, 1, False)
+    assert (state["status"], state["attempts"], state["claimed_by"], state["lease_left"]) == (
+        "queued",
+        0,
+        None,
+        None,
+    )
+
+
+def test_requeue_expired_recovers_lapsed_leases_and_ends_back_offs(backend: Backend) -> None:
+    lapsed, exhausted, retried, running = (
+        backend.enqueue(priority=3),
+        backend.enqueue(priority=2, max_attempts=1),
+        backend.enqueue(priority=1),
+        backend.enqueue(),
+    )
+
+    async def scenario(queue: JobQueue) -> list[int]:
+        for request_id in (lapsed, exhausted, retried):
+            await queue.claim("w1", LEASE, request_id)
+        await queue.fail(retried, "w1", "flaky", retryable=True, error_code="model_error")
+        nothing = await queue.requeue_expired()
+        backend.lapse_leases()
+        backend.end_backoffs()
+        await queue.claim("w2", 10 * LEASE + 1000, running)  # claimed after time passed: still held
+        return [nothing, await queue.requeue_expired(), await queue.requeue_expired()]
+
+    assert run(backend, scenario) == [0, 3, 0]
+    assert {k: backend.state(lapsed)[k] for k in ("status", "claimed_by", "error_code", "attempts")} == {
+        "status": "queued",
+        "claimed_by": None,
+        "error_code": "lease_expired",
+        "attempts": 1,
+    }
+    assert (backend.state(exhausted)["status"], backend.state(exhausted)["error_code"]) == (
+        "failed",
+        "lease_expired",
+    )
+    assert (backend.state(retried)["status"], backend.state(retried)["backoff_left"]) == ("queued", None)
+    assert backend.state(running)["status"] == "processing"
+
+
+def test_cancel_ends_waiting_and_running_requests(backend: Backend) -> None:
+    waiting, running = backend.enqueue(), backend.enqueue()
+
+    async def scenario(queue: JobQueue) -> list[Any]:
+        await queue.claim("w1", LEASE, running)
+        canceled = [backend.cancel(waiting), backend.cancel(running), backend.cancel(running)]
+        return [
+            canceled,
+            await queue.claim("w1", LEASE),
+            await queue.complete(running, "w1", "u/out.png", {}),
+            await queue.fail(running, "w1", "x", retryable=True, error_code="x"),
+        ]
+
+    assert run(backend, scenario) == [[True, True, False], None, False, "lost"]
+    assert backend.state(running)["status"] == "canceled"
+    assert backend.state(running)["output_path"] is None
+
+
+def test_stats_count_rows_by_status(backend: Backend) -> None:
+    done, running = backend.enqueue(), backend.enqueue()
+    backend.enqueue()
+
+    async def scenario(queue: JobQueue) -> Any:
+        await queue.claim("w1", LEASE, done)
+        await queue.complete(done, "w1", "u/out.png", {})
+        await queue.claim("w1", LEASE, running)
+        await queue.ping()
+        return await queue.stats()
+
+    depth, oldest = run(backend, scenario)
+    assert depth == {"succeeded": 1, "processing": 1, "queued": 1}
+    assert oldest >= 0.0
+
+
+def test_a_fault_is_a_transient_error() -> None:
+    """The real queue's outage (nothing listening), and the stand-in's injected one."""
+
+    async def unreachable() -> None:
+        async with PostgresJobQueue("postgresql://postgres@127.0.0.1:1/nowhere", timeout=1.0) as queue:
+            await queue.claim("w", 60)
+
+    async def injected() -> None:
+        queue = InMemoryJobQueue()
+        queue.faults.fail_next(1, "claim")
+        await queue.open()
+        await queue.claim("w", 60)
+
+    for scenario in (unreachable, injected):
+        with pytest.raises(TransientError) as caught:
+            asyncio.run(scenario())
+        assert caught.value.reason == "database_unavailable"
+
+
+@pytest.mark.parametrize(
+    ("columns", "constraint"),
+    [
+        ({"num_inference_steps": 0}, "edit_requests_steps_range"),
+        ({"prompt": ""}, "edit_requests_prompt_length"),
+        ({"max_attempts": 0}, "edit_requests_max_attempts_range"),
+        ({"priority": 101}, "edit_requests_priority_range"),
+        ({"input_paths": ["../escape.png"]}, "edit_requests_input_paths_valid"),
+    ],
+)
+def test_a_row_the_schema_refuses_is_refused(
+    backend: Backend, columns: dict[str, Any], constraint: str
+) -> None:
+    """The stand-in keeps the table's CHECK constraints: a bad state is impossible there too."""
+    with pytest.raises((ValueError, psycopg.errors.CheckViolation), match=constraint):
+        backend.enqueue(**columns)
