@@ -218,6 +218,26 @@ def test_heartbeat_extends_the_lease_and_keeps_progress_monotonic(backend: Backe
     assert backend.state(request_id)["lease_left"] > 5
 
 
+def test_a_still_heartbeat_with_lease_to_spare_writes_nothing_and_a_short_lease_is_renewed(
+    backend: Backend,
+) -> None:
+    still, short = backend.enqueue(), backend.enqueue()
+
+    async def scenario(queue: JobQueue) -> list[Any]:
+        await queue.claim("w1", LEASE, still)
+        await queue.heartbeat(still, "w1", 0.4, LEASE)
+        before = backend.state(still)["lease_left"]
+        answer = await queue.heartbeat(still, "w1", 0.4, LEASE)  # still, lease to spare: no write
+        after = backend.state(still)["lease_left"]
+        await queue.claim("w1", 10, short)  # less than half of the next heartbeat's lease left
+        renewed = await queue.heartbeat(short, "w1", None, LEASE)
+        return [answer, before, after, renewed, backend.state(short)["lease_left"]]
+
+    answer, before, after, renewed, left = run(backend, scenario)
+    assert answer == "ok" and after <= before  # the lease was not extended: the row was not written
+    assert renewed == "ok" and left > LEASE / 2
+
+
 def test_heartbeat_answers_lost_and_canceled(backend: Backend) -> None:
     request_id = backend.enqueue()
 

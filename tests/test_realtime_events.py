@@ -30,7 +30,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from processor.adapters.postgres.queue import PostgresJobQueue
-from processor.core.worker import DENOISING_SHARE
+from processor.core.worker.job import DENOISING_SHARE
 from processor.devtools import localdb
 
 Row = dict[str, Any]

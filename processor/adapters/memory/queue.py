@@ -200,6 +200,12 @@ class InMemoryJobQueue:
             oldest = max(0.0, (now - min(due)).total_seconds()) if due else 0.0
         return depth, oldest
 
+    async def ensure_lease_sweep(self) -> str:
+        """``scheduled``: lapsed leases are recovered by the claim itself here, as the database's
+        scheduled sweep does for PostgreSQL; there is nothing else to schedule."""
+        self._call("ensure_lease_sweep")
+        return "scheduled"
+
     async def claim(
         self, worker_id: str, lease_seconds: int, request_id: uuid.UUID | None = None
     ) -> EditJob | None:
@@ -250,11 +256,16 @@ class InMemoryJobQueue:
                 return "lost"
             if row.status == "processing":
                 reported = row.progress if progress is None else min(1.0, max(0.0, progress))
-                self._update(
-                    row,
-                    lease_expires_at=self._clock() + timedelta(seconds=max(lease_seconds, 1)),
-                    progress=max(row.progress, reported),
-                )
+                lease = timedelta(seconds=max(lease_seconds, 1))
+                moved = max(row.progress, reported) != row.progress
+                left = (row.lease_expires_at - self._clock()) if row.lease_expires_at else timedelta(0)
+                if not moved and left > lease / 2:
+                    return "ok"  # as the SQL: nothing visible changed and the lease has time left
+                changes: dict[str, Any] = {"lease_expires_at": self._clock() + lease}
+                if moved:
+                    changes["progress"] = max(row.progress, reported)
+                # A lease-only renewal leaves updated_at alone (the time of the last visible change).
+                self._update(row, touch=moved, **changes)
                 return "ok"
             return "canceled" if row.status == "canceled" else "lost"
 
@@ -507,10 +518,12 @@ class InMemoryJobQueue:
         storage = self._storage
         return storage is None or all(storage.exists(row.input_bucket, path) for path in row.input_paths)
 
-    def _update(self, row: QueueRow, **changes: Any) -> None:
+    def _update(self, row: QueueRow, *, touch: bool = True, **changes: Any) -> None:
         """Apply one transition, as one UPDATE: checked first, so a refused change leaves no trace."""
         before_status, before_next = row.status, row.next_attempt_at
-        now = changes["updated_at"] = self._clock()
+        now = self._clock()
+        if touch:
+            changes["updated_at"] = now
         check_constraints(replace(row, **changes))
         for name, value in changes.items():
             setattr(row, name, value)
