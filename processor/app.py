@@ -19,6 +19,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import BaseModel, ConfigDict, Field
 
+import processor
 from processor.api import RestApi
 from processor.service import ProcessorService
 
@@ -72,7 +73,7 @@ def create_app(
 
     app = FastAPI(
         title="qwen-edit-processor",
-        version="0.1.0",
+        version=processor.__version__,
         summary="Qwen-Image-Edit-2509 image edits behind Supabase",
         lifespan=lifespan,
     )
