@@ -11,17 +11,18 @@ import hmac
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Response, status
 from fastapi.responses import JSONResponse
-from mcp.server.mcpserver import MCPServer
-from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import BaseModel, ConfigDict, Field
 
 import processor
 from processor.api import RestApi
 from processor.service import ProcessorService
+
+if TYPE_CHECKING:  # the `mcp` extra: imported only when an MCP server is mounted
+    from mcp.server.mcpserver import MCPServer
 
 WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
 
@@ -130,6 +131,8 @@ def create_app(
         return Response(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     if mcp is not None:
+        from mcp.server.transport_security import TransportSecuritySettings
+
         # Bearer tokens are verified per call, so the DNS-rebinding guard (meant for
         # unauthenticated local servers) would only refuse legitimate Host headers.
         security = TransportSecuritySettings(enable_dns_rebinding_protection=False)

@@ -6,6 +6,7 @@ never needs a websocket client.
 
 from __future__ import annotations
 
+from processor.errors import ConfigurationError
 from processor.ports import Editor
 from processor.settings import Settings
 
@@ -13,12 +14,26 @@ from processor.settings import Settings
 def build_editor(settings: Settings) -> Editor:
     """The editor ``settings`` name, loaded and ready; ``ConfigurationError`` when it cannot be."""
     if settings.edit_engine == "comfyui":
-        from processor.comfyui import editor_from_settings
+        try:
+            from processor.comfyui import editor_from_settings
+        except ModuleNotFoundError as error:
+            raise missing_extra(error, "comfyui") from error
 
         auth = settings.comfyui_auth_header.get_secret_value() if settings.comfyui_auth_header else None
         return editor_from_settings(
             settings.comfyui_url, settings.comfyui_workflow, auth, settings.comfyui_timeout_seconds
         )
-    from processor.engine import DiffusersEditor
+    try:
+        from processor.engine import DiffusersEditor
+    except ModuleNotFoundError as error:
+        raise missing_extra(error, "diffusers") from error
 
     return DiffusersEditor.from_settings(settings)
+
+
+def missing_extra(error: ModuleNotFoundError, extra: str) -> ConfigurationError:
+    """An engine whose optional packages are not installed: say which extra brings them."""
+    return ConfigurationError(
+        f"EDIT_ENGINE={extra} needs the {extra!r} extra ({error.name} is not installed): "
+        f"pip install 'qwen-edit-processor[{extra}]'"
+    )

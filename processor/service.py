@@ -197,8 +197,14 @@ def build_rest_api(settings: Settings, service: ProcessorService) -> RestApi:
     return RestApi(submissions, verifier, signed_url_seconds=settings.signed_url_seconds)
 
 
-def build_mcp(settings: Settings, api: RestApi) -> MCPServer:
-    """MCP tools over the REST API's submissions (same users, same rows)."""
-    from processor.mcp_server import create_mcp_server
+def build_mcp(settings: Settings, api: RestApi) -> MCPServer | None:
+    """MCP tools over the REST API's submissions (same users, same rows); None without the `mcp` extra."""
+    try:
+        from processor.mcp_server import create_mcp_server
+    except ModuleNotFoundError as error:
+        if error.name is None or error.name.partition(".")[0] != "mcp":
+            raise
+        log.warning("MCP is off: the mcp package is not installed (pip install 'qwen-edit-processor[mcp]')")
+        return None
 
     return create_mcp_server(api.submissions, api.verifier, signed_url_seconds=settings.signed_url_seconds)

