@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +12,8 @@ from importlib.metadata import version
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 import processor
 
@@ -86,3 +90,35 @@ def test_the_diffusers_engine_without_its_extra_names_the_extra() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "pip install 'qwen-edit-processor[diffusers]'" in result.stdout
+
+
+def test_an_installed_wheel_carries_the_sql_that_dev_and_the_tests_apply(tmp_path: Path) -> None:
+    """Built and installed without the checkout: the platform SQL and every migration come along."""
+    if importlib.util.find_spec("setuptools") is None:
+        pytest.skip("setuptools is not installed (the dev extra brings it)")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(tmp_path / "dist")]
+    subprocess.run([*build, str(ROOT)], check=True, capture_output=True, timeout=300)
+    [wheel] = (tmp_path / "dist").glob("qwen_edit_processor-*.whl")
+    target = tmp_path / "site"
+    install = [*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)]
+    subprocess.run(install, check=True, capture_output=True, timeout=300)
+
+    code = f"""
+import sys
+sys.path.insert(0, {str(target)!r})
+import json, processor
+from processor.devtools import localdb
+assert processor.__file__.startswith({str(target)!r}), processor.__file__
+print(json.dumps({{"platform": localdb.PLATFORM_SQL.read_text(),
+                  "migrations": {{p.name: p.read_text() for p in localdb.migration_files()}}}}))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    shipped = json.loads(result.stdout)
+    platform = ROOT / "processor" / "devtools" / "sql" / "supabase_platform.sql"
+    assert shipped["platform"] == platform.read_text()
+    repository = {path.name: path.read_text() for path in (ROOT / "supabase" / "migrations").glob("*.sql")}
+    assert shipped["migrations"] == repository and repository
