@@ -7,7 +7,10 @@ The public surface is small on purpose: the domain types and ports below, plus t
 from importlib.metadata import PackageNotFoundError, version
 
 from processor.errors import EditCancelled, InvalidInput, ModelError, ProcessorError, TransientError
+from processor.library_noise import silence_known_noise
 from processor.ports import EditJob, Editor, EditParams, EditResult, JobQueue, ObjectStorage
+
+silence_known_noise()  # before any module of ours imports torch or diffusers
 
 __all__ = [
     "EditCancelled",

@@ -122,3 +122,39 @@ print(json.dumps({{"platform": localdb.PLATFORM_SQL.read_text(),
     assert shipped["platform"] == platform.read_text()
     repository = {path.name: path.read_text() for path in (ROOT / "supabase" / "migrations").glob("*.sql")}
     assert shipped["migrations"] == repository and repository
+
+
+def quiet_run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=180, env=env, cwd=ROOT
+    )
+
+
+def test_the_command_starts_without_library_noise() -> None:
+    result = quiet_run("-m", "processor", "--help")
+    assert result.returncode == 0 and "dev" in result.stdout
+    assert result.stderr == ""
+
+
+def test_loading_the_engine_prints_nothing() -> None:
+    """torch's pytree and diffusers' torchao warnings, which `edit-processor dev` used to print."""
+    pytest.importorskip("diffusers")
+    result = quiet_run("-c", "import processor.engine, processor.tiny_model, processor.devtools.dev")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "" and result.stdout == ""
+
+
+def test_only_the_named_messages_are_dropped() -> None:
+    import logging
+
+    from processor.library_noise import KNOWN_NOISE, DropMessages
+
+    [prefix] = KNOWN_NOISE["torch.utils._pytree"]
+    drop = DropMessages((prefix,))
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("torch.utils._pytree", logging.WARNING, __file__, 1, msg, (), None)
+
+    assert not drop.filter(record(prefix + " ..."))
+    assert drop.filter(record("something else went wrong"))
