@@ -17,15 +17,19 @@ RUN useradd --create-home --uid 10001 processor \
     && chown -R processor:processor /models /app
 
 WORKDIR /app
-# Torch first, pinned exactly as in constraints.txt (tests/test_deployment_files.py checks the pair).
+# The extras to install. The default is every integration an image may be asked for: the diffusers
+# engine, ComfyUI, RunPod, MCP, and quantization (bitsandbytes, torchao) so MEMORY_MODE=quantized works
+# on 24 GB cards. `--build-arg EXTRAS=comfyui,mcp` builds a ComfyUI-only image without torch.
+ARG EXTRAS=diffusers,comfyui,runpod,mcp,quantization
+# Torch first, pinned exactly as in constraints.txt (tests/test_deployment_files.py checks the pair),
+# when an extra that needs it is asked for.
 COPY constraints.txt ./
-RUN pip install -c constraints.txt torch==2.14.1 torchvision==0.29.1
+RUN case ",${EXTRAS}," in *,diffusers,*|*,quantization,*) \
+        pip install -c constraints.txt torch==2.14.1 torchvision==0.29.1 ;; esac
 COPY pyproject.toml README.md ./
 COPY processor ./processor
 COPY supabase ./supabase
-# Every integration an image may be asked for: the diffusers engine, ComfyUI, RunPod, MCP, and
-# quantization (bitsandbytes, torchao) so MEMORY_MODE=quantized works on 24 GB cards.
-RUN pip install -c constraints.txt '.[diffusers,comfyui,runpod,mcp,quantization]'
+RUN pip install -c constraints.txt ".[${EXTRAS}]"
 
 USER processor
 VOLUME ["/models"]

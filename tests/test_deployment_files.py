@@ -86,8 +86,10 @@ def test_the_image_installs_extras_that_exist() -> None:
 
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     text = (ROOT / "Dockerfile").read_text()
-    [wanted] = re.findall(r"'\.\[([a-z,]+)\]'", text)
+    [wanted] = re.findall(r"^ARG EXTRAS=([a-z,]+)$", text, flags=re.M)
+    assert '".[${EXTRAS}]"' in text
     assert set(wanted.split(",")) <= set(extras)
+    assert {"diffusers", "comfyui", "runpod", "mcp", "quantization"} <= set(wanted.split(","))
     assert "dev" not in wanted.split(",")  # no test tools in the image
 
 
