@@ -10,6 +10,9 @@ from processor.errors import ConfigurationError
 from processor.ports import Editor
 from processor.settings import Settings
 
+# Top-level modules of the `diffusers` extra (see pyproject.toml) that the engine imports or needs.
+DIFFUSERS_EXTRA = {"torch", "torchvision", "diffusers", "transformers", "tokenizers", "accelerate"}
+
 
 def build_editor(settings: Settings) -> Editor:
     """The editor ``settings`` name, loaded and ready; ``ConfigurationError`` when it cannot be."""
@@ -17,7 +20,7 @@ def build_editor(settings: Settings) -> Editor:
         try:
             from processor.comfyui import editor_from_settings
         except ModuleNotFoundError as error:
-            raise missing_extra(error, "comfyui") from error
+            raise missing_extra(error, "comfyui", {"websockets"}) from error
 
         auth = settings.comfyui_auth_header.get_secret_value() if settings.comfyui_auth_header else None
         return editor_from_settings(
@@ -26,13 +29,18 @@ def build_editor(settings: Settings) -> Editor:
     try:
         from processor.engine import DiffusersEditor
     except ModuleNotFoundError as error:
-        raise missing_extra(error, "diffusers") from error
+        raise missing_extra(error, "diffusers", DIFFUSERS_EXTRA) from error
 
     return DiffusersEditor.from_settings(settings)
 
 
-def missing_extra(error: ModuleNotFoundError, extra: str) -> ConfigurationError:
-    """An engine whose optional packages are not installed: say which extra brings them."""
+def missing_extra(error: ModuleNotFoundError, extra: str, packages: set[str]) -> Exception:
+    """An engine whose optional packages are not installed: say which extra brings them.
+
+    Any other missing module is a real fault, and is passed on unchanged.
+    """
+    if (error.name or "").partition(".")[0] not in packages:
+        return error
     return ConfigurationError(
         f"EDIT_ENGINE={extra} needs the {extra!r} extra ({error.name} is not installed): "
         f"pip install 'qwen-edit-processor[{extra}]'"
