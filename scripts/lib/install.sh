@@ -16,7 +16,10 @@ install_into() {
   shift 2
   require_python
   local want
-  want=$({ cat pyproject.toml constraints.txt; "$PYTHON" --version; } | sha256sum | cut -d' ' -f1)
+  want=$("$PYTHON" -c 'import hashlib, sys; h = hashlib.sha256(sys.version.encode())
+for name in ("pyproject.toml", "constraints.txt"):
+    h.update(open(name, "rb").read())
+print(h.hexdigest())')
   local covering
   for covering in "$extra" "$@"; do
     if [[ -x $venv/bin/python && -f $venv/.installed-$covering && $(cat "$venv/.installed-$covering") == "$want" ]]; then
