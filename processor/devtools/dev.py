@@ -39,7 +39,6 @@ from processor.devtools.tokens import mint_token
 from processor.entrypoints.http_app import create_app
 from processor.settings import Settings, load_settings
 
-DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 KEEP_RUNNING_TOKEN_SECONDS = 24 * 3600
 
 
@@ -234,5 +233,9 @@ def _submit_and_follow(url: str, token: str, prompt: str, steps: int, out: Path,
         )
 
 
-def admin_url_default() -> str:
-    return os.environ.get("TEST_ADMIN_DATABASE_URL", DEFAULT_ADMIN_URL)
+def admin_url_default(workdir: Path, console: Console) -> str:
+    """``TEST_ADMIN_DATABASE_URL``, else the local server, else an embedded PostgreSQL in ``workdir``
+    (left running, so the next run starts in well under a second)."""
+    server = localdb.ensure_admin_url(workdir / "postgres")
+    console.print(f"[bold]PostgreSQL[/] {server.source}")
+    return server.url

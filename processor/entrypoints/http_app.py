@@ -11,19 +11,21 @@ import hmac
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from mcp.server.mcpserver import MCPServer
-from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+import processor
 from processor.core.service import ProcessorService
 from processor.domain.rules import WEBHOOK_MAX_BODY_BYTES
 from processor.entrypoints.bodies import json_body, read_capped_body
 from processor.entrypoints.rest import RestApi
+
+if TYPE_CHECKING:  # the `mcp` extra: imported only when an MCP server is mounted
+    from mcp.server.mcpserver import MCPServer
 
 WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
 
@@ -86,7 +88,7 @@ def create_app(
 
     app = FastAPI(
         title="qwen-edit-processor",
-        version="0.1.0",
+        version=processor.__version__,
         summary="Qwen-Image-Edit-2509 image edits behind Supabase",
         lifespan=lifespan,
     )
@@ -157,6 +159,8 @@ def create_app(
         return Response(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     if mcp is not None:
+        from mcp.server.transport_security import TransportSecuritySettings
+
         # Bearer tokens are verified per call, so the DNS-rebinding guard (meant for
         # unauthenticated local servers) would only refuse legitimate Host headers.
         security = TransportSecuritySettings(enable_dns_rebinding_protection=False)

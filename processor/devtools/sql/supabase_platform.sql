@@ -31,7 +31,15 @@ alter default privileges in schema public grant all on tables to anon, authentic
 alter default privileges in schema public grant all on functions to anon, authenticated, service_role;
 alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;
 
-create extension if not exists pgcrypto;
+-- Supabase has pgcrypto; our SQL needs only core functions (gen_random_uuid), and embedded servers
+-- built without OpenSSL have no pgcrypto, so it is created only where it exists.
+do $$
+begin
+  if exists (select 1 from pg_available_extensions where name = 'pgcrypto') then
+    create extension if not exists pgcrypto;
+  end if;
+end
+$$;
 
 -- auth --------------------------------------------------------------------------------------------
 create schema if not exists auth;
