@@ -58,7 +58,13 @@ def serve() -> None:
         service = build_service(settings)
         api = build_rest_api(settings, service)
     uvicorn.run(
-        create_app(service, webhook_secret=settings.webhook_secret, api=api, mcp=build_mcp(settings, api)),
+        create_app(
+            service,
+            webhook_secret=settings.webhook_secret,
+            metrics_token=settings.metrics_token,
+            api=api,
+            mcp=build_mcp(settings, api),
+        ),
         host=settings.host,
         port=settings.port,
         log_config=None,

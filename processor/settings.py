@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, repr=False)  # may hold a password
     """Direct (session-mode) Postgres URL: LISTEN needs a real session, not a transaction pooler."""
     webhook_secret: SecretStr | None = None
+    metrics_token: SecretStr | None = None
+    """Bearer token Prometheus sends to ``/metrics``; unset, ``/metrics`` is off (answers 404)."""
     """Shared secret the database webhook sends in ``X-Webhook-Secret``."""
     supabase_jwt_secret: SecretStr | None = None
     """Legacy HS256 JWT secret, to verify users' access tokens (REST API, MCP over HTTP)."""

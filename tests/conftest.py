@@ -313,6 +313,8 @@ OWNER = uuid.UUID("00000000-0000-4000-8000-000000000001")
 
 # --- A running processor (real HTTP app, worker, queue, storage, tiny model) -------------------------
 WEBHOOK_SECRET = "webhook-secret-for-tests"
+METRICS_TOKEN = "metrics-token-for-tests"
+METRICS_HEADERS = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 Row = dict[str, Any]
 
@@ -405,6 +407,7 @@ def start_processor(
                 "supabase_url": storage_server.url,
                 "supabase_service_role_key": storage_server.service_key,
                 "webhook_secret": WEBHOOK_SECRET,
+                "metrics_token": METRICS_TOKEN,
                 "supabase_jwt_secret": storage_server.jwt_secret,
                 "lease_seconds": 30,
                 "heartbeat_interval_seconds": 0.5,
@@ -423,7 +426,13 @@ def start_processor(
         api = build_rest_api(settings, service) if rest else None
         mcp = build_mcp(settings, api) if api is not None else None
         served = serve_in_thread(
-            create_app(service, webhook_secret=settings.webhook_secret, api=api, mcp=mcp)
+            create_app(
+                service,
+                webhook_secret=settings.webhook_secret,
+                metrics_token=settings.metrics_token,
+                api=api,
+                mcp=mcp,
+            )
         )
         running.append(served)
         wait_for(lambda: httpx.get(f"{served.url}/readyz").status_code == 200, what="readiness")

@@ -191,7 +191,7 @@ def test_a_user_workflow_with_placeholders(comfy: Comfy, tmp_path: Path) -> None
     path = tmp_path / "mine.json"
     path.write_text(json.dumps(workflow))
     editor = build_editor(load_settings(edit_engine="comfyui", comfyui_url=comfy.url, comfyui_workflow=path))
-    assert isinstance(editor, ComfyUIEditor) and editor.describe()["workflow"] == str(path)
+    assert isinstance(editor, ComfyUIEditor) and editor.describe()["workflow"] == path.name
     editor.edit([picture(), picture()], PARAMS)
     [entry] = comfy.state.history.values()
     assert entry["prompt"][2]["41"]["inputs"]["sampler_name"] == "dpmpp_2m"

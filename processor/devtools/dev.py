@@ -118,6 +118,7 @@ def run_dev(
             supabase_service_role_key=service_key,
             supabase_jwt_secret=jwt_secret,
             webhook_secret=secrets.token_hex(16),
+            metrics_token=secrets.token_hex(16),
             model_id=model_id,
             device=device,
             warmup=device == "cuda",
@@ -126,7 +127,13 @@ def run_dev(
         service = build_service(settings)
         api = build_rest_api(settings, service)
         app = serve_in_thread(
-            create_app(service, webhook_secret=settings.webhook_secret, api=api, mcp=build_mcp(settings, api))
+            create_app(
+                service,
+                webhook_secret=settings.webhook_secret,
+                metrics_token=settings.metrics_token,
+                api=api,
+                mcp=build_mcp(settings, api),
+            )
         )
         stack.callback(app.stop)
         console.print(f"[bold]Processor[/] {app.url} (REST /v1/edits, /readyz, /metrics, /docs)")
@@ -145,6 +152,7 @@ def run_dev(
                 "SUPABASE_URL": storage.url,
                 "SUPABASE_SERVICE_ROLE_KEY": service_key,
                 "SUPABASE_JWT_SECRET": jwt_secret,
+                "METRICS_TOKEN": settings.metrics_token.get_secret_value() if settings.metrics_token else "",
                 "WEBHOOK_SECRET": settings.webhook_secret.get_secret_value()
                 if settings.webhook_secret
                 else "",
@@ -186,7 +194,7 @@ def ways_in(url: str, token: str, env: dict[str, str], sample: Path) -> list[str
         + q(json.dumps({"input": {"prompt": "make it blue", "num_inference_steps": 4}})),
         "# One-off edit without the database:",
         f"edit-processor edit --image {q(str(sample))} --prompt 'make it blue' --steps 4 --out edited-cli.png",
-        f"# Health and metrics: curl -s {url}/readyz; curl -s {url}/metrics",
+        f'# Health and metrics: curl -s {url}/readyz; curl -s -H "Authorization: Bearer $METRICS_TOKEN" {url}/metrics',
     ]
 
 

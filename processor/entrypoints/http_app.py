@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the `mcp` extra: imported only when an MCP server is mounte
     from mcp.server.mcpserver import MCPServer
 
 WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
+SETUP_FAILED_DETAIL = "the model could not be loaded; the processor's log says why"
 
 
 class WebhookRecord(BaseModel):
@@ -69,6 +70,7 @@ def create_app(
     service: ProcessorService,
     *,
     webhook_secret: SecretStr | None,
+    metrics_token: SecretStr | None = None,
     api: RestApi | None = None,
     mcp: MCPServer | None = None,
 ) -> FastAPI:
@@ -145,7 +147,8 @@ def create_app(
         body = Readiness(
             state=state,
             database=database,
-            detail=service.setup_error,
+            # Anyone may call /readyz: the exception itself (paths, hosts) is in the log only.
+            detail=SETUP_FAILED_DETAIL if service.setup_error else None,
             lease_sweep=await service.lease_sweep(),
         )
         return JSONResponse(
@@ -153,9 +156,19 @@ def create_app(
             status_code=status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE,
         )
 
-    @app.get("/metrics", response_class=Response)
-    async def metrics() -> Response:
-        """Prometheus text format."""
+    @app.get(
+        "/metrics", response_class=Response, responses={401: {}, 404: {"description": "METRICS_TOKEN unset"}}
+    )
+    async def metrics(authorization: Annotated[str | None, Header()] = None) -> Response:
+        """Prometheus text format, for the bearer of ``METRICS_TOKEN`` (queue depths and timings are
+        the operator's business); off when no token is configured."""
+        if metrics_token is None:
+            raise HTTPException(
+                status_code=status.HTTP_404_NOT_FOUND, detail="metrics are off (no METRICS_TOKEN)"
+            )
+        expected = f"Bearer {metrics_token.get_secret_value()}".encode()
+        if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
+            raise HTTPException(status_code=status.HTTP_401_UNAUTHORIZED, detail="invalid metrics token")
         return Response(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     if mcp is not None:

@@ -193,7 +193,9 @@ class ComfyUIEditor:
         self._http = httpx.Client(base_url=self._url, headers=self._headers, timeout=timeout)
 
     def describe(self) -> Mapping[str, Any]:
-        return {"engine": "comfyui", "server": self._url, "workflow": self._workflow_name}
+        # Neither the server's address (it may carry credentials) nor the workflow's folder: the
+        # result is readable by the request's owner. Only the workflow's file name.
+        return {"engine": "comfyui", "workflow": Path(self._workflow_name).name}
 
     def close(self) -> None:
         self._http.close()

@@ -150,7 +150,7 @@ class DiffusersEditor:
         """Model id, revision, device, dtype and library versions: recorded with every result."""
         return {
             "engine": "diffusers",
-            "model_id": self._model_id,
+            "model_id": public_model_id(self._model_id),
             "revision": self._revision,
             "device": str(self._device),
             "dtype": self._dtype,
@@ -313,6 +313,15 @@ def resolve_device(choice: DeviceChoice | str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigurationError("DEVICE=cuda but no CUDA device is available")
     return device
+
+
+def public_model_id(model_id: str) -> str:
+    """The model id as results and PNG text record it: a hub id as is, a local folder by its name
+    only (``local:<name>``): its path says how the host is laid out, and users read results."""
+    path = Path(model_id).expanduser()
+    if model_id.startswith(("/", ".", "~")) or path.is_dir():
+        return f"local:{path.resolve().name}"
+    return model_id
 
 
 def load_pipeline(
