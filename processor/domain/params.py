@@ -27,6 +27,7 @@ from processor.domain.rules import (
     MAX_SEED,
     MAX_STEPS,
     MIN_STEPS,
+    PROMPT_WHITESPACE,
     ReasonCode,
 )
 from processor.domain.sizing import ModelSizing, output_size
@@ -34,7 +35,7 @@ from processor.domain.sizing import ModelSizing, output_size
 
 def check_params(params: EditParams) -> None:
     """Raise ``InvalidInput`` (``invalid_prompt`` / ``invalid_parameter``) for parameters the engine refuses."""
-    if not isinstance(params.prompt, str) or not params.prompt.strip():
+    if not isinstance(params.prompt, str) or not params.prompt.strip(PROMPT_WHITESPACE):
         raise InvalidInput("the prompt is empty", reason=ReasonCode.INVALID_PROMPT)
     for name, text in (("prompt", params.prompt), ("negative_prompt", params.negative_prompt)):
         if not isinstance(text, str):

@@ -51,6 +51,10 @@ the public contract (the schema and the REST API), so every stored row still sat
 raising SQL to 4,000 instead would have loosened a promise to apps for no use the model card makes.
 """
 
+PROMPT_WHITESPACE: Final = " \t\n\r\f\v"
+"""A prompt of only these characters is blank, and refused. ASCII only, spelled out, so Python
+and the schema's ``[^ \\t\\n\\r\\f\\v]`` agree exactly (Unicode whitespace classes differ by locale)."""
+
 MAX_SEED: Final = 2**63 - 1
 """Seeds fit a Postgres ``bigint``; drawn seeds are below ``DRAWN_SEED_BOUND``. There is no
 ``-1`` meaning "random" (the row cannot hold it): leave the seed out (or null) to draw one."""
