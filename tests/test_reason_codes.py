@@ -118,3 +118,13 @@ def test_statuses_channels_and_buckets_in_sql_are_the_rules(db: Db) -> None:
     assert defaults["num_inference_steps"] == str(rules.DEFAULT_STEPS)
     assert defaults["base"] == f"'{rules.DEFAULT_BASE}'::text"
     assert defaults["base_color"] == f"'{rules.DEFAULT_BASE_COLOR}'::text"
+
+
+def test_every_constraint_rules_maps_exists(db: Db) -> None:
+    names = {
+        str(row["conname"])
+        for row in db.execute(
+            "select conname from pg_constraint where conrelid = 'public.edit_requests'::regclass"
+        ).fetchall()
+    }
+    assert set(rules.CONSTRAINT_REASONS) <= names

@@ -240,8 +240,6 @@ CONSTRAINT_REASONS: Final[Mapping[str, ReasonCode]] = {
     "edit_requests_prompt_length": ReasonCode.INVALID_PROMPT,
     "edit_requests_prompt_not_blank": ReasonCode.INVALID_PROMPT,
     "edit_requests_negative_prompt_length": ReasonCode.INVALID_PROMPT,
-    "edit_requests_prompt_within_limit": ReasonCode.INVALID_PROMPT,
-    "edit_requests_negative_prompt_within_limit": ReasonCode.INVALID_PROMPT,
     "edit_requests_input_count": ReasonCode.TOO_MANY_IMAGES,
     "edit_requests_size_valid": ReasonCode.INVALID_SIZE,
     "edit_requests_inputs_or_size": ReasonCode.INVALID_SIZE,

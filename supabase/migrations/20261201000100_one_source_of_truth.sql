@@ -9,15 +9,16 @@
 --   * at most 3 input paths, in a constraint of its own, so the refusal names too_many_images;
 --   * error_code is one of rules.ReasonCode (or null); public.edit_request_reason_codes() lists them.
 --
--- Rows already stored are kept as they are:
+-- Rows already stored, decided so that every constraint is VALIDATED (a NOT VALID one would
+-- still trip any later update of an old row, e.g. `on delete set null` when a user is deleted):
 --   * rows still waiting or running that break the new rules (a blank prompt, one step) would
---     fail on their first attempt anyway; they are failed now, with the reason the engine
---     would give, so no later update (claim, heartbeat) trips over the new constraints;
---   * finished rows are history and are not rewritten. The new constraints are added NOT VALID
---     (every new or updated row obeys them) and then validated where the stored rows allow it;
---     where they do not (an old failed request with one step, a hand-written error_code), the
---     constraint stays NOT VALID and a notice says so. Operators can fix those rows and run
---     `alter table public.edit_requests validate constraint <name>` later.
+--     fail on their first attempt anyway; they are failed now, with the reason the engine gives;
+--   * finished rows are history: the prompt and steps rules hold for rows that are not finished
+--     (every new request, and any row an operator retries), so old failed or canceled requests
+--     with one step keep their values;
+--   * an error_code outside the enumeration (only an operator's hand could write one) becomes
+--     'error', the code fail_edit_request writes when none is given; the old code is kept in
+--     the error text.
 --
 -- Re-runnable: every step checks what is already there.
 
@@ -87,50 +88,35 @@ update public.edit_requests r
  where r.status in ('awaiting_image', 'queued', 'processing')
    and (r.prompt !~ '[^ \t\n\r\f\v]' or r.num_inference_steps not between 2 and 100);
 
+update public.edit_requests r
+   set error = coalesce(r.error || ' ', '') || '(error_code was ' || r.error_code || ' before migration 20261201000100)',
+       error_code = 'error'
+ where r.error_code is not null and not r.error_code = any (public.edit_request_reason_codes());
+
 do $$
-declare
-  v_name text;
 begin
-  -- Steps: 2 to 100 (replaces 1 to 100 under the same name, so callers that match on it keep working).
-  if not exists (
-    select 1 from pg_constraint
-     where conname = 'edit_requests_steps_range'
-       and pg_get_constraintdef(oid) like '%>= 2%'
-  ) then
-    alter table public.edit_requests drop constraint if exists edit_requests_steps_range;
-    alter table public.edit_requests add constraint edit_requests_steps_range
-      check (num_inference_steps between 2 and 100) not valid;
+  -- Steps 2 to 100 for every request that is not finished; edit_requests_steps_range (1 to 100)
+  -- keeps holding for all rows.
+  if not exists (select 1 from pg_constraint where conname = 'edit_requests_steps_within_rules') then
+    alter table public.edit_requests add constraint edit_requests_steps_within_rules
+      check (status in ('succeeded', 'failed', 'canceled') or num_inference_steps between 2 and 100);
   end if;
   -- A prompt needs something besides ASCII whitespace (rules.PROMPT_WHITESPACE: the same six
   -- characters in both languages, so no locale decides what counts as blank).
   if not exists (select 1 from pg_constraint where conname = 'edit_requests_prompt_not_blank') then
     alter table public.edit_requests add constraint edit_requests_prompt_not_blank
-      check (prompt ~ '[^ \t\n\r\f\v]') not valid;
+      check (status in ('succeeded', 'failed', 'canceled') or prompt ~ '[^ \t\n\r\f\v]');
   end if;
   -- At most 3 inputs, named on its own: CHECKs run in name order, so this one (before
   -- edit_requests_input_paths_valid) is the one a fourth path trips, and the refusal reads
   -- too_many_images as in every other way in.
   if not exists (select 1 from pg_constraint where conname = 'edit_requests_input_count') then
     alter table public.edit_requests add constraint edit_requests_input_count
-      check (cardinality(input_paths) <= 3) not valid;
+      check (cardinality(input_paths) <= 3);
   end if;
   if not exists (select 1 from pg_constraint where conname = 'edit_requests_error_code_known') then
     alter table public.edit_requests add constraint edit_requests_error_code_known
-      check (error_code is null or error_code = any (public.edit_request_reason_codes())) not valid;
+      check (error_code is null or error_code = any (public.edit_request_reason_codes()));
   end if;
-
-  -- Validate what the stored rows allow; leave the rest NOT VALID, and say so.
-  for v_name in
-    select conname from pg_constraint
-     where conrelid = 'public.edit_requests'::regclass and not convalidated
-       and conname in ('edit_requests_steps_range', 'edit_requests_prompt_not_blank',
-                       'edit_requests_input_count', 'edit_requests_error_code_known')
-  loop
-    begin
-      execute format('alter table public.edit_requests validate constraint %I', v_name);
-    exception when check_violation then
-      raise notice 'constraint % left NOT VALID: finished rows from before this migration break it', v_name;
-    end;
-  end loop;
 end
 $$;
