@@ -128,3 +128,29 @@ def test_every_constraint_rules_maps_exists(db: Db) -> None:
         ).fetchall()
     }
     assert set(rules.CONSTRAINT_REASONS) <= names
+
+
+def test_the_schema_spells_the_rules_constants(db: Db) -> None:
+    # The parity test proves the boundaries behave alike; this names the constants in the SQL text.
+    definitions = {
+        str(row["conname"]): str(row["def"])
+        for row in db.execute(
+            "select conname, pg_get_constraintdef(oid) as def from pg_constraint "
+            "where conrelid = 'public.edit_requests'::regclass"
+        ).fetchall()
+    }
+    assert rules.HEX_COLOUR_PATTERN in definitions["edit_requests_base_color_hex"]
+    assert f"<= {rules.MAX_PROMPT_CHARS}" in definitions["edit_requests_prompt_length"]
+    assert f"<= {rules.MAX_PROMPT_CHARS}" in definitions["edit_requests_negative_prompt_length"]
+    assert f">= {rules.MIN_STEPS}" in definitions["edit_requests_steps_within_rules"]
+    assert f"<= {rules.MAX_STEPS}" in definitions["edit_requests_steps_within_rules"]
+    assert f"<= {rules.MAX_IMAGES}" in definitions["edit_requests_input_count"]
+    size = definitions["edit_requests_size_valid"]
+    for number in (
+        rules.MIN_OUTPUT_SIDE,
+        rules.MAX_OUTPUT_SIDE,
+        rules.SIZE_MULTIPLE,
+        rules.MAX_OUTPUT_PIXELS,
+    ):
+        assert str(number) in size
+    assert all(f"'{base}'" in definitions["edit_requests_base_known"] for base in rules.BASES)
