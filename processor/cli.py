@@ -12,9 +12,9 @@ from typing import Annotated, TypeVar
 
 import typer
 
+from processor.domain import rules
 from processor.domain.errors import ConfigurationError, ModelError, ProcessorError
 from processor.domain.images import OutputFormat
-from processor.domain.ports import BaseCanvas
 from processor.domain.rules import DeviceChoice
 from processor.observability.logs import configure_logging
 from processor.settings import Settings, load_settings
@@ -48,12 +48,13 @@ def serve() -> None:
     """Run the HTTP app (webhook, REST API, health, metrics) and the worker in one process."""
     import uvicorn
 
-    from processor.composition import build_mcp, build_rest_api, build_service
+    from processor.composition import build_mcp, build_rest_api, build_service, check_input_limit
     from processor.entrypoints.http_app import create_app
 
     settings = _settings_or_exit()
     with exit_on_configuration_error():
         settings.require("webhook_secret")
+        check_input_limit(settings)
         assert settings.webhook_secret is not None
         service = build_service(settings)
         api = build_rest_api(settings, service)
@@ -77,11 +78,12 @@ def worker() -> None:
     """Run the worker alone (LISTEN and sweep, no HTTP): for hosts that cannot receive webhooks.
 
     Exits with code 1 when the model cannot be loaded (there is no /readyz to report it)."""
-    from processor.composition import build_service
+    from processor.composition import build_service, check_input_limit
     from processor.core.service import SetupFailed
 
     settings = _settings_or_exit()
     with exit_on_configuration_error():
+        check_input_limit(settings)
         service = build_service(settings)
 
     async def main() -> None:
@@ -106,7 +108,6 @@ def _fail(error: ProcessorError) -> typer.Exit:
 
 _FORMATS: dict[str, OutputFormat] = {"png": "png", "webp": "webp", "jpeg": "jpeg", "jpg": "jpeg"}
 _DEVICES: dict[str, DeviceChoice] = {"auto": "auto", "cuda": "cuda", "cpu": "cpu"}
-_BASES: dict[str, BaseCanvas] = {"blank": "blank", "noise": "noise"}
 
 
 @app.command()
@@ -125,15 +126,19 @@ def edit(
     ] = None,
     base: Annotated[
         str, typer.Option(help="Without --image: start from a 'blank' canvas or seeded 'noise'.")
-    ] = "blank",
-    base_color: Annotated[str, typer.Option(help="Colour of a blank canvas, #rrggbb.")] = "#ffffff",
+    ] = rules.DEFAULT_BASE,
+    base_color: Annotated[
+        str, typer.Option(help="Colour of a blank canvas, #rrggbb.")
+    ] = rules.DEFAULT_BASE_COLOR,
     negative_prompt: Annotated[
         str, typer.Option(help="What to avoid (used when --true-cfg-scale > 1).")
-    ] = " ",
-    steps: Annotated[int, typer.Option(help="Denoising steps, 2 to 100.")] = 40,
+    ] = rules.DEFAULT_NEGATIVE_PROMPT,
+    steps: Annotated[
+        int, typer.Option(help=f"Denoising steps, {rules.MIN_STEPS} to {rules.MAX_STEPS}.")
+    ] = rules.DEFAULT_STEPS,
     true_cfg_scale: Annotated[
         float, typer.Option(help="Classifier-free guidance scale; 1 turns it off.")
-    ] = 4.0,
+    ] = rules.DEFAULT_TRUE_CFG_SCALE,
     seed: Annotated[int | None, typer.Option(help="Random seed; drawn and reported when absent.")] = None,
     model: Annotated[
         str | None,
@@ -155,8 +160,7 @@ def edit(
     Bad input exits with code 2."""
     from processor.composition import build_editor, image_limits
     from processor.domain.images import decode_image, encode_image
-    from processor.domain.params import check_params, generation_text
-    from processor.domain.ports import EditParams
+    from processor.domain.params import check_request, generation_text, params_from_mapping
     from processor.domain.sizing import ModelSizing, output_size
 
     try:
@@ -170,21 +174,24 @@ def edit(
             fmt = _FORMATS.get(out.suffix.lstrip(".").lower(), "png")
         else:
             fmt = _choice(output_format, "--output-format", _FORMATS)
+        # The one mapping every way in shares; everything it and the rules refuse is refused
+        # before any image is decoded or the (slow) model loaded.
+        params = params_from_mapping(
+            {
+                "prompt": prompt,
+                "negative_prompt": negative_prompt,
+                "num_inference_steps": steps,
+                "true_cfg_scale": true_cfg_scale,
+                "seed": seed,
+                "width": width,
+                "height": height,
+                "base": base,
+                "base_color": base_color,
+            }
+        )
+        check_request(params, len(image or []))
         limits = image_limits(settings)
         images = [decode_image(path.read_bytes(), limits) for path in image or []]
-        params = EditParams(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            num_inference_steps=steps,
-            true_cfg_scale=true_cfg_scale,
-            seed=seed,
-            width=width,
-            height=height,
-            base=_choice(base, "--base", _BASES),
-            base_color=base_color,
-        )
-        # Everything that can be refused is refused before the (slow) model load.
-        check_params(params)
         output_size(
             [decoded.size for decoded in images], ModelSizing.for_model(settings.model_id), width, height
         )
@@ -247,10 +254,11 @@ def storage_server(
 @app.command()
 def mcp() -> None:
     """Serve the MCP tools over stdio, as the user whose access token is in MCP_ACCESS_TOKEN."""
-    from processor.composition import build_stdio_mcp
+    from processor.composition import build_stdio_mcp, check_input_limit
 
     settings = _settings_or_exit()
     with exit_on_configuration_error():
+        check_input_limit(settings)
         server = build_stdio_mcp(settings)
     server.run("stdio")
 

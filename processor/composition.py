@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 from processor.core.service import ProcessorService
 from processor.core.submissions import Submissions
 from processor.core.worker import Worker, WorkerConfig
-from processor.domain.errors import ConfigurationError, ProcessorError
+from processor.domain.errors import ConfigurationError, ProcessorError, TransientError
 from processor.domain.images import ImageLimits
 from processor.domain.ports import Editor, JobQueue, ObjectStorage
+from processor.domain.rules import INPUT_BUCKET
 from processor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 # Top-level modules of the `diffusers` extra (see pyproject.toml) that the engine imports or needs.
 DIFFUSERS_EXTRA = {"torch", "torchvision", "diffusers", "transformers", "tokenizers", "accelerate"}
+log = logging.getLogger(__name__)
 
 
 def image_limits(settings: Settings) -> ImageLimits:
@@ -43,6 +45,33 @@ def image_limits(settings: Settings) -> ImageLimits:
         max_pixels=settings.max_image_pixels,
         min_side=settings.min_image_side,
     )
+
+
+def check_input_limit(settings: Settings) -> None:
+    """Refuse to start when ``MAX_IMAGE_BYTES`` exceeds the ``edit-inputs`` bucket's ``file_size_limit``.
+
+    Apps upload inputs to that bucket, and so does the REST API: Storage refuses anything above
+    its limit, so a larger setting would promise what uploads cannot deliver. The processor does
+    not raise the bucket's limit itself: that is the project's Storage policy (and Supabase's
+    project-wide upload limit, which SQL cannot see, caps it again). An unreachable database is
+    not refused here: the service waits for it and reports not ready, as it always did.
+    """
+    from processor.adapters.postgres.buckets import bucket_file_size_limit
+
+    if settings.database_url is None:
+        return
+    try:
+        limit = bucket_file_size_limit(settings.database_url, INPUT_BUCKET)
+    except TransientError:
+        log.warning("could not read the edit-inputs bucket's file_size_limit; not checked")
+        return
+    if limit is not None and settings.max_image_bytes > limit:
+        raise ConfigurationError(
+            f"MAX_IMAGE_BYTES={settings.max_image_bytes} exceeds the {INPUT_BUCKET} bucket's "
+            f"file_size_limit ({limit} bytes), so Storage would refuse such uploads: lower "
+            f"MAX_IMAGE_BYTES, or raise the bucket's limit (update storage.buckets set "
+            f"file_size_limit = {settings.max_image_bytes} where id = '{INPUT_BUCKET}')"
+        )
 
 
 def worker_config(settings: Settings) -> WorkerConfig:

@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from processor.domain import rules
 from processor.domain.errors import ConfigurationError
 from processor.domain.rules import DeviceChoice, MemoryMode, Quantization
 
@@ -85,9 +86,10 @@ class Settings(BaseSettings):
     """Run one short edit after loading, so the first real request is not the slow one."""
 
     # --- Input limits -----------------------------------------------------------------------------
-    max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
-    max_image_pixels: int = Field(default=25_000_000, gt=0)
-    min_image_side: int = Field(default=32, gt=0)
+    max_image_bytes: int = Field(default=rules.MAX_IMAGE_BYTES, gt=0)
+    """At most the ``edit-inputs`` bucket's ``file_size_limit``: the processor refuses to start otherwise."""
+    max_image_pixels: int = Field(default=rules.MAX_IMAGE_PIXELS, gt=0)
+    min_image_side: int = Field(default=rules.MIN_IMAGE_SIDE, gt=0)
 
     # --- Worker -----------------------------------------------------------------------------------
     worker_id: str = Field(default_factory=_default_worker_id)

@@ -105,7 +105,7 @@ def test_the_cli_creates_without_an_image(tiny_model_dir: Path, tmp_path: Path) 
     assert (metadata["base"], metadata["seed"], metadata["width"], metadata["height"]) == ("noise", 8, 64, 48)
     assert Image.open(out).size == (64, 48)
     refused = CliRunner().invoke(app, [str(arg) for arg in [*args[:-6], "--base", "plasma", "--out", out]])
-    assert refused.exit_code == 2 and "--base" in refused.stderr
+    assert refused.exit_code == 2 and refused.stderr.startswith("error: invalid_parameter: base")
 
 
 def test_rest_creates_without_an_image(

@@ -19,8 +19,8 @@ from processor.adapters.diffusers.engine import DiffusersEditor
 from processor.composition import build_editor
 from processor.domain.errors import EditCancelled, InvalidInput, ModelError
 from processor.domain.images import encode_image
-from processor.domain.params import MAX_IMAGES
 from processor.domain.ports import Editor, EditParams
+from processor.domain.rules import MAX_IMAGES
 
 
 def picture(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:

@@ -184,7 +184,7 @@ def test_live_leases_are_left_alone(db: psycopg.Connection[Row], claimed: uuid.U
 
 
 def test_operators_retry_a_failed_request(db: psycopg.Connection[Row], claimed: uuid.UUID) -> None:
-    call(db, "fail_edit_request(%s, 'w1', 'bad', false, 'x')", claimed)
+    call(db, "fail_edit_request(%s, 'w1', 'bad', false, 'unknown_format')", claimed)
     assert call(db, "retry_edit_request(%s)", claimed) is True
     current = row(db, claimed)
     assert (current["status"], current["attempts"], current["error"], current["finished_at"]) == (

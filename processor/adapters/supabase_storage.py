@@ -25,6 +25,7 @@ from tenacity import (
 )
 
 from processor.domain.errors import InvalidInput, ProcessorError, TransientError
+from processor.domain.rules import ReasonCode
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class SupabaseObjectStorage:
         except (httpx.TransportError, httpx.TimeoutException) as exc:
             raise TransientError(
                 f"storage {what} failed after {self._attempts} attempts: {type(exc).__name__}: {exc}",
-                reason="storage_unavailable",
+                reason=ReasonCode.STORAGE_UNAVAILABLE,
             ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -126,7 +127,8 @@ class SupabaseObjectStorage:
             declared = int(response.headers.get("content-length") or 0)
             if declared > max_bytes:
                 raise InvalidInput(
-                    f"{bucket}/{path} has {declared} bytes, more than {max_bytes}", reason="too_many_bytes"
+                    f"{bucket}/{path} has {declared} bytes, more than {max_bytes}",
+                    reason=ReasonCode.TOO_MANY_BYTES,
                 )
             chunks: list[bytes] = []
             received = 0
@@ -134,7 +136,7 @@ class SupabaseObjectStorage:
                 received += len(chunk)
                 if received > max_bytes:
                     raise InvalidInput(
-                        f"{bucket}/{path} has more than {max_bytes} bytes", reason="too_many_bytes"
+                        f"{bucket}/{path} has more than {max_bytes} bytes", reason=ReasonCode.TOO_MANY_BYTES
                     )
                 chunks.append(chunk)
         return b"".join(chunks)
@@ -173,9 +175,11 @@ def _api_error(response: httpx.Response) -> StorageApiError:
 def _classify(what: str, exc: StorageApiError) -> ProcessorError:
     status = _status(exc)
     if status == 404:
-        return InvalidInput(f"storage {what}: object not found", reason="missing_object")
+        return InvalidInput(f"storage {what}: object not found", reason=ReasonCode.MISSING_OBJECT)
     if status >= 500:
-        return TransientError(f"storage {what} failed: {status} {exc.message}", reason="storage_unavailable")
+        return TransientError(
+            f"storage {what} failed: {status} {exc.message}", reason=ReasonCode.STORAGE_UNAVAILABLE
+        )
     return ProcessorError(
-        f"storage {what} refused: {status} {exc.code}: {exc.message}", reason="storage_rejected"
+        f"storage {what} refused: {status} {exc.code}: {exc.message}", reason=ReasonCode.STORAGE_REJECTED
     )

@@ -23,6 +23,7 @@ from typing import Literal
 from processor.core.worker import Worker, WorkerConfig
 from processor.domain.errors import ProcessorError
 from processor.domain.ports import Editor, JobQueue, ObjectStorage, Wakeups
+from processor.domain.rules import ReasonCode
 from processor.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ State = Literal["starting", "ready", "busy", "setup_failed", "stopping"]
 class SetupFailed(ProcessorError):
     """The service could not start working (the model did not load); not retried in-process."""
 
-    reason = "setup_failed"
+    reason = ReasonCode.SETUP_FAILED
     retryable = False
 
 

@@ -19,24 +19,25 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
-from processor.domain.errors import InvalidInput, LimitExceeded
-from processor.domain.images import ImageLimits, decode_image, parse_hex_colour
+from processor.domain.errors import LimitExceeded
+from processor.domain.images import ImageLimits, decode_image
+from processor.domain.params import check_request
 from processor.domain.ports import EditParams, ObjectStorage, RowChanges, UserRequests
 from processor.domain.rules import (
     CHANGES_FALLBACK_SECONDS,
+    CREATION_SIZE,
+    INPUT_BUCKET,
+    MAX_OUTPUT_BYTES,
     STREAM_MAX_SECONDS,
+    TERMINAL,
     VALIDATION_THREADS,
     WAIT_MAX_SECONDS,
     WAITS_PER_USER,
+    ReasonCode,
 )
-from processor.domain.sizing import ModelSizing, output_size
 from processor.domain.users import User
 
-TERMINAL = frozenset({"succeeded", "failed", "canceled"})
-INPUT_BUCKET = "edit-inputs"
 _FORMATS = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "WEBP": ("webp", "image/webp")}
-CREATION_SIZE = (1024, 1024)
-"""Size of a creation (no input image) that names none: Qwen-Image-Edit-2509's native square."""
 
 
 class Submissions:
@@ -89,21 +90,7 @@ class Submissions:
         """Validate, upload the images and insert the row; with no image, a creation at ``params``' size."""
         if not images and params.width is None and params.height is None:
             params = dataclasses.replace(params, width=CREATION_SIZE[0], height=CREATION_SIZE[1])
-        if params.width is not None or params.height is not None:
-            output_size([], ModelSizing(), params.width, params.height)  # the schema's rule, with a reason
-        if params.base not in ("blank", "noise"):
-            raise InvalidInput(
-                f"base must be 'blank' or 'noise', got {params.base!r}", reason="invalid_parameter"
-            )
-        parse_hex_colour(params.base_color)
-        if len(images) > 3:
-            raise InvalidInput(
-                f"{len(images)} images given; Qwen-Image-Edit-2509 takes 1 to 3", reason="too_many_images"
-            )
-        if not 1 <= len(params.prompt) <= 2000:
-            raise InvalidInput("the prompt must have 1 to 2,000 characters", reason="invalid_prompt")
-        if "\x00" in params.prompt or "\x00" in params.negative_prompt:
-            raise InvalidInput("prompts may not contain NUL characters", reason="invalid_prompt")
+        check_request(params, len(images))  # the rules the schema and the engine hold, with their reasons
         formats = await asyncio.get_running_loop().run_in_executor(self._validation, self._validate, images)
         request_id = uuid.uuid4()
         paths = []
@@ -158,7 +145,7 @@ class Submissions:
         if self._waits[user.id] >= self._waits_per_user:
             raise LimitExceeded(
                 f"{self._waits_per_user} waits or event streams are already open for this user",
-                reason="too_many_waits",
+                reason=ReasonCode.TOO_MANY_WAITS,
             )
 
     @asynccontextmanager
@@ -175,7 +162,7 @@ class Submissions:
 
     async def output(self, row: dict[str, Any]) -> bytes:
         return await self._storage.download(
-            row["output_bucket"], row["output_path"], max_bytes=256 * 1024 * 1024
+            row["output_bucket"], row["output_path"], max_bytes=MAX_OUTPUT_BYTES
         )
 
     async def output_url(self, row: dict[str, Any], expires_in: int) -> str | None:

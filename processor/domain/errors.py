@@ -7,17 +7,20 @@ The worker maps ``retryable`` straight onto ``fail_edit_request(..., p_retryable
 
 from __future__ import annotations
 
+from processor.domain.rules import ReasonCode
+
 
 class ProcessorError(Exception):
     """Base class: a failure with a reason code and a retry verdict."""
 
-    reason: str = "internal_error"
+    reason: ReasonCode = ReasonCode.INTERNAL_ERROR
     retryable: bool = False
 
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
+    def __init__(self, message: str, *, reason: ReasonCode | str | None = None) -> None:
         super().__init__(message)
         if reason is not None:
-            self.reason = reason
+            # ``ReasonCode(...)``: a code outside the enumeration is a bug, caught where it is raised.
+            self.reason = ReasonCode(reason)
 
     @property
     def message(self) -> str:
@@ -30,20 +33,17 @@ class ProcessorError(Exception):
 class InvalidInput(ProcessorError):
     """The request itself is bad (image, prompt, parameters). Retrying cannot help.
 
-    Reason codes in use: ``empty_image``, ``truncated_image``, ``unknown_format``,
-    ``too_many_bytes``, ``too_many_pixels``, ``too_small``, ``animated_image``,
-    ``too_many_images``, ``invalid_size``, ``invalid_parameter``,
-    ``invalid_prompt``, ``missing_object``, ``forbidden_path``.
+    Its reason codes are the first group of ``rules.ReasonCode`` (see ``docs/reason-codes.md``).
     """
 
-    reason = "invalid_input"
+    reason = ReasonCode.INVALID_INPUT
     retryable = False
 
 
 class TransientError(ProcessorError):
     """A fault outside the request (storage, network, database) that may pass."""
 
-    reason = "transient_error"
+    reason = ReasonCode.TRANSIENT_ERROR
     retryable = True
 
 
@@ -54,7 +54,7 @@ class ModelError(ProcessorError):
     attempts cap in the database keeps a poison request from looping forever.
     """
 
-    reason = "model_error"
+    reason = ReasonCode.MODEL_ERROR
     retryable = True
 
 
@@ -66,26 +66,26 @@ class WorkflowError(ProcessorError):
     ``comfyui_invalid_workflow`` (ComfyUI refused the workflow before running it).
     """
 
-    reason = "workflow_error"
+    reason = ReasonCode.WORKFLOW_ERROR
     retryable = False
 
 
 class EditCancelled(ProcessorError):
     """A running edit was stopped between steps at the caller's request."""
 
-    reason = "canceled"
+    reason = ReasonCode.CANCELED
     retryable = False
 
 
 class ConfigurationError(ProcessorError):
     """A setting is missing or malformed; raised at start-up."""
 
-    reason = "configuration_error"
+    reason = ReasonCode.CONFIGURATION_ERROR
     retryable = False
 
 
 class LimitExceeded(ProcessorError):
     """The caller holds as much of something as one user may (open waits, for example): HTTP 429."""
 
-    reason = "limit_exceeded"
+    reason = ReasonCode.LIMIT_EXCEEDED
     retryable = True

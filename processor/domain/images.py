@@ -12,6 +12,8 @@ applied) and RGB, with any transparency flattened onto white: the model takes RG
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import re
 import struct
@@ -24,8 +26,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
+from processor.domain import rules
 from processor.domain.errors import InvalidInput
-from processor.domain.rules import JPEG_MAX_PIXEL_SCANS, JPEG_MAX_SCANS
+from processor.domain.rules import JPEG_MAX_PIXEL_SCANS, JPEG_MAX_SCANS, ReasonCode
 
 OutputFormat = Literal["png", "webp", "jpeg"]
 """Encodings ``encode_image`` can write."""
@@ -55,30 +58,58 @@ class ImageLimits:
     above twice ``PIL.Image.MAX_IMAGE_PIXELS`` (about 179 MP) whatever ``max_pixels`` says.
     """
 
-    max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 25_000_000
-    min_side: int = 32
+    max_bytes: int = rules.MAX_IMAGE_BYTES
+    max_pixels: int = rules.MAX_IMAGE_PIXELS
+    min_side: int = rules.MIN_IMAGE_SIDE
+
+
+_DATA_URL = re.compile(r"data:image/[A-Za-z0-9.+-]{1,64};base64,")
+"""The one data: URL prefix accepted: an image media type, base64, nothing else (no charset, no name)."""
+
+
+def decode_base64_image(text: object) -> bytes:
+    """The bytes of a base64 image, or of a ``data:image/<type>;base64,`` URL; else ``invalid_base64``.
+
+    The one decoder of every way in (REST, MCP, RunPod). Strict: no whitespace, no URL-safe
+    alphabet, correct padding. A ``data:`` URL is recognised only by its exact prefix, so
+    text that merely contains a comma is decoded whole (and refused), not cut at the comma.
+    """
+    if not isinstance(text, str):
+        raise InvalidInput("an image must be a base64 string", reason=ReasonCode.INVALID_BASE64)
+    if text.startswith("data:"):
+        prefix = _DATA_URL.match(text)
+        if prefix is None:
+            raise InvalidInput(
+                "a data: URL image must start with data:image/<type>;base64,",
+                reason=ReasonCode.INVALID_BASE64,
+            )
+        text = text[prefix.end() :]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput("image is not valid base64", reason=ReasonCode.INVALID_BASE64) from exc
 
 
 def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
     """Decode untrusted bytes into an upright RGB image, or raise ``InvalidInput``."""
     if not data:
-        raise InvalidInput("the image is empty (0 bytes)", reason="empty_image")
+        raise InvalidInput("the image is empty (0 bytes)", reason=ReasonCode.EMPTY_IMAGE)
     if len(data) > limits.max_bytes:
         raise InvalidInput(
-            f"the image has {len(data):,} bytes; the limit is {limits.max_bytes:,}", reason="too_many_bytes"
+            f"the image has {len(data):,} bytes; the limit is {limits.max_bytes:,}",
+            reason=ReasonCode.TOO_MANY_BYTES,
         )
     image = _open_header(data)
     width, height = image.size
     if width * height > limits.max_pixels:
         raise InvalidInput(
             f"the image is {width}×{height} = {width * height:,} pixels; the limit is {limits.max_pixels:,}",
-            reason="too_many_pixels",
+            reason=ReasonCode.TOO_MANY_PIXELS,
         )
     if min(width, height) < limits.min_side:
         raise InvalidInput(
             f"the image is {width}×{height}; each side must be at least {limits.min_side} pixels",
-            reason="too_small",
+            reason=ReasonCode.TOO_SMALL,
         )
     if image.format in ("JPEG", "MPO"):
         _check_scan_work(data, width * height)
@@ -86,14 +117,14 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
         frames = getattr(image, "n_frames", "several")
         raise InvalidInput(
             f"the image is animated ({image.format}, {frames} frames); send a single still image",
-            reason="animated_image",
+            reason=ReasonCode.ANIMATED_IMAGE,
         )
     try:
         image.load()
         return to_rgb(_upright(image))
     except _DECODE_ERRORS as exc:
         raise InvalidInput(
-            f"the image data is truncated or corrupt: {exc}", reason="truncated_image"
+            f"the image data is truncated or corrupt: {exc}", reason=ReasonCode.TRUNCATED_IMAGE
         ) from exc
     except MemoryError:
         raise
@@ -101,7 +132,7 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
         # Pillow raises TypeError, AttributeError, IndexError... for some crafted files (found by
         # mutation fuzzing): whatever the decoder trips on, the bytes are the caller's fault.
         raise InvalidInput(
-            f"the image cannot be decoded ({type(exc).__name__})", reason="corrupt_image"
+            f"the image cannot be decoded ({type(exc).__name__})", reason=ReasonCode.CORRUPT_IMAGE
         ) from exc
 
 
@@ -155,7 +186,7 @@ def _check_scan_work(data: bytes, pixels: int) -> None:
         raise InvalidInput(
             f"the JPEG has {scans} scans over {pixels:,} pixels; at most {JPEG_MAX_SCANS} scans and "
             f"{JPEG_MAX_PIXEL_SCANS:,} pixel-scans are decoded",
-            reason="too_many_scans",
+            reason=ReasonCode.TOO_MANY_SCANS,
         )
 
 
@@ -167,14 +198,16 @@ def _open_header(data: bytes) -> Image.Image:
         # Pillow's own guard (twice ``Image.MAX_IMAGE_PIXELS``) can fire inside ``open``,
         # before our limit is checked; it is the same refusal. The warning below its hard
         # cap is a warning, which is raised only where warnings are errors (tests).
-        raise InvalidInput(f"the image is too large: {exc}", reason="too_many_pixels") from exc
+        raise InvalidInput(f"the image is too large: {exc}", reason=ReasonCode.TOO_MANY_PIXELS) from exc
     except Image.DecompressionBombWarning as exc:
-        raise InvalidInput(f"the image is too large: {exc}", reason="too_many_pixels") from exc
+        raise InvalidInput(f"the image is too large: {exc}", reason=ReasonCode.TOO_MANY_PIXELS) from exc
     except (UnidentifiedImageError, *_DECODE_ERRORS) as exc:
         if _looks_like_accepted_format(data):
-            raise InvalidInput("the image header is truncated or corrupt", reason="truncated_image") from exc
+            raise InvalidInput(
+                "the image header is truncated or corrupt", reason=ReasonCode.TRUNCATED_IMAGE
+            ) from exc
         raise InvalidInput(
-            "unrecognised image format; send PNG, JPEG or WebP", reason="unknown_format"
+            "unrecognised image format; send PNG, JPEG or WebP", reason=ReasonCode.UNKNOWN_FORMAT
         ) from exc
 
 
@@ -229,18 +262,15 @@ def encode_image(
         image.convert("RGB").save(buffer, format="JPEG", quality=quality, subsampling=0)
     else:
         raise InvalidInput(
-            f"unknown output format {fmt!r}; use png, webp or jpeg", reason="invalid_parameter"
+            f"unknown output format {fmt!r}; use png, webp or jpeg", reason=ReasonCode.INVALID_PARAMETER
         )
     return buffer.getvalue()
 
 
-_HEX_COLOUR = re.compile(r"#[0-9A-Fa-f]{6}")
-
-
 def parse_hex_colour(value: str) -> tuple[int, int, int]:
     """``(r, g, b)`` of ``#rrggbb``; ``InvalidInput('invalid_parameter')`` otherwise (as the database checks)."""
-    if not isinstance(value, str) or not _HEX_COLOUR.fullmatch(value):
-        raise InvalidInput(f"base_color must be #rrggbb, got {value!r}", reason="invalid_parameter")
+    if not isinstance(value, str) or not rules.HEX_COLOUR.fullmatch(value):
+        raise InvalidInput(f"base_color must be #rrggbb, got {value!r}", reason=ReasonCode.INVALID_PARAMETER)
     return int(value[1:3], 16), int(value[3:5], 16), int(value[5:7], 16)
 
 
@@ -256,4 +286,4 @@ def base_canvas(base: str, width: int, height: int, *, seed: int, colour: str = 
     if base == "noise":
         pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
         return Image.fromarray(pixels)
-    raise InvalidInput(f"base must be 'blank' or 'noise', got {base!r}", reason="invalid_parameter")
+    raise InvalidInput(f"base must be 'blank' or 'noise', got {base!r}", reason=ReasonCode.INVALID_PARAMETER)

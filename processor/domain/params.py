@@ -7,51 +7,65 @@ request is refused with the same reason code whichever engine would have run it.
 from __future__ import annotations
 
 import math
+import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
 
 from processor.domain.errors import InvalidInput
-from processor.domain.images import base_canvas, parse_hex_colour, to_rgb
+from processor.domain.images import base_canvas, decode_base64_image, parse_hex_colour, to_rgb
 from processor.domain.ports import BaseCanvas, EditParams, EditResult
+from processor.domain.rules import (
+    BASES,
+    DRAWN_SEED_BOUND,
+    MAX_CFG_SCALE,
+    MAX_IMAGES,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_STEPS,
+    MIN_STEPS,
+    PROMPT_WHITESPACE,
+    ReasonCode,
+)
 from processor.domain.sizing import ModelSizing, output_size
-
-MAX_IMAGES = 3
-"""The model card: "optimal performance is achieved with 1 to 3 input images"."""
-MIN_STEPS, MAX_STEPS = 2, 100
-"""One step is refused: with Qwen-Image's scheduler config (``shift_terminal``) it yields NaN sigmas."""
-MAX_CFG_SCALE = 20.0
-MAX_PROMPT_CHARS = 4000
-"""Nothing truncates the prompt downstream; this keeps the text sequence (and memory) bounded."""
-MAX_SEED = 2**63 - 1
-"""Seeds fit a Postgres ``bigint``; drawn seeds are below 2**31."""
 
 
 def check_params(params: EditParams) -> None:
     """Raise ``InvalidInput`` (``invalid_prompt`` / ``invalid_parameter``) for parameters the engine refuses."""
-    if not params.prompt.strip():
-        raise InvalidInput("the prompt is empty", reason="invalid_prompt")
+    if not isinstance(params.prompt, str) or not params.prompt.strip(PROMPT_WHITESPACE):
+        raise InvalidInput("the prompt is empty", reason=ReasonCode.INVALID_PROMPT)
     for name, text in (("prompt", params.prompt), ("negative_prompt", params.negative_prompt)):
+        if not isinstance(text, str):
+            raise InvalidInput(f"{name} must be a string", reason=ReasonCode.INVALID_PROMPT)
         if len(text) > MAX_PROMPT_CHARS:
             raise InvalidInput(
-                f"{name} has {len(text)} characters; the limit is {MAX_PROMPT_CHARS}", reason="invalid_prompt"
+                f"{name} has {len(text)} characters; the limit is {MAX_PROMPT_CHARS}",
+                reason=ReasonCode.INVALID_PROMPT,
             )
+        if "\x00" in text:
+            # Postgres text cannot hold NUL: refused here so no way in gets further than the row.
+            raise InvalidInput(f"{name} may not contain NUL characters", reason=ReasonCode.INVALID_PROMPT)
     steps = params.num_inference_steps
     if isinstance(steps, bool) or not isinstance(steps, int) or not MIN_STEPS <= steps <= MAX_STEPS:
         raise InvalidInput(
             f"num_inference_steps must be an integer from {MIN_STEPS} to {MAX_STEPS}, got {steps!r}",
-            reason="invalid_parameter",
+            reason=ReasonCode.INVALID_PARAMETER,
         )
     for name, value in (("true_cfg_scale", params.true_cfg_scale), ("guidance_scale", params.guidance_scale)):
-        if not (isinstance(value, int | float) and math.isfinite(value) and 0 <= value <= MAX_CFG_SCALE):
+        if isinstance(value, bool) or not (
+            isinstance(value, int | float) and math.isfinite(value) and 0 <= value <= MAX_CFG_SCALE
+        ):
             raise InvalidInput(
-                f"{name} must be from 0 to {MAX_CFG_SCALE}, got {value!r}", reason="invalid_parameter"
+                f"{name} must be from 0 to {MAX_CFG_SCALE}, got {value!r}",
+                reason=ReasonCode.INVALID_PARAMETER,
             )
-    if params.base not in ("blank", "noise"):
+    if params.base not in BASES:
         raise InvalidInput(
-            f"base must be 'blank' or 'noise', got {params.base!r}", reason="invalid_parameter"
+            f"base must be one of {', '.join(BASES)}, got {params.base!r}",
+            reason=ReasonCode.INVALID_PARAMETER,
         )
     parse_hex_colour(params.base_color)
     seed = params.seed
@@ -59,22 +73,131 @@ def check_params(params: EditParams) -> None:
         isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED
     ):
         raise InvalidInput(
-            f"seed must be an integer from 0 to 2**63-1, got {seed!r}", reason="invalid_parameter"
+            f"seed must be an integer from 0 to 2**63-1 (leave it out to draw one), got {seed!r}",
+            reason=ReasonCode.INVALID_PARAMETER,
         )
+
+
+def check_request(params: EditParams, image_count: int) -> None:
+    """Everything that can be refused before any image is decoded or any model loaded.
+
+    The ways in call this first (REST and MCP through ``Submissions``, RunPod, the CLI), so a
+    bad request is refused with the reason ``Editor.edit`` (``prepare_edit``) and the schema give.
+    """
+    check_image_count(image_count)
+    if params.width is not None or params.height is not None:
+        output_size([], ModelSizing(), params.width, params.height)
+    check_params(params)
+
+
+def check_image_count(count: int) -> None:
+    if count > MAX_IMAGES:
+        raise InvalidInput(
+            f"{count} images; at most {MAX_IMAGES} are supported", reason=ReasonCode.TOO_MANY_IMAGES
+        )
+
+
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,30}")
+
+
+def params_from_mapping(values: Mapping[str, Any], *, form: bool = False) -> EditParams:
+    """The one mapping from a request's fields to ``EditParams``: REST JSON and multipart, MCP
+    tool arguments, RunPod job input and the CLI's options all come through here.
+
+    Field names are ``EditParams``' own; absent fields take its defaults, other keys are ignored.
+    Types are checked, not guessed: a number must be a number (``form=True``: the text of one, as
+    multipart fields are always text), a whole float counts as an integer, booleans are not
+    numbers. ``seed``, ``width`` and ``height`` may be null. Ranges are ``check_request``'s job.
+    """
+    fields: dict[str, Any] = {}
+    for name, convert, reason in _FIELDS:
+        if name not in values:
+            continue
+        value = values[name]
+        if value is None and name in _NULLABLE:
+            fields[name] = None
+            continue
+        converted = convert(value, form)
+        if converted is None:
+            raise InvalidInput(f"{name} has the wrong type: {value!r:.80}", reason=reason)
+        fields[name] = converted
+    if "prompt" not in fields:
+        raise InvalidInput("prompt is required", reason=ReasonCode.INVALID_PROMPT)
+    return EditParams(**fields)
+
+
+def _as_text(value: object, _form: bool) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _as_int(value: object, form: bool) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if form and isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip()):
+        return int(value)
+    return None
+
+
+def _as_float(value: object, form: bool) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif form and isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+_NULLABLE = frozenset({"seed", "width", "height"})
+_FIELDS: tuple[tuple[str, Callable[[object, bool], object], ReasonCode], ...] = (
+    ("prompt", _as_text, ReasonCode.INVALID_PROMPT),
+    ("negative_prompt", _as_text, ReasonCode.INVALID_PROMPT),
+    ("num_inference_steps", _as_int, ReasonCode.INVALID_PARAMETER),
+    ("true_cfg_scale", _as_float, ReasonCode.INVALID_PARAMETER),
+    ("guidance_scale", _as_float, ReasonCode.INVALID_PARAMETER),
+    ("seed", _as_int, ReasonCode.INVALID_PARAMETER),
+    ("width", _as_int, ReasonCode.INVALID_SIZE),
+    ("height", _as_int, ReasonCode.INVALID_SIZE),
+    ("base", _as_text, ReasonCode.INVALID_PARAMETER),
+    ("base_color", _as_text, ReasonCode.INVALID_PARAMETER),
+)
+
+
+def encoded_images(values: Mapping[str, Any]) -> list[bytes]:
+    """The images a request carries as base64: ``image`` (one) and ``images`` (a list), decoded.
+
+    Refuses more than ``MAX_IMAGES`` in all before decoding any (``too_many_images``).
+    """
+    items: list[object] = []
+    if values.get("image") is not None:
+        items.append(values["image"])
+    listed = values.get("images")
+    if listed is not None:
+        if not isinstance(listed, list):
+            raise InvalidInput("images must be a list of base64 images", reason=ReasonCode.INVALID_PARAMETER)
+        items.extend(listed)
+    check_image_count(len(items))
+    return [decode_base64_image(item) for item in items]
 
 
 def check_images(images: Sequence[Image.Image]) -> list[Image.Image]:
     """At most ``MAX_IMAGES``, each as RGB."""
-    if len(images) > MAX_IMAGES:
-        raise InvalidInput(
-            f"{len(images)} images; at most {MAX_IMAGES} are supported", reason="too_many_images"
-        )
+    check_image_count(len(images))
     return [to_rgb(image) for image in images]
 
 
 def draw_seed(params: EditParams) -> int:
     """The request's seed, or a fresh one (below 2**31, so every engine and client can hold it)."""
-    return params.seed if params.seed is not None else secrets.randbelow(2**31)
+    return params.seed if params.seed is not None else secrets.randbelow(DRAWN_SEED_BOUND)
 
 
 @dataclass(frozen=True, slots=True)

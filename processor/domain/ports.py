@@ -16,18 +16,19 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from PIL import Image
 
+from processor.domain import rules
 from processor.domain.users import User
 
 HeartbeatAnswer = Literal["ok", "lost", "canceled"]
 """What ``heartbeat_edit_request`` answers: keep going, abandon silently, or stop."""
 
-BaseCanvas = Literal["blank", "noise"]
+BaseCanvas = rules.Base
 """What a request without input images starts from: a plain canvas, or seeded noise."""
 
 ProgressCallback = Callable[[int, int], None]
@@ -39,16 +40,16 @@ class EditParams:
     """Generation parameters, with the model card's defaults."""
 
     prompt: str
-    negative_prompt: str = " "
-    num_inference_steps: int = 40
-    true_cfg_scale: float = 4.0
-    guidance_scale: float = 1.0
+    negative_prompt: str = rules.DEFAULT_NEGATIVE_PROMPT
+    num_inference_steps: int = rules.DEFAULT_STEPS
+    true_cfg_scale: float = rules.DEFAULT_TRUE_CFG_SCALE
+    guidance_scale: float = rules.DEFAULT_GUIDANCE_SCALE
     seed: int | None = None
     width: int | None = None
     height: int | None = None
-    base: BaseCanvas = "blank"
+    base: BaseCanvas = rules.DEFAULT_BASE
     """Used only without input images: the engine then edits a canvas it builds."""
-    base_color: str = "#ffffff"
+    base_color: str = rules.DEFAULT_BASE_COLOR
     """``#rrggbb`` of a ``blank`` canvas."""
 
 
@@ -134,22 +135,15 @@ class EditJob:
     created_at: datetime | None = None
     width: int | None = None
     height: int | None = None
-    base: BaseCanvas = "blank"
-    base_color: str = "#ffffff"
+    base: BaseCanvas = rules.DEFAULT_BASE
+    base_color: str = rules.DEFAULT_BASE_COLOR
 
     def params(self) -> EditParams:
-        return EditParams(
-            prompt=self.prompt,
-            negative_prompt=self.negative_prompt,
-            num_inference_steps=self.num_inference_steps,
-            true_cfg_scale=self.true_cfg_scale,
-            guidance_scale=self.guidance_scale,
-            seed=self.seed,
-            width=self.width,
-            height=self.height,
-            base=self.base,
-            base_color=self.base_color,
-        )
+        # The row's columns are named as EditParams' fields: copied by name, not by hand.
+        return EditParams(**{name: getattr(self, name) for name in _PARAM_FIELDS})
+
+
+_PARAM_FIELDS = tuple(field.name for field in fields(EditParams))
 
 
 class JobQueue(Protocol):

@@ -1,11 +1,20 @@
 """The product's rules in one place: choices, limits and defaults every way in shares.
 
-SQL mirrors them with CHECK constraints; a parity test proves both agree.
+Every way in (a row inserted by an app, REST JSON and multipart, MCP, RunPod, the CLI and
+``Editor.edit``) refuses the same requests with the same reason code. The Python side reads
+these constants; SQL mirrors them with CHECK constraints (migration
+``20261201000100_one_source_of_truth.sql``), and ``tests/test_rule_parity.py`` sends each
+boundary value through every way in to prove both agree. ``docs/limits.md`` and
+``docs/reason-codes.md`` are the user-facing tables; tests keep them equal to this module.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final, Literal
 
 MemoryMode = Literal["full", "offload", "quantized"]
 """How the diffusers engine uses GPU memory (``MEMORY_MODE``)."""
@@ -13,6 +22,257 @@ Quantization = Literal["nf4", "int8"]
 """Transformer weights with ``MEMORY_MODE=quantized`` (``QUANTIZATION``)."""
 DeviceChoice = Literal["auto", "cuda", "cpu"]
 """Where the model runs (``DEVICE``): ``auto`` is CUDA when available."""
+
+# --- Request parameters ---------------------------------------------------------------------------
+
+MAX_IMAGES: Final = 3
+"""Input images per request. The model card: "optimal performance is achieved with 1 to 3 input images"."""
+
+MIN_STEPS: Final = 2
+MAX_STEPS: Final = 100
+"""One step is refused: with Qwen-Image's scheduler config (``shift_terminal``) it yields NaN sigmas."""
+DEFAULT_STEPS: Final = 40
+
+MAX_CFG_SCALE: Final = 20.0
+"""``true_cfg_scale`` and ``guidance_scale`` are each from 0 to this (inclusive)."""
+DEFAULT_TRUE_CFG_SCALE: Final = 4.0
+DEFAULT_GUIDANCE_SCALE: Final = 1.0
+DEFAULT_NEGATIVE_PROMPT: Final = " "
+
+MAX_PROMPT_CHARS: Final = 2000
+"""Characters in ``prompt`` and in ``negative_prompt``.
+
+Why 2,000 (the engine said 4,000; SQL and REST said 2,000): QwenImageEditPlusPipeline truncates
+nothing (``max_sequence_length`` is only checked to be at most 1024), so this limit is what keeps
+the text part of the transformer's sequence, and its memory, bounded. 2,000 characters are about
+500 tokens of English (byte-level BPE, about 4 characters a token), the 512 that Qwen-Image's
+``max_sequence_length`` defaults to, and well under the 1024 the pipeline allows. It was already
+the public contract (the schema and the REST API), so every stored row still satisfies it;
+raising SQL to 4,000 instead would have loosened a promise to apps for no use the model card makes.
+"""
+
+PROMPT_WHITESPACE: Final = " \t\n\r\f\v"
+"""A prompt of only these characters is blank, and refused. ASCII only, spelled out, so Python
+and the schema's ``[^ \\t\\n\\r\\f\\v]`` agree exactly (Unicode whitespace classes differ by locale)."""
+
+MAX_SEED: Final = 2**63 - 1
+"""Seeds fit a Postgres ``bigint``; drawn seeds are below ``DRAWN_SEED_BOUND``. There is no
+``-1`` meaning "random" (the row cannot hold it): leave the seed out (or null) to draw one."""
+DRAWN_SEED_BOUND: Final = 2**31
+"""Seeds the processor draws are below this, so every engine and client can hold them."""
+
+Base = Literal["blank", "noise"]
+"""What a request without input images starts from: a plain canvas, or seeded noise."""
+BASES: Final[tuple[Base, ...]] = ("blank", "noise")
+DEFAULT_BASE: Final[Base] = "blank"
+HEX_COLOUR_PATTERN: Final = "^#[0-9A-Fa-f]{6}$"
+"""``base_color`` of a ``blank`` canvas: ``#rrggbb`` (the same regex in SQL and the REST schema)."""
+HEX_COLOUR: Final = re.compile(HEX_COLOUR_PATTERN)
+DEFAULT_BASE_COLOR: Final = "#ffffff"
+
+# --- Output size ----------------------------------------------------------------------------------
+
+SIZE_MULTIPLE: Final = 16
+"""Output sides are multiples of this: VAE scale factor 8 × the transformer's 2×2 latent packing."""
+MIN_OUTPUT_SIDE: Final = 32
+MAX_OUTPUT_SIDE: Final = 4096
+MAX_OUTPUT_PIXELS: Final = 4 * 1024 * 1024
+"""Explicit sizes above 4 MP (four times the model's native area) are refused."""
+CREATION_SIZE: Final = (1024, 1024)
+"""Size of a creation (no input image) that names none: Qwen-Image-Edit-2509's native square."""
+
+# --- Input images ---------------------------------------------------------------------------------
+
+MAX_IMAGE_BYTES: Final = 20 * 1024 * 1024
+"""Default ``MAX_IMAGE_BYTES``; the ``edit-inputs`` bucket's ``file_size_limit`` must be at least
+the setting (checked at start-up), or Storage refuses what the processor would accept."""
+MAX_IMAGE_PIXELS: Final = 25_000_000
+MIN_IMAGE_SIDE: Final = 32
+MAX_OUTPUT_BYTES: Final = 256 * 1024 * 1024
+"""The most the processor reads back of a result it wrote (REST ``wait=true``, MCP)."""
+
+# --- Storage, channels, statuses ------------------------------------------------------------------
+
+INPUT_BUCKET: Final = "edit-inputs"
+OUTPUT_BUCKET: Final = "edit-outputs"
+
+QUEUED_CHANNEL: Final = "edit_requests"
+"""``NOTIFY`` channel: a request may be claimable (payload: its id)."""
+CANCEL_CHANNEL: Final = "edit_requests_cancel"
+"""``NOTIFY`` channel: a processing request was canceled (payload: its id)."""
+
+Status = Literal["awaiting_image", "queued", "processing", "succeeded", "failed", "canceled"]
+STATUSES: Final[tuple[Status, ...]] = (
+    "awaiting_image",
+    "queued",
+    "processing",
+    "succeeded",
+    "failed",
+    "canceled",
+)
+TERMINAL: Final[frozenset[Status]] = frozenset({"succeeded", "failed", "canceled"})
+"""Statuses a request never leaves on its own (operators may ``retry_edit_request``)."""
+
+# --- Reason codes ---------------------------------------------------------------------------------
+
+
+class ReasonCode(StrEnum):
+    """Every reason code the processor, its ways in and its SQL can give.
+
+    Written to ``edit_requests.error_code`` (a CHECK constraint holds it to these), returned
+    as ``error.code`` by the REST API, ``error_code`` by RunPod and the prefix of MCP tool
+    errors and CLI messages. ``REASONS`` describes each; ``docs/reason-codes.md`` lists them.
+    """
+
+    # The request itself (never retried)
+    INVALID_INPUT = "invalid_input"
+    INVALID_REQUEST = "invalid_request"
+    INVALID_PARAMETER = "invalid_parameter"
+    INVALID_PROMPT = "invalid_prompt"
+    INVALID_SIZE = "invalid_size"
+    INVALID_BASE64 = "invalid_base64"
+    INVALID_JSON = "invalid_json"
+    INVALID_MULTIPART = "invalid_multipart"
+    TOO_MANY_IMAGES = "too_many_images"
+    EMPTY_IMAGE = "empty_image"
+    TRUNCATED_IMAGE = "truncated_image"
+    UNKNOWN_FORMAT = "unknown_format"
+    TOO_MANY_BYTES = "too_many_bytes"
+    TOO_MANY_PIXELS = "too_many_pixels"
+    TOO_SMALL = "too_small"
+    ANIMATED_IMAGE = "animated_image"
+    TOO_MANY_SCANS = "too_many_scans"
+    CORRUPT_IMAGE = "corrupt_image"
+    MISSING_OBJECT = "missing_object"
+    UNAUTHORIZED = "unauthorized"
+    NOT_FOUND = "not_found"
+    ALREADY_FINISHED = "already_finished"
+    BODY_TOO_LARGE = "body_too_large"
+    TOO_MANY_WAITS = "too_many_waits"
+    LIMIT_EXCEEDED = "limit_exceeded"
+    # Faults outside the request (retried)
+    TRANSIENT_ERROR = "transient_error"
+    DATABASE_UNAVAILABLE = "database_unavailable"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+    COMFYUI_UNAVAILABLE = "comfyui_unavailable"
+    COMFYUI_INTERRUPTED = "comfyui_interrupted"
+    LEASE_EXPIRED = "lease_expired"
+    # The model or the workflow
+    MODEL_ERROR = "model_error"
+    OUT_OF_MEMORY = "out_of_memory"
+    NAN_OUTPUT = "nan_output"
+    WORKFLOW_ERROR = "workflow_error"
+    COMFYUI_NODE_ERROR = "comfyui_node_error"
+    COMFYUI_INVALID_WORKFLOW = "comfyui_invalid_workflow"
+    # Everything else
+    STORAGE_REJECTED = "storage_rejected"
+    CANCELED = "canceled"
+    CONFIGURATION_ERROR = "configuration_error"
+    SETUP_FAILED = "setup_failed"
+    INTERNAL_ERROR = "internal_error"
+    ERROR = "error"
+
+    @property
+    def description(self) -> str:
+        return REASONS[self].description
+
+    @property
+    def retryable(self) -> bool | None:
+        return REASONS[self].retryable
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    description: str
+    retryable: bool | None
+    """Whether the processor retries a request that failed so; ``None`` where the code never
+    fails a row (HTTP answers) or where the raiser decides."""
+
+
+REASONS: Final[Mapping[ReasonCode, Reason]] = {
+    ReasonCode.INVALID_INPUT: Reason("The request is bad in a way no narrower code names.", False),
+    ReasonCode.INVALID_REQUEST: Reason(
+        "The body or job input has the wrong shape (not an object, a bad edit id).", False
+    ),
+    ReasonCode.INVALID_PARAMETER: Reason(
+        "A parameter is out of range or of the wrong type (steps, CFG scales, seed, base, base_color).",
+        False,
+    ),
+    ReasonCode.INVALID_PROMPT: Reason(
+        "The prompt is blank, or a prompt is longer than the limit or holds a NUL character.", False
+    ),
+    ReasonCode.INVALID_SIZE: Reason(
+        "The output size breaks the size rule, or an input's aspect ratio is too extreme.", False
+    ),
+    ReasonCode.INVALID_BASE64: Reason("An image is not valid base64 (or a malformed data: URL).", False),
+    ReasonCode.INVALID_JSON: Reason("The REST body is not valid JSON.", None),
+    ReasonCode.INVALID_MULTIPART: Reason("The REST multipart body is malformed.", None),
+    ReasonCode.TOO_MANY_IMAGES: Reason("More input images than the model takes.", False),
+    ReasonCode.EMPTY_IMAGE: Reason("An input image has 0 bytes.", False),
+    ReasonCode.TRUNCATED_IMAGE: Reason("An input image is cut short or corrupt.", False),
+    ReasonCode.UNKNOWN_FORMAT: Reason("An input is not PNG, JPEG or WebP.", False),
+    ReasonCode.TOO_MANY_BYTES: Reason("An input image is larger than MAX_IMAGE_BYTES.", False),
+    ReasonCode.TOO_MANY_PIXELS: Reason("An input image has more pixels than MAX_IMAGE_PIXELS.", False),
+    ReasonCode.TOO_SMALL: Reason("An input image has a side shorter than MIN_IMAGE_SIDE.", False),
+    ReasonCode.ANIMATED_IMAGE: Reason("An input image is animated.", False),
+    ReasonCode.TOO_MANY_SCANS: Reason(
+        "A progressive JPEG has more scans (or scans × pixels) than any real photo needs to decode.", False
+    ),
+    ReasonCode.CORRUPT_IMAGE: Reason(
+        "An input image makes the decoder fail in a way no narrower code names.", False
+    ),
+    ReasonCode.MISSING_OBJECT: Reason("An input object named by the request is not in Storage.", False),
+    ReasonCode.UNAUTHORIZED: Reason("Missing, invalid or expired user token.", None),
+    ReasonCode.NOT_FOUND: Reason("No such request for this user.", None),
+    ReasonCode.ALREADY_FINISHED: Reason("The request finished before it could be canceled.", None),
+    ReasonCode.BODY_TOO_LARGE: Reason(
+        "The HTTP body is larger than three images at the byte limit need.", None
+    ),
+    ReasonCode.TOO_MANY_WAITS: Reason(
+        "The user already holds as many waits and event streams as allowed.", None
+    ),
+    ReasonCode.LIMIT_EXCEEDED: Reason("The caller is over a limit no narrower code names.", None),
+    ReasonCode.TRANSIENT_ERROR: Reason("A fault outside the request that may pass.", True),
+    ReasonCode.DATABASE_UNAVAILABLE: Reason("The database did not answer.", True),
+    ReasonCode.STORAGE_UNAVAILABLE: Reason("Storage did not answer or failed (5xx, timeouts).", True),
+    ReasonCode.COMFYUI_UNAVAILABLE: Reason("ComfyUI did not answer, or its websocket went quiet.", True),
+    ReasonCode.COMFYUI_INTERRUPTED: Reason("ComfyUI interrupted the run without our asking.", True),
+    ReasonCode.LEASE_EXPIRED: Reason(
+        "The worker stopped answering; requeued, or failed on the last attempt (SQL sweep).", True
+    ),
+    ReasonCode.MODEL_ERROR: Reason("The model failed on this request.", True),
+    ReasonCode.OUT_OF_MEMORY: Reason("The GPU ran out of memory for this request.", True),
+    ReasonCode.NAN_OUTPUT: Reason("The model produced NaN or infinite values.", True),
+    ReasonCode.WORKFLOW_ERROR: Reason("An external engine's workflow failed.", False),
+    ReasonCode.COMFYUI_NODE_ERROR: Reason("A ComfyUI node raised, or the workflow produced no image.", False),
+    ReasonCode.COMFYUI_INVALID_WORKFLOW: Reason("ComfyUI refused the workflow or an upload.", False),
+    ReasonCode.STORAGE_REJECTED: Reason("Storage refused an upload or download (4xx).", False),
+    ReasonCode.CANCELED: Reason("The request was canceled (cancel_edit_request or DELETE).", False),
+    ReasonCode.CONFIGURATION_ERROR: Reason("A setting is missing or malformed.", False),
+    ReasonCode.SETUP_FAILED: Reason("The processor could not start working: the model did not load.", None),
+    ReasonCode.INTERNAL_ERROR: Reason("An unexpected error in the processor (a bug).", False),
+    ReasonCode.ERROR: Reason(
+        "Written by fail_edit_request when its caller gave no code (older callers, operators).", None
+    ),
+}
+
+CONSTRAINT_REASONS: Final[Mapping[str, ReasonCode]] = {
+    "edit_requests_prompt_length": ReasonCode.INVALID_PROMPT,
+    "edit_requests_prompt_not_blank": ReasonCode.INVALID_PROMPT,
+    "edit_requests_negative_prompt_length": ReasonCode.INVALID_PROMPT,
+    "edit_requests_input_count": ReasonCode.TOO_MANY_IMAGES,
+    "edit_requests_size_valid": ReasonCode.INVALID_SIZE,
+    "edit_requests_inputs_or_size": ReasonCode.INVALID_SIZE,
+}
+"""What a CHECK violation on an insert means; any other constraint is ``invalid_parameter``."""
+
+
+def reason_for_constraint(name: str | None) -> ReasonCode:
+    """The reason code of an insert the schema refused with CHECK constraint ``name``."""
+    return CONSTRAINT_REASONS.get(name or "", ReasonCode.INVALID_PARAMETER)
+
+
+# --- Untrusted bytes, waits and bodies -----------------------------------------------------------
 
 WEBHOOK_MAX_BODY_BYTES = 256 * 1024
 """A database webhook carries one row (and its old version on UPDATE): a few KB, 256 KiB at most."""

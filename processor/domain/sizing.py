@@ -16,17 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from processor.domain.errors import InvalidInput
+from processor.domain.rules import (
+    MAX_OUTPUT_PIXELS,
+    MAX_OUTPUT_SIDE,
+    MIN_OUTPUT_SIDE,
+    SIZE_MULTIPLE,
+    ReasonCode,
+)
 
 SIZING_FILE = "edit_processor.json"
 """Optional file in a model folder with its ``ModelSizing`` (the tiny model has one; the real model not)."""
-
-SIZE_MULTIPLE = 16
-"""Output sides are multiples of this: VAE scale factor 8 × the transformer's 2×2 latent packing."""
-
-MIN_OUTPUT_SIDE = 32
-MAX_OUTPUT_SIDE = 4096
-MAX_OUTPUT_PIXELS = 4 * 1024 * 1024
-"""Explicit sizes above 4 MP (four times the model's native area) are refused."""
 
 MAX_VISION_ASPECT_RATIO = 200
 """Qwen2-VL's image processor refuses longer/shorter side ratios beyond this."""
@@ -95,8 +94,9 @@ def output_size(
     """The ``(width, height)`` an edit of images of ``image_sizes`` produces; raises ``InvalidInput``.
 
     Without ``width``/``height`` it is the model's rule (``default_output_size`` of the
-    last image; with no image, the model's native square, the canvas a creation starts from). Explicit sizes come as a pair, each side a multiple of 16 between 32 and
-    4096 and at most 4 MP in all; they are refused rather than rounded, so the caller
+    last image; with no image, the model's native square, the canvas a creation starts from).
+    Explicit sizes come as a pair following ``rules``' size rule (sides multiples of
+    ``SIZE_MULTIPLE`` from ``MIN_OUTPUT_SIDE`` to ``MAX_OUTPUT_SIDE``, at most ``MAX_OUTPUT_PIXELS``); they are refused rather than rounded, so the caller
     always gets exactly the size asked for. (Explicit sizes do not change how the inputs
     are resized for the VAE: an output far from one megapixel looks zoomed, see diffusers
     PR #12453.) Every input must also survive the model's own resizing at its aspect
@@ -112,22 +112,22 @@ def output_size(
             raise InvalidInput(
                 f"the last image's aspect ratio ({image_sizes[-1][0]}×{image_sizes[-1][1]}) is too extreme "
                 "for this model's output size; pass width and height",
-                reason="invalid_size",
+                reason=ReasonCode.INVALID_SIZE,
             )
         return result
     if width is None or height is None:
-        raise InvalidInput("give both width and height, or neither", reason="invalid_size")
+        raise InvalidInput("give both width and height, or neither", reason=ReasonCode.INVALID_SIZE)
     for name, side in (("width", width), ("height", height)):
         if not MIN_OUTPUT_SIDE <= side <= MAX_OUTPUT_SIDE or side % SIZE_MULTIPLE:
             raise InvalidInput(
                 f"{name} {side} must be a multiple of {SIZE_MULTIPLE} between {MIN_OUTPUT_SIDE} "
                 f"and {MAX_OUTPUT_SIDE}",
-                reason="invalid_size",
+                reason=ReasonCode.INVALID_SIZE,
             )
     if width * height > MAX_OUTPUT_PIXELS:
         raise InvalidInput(
             f"{width}×{height} is {width * height:,} pixels; the limit is {MAX_OUTPUT_PIXELS:,}",
-            reason="invalid_size",
+            reason=ReasonCode.INVALID_SIZE,
         )
     return width, height
 
@@ -140,5 +140,5 @@ def check_input_shapes(image_sizes: list[tuple[int, int]], sizing: ModelSizing) 
         if min(*condition, *vae) < 32 or max(condition) / min(condition) > MAX_VISION_ASPECT_RATIO:
             raise InvalidInput(
                 f"image {number} ({width}×{height}) has too extreme an aspect ratio for this model",
-                reason="invalid_size",
+                reason=ReasonCode.INVALID_SIZE,
             )

@@ -15,6 +15,7 @@ from typing import Any
 import jwt
 
 from processor.domain.errors import ProcessorError
+from processor.domain.rules import ReasonCode
 from processor.domain.users import User
 
 _ASYMMETRIC = ("RS256", "ES256", "EdDSA")
@@ -23,7 +24,7 @@ _ASYMMETRIC = ("RS256", "ES256", "EdDSA")
 class AuthError(ProcessorError):
     """The caller is not an authenticated Supabase user (HTTP 401)."""
 
-    reason = "unauthorized"
+    reason = ReasonCode.UNAUTHORIZED
     retryable = False
 
 

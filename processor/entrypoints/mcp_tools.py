@@ -7,23 +7,22 @@ from ``MCP_ACCESS_TOKEN``). Either way the edits belong to that user and RLS hol
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.utilities.types import Image
 from pydantic import Field
 
-from processor.core.submissions import TERMINAL, Submissions
+from processor.core.submissions import Submissions
+from processor.domain import rules
 from processor.domain.errors import ProcessorError
-from processor.domain.ports import EditParams
-from processor.domain.rules import WAIT_MAX_SECONDS
+from processor.domain.params import check_request, encoded_images, params_from_mapping
+from processor.domain.rules import TERMINAL, WAIT_MAX_SECONDS, ReasonCode
 from processor.domain.users import User
 from processor.entrypoints.auth import AuthError, TokenVerifier
 
@@ -47,22 +46,16 @@ def _view(row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _submit(
-    submissions: Submissions,
-    user: User,
-    params: EditParams,
-    image_base64: str | None,
-    object_path: str | None,
+    submissions: Submissions, user: User, arguments: dict[str, Any], object_path: str | None
 ) -> dict[str, Any]:
-    if image_base64:
-        try:
-            data = base64.b64decode(image_base64.partition(",")[2] or image_base64, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ToolError("invalid_base64: image_base64 is not valid base64") from exc
-        return await submissions.submit(user, [data], params)
-    if object_path:
+    # The tool's arguments go through the one mapping every way in shares.
+    params = params_from_mapping(arguments)
+    images = encoded_images(arguments)
+    if object_path and not images:
+        check_request(params, 1)
         # RLS refuses paths outside the caller's own folder.
         return await submissions.requests.insert(user, uuid.uuid4(), [object_path], params)
-    return await submissions.submit(user, [], params)  # no image: create from a base canvas
+    return await submissions.submit(user, images, params)  # no image: create from a base canvas
 
 
 def create_mcp_server(
@@ -106,14 +99,15 @@ def create_mcp_server(
         ctx: Context,
         image_base64: str | None = None,
         object_path: str | None = None,
-        negative_prompt: str = " ",
-        num_inference_steps: int = 40,
-        true_cfg_scale: float = 4.0,
+        negative_prompt: str = rules.DEFAULT_NEGATIVE_PROMPT,
+        num_inference_steps: int = rules.DEFAULT_STEPS,
+        true_cfg_scale: float = rules.DEFAULT_TRUE_CFG_SCALE,
         seed: int | None = None,
         width: int | None = None,
         height: int | None = None,
-        base: Literal["blank", "noise"] = "blank",
-        base_color: str = "#ffffff",
+        # A plain str, not a Literal: an unknown base is refused by the shared rules, with their reason code.
+        base: str = rules.DEFAULT_BASE,
+        base_color: str = rules.DEFAULT_BASE_COLOR,
         timeout_seconds: Annotated[float, Field(gt=0, le=WAIT_MAX_SECONDS)] = WAIT_MAX_SECONDS,
     ) -> list[Any]:
         """Edit an image (base64, or an object path in your `edit-inputs/{your id}/` folder) and return it.
@@ -123,21 +117,21 @@ def create_mcp_server(
         up to `timeout_seconds`; returns the PNG and its metadata.
         """
         user = user_of(ctx)
-        params = EditParams(
-            prompt,
-            negative_prompt,
-            num_inference_steps,
-            true_cfg_scale,
-            1.0,
-            seed,
-            width=width,
-            height=height,
-            base=base,
-            base_color=base_color,
-        )
+        arguments = {
+            "prompt": prompt,
+            "image": image_base64 or None,
+            "negative_prompt": negative_prompt,
+            "num_inference_steps": num_inference_steps,
+            "true_cfg_scale": true_cfg_scale,
+            "seed": seed,
+            "width": width,
+            "height": height,
+            "base": base,
+            "base_color": base_color,
+        }
         try:
             submissions.ensure_can_wait(user)  # refused before anything is stored
-            row = await _submit(submissions, user, params, image_base64, object_path)
+            row = await _submit(submissions, user, arguments, object_path)
             final = await submissions.wait(user, row["id"], timeout_seconds) or row
             if final["status"] != "succeeded":
                 if final["status"] in TERMINAL:
@@ -157,9 +151,9 @@ def create_mcp_server(
         try:
             row = await submissions.requests.get(user, uuid.UUID(edit_id))
         except ValueError as exc:
-            raise ToolError("invalid_request: edit_id is not a uuid") from exc
+            raise ToolError(f"{ReasonCode.INVALID_REQUEST}: edit_id is not a uuid") from exc
         if row is None:
-            raise ToolError("not_found: no such edit request")
+            raise ToolError(f"{ReasonCode.NOT_FOUND}: no such edit request")
         return {**_view(row), "output_url": await submissions.output_url(row, signed_url_seconds)}
 
     @mcp.tool()

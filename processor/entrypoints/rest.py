@@ -8,28 +8,31 @@ rows belong to them and RLS holds. Every error has one JSON shape,
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from processor.core.submissions import TERMINAL, Submissions
+from processor.core.submissions import Submissions
+from processor.domain import rules
 from processor.domain.errors import InvalidInput, LimitExceeded, ProcessorError, TransientError
-from processor.domain.params import MAX_IMAGES
+from processor.domain.params import check_image_count, encoded_images, params_from_mapping
 from processor.domain.ports import EditParams
 from processor.domain.rules import (
     EDIT_BODY_FIELDS_BYTES,
+    MAX_IMAGES,
     MULTIPART_MAX_FIELDS,
+    TERMINAL,
     WAIT_MAX_SECONDS,
+    ReasonCode,
     edit_body_bytes,
 )
 from processor.domain.users import User
@@ -51,7 +54,7 @@ class ErrorResponse(BaseModel):
 class ApiError(Exception):
     """An answer other than success, with its HTTP status and reason code."""
 
-    def __init__(self, status_code: int, code: str, message: str) -> None:
+    def __init__(self, status_code: int, code: ReasonCode, message: str) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.code = code
@@ -61,33 +64,50 @@ class ApiError(Exception):
 class EditCreate(BaseModel):
     """A new edit, with the original RunPod service's field names.
 
-    Give ``image`` or ``images`` to edit them; give neither to create an image from a base
-    canvas (``base``) at ``width`` × ``height`` (default 1024 × 1024).
+    Give ``image`` or ``images`` (at most 3 in all) to edit them; give neither to create an
+    image from a base canvas (``base``) at ``width`` × ``height`` (default 1024 × 1024).
+
+    This model is the body's published schema; requests are read by the domain's one mapping
+    (``params.params_from_mapping``, ``params.encoded_images``) and checked by
+    ``params.check_request``, so refusals carry the same reason codes as every other way in.
+    Its bounds come from ``rules``, like the checks themselves.
     """
 
-    prompt: str = Field(min_length=1, max_length=2000)
+    prompt: str = Field(min_length=1, max_length=rules.MAX_PROMPT_CHARS)
     image: str | None = Field(
-        default=None, description="Base64 image (PNG, JPEG or WebP); a data: URL works too."
+        default=None, description="Base64 image (PNG, JPEG or WebP); a data:image/...;base64, URL works too."
     )
     images: list[str] | None = Field(
-        default=None, min_length=1, max_length=3, description="1 to 3 base64 images."
+        default=None,
+        max_length=rules.MAX_IMAGES,
+        description="Base64 images; with `image`, at most 3 in all.",
     )
-    negative_prompt: str = Field(default=" ", max_length=2000)
-    num_inference_steps: int = Field(default=40, ge=1, le=100)
-    true_cfg_scale: float = Field(default=4.0, ge=0, le=20)
-    guidance_scale: float = Field(default=1.0, ge=0, le=20)
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    negative_prompt: str = Field(default=rules.DEFAULT_NEGATIVE_PROMPT, max_length=rules.MAX_PROMPT_CHARS)
+    num_inference_steps: int = Field(default=rules.DEFAULT_STEPS, ge=rules.MIN_STEPS, le=rules.MAX_STEPS)
+    true_cfg_scale: float = Field(default=rules.DEFAULT_TRUE_CFG_SCALE, ge=0, le=rules.MAX_CFG_SCALE)
+    guidance_scale: float = Field(default=rules.DEFAULT_GUIDANCE_SCALE, ge=0, le=rules.MAX_CFG_SCALE)
+    seed: int | None = Field(default=None, ge=0, le=rules.MAX_SEED)
     width: int | None = Field(
-        default=None, ge=32, le=4096, multiple_of=16, description="Output width; give with height."
+        default=None,
+        ge=rules.MIN_OUTPUT_SIDE,
+        le=rules.MAX_OUTPUT_SIDE,
+        multiple_of=rules.SIZE_MULTIPLE,
+        description="Output width; give with height.",
     )
     height: int | None = Field(
-        default=None, ge=32, le=4096, multiple_of=16, description="Output height; give with width."
+        default=None,
+        ge=rules.MIN_OUTPUT_SIDE,
+        le=rules.MAX_OUTPUT_SIDE,
+        multiple_of=rules.SIZE_MULTIPLE,
+        description="Output height; give with width.",
     )
-    base: Literal["blank", "noise"] = Field(
-        default="blank", description="Without images: start from a blank canvas or seeded noise."
+    base: rules.Base = Field(
+        default=rules.DEFAULT_BASE, description="Without images: start from a blank canvas or seeded noise."
     )
     base_color: str = Field(
-        default="#ffffff", pattern=r"^#[0-9A-Fa-f]{6}$", description="Colour of a blank canvas."
+        default=rules.DEFAULT_BASE_COLOR,
+        pattern=rules.HEX_COLOUR_PATTERN,
+        description="Colour of a blank canvas.",
     )
 
 
@@ -145,7 +165,7 @@ _CREATE_BODY = {
                         "image": {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
-                            "maxItems": 3,
+                            "maxItems": rules.MAX_IMAGES,
                         },
                         "prompt": {"type": "string"},
                         "negative_prompt": {"type": "string"},
@@ -155,7 +175,7 @@ _CREATE_BODY = {
                         "seed": {"type": "integer"},
                         "width": {"type": "integer"},
                         "height": {"type": "integer"},
-                        "base": {"type": "string", "enum": ["blank", "noise"]},
+                        "base": {"type": "string", "enum": list(rules.BASES)},
                         "base_color": {"type": "string"},
                     },
                 }
@@ -165,51 +185,44 @@ _CREATE_BODY = {
 }
 
 
-def _decode_base64(value: str) -> bytes:
-    if value.startswith("data:"):
-        value = value.partition(",")[2]
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidInput("image is not valid base64", reason="invalid_base64") from exc
-
-
-async def _read_create(request: Request, max_body: int) -> tuple[EditCreate, list[bytes]]:
+async def _read_create(request: Request, max_body: int) -> tuple[EditParams, list[bytes]]:
     """The body (at most ``max_body`` bytes: 413 past it, before reading on) and its images."""
     content_type = request.headers.get("content-type", "")
     try:
         request = await capped_request(request, max_body)
     except HTTPException as exc:
-        code = "body_too_large" if exc.status_code == 413 else "invalid_request"
+        code = ReasonCode.BODY_TOO_LARGE if exc.status_code == 413 else ReasonCode.INVALID_REQUEST
         raise ApiError(exc.status_code, code, str(exc.detail)) from exc
+    if content_type.startswith("multipart/form-data"):
+        try:
+            # One file more than allowed, so that four images get the same ``too_many_images``
+            # as through every other way in; the parser stops at the next one.
+            form = await request.form(
+                max_files=MAX_IMAGES + 1,
+                max_fields=MULTIPART_MAX_FIELDS,
+                max_part_size=EDIT_BODY_FIELDS_BYTES,
+            )
+        except HTTPException as exc:  # Starlette's answer to a malformed multipart body
+            raise ApiError(400, ReasonCode.INVALID_MULTIPART, str(exc.detail)) from exc
+        files = [item for key in _IMAGE_KEYS for item in form.getlist(key) if isinstance(item, UploadFile)]
+        # Text parts named image/images are base64, as in a JSON body.
+        texts = [item for key in _IMAGE_KEYS for item in form.getlist(key) if isinstance(item, str)]
+        fields = {k: v for k, v in form.items() if isinstance(v, str) and k not in _IMAGE_KEYS}
+        params = params_from_mapping(fields, form=True)
+        check_image_count(len(files) + len(texts))
+        return params, [await item.read() for item in files] + encoded_images({"images": texts})
     try:
-        if content_type.startswith("multipart/form-data"):
-            try:
-                # One file more than allowed, so that four images get the same ``too_many_images``
-                # as through every other way in; the parser stops at the next one.
-                form = await request.form(
-                    max_files=MAX_IMAGES + 1,
-                    max_fields=MULTIPART_MAX_FIELDS,
-                    max_part_size=EDIT_BODY_FIELDS_BYTES,
-                )
-            except HTTPException as exc:  # Starlette's answer to a malformed multipart body
-                raise ApiError(400, "invalid_multipart", str(exc.detail)) from exc
-            files = [
-                item
-                for key in ("image", "images")
-                for item in form.getlist(key)
-                if isinstance(item, UploadFile)
-            ]
-            fields = {k: v for k, v in form.items() if isinstance(v, str) and k not in ("image", "images")}
-            body = EditCreate.model_validate(fields)
-            return body, [await item.read() for item in files]
-        body = EditCreate.model_validate(await request.json())
+        body = await request.json()
     except json.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", "the body is not valid JSON") from exc
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors()) from exc
-    encoded = ([body.image] if body.image else []) + (body.images or [])
-    return body, [_decode_base64(item) for item in encoded]
+        raise ApiError(400, ReasonCode.INVALID_JSON, "the body is not valid JSON") from exc
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, ReasonCode.INVALID_JSON, "the body is not UTF-8 JSON") from exc
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object", reason=ReasonCode.INVALID_REQUEST)
+    return params_from_mapping(body), encoded_images(body)
+
+
+_IMAGE_KEYS = ("image", "images")
 
 
 def _view(row: dict[str, Any], **extra: Any) -> EditView:
@@ -239,7 +252,7 @@ class RestApi:
     async def _owned(self, user: User, request_id: uuid.UUID) -> dict[str, Any]:
         row = await self.submissions.requests.get(user, request_id)
         if row is None:
-            raise ApiError(404, "not_found", "no such edit request")
+            raise ApiError(404, ReasonCode.NOT_FOUND, "no such edit request")
         return row
 
     def router(self) -> APIRouter:
@@ -263,19 +276,7 @@ class RestApi:
             """Upload the images, create the request and answer 202, or with `wait=true` the result."""
             if wait:
                 self.submissions.ensure_can_wait(user)  # refused before anything is stored
-            body, images = await _read_create(request, self.max_body_bytes)
-            params = EditParams(
-                prompt=body.prompt,
-                negative_prompt=body.negative_prompt,
-                num_inference_steps=body.num_inference_steps,
-                true_cfg_scale=body.true_cfg_scale,
-                guidance_scale=body.guidance_scale,
-                seed=body.seed,
-                width=body.width,
-                height=body.height,
-                base=body.base,
-                base_color=body.base_color,
-            )
+            params, images = await _read_create(request, self.max_body_bytes)
             row = await self.submissions.submit(user, images, params)
             if wait:
                 final = await self.submissions.wait(user, row["id"], timeout)
@@ -333,9 +334,11 @@ class RestApi:
             """Cancel a waiting or running request (a running edit stops between steps)."""
             row = await self._owned(user, request_id)
             if row["status"] in TERMINAL:
-                raise ApiError(409, "already_finished", f"the request is already {row['status']}")
+                raise ApiError(409, ReasonCode.ALREADY_FINISHED, f"the request is already {row['status']}")
             if not await self.submissions.requests.cancel(user, request_id):
-                raise ApiError(409, "already_finished", "the request finished before it could be canceled")
+                raise ApiError(
+                    409, ReasonCode.ALREADY_FINISHED, "the request finished before it could be canceled"
+                )
             return _view(await self._owned(user, request_id))
 
         return router
@@ -367,7 +370,9 @@ class RestApi:
             assert isinstance(exc, RequestValidationError)
             first = exc.errors()[0] if exc.errors() else {}
             where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-            return error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}".strip(": "))
+            return error(
+                422, ReasonCode.INVALID_REQUEST, f"{where}: {first.get('msg', 'invalid')}".strip(": ")
+            )
 
         app.add_exception_handler(ApiError, api_error)
         app.add_exception_handler(ProcessorError, processor_error)

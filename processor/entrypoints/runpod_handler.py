@@ -2,8 +2,9 @@
 
 Two kinds of job input:
 
-- ``{"prompt", "image" (base64) or "images" (1-3), "negative_prompt", "num_inference_steps",
-  "true_cfg_scale", "guidance_scale", "seed", "width", "height"}``: edit directly and return
+- ``{"prompt", "image" (base64) and/or "images" (at most 3 in all), "negative_prompt",
+  "num_inference_steps", "true_cfg_scale", "guidance_scale", "seed", "width", "height", "base",
+  "base_color"}`` (the fields and rules of every way in; no seed, or null, draws one): edit directly and return
   ``{"image": <base64 PNG>, "seed", "width", "height", "timings"}``, like the original handler;
 - ``{"edit_request_id": "<uuid>"}``: claim that ``edit_requests`` row and process it exactly as
   the worker does (download, edit, upload, complete, heartbeats). Point the database webhook at the
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import logging
 import os
 import threading
@@ -32,7 +32,9 @@ from PIL import Image
 
 from processor.domain.errors import InvalidInput, ProcessorError
 from processor.domain.images import ImageLimits, decode_image, encode_image
+from processor.domain.params import check_request, encoded_images, params_from_mapping
 from processor.domain.ports import Editor, EditParams, EditResult, ProgressCallback
+from processor.domain.rules import ReasonCode
 
 log = logging.getLogger(__name__)
 
@@ -82,44 +84,16 @@ class _ReportingEditor:
         return self._inner.edit(images, params, on_progress=progress, cancel=cancel)
 
 
-def _images(job_input: Mapping[str, Any], limits: ImageLimits) -> list[Image.Image]:
-    # No image at all is a creation: the editor starts from a base canvas.
-    raw = job_input.get("images") or ([job_input["image"]] if job_input.get("image") else [])
-    if not isinstance(raw, list):
-        raise InvalidInput("`images` must be a list of 1 to 3 base64 images", reason="invalid_parameter")
-    if len(raw) > 3:
-        raise InvalidInput(f"{len(raw)} images given; 1 to 3 are allowed", reason="too_many_images")
-    decoded = []
-    for item in raw:
-        text = str(item).partition(",")[2] if str(item).startswith("data:") else str(item)
-        try:
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidInput("image is not valid base64", reason="invalid_base64") from exc
-        decoded.append(decode_image(data, limits))
-    return decoded
+def _read_job(job_input: Mapping[str, Any], limits: ImageLimits) -> tuple[EditParams, list[Image.Image]]:
+    """The job's parameters and decoded images, through the one mapping every way in shares.
 
-
-def _params(job_input: Mapping[str, Any]) -> EditParams:
-    prompt = job_input.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise InvalidInput("`prompt` is required", reason="invalid_prompt")
-    try:
-        seed = job_input.get("seed")
-        return EditParams(
-            prompt=prompt,
-            negative_prompt=str(job_input.get("negative_prompt") or " "),
-            num_inference_steps=int(job_input.get("num_inference_steps", 40)),
-            true_cfg_scale=float(job_input.get("true_cfg_scale", 4.0)),
-            guidance_scale=float(job_input.get("guidance_scale", 1.0)),
-            seed=None if seed in (None, -1) else int(seed),
-            width=int(job_input["width"]) if job_input.get("width") else None,
-            height=int(job_input["height"]) if job_input.get("height") else None,
-            base=job_input.get("base", "blank"),
-            base_color=str(job_input.get("base_color", "#ffffff")),
-        )
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"bad parameter: {exc}", reason="invalid_parameter") from exc
+    No image at all is a creation: the editor starts from a base canvas. Everything the
+    rules refuse is refused before any image is decoded.
+    """
+    params = params_from_mapping(job_input)
+    encoded = encoded_images(job_input)
+    check_request(params, len(encoded))
+    return params, [decode_image(data, limits) for data in encoded]
 
 
 def make_handler(
@@ -132,8 +106,7 @@ def make_handler(
     """The handler RunPod calls for each job, closed over an editor loaded once."""
 
     async def edit_directly(job: Job, job_input: Mapping[str, Any]) -> dict[str, Any]:
-        images = await asyncio.to_thread(_images, job_input, limits)
-        params = _params(job_input)
+        params, images = await asyncio.to_thread(_read_job, job_input, limits)
         reporting = _ReportingEditor(editor, job, report)
         result = await asyncio.to_thread(reporting.edit, images, params)
         png = await asyncio.to_thread(
@@ -156,12 +129,14 @@ def make_handler(
         job_input = job.get("input") or {}
         try:
             if not isinstance(job_input, dict):
-                raise InvalidInput("`input` must be an object", reason="invalid_request")
+                raise InvalidInput("`input` must be an object", reason=ReasonCode.INVALID_REQUEST)
             if "edit_request_id" in job_input:
                 try:
                     request_id = uuid.UUID(str(job_input["edit_request_id"]))
                 except ValueError as exc:
-                    raise InvalidInput("edit_request_id is not a uuid", reason="invalid_request") from exc
+                    raise InvalidInput(
+                        "edit_request_id is not a uuid", reason=ReasonCode.INVALID_REQUEST
+                    ) from exc
                 return await process_row(job, request_id)
             return await edit_directly(job, job_input)
         except ProcessorError as exc:

@@ -67,6 +67,7 @@ from processor.domain.errors import (
 )
 from processor.domain.params import prepare_edit
 from processor.domain.ports import EditParams, EditResult, ProgressCallback
+from processor.domain.rules import ReasonCode
 from processor.domain.sizing import ModelSizing
 
 log = logging.getLogger(__name__)
@@ -247,10 +248,13 @@ class ComfyUIEditor:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise TransientError(f"ComfyUI unreachable: {exc}", reason="comfyui_unavailable") from exc
+            raise TransientError(
+                f"ComfyUI unreachable: {exc}", reason=ReasonCode.COMFYUI_UNAVAILABLE
+            ) from exc
         if response.status_code >= 500:
             raise TransientError(
-                f"ComfyUI answered {response.status_code} to {method} {path}", reason="comfyui_unavailable"
+                f"ComfyUI answered {response.status_code} to {method} {path}",
+                reason=ReasonCode.COMFYUI_UNAVAILABLE,
             )
         return response
 
@@ -269,7 +273,8 @@ class ComfyUIEditor:
         )
         if response.status_code != 200:
             raise WorkflowError(
-                f"ComfyUI refused the upload ({response.status_code})", reason="comfyui_invalid_workflow"
+                f"ComfyUI refused the upload ({response.status_code})",
+                reason=ReasonCode.COMFYUI_INVALID_WORKFLOW,
             )
         stored = response.json()
         # LoadImage names files relative to the input folder, subfolder included.
@@ -292,7 +297,7 @@ class ComfyUIEditor:
             )
             raise WorkflowError(
                 f"ComfyUI refused the workflow: {error.get('message')}" + (f": {details}" if details else ""),
-                reason="comfyui_invalid_workflow",
+                reason=ReasonCode.COMFYUI_INVALID_WORKFLOW,
             )
         return str(response.json()["prompt_id"])
 
@@ -302,7 +307,9 @@ class ComfyUIEditor:
         deadline = time.monotonic() + _HISTORY_GRACE_SECONDS
         while not (entry := self._request("GET", f"/history/{prompt_id}").json().get(prompt_id)):
             if time.monotonic() > deadline:
-                raise TransientError(f"ComfyUI has no history for {prompt_id}", reason="comfyui_unavailable")
+                raise TransientError(
+                    f"ComfyUI has no history for {prompt_id}", reason=ReasonCode.COMFYUI_UNAVAILABLE
+                )
             time.sleep(0.1)
         images = [image for output in entry.get("outputs", {}).values() for image in output.get("images", [])]
         # A SaveImage result ("output") wins over previews ("temp"); the packaged workflow only
@@ -312,7 +319,7 @@ class ComfyUIEditor:
             key=lambda image: image["type"] != "output",
         )
         if not ranked:
-            raise WorkflowError("the workflow produced no image", reason="comfyui_node_error")
+            raise WorkflowError("the workflow produced no image", reason=ReasonCode.COMFYUI_NODE_ERROR)
         first = ranked[0]
         response = self._request(
             "GET",
@@ -325,7 +332,8 @@ class ComfyUIEditor:
         )
         if response.status_code != 200:
             raise TransientError(
-                f"ComfyUI could not serve the output ({response.status_code})", reason="comfyui_unavailable"
+                f"ComfyUI could not serve the output ({response.status_code})",
+                reason=ReasonCode.COMFYUI_UNAVAILABLE,
             )
         with Image.open(io.BytesIO(response.content)) as opened:
             return opened.convert("RGB")
@@ -358,7 +366,7 @@ class ComfyUIEditor:
             )
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             raise TransientError(
-                f"ComfyUI websocket unreachable: {exc}", reason="comfyui_unavailable"
+                f"ComfyUI websocket unreachable: {exc}", reason=ReasonCode.COMFYUI_UNAVAILABLE
             ) from exc
 
     def _follow(
@@ -385,7 +393,8 @@ class ComfyUIEditor:
             except TimeoutError:
                 if time.perf_counter() - last_message > self._idle_timeout:
                     raise TransientError(
-                        f"no word from ComfyUI for {self._idle_timeout:.0f} s", reason="comfyui_unavailable"
+                        f"no word from ComfyUI for {self._idle_timeout:.0f} s",
+                        reason=ReasonCode.COMFYUI_UNAVAILABLE,
                     ) from None
                 continue
             except ConnectionClosed as exc:
@@ -393,7 +402,7 @@ class ComfyUIEditor:
                     break
                 raise TransientError(
                     "ComfyUI closed the websocket mid-run (or stopped answering pings)",
-                    reason="comfyui_unavailable",
+                    reason=ReasonCode.COMFYUI_UNAVAILABLE,
                 ) from exc
             last_message = time.perf_counter()
             if isinstance(raw, bytes):
@@ -486,7 +495,9 @@ def _ended_early(kind: str, data: Mapping[str, Any], cancel_sent: bool) -> Excep
         return EditCancelled("cancelled while running in ComfyUI")
     # Someone else stopped it (ComfyUI's own Cancel button, another client): the request
     # itself is fine, so it goes back to the queue for another attempt.
-    return TransientError("ComfyUI interrupted our prompt without our asking", reason="comfyui_interrupted")
+    return TransientError(
+        "ComfyUI interrupted our prompt without our asking", reason=ReasonCode.COMFYUI_INTERRUPTED
+    )
 
 
 def _execution_error(data: Mapping[str, Any]) -> Exception:
@@ -494,8 +505,8 @@ def _execution_error(data: Mapping[str, Any]) -> Exception:
     message = f"{data.get('node_type', 'node')} {data.get('node_id', '')}: {exception_type}: {data.get('exception_message', '')}".strip()
     if "OutOfMemory" in exception_type or "out of memory" in str(data.get("exception_message", "")).lower():
         # Memory can free up (another prompt finishes, a model unloads): worth another attempt.
-        return ModelError(f"ComfyUI ran out of memory: {message}", reason="out_of_memory")
-    return WorkflowError(f"ComfyUI node failed: {message}", reason="comfyui_node_error")
+        return ModelError(f"ComfyUI ran out of memory: {message}", reason=ReasonCode.OUT_OF_MEMORY)
+    return WorkflowError(f"ComfyUI node failed: {message}", reason=ReasonCode.COMFYUI_NODE_ERROR)
 
 
 def editor_from_settings(

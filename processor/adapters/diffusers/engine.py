@@ -46,9 +46,9 @@ from PIL import Image
 
 from processor.adapters.diffusers.compat import allow_processor_without_torchvision, install_mrope_fix
 from processor.domain.errors import ConfigurationError, EditCancelled, ModelError
-from processor.domain.params import MIN_STEPS, prepare_edit
+from processor.domain.params import prepare_edit
 from processor.domain.ports import EditParams, EditResult, ProgressCallback
-from processor.domain.rules import DeviceChoice, MemoryMode, Quantization
+from processor.domain.rules import MIN_STEPS, DeviceChoice, MemoryMode, Quantization, ReasonCode
 from processor.domain.sizing import ModelSizing, output_size
 
 log = logging.getLogger(__name__)
@@ -259,12 +259,12 @@ class DiffusersEditor:
             failure = EditCancelled(f"cancelled {when}")
         except _NonFinite as exc:
             failure = ModelError(
-                f"the model produced NaN or infinite values ({exc.where})", reason="nan_output"
+                f"the model produced NaN or infinite values ({exc.where})", reason=ReasonCode.NAN_OUTPUT
             )
         except torch.cuda.OutOfMemoryError:
             out_of_memory = True  # handled below, once this frame no longer holds the tensors
         except RuntimeError as exc:
-            failure = ModelError(f"{type(exc).__name__}: {exc}", reason="model_error")
+            failure = ModelError(f"{type(exc).__name__}: {exc}", reason=ReasonCode.MODEL_ERROR)
             failure.__cause__ = exc
         finally:
             pipe.attach_run(None)
@@ -275,7 +275,8 @@ class DiffusersEditor:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             raise ModelError(
-                f"out of GPU memory for {len(inputs)} image(s) at {width}×{height}", reason="out_of_memory"
+                f"out of GPU memory for {len(inputs)} image(s) at {width}×{height}",
+                reason=ReasonCode.OUT_OF_MEMORY,
             )
         if failure is not None:
             raise failure

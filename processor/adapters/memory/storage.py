@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from processor.adapters.memory.clock import Clock, wall_clock
 from processor.adapters.memory.faults import Faults
 from processor.domain.errors import InvalidInput
+from processor.domain.rules import ReasonCode
 
 SIGNED_URL_PREFIX = "memory://storage/"
 
@@ -56,11 +57,13 @@ class InMemoryObjectStorage:
         self._call("download", bucket, path)
         stored = self.get(bucket, path)
         if stored is None:
-            raise InvalidInput(f"storage download {bucket}/{path}: object not found", reason="missing_object")
+            raise InvalidInput(
+                f"storage download {bucket}/{path}: object not found", reason=ReasonCode.MISSING_OBJECT
+            )
         if len(stored.data) > max_bytes:
             raise InvalidInput(
                 f"{bucket}/{path} has {len(stored.data)} bytes, more than {max_bytes}",
-                reason="too_many_bytes",
+                reason=ReasonCode.TOO_MANY_BYTES,
             )
         return stored.data
 
@@ -71,7 +74,9 @@ class InMemoryObjectStorage:
     async def signed_url(self, bucket: str, path: str, *, expires_in: int) -> str:
         self._call("sign", bucket, path)
         if self.get(bucket, path) is None:
-            raise InvalidInput(f"storage sign {bucket}/{path}: object not found", reason="missing_object")
+            raise InvalidInput(
+                f"storage sign {bucket}/{path}: object not found", reason=ReasonCode.MISSING_OBJECT
+            )
         expires = int((self._clock() + timedelta(seconds=expires_in)).timestamp())
         token = self._sign(bucket, path, expires)
         return f"{SIGNED_URL_PREFIX}{quote(bucket)}/{quote(path)}?expires={expires}&token={token}"
@@ -104,18 +109,20 @@ class InMemoryObjectStorage:
         """What fetching a ``signed_url`` serves; ``InvalidInput`` when forged, expired or gone."""
         parts = urlsplit(url)
         if not url.startswith(SIGNED_URL_PREFIX):
-            raise InvalidInput(f"not a signed URL of this storage: {url}", reason="invalid_signature")
+            raise InvalidInput(
+                f"not a signed URL of this storage: {url}", reason=ReasonCode.STORAGE_REJECTED
+            )
         bucket, _, path = parts.path.lstrip("/").partition("/")
         bucket, path = unquote(bucket), unquote(path)
         query = parse_qs(parts.query)
         expires = int(query.get("expires", ["0"])[0])
         if not hmac.compare_digest(query.get("token", [""])[0], self._sign(bucket, path, expires)):
-            raise InvalidInput("the URL does not match its signature", reason="invalid_signature")
+            raise InvalidInput("the URL does not match its signature", reason=ReasonCode.STORAGE_REJECTED)
         if self._clock().timestamp() > expires:
-            raise InvalidInput("the signed URL has expired", reason="expired_url")
+            raise InvalidInput("the signed URL has expired", reason=ReasonCode.STORAGE_REJECTED)
         stored = self.get(bucket, path)
         if stored is None:
-            raise InvalidInput(f"{bucket}/{path}: object not found", reason="missing_object")
+            raise InvalidInput(f"{bucket}/{path}: object not found", reason=ReasonCode.MISSING_OBJECT)
         return stored
 
     def on_stored(self, listener: StoredListener) -> Callable[[], None]:

@@ -16,10 +16,9 @@ from collections.abc import Callable
 
 import psycopg
 
-log = logging.getLogger(__name__)
+from processor.domain.rules import CANCEL_CHANNEL, QUEUED_CHANNEL
 
-QUEUED_CHANNEL = "edit_requests"
-CANCEL_CHANNEL = "edit_requests_cancel"
+log = logging.getLogger(__name__)
 
 
 class PostgresNotifications:

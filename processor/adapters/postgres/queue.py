@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from processor.domain.errors import TransientError
 from processor.domain.ports import EditJob, HeartbeatAnswer
+from processor.domain.rules import ReasonCode
 
 
 def _job_from_row(row: Mapping[str, Any]) -> EditJob:
@@ -82,7 +83,9 @@ class PostgresJobQueue:
                 cursor = await conn.execute(query, params)
                 return await cursor.fetchone()
         except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as exc:
-            raise TransientError(f"database unavailable: {exc}", reason="database_unavailable") from exc
+            raise TransientError(
+                f"database unavailable: {exc}", reason=ReasonCode.DATABASE_UNAVAILABLE
+            ) from exc
 
     async def ping(self) -> None:
         await self._fetchone("select 1 as ok", ())

@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from processor.domain.errors import InvalidInput, TransientError
 from processor.domain.ports import EditParams
+from processor.domain.rules import ReasonCode, reason_for_constraint
 from processor.domain.users import User
 
 _VIEW_COLUMNS = (
@@ -57,7 +58,9 @@ class EditRequests:
                 await conn.execute("set local role authenticated")
                 yield conn
         except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as exc:
-            raise TransientError(f"database unavailable: {exc}", reason="database_unavailable") from exc
+            raise TransientError(
+                f"database unavailable: {exc}", reason=ReasonCode.DATABASE_UNAVAILABLE
+            ) from exc
 
     async def insert(
         self, user: User, request_id: uuid.UUID, paths: Sequence[str], params: EditParams
@@ -86,18 +89,16 @@ class EditRequests:
                 )
                 row = await cursor.fetchone()
         except psycopg.errors.CheckViolation as exc:
-            reason = (
-                "invalid_size"
-                if exc.diag.constraint_name == "edit_requests_size_valid"
-                else "invalid_parameter"
-            )
+            # The constraint names what was refused; rules maps each to the code the Python checks give.
             raise InvalidInput(
-                f"request refused by the schema: {exc.diag.constraint_name}", reason=reason
+                f"request refused by the schema: {exc.diag.constraint_name}",
+                reason=reason_for_constraint(exc.diag.constraint_name),
             ) from exc
         except psycopg.errors.DataError as exc:
             # A value the column type cannot hold (1e-300 is a valid float, but underflows ``real``).
             raise InvalidInput(
-                f"a parameter cannot be stored: {exc.diag.message_primary}", reason="invalid_parameter"
+                f"a parameter cannot be stored: {exc.diag.message_primary}",
+                reason=ReasonCode.INVALID_PARAMETER,
             ) from exc
         assert row is not None
         return row

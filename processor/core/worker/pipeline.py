@@ -21,6 +21,7 @@ from processor.domain.errors import EditCancelled, ProcessorError, TransientErro
 from processor.domain.images import decode_image, encode_image
 from processor.domain.params import generation_text
 from processor.domain.ports import EditJob, Editor, EditResult, ObjectStorage
+from processor.domain.rules import ReasonCode
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class JobPipeline:
         except Exception as exc:
             log.exception("unexpected error")
             return await self._fail(
-                active.job, ProcessorError(f"{type(exc).__name__}: {exc}", reason="internal_error")
+                active.job, ProcessorError(f"{type(exc).__name__}: {exc}", reason=ReasonCode.INTERNAL_ERROR)
             )
 
     async def _stages(self, active: ActiveJob) -> Outcome:

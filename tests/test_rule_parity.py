@@ -1,0 +1,306 @@
+"""One verdict everywhere: each boundary value of ``rules`` through every way in.
+
+Every case sends one request, wrong (or right) in exactly one way, through the row insert an
+app makes as ``authenticated``, the REST API (JSON and multipart), the MCP tool, the RunPod
+handler, the CLI's ``edit`` and ``Editor.edit``, and expects the same verdict and reason code
+from each. Nothing runs the model: the editors get a cancel that is already set, so an accepted
+request stops right after the engine's own checks (``EditCancelled``), and a refused one never
+gets that far. The CLI must refuse before it loads a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx2
+import psycopg
+import pytest
+from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
+from PIL import Image
+from typer.testing import CliRunner
+
+from processor import composition
+from processor.cli import app as cli_app
+from processor.composition import build_runpod_handler
+from processor.domain import rules
+from processor.domain.errors import EditCancelled, InvalidInput
+from processor.domain.ports import Editor, EditParams, EditResult, ProgressCallback
+from processor.domain.rules import ReasonCode, reason_for_constraint
+from processor.settings import load_settings
+from tests.conftest import Harness, acting_as, picture, png_bytes
+
+ACCEPTED = "accepted"
+WAYS = ("row", "rest_json", "rest_multipart", "mcp", "runpod", "cli", "editor")
+ONE_IMAGE_WAYS = frozenset({"mcp"})
+"""The MCP tool takes one image (``image_base64``): image-count cases skip it."""
+BASE64_WAYS = ("rest_json", "mcp", "runpod")
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    expected: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    images: int = 1
+    ways: Sequence[str] = WAYS
+
+
+def size(width: int | None, height: int | None) -> dict[str, Any]:
+    return {"width": width, "height": height}
+
+
+MAX = rules.MAX_PROMPT_CHARS
+CASES = [
+    Case("plain", ACCEPTED),
+    Case("prompt-empty", ReasonCode.INVALID_PROMPT, {"prompt": ""}),
+    Case("prompt-blank", ReasonCode.INVALID_PROMPT, {"prompt": " \t\n "}),
+    Case("prompt-at-max", ACCEPTED, {"prompt": "x" * MAX}),
+    Case("prompt-over-max", ReasonCode.INVALID_PROMPT, {"prompt": "x" * (MAX + 1)}),
+    Case("negative-prompt-over-max", ReasonCode.INVALID_PROMPT, {"negative_prompt": "x" * (MAX + 1)}),
+    Case("steps-1", ReasonCode.INVALID_PARAMETER, {"num_inference_steps": 1}),
+    Case("steps-2", ACCEPTED, {"num_inference_steps": rules.MIN_STEPS}),
+    Case("steps-100", ACCEPTED, {"num_inference_steps": rules.MAX_STEPS}),
+    Case("steps-101", ReasonCode.INVALID_PARAMETER, {"num_inference_steps": rules.MAX_STEPS + 1}),
+    Case("cfg-negative", ReasonCode.INVALID_PARAMETER, {"true_cfg_scale": -0.1}),
+    Case("cfg-0", ACCEPTED, {"true_cfg_scale": 0.0}),
+    Case("cfg-20", ACCEPTED, {"true_cfg_scale": rules.MAX_CFG_SCALE}),
+    Case("cfg-20.1", ReasonCode.INVALID_PARAMETER, {"true_cfg_scale": 20.1}),
+    Case("3-images", ACCEPTED, images=rules.MAX_IMAGES, ways=[w for w in WAYS if w not in ONE_IMAGE_WAYS]),
+    Case(
+        "4-images",
+        ReasonCode.TOO_MANY_IMAGES,
+        images=rules.MAX_IMAGES + 1,
+        ways=[w for w in WAYS if w not in ONE_IMAGE_WAYS],
+    ),
+    Case("bad-base", ReasonCode.INVALID_PARAMETER, {"base": "plasma"}),
+    Case("bad-colour", ReasonCode.INVALID_PARAMETER, {"base_color": "red"}),
+    Case("size-16", ReasonCode.INVALID_SIZE, size(16, 16)),
+    Case("size-32", ACCEPTED, size(32, 32)),
+    Case("size-4096", ACCEPTED, size(4096, 1024)),
+    Case("size-4112", ReasonCode.INVALID_SIZE, size(4112, 32)),
+    Case("size-not-multiple-of-16", ReasonCode.INVALID_SIZE, size(40, 40)),
+    Case("size-over-area", ReasonCode.INVALID_SIZE, size(2048, 2064)),
+    Case("width-without-height", ReasonCode.INVALID_SIZE, size(64, None)),
+    Case("seed-0", ACCEPTED, {"seed": 0}),
+    Case("seed-max", ACCEPTED, {"seed": rules.MAX_SEED}),
+    Case("seed-minus-1", ReasonCode.INVALID_PARAMETER, {"seed": -1}),
+    Case("seed-2-63", ReasonCode.INVALID_PARAMETER, {"seed": 2**63}),
+    # The one base64 decoder: a data: URL only with its exact prefix; nothing is cut at a comma.
+    Case("data-url", ACCEPTED, {"image": "data:image/png;base64,{png}"}, images=0, ways=BASE64_WAYS),
+    Case(
+        "data-url-not-an-image",
+        ReasonCode.INVALID_BASE64,
+        {"image": "data:text/plain;base64,{png}"},
+        images=0,
+        ways=BASE64_WAYS,
+    ),
+    Case(
+        "text-before-a-comma", ReasonCode.INVALID_BASE64, {"image": "hello,{png}"}, images=0, ways=BASE64_WAYS
+    ),
+]
+BASE: dict[str, Any] = {"prompt": "make it blue", "num_inference_steps": rules.MIN_STEPS}
+
+
+class CancelledEditor:
+    """The tiny editor with a cancel already set: its own checks run, the model never does."""
+
+    def __init__(self, inner: Editor) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def describe(self) -> Mapping[str, Any]:
+        return self.inner.describe()
+
+    def close(self) -> None:
+        """Nothing: the session owns the tiny editor."""
+
+    def edit(
+        self,
+        images: Sequence[Image.Image],
+        params: EditParams,
+        *,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> EditResult:
+        self.calls += 1
+        stop = threading.Event()
+        stop.set()
+        return self.inner.edit(images, params, on_progress=on_progress, cancel=stop)
+
+
+def b64png() -> str:
+    return base64.b64encode(png_bytes()).decode()
+
+
+def request_fields(case: Case) -> dict[str, Any]:
+    values = {**BASE, **case.fields}
+    if isinstance(values.get("image"), str):
+        values["image"] = values["image"].replace("{png}", b64png())
+    return values
+
+
+def code_of(exc: InvalidInput) -> str:
+    return str(exc.reason)
+
+
+# --- The ways in ------------------------------------------------------------------------------------
+
+
+def via_row(harness: Harness, user: uuid.UUID, case: Case) -> str:
+    values = {k: v for k, v in request_fields(case).items() if k != "image"}
+    values["input_paths"] = [f"{user}/{index}.png" for index in range(case.images)]
+    names = ", ".join(values)
+    marks = ", ".join(["%s"] * len(values))
+    try:
+        with acting_as(harness.db, "authenticated", user) as conn:
+            conn.execute(f"insert into edit_requests ({names}) values ({marks})", tuple(values.values()))
+    except psycopg.errors.CheckViolation as exc:
+        return str(reason_for_constraint(exc.diag.constraint_name))
+    except psycopg.errors.DataError:
+        return str(ReasonCode.INVALID_PARAMETER)  # a value the column cannot hold (seed 2**63)
+    return ACCEPTED
+
+
+def rest_verdict(response: httpx.Response) -> str:
+    if response.status_code == 202:
+        return ACCEPTED
+    assert response.status_code == 422, response.text
+    return str(response.json()["error"]["code"])
+
+
+def via_rest_json(harness: Harness, token: str, case: Case) -> str:
+    body = request_fields(case)
+    if case.images:
+        body["images"] = [b64png()] * case.images
+    body = {k: v for k, v in body.items() if v is not None}
+    headers = {"Authorization": f"Bearer {token}"}
+    return rest_verdict(httpx.post(f"{harness.served.url}/v1/edits", json=body, headers=headers, timeout=60))
+
+
+def via_rest_multipart(harness: Harness, token: str, case: Case) -> str:
+    data = {k: str(v) for k, v in request_fields(case).items() if v is not None}
+    files = [("image", (f"{index}.png", png_bytes(), "image/png")) for index in range(case.images)]
+    headers = {"Authorization": f"Bearer {token}"}
+    response = httpx.post(
+        f"{harness.served.url}/v1/edits", data=data, files=files, headers=headers, timeout=60
+    )
+    return rest_verdict(response)
+
+
+def via_mcp(harness: Harness, token: str, case: Case) -> str:
+    arguments = request_fields(case)
+    image = arguments.pop("image", None) or (b64png() if case.images else None)
+    arguments = {k: v for k, v in arguments.items() if v is not None}
+    arguments.update(image_base64=image, timeout_seconds=0)
+
+    async def main() -> Any:
+        async with (
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
+            Client(streamable_http_client(f"{harness.served.url}/mcp", http_client=http)) as client,
+        ):
+            return await client.call_tool("edit_image", arguments)
+
+    result = asyncio.run(main())
+    if not result.is_error:
+        return ACCEPTED
+    text = "".join(item.text for item in result.content if item.type == "text")
+    code = text.removeprefix("Error executing tool edit_image: ").split(":", 1)[0]
+    # Accepted and already picked up by the harness's worker, whose editor stops at once.
+    return ACCEPTED if code == ReasonCode.CANCELED else code
+
+
+def via_runpod(editor: CancelledEditor, case: Case) -> str:
+    job_input = request_fields(case)
+    if case.images:
+        job_input["images"] = [b64png()] * case.images
+    handler = build_runpod_handler(load_settings(), editor, report=lambda job, update: None)
+    output = asyncio.run(handler({"id": "parity", "input": job_input}))
+    return ACCEPTED if output.get("error_code") == ReasonCode.CANCELED else str(output["error_code"])
+
+
+def via_cli(editor: CancelledEditor, case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    loads: list[object] = []
+
+    def build_editor(settings: object) -> Editor:
+        loads.append(settings)
+        return editor
+
+    monkeypatch.setattr(composition, "build_editor", build_editor)
+    values = request_fields(case)
+    options = {"prompt": "--prompt", "negative_prompt": "--negative-prompt", "num_inference_steps": "--steps",
+               "true_cfg_scale": "--true-cfg-scale", "seed": "--seed", "width": "--width", "height": "--height",
+               "base": "--base", "base_color": "--base-color"}  # fmt: skip
+    # `--option=value`, so values that start with a dash (-0.1, -1) stay values.
+    args = ["edit", "--out", str(tmp_path / "out.png")]
+    args += [f"{options[name]}={value}" for name, value in values.items() if value is not None]
+    for index in range(case.images):
+        path = tmp_path / f"in{index}.png"
+        path.write_bytes(png_bytes())
+        args += ["--image", str(path)]
+    result = CliRunner().invoke(cli_app, args)
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    code = result.stderr.removeprefix("error: ").split(":", 1)[0]
+    if code != ReasonCode.CANCELED:
+        assert not loads, "the CLI loaded a model for a request it then refused"
+    return ACCEPTED if code == ReasonCode.CANCELED else code
+
+
+def via_editor(editor: CancelledEditor, case: Case) -> str:
+    values = request_fields(case)
+    try:
+        editor.edit([picture() for _ in range(case.images)], EditParams(**values))
+    except EditCancelled:
+        return ACCEPTED
+    except InvalidInput as exc:
+        return code_of(exc)
+    raise AssertionError("an edit with a cancel already set returned")
+
+
+@pytest.fixture
+def cancelled_editor(tiny_editor: Editor) -> CancelledEditor:
+    return CancelledEditor(tiny_editor)
+
+
+@pytest.fixture
+def harness(start_processor: Callable[..., Harness], cancelled_editor: CancelledEditor) -> Iterator[Harness]:
+    yield start_processor(rest=True, editor=cancelled_editor)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_every_way_in_gives_the_same_verdict(
+    case: Case,
+    harness: Harness,
+    make_user: Callable[[], uuid.UUID],
+    cancelled_editor: CancelledEditor,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    user = make_user()
+    token = harness.storage.token(user)
+    ways: dict[str, Callable[[], str]] = {
+        "row": lambda: via_row(harness, user, case),
+        "rest_json": lambda: via_rest_json(harness, token, case),
+        "rest_multipart": lambda: via_rest_multipart(harness, token, case),
+        "mcp": lambda: via_mcp(harness, token, case),
+        "runpod": lambda: via_runpod(cancelled_editor, case),
+        "cli": lambda: via_cli(cancelled_editor, case, tmp_path, monkeypatch),
+        "editor": lambda: via_editor(cancelled_editor, case),
+    }
+    verdicts = {way: ways[way]() for way in case.ways}
+    assert verdicts == dict.fromkeys(case.ways, str(case.expected))
+
+
+def test_the_cases_cover_every_rule() -> None:
+    # A new limit in rules needs its boundary here: the ids name each one on both sides.
+    ids = {case.id for case in CASES}
+    assert {"prompt-at-max", "prompt-over-max", "steps-1", "steps-101", "cfg-20", "cfg-20.1", "4-images",
+            "size-4096", "size-4112", "size-over-area", "seed-max", "seed-2-63"} <= ids  # fmt: skip
