@@ -66,7 +66,7 @@ def test_an_edit_returns_an_rgb_image_and_its_metadata(tiny_editor: DiffusersEdi
 
 def test_describe_names_model_device_and_dtype(tiny_editor: DiffusersEditor, tiny_model_dir: Path) -> None:
     described = tiny_editor.describe()
-    assert described["model_id"] == str(tiny_model_dir)
+    assert described["model_id"] == f"local:{tiny_model_dir.name}"
     assert (described["device"], described["dtype"], described["revision"]) == ("cpu", "float32", None)
     assert {"diffusers", "transformers", "torch"} <= set(described)
 
@@ -353,7 +353,7 @@ def test_loading_from_settings_logs_the_load_and_warms_up(
     messages = [record.getMessage() for record in caplog.records]
     assert messages == ["model loaded", "warm-up done"]
     assert caplog.records[0].seconds > 0  # type: ignore[attr-defined]
-    assert editor.describe()["model_id"] == str(tiny_model_dir)
+    assert editor.describe()["model_id"] == f"local:{tiny_model_dir.name}"
 
 
 def test_cancelling_during_prompt_encoding_stops_before_denoising(tiny_editor: DiffusersEditor) -> None:

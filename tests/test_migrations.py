@@ -179,7 +179,11 @@ def test_rows_of_every_status_survive_the_rules_migration(before_rules: psycopg.
 
     localdb.apply_sql_files(conn.info.dsn, [path for path in localdb.migration_files() if path.name >= RULES])
 
-    after = {row["id"]: row for row in conn.execute("select * from edit_requests").fetchall()}
+    # Columns later migrations add (error_message) are left out of the comparison.
+    after = {
+        row["id"]: {name: value for name, value in row.items() if name in before[row["id"]]}
+        for row in conn.execute("select * from edit_requests").fetchall()
+    }
     assert after.keys() == before.keys()
     # Finished rows and rows the rules accept are untouched (an old one-step failure stays history).
     for request_id in (queued, awaiting, processing, succeeded, failed, canceled, one_step_failed):

@@ -42,7 +42,9 @@ _VIEW_KEYS = (
 
 
 def _view(row: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps({key: row[key] for key in _VIEW_KEYS}, default=str))  # type: ignore[no-any-return]
+    # `error` is the message written for users (the row's raw `error` is not theirs to read).
+    view = {key: row["error_message"] if key == "error" else row[key] for key in _VIEW_KEYS}
+    return json.loads(json.dumps(view, default=str))  # type: ignore[no-any-return]
 
 
 async def _submit(
@@ -136,7 +138,7 @@ def create_mcp_server(
             if final["status"] != "succeeded":
                 if final["status"] in TERMINAL:
                     raise ToolError(
-                        f"{final['error_code'] or final['status']}: {final['error'] or final['status']}"
+                        f"{final['error_code'] or final['status']}: {final['error_message'] or final['status']}"
                     )
                 return [json.dumps({**_view(final), "note": "still running; call get_edit_status"})]
             png = await submissions.output(final)

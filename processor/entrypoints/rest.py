@@ -125,7 +125,7 @@ class EditView(BaseModel):
     status: str
     progress: float
     prompt: str
-    error: str | None = None
+    error: str | None = Field(default=None, description="What `error_code` means, written for users.")
     error_code: str | None = None
     result: dict[str, Any] | None = None
     output_url: str | None = Field(default=None, description="Signed URL of the result, when succeeded.")
@@ -226,7 +226,8 @@ _IMAGE_KEYS = ("image", "images")
 
 
 def _view(row: dict[str, Any], **extra: Any) -> EditView:
-    return EditView.model_validate({**row, **extra})
+    # `error` is the message written for users (the raw text is the operators', in the row's `error`).
+    return EditView.model_validate({**row, "error": row.get("error_message"), **extra})
 
 
 class RestApi:
@@ -320,7 +321,7 @@ class RestApi:
                 async for row in self.submissions.follow(user, request_id):
                     payload = {"id": str(row["id"]), "status": row["status"], "progress": row["progress"]}
                     if row["status"] in TERMINAL:
-                        payload.update(error=row["error"], error_code=row["error_code"])
+                        payload.update(error=row["error_message"], error_code=row["error_code"])
                         yield f"event: done\ndata: {json.dumps(payload)}\n\n"
                     else:
                         yield f"event: progress\ndata: {json.dumps(payload)}\n\n"

@@ -109,9 +109,7 @@ class InMemoryObjectStorage:
         """What fetching a ``signed_url`` serves; ``InvalidInput`` when forged, expired or gone."""
         parts = urlsplit(url)
         if not url.startswith(SIGNED_URL_PREFIX):
-            raise InvalidInput(
-                f"not a signed URL of this storage: {url}", reason=ReasonCode.STORAGE_REJECTED
-            )
+            raise InvalidInput(f"not a signed URL of this storage: {url}", reason=ReasonCode.STORAGE_REJECTED)
         bucket, _, path = parts.path.lstrip("/").partition("/")
         bucket, path = unquote(bucket), unquote(path)
         query = parse_qs(parts.query)

@@ -23,8 +23,9 @@ from processor.domain.rules import ReasonCode, reason_for_constraint
 from processor.domain.users import User
 
 _VIEW_COLUMNS = (
+    # What `authenticated` may select (migration 20261201000700): no lease, attempts or raw error.
     "id, status, progress, prompt, negative_prompt, num_inference_steps, true_cfg_scale, guidance_scale, seed, "
-    "input_paths, output_bucket, output_path, error, error_code, result, attempts, created_at, started_at, "
+    "input_paths, output_bucket, output_path, error_code, error_message, result, created_at, started_at, "
     "finished_at, updated_at, width, height, base, base_color"
 )
 

@@ -126,4 +126,5 @@ def _png_text(job: EditJob, result: EditResult) -> dict[str, str]:
 
 
 def _result_json(job: EditJob, result: EditResult) -> dict[str, Any]:
-    return {**result.metadata(), "attempt": job.attempts}
+    # No attempt count: the owner reads `result`, and retries are the operators' business.
+    return dict(result.metadata())
