@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 from processor.core.worker.config import WorkerConfig, output_path_for
 from processor.core.worker.job import ActiveJob, StopReason
@@ -83,7 +82,8 @@ class JobPipeline:
         await timed(
             "upload", self._storage.upload(job.output_bucket, output_path, encoded, content_type="image/png")
         )
-        if not await self._writes.complete(job, output_path, _result_json(job, result)):
+        # No attempt count in the result: the owner reads it, and retries are the operators' business.
+        if not await self._writes.complete(job, output_path, result.metadata()):
             return "lost", "not_owner"
         self._metrics.overhead(time.monotonic() - active.claimed_at - edit_seconds)
         return "succeeded", "ok"
@@ -123,8 +123,3 @@ class JobPipeline:
 
 def _png_text(job: EditJob, result: EditResult) -> dict[str, str]:
     return {**generation_text(job.params(), result), "request_id": str(job.id)}
-
-
-def _result_json(job: EditJob, result: EditResult) -> dict[str, Any]:
-    # No attempt count: the owner reads `result`, and retries are the operators' business.
-    return dict(result.metadata())
