@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from PIL import Image
 
+from processor.domain.speed import LoraChoice, SpeedPreset
 from processor.domain.users import User
 
 HeartbeatAnswer = Literal["ok", "lost", "canceled"]
@@ -49,6 +50,10 @@ class EditParams:
     """Used only without input images: the engine then edits a canvas it builds."""
     base_color: str = "#ffffff"
     """``#rrggbb`` of a ``blank`` canvas."""
+    speed: SpeedPreset | None = None
+    """``quality``, ``fast`` or ``fastest`` (``domain.speed``); ``None``: the deployment's ``SPEED``."""
+    loras: tuple[LoraChoice, ...] = ()
+    """Allowlisted LoRAs to activate for this edit only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +71,8 @@ class EditResult:
     """Model id, revision, device and dtype."""
     base: BaseCanvas | None = None
     """The canvas the edit started from when it had no input image; ``None`` for edits."""
+    run: Mapping[str, Any] = field(default_factory=dict)
+    """How it ran, when the engine chose (speed preset, guidance, scheduler, LoRAs and scales)."""
 
     def metadata(self) -> dict[str, Any]:
         """Everything but the image, JSON-ready (stored in ``edit_requests.result``)."""
@@ -79,6 +86,7 @@ class EditResult:
         }
         if self.base is not None:
             metadata["base"] = self.base
+        metadata.update(self.run)
         return metadata
 
 
