@@ -462,6 +462,13 @@ def load_pipeline(
                 f"{source} is a {class_name}; this engine runs only {', '.join(SUPPORTED_PIPELINE_CLASSES)} "
                 f"models ({', '.join(SUPPORTED_MODELS)})"
             )
+        if source not in SUPPORTED_MODELS and not Path(source).is_dir():
+            log.warning(
+                "%s is a %s but not one of the verified model ids (%s)",
+                source,
+                class_name,
+                ", ".join(SUPPORTED_MODELS),
+            )
         if memory == "quantized":
             options["quantization_config"] = _quantization_config(quantization, device, dtype)
         pipeline = _InstrumentedPipeline.from_pretrained(source, dtype=dtype, **options)
