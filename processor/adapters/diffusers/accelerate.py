@@ -148,12 +148,11 @@ def reset_step_cache(pipeline: Any, accelerations: Accelerations) -> None:
 
 
 def compile_counters() -> Mapping[str, int]:
-    """torch.compile's process-wide counts: graphs compiled and recompilations."""
+    """torch.compile's process-wide counts: ``frames`` compiled (each recompile is one more) and
+    ``graphs`` produced. After warm-up neither should grow."""
     from torch._dynamo.utils import counters
 
-    stats = counters["stats"]
     return {
-        "unique_graphs": int(stats.get("unique_graphs", 0)),
-        "calls_captured": int(stats.get("calls_captured", 0)),
-        "recompiles": int(sum(counters["recompiles"].values())) if "recompiles" in counters else 0,
+        "frames": int(counters["frames"].get("total", 0)),
+        "graphs": int(counters["stats"].get("unique_graphs", 0)),
     }
