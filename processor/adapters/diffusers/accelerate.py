@@ -63,7 +63,7 @@ class Accelerations:
     attention_backend: str | None = None
     fp8: bool = False
     step_cache: bool = False
-    step_cache_threshold: float = 0.05
+    step_cache_threshold: float = 0.2
 
     def describe(self) -> dict[str, Any]:
         return {
