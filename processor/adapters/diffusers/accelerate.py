@@ -50,6 +50,8 @@ ATTENTION_BACKENDS = (
     "_flash_3",
 )
 """What ``ATTENTION_BACKEND`` accepts (diffusers ``AttentionBackendName`` values that need no hub download)."""
+CUDA_ONLY_BACKENDS = ("_native_cudnn", "_native_flash", "_native_efficient", "flash", "_flash_3")
+"""Backends whose kernels exist only on CUDA (SDPA would find no kernel at the first request otherwise)."""
 FP8_KEEP_BF16 = ("img_mlp",)
 """Module-name fragments FP8 leaves in bfloat16."""
 FP8_MIN_CAPABILITY = (8, 9)
@@ -97,6 +99,8 @@ def check_accelerations(accelerations: Accelerations, device: torch.device) -> N
         raise ConfigurationError(
             f"ATTENTION_BACKEND={backend!r} is not one of {', '.join(ATTENTION_BACKENDS)}"
         )
+    if backend in CUDA_ONLY_BACKENDS and device.type != "cuda":
+        raise ConfigurationError(f"ATTENTION_BACKEND={backend} needs CUDA; this engine runs on {device}")
     if accelerations.fp8:
         check_fp8(device)
     if accelerations.step_cache and not 0 < accelerations.step_cache_threshold < 1:
@@ -122,23 +126,40 @@ def apply_fp8(transformer: torch.nn.Module) -> int:
 
 
 def apply_accelerations(pipeline: Any, accelerations: Accelerations, device: torch.device) -> None:
-    """Apply them in the order that composes: FP8, attention backend, step cache, then compile."""
+    """Bring the transformer to exactly ``accelerations``, in the order that composes: FP8, attention
+    backend, step cache, then compile. Everything but FP8 can be switched off again (benchmarks
+    compare variants on one set of weights); FP8 changes the weights for good."""
     check_accelerations(accelerations, device)
     transformer = pipeline.transformer
-    if accelerations.fp8:
+    if accelerations.fp8 and not getattr(transformer, _FP8_MARK, False):
         log.info("FP8 applied", extra={"linear_layers": apply_fp8(transformer)})
-    if accelerations.attention_backend is not None:
-        try:
+        setattr(transformer, _FP8_MARK, True)
+    try:
+        if accelerations.attention_backend is not None:
             transformer.set_attention_backend(accelerations.attention_backend)
-        except (ValueError, RuntimeError, ImportError) as exc:
-            raise ConfigurationError(f"ATTENTION_BACKEND={accelerations.attention_backend}: {exc}") from exc
+        else:
+            transformer.reset_attention_backend()
+    except (ValueError, RuntimeError, ImportError) as exc:
+        raise ConfigurationError(f"ATTENTION_BACKEND={accelerations.attention_backend}: {exc}") from exc
+    if getattr(transformer, "_cache_config", None) is not None:
+        transformer.disable_cache()
     if accelerations.step_cache:
         from diffusers.hooks import FirstBlockCacheConfig
 
         transformer.enable_cache(FirstBlockCacheConfig(threshold=accelerations.step_cache_threshold))
+    blocks = [
+        module for module in transformer.modules() if type(module).__name__ in transformer._repeated_blocks
+    ]
     if accelerations.compile:
         # dynamic=True: one graph for every sequence length, so changing sizes does not recompile.
-        transformer.compile_repeated_blocks(dynamic=True)
+        if not all(getattr(block, "_compiled_call_impl", None) for block in blocks):
+            transformer.compile_repeated_blocks(dynamic=True)
+    else:
+        for block in blocks:
+            block._compiled_call_impl = None  # back to eager (what nn.Module.compile set)
+
+
+_FP8_MARK = "_edit_processor_fp8"
 
 
 def reset_step_cache(pipeline: Any, accelerations: Accelerations) -> None:

@@ -125,7 +125,8 @@ class DiffusersEditor:
         for preset, source in (lightning or {}).items():
             if preset not in LIGHTNING_STEPS:
                 raise ConfigurationError(f"no Lightning LoRA for the {preset!r} preset")
-            source.load_into(pipeline, LIGHTNING_ADAPTERS[preset])
+            if LIGHTNING_ADAPTERS[preset] not in getattr(pipeline.transformer, "peft_config", {}):
+                source.load_into(pipeline, LIGHTNING_ADAPTERS[preset])
             self._lightning[preset] = source
         if self._speed != "quality" and self._speed not in self._lightning:
             raise ConfigurationError(
@@ -197,6 +198,23 @@ class DiffusersEditor:
         if warmup:
             editor.warm_up()
         return editor
+
+    @classmethod
+    def from_components(
+        cls,
+        components: Mapping[str, Any],
+        *,
+        model_id: str,
+        sizing: ModelSizing | None = None,
+        **options: Any,
+    ) -> DiffusersEditor:
+        """An editor over already built components (benchmarks build random full-size weights on the
+        GPU); the engine's fixes are installed as ``load_pipeline`` installs them. Editors built from
+        the same components share their weights (and their loaded adapters)."""
+        pipeline = _InstrumentedPipeline(**components)
+        install_mrope_fix(pipeline.text_encoder)
+        pipeline.set_progress_bar_config(disable=True)
+        return cls(pipeline, model_id=model_id, sizing=sizing, **options)
 
     @property
     def pipeline(self) -> Any:
