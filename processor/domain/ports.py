@@ -143,6 +143,8 @@ class EditJob:
     height: int | None = None
     base: BaseCanvas = "blank"
     base_color: str = "#ffffff"
+    speed: SpeedPreset | None = None
+    loras: tuple[LoraChoice, ...] = ()
 
     def params(self) -> EditParams:
         return EditParams(
@@ -156,6 +158,8 @@ class EditJob:
             height=self.height,
             base=self.base,
             base_color=self.base_color,
+            speed=self.speed,
+            loras=self.loras,
         )
 
 

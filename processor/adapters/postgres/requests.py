@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from processor.domain.errors import InvalidInput, TransientError
@@ -24,7 +25,7 @@ from processor.domain.users import User
 _VIEW_COLUMNS = (
     "id, status, progress, prompt, negative_prompt, num_inference_steps, true_cfg_scale, guidance_scale, seed, "
     "input_paths, output_bucket, output_path, error, error_code, result, attempts, created_at, started_at, "
-    "finished_at, updated_at, width, height, base, base_color"
+    "finished_at, updated_at, width, height, base, base_color, speed, loras"
 )
 
 
@@ -67,8 +68,8 @@ class EditRequests:
                 cursor = await conn.execute(
                     "insert into public.edit_requests (id, prompt, negative_prompt, input_paths, "
                     "num_inference_steps, true_cfg_scale, guidance_scale, seed, width, height, base, "
-                    "base_color) "
-                    f"values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning {_VIEW_COLUMNS}",
+                    "base_color, speed, loras) "
+                    f"values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning {_VIEW_COLUMNS}",
                     (
                         request_id,
                         params.prompt,
@@ -82,10 +83,14 @@ class EditRequests:
                         params.height,
                         params.base,
                         params.base_color,
+                        params.speed,
+                        Jsonb([lora.as_json() for lora in params.loras]),
                     ),
                 )
                 row = await cursor.fetchone()
         except psycopg.errors.CheckViolation as exc:
+            if exc.diag.constraint_name == "edit_requests_loras_allowed":
+                raise InvalidInput(str(exc.diag.message_primary), reason="unknown_lora") from exc
             reason = (
                 "invalid_size"
                 if exc.diag.constraint_name == "edit_requests_size_valid"
