@@ -13,6 +13,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -22,6 +23,7 @@ from mcp.server.mcpserver.utilities.types import Image
 from processor.core.submissions import TERMINAL, Submissions
 from processor.domain.errors import ProcessorError
 from processor.domain.ports import EditParams
+from processor.domain.speed import parse_loras
 from processor.domain.users import User
 from processor.entrypoints.auth import AuthError, TokenVerifier
 
@@ -113,12 +115,15 @@ def create_mcp_server(
         base: Literal["blank", "noise"] = "blank",
         base_color: str = "#ffffff",
         timeout_seconds: float = 600,
+        speed: Literal["quality", "fast", "fastest"] | None = None,
+        loras: list[dict[str, Any]] | None = None,
     ) -> list[Any]:
         """Edit an image (base64, or an object path in your `edit-inputs/{your id}/` folder) and return it.
 
         Without an image, creates one: the model edits a `blank` canvas (`base_color`) or seeded
         `noise` at `width` × `height` (multiples of 16; default 1024 × 1024). Waits for the result
-        up to `timeout_seconds`; returns the PNG and its metadata.
+        up to `timeout_seconds`; returns the PNG and its metadata. `speed`: `quality` (40 steps),
+        `fast` (8) or `fastest` (4); `loras`: up to 3 allowlisted `{"name", "scale"}`.
         """
         user = user_of(ctx)
         params = EditParams(
@@ -132,8 +137,10 @@ def create_mcp_server(
             height=height,
             base=base,
             base_color=base_color,
+            speed=speed,
         )
         try:
+            params = replace(params, loras=parse_loras(loras))
             row = await _submit(submissions, user, params, image_base64, object_path)
             final = await submissions.wait(user, row["id"], timeout_seconds) or row
             if final["status"] != "succeeded":

@@ -18,13 +18,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from processor.core.submissions import TERMINAL, Submissions
 from processor.domain.errors import InvalidInput, ProcessorError, TransientError
 from processor.domain.ports import EditParams
+from processor.domain.speed import MAX_REQUEST_LORAS, parse_loras
 from processor.domain.users import User
 from processor.entrypoints.auth import AuthError, TokenVerifier
 
@@ -48,6 +49,11 @@ class ApiError(Exception):
         self.status_code = status_code
         self.code = code
         self.message = message
+
+
+class LoraField(BaseModel):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    scale: float | None = Field(default=None, ge=-4, le=4)
 
 
 class EditCreate(BaseModel):
@@ -81,6 +87,19 @@ class EditCreate(BaseModel):
     base_color: str = Field(
         default="#ffffff", pattern=r"^#[0-9A-Fa-f]{6}$", description="Colour of a blank canvas."
     )
+    speed: Literal["quality", "fast", "fastest"] | None = Field(
+        default=None,
+        description="quality (40 steps, CFG), fast (Lightning 8), fastest (Lightning 4); default: the deployment's.",
+    )
+    loras: list[LoraField] = Field(
+        default_factory=list, max_length=MAX_REQUEST_LORAS, description="Allowlisted LoRAs for this edit."
+    )
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _loras_from_form(cls, value: object) -> object:
+        """A multipart form sends the list as JSON text."""
+        return json.loads(value) if isinstance(value, str) else value
 
 
 class EditAccepted(BaseModel):
@@ -147,6 +166,8 @@ _CREATE_BODY = {
                         "height": {"type": "integer"},
                         "base": {"type": "string", "enum": ["blank", "noise"]},
                         "base_color": {"type": "string"},
+                        "speed": {"type": "string", "enum": ["quality", "fast", "fastest"]},
+                        "loras": {"type": "string", "description": 'JSON: [{"name": ..., "scale": ...}]'},
                     },
                 }
             },
@@ -250,6 +271,8 @@ class RestApi:
                 height=body.height,
                 base=body.base,
                 base_color=body.base_color,
+                speed=body.speed,
+                loras=parse_loras([lora.model_dump() for lora in body.loras]),
             )
             row = await self.submissions.submit(user, images, params)
             if wait:

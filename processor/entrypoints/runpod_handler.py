@@ -33,6 +33,7 @@ from PIL import Image
 from processor.domain.errors import InvalidInput, ProcessorError
 from processor.domain.images import ImageLimits, decode_image, encode_image
 from processor.domain.ports import Editor, EditParams, EditResult, ProgressCallback
+from processor.domain.speed import check_speed, parse_loras
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,8 @@ def _params(job_input: Mapping[str, Any]) -> EditParams:
             height=int(job_input["height"]) if job_input.get("height") else None,
             base=job_input.get("base", "blank"),
             base_color=str(job_input.get("base_color", "#ffffff")),
+            speed=check_speed(job_input.get("speed")),
+            loras=parse_loras(job_input.get("loras")),
         )
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"bad parameter: {exc}", reason="invalid_parameter") from exc
@@ -145,6 +148,8 @@ def make_handler(
             "width": result.width,
             "height": result.height,
             "timings": dict(result.timings),
+            "num_inference_steps": result.num_inference_steps,
+            **result.run,  # speed, true_cfg_scale, scheduler, loras: how it ran
         }
 
     async def process_row(job: Job, request_id: uuid.UUID) -> dict[str, Any]:
