@@ -12,7 +12,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from processor.domain.errors import ConfigurationError, ModelError, ProcessorError
+from processor.domain.errors import ConfigurationError, InvalidInput, ModelError, ProcessorError
 from processor.domain.images import OutputFormat
 from processor.domain.ports import BaseCanvas
 from processor.domain.rules import DeviceChoice
@@ -96,6 +96,19 @@ _DEVICES: dict[str, DeviceChoice] = {"auto": "auto", "cuda": "cuda", "cpu": "cpu
 _BASES: dict[str, BaseCanvas] = {"blank": "blank", "noise": "noise"}
 
 
+def _lora_option(text: str) -> dict[str, object]:
+    """``NAME`` or ``NAME=SCALE`` (``--lora``)."""
+    name, _, scale = text.partition("=")
+    if not scale:
+        return {"name": name}
+    try:
+        return {"name": name, "scale": float(scale)}
+    except ValueError:
+        raise InvalidInput(
+            f"--lora {text!r}: the scale is not a number", reason="invalid_parameter"
+        ) from None
+
+
 @app.command()
 def edit(
     prompt: Annotated[str, typer.Option(help="What to change (or, without --image, what to create).")],
@@ -136,6 +149,16 @@ def edit(
     device: Annotated[
         str | None, typer.Option(help="auto, cuda or cpu (default: DEVICE, else auto).")
     ] = None,
+    speed: Annotated[
+        str | None,
+        typer.Option(
+            help="quality (40 steps, CFG), fast (Lightning 8) or fastest (Lightning 4); default: SPEED."
+        ),
+    ] = None,
+    lora: Annotated[
+        list[str] | None,
+        typer.Option("--lora", help="An allowlisted LoRA (LORAS) as NAME or NAME=SCALE; repeat for more."),
+    ] = None,
 ) -> None:
     """Run one edit (or, without --image, create an image), write it and print its metadata as JSON.
 
@@ -145,6 +168,7 @@ def edit(
     from processor.domain.params import check_params, generation_text
     from processor.domain.ports import EditParams
     from processor.domain.sizing import ModelSizing, output_size
+    from processor.domain.speed import check_speed, parse_loras
 
     try:
         overrides: dict[str, object] = {}
@@ -169,6 +193,8 @@ def edit(
             height=height,
             base=_choice(base, "--base", _BASES),
             base_color=base_color,
+            speed=check_speed(speed),
+            loras=parse_loras([_lora_option(text) for text in lora or []]),
         )
         # Everything that can be refused is refused before the (slow) model load.
         check_params(params)
