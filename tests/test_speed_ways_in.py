@@ -159,3 +159,28 @@ def test_runpod_direct_edits_take_speed_and_loras(speedy_editor: DiffusersEditor
     assert output["loras"] == [{"name": "ink", "scale": 0.3}]
     refused = asyncio.run(handler({"id": "job-2", "input": {**job, "loras": [{"name": "nope"}]}}))
     assert "unknown LoRA" in json.dumps(refused)
+
+
+def test_mcp_edit_image_takes_speed_and_loras(
+    start_processor: Callable[..., Harness],
+    make_user: Callable[[], uuid.UUID],
+    speedy_editor: DiffusersEditor,
+) -> None:
+    from tests.test_mcp_tools import call_over_http, text_of
+
+    harness = start_processor(editor=speedy_editor, rest=True)
+    harness.db.execute("insert into edit_loras (name) values ('ink')")
+    token = harness.storage.token(make_user())
+    arguments = {
+        "prompt": "blue",
+        "image_base64": b64(png_bytes()),
+        "speed": "fastest",
+        "loras": [{"name": "ink", "scale": 0.4}],
+    }
+    result = call_over_http(harness, token, "edit_image", arguments)
+    assert not result.is_error, text_of(result)
+    metadata = json.loads(text_of(result))
+    assert (metadata["result"]["speed"], metadata["result"]["num_inference_steps"]) == ("fastest", 4)
+    assert metadata["result"]["loras"] == [{"name": "ink", "scale": 0.4}]
+    refused = call_over_http(harness, token, "edit_image", {**arguments, "loras": [{"name": "nope"}]})
+    assert refused.is_error and "unknown LoRA" in text_of(refused)
