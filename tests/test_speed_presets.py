@@ -236,3 +236,26 @@ def test_quality_after_fast_and_fastest_is_byte_identical_to_a_fresh_process(
     fast = lightning_editor.edit([picture()], EditParams(prompt="make it blue", seed=5, speed="fast"))
     assert digest(fast.image) != fresh_process_digest
     assert digest(lightning_editor.edit([picture()], params).image) == fresh_process_digest
+
+
+def test_the_comfyui_engine_refuses_presets_and_loras_instead_of_ignoring_them() -> None:
+    from processor.adapters.comfyui.editor import ComfyUIEditor
+    from processor.devtools.comfyui_server import ComfyState, create_comfyui_app
+    from processor.devtools.serving import serve_in_thread
+    from processor.domain.speed import LoraChoice
+
+    served = serve_in_thread(create_comfyui_app(ComfyState()))
+    try:
+        editor = ComfyUIEditor(served.url, timeout=5)
+        for params in (
+            EditParams(prompt="blue", speed="fast"),
+            EditParams(prompt="blue", loras=(LoraChoice("ink"),)),
+        ):
+            with pytest.raises(InvalidInput, match="EDIT_ENGINE=diffusers") as refused:
+                editor.edit([picture()], params)
+            assert refused.value.reason == "speed_unavailable"
+        assert editor.edit(
+            [picture()], EditParams(prompt="blue", speed="quality", num_inference_steps=2)
+        ).seed
+    finally:
+        served.stop()

@@ -58,6 +58,7 @@ from websockets.sync.connection import Connection
 from processor.domain.errors import (
     ConfigurationError,
     EditCancelled,
+    InvalidInput,
     ModelError,
     TransientError,
     WorkflowError,
@@ -194,6 +195,12 @@ class ComfyUIEditor:
         cancel: threading.Event | None = None,
     ) -> EditResult:
         prepared = prepare_edit(images, params, self._sizing)
+        if params.speed not in (None, "quality") or params.loras:
+            # The workflow decides steps, scheduler and LoRAs itself; silently ignoring a request's
+            # choice would record a run that did not happen.
+            raise InvalidInput(
+                "speed presets and request LoRAs need EDIT_ENGINE=diffusers", reason="speed_unavailable"
+            )
         with self._lock:
             started = time.perf_counter()
             client_id = uuid.uuid4().hex
