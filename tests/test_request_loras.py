@@ -144,3 +144,19 @@ def test_request_lora_lists_are_checked() -> None:
     ):
         with pytest.raises(InvalidInput, match=message):
             parse_loras(bad)
+
+
+def test_an_allowlisted_lora_that_cannot_load_fails_the_edit_not_the_editor(
+    tiny_model_dir: Path, allowlist: dict[str, AllowedLora], tmp_path: Path
+) -> None:
+    from processor.domain.errors import ModelError
+
+    broken = AllowedLora("gone", LoraSource(str(tmp_path), weight_name="gone.safetensors"))
+    editor = DiffusersEditor.load(tiny_model_dir, device="cpu", loras={**allowlist, "gone": broken})
+    with pytest.raises(ModelError, match="cannot load the LoRA") as failed:
+        editor.edit([picture()], params(LoraChoice("gone")))
+    assert failed.value.reason == "lora_unavailable"
+    assert editor.adapters.resident() == []
+    assert editor.edit([picture()], params(LoraChoice("ink"))).metadata()["loras"] == [
+        {"name": "ink", "scale": 0.8}
+    ]

@@ -328,7 +328,10 @@ class DiffusersEditor:
             true_cfg_scale=params.true_cfg_scale,
             model_scheduler_config=self._model_scheduler_config,
         )
-        active = self._adapters.activate(params.loras)
+        try:
+            active = self._adapters.activate(params.loras)
+        except ConfigurationError as exc:  # an allowlisted file that cannot be loaded now
+            raise ModelError(str(exc), reason="lora_unavailable") from exc
         adapters = ([(lightning, 1.0)] if lightning else []) + [(name, scale) for name, scale, _ in active]
         return RunPlan(
             speed=speed,
