@@ -137,8 +137,10 @@ def apply_accelerations(pipeline: Any, accelerations: Accelerations, device: tor
     try:
         if accelerations.attention_backend is not None:
             transformer.set_attention_backend(accelerations.attention_backend)
-        else:
+            setattr(transformer, _BACKEND_MARK, accelerations.attention_backend)
+        elif getattr(transformer, _BACKEND_MARK, None) is not None:  # untouched models stay untouched
             transformer.reset_attention_backend()
+            setattr(transformer, _BACKEND_MARK, None)
     except (ValueError, RuntimeError, ImportError) as exc:
         raise ConfigurationError(f"ATTENTION_BACKEND={accelerations.attention_backend}: {exc}") from exc
     if getattr(transformer, "_cache_config", None) is not None:
@@ -160,6 +162,7 @@ def apply_accelerations(pipeline: Any, accelerations: Accelerations, device: tor
 
 
 _FP8_MARK = "_edit_processor_fp8"
+_BACKEND_MARK = "_edit_processor_attention_backend"
 
 
 def reset_step_cache(pipeline: Any, accelerations: Accelerations) -> None:
