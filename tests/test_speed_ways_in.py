@@ -184,3 +184,36 @@ def test_mcp_edit_image_takes_speed_and_loras(
     assert metadata["result"]["loras"] == [{"name": "ink", "scale": 0.4}]
     refused = call_over_http(harness, token, "edit_image", {**arguments, "loras": [{"name": "nope"}]})
     assert refused.is_error and "unknown LoRA" in text_of(refused)
+
+
+def test_cli_takes_the_acceleration_settings_from_the_environment(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photo = tmp_path / "in.png"
+    photo.write_bytes(png_bytes())
+    monkeypatch.setenv("STEP_CACHE", "true")
+    monkeypatch.setenv("STEP_CACHE_THRESHOLD", "0.3")
+    monkeypatch.setenv("ATTENTION_BACKEND", "native")
+    args = [
+        "edit",
+        "--image",
+        str(photo),
+        "--prompt",
+        "blue",
+        "--model",
+        str(tiny_model_dir),
+        "--device",
+        "cpu",
+    ]
+    result = CliRunner().invoke(app, [*args, "--steps", "3", "--out", str(tmp_path / "o.png")])
+    assert result.exit_code == 0, result.stderr
+    model = json.loads(result.stdout)["model"]
+    assert (model["step_cache"], model["attention_backend"], model["compile"], model["fp8"]) == (
+        0.3,
+        "native",
+        False,
+        False,
+    )
+    monkeypatch.setenv("FP8", "true")
+    refused = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "f.png")])
+    assert refused.exit_code == 2 and "FP8=true needs a CUDA GPU" in refused.stderr
