@@ -13,9 +13,9 @@ from typing import Annotated, TypeVar
 import typer
 
 from processor.domain import rules
-from processor.domain.errors import ConfigurationError, ModelError, ProcessorError
+from processor.domain.errors import ConfigurationError, InvalidInput, ModelError, ProcessorError
 from processor.domain.images import OutputFormat
-from processor.domain.rules import DeviceChoice
+from processor.domain.rules import DeviceChoice, ReasonCode
 from processor.observability.logs import configure_logging
 from processor.settings import Settings, load_settings
 
@@ -110,6 +110,19 @@ _FORMATS: dict[str, OutputFormat] = {"png": "png", "webp": "webp", "jpeg": "jpeg
 _DEVICES: dict[str, DeviceChoice] = {"auto": "auto", "cuda": "cuda", "cpu": "cpu"}
 
 
+def _lora_option(text: str) -> dict[str, object]:
+    """``NAME`` or ``NAME=SCALE`` (``--lora``)."""
+    name, _, scale = text.partition("=")
+    if not scale:
+        return {"name": name}
+    try:
+        return {"name": name, "scale": float(scale)}
+    except ValueError:
+        raise InvalidInput(
+            f"--lora {text!r}: the scale is not a number", reason=ReasonCode.INVALID_PARAMETER
+        ) from None
+
+
 @app.command()
 def edit(
     prompt: Annotated[str, typer.Option(help="What to change (or, without --image, what to create).")],
@@ -154,6 +167,16 @@ def edit(
     device: Annotated[
         str | None, typer.Option(help="auto, cuda or cpu (default: DEVICE, else auto).")
     ] = None,
+    speed: Annotated[
+        str | None,
+        typer.Option(
+            help="quality (40 steps, CFG), fast (Lightning 8) or fastest (Lightning 4); default: SPEED."
+        ),
+    ] = None,
+    lora: Annotated[
+        list[str] | None,
+        typer.Option("--lora", help="An allowlisted LoRA (LORAS) as NAME or NAME=SCALE; repeat for more."),
+    ] = None,
 ) -> None:
     """Run one edit (or, without --image, create an image), write it and print its metadata as JSON.
 
@@ -187,6 +210,8 @@ def edit(
                 "height": height,
                 "base": base,
                 "base_color": base_color,
+                "speed": speed,
+                "loras": [_lora_option(text) for text in lora or []],
             }
         )
         check_request(params, len(image or []))

@@ -112,6 +112,7 @@ def build_editor(settings: Settings) -> Editor:
         memory=settings.memory_mode,
         quantization=settings.quantization,
         warmup=settings.warmup,
+        **speed_options(settings),
     )
 
 
@@ -126,6 +127,44 @@ def missing_extra(error: ModuleNotFoundError, extra: str, packages: set[str]) ->
         f"EDIT_ENGINE={extra} needs the {extra!r} extra ({error.name} is not installed): "
         f"pip install 'qwen-edit-processor[{extra}]'"
     )
+
+
+def speed_options(settings: Settings) -> dict[str, Any]:
+    """The diffusers engine's speed values from ``SPEED``, ``LIGHTNING_*``, ``LORAS``, ``COMPILE``…"""
+    from processor.adapters.diffusers.accelerate import Accelerations
+    from processor.adapters.diffusers.loras import AllowedLora, LoraSource
+    from processor.adapters.diffusers.presets import KNOWN_LIGHTNING
+    from processor.domain.errors import ConfigurationError
+
+    lightning: dict[str, LoraSource] = {}
+    for preset, text in (("fast", settings.lightning_8step_lora), ("fastest", settings.lightning_4step_lora)):
+        if text is None:
+            continue
+        if text == "auto":
+            known = KNOWN_LIGHTNING.get(settings.model_id, {})
+            if preset not in known:
+                raise ConfigurationError(
+                    f"no published Lightning LoRA is known for MODEL_ID={settings.model_id}; "
+                    "set LIGHTNING_8STEP_LORA / LIGHTNING_4STEP_LORA to a file"
+                )
+            text = known[preset]  # type: ignore[index]
+        lightning[preset] = LoraSource.parse(text)
+    return {
+        "speed": settings.speed,
+        "lightning": lightning,
+        "loras": {
+            name: AllowedLora(name, LoraSource.parse(lora.source), lora.scale)
+            for name, lora in settings.loras.items()
+        },
+        "lora_cache_size": settings.lora_cache_size,
+        "accelerations": Accelerations(
+            compile=settings.compile,
+            attention_backend=settings.attention_backend,
+            fp8=settings.fp8,
+            step_cache=settings.step_cache,
+            step_cache_threshold=settings.step_cache_threshold,
+        ),
+    }
 
 
 def build_queue(settings: Settings) -> PostgresJobQueue:

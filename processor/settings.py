@@ -14,17 +14,24 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from processor.domain import rules
 from processor.domain.errors import ConfigurationError
-from processor.domain.rules import DeviceChoice, MemoryMode, Quantization
+from processor.domain.rules import LORA_NAME, DeviceChoice, MemoryMode, Quantization, SpeedPreset
 
 
 def _default_worker_id() -> str:
     # Unique per process: host, pid and a random suffix (a restarted pid must not reuse an old lease).
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+class LoraSetting(BaseModel):
+    """One allowlisted request LoRA (``LORAS``)."""
+
+    source: str
+    scale: float = Field(default=1.0, ge=-4, le=4)
 
 
 class Settings(BaseSettings):
@@ -85,6 +92,34 @@ class Settings(BaseSettings):
     warmup: bool = True
     """Run one short edit after loading, so the first real request is not the slow one."""
 
+    # --- Speed (docs/speed.md) ------------------------------------------------------------------------
+    speed: SpeedPreset = "quality"
+    """Preset of requests that name none: ``quality`` (40 steps, true CFG), ``fast`` (Lightning 8 steps,
+    CFG off) or ``fastest`` (Lightning 4 steps). ``fast``/``fastest`` need their Lightning LoRA below."""
+    lightning_8step_lora: str | None = None
+    """The ``fast`` preset's LoRA: a local ``.safetensors`` file, ``owner/repo/path/file.safetensors`` on
+    the hub, or ``auto`` (the published file for ``MODEL_ID``). Loaded once at start-up. Unset: no ``fast``."""
+    lightning_4step_lora: str | None = None
+    """The ``fastest`` preset's LoRA, as ``LIGHTNING_8STEP_LORA``."""
+    loras: dict[str, LoraSetting] = Field(default_factory=dict)
+    """Allowlist of request LoRAs, JSON: ``{"name": {"source": "<file or owner/repo/file>", "scale": 0.8}}``
+    (or ``{"name": "<source>"}``, scale 1). Loaded on first use; mirror the names in ``public.edit_loras``."""
+    lora_cache_size: int = Field(default=4, ge=1, le=32)
+    """Request LoRAs kept loaded at once (least recently used evicted); also the most one request may use."""
+    compile: bool = False
+    """Regional ``torch.compile`` of the transformer blocks (lossless; compiles during warm-up)."""
+    attention_backend: str | None = None
+    """diffusers attention backend: ``native`` (SDPA), ``_native_cudnn``, ``_native_flash``, ``flash``, ``_flash_3``."""
+    fp8: bool = False
+    """Lossy: torchao float8 dynamic activations and weights on the transformer (``img_mlp`` kept in
+    bf16). Needs CUDA compute capability >= 8.9 and torchao; refused at start-up otherwise."""
+    step_cache: bool = False
+    """Lossy: diffusers' First-Block Cache on the transformer (skips the remaining blocks on steps
+    where the first block's output barely changed)."""
+    step_cache_threshold: float = Field(default=0.2, gt=0, lt=1)
+    """Relative L1 change below which ``STEP_CACHE`` reuses the cached blocks (higher: faster, worse).
+    0.2 is the value of diffusers' own First-Block-Cache example on Qwen-Image."""
+
     # --- Input limits -----------------------------------------------------------------------------
     max_image_bytes: int = Field(default=rules.MAX_IMAGE_BYTES, gt=0)
     """At most the ``edit-inputs`` bucket's ``file_size_limit``: the processor refuses to start otherwise."""
@@ -109,6 +144,21 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _lora_shorthand(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {k: {"source": v} if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+    @field_validator("loras")
+    @classmethod
+    def _lora_names(cls, value: dict[str, LoraSetting]) -> dict[str, LoraSetting]:
+        bad = [name for name in value if not LORA_NAME.match(name)]
+        if bad:
+            raise ValueError(f"LoRA names must match {LORA_NAME.pattern}: {', '.join(bad)}")
+        return value
 
     @field_validator("supabase_url", "comfyui_url")
     @classmethod

@@ -6,6 +6,7 @@ request is refused with the same reason code whichever engine would have run it.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import secrets
@@ -31,6 +32,7 @@ from processor.domain.rules import (
     ReasonCode,
 )
 from processor.domain.sizing import ModelSizing, output_size
+from processor.domain.speed import check_speed, parse_loras
 
 
 def check_params(params: EditParams) -> None:
@@ -157,7 +159,21 @@ def _as_float(value: object, form: bool) -> float | None:
     return number if math.isfinite(number) else None
 
 
-_NULLABLE = frozenset({"seed", "width", "height"})
+def _as_speed(value: object, _form: bool) -> object:
+    return check_speed(value)
+
+
+def _as_loras(value: object, form: bool) -> object:
+    # Multipart sends the list as JSON text; everywhere else it is a list already.
+    if form and isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return None
+    return parse_loras(value)
+
+
+_NULLABLE = frozenset({"seed", "width", "height", "speed"})
 _FIELDS: tuple[tuple[str, Callable[[object, bool], object], ReasonCode], ...] = (
     ("prompt", _as_text, ReasonCode.INVALID_PROMPT),
     ("negative_prompt", _as_text, ReasonCode.INVALID_PROMPT),
@@ -169,6 +185,8 @@ _FIELDS: tuple[tuple[str, Callable[[object, bool], object], ReasonCode], ...] = 
     ("height", _as_int, ReasonCode.INVALID_SIZE),
     ("base", _as_text, ReasonCode.INVALID_PARAMETER),
     ("base_color", _as_text, ReasonCode.INVALID_PARAMETER),
+    ("speed", _as_speed, ReasonCode.INVALID_PARAMETER),
+    ("loras", _as_loras, ReasonCode.INVALID_PARAMETER),
 )
 
 
@@ -231,10 +249,13 @@ def generation_text(params: EditParams, result: EditResult) -> dict[str, str]:
         "negative_prompt": params.negative_prompt,
         "seed": str(result.seed),
         "num_inference_steps": str(result.num_inference_steps),
-        "true_cfg_scale": str(params.true_cfg_scale),
+        # What ran: a Lightning preset turns CFG off whatever the request said.
+        "true_cfg_scale": str(result.run.get("true_cfg_scale", params.true_cfg_scale)),
         "guidance_scale": str(params.guidance_scale),
         "width": str(result.width),
         "height": str(result.height),
         "model": str(result.model.get("model_id", "")),
         "model_revision": str(result.model.get("revision") or ""),
+        **({"speed": str(result.run["speed"])} if "speed" in result.run else {}),
+        **({"loras": json.dumps(result.run["loras"])} if result.run.get("loras") else {}),
     }

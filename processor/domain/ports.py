@@ -23,6 +23,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from PIL import Image
 
 from processor.domain import rules
+from processor.domain.rules import SpeedPreset
+from processor.domain.speed import LoraChoice
 from processor.domain.users import User
 
 HeartbeatAnswer = Literal["ok", "lost", "canceled"]
@@ -51,6 +53,10 @@ class EditParams:
     """Used only without input images: the engine then edits a canvas it builds."""
     base_color: str = rules.DEFAULT_BASE_COLOR
     """``#rrggbb`` of a ``blank`` canvas."""
+    speed: SpeedPreset | None = None
+    """``quality``, ``fast`` or ``fastest`` (``domain.speed``); ``None``: the deployment's ``SPEED``."""
+    loras: tuple[LoraChoice, ...] = ()
+    """Allowlisted LoRAs to activate for this edit only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +74,8 @@ class EditResult:
     """Model id, revision, device and dtype."""
     base: BaseCanvas | None = None
     """The canvas the edit started from when it had no input image; ``None`` for edits."""
+    run: Mapping[str, Any] = field(default_factory=dict)
+    """How it ran, when the engine chose (speed preset, guidance, scheduler, LoRAs and scales)."""
 
     def metadata(self) -> dict[str, Any]:
         """Everything but the image, JSON-ready (stored in ``edit_requests.result``)."""
@@ -81,6 +89,7 @@ class EditResult:
         }
         if self.base is not None:
             metadata["base"] = self.base
+        metadata.update(self.run)
         return metadata
 
 
@@ -137,6 +146,8 @@ class EditJob:
     height: int | None = None
     base: BaseCanvas = rules.DEFAULT_BASE
     base_color: str = rules.DEFAULT_BASE_COLOR
+    speed: SpeedPreset | None = None
+    loras: tuple[LoraChoice, ...] = ()
 
     def params(self) -> EditParams:
         # The row's columns are named as EditParams' fields: copied by name, not by hand.

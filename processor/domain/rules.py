@@ -70,6 +70,21 @@ HEX_COLOUR_PATTERN: Final = "^#[0-9A-Fa-f]{6}$"
 HEX_COLOUR: Final = re.compile(HEX_COLOUR_PATTERN)
 DEFAULT_BASE_COLOR: Final = "#ffffff"
 
+# --- Speed presets and per-request LoRAs (domain/speed.py checks them) -----------------------------
+
+SpeedPreset = Literal["quality", "fast", "fastest"]
+"""How many steps and which guidance an edit uses (``SPEED``, per request ``speed``)."""
+SPEED_PRESETS: Final[tuple[SpeedPreset, ...]] = ("quality", "fast", "fastest")
+LIGHTNING_STEPS: Final[Mapping[SpeedPreset, int]] = {"fast": 8, "fastest": 4}
+"""Steps the Lightning LoRAs were distilled for."""
+MAX_REQUEST_LORAS: Final = 3
+"""LoRAs one request may name (the SQL check has the same bound)."""
+MIN_LORA_SCALE: Final = -4.0
+MAX_LORA_SCALE: Final = 4.0
+LORA_NAME_PATTERN: Final = "^[a-z0-9][a-z0-9_.-]{0,63}$"
+"""Allowlist names: lower-case, digits, ``_ . -``; at most 64 characters (SQL checks the same)."""
+LORA_NAME: Final = re.compile(LORA_NAME_PATTERN)
+
 # --- Output size ----------------------------------------------------------------------------------
 
 SIZE_MULTIPLE: Final = 16
@@ -167,6 +182,9 @@ class ReasonCode(StrEnum):
     # Everything else
     STORAGE_REJECTED = "storage_rejected"
     CANCELED = "canceled"
+    UNKNOWN_LORA = "unknown_lora"
+    SPEED_UNAVAILABLE = "speed_unavailable"
+    LORA_UNAVAILABLE = "lora_unavailable"
     CONFIGURATION_ERROR = "configuration_error"
     SETUP_FAILED = "setup_failed"
     INTERNAL_ERROR = "internal_error"
@@ -248,6 +266,13 @@ REASONS: Final[Mapping[ReasonCode, Reason]] = {
     ReasonCode.COMFYUI_INVALID_WORKFLOW: Reason("ComfyUI refused the workflow or an upload.", False),
     ReasonCode.STORAGE_REJECTED: Reason("Storage refused an upload or download (4xx).", False),
     ReasonCode.CANCELED: Reason("The request was canceled (cancel_edit_request or DELETE).", False),
+    ReasonCode.UNKNOWN_LORA: Reason("A LoRA the request names is not on the operator's allowlist.", False),
+    ReasonCode.SPEED_UNAVAILABLE: Reason(
+        "This deployment cannot run the speed preset or LoRAs asked for (engine or settings).", False
+    ),
+    ReasonCode.LORA_UNAVAILABLE: Reason(
+        "An allowlisted LoRA could not be loaded (a fault of the deployment).", True
+    ),
     ReasonCode.CONFIGURATION_ERROR: Reason("A setting is missing or malformed.", False),
     ReasonCode.SETUP_FAILED: Reason("The processor could not start working: the model did not load.", None),
     ReasonCode.INTERNAL_ERROR: Reason("An unexpected error in the processor (a bug).", False),
@@ -263,6 +288,7 @@ CONSTRAINT_REASONS: Final[Mapping[str, ReasonCode]] = {
     "edit_requests_input_count": ReasonCode.TOO_MANY_IMAGES,
     "edit_requests_size_valid": ReasonCode.INVALID_SIZE,
     "edit_requests_inputs_or_size": ReasonCode.INVALID_SIZE,
+    "edit_requests_loras_allowed": ReasonCode.UNKNOWN_LORA,
 }
 """What a CHECK violation on an insert means; any other constraint is ``invalid_parameter``."""
 

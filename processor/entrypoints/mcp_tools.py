@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -111,12 +111,15 @@ def create_mcp_server(
         base: str = rules.DEFAULT_BASE,
         base_color: str = rules.DEFAULT_BASE_COLOR,
         timeout_seconds: Annotated[float, Field(gt=0, le=WAIT_MAX_SECONDS)] = WAIT_MAX_SECONDS,
+        speed: Literal["quality", "fast", "fastest"] | None = None,
+        loras: list[dict[str, Any]] | None = None,
     ) -> list[Any]:
         """Edit an image (base64, or an object path in your `edit-inputs/{your id}/` folder) and return it.
 
         Without an image, creates one: the model edits a `blank` canvas (`base_color`) or seeded
         `noise` at `width` × `height` (multiples of 16; default 1024 × 1024). Waits for the result
-        up to `timeout_seconds`; returns the PNG and its metadata.
+        up to `timeout_seconds`; returns the PNG and its metadata. `speed`: `quality` (40 steps),
+        `fast` (8) or `fastest` (4); `loras`: up to 3 allowlisted `{"name", "scale"}`.
         """
         user = user_of(ctx)
         arguments = {
@@ -130,6 +133,8 @@ def create_mcp_server(
             "height": height,
             "base": base,
             "base_color": base_color,
+            "speed": speed,
+            "loras": loras,
         }
         try:
             submissions.ensure_can_wait(user)  # refused before anything is stored

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
@@ -29,10 +29,12 @@ from processor.domain.ports import EditParams
 from processor.domain.rules import (
     EDIT_BODY_FIELDS_BYTES,
     MAX_IMAGES,
+    MAX_REQUEST_LORAS,
     MULTIPART_MAX_FIELDS,
     TERMINAL,
     WAIT_MAX_SECONDS,
     ReasonCode,
+    SpeedPreset,
     edit_body_bytes,
 )
 from processor.domain.users import User
@@ -59,6 +61,11 @@ class ApiError(Exception):
         self.status_code = status_code
         self.code = code
         self.message = message
+
+
+class LoraField(BaseModel):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    scale: float | None = Field(default=None, ge=-4, le=4)
 
 
 class EditCreate(BaseModel):
@@ -109,6 +116,19 @@ class EditCreate(BaseModel):
         pattern=rules.HEX_COLOUR_PATTERN,
         description="Colour of a blank canvas.",
     )
+    speed: SpeedPreset | None = Field(
+        default=None,
+        description="quality (40 steps, CFG), fast (Lightning 8), fastest (Lightning 4); default: the deployment's.",
+    )
+    loras: list[LoraField] = Field(
+        default_factory=list, max_length=MAX_REQUEST_LORAS, description="Allowlisted LoRAs for this edit."
+    )
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _loras_from_form(cls, value: object) -> object:
+        """A multipart form sends the list as JSON text."""
+        return json.loads(value) if isinstance(value, str) else value
 
 
 class EditAccepted(BaseModel):
@@ -177,6 +197,8 @@ _CREATE_BODY = {
                         "height": {"type": "integer"},
                         "base": {"type": "string", "enum": list(rules.BASES)},
                         "base_color": {"type": "string"},
+                        "speed": {"type": "string", "enum": ["quality", "fast", "fastest"]},
+                        "loras": {"type": "string", "description": 'JSON: [{"name": ..., "scale": ...}]'},
                     },
                 }
             },

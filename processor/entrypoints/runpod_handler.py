@@ -118,6 +118,8 @@ def make_handler(
             "width": result.width,
             "height": result.height,
             "timings": dict(result.timings),
+            "num_inference_steps": result.num_inference_steps,
+            **result.run,  # speed, true_cfg_scale, scheduler, loras: how it ran
         }
 
     async def process_row(job: Job, request_id: uuid.UUID) -> dict[str, Any]:

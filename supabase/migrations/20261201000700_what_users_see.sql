@@ -56,6 +56,9 @@ as $$
     when 'comfyui_invalid_workflow' then 'ComfyUI refused the workflow or an upload.'
     when 'storage_rejected' then 'Storage refused an upload or download (4xx).'
     when 'canceled' then 'The request was canceled (cancel_edit_request or DELETE).'
+    when 'unknown_lora' then 'A LoRA the request names is not on the operator''s allowlist.'
+    when 'speed_unavailable' then 'This deployment cannot run the speed preset or LoRAs asked for (engine or settings).'
+    when 'lora_unavailable' then 'An allowlisted LoRA could not be loaded (a fault of the deployment).'
     when 'configuration_error' then 'A setting is missing or malformed.'
     when 'setup_failed' then 'The processor could not start working: the model did not load.'
     when 'internal_error' then 'An unexpected error in the processor (a bug).'
@@ -77,5 +80,5 @@ comment on column public.edit_requests.error_message is
 
 revoke select on public.edit_requests from authenticated;
 grant select (
-  id, user_id, status, progress, prompt, negative_prompt, num_inference_steps, true_cfg_scale, guidance_scale, seed, input_bucket, input_paths, output_bucket, output_path, error_code, error_message, result, created_at, started_at, finished_at, updated_at, width, height, base, base_color
+  id, user_id, status, progress, prompt, negative_prompt, num_inference_steps, true_cfg_scale, guidance_scale, seed, input_bucket, input_paths, output_bucket, output_path, error_code, error_message, result, created_at, started_at, finished_at, updated_at, width, height, base, base_color, speed, loras
 ) on public.edit_requests to authenticated;

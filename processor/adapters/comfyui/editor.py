@@ -61,6 +61,7 @@ from websockets.sync.connection import Connection
 from processor.domain.errors import (
     ConfigurationError,
     EditCancelled,
+    InvalidInput,
     ModelError,
     TransientError,
     WorkflowError,
@@ -210,6 +211,13 @@ class ComfyUIEditor:
         cancel: threading.Event | None = None,
     ) -> EditResult:
         prepared = prepare_edit(images, params, self._sizing)
+        if params.speed not in (None, "quality") or params.loras:
+            # The workflow decides steps, scheduler and LoRAs itself; silently ignoring a request's
+            # choice would record a run that did not happen.
+            raise InvalidInput(
+                "speed presets and request LoRAs need EDIT_ENGINE=diffusers",
+                reason=ReasonCode.SPEED_UNAVAILABLE,
+            )
         with self._lock:
             started = time.perf_counter()
             client_id = uuid.uuid4().hex

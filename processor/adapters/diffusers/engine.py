@@ -44,17 +44,41 @@ from diffusers import QwenImageEditPlusPipeline
 from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as _plus_module
 from PIL import Image
 
+from processor.adapters.diffusers.accelerate import (
+    Accelerations,
+    apply_accelerations,
+    check_accelerations,
+    reset_step_cache,
+)
 from processor.adapters.diffusers.compat import allow_processor_without_torchvision, install_mrope_fix
-from processor.domain.errors import ConfigurationError, EditCancelled, ModelError
+from processor.adapters.diffusers.loras import AdapterCache, AllowedLora, LoraSource, apply_adapters
+from processor.adapters.diffusers.presets import LIGHTNING_ADAPTERS, RunPlan, preset_plan
+from processor.domain.errors import ConfigurationError, EditCancelled, InvalidInput, ModelError
 from processor.domain.params import prepare_edit
 from processor.domain.ports import EditParams, EditResult, ProgressCallback
-from processor.domain.rules import MIN_STEPS, DeviceChoice, MemoryMode, Quantization, ReasonCode
+from processor.domain.rules import (
+    LIGHTNING_STEPS,
+    MIN_STEPS,
+    DeviceChoice,
+    MemoryMode,
+    Quantization,
+    ReasonCode,
+    SpeedPreset,
+)
 from processor.domain.sizing import ModelSizing, output_size
+from processor.domain.speed import check_loras, check_speed
 
 log = logging.getLogger(__name__)
 
 
 PIPELINE_CLASS = "QwenImageEditPlusPipeline"
+SUPPORTED_PIPELINE_CLASSES = (PIPELINE_CLASS,)
+"""Pipeline classes (``model_index.json`` ``_class_name``) the engine runs: Qwen-Image-Edit-2509 and -2511."""
+SUPPORTED_MODELS = {
+    "Qwen/Qwen-Image-Edit-2509": "zero_cond_t false",
+    "Qwen/Qwen-Image-Edit-2511": "zero_cond_t true (diffusers >= 0.37)",
+}
+"""Hub ids known to run through ``QwenImageEditPlusPipeline`` (docs/speed.md says how each was verified)."""
 
 
 class DiffusersEditor:
@@ -75,8 +99,18 @@ class DiffusersEditor:
         sizing: ModelSizing | None = None,
         memory: MemoryMode = "full",
         quantization: Quantization | None = None,
+        speed: SpeedPreset = "quality",
+        lightning: Mapping[SpeedPreset, LoraSource] | None = None,
+        loras: Mapping[str, AllowedLora] | None = None,
+        lora_cache_size: int = 4,
+        accelerations: Accelerations | None = None,
     ) -> None:
-        """Wrap an already loaded and placed pipeline (from ``load_pipeline``)."""
+        """Wrap an already loaded and placed pipeline (from ``load_pipeline``).
+
+        ``lightning`` (preset → source) are loaded here, once, as pinned adapters; ``loras``
+        is the allowlist of request LoRAs, loaded on first use and kept at most
+        ``lora_cache_size`` at a time; ``accelerations`` are applied after the adapters.
+        """
         if not isinstance(pipeline, _InstrumentedPipeline):
             raise TypeError(
                 "DiffusersEditor needs a pipeline from processor.adapters.diffusers.engine.load_pipeline"
@@ -91,6 +125,31 @@ class DiffusersEditor:
         self._quantization = quantization if memory == "quantized" else None
         self._device = torch.device(pipeline._execution_device)
         self._lock = threading.Lock()
+        self._speed: SpeedPreset = check_speed(speed) or "quality"
+        self._transformer_config = pipeline.transformer.config
+        self._scheduler_class = type(pipeline.scheduler)
+        self._model_scheduler_config = dict(pipeline.scheduler.config)
+        self._lightning: dict[SpeedPreset, LoraSource] = {}
+        for preset, source in (lightning or {}).items():
+            if preset not in LIGHTNING_STEPS:
+                raise ConfigurationError(f"no Lightning LoRA for the {preset!r} preset")
+            if LIGHTNING_ADAPTERS[preset] not in getattr(pipeline.transformer, "peft_config", {}):
+                source.load_into(pipeline, LIGHTNING_ADAPTERS[preset])
+            self._lightning[preset] = source
+        if self._speed != "quality" and self._speed not in self._lightning:
+            raise ConfigurationError(
+                f"SPEED={self._speed} needs its Lightning LoRA ({_LIGHTNING_SETTING[self._speed]})"
+            )
+        self._adapters = AdapterCache(
+            pipeline, loras or {}, max_resident=lora_cache_size, pinned=LIGHTNING_ADAPTERS.values()
+        )
+        self._accelerations = accelerations or Accelerations()
+        if self._accelerations.fp8 and loras:
+            raise ConfigurationError(
+                "FP8=true with request LORAS is not supported (LoRA layers on float8 weights)"
+            )
+        apply_adapters(pipeline, ())  # the base model until an edit asks for more
+        apply_accelerations(pipeline, self._accelerations, self._device)
 
     @classmethod
     def load(
@@ -103,6 +162,11 @@ class DiffusersEditor:
         memory: MemoryMode = "full",
         quantization: Quantization = "nf4",
         warmup: bool = False,
+        speed: SpeedPreset = "quality",
+        lightning: Mapping[SpeedPreset, LoraSource] | None = None,
+        loras: Mapping[str, AllowedLora] | None = None,
+        lora_cache_size: int = 4,
+        accelerations: Accelerations | None = None,
     ) -> DiffusersEditor:
         """Load a ``QwenImageEditPlusPipeline`` (hub id or local folder) and optionally warm it up.
 
@@ -113,6 +177,7 @@ class DiffusersEditor:
         """
         started = time.perf_counter()
         target = resolve_device(device)
+        check_accelerations(accelerations or Accelerations(), target)  # before minutes of loading
         pipeline = load_pipeline(
             model_id,
             revision=revision,
@@ -128,6 +193,11 @@ class DiffusersEditor:
             sizing=ModelSizing.for_model(model_id),
             memory=memory if target.type == "cuda" or memory == "quantized" else "full",
             quantization=quantization,
+            speed=speed,
+            lightning=lightning,
+            loras=loras,
+            lora_cache_size=lora_cache_size,
+            accelerations=accelerations,
         )
         log.info(
             "model loaded",
@@ -136,6 +206,23 @@ class DiffusersEditor:
         if warmup:
             editor.warm_up()
         return editor
+
+    @classmethod
+    def from_components(
+        cls,
+        components: Mapping[str, Any],
+        *,
+        model_id: str,
+        sizing: ModelSizing | None = None,
+        **options: Any,
+    ) -> DiffusersEditor:
+        """An editor over already built components (benchmarks build random full-size weights on the
+        GPU); the engine's fixes are installed as ``load_pipeline`` installs them. Editors built from
+        the same components share their weights (and their loaded adapters)."""
+        pipeline = _InstrumentedPipeline(**components)
+        install_mrope_fix(pipeline.text_encoder)
+        pipeline.set_progress_bar_config(disable=True)
+        return cls(pipeline, model_id=model_id, sizing=sizing, **options)
 
     @property
     def pipeline(self) -> Any:
@@ -156,6 +243,13 @@ class DiffusersEditor:
             "dtype": self._dtype,
             "memory_mode": self._memory,
             "quantization": self._quantization,
+            "zero_cond_t": bool(getattr(self._transformer_config, "zero_cond_t", False)),
+            "speed_default": self._speed,
+            "speeds": ["quality", *self._lightning],
+            "lightning": {preset: source.describe() for preset, source in self._lightning.items()},
+            "loras_allowed": sorted(self._adapters.allowlist),
+            "lora_cache_size": self._adapters.max_resident,
+            **self._accelerations.describe(),
             "diffusers": diffusers.__version__,
             "transformers": transformers.__version__,
             "torch": torch.__version__,
@@ -167,11 +261,20 @@ class DiffusersEditor:
         """The ``(width, height)`` an edit of images of these sizes gives; raises ``InvalidInput``."""
         return output_size(list(image_sizes), self._sizing, width, height)
 
+    @property
+    def adapters(self) -> AdapterCache:
+        """The request-LoRA cache (diagnostics and tests)."""
+        return self._adapters
+
     def warm_up(self) -> float:
-        """Run one short edit so the first real one does not pay for lazy initialisation; returns seconds."""
+        """Run one short edit per available preset so the first real one does not pay for lazy
+        initialisation (or, with ``COMPILE``, for compilation); returns seconds."""
         started = time.perf_counter()
         gradient = Image.linear_gradient("L").resize((256, 256)).convert("RGB")
-        self.edit([gradient], EditParams(prompt="warm-up", num_inference_steps=MIN_STEPS, seed=0))
+        for speed in ("quality", *self._lightning):
+            self.edit(
+                [gradient], EditParams(prompt="warm-up", num_inference_steps=MIN_STEPS, seed=0, speed=speed)
+            )
         seconds = time.perf_counter() - started
         log.info("warm-up done", extra={"seconds": round(seconds, 3)})
         return seconds
@@ -186,21 +289,65 @@ class DiffusersEditor:
     ) -> EditResult:
         """Edit 0 to 3 images (none: a base canvas); see the class docstring for what it raises."""
         prepared = prepare_edit(images, params, self._sizing)
+        speed = self._check_speed(params)
         _raise_if_cancelled(cancel, "before it started")
         with self._lock:
             _raise_if_cancelled(cancel, "while it waited for the model")
+            plan = self._plan(speed, params)
             image, timings = self._run(
-                prepared.images, params, prepared.seed, prepared.width, prepared.height, on_progress, cancel
+                prepared.images,
+                params,
+                plan,
+                prepared.seed,
+                prepared.width,
+                prepared.height,
+                on_progress,
+                cancel,
             )
         return EditResult(
             image=image,
             seed=prepared.seed,
             width=image.width,
             height=image.height,
-            num_inference_steps=params.num_inference_steps,
+            num_inference_steps=plan.steps,
             timings=timings,
             model=self.describe(),
             base=prepared.base,
+            run=plan.record(),
+        )
+
+    def _check_speed(self, params: EditParams) -> SpeedPreset:
+        """The preset this edit runs; ``InvalidInput`` for an unavailable preset or LoRA (before the lock)."""
+        speed = check_speed(params.speed) or self._speed
+        if speed != "quality" and speed not in self._lightning:
+            raise InvalidInput(
+                f"speed {speed!r} is not available here: the operator has not configured "
+                f"{_LIGHTNING_SETTING[speed]}",
+                reason=ReasonCode.SPEED_UNAVAILABLE,
+            )
+        self._adapters.check(check_loras(params.loras))
+        return speed
+
+    def _plan(self, speed: SpeedPreset, params: EditParams) -> RunPlan:
+        """Under the lock: load the request's LoRAs if needed and say what runs."""
+        steps, cfg_scale, scheduler_config, lightning = preset_plan(
+            speed,
+            steps=params.num_inference_steps,
+            true_cfg_scale=params.true_cfg_scale,
+            model_scheduler_config=self._model_scheduler_config,
+        )
+        try:
+            active = self._adapters.activate(params.loras)
+        except ConfigurationError as exc:  # an allowlisted file that cannot be loaded now
+            raise ModelError(str(exc), reason=ReasonCode.LORA_UNAVAILABLE) from exc
+        adapters = ([(lightning, 1.0)] if lightning else []) + [(name, scale) for name, scale, _ in active]
+        return RunPlan(
+            speed=speed,
+            steps=steps,
+            true_cfg_scale=cfg_scale,
+            scheduler_config=scheduler_config,
+            adapters=tuple(adapters),
+            loras=tuple(record for _, _, record in active),
         )
 
     def close(self) -> None:
@@ -218,6 +365,7 @@ class DiffusersEditor:
         self,
         inputs: list[Image.Image],
         params: EditParams,
+        plan: RunPlan,
         seed: int,
         width: int,
         height: int,
@@ -227,24 +375,28 @@ class DiffusersEditor:
         pipe = self._pipe
         if pipe is None:
             raise ConfigurationError("the editor was closed")
-        run = _Run(self._synchronize, params.num_inference_steps, on_progress, cancel)
-        cfg = params.true_cfg_scale > 1
+        run = _Run(self._synchronize, plan.steps, on_progress, cancel)
+        cfg = plan.true_cfg_scale > 1
         guidance_embeds = bool(pipe.transformer.config.guidance_embeds)
         failure: Exception | None = None
         out_of_memory = False
         started = time.perf_counter()
         try:
             with _sizing_gate.applied(self._sizing), torch.inference_mode():
+                # A new scheduler per edit, from a frozen config: no state crosses requests.
+                pipe.scheduler = self._scheduler_class.from_config(plan.scheduler_config)
+                apply_adapters(pipe, plan.adapters)
+                reset_step_cache(pipe, self._accelerations)
                 pipe.attach_run(run)
                 latents = pipe(
                     image=inputs,
                     prompt=params.prompt,
                     # Always a negative prompt with CFG: without one the pipeline silently skips CFG.
                     negative_prompt=(params.negative_prompt or " ") if cfg else None,
-                    true_cfg_scale=params.true_cfg_scale,
+                    true_cfg_scale=plan.true_cfg_scale,
                     height=height,
                     width=width,
-                    num_inference_steps=params.num_inference_steps,
+                    num_inference_steps=plan.steps,
                     # Qwen-Image checkpoints are not guidance-distilled: the value would only be logged and ignored.
                     guidance_scale=params.guidance_scale if guidance_embeds else None,
                     generator=torch.Generator("cpu").manual_seed(seed),
@@ -253,9 +405,7 @@ class DiffusersEditor:
                 ).images
                 image = self._decode(latents, width, height, run)
         except _Cancelled as exc:
-            when = (
-                f"after step {exc.step} of {params.num_inference_steps}" if exc.step else "before denoising"
-            )
+            when = f"after step {exc.step} of {plan.steps}" if exc.step else "before denoising"
             failure = EditCancelled(f"cancelled {when}")
         except _NonFinite as exc:
             failure = ModelError(
@@ -268,6 +418,7 @@ class DiffusersEditor:
             failure.__cause__ = exc
         finally:
             pipe.attach_run(None)
+            reset_step_cache(pipe, self._accelerations)
             # Puts offloaded models back on the CPU after a run that stopped half-way.
             pipe.maybe_free_model_hooks()
         if out_of_memory:
@@ -345,9 +496,17 @@ def load_pipeline(
     options: dict[str, Any] = {"revision": revision, "cache_dir": str(cache_dir) if cache_dir else None}
     try:
         class_name = QwenImageEditPlusPipeline.load_config(source, **options).get("_class_name")
-        if class_name != PIPELINE_CLASS:
+        if class_name not in SUPPORTED_PIPELINE_CLASSES:
             raise ConfigurationError(
-                f"{source} is a {class_name}, not a {PIPELINE_CLASS} (Qwen-Image-Edit-2509)"
+                f"{source} is a {class_name}; this engine runs only {', '.join(SUPPORTED_PIPELINE_CLASSES)} "
+                f"models ({', '.join(SUPPORTED_MODELS)})"
+            )
+        if source not in SUPPORTED_MODELS and not Path(source).is_dir():
+            log.warning(
+                "%s is a %s but not one of the verified model ids (%s)",
+                source,
+                class_name,
+                ", ".join(SUPPORTED_MODELS),
             )
         if memory == "quantized":
             options["quantization_config"] = _quantization_config(quantization, device, dtype)
@@ -395,6 +554,12 @@ def _quantization_config(quantization: Quantization, device: torch.device, dtype
         quant_mapping={"transformer": diffusers.TorchAoConfig(Int8WeightOnlyConfig())}
     )
 
+
+_LIGHTNING_SETTING: Mapping[SpeedPreset, str] = {
+    "quality": "",
+    "fast": "LIGHTNING_8STEP_LORA",
+    "fastest": "LIGHTNING_4STEP_LORA",
+}
 
 _MISSING_QUANTIZATION = (
     "MEMORY_MODE=quantized needs {library}: pip install 'qwen-edit-processor[quantization]'"

@@ -75,8 +75,12 @@ _VISION_PATCH, _TEMPORAL_PATCH, _MERGE = 14, 2, 2
 TINY_SIZING = ModelSizing(vae_image_area=_TINY_AREA, condition_image_area=_TINY_AREA, output_area=_TINY_AREA)
 
 
-def build_tiny_pipeline() -> Any:
-    """A randomly initialised ``QwenImageEditPlusPipeline``; deterministic, offline, float32."""
+def build_tiny_pipeline(*, zero_cond_t: bool = False) -> Any:
+    """A randomly initialised ``QwenImageEditPlusPipeline``; deterministic, offline, float32.
+
+    ``zero_cond_t=True`` gives it the shape of Qwen-Image-Edit-2511, whose transformer config
+    differs from 2509's in that flag (the conditioning image tokens get a zero timestep).
+    """
     from diffusers import (
         AutoencoderKLQwenImage,
         FlowMatchEulerDiscreteScheduler,
@@ -101,6 +105,7 @@ def build_tiny_pipeline() -> Any:
         joint_attention_dim=hidden,
         guidance_embeds=False,
         axes_dims_rope=(8, 4, 4),  # sums to attention_head_dim
+        zero_cond_t=zero_cond_t,
     )
     torch.manual_seed(0)
     # 8× spatial compression like the real VAE (three down-sampling stages).
@@ -124,11 +129,11 @@ def build_tiny_pipeline() -> Any:
     )
 
 
-def save_tiny_model(directory: str | Path) -> Path:
+def save_tiny_model(directory: str | Path, *, zero_cond_t: bool = False) -> Path:
     """Build the tiny pipeline and save it (plus ``edit_processor.json``) into ``directory``."""
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
-    pipeline = build_tiny_pipeline()
+    pipeline = build_tiny_pipeline(zero_cond_t=zero_cond_t)
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # "Writing model shards" bars for a 3 MB folder
@@ -225,3 +230,75 @@ def _build_text_encoder(token_ids: dict[str, int], hidden: int, vocab_size: int)
         tie_word_embeddings=False,
     )
     return Qwen2_5_VLForConditionalGeneration(config)
+
+
+LIGHTNING_LORA_MODULES = (
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+    "img_mlp.net.0.proj",
+    "img_mlp.net.2",
+    "txt_mlp.net.0.proj",
+    "txt_mlp.net.2",
+    "img_mod.1",
+    "txt_mod.1",
+)
+"""Block modules the tiny LoRAs adapt (the linears of a ``QwenImageTransformerBlock``)."""
+
+
+def tiny_lora_state_dict(
+    *, seed: int, rank: int = 4, alpha: float = 2.0, strength: float = 0.5, layout: str = "lightning"
+) -> dict[str, torch.Tensor]:
+    """A random LoRA for the tiny transformer, in a published key layout.
+
+    ``layout="lightning"``: the layout of the lightx2v Qwen-Image(-Edit) Lightning
+    safetensors, ``transformer_blocks.{i}.{module}.lora_down.weight`` / ``.lora_up.weight`` /
+    ``.alpha`` (alpha 8 at rank 64 there; sglang#17086, DiffSynth-Studio#1241). It is the
+    layout diffusers' ``QwenImageLoraLoaderMixin.lora_state_dict`` converts when ``.alpha``
+    keys are present (``_convert_non_diffusers_qwen_lora_to_diffusers``, added for these
+    files in diffusers PR #12119), folding ``alpha / rank`` into the weights.
+    ``layout="diffusers"``: ``….lora_A.weight`` / ``….lora_B.weight`` with no alpha.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    shapes = _tiny_linear_shapes()
+    tensors: dict[str, torch.Tensor] = {}
+    for block in range(2):
+        for module in LIGHTNING_LORA_MODULES:
+            in_features, out_features = shapes[module]
+            down = torch.randn(rank, in_features, generator=generator) * strength
+            up = torch.randn(out_features, rank, generator=generator) * strength
+            key = f"transformer_blocks.{block}.{module}"
+            if layout == "lightning":
+                tensors[f"{key}.lora_down.weight"] = down
+                tensors[f"{key}.lora_up.weight"] = up
+                tensors[f"{key}.alpha"] = torch.tensor(alpha)
+            else:
+                tensors[f"{key}.lora_A.weight"] = down
+                tensors[f"{key}.lora_B.weight"] = up
+    return tensors
+
+
+def save_tiny_lora(path: str | Path, *, seed: int, **kwargs: Any) -> Path:
+    """Write ``tiny_lora_state_dict`` as a ``.safetensors`` file (what ``LORAS`` / Lightning settings point at)."""
+    from safetensors.torch import save_file
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tiny_lora_state_dict(seed=seed, **kwargs).items()}, str(target))
+    return target
+
+
+def _tiny_linear_shapes() -> dict[str, tuple[int, int]]:
+    """``(in_features, out_features)`` of each adapted module in the tiny transformer (dim 48)."""
+    dim = 16 * 3  # attention_head_dim × num_attention_heads
+    shapes = dict.fromkeys(LIGHTNING_LORA_MODULES, (dim, dim))
+    for stream in ("img", "txt"):
+        shapes[f"{stream}_mlp.net.0.proj"] = (dim, 4 * dim)
+        shapes[f"{stream}_mlp.net.2"] = (4 * dim, dim)
+        shapes[f"{stream}_mod.1"] = (dim, 6 * dim)
+    return shapes

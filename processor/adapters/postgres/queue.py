@@ -21,6 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 from processor.domain.errors import TransientError
 from processor.domain.ports import EditJob, HeartbeatAnswer
 from processor.domain.rules import ReasonCode
+from processor.domain.speed import parse_loras
 
 
 def _job_from_row(row: Mapping[str, Any]) -> EditJob:
@@ -43,6 +44,8 @@ def _job_from_row(row: Mapping[str, Any]) -> EditJob:
         height=row["height"],
         base=row["base"],
         base_color=row["base_color"],
+        speed=row.get("speed"),
+        loras=parse_loras(row.get("loras") or []),
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from processor.domain.errors import InvalidInput, TransientError
@@ -26,7 +27,7 @@ _VIEW_COLUMNS = (
     # What `authenticated` may select (migration 20261201000700): no lease, attempts or raw error.
     "id, status, progress, prompt, negative_prompt, num_inference_steps, true_cfg_scale, guidance_scale, seed, "
     "input_paths, output_bucket, output_path, error_code, error_message, result, created_at, started_at, "
-    "finished_at, updated_at, width, height, base, base_color"
+    "finished_at, updated_at, width, height, base, base_color, speed, loras"
 )
 
 
@@ -71,8 +72,8 @@ class EditRequests:
                 cursor = await conn.execute(
                     "insert into public.edit_requests (id, prompt, negative_prompt, input_paths, "
                     "num_inference_steps, true_cfg_scale, guidance_scale, seed, width, height, base, "
-                    "base_color) "
-                    f"values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning {_VIEW_COLUMNS}",
+                    "base_color, speed, loras) "
+                    f"values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning {_VIEW_COLUMNS}",
                     (
                         request_id,
                         params.prompt,
@@ -86,6 +87,8 @@ class EditRequests:
                         params.height,
                         params.base,
                         params.base_color,
+                        params.speed,
+                        Jsonb([lora.as_json() for lora in params.loras]),
                     ),
                 )
                 row = await cursor.fetchone()
