@@ -17,7 +17,7 @@ CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
 
 def table() -> dict[str, str]:
     """``VARIABLE -> default cell`` of docs/configuration.md's table."""
-    return dict(re.findall(r"^\| `([A-Z_]+)` \| ([^|]*) \|", CONFIGURATION, flags=re.M))
+    return dict(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \| ([^|]*) \|", CONFIGURATION, flags=re.M))
 
 
 def test_every_setting_is_documented_and_nothing_else() -> None:
