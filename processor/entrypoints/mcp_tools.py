@@ -110,7 +110,7 @@ def create_mcp_server(
         # A plain str, not a Literal: an unknown base is refused by the shared rules, with their reason code.
         base: str = rules.DEFAULT_BASE,
         base_color: str = rules.DEFAULT_BASE_COLOR,
-        timeout_seconds: Annotated[float, Field(gt=0, le=WAIT_MAX_SECONDS)] = WAIT_MAX_SECONDS,
+        timeout_seconds: Annotated[float, Field(ge=0, le=WAIT_MAX_SECONDS)] = WAIT_MAX_SECONDS,
         speed: Literal["quality", "fast", "fastest"] | None = None,
         loras: list[dict[str, Any]] | None = None,
     ) -> list[Any]:

@@ -94,8 +94,11 @@ class EditRequests:
                 row = await cursor.fetchone()
         except psycopg.errors.CheckViolation as exc:
             # The constraint names what was refused; rules maps each to the code the Python checks give.
+            # A trigger's own message ("unknown LoRA: x") says more than Postgres' CHECK boilerplate.
+            detail = exc.diag.message_primary or ""
+            said = "" if detail.startswith("new row for relation") else f": {detail}"
             raise InvalidInput(
-                f"request refused by the schema: {exc.diag.constraint_name}",
+                f"request refused by the schema ({exc.diag.constraint_name}){said}",
                 reason=reason_for_constraint(exc.diag.constraint_name),
             ) from exc
         except psycopg.errors.DataError as exc:
