@@ -371,6 +371,72 @@ create trigger edit_requests_inputs_restored
   referencing new table as new_objects
   for each statement execute function public.edit_requests_on_objects_stored();
 
+-- Wake-up for inserted rows, once per statement ---------------------------------------------------
+
+create or replace function public.edit_requests_wake_processor_inserted()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_row public.edit_requests;
+  v_url text;
+  v_secret text;
+  v_format text;
+  v_body jsonb;
+  v_headers jsonb;
+begin
+  -- As edit_requests_wake_processor does for one row, for every row the statement inserted
+  -- queued and due: one notification each, and one webhook each where pg_net and Vault exist.
+  -- The set-based notify and the lookups done once per statement keep bulk inserts cheap.
+  perform pg_notify('edit_requests', n.id::text)
+     from new_rows n
+    where n.status = 'queued' and (n.next_attempt_at is null or n.next_attempt_at <= now());
+
+  if to_regprocedure('net.http_post(text,jsonb,jsonb,jsonb,integer)') is null
+     or to_regclass('vault.decrypted_secrets') is null then
+    return null;
+  end if;
+  execute 'select decrypted_secret from vault.decrypted_secrets where name = $1 limit 1'
+     into v_url using 'edit_processor_webhook_url';
+  if v_url is null or v_url = '' then
+    return null;
+  end if;
+  execute 'select decrypted_secret from vault.decrypted_secrets where name = $1 limit 1'
+     into v_secret using 'edit_processor_webhook_secret';
+  execute 'select decrypted_secret from vault.decrypted_secrets where name = $1 limit 1'
+     into v_format using 'edit_processor_webhook_format';
+  for v_row in
+    select * from new_rows n
+     where n.status = 'queued' and (n.next_attempt_at is null or n.next_attempt_at <= now())
+  loop
+    if v_format = 'runpod' then
+      v_body := jsonb_build_object('input', jsonb_build_object('edit_request_id', v_row.id));
+      v_headers := jsonb_build_object('Content-Type', 'application/json', 'Authorization', 'Bearer ' || coalesce(v_secret, ''));
+    else
+      v_body := jsonb_build_object('type', 'INSERT', 'table', tg_table_name, 'schema', tg_table_schema,
+                                   'record', to_jsonb(v_row), 'old_record', null);
+      v_headers := jsonb_build_object('Content-Type', 'application/json', 'X-Webhook-Secret', coalesce(v_secret, ''));
+    end if;
+    execute 'select net.http_post(url := $1, body := $2, params := $3, headers := $4, timeout_milliseconds := $5)'
+      using v_url, v_body, '{}'::jsonb, v_headers, 5000;
+  end loop;
+  return null;
+end
+$$;
+
+-- Updates keep the row trigger (claims, retries, readiness); inserts use the statement one.
+drop trigger if exists edit_requests_wake_processor on public.edit_requests;
+create trigger edit_requests_wake_processor
+  after update of status, next_attempt_at on public.edit_requests
+  for each row execute function public.edit_requests_wake_processor();
+drop trigger if exists edit_requests_wake_processor_inserted on public.edit_requests;
+create trigger edit_requests_wake_processor_inserted
+  after insert on public.edit_requests
+  referencing new table as new_rows
+  for each statement execute function public.edit_requests_wake_processor_inserted();
+
 -- The fair claim ----------------------------------------------------------------------------------
 
 create or replace function public.claim_edit_request(
@@ -629,7 +695,8 @@ revoke execute on function
   public.edit_request_lock_slots(integer[]),
   public.edit_requests_before_insert(),
   public.edit_requests_after_insert(),
-  public.edit_requests_on_objects_stored()
+  public.edit_requests_on_objects_stored(),
+  public.edit_requests_wake_processor_inserted()
   from public, anon, authenticated;
 revoke execute on function public.edit_request_cost(integer, integer, integer) from public, anon;
 grant execute on function public.edit_request_cost(integer, integer, integer) to authenticated, service_role;
