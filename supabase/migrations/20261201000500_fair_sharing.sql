@@ -201,13 +201,17 @@ declare
   v_row_cost double precision;
 begin
   -- Readiness without a lock: a row whose inputs are all visible now is queued; any other row
+  -- (Each presence check is one index probe, bucket_id = and name = any(paths): a correlated
+  -- join on name can be planned as a scan of the whole bucket when statistics are stale.)
   -- is re-checked under the slot locks at the end of the statement (edit_requests_after_insert).
-  -- The caller cannot pick the status (authenticated users cannot even name the column).
+  -- Decided here, not later, so that RETURNING (PostgREST's return=representation) shows it.
+  -- The caller cannot pick (authenticated users cannot even name the column).
   if new.status in ('queued', 'awaiting_image') then
     new.status := case
       when exists (
         select 1 from unnest(new.input_paths) as p(path)
-         where not exists (select 1 from storage.objects o where o.bucket_id = new.input_bucket and o.name = p.path)
+         where p.path <> all (array(select o.name from storage.objects o
+                                         where o.bucket_id = new.input_bucket and o.name = any(new.input_paths)))
       ) then 'awaiting_image'
       else 'queued'
     end;
@@ -292,8 +296,15 @@ language plpgsql
 security definer
 set search_path = ''
 as $$
+declare
+  v_row public.edit_requests;
+  v_url text;
+  v_secret text;
+  v_format text;
+  v_body jsonb;
+  v_headers jsonb;
 begin
-  -- Charge the hour's usage (limited callers only: their rows passed the per-row checks).
+  -- 1. Charge the hour's usage (limited callers only: their rows passed the per-row checks).
   if not public.edit_request_caller_is_operator() then
     update public.edit_user_usage u
        set hour_requests = u.hour_requests + s.n, hour_cost = u.hour_cost + s.cost, updated_at = now()
@@ -303,7 +314,8 @@ begin
      where u.user_id = s.user_id;
   end if;
 
-  -- Rows that found an input missing: look again under the slot locks.
+  -- 2. Readiness: rows that found an input missing look again under the slot locks (an upload
+  --    may have committed meanwhile; see edit_request_lock_slots).
   if exists (select 1 from new_rows n where n.status = 'awaiting_image') then
     perform public.edit_request_lock_slots(array(
       select distinct public.edit_request_lock_slot(n.input_bucket, p.path)
@@ -317,10 +329,45 @@ begin
              where n.status = 'awaiting_image'
                and not exists (
                  select 1 from unnest(n.input_paths) as p(path)
-                  where not exists (select 1 from storage.objects o
-                                     where o.bucket_id = n.input_bucket and o.name = p.path))) ready
+                  where p.path <> all (array(select o.name from storage.objects o
+                                         where o.bucket_id = n.input_bucket and o.name = any(n.input_paths))))) ready
      where r.id = ready.id and r.status = 'awaiting_image';
   end if;
+
+  -- 3. Wake-up, as edit_requests_wake_processor does for one row, for every row inserted queued
+  --    and due: one notification each and, where pg_net and Vault exist, one webhook each (rows
+  --    promoted in step 2 were woken by that row trigger, on their update).
+  perform pg_notify('edit_requests', n.id::text)
+     from new_rows n
+    where n.status = 'queued' and (n.next_attempt_at is null or n.next_attempt_at <= now());
+  if to_regprocedure('net.http_post(text,jsonb,jsonb,jsonb,integer)') is null
+     or to_regclass('vault.decrypted_secrets') is null then
+    return null;
+  end if;
+  execute 'select decrypted_secret from vault.decrypted_secrets where name = $1 limit 1'
+     into v_url using 'edit_processor_webhook_url';
+  if v_url is null or v_url = '' then
+    return null;
+  end if;
+  execute 'select decrypted_secret from vault.decrypted_secrets where name = $1 limit 1'
+     into v_secret using 'edit_processor_webhook_secret';
+  execute 'select decrypted_secret from vault.decrypted_secrets where name = $1 limit 1'
+     into v_format using 'edit_processor_webhook_format';
+  for v_row in
+    select * from new_rows n
+     where n.status = 'queued' and (n.next_attempt_at is null or n.next_attempt_at <= now())
+  loop
+    if v_format = 'runpod' then
+      v_body := jsonb_build_object('input', jsonb_build_object('edit_request_id', v_row.id));
+      v_headers := jsonb_build_object('Content-Type', 'application/json', 'Authorization', 'Bearer ' || coalesce(v_secret, ''));
+    else
+      v_body := jsonb_build_object('type', 'INSERT', 'table', tg_table_name, 'schema', tg_table_schema,
+                                   'record', to_jsonb(v_row), 'old_record', null);
+      v_headers := jsonb_build_object('Content-Type', 'application/json', 'X-Webhook-Secret', coalesce(v_secret, ''));
+    end if;
+    execute 'select net.http_post(url := $1, body := $2, params := $3, headers := $4, timeout_milliseconds := $5)'
+      using v_url, v_body, '{}'::jsonb, v_headers, 5000;
+  end loop;
   return null;
 end
 $$;
@@ -354,7 +401,8 @@ begin
            on w.status = 'awaiting_image' and w.input_bucket = o.bucket_id and w.input_paths @> array[o.name])
      and not exists (
        select 1 from unnest(r.input_paths) as p(path)
-        where not exists (select 1 from storage.objects s where s.bucket_id = r.input_bucket and s.name = p.path));
+        where p.path <> all (array(select o.name from storage.objects o
+                                         where o.bucket_id = r.input_bucket and o.name = any(r.input_paths))));
   return null;
 end
 $$;
@@ -371,71 +419,14 @@ create trigger edit_requests_inputs_restored
   referencing new table as new_objects
   for each statement execute function public.edit_requests_on_objects_stored();
 
--- Wake-up for inserted rows, once per statement ---------------------------------------------------
+-- Wake-up ---------------------------------------------------------------------------------------
 
-create or replace function public.edit_requests_wake_processor_inserted()
-returns trigger
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_row public.edit_requests;
-  v_url text;
-  v_secret text;
-  v_format text;
-  v_body jsonb;
-  v_headers jsonb;
-begin
-  -- As edit_requests_wake_processor does for one row, for every row the statement inserted
-  -- queued and due: one notification each, and one webhook each where pg_net and Vault exist.
-  -- The set-based notify and the lookups done once per statement keep bulk inserts cheap.
-  perform pg_notify('edit_requests', n.id::text)
-     from new_rows n
-    where n.status = 'queued' and (n.next_attempt_at is null or n.next_attempt_at <= now());
-
-  if to_regprocedure('net.http_post(text,jsonb,jsonb,jsonb,integer)') is null
-     or to_regclass('vault.decrypted_secrets') is null then
-    return null;
-  end if;
-  execute 'select decrypted_secret from vault.decrypted_secrets where name = $1 limit 1'
-     into v_url using 'edit_processor_webhook_url';
-  if v_url is null or v_url = '' then
-    return null;
-  end if;
-  execute 'select decrypted_secret from vault.decrypted_secrets where name = $1 limit 1'
-     into v_secret using 'edit_processor_webhook_secret';
-  execute 'select decrypted_secret from vault.decrypted_secrets where name = $1 limit 1'
-     into v_format using 'edit_processor_webhook_format';
-  for v_row in
-    select * from new_rows n
-     where n.status = 'queued' and (n.next_attempt_at is null or n.next_attempt_at <= now())
-  loop
-    if v_format = 'runpod' then
-      v_body := jsonb_build_object('input', jsonb_build_object('edit_request_id', v_row.id));
-      v_headers := jsonb_build_object('Content-Type', 'application/json', 'Authorization', 'Bearer ' || coalesce(v_secret, ''));
-    else
-      v_body := jsonb_build_object('type', 'INSERT', 'table', tg_table_name, 'schema', tg_table_schema,
-                                   'record', to_jsonb(v_row), 'old_record', null);
-      v_headers := jsonb_build_object('Content-Type', 'application/json', 'X-Webhook-Secret', coalesce(v_secret, ''));
-    end if;
-    execute 'select net.http_post(url := $1, body := $2, params := $3, headers := $4, timeout_milliseconds := $5)'
-      using v_url, v_body, '{}'::jsonb, v_headers, 5000;
-  end loop;
-  return null;
-end
-$$;
-
--- Updates keep the row trigger (claims, retries, readiness); inserts use the statement one.
+-- Updates keep the row trigger (claims, retries, readiness); inserted rows are woken once per
+-- statement by edit_requests_after_insert (set-based pg_notify, webhook lookups done once).
 drop trigger if exists edit_requests_wake_processor on public.edit_requests;
 create trigger edit_requests_wake_processor
   after update of status, next_attempt_at on public.edit_requests
   for each row execute function public.edit_requests_wake_processor();
-drop trigger if exists edit_requests_wake_processor_inserted on public.edit_requests;
-create trigger edit_requests_wake_processor_inserted
-  after insert on public.edit_requests
-  referencing new table as new_rows
-  for each statement execute function public.edit_requests_wake_processor_inserted();
 
 -- The fair claim ----------------------------------------------------------------------------------
 
@@ -540,8 +531,8 @@ declare
     select r.id, r.created_at,
            not exists (
              select 1 from unnest(r.input_paths) as p(path)
-              where not exists (select 1 from storage.objects o
-                                 where o.bucket_id = r.input_bucket and o.name = p.path))
+              where p.path <> all (array(select o.name from storage.objects o
+                                         where o.bucket_id = r.input_bucket and o.name = any(r.input_paths))))
       from public.edit_requests r
      where r.status = 'awaiting_image' and (r.created_at, r.id) > (p_after_created, p_after_id)
      order by r.created_at, r.id;
@@ -695,8 +686,7 @@ revoke execute on function
   public.edit_request_lock_slots(integer[]),
   public.edit_requests_before_insert(),
   public.edit_requests_after_insert(),
-  public.edit_requests_on_objects_stored(),
-  public.edit_requests_wake_processor_inserted()
+  public.edit_requests_on_objects_stored()
   from public, anon, authenticated;
 revoke execute on function public.edit_request_cost(integer, integer, integer) from public, anon;
 grant execute on function public.edit_request_cost(integer, integer, integer) to authenticated, service_role;
