@@ -312,7 +312,7 @@ class PgQueuer:
 
 
 async def run(args: argparse.Namespace) -> None:
-    workers = [int(w) for w in args.workers.split(",")]
+    workers = [int(w) for w in args.workers.split(",") if w]
     before_fair = [p for p in localdb.migration_files() if p.name < FAIR_MIGRATION]
     ours, baseline = Ours(), Ours(before_fair, label="before")
     proc, pgq = Procrastinate(), PgQueuer()

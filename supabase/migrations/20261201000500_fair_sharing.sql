@@ -116,9 +116,8 @@ $$;
 create or replace function public.edit_request_cost(p_steps integer, p_width integer, p_height integer)
 returns double precision
 language sql immutable parallel safe
-set search_path = ''
 as $$
-  -- Steps x megapixels of the output (1 MP = 1024 x 1024; the model's default area when no size).
+  -- Steps x megapixels (plain arithmetic on its arguments, so it can be inlined: no SET clause) of the output (1 MP = 1024 x 1024; the model's default area when no size).
   select p_steps * coalesce(p_width::double precision * p_height, 1048576) / 1048576
 $$;
 
@@ -227,7 +226,7 @@ begin
                                       public.edit_request_admission_start(new.user_id)), ',');
   v_in_flight := v_state[2]::integer;
   v_requests := v_state[3]::double precision + 1;
-  v_row_cost := public.edit_request_cost(new.num_inference_steps, new.width, new.height);
+  v_row_cost := new.num_inference_steps * coalesce(new.width::double precision * new.height, 1048576) / 1048576;  -- edit_request_cost
   v_cost := v_state[4]::double precision + v_row_cost;
 
   if v_state[1] = '1' then
