@@ -8,6 +8,7 @@ psycopg 3 async with a connection pool; connection failures become ``TransientEr
 
 from __future__ import annotations
 
+import select
 import uuid
 from collections.abc import Mapping
 from types import TracebackType
@@ -22,6 +23,20 @@ from processor.domain.errors import TransientError
 from processor.domain.ports import EditJob, HeartbeatAnswer
 from processor.domain.rules import ReasonCode
 from processor.domain.speed import parse_loras
+
+
+async def _check_if_suspect(conn: psycopg.AsyncConnection[DictRow]) -> None:
+    """The pool's check before each use, without a round trip for a healthy idle connection.
+
+    An idle connection has nothing to read: a server that restarted or terminated it has sent
+    a FATAL message and closed the socket, which makes it readable. Only then (or when psycopg
+    already knows it is closed) is the full check run, which fails and makes the pool reconnect.
+    """
+    if not conn.closed:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        if not readable:
+            return
+    await AsyncConnectionPool.check_connection(conn)
 
 
 def _job_from_row(row: Mapping[str, Any]) -> EditJob:
@@ -61,8 +76,9 @@ class PostgresJobQueue:
             max_size=max_size,
             kwargs={"autocommit": True, "row_factory": dict_row},
             open=False,
-            # A restarted database leaves dead connections in the pool: check before use.
-            check=AsyncConnectionPool.check_connection,
+            # A restarted database leaves dead connections in the pool: check before use, with
+            # a round trip only for connections whose socket says something happened.
+            check=_check_if_suspect,
         )
 
     async def open(self) -> None:
