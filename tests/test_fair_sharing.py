@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.conftest import acting_as, wait_for
+from tests.conftest import Harness, acting_as, wait_for
 
 Row = dict[str, Any]
 DEFAULT = uuid.UUID(int=0)
@@ -487,3 +487,21 @@ def test_bulk_inserts_of_thousands_of_paths_take_bounded_locks_and_leave_others_
         "select count(*) as n from edit_requests where user_id = %s", (neighbour,)
     ).fetchone()
     assert neighbours is not None and neighbours["n"] >= 1
+
+
+def test_the_rest_api_answers_a_limit_with_429_quota_exceeded(
+    start_processor: Callable[..., Harness], make_user: Callable[[], uuid.UUID]
+) -> None:
+    import httpx
+
+    harness = start_processor(rest=True, listen=False, sweep_interval_seconds=3600)
+    user = make_user()
+    harness.db.execute("insert into edit_user_limits (user_id, max_in_flight) values (%s, 1)", (user,))
+    headers = {"Authorization": f"Bearer {harness.storage.token(user)}"}
+    body = {"prompt": "a creation", "width": 64, "height": 64, "num_inference_steps": 2}
+    first = httpx.post(f"{harness.served.url}/v1/edits", json=body, headers=headers)
+    assert first.status_code == 202, first.text
+    second = httpx.post(f"{harness.served.url}/v1/edits", json=body, headers=headers)
+    assert second.status_code == 429, second.text
+    assert second.json()["error"]["code"] == "quota_exceeded"
+    assert "max_in_flight" in second.json()["error"]["message"]

@@ -159,12 +159,14 @@ class ReasonCode(StrEnum):
     TOO_MANY_SCANS = "too_many_scans"
     CORRUPT_IMAGE = "corrupt_image"
     MISSING_OBJECT = "missing_object"
+    INPUT_NEVER_ARRIVED = "input_never_arrived"
     UNAUTHORIZED = "unauthorized"
     NOT_FOUND = "not_found"
     ALREADY_FINISHED = "already_finished"
     BODY_TOO_LARGE = "body_too_large"
     TOO_MANY_WAITS = "too_many_waits"
     LIMIT_EXCEEDED = "limit_exceeded"
+    QUOTA_EXCEEDED = "quota_exceeded"
     # Faults outside the request (retried)
     TRANSIENT_ERROR = "transient_error"
     DATABASE_UNAVAILABLE = "database_unavailable"
@@ -240,6 +242,9 @@ REASONS: Final[Mapping[ReasonCode, Reason]] = {
         "An input image makes the decoder fail in a way no narrower code names.", False
     ),
     ReasonCode.MISSING_OBJECT: Reason("An input object named by the request is not in Storage.", False),
+    ReasonCode.INPUT_NEVER_ARRIVED: Reason(
+        "The request waited longer than awaiting_image_ttl for its input images (SQL sweep).", False
+    ),
     ReasonCode.UNAUTHORIZED: Reason("Missing, invalid or expired user token.", None),
     ReasonCode.NOT_FOUND: Reason("No such request for this user.", None),
     ReasonCode.ALREADY_FINISHED: Reason("The request finished before it could be canceled.", None),
@@ -250,6 +255,10 @@ REASONS: Final[Mapping[ReasonCode, Reason]] = {
         "The user already holds as many waits and event streams as allowed.", None
     ),
     ReasonCode.LIMIT_EXCEEDED: Reason("The caller is over a limit no narrower code names.", None),
+    ReasonCode.QUOTA_EXCEEDED: Reason(
+        "The user has as many requests in flight, or in the last hour, or as much cost as edit_user_limits allows.",
+        None,
+    ),
     ReasonCode.TRANSIENT_ERROR: Reason("A fault outside the request that may pass.", True),
     ReasonCode.DATABASE_UNAVAILABLE: Reason("The database did not answer.", True),
     ReasonCode.STORAGE_UNAVAILABLE: Reason("Storage did not answer or failed (5xx, timeouts).", True),
@@ -280,6 +289,9 @@ REASONS: Final[Mapping[ReasonCode, Reason]] = {
         "Written by fail_edit_request when its caller gave no code (older callers, operators).", None
     ),
 }
+
+QUOTA_SQLSTATE: Final = "PT429"
+"""What the insert trigger raises past a per-user limit (edit_user_limits); PostgREST answers 429."""
 
 CONSTRAINT_REASONS: Final[Mapping[str, ReasonCode]] = {
     "edit_requests_prompt_length": ReasonCode.INVALID_PROMPT,

@@ -18,9 +18,9 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from processor.domain.errors import InvalidInput, TransientError
+from processor.domain.errors import InvalidInput, LimitExceeded, TransientError
 from processor.domain.ports import EditParams
-from processor.domain.rules import ReasonCode, reason_for_constraint
+from processor.domain.rules import QUOTA_SQLSTATE, ReasonCode, reason_for_constraint
 from processor.domain.users import User
 
 _VIEW_COLUMNS = (
@@ -106,6 +106,14 @@ class EditRequests:
             raise InvalidInput(
                 f"a parameter cannot be stored: {exc.diag.message_primary}",
                 reason=ReasonCode.INVALID_PARAMETER,
+            ) from exc
+        except psycopg.Error as exc:
+            if exc.sqlstate != QUOTA_SQLSTATE:
+                raise
+            # The per-user limits of edit_user_limits (migration 20261201000500): HTTP 429, not 500.
+            raise LimitExceeded(
+                str(exc.diag.message_primary or "a per-user limit is reached"),
+                reason=ReasonCode.QUOTA_EXCEEDED,
             ) from exc
         assert row is not None
         return row
