@@ -311,6 +311,35 @@ def add_request(
 OWNER = uuid.UUID("00000000-0000-4000-8000-000000000001")
 
 
+# --- A fresh process's edit, for "nothing leaked between requests" checks ----------------------------
+_FRESH_EDIT = """
+import hashlib, sys
+from PIL import Image
+from processor.adapters.diffusers.engine import DiffusersEditor
+from processor.domain.ports import EditParams
+editor = DiffusersEditor.load(sys.argv[1], device="cpu")
+params = EditParams(prompt="make it blue", seed=int(sys.argv[2]), num_inference_steps=int(sys.argv[3]))
+result = editor.edit([Image.new("RGB", (64, 48), (200, 40, 90))], params)
+print(hashlib.sha256(result.image.tobytes()).hexdigest())
+"""
+
+
+def fresh_process_digest(model: Path, *, seed: int, steps: int) -> str:
+    """SHA-256 of the pixels a process that never ran anything else edits from ``picture()``'s colour
+    with ``prompt='make it blue'``, ``seed`` and ``steps``: what a request must give after others."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    completed = subprocess.run(
+        [sys.executable, "-c", _FRESH_EDIT, str(model), str(seed), str(steps)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed.stdout.split()[-1]
+
+
 # --- A running processor (real HTTP app, worker, queue, storage, tiny model) -------------------------
 WEBHOOK_SECRET = "webhook-secret-for-tests"
 METRICS_TOKEN = "metrics-token-for-tests"

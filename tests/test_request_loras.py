@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,6 +14,7 @@ from processor.adapters.diffusers.tiny_model import save_tiny_lora
 from processor.domain.errors import InvalidInput
 from processor.domain.ports import EditParams
 from processor.domain.speed import LoraChoice, parse_loras
+from tests.conftest import fresh_process_digest
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ("ink", "watercolor", "pixel-art")
@@ -53,33 +50,6 @@ def editor(tiny_model_dir: Path, allowlist: dict[str, AllowedLora]) -> Diffusers
     return DiffusersEditor.load(tiny_model_dir, device="cpu", loras=allowlist, lora_cache_size=2)
 
 
-FRESH = textwrap.dedent(
-    """
-    import hashlib, sys
-    from PIL import Image
-    from processor.adapters.diffusers.engine import DiffusersEditor
-    from processor.domain.ports import EditParams
-    editor = DiffusersEditor.load(sys.argv[1], device="cpu")
-    result = editor.edit([Image.new("RGB", (64, 48), (200, 40, 90))], EditParams(prompt="make it blue", seed=7, num_inference_steps=2))
-    print(hashlib.sha256(result.image.tobytes()).hexdigest())
-    """
-)
-
-
-def fresh_process_digest(model: Path) -> str:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    completed = subprocess.run(
-        [sys.executable, "-c", FRESH, str(model)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=240,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return completed.stdout.split()[-1]
-
-
 def test_two_adapters_differ_and_the_base_after_them_is_a_fresh_processes(
     editor: DiffusersEditor, tiny_model_dir: Path
 ) -> None:
@@ -95,7 +65,7 @@ def test_two_adapters_differ_and_the_base_after_them_is_a_fresh_processes(
     # The same adapter at the same scale again gives the same bytes (activation is per edit).
     assert digest(editor.edit([picture()], params(LoraChoice("ink"))).image) == digest(ink.image)
     after = digest(editor.edit([picture()], params()).image)
-    assert after == base == fresh_process_digest(tiny_model_dir)
+    assert after == base == fresh_process_digest(tiny_model_dir, seed=7, steps=2)
 
 
 def test_an_unknown_lora_is_refused_before_the_model_runs(editor: DiffusersEditor) -> None:

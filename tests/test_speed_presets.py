@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import subprocess
-import sys
-import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +25,7 @@ from processor.adapters.diffusers.tiny_model import (
 )
 from processor.domain.errors import ConfigurationError, InvalidInput
 from processor.domain.ports import EditParams
+from tests.conftest import fresh_process_digest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -197,45 +193,22 @@ def test_hub_sources_parse_into_repo_subfolder_and_file(tmp_path: Path) -> None:
         LoraSource.parse("just-a-name")
 
 
-FRESH = textwrap.dedent(
-    """
-    import hashlib, sys
-    from PIL import Image
-    from processor.adapters.diffusers.engine import DiffusersEditor
-    from processor.domain.ports import EditParams
-    editor = DiffusersEditor.load(sys.argv[1], device="cpu")
-    result = editor.edit([Image.new("RGB", (64, 48), (200, 40, 90))], EditParams(prompt="make it blue", seed=5, num_inference_steps=3))
-    print(hashlib.sha256(result.image.tobytes()).hexdigest())
-    """
-)
-
-
 @pytest.fixture(scope="module")
-def fresh_process_digest(tiny_model_dir: Path) -> Iterator[str]:
+def fresh_process_digest_of_quality(tiny_model_dir: Path) -> str:
     """The ``quality`` output of a process that never ran anything else."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    completed = subprocess.run(
-        [sys.executable, "-c", FRESH, str(tiny_model_dir)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=240,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    yield completed.stdout.split()[-1]
+    return fresh_process_digest(tiny_model_dir, seed=5, steps=3)
 
 
 def test_quality_after_fast_and_fastest_is_byte_identical_to_a_fresh_process(
-    lightning_editor: DiffusersEditor, fresh_process_digest: str
+    lightning_editor: DiffusersEditor, fresh_process_digest_of_quality: str
 ) -> None:
     params = EditParams(prompt="make it blue", seed=5, num_inference_steps=3)
     lightning_editor.edit([picture()], EditParams(prompt="make it blue", seed=5, speed="fast"))
     lightning_editor.edit([picture()], EditParams(prompt="make it blue", seed=5, speed="fastest"))
-    assert digest(lightning_editor.edit([picture()], params).image) == fresh_process_digest
+    assert digest(lightning_editor.edit([picture()], params).image) == fresh_process_digest_of_quality
     fast = lightning_editor.edit([picture()], EditParams(prompt="make it blue", seed=5, speed="fast"))
-    assert digest(fast.image) != fresh_process_digest
-    assert digest(lightning_editor.edit([picture()], params).image) == fresh_process_digest
+    assert digest(fast.image) != fresh_process_digest_of_quality
+    assert digest(lightning_editor.edit([picture()], params).image) == fresh_process_digest_of_quality
 
 
 def test_the_comfyui_engine_refuses_presets_and_loras_instead_of_ignoring_them() -> None:
