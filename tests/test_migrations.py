@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -17,12 +18,12 @@ Row = dict[str, Any]
 CREATION = "20261125000200_creation_and_sizes.sql"
 
 
-@pytest.fixture
-def before_creation() -> Iterator[psycopg.Connection[Row]]:
-    """A database migrated up to (not including) the creation migration."""
+@contextmanager
+def migrated_up_to(migration: str) -> Iterator[psycopg.Connection[Row]]:
+    """A scratch database migrated up to (not including) ``migration``."""
     files = localdb.migration_files()
-    earlier = [path for path in files if path.name < CREATION]
-    assert CREATION in {path.name for path in files} and earlier
+    earlier = [path for path in files if path.name < migration]
+    assert migration in {path.name for path in files} and earlier
     name = f"qep_migration_{uuid.uuid4().hex[:12]}"
     dsn = localdb.create_database(ADMIN_DSN, name)
     try:
@@ -31,6 +32,13 @@ def before_creation() -> Iterator[psycopg.Connection[Row]]:
             yield conn
     finally:
         localdb.drop_database(ADMIN_DSN, name)
+
+
+@pytest.fixture
+def before_creation() -> Iterator[psycopg.Connection[Row]]:
+    """A database migrated up to (not including) the creation migration."""
+    with migrated_up_to(CREATION) as conn:
+        yield conn
 
 
 def insert(conn: psycopg.Connection[Row], user: uuid.UUID, path: str) -> uuid.UUID:
@@ -111,17 +119,8 @@ RULES = "20261201000100_one_source_of_truth.sql"
 @pytest.fixture
 def before_rules() -> Iterator[psycopg.Connection[Row]]:
     """A database migrated up to (not including) the one-source-of-truth migration."""
-    files = localdb.migration_files()
-    earlier = [path for path in files if path.name < RULES]
-    assert RULES in {path.name for path in files} and earlier
-    name = f"qep_migration_{uuid.uuid4().hex[:12]}"
-    dsn = localdb.create_database(ADMIN_DSN, name)
-    try:
-        localdb.apply_sql_files(dsn, [localdb.PLATFORM_SQL, *earlier])
-        with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
-            yield conn
-    finally:
-        localdb.drop_database(ADMIN_DSN, name)
+    with migrated_up_to(RULES) as conn:
+        yield conn
 
 
 def test_rows_of_every_status_survive_the_rules_migration(before_rules: psycopg.Connection[Row]) -> None:
