@@ -66,14 +66,16 @@ def test_the_awaiting_rows_of_a_bulk_insert_are_queued_when_their_images_arrive(
             "select 'x', array[%s || g || '.png'] from generate_series(1, 50) g",
             (f"{user}/",),
         )
-    assert db.execute("select count(*) as n from edit_requests where status = 'awaiting_image'").fetchone() == {
-        "n": 50
-    }
+    assert db.execute(
+        "select count(*) as n from edit_requests where status = 'awaiting_image'"
+    ).fetchone() == {"n": 50}
     db.execute(
         "insert into storage.objects (bucket_id, name) select 'edit-inputs', %s || g || '.png' from generate_series(1, 50) g",
         (f"{user}/",),
     )
-    assert db.execute("select count(*) as n from edit_requests where status = 'queued'").fetchone() == {"n": 50}
+    assert db.execute("select count(*) as n from edit_requests where status = 'queued'").fetchone() == {
+        "n": 50
+    }
 
 
 @pytest.mark.parametrize(
