@@ -8,7 +8,7 @@ import signal
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -18,6 +18,11 @@ from processor.domain.images import OutputFormat
 from processor.domain.rules import DeviceChoice, ReasonCode
 from processor.observability.logs import configure_logging
 from processor.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from processor.core.service import ProcessorService
 
 T = TypeVar("T")
 
@@ -75,9 +80,10 @@ def serve() -> None:
 
 @app.command()
 def worker() -> None:
-    """Run the worker alone (LISTEN and sweep, no HTTP): for hosts that cannot receive webhooks.
+    """Run the worker alone (LISTEN and sweep): for hosts that cannot receive webhooks, and Kubernetes.
 
-    Exits with code 1 when the model cannot be loaded (there is no /readyz to report it)."""
+    No HTTP, unless WORKER_HEALTH_PORT is set: then only /healthz and /readyz, for probes.
+    Exits with code 1 when the model cannot be loaded (so the platform restarts it)."""
     from processor.composition import build_service, check_input_limit
     from processor.core.service import SetupFailed
 
@@ -91,13 +97,42 @@ def worker() -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await service.run_until(stop)
+        if settings.worker_health_port is None:
+            await service.run_until(stop)
+            return
+        probes = _probe_server(service, settings.host, settings.worker_health_port)
+        serving = asyncio.create_task(probes.serve(), name="health-server")
+        try:
+            # /readyz says "stopping" (503) while the jobs drain, and /healthz answers until the end.
+            await service.run_until(stop)
+        finally:
+            probes.should_exit = True
+            await serving
 
     try:
         asyncio.run(main())
     except SetupFailed as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
+
+
+def _probe_server(service: ProcessorService, host: str, port: int) -> uvicorn.Server:
+    """The worker's health server (``WORKER_HEALTH_PORT``), run inside the worker's own loop."""
+    import uvicorn
+
+    from processor.entrypoints.http_app import create_health_app
+
+    class ProbeServer(uvicorn.Server):
+        # SIGTERM stays the worker's (it drains the jobs): uvicorn's own handlers would stop only
+        # the server, and re-raise the signal once it stopped.
+        @contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    config = uvicorn.Config(
+        create_health_app(service), host=host, port=port, log_config=None, access_log=False, lifespan="off"
+    )
+    return ProbeServer(config)
 
 
 def _fail(error: ProcessorError) -> typer.Exit:

@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     # --- HTTP -------------------------------------------------------------------------------------
     host: str = "0.0.0.0"
     port: int = Field(default=8000, ge=1, le=65535)
+    worker_health_port: int | None = Field(default=None, ge=1, le=65535)
+    """``edit-processor worker`` answers ``/healthz`` and ``/readyz`` (nothing else) on ``HOST`` and this
+    port, for platform probes (Kubernetes); unset, the worker serves no HTTP."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 

@@ -66,6 +66,43 @@ class Readiness(BaseModel):
     lease_sweep: str | None = None
 
 
+def install_health(app: FastAPI, service: ProcessorService) -> None:
+    """``/healthz`` and ``/readyz``: on the full app, and alone on the worker's health server."""
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "alive"}
+
+    @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+    async def readyz() -> JSONResponse:
+        """200 only when the model is loaded and warmed up and the database answers."""
+        state = service.state
+        database = await service.database_reachable()
+        ready = state in ("ready", "busy") and database
+        body = Readiness(
+            state=state,
+            database=database,
+            # Anyone may call /readyz: the exception itself (paths, hosts) is in the log only.
+            detail=SETUP_FAILED_DETAIL if service.setup_error else None,
+            lease_sweep=await service.lease_sweep(),
+        )
+        return JSONResponse(
+            body.model_dump(),
+            status_code=status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+
+
+def create_health_app(service: ProcessorService) -> FastAPI:
+    """Only ``/healthz`` and ``/readyz`` (``edit-processor worker`` with ``WORKER_HEALTH_PORT``).
+
+    No lifespan: the worker command starts and stops ``service`` itself, so a model that fails to
+    load still ends the process (exit 1) instead of leaving a pod that is alive and never ready."""
+    app = FastAPI(title="qwen-edit-processor worker", version=processor.__version__, openapi_url=None)
+    install_health(app, service)
+    return app
+
+
 def create_app(
     service: ProcessorService,
     *,
@@ -133,28 +170,7 @@ def create_app(
         service.wake(body.record.id if body.record else None)
         return Accepted()
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "alive"}
-
-    @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
-    async def readyz() -> JSONResponse:
-        """200 only when the model is loaded and warmed up and the database answers."""
-        state = service.state
-        database = await service.database_reachable()
-        ready = state in ("ready", "busy") and database
-        body = Readiness(
-            state=state,
-            database=database,
-            # Anyone may call /readyz: the exception itself (paths, hosts) is in the log only.
-            detail=SETUP_FAILED_DETAIL if service.setup_error else None,
-            lease_sweep=await service.lease_sweep(),
-        )
-        return JSONResponse(
-            body.model_dump(),
-            status_code=status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE,
-        )
+    install_health(app, service)
 
     @app.get(
         "/metrics", response_class=Response, responses={401: {}, 404: {"description": "METRICS_TOKEN unset"}}
