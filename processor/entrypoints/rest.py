@@ -160,6 +160,8 @@ class EditView(BaseModel):
     width: int | None = None
     height: int | None = None
     base: str = "blank"
+    input_paths: list[str] = Field(default_factory=list, description="Its input objects in `edit-inputs`.")
+    batch_id: uuid.UUID | None = Field(default=None, description="The batch that made it, if any.")
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None

@@ -123,6 +123,12 @@ class EditRequests:
                 f"request refused by the schema ({exc.diag.constraint_name}){said}",
                 reason=reason_for_constraint(exc.diag.constraint_name),
             ) from exc
+        except psycopg.errors.InsufficientPrivilege as exc:
+            # RLS: a path outside the caller's own folder (or a batch that is not theirs).
+            raise InvalidInput(
+                "refused by row-level security: every object path must be under your own folder",
+                reason=ReasonCode.INVALID_INPUT,
+            ) from exc
         except psycopg.errors.DataError as exc:
             # A value the column type cannot hold (1e-300 is a valid float, but underflows ``real``).
             raise InvalidInput(
