@@ -362,7 +362,8 @@ async def _read_batch(request: Request, max_body: int) -> _BatchBody:
     except HTTPException as exc:
         code = ReasonCode.BODY_TOO_LARGE if exc.status_code == 413 else ReasonCode.INVALID_REQUEST
         raise ApiError(exc.status_code, code, str(exc.detail)) from exc
-    if content_type.startswith("multipart/form-data"):
+    # A form without files (clients send those urlencoded) is read as a form too: an empty batch.
+    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         try:
             # One file more than allowed, so that an over-long batch gets ``too_many_images``.
             form = await request.form(
