@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from PIL import Image
 
 from processor.adapters.memory import (
+    BatchProgress,
     Faults,
     InMemoryJobQueue,
     InMemoryObjectStorage,
@@ -42,6 +43,7 @@ from processor.domain.ports import Editor, EditParams, EditResult, ProgressCallb
 from processor.observability.metrics import Metrics
 
 __all__ = [
+    "BatchProgress",
     "Faults",
     "InMemoryJobQueue",
     "InMemoryObjectStorage",

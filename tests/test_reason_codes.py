@@ -126,7 +126,8 @@ def test_every_constraint_rules_maps_exists(db: Db) -> None:
     names = {
         str(row["conname"])
         for row in db.execute(
-            "select conname from pg_constraint where conrelid = 'public.edit_requests'::regclass"
+            "select conname from pg_constraint "
+            "where conrelid in ('public.edit_requests'::regclass, 'public.edit_batches'::regclass)"
         ).fetchall()
     }
     # The allowlist check is a trigger that raises with a constraint name (a CHECK cannot read a table).

@@ -304,3 +304,123 @@ def test_the_cases_cover_every_rule() -> None:
     ids = {case.id for case in CASES}
     assert {"prompt-at-max", "prompt-over-max", "steps-1", "steps-101", "cfg-20", "cfg-20.1", "4-images",
             "size-4096", "size-4112", "size-over-area", "seed-max", "seed-2-63"} <= ids  # fmt: skip
+
+
+# --- Batches: the same edit over many images -----------------------------------------------------------
+
+BATCH_WAYS = ("row", "rest_json", "rest_multipart", "mcp")
+
+
+@dataclass(frozen=True)
+class BatchCase:
+    id: str
+    expected: str
+    size: int
+    references: int = 0
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+BATCH_CASES = [
+    BatchCase("batch-1", ACCEPTED, 1),
+    BatchCase("batch-at-max", ACCEPTED, rules.MAX_BATCH_SIZE),
+    BatchCase("batch-over-max", ReasonCode.TOO_MANY_IMAGES, rules.MAX_BATCH_SIZE + 1),
+    BatchCase("batch-empty", ReasonCode.INVALID_INPUT, 0),
+    BatchCase("batch-2-references", ACCEPTED, 2, references=rules.MAX_IMAGES - 1),
+    BatchCase("batch-3-references", ReasonCode.TOO_MANY_IMAGES, 2, references=rules.MAX_IMAGES),
+    BatchCase("batch-steps-1", ReasonCode.INVALID_PARAMETER, 2, fields={"num_inference_steps": 1}),
+    BatchCase("batch-prompt-blank", ReasonCode.INVALID_PROMPT, 2, fields={"prompt": " \t"}),
+]
+
+
+def batch_row(harness: Harness, user: uuid.UUID, case: BatchCase) -> str:
+    values = {**BASE, **case.fields}
+    values["input_paths"] = [f"{user}/{index}.png" for index in range(case.size)]
+    values["reference_paths"] = [f"{user}/ref{index}.png" for index in range(case.references)]
+    try:
+        with acting_as(harness.db, "authenticated", user) as conn:
+            conn.execute(
+                f"insert into edit_batches ({', '.join(values)}) values ({', '.join(['%s'] * len(values))})",
+                tuple(values.values()),
+            )
+    except psycopg.errors.CheckViolation as exc:
+        return str(reason_for_constraint(exc.diag.constraint_name))
+    return ACCEPTED
+
+
+def batch_rest_json(harness: Harness, token: str, case: BatchCase) -> str:
+    body = {
+        **BASE,
+        **case.fields,
+        "images": [b64png()] * case.size,
+        "reference_images": [b64png()] * case.references,
+    }
+    headers = {"Authorization": f"Bearer {token}"}
+    return rest_verdict(
+        httpx.post(f"{harness.served.url}/v1/batches", json=body, headers=headers, timeout=60)
+    )
+
+
+def batch_rest_multipart(harness: Harness, token: str, case: BatchCase) -> str:
+    data = {k: str(v) for k, v in {**BASE, **case.fields}.items()}
+    files = [("image", (f"{i}.png", png_bytes(), "image/png")) for i in range(case.size)]
+    files += [("reference", (f"r{i}.png", png_bytes(), "image/png")) for i in range(case.references)]
+    headers = {"Authorization": f"Bearer {token}"}
+    response = httpx.post(
+        f"{harness.served.url}/v1/batches", data=data, files=files or None, headers=headers, timeout=60
+    )
+    return rest_verdict(response)
+
+
+def batch_mcp(harness: Harness, token: str, case: BatchCase) -> str:
+    arguments = {
+        **BASE,
+        **case.fields,
+        "images_base64": [b64png()] * case.size,
+        "reference_images_base64": [b64png()] * case.references,
+    }
+
+    async def main() -> Any:
+        async with (
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
+            Client(streamable_http_client(f"{harness.served.url}/mcp", http_client=http)) as client,
+        ):
+            return await client.call_tool("submit_batch", arguments)
+
+    result = asyncio.run(main())
+    if not result.is_error:
+        return ACCEPTED
+    text = "".join(item.text for item in result.content if item.type == "text")
+    return text.removeprefix("Error executing tool submit_batch: ").split(":", 1)[0]
+
+
+@pytest.mark.parametrize("case", BATCH_CASES, ids=lambda case: case.id)
+def test_every_way_in_gives_the_same_verdict_for_a_batch(
+    case: BatchCase, harness: Harness, make_user: Callable[[], uuid.UUID]
+) -> None:
+    # A user per way, so that one way's accepted batch does not count against the next one's limits.
+    users = {way: make_user() for way in BATCH_WAYS}
+    tokens = {way: harness.storage.token(user) for way, user in users.items()}
+    ways: dict[str, Callable[[], str]] = {
+        "row": lambda: batch_row(harness, users["row"], case),
+        "rest_json": lambda: batch_rest_json(harness, tokens["rest_json"], case),
+        "rest_multipart": lambda: batch_rest_multipart(harness, tokens["rest_multipart"], case),
+        "mcp": lambda: batch_mcp(harness, tokens["mcp"], case),
+    }
+    verdicts = {way: ways[way]() for way in BATCH_WAYS}
+    assert verdicts == dict.fromkeys(BATCH_WAYS, str(case.expected))
+    # Every accepted way made the whole batch; no refused one left a batch or a request behind.
+    made = harness.db.execute(
+        "select count(distinct b.id) as batches, count(r.id) as requests from edit_batches b "
+        "left join edit_requests r on r.batch_id = b.id"
+    ).fetchone()
+    accepted = case.expected == ACCEPTED
+    assert made == {
+        "batches": len(BATCH_WAYS) if accepted else 0,
+        "requests": len(BATCH_WAYS) * case.size if accepted else 0,
+    }
+
+
+def test_the_batch_cases_cover_the_batch_rule() -> None:
+    assert {"batch-at-max", "batch-over-max", "batch-empty", "batch-3-references"} <= {
+        c.id for c in BATCH_CASES
+    }

@@ -21,7 +21,7 @@ from typing import Any
 
 from processor.domain.errors import LimitExceeded
 from processor.domain.images import ImageLimits, decode_image
-from processor.domain.params import check_request
+from processor.domain.params import check_batch, check_request
 from processor.domain.ports import EditParams, ObjectStorage, RowChanges, UserRequests
 from processor.domain.rules import (
     CHANGES_FALLBACK_SECONDS,
@@ -99,6 +99,36 @@ class Submissions:
             await self._storage.upload(INPUT_BUCKET, path, data, content_type=media_type)
             paths.append(path)
         return await self.requests.insert(user, request_id, paths, params)
+
+    async def submit_batch(
+        self,
+        user: User,
+        images: Sequence[bytes],
+        references: Sequence[bytes],
+        params: EditParams,
+        *,
+        object_paths: Sequence[str] = (),
+        reference_paths: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """The same edit over many images: one request per image (uploaded ``images``, then
+        ``object_paths`` already in the user's folder), each also given the references. Everything is
+        checked before anything is stored; the batch's insert makes every request or none."""
+        check_batch(params, len(images) + len(object_paths), len(references) + len(reference_paths))
+        formats = await asyncio.get_running_loop().run_in_executor(
+            self._validation, self._validate, [*images, *references]
+        )
+        batch_id = uuid.uuid4()
+        uploaded = []
+        for index, (data, (extension, media_type)) in enumerate(
+            zip([*images, *references], formats, strict=True)
+        ):
+            name = str(index) if index < len(images) else f"ref{index - len(images)}"
+            path = f"{user.id}/{batch_id}/{name}.{extension}"
+            await self._storage.upload(INPUT_BUCKET, path, data, content_type=media_type)
+            uploaded.append(path)
+        paths = [*uploaded[: len(images)], *object_paths]
+        refs = [*uploaded[len(images) :], *reference_paths]
+        return await self.requests.insert_batch(user, batch_id, paths, refs, params)
 
     def _validate(self, images: Sequence[bytes]) -> list[tuple[str, str]]:
         formats = []

@@ -22,6 +22,7 @@ from processor.domain.ports import BaseCanvas, EditParams, EditResult
 from processor.domain.rules import (
     BASES,
     DRAWN_SEED_BOUND,
+    MAX_BATCH_SIZE,
     MAX_CFG_SCALE,
     MAX_IMAGES,
     MAX_PROMPT_CHARS,
@@ -90,6 +91,19 @@ def check_request(params: EditParams, image_count: int) -> None:
     if params.width is not None or params.height is not None:
         output_size([], ModelSizing(), params.width, params.height)
     check_params(params)
+
+
+def check_batch(params: EditParams, images: int, references: int) -> None:
+    """A batch: 1 to ``MAX_BATCH_SIZE`` images, each request (one image and the references) under
+    the rules of one edit. The schema holds the same (``edit_batches``' checks, then each request's)."""
+    if images < 1:
+        raise InvalidInput("a batch needs at least one image", reason=ReasonCode.INVALID_INPUT)
+    if images > MAX_BATCH_SIZE:
+        raise InvalidInput(
+            f"{images} images in a batch; at most {MAX_BATCH_SIZE} are allowed",
+            reason=ReasonCode.TOO_MANY_IMAGES,
+        )
+    check_request(params, 1 + references)
 
 
 def check_image_count(count: int) -> None:

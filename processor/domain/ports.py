@@ -236,6 +236,28 @@ class UserRequests(Protocol):
 
     async def cancel(self, user: User, request_id: uuid.UUID) -> bool: ...
 
+    async def insert_batch(
+        self,
+        user: User,
+        batch_id: uuid.UUID,
+        paths: Sequence[str],
+        reference_paths: Sequence[str],
+        params: EditParams,
+    ) -> dict[str, Any]:
+        """Insert a batch: one request per path, each with ``reference_paths`` after its image, all
+        under the rules and limits of a single insert. ``InvalidInput`` or ``LimitExceeded`` when the
+        schema refuses any of them, and then nothing is created. Returns ``get_batch``'s view."""
+        ...
+
+    async def get_batch(self, user: User, batch_id: uuid.UUID) -> dict[str, Any] | None:
+        """The batch's counts by status, ``finished`` and ``progress`` (``edit_batch_progress``), with
+        ``items``: its requests as ``get`` shows them, in the batch's order; None when not theirs."""
+        ...
+
+    async def cancel_batch(self, user: User, batch_id: uuid.UUID) -> int:
+        """Cancel the batch's requests that have not finished (``cancel_edit_batch``); how many."""
+        ...
+
 
 class Wakeups(Protocol):
     """Pushes from the database: a request may be claimable, or one was canceled."""

@@ -28,6 +28,10 @@ DeviceChoice = Literal["auto", "cuda", "cpu"]
 MAX_IMAGES: Final = 3
 """Input images per request. The model card: "optimal performance is achieved with 1 to 3 input images"."""
 
+MAX_BATCH_SIZE: Final = 50
+"""Images in one batch (``edit_batches.input_paths``; each makes one request). The SQL check
+``edit_batches_size`` has the same bound; a longer batch is ``too_many_images`` everywhere."""
+
 MIN_STEPS: Final = 2
 MAX_STEPS: Final = 100
 """One step is refused: with Qwen-Image's scheduler config (``shift_terminal``) it yields NaN sigmas."""
@@ -301,6 +305,8 @@ CONSTRAINT_REASONS: Final[Mapping[str, ReasonCode]] = {
     "edit_requests_size_valid": ReasonCode.INVALID_SIZE,
     "edit_requests_inputs_or_size": ReasonCode.INVALID_SIZE,
     "edit_requests_loras_allowed": ReasonCode.UNKNOWN_LORA,
+    "edit_batches_not_empty": ReasonCode.INVALID_INPUT,
+    "edit_batches_size": ReasonCode.TOO_MANY_IMAGES,
 }
 """What a CHECK violation on an insert means; any other constraint is ``invalid_parameter``."""
 

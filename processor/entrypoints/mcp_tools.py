@@ -1,4 +1,5 @@
-"""MCP tools over the same submissions as the REST API: ``edit_image``, ``get_edit_status``, ``list_recent_edits``.
+"""MCP tools over the same submissions as the REST API: ``edit_image``, ``get_edit_status``,
+``list_recent_edits``, and for batches ``submit_batch``, ``get_batch`` and ``cancel_batch``.
 
 Served over streamable HTTP at ``/mcp`` inside the app (callers send their Supabase access
 token as ``Authorization: Bearer``), or over stdio with ``edit-processor mcp`` (the token comes
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
@@ -21,7 +22,7 @@ from pydantic import Field
 from processor.core.submissions import Submissions
 from processor.domain import rules
 from processor.domain.errors import ProcessorError
-from processor.domain.params import check_request, encoded_images, params_from_mapping
+from processor.domain.params import check_batch, check_request, encoded_images, params_from_mapping
 from processor.domain.rules import TERMINAL, WAIT_MAX_SECONDS, ReasonCode
 from processor.domain.users import User
 from processor.entrypoints.auth import AuthError, TokenVerifier
@@ -39,6 +40,33 @@ _VIEW_KEYS = (
     "created_at",
     "finished_at",
 )
+
+
+_BATCH_KEYS = (
+    "id",
+    "prompt",
+    "requests",
+    "awaiting_image",
+    "queued",
+    "processing",
+    "succeeded",
+    "failed",
+    "canceled",
+    "finished",
+    "progress",
+    "created_at",
+    "last_finished_at",
+)
+
+
+def _batch_view(batch: dict[str, Any]) -> dict[str, Any]:
+    view: dict[str, Any] = json.loads(json.dumps({key: batch[key] for key in _BATCH_KEYS}, default=str))
+    view["items"] = [_view(row) for row in batch["items"]]
+    return view
+
+
+def _decoded(items: list[str] | None) -> list[bytes]:
+    return [image for item in items or [] for image in encoded_images({"image": item})]
 
 
 def _view(row: dict[str, Any]) -> dict[str, Any]:
@@ -169,4 +197,88 @@ def create_mcp_server(
         user = user_of(ctx)
         return [_view(row) for row in await submissions.requests.recent(user, max(1, min(limit, 100)))]
 
+    _add_batch_tools(mcp, submissions, user_of)
     return mcp
+
+
+def _add_batch_tools(mcp: MCPServer, submissions: Submissions, user_of: Callable[[Context], User]) -> None:
+    @mcp.tool()
+    async def submit_batch(
+        prompt: str,
+        ctx: Context,
+        images_base64: list[str] | None = None,
+        object_paths: list[str] | None = None,
+        reference_images_base64: list[str] | None = None,
+        reference_paths: list[str] | None = None,
+        negative_prompt: str = rules.DEFAULT_NEGATIVE_PROMPT,
+        num_inference_steps: int = rules.DEFAULT_STEPS,
+        true_cfg_scale: float = rules.DEFAULT_TRUE_CFG_SCALE,
+        seed: int | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        speed: Literal["quality", "fast", "fastest"] | None = None,
+        loras: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """The same edit over many images: one edit per image (base64, or object paths in your
+        `edit-inputs/{your id}/` folder), each also given the reference images, at most
+        `MAX_BATCH_SIZE` (50) in all. All are created or none. Returns at once; follow with `get_batch`."""
+        user = user_of(ctx)
+        arguments = {
+            "prompt": prompt,
+            "negative_prompt": negative_prompt,
+            "num_inference_steps": num_inference_steps,
+            "true_cfg_scale": true_cfg_scale,
+            "seed": seed,
+            "width": width,
+            "height": height,
+            "speed": speed,
+            "loras": loras,
+        }
+        try:
+            params = params_from_mapping(arguments)
+            paths, refs = object_paths or [], reference_paths or []
+            # Counted before any image is decoded, with the same rules as every way in.
+            check_batch(
+                params,
+                len(images_base64 or []) + len(paths),
+                len(reference_images_base64 or []) + len(refs),
+            )
+            batch = await submissions.submit_batch(
+                user,
+                _decoded(images_base64),
+                _decoded(reference_images_base64),
+                params,
+                object_paths=paths,
+                reference_paths=refs,
+            )
+        except ProcessorError as exc:
+            raise ToolError(str(exc)) from exc
+        return _batch_view(batch)
+
+    @mcp.tool()
+    async def get_batch(batch_id: str, ctx: Context) -> dict[str, Any]:
+        """Counts by status, progress (finished edits count 1) and every edit of one of your batches."""
+        user = user_of(ctx)
+        batch = await submissions.requests.get_batch(user, _batch_id(batch_id))
+        if batch is None:
+            raise ToolError(f"{ReasonCode.NOT_FOUND}: no such batch")
+        return _batch_view(batch)
+
+    @mcp.tool()
+    async def cancel_batch(batch_id: str, ctx: Context) -> dict[str, Any]:
+        """Cancel every edit of one of your batches that has not finished; returns the batch and `canceled_now`."""
+        user = user_of(ctx)
+        batch_uuid = _batch_id(batch_id)
+        if await submissions.requests.get_batch(user, batch_uuid) is None:
+            raise ToolError(f"{ReasonCode.NOT_FOUND}: no such batch")
+        canceled = await submissions.requests.cancel_batch(user, batch_uuid)
+        batch = await submissions.requests.get_batch(user, batch_uuid)
+        assert batch is not None
+        return {**_batch_view(batch), "canceled_now": canceled}
+
+
+def _batch_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError as exc:
+        raise ToolError(f"{ReasonCode.INVALID_REQUEST}: batch_id is not a uuid") from exc

@@ -11,6 +11,7 @@ import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -24,10 +25,16 @@ from starlette.exceptions import HTTPException
 from processor.core.submissions import Submissions
 from processor.domain import rules
 from processor.domain.errors import InvalidInput, LimitExceeded, ProcessorError, TransientError
-from processor.domain.params import check_image_count, encoded_images, params_from_mapping
+from processor.domain.params import (
+    check_batch,
+    check_image_count,
+    encoded_images,
+    params_from_mapping,
+)
 from processor.domain.ports import EditParams
 from processor.domain.rules import (
     EDIT_BODY_FIELDS_BYTES,
+    MAX_BATCH_SIZE,
     MAX_IMAGES,
     MAX_REQUEST_LORAS,
     MULTIPART_MAX_FIELDS,
@@ -39,7 +46,7 @@ from processor.domain.rules import (
 )
 from processor.domain.users import User
 from processor.entrypoints.auth import AuthError, TokenVerifier
-from processor.entrypoints.bodies import capped_request
+from processor.entrypoints.bodies import capped_request, json_body
 
 
 class ErrorBody(BaseModel):
@@ -153,9 +160,65 @@ class EditView(BaseModel):
     width: int | None = None
     height: int | None = None
     base: str = "blank"
+    input_paths: list[str] = Field(default_factory=list, description="Its input objects in `edit-inputs`.")
+    batch_id: uuid.UUID | None = Field(default=None, description="The batch that made it, if any.")
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+
+
+class BatchCreate(BaseModel):
+    """The same edit over many images: each of ``images`` (base64) and ``object_paths`` (objects already
+    in your ``edit-inputs/{your id}/`` folder) makes one request, each given ``reference_images`` and
+    ``reference_paths`` after its image (at most 3 images a request). The parameters are an edit's
+    (``EditCreate``), read by the same mapping and rules; at most ``MAX_BATCH_SIZE`` images."""
+
+    prompt: str = Field(min_length=1, max_length=rules.MAX_PROMPT_CHARS)
+    images: list[str] = Field(default_factory=list, max_length=MAX_BATCH_SIZE, description="Base64 images.")
+    object_paths: list[str] = Field(
+        default_factory=list, max_length=MAX_BATCH_SIZE, description="Objects in your edit-inputs folder."
+    )
+    reference_images: list[str] = Field(
+        default_factory=list, max_length=MAX_IMAGES - 1, description="Base64 images every request also gets."
+    )
+    reference_paths: list[str] = Field(
+        default_factory=list, max_length=MAX_IMAGES - 1, description="Objects every request also gets."
+    )
+    negative_prompt: str = Field(default=rules.DEFAULT_NEGATIVE_PROMPT, max_length=rules.MAX_PROMPT_CHARS)
+    num_inference_steps: int = Field(default=rules.DEFAULT_STEPS, ge=rules.MIN_STEPS, le=rules.MAX_STEPS)
+    true_cfg_scale: float = Field(default=rules.DEFAULT_TRUE_CFG_SCALE, ge=0, le=rules.MAX_CFG_SCALE)
+    guidance_scale: float = Field(default=rules.DEFAULT_GUIDANCE_SCALE, ge=0, le=rules.MAX_CFG_SCALE)
+    seed: int | None = Field(default=None, ge=0, le=rules.MAX_SEED)
+    width: int | None = Field(
+        default=None, ge=rules.MIN_OUTPUT_SIDE, le=rules.MAX_OUTPUT_SIDE, multiple_of=rules.SIZE_MULTIPLE
+    )
+    height: int | None = Field(
+        default=None, ge=rules.MIN_OUTPUT_SIDE, le=rules.MAX_OUTPUT_SIDE, multiple_of=rules.SIZE_MULTIPLE
+    )
+    speed: SpeedPreset | None = None
+    loras: list[LoraField] = Field(default_factory=list, max_length=MAX_REQUEST_LORAS)
+
+
+class BatchView(BaseModel):
+    """A batch as its owner sees it: counts by status, and progress (finished requests count 1)."""
+
+    id: uuid.UUID
+    prompt: str
+    requests: int
+    awaiting_image: int
+    queued: int
+    processing: int
+    succeeded: int
+    failed: int
+    canceled: int
+    finished: int
+    progress: float
+    created_at: datetime
+    last_finished_at: datetime | None = None
+    items: list[EditView] = Field(
+        default_factory=list, description="Its requests, in the order of its images."
+    )
+    canceled_now: int | None = Field(default=None, description="DELETE only: how many this call canceled.")
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -172,7 +235,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 
-_CREATE_BODY = {
+_CREATE_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
@@ -245,11 +308,111 @@ async def _read_create(request: Request, max_body: int) -> tuple[EditParams, lis
 
 
 _IMAGE_KEYS = ("image", "images")
+_REFERENCE_KEYS = ("reference", "reference_images")
+_BATCH_LISTS = ("images", "object_paths", "reference_images", "reference_paths")
+
+_BATCH_BODY = json_body(BatchCreate)
+_BATCH_BODY["requestBody"]["content"]["multipart/form-data"] = {
+    "schema": {
+        "type": "object",
+        "required": ["prompt"],
+        "properties": {
+            **_CREATE_BODY["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"],
+            "image": {
+                "type": "array",
+                "items": {"type": "string", "format": "binary"},
+                "maxItems": MAX_BATCH_SIZE,
+                "description": "One request per image.",
+            },
+            "reference": {
+                "type": "array",
+                "items": {"type": "string", "format": "binary"},
+                "maxItems": MAX_IMAGES - 1,
+                "description": "Images every request also gets.",
+            },
+        },
+    }
+}
+
+
+def _text_list(body: dict[str, Any], key: str) -> list[str]:
+    value = body.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise InvalidInput(f"{key} must be a list of strings", reason=ReasonCode.INVALID_PARAMETER)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _BatchBody:
+    params: EditParams
+    images: list[bytes]
+    references: list[bytes]
+    object_paths: list[str]
+    reference_paths: list[str]
+
+
+async def _read_batch(request: Request, max_body: int) -> _BatchBody:
+    """A batch body, JSON or multipart (files ``image``, one request each, and ``reference``); the
+    counts are checked before any image is decoded."""
+    content_type = request.headers.get("content-type", "")
+    try:
+        request = await capped_request(request, max_body)
+    except HTTPException as exc:
+        code = ReasonCode.BODY_TOO_LARGE if exc.status_code == 413 else ReasonCode.INVALID_REQUEST
+        raise ApiError(exc.status_code, code, str(exc.detail)) from exc
+    # A form without files (clients send those urlencoded) is read as a form too: an empty batch.
+    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        try:
+            # One file more than allowed, so that an over-long batch gets ``too_many_images``.
+            form = await request.form(
+                max_files=MAX_BATCH_SIZE + MAX_IMAGES,
+                max_fields=MULTIPART_MAX_FIELDS,
+                max_part_size=EDIT_BODY_FIELDS_BYTES,
+            )
+        except HTTPException as exc:
+            raise ApiError(400, ReasonCode.INVALID_MULTIPART, str(exc.detail)) from exc
+        names = (*_IMAGE_KEYS, *_REFERENCE_KEYS)
+        fields = {k: v for k, v in form.items() if isinstance(v, str) and k not in names}
+        params = params_from_mapping(fields, form=True)
+        files = [item for key in _IMAGE_KEYS for item in form.getlist(key) if isinstance(item, UploadFile)]
+        refs = [item for key in _REFERENCE_KEYS for item in form.getlist(key) if isinstance(item, UploadFile)]
+        check_batch(params, len(files), len(refs))
+        return _BatchBody(
+            params, [await item.read() for item in files], [await item.read() for item in refs], [], []
+        )
+    try:
+        body = await request.json()
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, ReasonCode.INVALID_JSON, "the body is not valid JSON") from exc
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, ReasonCode.INVALID_JSON, "the body is not UTF-8 JSON") from exc
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object", reason=ReasonCode.INVALID_REQUEST)
+    params = params_from_mapping(body)
+    images, paths, references, reference_paths = (_text_list(body, key) for key in _BATCH_LISTS)
+    check_batch(params, len(images) + len(paths), len(references) + len(reference_paths))
+    return _BatchBody(
+        params,
+        _decoded(images),
+        _decoded(references),
+        paths,
+        reference_paths,
+    )
+
+
+def _decoded(items: list[str]) -> list[bytes]:
+    return [image for item in items for image in encoded_images({"image": item})]
 
 
 def _view(row: dict[str, Any], **extra: Any) -> EditView:
     # `error` is the message written for users (the raw text is the operators', in the row's `error`).
     return EditView.model_validate({**row, "error": row.get("error_message"), **extra})
+
+
+def _batch_view(batch: dict[str, Any], **extra: Any) -> BatchView:
+    return BatchView.model_validate({**batch, "items": [_view(row) for row in batch["items"]], **extra})
 
 
 class RestApi:
@@ -364,7 +527,50 @@ class RestApi:
                 )
             return _view(await self._owned(user, request_id))
 
+        self._batch_routes(router, current_user)
         return router
+
+    def _batch_routes(self, router: APIRouter, current_user: Any) -> None:
+        @router.post(
+            "/batches",
+            status_code=status.HTTP_202_ACCEPTED,
+            response_model=BatchView,
+            openapi_extra=_BATCH_BODY,
+            name="create_batch",
+        )
+        async def create_batch(request: Request, user: User = current_user) -> JSONResponse:
+            """The same edit over many images: one request per image, all created or none (a batch
+            over your limits is refused whole, 429). Follow it with `GET /v1/batches/{id}`."""
+            body = await _read_batch(request, self.max_body_bytes)
+            batch = await self.submissions.submit_batch(
+                user,
+                body.images,
+                body.references,
+                body.params,
+                object_paths=body.object_paths,
+                reference_paths=body.reference_paths,
+            )
+            return JSONResponse(
+                _batch_view(batch).model_dump(mode="json"), status_code=status.HTTP_202_ACCEPTED
+            )
+
+        @router.get("/batches/{batch_id}", response_model=BatchView, name="get_batch")
+        async def get_batch(batch_id: uuid.UUID, user: User = current_user) -> BatchView:
+            """Counts by status, progress and every request of one of your batches."""
+            return _batch_view(await self._owned_batch(user, batch_id))
+
+        @router.delete("/batches/{batch_id}", response_model=BatchView)
+        async def cancel_batch(batch_id: uuid.UUID, user: User = current_user) -> BatchView:
+            """Cancel every request of the batch that has not finished; finished ones stay as they are."""
+            await self._owned_batch(user, batch_id)
+            canceled = await self.submissions.requests.cancel_batch(user, batch_id)
+            return _batch_view(await self._owned_batch(user, batch_id), canceled_now=canceled)
+
+    async def _owned_batch(self, user: User, batch_id: uuid.UUID) -> dict[str, Any]:
+        batch = await self.submissions.requests.get_batch(user, batch_id)
+        if batch is None:
+            raise ApiError(404, ReasonCode.NOT_FOUND, "no such batch")
+        return batch
 
     def install(self, app: FastAPI) -> None:
         """Mount the router and the error handlers that give every error one shape."""

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 from processor.adapters.memory.clock import Clock, ManualClock, wall_clock
 from processor.adapters.memory.faults import Faults
-from processor.adapters.memory.queue import InMemoryJobQueue, QueueCall, QueueRow, backoff_seconds
+from processor.adapters.memory.queue import (
+    BatchProgress,
+    InMemoryJobQueue,
+    QueueCall,
+    QueueRow,
+    backoff_seconds,
+)
 from processor.adapters.memory.storage import InMemoryObjectStorage, StoredObject
 from processor.adapters.memory.wakeups import InMemoryWakeups
 
 __all__ = [
+    "BatchProgress",
     "Clock",
     "Faults",
     "InMemoryJobQueue",

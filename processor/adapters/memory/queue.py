@@ -10,8 +10,9 @@ checked against the table's CHECK constraints, so a state the database would ref
 here too. The same conformance tests (``tests/test_port_job_queue.py``) run against this and
 ``PostgresJobQueue``.
 
-Beyond the port, for tests: ``enqueue`` (an app's insert), ``cancel`` and ``retry`` (the SQL
-functions of the same names), ``row``/``rows`` (read the state), ``subscribe`` (the
+Beyond the port, for tests: ``enqueue`` (an app's insert), ``enqueue_batch`` (an ``edit_batches``
+insert: one request per image, all or none), ``cancel``, ``cancel_batch`` and ``retry`` (the SQL
+functions of the same names), ``row``/``rows``/``batch`` (read the state), ``subscribe`` (the
 notifications ``InMemoryWakeups`` delivers), ``faults`` and ``calls``.
 """
 
@@ -32,6 +33,7 @@ from processor.adapters.memory.clock import Clock, wall_clock
 from processor.adapters.memory.faults import Faults
 from processor.adapters.memory.storage import InMemoryObjectStorage
 from processor.domain.ports import BaseCanvas, EditJob, HeartbeatAnswer
+from processor.domain.rules import MAX_BATCH_SIZE, STATUSES, TERMINAL
 
 Status = Literal["awaiting_image", "queued", "processing", "succeeded", "failed", "canceled"]
 
@@ -74,6 +76,19 @@ class QueueRow:
     height: int | None = None
     base: BaseCanvas = "blank"
     base_color: str = "#ffffff"
+    batch_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchProgress:
+    """``edit_batch_progress``: a batch's requests by status, how many finished, and its progress
+    (the mean of its requests' progress, a finished one counting 1)."""
+
+    id: uuid.UUID
+    requests: int
+    counts: Mapping[Status, int]
+    finished: int
+    progress: float
 
 
 def check_constraints(row: QueueRow) -> None:
@@ -419,6 +434,63 @@ class InMemoryJobQueue:
             if row.status == "queued":
                 self._notify_queued(row)
         return request_id
+
+    def enqueue_batch(
+        self,
+        prompt: str = "make it blue",
+        input_paths: Sequence[str] = (),
+        *,
+        reference_paths: Sequence[str] = (),
+        **columns: Any,
+    ) -> tuple[uuid.UUID, list[uuid.UUID]]:
+        """Insert a batch as an app would (``edit_batches``): one request per input path, each with
+        ``reference_paths`` after its image and the same ``columns``. Every row is checked before any
+        is stored, so a refused batch leaves nothing. Returns the batch's id and its requests' ids."""
+        if not 1 <= len(input_paths) <= MAX_BATCH_SIZE:
+            name = "edit_batches_not_empty" if not input_paths else "edit_batches_size"
+            raise ValueError(f"edit_batches row violates check constraint {name}")
+        batch_id = uuid.uuid4()
+        now = self._clock()
+        rows = [
+            QueueRow(
+                id=uuid.uuid4(),
+                prompt=prompt,
+                input_paths=(path, *reference_paths),
+                batch_id=batch_id,
+                created_at=now,
+                updated_at=now,
+                **columns,
+            )
+            for path in input_paths
+        ]
+        for row in rows:
+            check_constraints(row)
+        for row in rows:
+            fields = {name: getattr(row, name) for name in ("created_at", "batch_id", *columns)}
+            self.enqueue(prompt, row.input_paths, id=row.id, **fields)
+        return batch_id, [row.id for row in rows]
+
+    def batch(self, batch_id: uuid.UUID) -> BatchProgress:
+        """The batch's counts and progress, as ``edit_batch_progress`` shows them."""
+        with self._lock:
+            rows = [row for row in self._rows.values() if row.batch_id == batch_id]
+        counts: dict[Status, int] = dict.fromkeys(STATUSES, 0)
+        for row in rows:
+            counts[row.status] += 1
+        done = [1.0 if row.status in TERMINAL else row.progress for row in rows]
+        return BatchProgress(
+            id=batch_id,
+            requests=len(rows),
+            counts=counts,
+            finished=sum(counts[status] for status in TERMINAL),
+            progress=sum(done) / len(done) if done else 0.0,
+        )
+
+    def cancel_batch(self, batch_id: uuid.UUID) -> int:
+        """``cancel_edit_batch``: ``cancel`` on each of the batch's requests that has not finished."""
+        with self._lock:
+            ids = sorted(row.id for row in self._rows.values() if row.batch_id == batch_id)
+        return sum(self.cancel(request_id) for request_id in ids)
 
     def cancel(self, request_id: uuid.UUID) -> bool:
         """``cancel_edit_request`` (as the service role): a waiting or running request ends canceled;

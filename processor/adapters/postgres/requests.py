@@ -27,8 +27,53 @@ _VIEW_COLUMNS = (
     # What `authenticated` may select (migration 20261201000700): no lease, attempts or raw error.
     "id, status, progress, prompt, negative_prompt, num_inference_steps, true_cfg_scale, guidance_scale, seed, "
     "input_paths, output_bucket, output_path, error_code, error_message, result, created_at, started_at, "
-    "finished_at, updated_at, width, height, base, base_color, speed, loras"
+    "finished_at, updated_at, width, height, base, base_color, speed, loras, batch_id"
 )
+
+
+_PARAM_COLUMNS = (
+    "prompt, negative_prompt, num_inference_steps, true_cfg_scale, guidance_scale, seed, width, height, "
+    "base, base_color, speed, loras"
+)
+_PARAM_MARKS = ", ".join(["%s"] * len(_PARAM_COLUMNS.split(",")))
+_BATCH_COLUMNS = (
+    "id, prompt, created_at, requests, awaiting_image, queued, processing, succeeded, failed, canceled, "
+    "finished, progress, last_finished_at"
+)
+
+
+def _param_values(params: EditParams) -> tuple[Any, ...]:
+    return (
+        params.prompt,
+        params.negative_prompt,
+        params.num_inference_steps,
+        params.true_cfg_scale,
+        params.guidance_scale,
+        params.seed,
+        params.width,
+        params.height,
+        params.base,
+        params.base_color,
+        params.speed,
+        Jsonb([lora.as_json() for lora in params.loras]),
+    )
+
+
+async def _batch(conn: psycopg.AsyncConnection[DictRow], batch_id: uuid.UUID) -> dict[str, Any] | None:
+    """The batch's progress row with its requests (``items``), in the order of its images."""
+    cursor = await conn.execute(
+        f"select {_BATCH_COLUMNS} from public.edit_batch_progress where id = %s", (batch_id,)
+    )
+    batch = await cursor.fetchone()
+    if batch is None:
+        return None
+    columns = ", ".join(f"r.{name.strip()}" for name in _VIEW_COLUMNS.split(","))
+    cursor = await conn.execute(
+        f"select {columns} from public.edit_requests r join public.edit_batches b on b.id = r.batch_id "
+        "where r.batch_id = %s order by array_position(b.input_paths, r.input_paths[1]), r.id",
+        (batch_id,),
+    )
+    return {**batch, "items": await cursor.fetchall()}
 
 
 class EditRequests:
@@ -64,34 +109,11 @@ class EditRequests:
                 f"database unavailable: {exc}", reason=ReasonCode.DATABASE_UNAVAILABLE
             ) from exc
 
-    async def insert(
-        self, user: User, request_id: uuid.UUID, paths: Sequence[str], params: EditParams
-    ) -> dict[str, Any]:
+    @asynccontextmanager
+    async def _refusals(self) -> AsyncIterator[None]:
+        """What the schema's refusal of an insert means, as the domain's errors."""
         try:
-            async with self._as_user(user) as conn:
-                cursor = await conn.execute(
-                    "insert into public.edit_requests (id, prompt, negative_prompt, input_paths, "
-                    "num_inference_steps, true_cfg_scale, guidance_scale, seed, width, height, base, "
-                    "base_color, speed, loras) "
-                    f"values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning {_VIEW_COLUMNS}",
-                    (
-                        request_id,
-                        params.prompt,
-                        params.negative_prompt,
-                        list(paths),
-                        params.num_inference_steps,
-                        params.true_cfg_scale,
-                        params.guidance_scale,
-                        params.seed,
-                        params.width,
-                        params.height,
-                        params.base,
-                        params.base_color,
-                        params.speed,
-                        Jsonb([lora.as_json() for lora in params.loras]),
-                    ),
-                )
-                row = await cursor.fetchone()
+            yield
         except psycopg.errors.CheckViolation as exc:
             # The constraint names what was refused; rules maps each to the code the Python checks give.
             # A trigger's own message ("unknown LoRA: x") says more than Postgres' CHECK boilerplate.
@@ -100,6 +122,12 @@ class EditRequests:
             raise InvalidInput(
                 f"request refused by the schema ({exc.diag.constraint_name}){said}",
                 reason=reason_for_constraint(exc.diag.constraint_name),
+            ) from exc
+        except psycopg.errors.InsufficientPrivilege as exc:
+            # RLS: a path outside the caller's own folder (or a batch that is not theirs).
+            raise InvalidInput(
+                "refused by row-level security: every object path must be under your own folder",
+                reason=ReasonCode.INVALID_INPUT,
             ) from exc
         except psycopg.errors.DataError as exc:
             # A value the column type cannot hold (1e-300 is a valid float, but underflows ``real``).
@@ -115,8 +143,48 @@ class EditRequests:
                 str(exc.diag.message_primary or "a per-user limit is reached"),
                 reason=ReasonCode.QUOTA_EXCEEDED,
             ) from exc
+
+    async def insert(
+        self, user: User, request_id: uuid.UUID, paths: Sequence[str], params: EditParams
+    ) -> dict[str, Any]:
+        async with self._refusals(), self._as_user(user) as conn:
+            cursor = await conn.execute(
+                f"insert into public.edit_requests (id, input_paths, {_PARAM_COLUMNS}) "
+                f"values (%s, %s, {_PARAM_MARKS}) returning {_VIEW_COLUMNS}",
+                (request_id, list(paths), *_param_values(params)),
+            )
+            row = await cursor.fetchone()
         assert row is not None
         return row
+
+    async def insert_batch(
+        self,
+        user: User,
+        batch_id: uuid.UUID,
+        paths: Sequence[str],
+        reference_paths: Sequence[str],
+        params: EditParams,
+    ) -> dict[str, Any]:
+        # One statement: its trigger inserts every request, or the statement fails whole.
+        async with self._refusals(), self._as_user(user) as conn:
+            await conn.execute(
+                f"insert into public.edit_batches (id, input_paths, reference_paths, {_PARAM_COLUMNS}) "
+                f"values (%s, %s, %s, {_PARAM_MARKS})",
+                (batch_id, list(paths), list(reference_paths), *_param_values(params)),
+            )
+            batch = await _batch(conn, batch_id)
+        assert batch is not None
+        return batch
+
+    async def get_batch(self, user: User, batch_id: uuid.UUID) -> dict[str, Any] | None:
+        async with self._as_user(user) as conn:
+            return await _batch(conn, batch_id)
+
+    async def cancel_batch(self, user: User, batch_id: uuid.UUID) -> int:
+        async with self._as_user(user) as conn:
+            cursor = await conn.execute("select public.cancel_edit_batch(%s) as canceled", (batch_id,))
+            row = await cursor.fetchone()
+        return int(row["canceled"]) if row else 0
 
     async def get(self, user: User, request_id: uuid.UUID) -> dict[str, Any] | None:
         async with self._as_user(user) as conn:
