@@ -95,9 +95,9 @@ def test_rotating_a_secret_gives_a_new_one_to_its_owner_only(
     db: psycopg.Connection[Row], owner_endpoint: Row, make_user: Callable[[], uuid.UUID]
 ) -> None:
     with acting_as(db, "authenticated", make_user()) as conn:
-        assert conn.execute("select rotate_edit_webhook_secret(%s) as s", (owner_endpoint["id"],)).fetchone() == {
-            "s": None
-        }
+        assert conn.execute(
+            "select rotate_edit_webhook_secret(%s) as s", (owner_endpoint["id"],)
+        ).fetchone() == {"s": None}
     with acting_as(db, "authenticated", OWNER) as conn:
         new = conn.execute("select rotate_edit_webhook_secret(%s) as s", (owner_endpoint["id"],)).fetchone()
     assert new is not None and new["s"].startswith("whsec_") and new["s"] != owner_endpoint["secret"]
@@ -142,7 +142,9 @@ def test_a_url_off_the_rules_is_refused_with_its_reason(
 def test_an_allowlisted_https_url_and_a_wildcard_are_accepted(
     db: psycopg.Connection[Row], add_request: Callable[..., uuid.UUID]
 ) -> None:
-    db.execute("insert into edit_webhook_allowed_hosts (host) values ('hooks.example.com'), ('*.apps.example')")
+    db.execute(
+        "insert into edit_webhook_allowed_hosts (host) values ('hooks.example.com'), ('*.apps.example')"
+    )
     register(db, OWNER, "https://hooks.example.com/edits?x=1")
     register(db, OWNER, "https://eu.apps.example:8443/hook")
     with pytest.raises(psycopg.errors.CheckViolation, match="host_not_allowed"):
@@ -150,11 +152,13 @@ def test_an_allowlisted_https_url_and_a_wildcard_are_accepted(
 
 
 def test_changing_the_url_is_checked_again(db: psycopg.Connection[Row], owner_endpoint: Row) -> None:
-    with pytest.raises(psycopg.errors.CheckViolation, match="host_not_allowed"), acting_as(
-        db, "authenticated", OWNER
-    ) as conn:
+    with (
+        pytest.raises(psycopg.errors.CheckViolation, match="host_not_allowed"),
+        acting_as(db, "authenticated", OWNER) as conn,
+    ):
         conn.execute(
-            "update edit_webhook_endpoints set url = 'https://evil.example/' where id = %s", (owner_endpoint["id"],)
+            "update edit_webhook_endpoints set url = 'https://evil.example/' where id = %s",
+            (owner_endpoint["id"],),
         )
 
 
@@ -193,9 +197,15 @@ def test_users_see_change_and_delete_only_their_own_endpoints(
     assert changed == [] and deleted == []
 
 
-@pytest.mark.parametrize("column, value", [("user_id", OWNER), ("secret", "whsec_AAAA"), ("id", uuid.uuid4())])
+@pytest.mark.parametrize(
+    "column, value", [("user_id", OWNER), ("secret", "whsec_AAAA"), ("id", uuid.uuid4())]
+)
 def test_users_cannot_set_the_owner_the_secret_or_the_id(
-    db: psycopg.Connection[Row], owner_endpoint: Row, make_user: Callable[[], uuid.UUID], column: str, value: Any
+    db: psycopg.Connection[Row],
+    owner_endpoint: Row,
+    make_user: Callable[[], uuid.UUID],
+    column: str,
+    value: Any,
 ) -> None:
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         register(db, make_user(), **{column: value})
@@ -210,7 +220,10 @@ def test_users_cannot_touch_the_allowlist_or_the_settings(
         "update edit_webhook_settings set allow_private_addresses = true",
         "select * from edit_webhook_delivery_health",
     ):
-        with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_as(db, "authenticated", make_user()) as conn:
+        with (
+            pytest.raises(psycopg.errors.InsufficientPrivilege),
+            acting_as(db, "authenticated", make_user()) as conn,
+        ):
             conn.execute(statement)
 
 
@@ -219,12 +232,16 @@ def test_a_request_cannot_name_another_users_endpoint(
 ) -> None:
     mallory = make_user()
     for endpoint in (owner_endpoint["id"], uuid.uuid4()):
-        with pytest.raises(psycopg.errors.CheckViolation, match="is not one of this request's owner's endpoints"):
-            with acting_as(db, "authenticated", mallory) as conn:
-                conn.execute(
-                    "insert into edit_requests (prompt, input_paths, webhook_endpoint_id) values ('x', %s, %s)",
-                    ([f"{mallory}/a.png"], endpoint),
-                )
+        with (
+            pytest.raises(
+                psycopg.errors.CheckViolation, match="is not one of this request's owner's endpoints"
+            ),
+            acting_as(db, "authenticated", mallory) as conn,
+        ):
+            conn.execute(
+                "insert into edit_requests (prompt, input_paths, webhook_endpoint_id) values ('x', %s, %s)",
+                ([f"{mallory}/a.png"], endpoint),
+            )
 
 
 def test_a_user_names_their_own_endpoint_and_reads_it_back(
@@ -282,9 +299,10 @@ def test_replay_refuses_a_caller_without_the_operator_role_even_with_execute(
 ) -> None:
     # Belt and braces: were the grant ever given, the role check inside still refuses.
     db.execute("grant execute on function replay_edit_webhook_delivery(uuid) to authenticated")
-    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="only operators"), acting_as(
-        db, "authenticated", OWNER
-    ) as conn:
+    with (
+        pytest.raises(psycopg.errors.InsufficientPrivilege, match="only operators"),
+        acting_as(db, "authenticated", OWNER) as conn,
+    ):
         conn.execute("select replay_edit_webhook_delivery(%s)", (uuid.uuid4(),))
 
 
@@ -361,9 +379,9 @@ def test_deleting_an_endpoint_leaves_the_request(
     with acting_as(db, "authenticated", OWNER) as conn:
         conn.execute("delete from edit_webhook_endpoints where id = %s", (owner_endpoint["id"],))
     finish(db, request_id)
-    assert db.execute("select webhook_endpoint_id from edit_requests where id = %s", (request_id,)).fetchone() == {
-        "webhook_endpoint_id": None
-    }
+    assert db.execute(
+        "select webhook_endpoint_id from edit_requests where id = %s", (request_id,)
+    ).fetchone() == {"webhook_endpoint_id": None}
     assert deliveries(db, request_id) == []
 
 
@@ -371,11 +389,15 @@ def test_deleting_an_endpoint_leaves_the_request(
 
 
 def claim(db: psycopg.Connection[Row], worker: str = "w1", limit: int = 10, lease: int = 60) -> list[Row]:
-    return db.execute("select * from claim_edit_webhook_deliveries(%s, %s, %s)", (worker, limit, lease)).fetchall()
+    return db.execute(
+        "select * from claim_edit_webhook_deliveries(%s, %s, %s)", (worker, limit, lease)
+    ).fetchall()
 
 
 @pytest.fixture
-def pending(db: psycopg.Connection[Row], owner_endpoint: Row, add_request: Callable[..., uuid.UUID]) -> uuid.UUID:
+def pending(
+    db: psycopg.Connection[Row], owner_endpoint: Row, add_request: Callable[..., uuid.UUID]
+) -> uuid.UUID:
     request_id = add_request(webhook_endpoint_id=owner_endpoint["id"])
     finish(db, request_id)
     [delivery] = deliveries(db, request_id)
@@ -394,18 +416,20 @@ def test_claim_then_complete(db: psycopg.Connection[Row], owner_endpoint: Row, p
     assert claimed["secret"] == owner_endpoint["secret"] and claimed["attempts"] == 1
     assert claimed["refusal"] is None
     assert claim(db, "w2") == []  # leased
-    assert db.execute("select complete_edit_webhook_delivery(%s, 'w2', 200) as ok", (pending,)).fetchone() == {
-        "ok": False
-    }
-    assert db.execute("select complete_edit_webhook_delivery(%s, 'w1', 204) as ok", (pending,)).fetchone() == {
-        "ok": True
-    }
+    assert db.execute(
+        "select complete_edit_webhook_delivery(%s, 'w2', 200) as ok", (pending,)
+    ).fetchone() == {"ok": False}
+    assert db.execute(
+        "select complete_edit_webhook_delivery(%s, 'w1', 204) as ok", (pending,)
+    ).fetchone() == {"ok": True}
     row = delivery(db, pending)
     assert (row["status"], row["last_status_code"], row["claimed_by"]) == ("delivered", 204, None)
     assert row["delivered_at"] is not None
 
 
-def test_a_failure_backs_off_with_jitter_then_is_due_again(db: psycopg.Connection[Row], pending: uuid.UUID) -> None:
+def test_a_failure_backs_off_with_jitter_then_is_due_again(
+    db: psycopg.Connection[Row], pending: uuid.UUID
+) -> None:
     claim(db)
     assert db.execute(
         "select fail_edit_webhook_delivery(%s, 'w1', 500, 'http_status: 500', false) as s", (pending,)
@@ -443,7 +467,9 @@ def test_the_last_attempt_is_dead_with_its_status_and_reason_then_replay_makes_i
     db.execute("update edit_webhook_deliveries set next_attempt_at = now() where id = %s", (pending,))
     assert claim(db) == []
     with acting_as(db, "service_role") as conn:
-        assert conn.execute("select replay_edit_webhook_delivery(%s) as ok", (pending,)).fetchone() == {"ok": True}
+        assert conn.execute("select replay_edit_webhook_delivery(%s) as ok", (pending,)).fetchone() == {
+            "ok": True
+        }
     [again] = claim(db)
     assert again["id"] == pending and again["attempts"] == 1
 
@@ -458,7 +484,10 @@ def test_a_lapsed_lease_is_claimed_again_and_its_old_holder_is_fenced(
     db: psycopg.Connection[Row], pending: uuid.UUID
 ) -> None:
     claim(db, "dead-processor")
-    db.execute("update edit_webhook_deliveries set claimed_until = now() - interval '1 second' where id = %s", (pending,))
+    db.execute(
+        "update edit_webhook_deliveries set claimed_until = now() - interval '1 second' where id = %s",
+        (pending,),
+    )
     [again] = claim(db, "w2")
     assert again["id"] == pending and again["attempts"] == 2
     assert db.execute(
@@ -519,7 +548,10 @@ def test_the_dashboard_counts_by_status_and_gives_the_failure_rate(
         request_id = add_request(webhook_endpoint_id=owner_endpoint["id"])
         finish(db, request_id)
         ids.append(deliveries(db, request_id)[0]["id"])
-    db.execute("update edit_webhook_deliveries set created_at = now() - interval '90 seconds' where id = %s", (ids[3],))
+    db.execute(
+        "update edit_webhook_deliveries set created_at = now() - interval '90 seconds' where id = %s",
+        (ids[3],),
+    )
     claimed = {row["id"] for row in claim(db, limit=3)}
     first, second, third = sorted(claimed)
     db.execute("select complete_edit_webhook_delivery(%s, 'w1', 200)", (first,))
@@ -549,7 +581,8 @@ def test_sql_mirrors_the_webhook_rules(db: psycopg.Connection[Row]) -> None:
         waits = [
             float(r["s"])
             for r in db.execute(
-                "select extract(epoch from edit_webhook_backoff(%s)) as s from generate_series(1, 200)", (attempts,)
+                "select extract(epoch from edit_webhook_backoff(%s)) as s from generate_series(1, 200)",
+                (attempts,),
             ).fetchall()
         ]
         nominal = rules.webhook_backoff_seconds(attempts)
@@ -598,7 +631,8 @@ def test_python_and_sql_refuse_the_same_urls_for_the_same_reason(
                        "999.1.1.1"})  # fmt: skip
     db.execute("insert into edit_webhook_allowed_hosts (host) select unnest(%s::text[])", (sorted(hosts),))
     db.execute(
-        "update edit_webhook_settings set allow_http = %s, allow_private_addresses = %s", (allow_http, allow_private)
+        "update edit_webhook_settings set allow_http = %s, allow_private_addresses = %s",
+        (allow_http, allow_private),
     )
     for url in URL_CASES:
         sql = db.execute("select edit_webhook_url_refusal(%s) as r", (url,)).fetchone()
