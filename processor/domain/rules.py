@@ -356,8 +356,8 @@ WebhookEvent = Literal["succeeded", "failed", "canceled"]
 WEBHOOK_EVENTS: Final[tuple[WebhookEvent, ...]] = ("succeeded", "failed", "canceled")
 WEBHOOK_MAX_ATTEMPTS: Final = 12
 """Attempts of one delivery before it is dead (``edit_webhook_max_attempts()``). With the back-off
-below the last one is about 7.5 hours after the first, so a receiver down for a working day's
-deploy or an outage of a few hours still gets every event."""
+below the last one is about 7 h 15 min after the first (±20 %), so a receiver down through a
+long deploy or an outage of a few hours still gets every event."""
 WEBHOOK_BACKOFF_BASE_SECONDS: Final = 15
 WEBHOOK_BACKOFF_MAX_SECONDS: Final = 3 * 3600
 WEBHOOK_BACKOFF_JITTER: Final = 0.2
