@@ -552,3 +552,79 @@ def test_an_edit_run_by_the_worker_command_ends_in_a_delivered_webhook(
     assert payload["data"]["output_path"] == f"{user}/{request['id']}.png"
     assert payload["data"]["result"]["num_inference_steps"] == 2
     assert "claimed_by" not in json.dumps(payload) and "attempts" not in payload["data"]
+
+
+def self_signed(tmp_path: Any, name: str) -> tuple[str, str]:
+    """A certificate for ``name`` (and its key), as files: the receiver's TLS identity."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return str(cert_file), str(key_file)
+
+
+def test_https_goes_to_the_checked_address_and_the_certificate_must_match_the_name(tmp_path: Any) -> None:
+    import ssl
+
+    cert, key = self_signed(tmp_path, "receiver.test")
+    receiver = Receiver().start()
+    assert receiver._server is not None
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    receiver._server.socket = server_tls.wrap_socket(receiver._server.socket, server_side=True)
+    trust = ssl.create_default_context(cafile=cert)
+
+    async def to_loopback(host: str, port: int) -> list[Address]:
+        return [ipaddress.ip_address("127.0.0.1")]
+
+    async def scenario() -> tuple[Any, Any]:
+        sender = HttpWebhookSender(
+            allowed_hosts=frozenset({"receiver.test", "impostor.test"}),
+            allow_private_addresses=True,
+            resolver=to_loopback,
+            verify=trust,
+        )
+        try:
+            right = await sender.send(f"https://receiver.test:{receiver.port}/hook", {}, b"{}")
+            wrong = await sender.send(f"https://impostor.test:{receiver.port}/hook", {}, b"{}")
+        finally:
+            await sender.close()
+        return right, wrong
+
+    try:
+        right, wrong = asyncio.run(scenario())
+    finally:
+        receiver.stop()
+    assert right.delivered, right
+    assert receiver.received[0].headers["host"] == f"receiver.test:{receiver.port}"
+    # The same address, another name: the certificate is checked against the name, and does not match it.
+    assert (
+        not wrong.delivered
+        and wrong.error.startswith("connect_failed:")
+        and "certificate" in wrong.error.lower()
+    )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import urlsplit
 
@@ -52,6 +53,7 @@ class HttpWebhookSender:
         timeout_seconds: float = 10.0,
         max_response_bytes: int = rules.WEBHOOK_MAX_RESPONSE_BYTES,
         resolver: Resolver = resolve,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self._allowed_hosts = allowed_hosts
         """None: the database's allowlist alone decides (it is checked at claim time)."""
@@ -60,6 +62,8 @@ class HttpWebhookSender:
         self._timeout = timeout_seconds
         self._max_response_bytes = max_response_bytes
         self._resolve = resolver
+        self._verify = verify
+        """Certificates are always verified against the URL's name; tests pass a context trusting their own CA."""
         self._client: httpx.AsyncClient | None = None
 
     async def open(self) -> None:
@@ -67,6 +71,7 @@ class HttpWebhookSender:
             self._client = httpx.AsyncClient(
                 follow_redirects=False,
                 trust_env=False,
+                verify=self._verify,
                 timeout=httpx.Timeout(self._timeout),
                 limits=httpx.Limits(max_keepalive_connections=0, max_connections=64),
             )
