@@ -628,3 +628,35 @@ def test_https_goes_to_the_checked_address_and_the_certificate_must_match_the_na
         and wrong.error.startswith("connect_failed:")
         and "certificate" in wrong.error.lower()
     )
+
+
+def test_the_webhooks_command_delivers_without_a_model_and_stops_on_sigterm(
+    db: psycopg.Connection[Row],
+    add_request: Callable[..., uuid.UUID],
+    endpoint: Row,
+    receiver: Receiver,
+    database_url: str,
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    delivery_id = succeed(db, add_request, endpoint)
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "WEBHOOK_ALLOW_HTTP": "true",
+        "WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "true",
+        "WEBHOOK_POLL_INTERVAL_SECONDS": "0.1",
+        "WEBHOOK_DELIVERY": "false",  # the command delivers whatever this says: it is all it does
+        "LOG_FORMAT": "console",
+    }
+    process = subprocess.Popen([sys.executable, "-m", "processor", "webhooks"], env=env)
+    try:
+        wait_delivery(db, delivery_id, delivered, timeout=60)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    verify(endpoint, receiver.received[0])
