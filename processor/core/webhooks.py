@@ -176,9 +176,12 @@ class WebhookDispatcher:
 
 async def run_dispatcher(dispatcher: WebhookDispatcher, stop: asyncio.Event) -> None:
     """Open, run until ``stop``, close: the task ``ProcessorService`` starts."""
-    await dispatcher.open()
     try:
+        await dispatcher.open()
         await dispatcher.run(stop)
+    except Exception:
+        # Deliveries wait in the outbox for the next process; the worker and its edits carry on.
+        log.exception("the webhook delivery loop stopped")
     finally:
         with contextlib.suppress(Exception):
             await dispatcher.close()
