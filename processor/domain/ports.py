@@ -225,9 +225,16 @@ class UserRequests(Protocol):
     async def close(self) -> None: ...
 
     async def insert(
-        self, user: User, request_id: uuid.UUID, paths: Sequence[str], params: EditParams
+        self,
+        user: User,
+        request_id: uuid.UUID,
+        paths: Sequence[str],
+        params: EditParams,
+        *,
+        webhook_endpoint_id: uuid.UUID | None = None,
     ) -> dict[str, Any]:
-        """Insert the row; ``InvalidInput`` when the schema refuses it."""
+        """Insert the row (naming one of the user's webhook endpoints, if given); ``InvalidInput``
+        when the schema refuses it."""
         ...
 
     async def get(self, user: User, request_id: uuid.UUID) -> dict[str, Any] | None: ...

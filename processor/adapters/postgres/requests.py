@@ -65,15 +65,21 @@ class EditRequests:
             ) from exc
 
     async def insert(
-        self, user: User, request_id: uuid.UUID, paths: Sequence[str], params: EditParams
+        self,
+        user: User,
+        request_id: uuid.UUID,
+        paths: Sequence[str],
+        params: EditParams,
+        *,
+        webhook_endpoint_id: uuid.UUID | None = None,
     ) -> dict[str, Any]:
         try:
             async with self._as_user(user) as conn:
                 cursor = await conn.execute(
                     "insert into public.edit_requests (id, prompt, negative_prompt, input_paths, "
                     "num_inference_steps, true_cfg_scale, guidance_scale, seed, width, height, base, "
-                    "base_color, speed, loras) "
-                    f"values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning {_VIEW_COLUMNS}",
+                    "base_color, speed, loras, webhook_endpoint_id) "
+                    f"values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning {_VIEW_COLUMNS}",
                     (
                         request_id,
                         params.prompt,
@@ -89,6 +95,7 @@ class EditRequests:
                         params.base_color,
                         params.speed,
                         Jsonb([lora.as_json() for lora in params.loras]),
+                        webhook_endpoint_id,
                     ),
                 )
                 row = await cursor.fetchone()
