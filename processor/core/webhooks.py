@@ -76,7 +76,6 @@ class WebhookDispatcher:
         self.config = config
         self._clock = clock
         self._in_flight: set[asyncio.Task[WebhookAnswer]] = set()
-        self._wake = asyncio.Event()
 
     async def open(self) -> None:
         await self.outbox.open()
@@ -85,10 +84,6 @@ class WebhookDispatcher:
     async def close(self) -> None:
         await self.sender.close()
         await self.outbox.close()
-
-    def wake(self) -> None:
-        """Look for due deliveries now (a request just became final in this process)."""
-        self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep up to ``concurrency`` deliveries in flight until ``stop``; then let those finish
@@ -116,22 +111,19 @@ class WebhookDispatcher:
             return []
 
     async def _pause(self, stop: asyncio.Event, *, until_slot_frees: bool) -> None:
-        """Wait for a stop, a wake-up, the poll interval or (when busy) a delivery to finish."""
+        """Wait for a stop, the poll interval or (when busy) a delivery to finish."""
         slots: set[asyncio.Task[WebhookAnswer]] = set(self._in_flight) if until_slot_frees else set()
         if until_slot_frees and not slots:
             return  # every claimed delivery already finished: look again at once
         stopped = asyncio.ensure_future(stop.wait())
-        woken = asyncio.ensure_future(self._wake.wait())
         try:
             await asyncio.wait(
-                {stopped, woken, *slots},
+                {stopped, *slots},
                 timeout=None if slots else self.config.poll_interval_seconds,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             stopped.cancel()
-            woken.cancel()
-            self._wake.clear()
 
     async def deliver(self, delivery: WebhookDelivery) -> WebhookAnswer:
         """One attempt: send it (unless the database refuses its URL now) and record the outcome."""
