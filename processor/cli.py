@@ -133,6 +133,27 @@ def _probe_server(service: ProcessorService, host: str, port: int) -> uvicorn.Se
         create_health_app(service), host=host, port=port, log_config=None, access_log=False, lifespan="off"
     )
     return ProbeServer(config)
+@app.command()
+def webhooks() -> None:
+    """Deliver completion webhooks only (no model, no worker): beside scale-to-zero workers (RunPod).
+
+    ``serve`` and ``worker`` already deliver them; run this where no such process is always up."""
+    from processor.composition import build_webhooks
+    from processor.core.webhooks import run_dispatcher
+
+    settings = _settings_or_exit()
+    with exit_on_configuration_error():
+        dispatcher = build_webhooks(settings.model_copy(update={"webhook_delivery": True}))
+    assert dispatcher is not None
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await run_dispatcher(dispatcher, stop)
+
+    asyncio.run(main())
 
 
 def _fail(error: ProcessorError) -> typer.Exit:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from processor.core.service import ProcessorService
 from processor.core.submissions import Submissions
+from processor.core.webhooks import WebhookConfig, WebhookDispatcher
 from processor.core.worker import Worker, WorkerConfig
 from processor.domain.errors import ConfigurationError, ProcessorError, TransientError
 from processor.domain.images import ImageLimits
@@ -196,8 +197,35 @@ def build_user_requests(settings: Settings) -> EditRequests:
     return EditRequests(settings.database_url)
 
 
+def build_webhooks(settings: Settings) -> WebhookDispatcher | None:
+    """The completion-webhook delivery loop (``WEBHOOK_*``), or None with ``WEBHOOK_DELIVERY=false``."""
+    if not settings.webhook_delivery:
+        return None
+    from processor.adapters.postgres.webhooks import PostgresWebhookOutbox
+    from processor.adapters.webhook_sender import HttpWebhookSender
+
+    settings.require("database_url")
+    assert settings.database_url is not None
+    return WebhookDispatcher(
+        PostgresWebhookOutbox(settings.database_url),
+        HttpWebhookSender(
+            allowed_hosts=settings.webhook_hosts(),
+            allow_http=settings.webhook_allow_http,
+            allow_private_addresses=settings.webhook_allow_private_addresses,
+            timeout_seconds=settings.webhook_timeout_seconds,
+        ),
+        WebhookConfig(
+            worker_id=settings.worker_id,
+            concurrency=settings.webhook_concurrency,
+            lease_seconds=settings.webhook_lease_seconds,
+            poll_interval_seconds=settings.webhook_poll_interval_seconds,
+        ),
+    )
+
+
 def build_service(settings: Settings, *, listen_for_notifications: bool = True) -> ProcessorService:
-    """The production wiring: Postgres queue and LISTEN, Supabase Storage, the configured editor."""
+    """The production wiring: Postgres queue and LISTEN, Supabase Storage, the configured editor,
+    completion webhooks."""
     settings.require("database_url", "supabase_url", "supabase_service_role_key")
     from processor.adapters.postgres.notifications import PostgresNotifications
 
@@ -208,6 +236,7 @@ def build_service(settings: Settings, *, listen_for_notifications: bool = True) 
         storage=build_storage(settings),
         editor_factory=lambda: build_editor(settings),
         wakeups=PostgresNotifications(settings.database_url) if listen_for_notifications else None,
+        webhooks=build_webhooks(settings),
     )
 
 

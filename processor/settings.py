@@ -139,6 +139,25 @@ class Settings(BaseSettings):
     storage_timeout_seconds: float = Field(default=60.0, gt=0)
     storage_retry_attempts: int = Field(default=4, ge=1)
 
+    # --- Completion webhooks (docs/webhooks.md) ------------------------------------------------------
+    webhook_delivery: bool = True
+    """Deliver completion webhooks from this process (``serve`` and ``worker``), beside the worker."""
+    webhook_concurrency: int = Field(default=4, ge=1, le=64)
+    """Deliveries in flight at once per process."""
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    """One attempt's deadline: resolving, connecting, sending and reading the answer."""
+    webhook_lease_seconds: int = Field(default=60, ge=5)
+    """A claimed delivery is this process's for so long; after that (a killed process) it is sent again."""
+    webhook_poll_interval_seconds: float = Field(default=1.0, gt=0)
+    """How often due deliveries are looked for when there were none."""
+    webhook_allowed_hosts: str | None = None
+    """Comma-separated hosts (``*.example.com`` for names under it) this process delivers to, on top of
+    the database's ``edit_webhook_allowed_hosts`` (a URL must pass both). Unset: the table alone."""
+    webhook_allow_http: bool = False
+    """Deliver to ``http://`` URLs (tests, private networks); the database's ``allow_http`` must agree."""
+    webhook_allow_private_addresses: bool = False
+    """Deliver to private, loopback and link-local addresses (tests); the database's setting must agree."""
+
     # --- HTTP -------------------------------------------------------------------------------------
     host: str = "0.0.0.0"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -191,6 +210,21 @@ class Settings(BaseSettings):
                 "so one lost heartbeat never loses the lease"
             )
         return self
+
+    @model_validator(mode="after")
+    def _webhook_lease_outlasts_an_attempt(self) -> Settings:
+        if self.webhook_lease_seconds < 2 * self.webhook_timeout_seconds:
+            raise ValueError(
+                "webhook_lease_seconds must be at least twice webhook_timeout_seconds, "
+                "so a delivery in flight is never sent again by another process"
+            )
+        return self
+
+    def webhook_hosts(self) -> frozenset[str] | None:
+        """``WEBHOOK_ALLOWED_HOSTS`` as a set (lower case); None when unset."""
+        if self.webhook_allowed_hosts is None:
+            return None
+        return frozenset(h.strip().lower() for h in self.webhook_allowed_hosts.split(",") if h.strip())
 
     def jwks_url(self) -> str | None:
         if self.supabase_jwks_url:

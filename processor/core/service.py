@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable
 from typing import Literal
 
+from processor.core.webhooks import WebhookDispatcher, run_dispatcher
 from processor.core.worker import Worker, WorkerConfig
 from processor.domain.errors import ProcessorError
 from processor.domain.ports import Editor, JobQueue, ObjectStorage, Wakeups
@@ -42,7 +43,7 @@ class SetupFailed(ProcessorError):
 
 
 class ProcessorService:
-    """One per process: the worker, its wake-ups and its health."""
+    """One per process: the worker, its wake-ups, completion webhooks and its health."""
 
     def __init__(
         self,
@@ -53,6 +54,7 @@ class ProcessorService:
         editor_factory: Callable[[], Editor],
         wakeups: Wakeups | None = None,
         metrics: Metrics | None = None,
+        webhooks: WebhookDispatcher | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
@@ -60,6 +62,7 @@ class ProcessorService:
         self._storage = storage
         self._editor_factory = editor_factory
         self._wakeups = wakeups
+        self._webhooks = webhooks
         self._editor: Editor | None = None
         self._stop = asyncio.Event()
         self._worker: Worker | None = None
@@ -73,6 +76,10 @@ class ProcessorService:
     @property
     def storage(self) -> ObjectStorage:
         return self._storage
+
+    @property
+    def webhooks(self) -> WebhookDispatcher | None:
+        return self._webhooks
 
     @property
     def worker(self) -> Worker | None:
@@ -97,6 +104,12 @@ class ProcessorService:
         await self._queue.open()
         await self._storage.open()
         self._tasks.append(asyncio.create_task(self._load_and_run(), name="processor-main"))
+        if self._webhooks is not None:
+            # Its own task and connections: deliveries start before the model is loaded, and a slow
+            # receiver never holds up an edit (nor an edit a delivery).
+            self._tasks.append(
+                asyncio.create_task(run_dispatcher(self._webhooks, self._stop), name="processor-webhooks")
+            )
 
     async def _load_and_run(self) -> None:
         await self.lease_sweep()  # schedules it where pg_cron exists, or says it is missing

@@ -86,8 +86,16 @@ class Submissions:
         await self._changes.close()
         self._validation.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, user: User, images: Sequence[bytes], params: EditParams) -> dict[str, Any]:
-        """Validate, upload the images and insert the row; with no image, a creation at ``params``' size."""
+    async def submit(
+        self,
+        user: User,
+        images: Sequence[bytes],
+        params: EditParams,
+        *,
+        webhook_endpoint_id: uuid.UUID | None = None,
+    ) -> dict[str, Any]:
+        """Validate, upload the images and insert the row; with no image, a creation at ``params``' size.
+        ``webhook_endpoint_id``: one of the user's completion-webhook endpoints (the schema checks whose)."""
         if not images and params.width is None and params.height is None:
             params = dataclasses.replace(params, width=CREATION_SIZE[0], height=CREATION_SIZE[1])
         check_request(params, len(images))  # the rules the schema and the engine hold, with their reasons
@@ -98,7 +106,9 @@ class Submissions:
             path = f"{user.id}/{request_id}/{index}.{extension}"
             await self._storage.upload(INPUT_BUCKET, path, data, content_type=media_type)
             paths.append(path)
-        return await self.requests.insert(user, request_id, paths, params)
+        return await self.requests.insert(
+            user, request_id, paths, params, webhook_endpoint_id=webhook_endpoint_id
+        )
 
     async def submit_batch(
         self,

@@ -10,6 +10,7 @@ import json
 import math
 import re
 import secrets
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -140,6 +141,22 @@ def params_from_mapping(values: Mapping[str, Any], *, form: bool = False) -> Edi
     if "prompt" not in fields:
         raise InvalidInput("prompt is required", reason=ReasonCode.INVALID_PROMPT)
     return EditParams(**fields)
+
+
+def webhook_endpoint_from_mapping(values: Mapping[str, Any]) -> uuid.UUID | None:
+    """``webhook_endpoint_id`` of a request's fields (REST JSON and multipart, MCP): one of the user's
+    completion-webhook endpoints, or None. Whose it is, the schema checks at insert."""
+    value = values.get("webhook_endpoint_id")
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            pass
+    raise InvalidInput(
+        f"webhook_endpoint_id must be a UUID, got {value!r:.80}", reason=ReasonCode.INVALID_PARAMETER
+    )
 
 
 def _as_text(value: object, _form: bool) -> str | None:

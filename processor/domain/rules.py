@@ -10,6 +10,7 @@ boundary value through every way in to prove both agree. ``docs/limits.md`` and
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -352,3 +353,130 @@ def edit_body_bytes(max_images: int, max_image_bytes: int) -> int:
     """The largest ``POST /v1/edits`` body: every image at the byte limit, base64-encoded (4/3, the
     larger of JSON's and multipart's encodings), plus the fields."""
     return max_images * (4 * -(-max_image_bytes // 3) + 1024) + EDIT_BODY_FIELDS_BYTES
+
+
+# --- Completion webhooks (docs/webhooks.md; SQL mirrors these in 20261201000800) ------------------
+
+WebhookEvent = Literal["succeeded", "failed", "canceled"]
+"""The final statuses an endpoint may subscribe to; the payload's ``type`` is ``edit_request.<event>``."""
+WEBHOOK_EVENTS: Final[tuple[WebhookEvent, ...]] = ("succeeded", "failed", "canceled")
+WEBHOOK_MAX_ATTEMPTS: Final = 12
+"""Attempts of one delivery before it is dead (``edit_webhook_max_attempts()``). With the back-off
+below the last one is about 7 h 15 min after the first (±20 %), so a receiver down through a
+long deploy or an outage of a few hours still gets every event."""
+WEBHOOK_BACKOFF_BASE_SECONDS: Final = 15
+WEBHOOK_BACKOFF_MAX_SECONDS: Final = 3 * 3600
+WEBHOOK_BACKOFF_JITTER: Final = 0.2
+"""Each wait is the nominal one times a factor drawn from ``1 ± WEBHOOK_BACKOFF_JITTER``."""
+WEBHOOK_MAX_ENDPOINTS_PER_USER: Final = 10
+"""Endpoints one user may register (operators are exempt; ``edit_webhook_max_endpoints()``)."""
+WEBHOOK_MAX_URL_CHARS: Final = 2048
+WEBHOOK_MAX_RESPONSE_BYTES: Final = 64 * 1024
+"""What is read of a receiver's answer before the connection is closed (only the status matters)."""
+WEBHOOK_URL_PATTERN: Final = (
+    r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)(?::([0-9]{1,5}))?(?:[/?#][!-~]*)?$"
+)
+"""The only URL shape accepted (the same regex as ``edit_webhook_url_host``): no user info, ASCII."""
+WEBHOOK_URL: Final = re.compile(WEBHOOK_URL_PATTERN)
+
+
+def webhook_backoff_seconds(attempts: int) -> float:
+    """The nominal wait after ``attempts`` attempts (before jitter): 15 s, 30 s, 60 s … at most 3 h."""
+    return float(min(WEBHOOK_BACKOFF_MAX_SECONDS, WEBHOOK_BACKOFF_BASE_SECONDS * 2 ** max(attempts - 1, 0)))
+
+
+class WebhookFailure(StrEnum):
+    """Why an attempt failed: the prefix of ``edit_webhook_deliveries.last_error`` (``kind: detail``)."""
+
+    HTTP_STATUS = "http_status"
+    """The receiver answered, but not 2xx (3xx included: redirects are never followed)."""
+    TIMEOUT = "timeout"
+    CONNECT_FAILED = "connect_failed"
+    DNS_FAILED = "dns_failed"
+    MALFORMED = "malformed"
+    NOT_HTTPS = "not_https"
+    HOST_NOT_ALLOWED = "host_not_allowed"
+    PRIVATE_ADDRESS = "private_address"
+    LEASE_EXPIRED = "lease_expired"
+
+
+WEBHOOK_PERMANENT_FAILURES: Final = frozenset(
+    {
+        WebhookFailure.MALFORMED,
+        WebhookFailure.NOT_HTTPS,
+        WebhookFailure.HOST_NOT_ALLOWED,
+        WebhookFailure.PRIVATE_ADDRESS,
+    }
+)
+"""Refusals of the URL itself: retrying cannot help, so the delivery is dead at once (replayable)."""
+
+
+def webhook_host_allowed(host: str, allowed: frozenset[str]) -> bool:
+    """``host`` (lower case, IPv6 without brackets) is on ``allowed``: equal, or under a ``*.`` entry."""
+    return host in allowed or any(
+        entry.startswith("*.") and host.endswith(entry[1:]) and len(host) > len(entry) - 1
+        for entry in allowed
+    )
+
+
+WEBHOOK_PRIVATE_NETWORKS: Final = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        # Not public: private, shared (CGNAT), loopback, link-local (cloud metadata 169.254.169.254,
+        # fd00:ec2::254), unspecified, multicast, reserved, documentation, and IPv4 inside IPv6
+        # (mapped, NAT64, 6to4), whose v4 part could be any of these. edit_webhook_address_private
+        # lists the same networks.
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+        "192.0.0.0/24", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
+        "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+        "::/127", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64", "2001:db8::/32",
+        "2002::/16", "fc00::/7", "fe80::/10", "ff00::/8",
+    )
+)  # fmt: skip
+
+
+def webhook_address_private(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """An address webhooks never reach unless the operator allows private addresses."""
+    return any(
+        address in network for network in WEBHOOK_PRIVATE_NETWORKS if network.version == address.version
+    )
+
+
+def webhook_host_private(host: str) -> bool:
+    """``localhost`` (and names under it), or an address literal that is private (SQL's rule)."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    if not re.fullmatch(r"[0-9.]+", host) and ":" not in host:
+        return False
+    try:
+        return webhook_address_private(ipaddress.ip_address(host))
+    except ValueError:
+        return True  # looks like an address, but is none: never trusted
+
+
+def webhook_url_host(url: str) -> str | None:
+    """The host of an acceptable URL (lower case, IPv6 without brackets); None when malformed."""
+    match = WEBHOOK_URL.match(url) if len(url) <= WEBHOOK_MAX_URL_CHARS else None
+    if match is None or (match.group(2) is not None and not 1 <= int(match.group(2)) <= 65535):
+        return None
+    return match.group(1).strip("[]").lower()
+
+
+def webhook_url_refusal(
+    url: str, *, allowed_hosts: frozenset[str], allow_http: bool, allow_private_addresses: bool
+) -> tuple[WebhookFailure, str] | None:
+    """Why a webhook URL is refused, or None: ``edit_webhook_url_refusal`` in SQL gives the same verdict
+    (with the allowlist table and ``edit_webhook_settings`` for the arguments)."""
+    host = webhook_url_host(url)
+    if host is None:
+        return (
+            WebhookFailure.MALFORMED,
+            "scheme://host[:port]/path, no user info, ASCII, at most 2048 characters",
+        )
+    if not url.startswith("https://") and not allow_http:
+        return WebhookFailure.NOT_HTTPS, "only https:// URLs are accepted"
+    if not webhook_host_allowed(host, allowed_hosts):
+        return WebhookFailure.HOST_NOT_ALLOWED, f"{host} is not on the operator's allowlist"
+    if webhook_host_private(host) and not allow_private_addresses:
+        return WebhookFailure.PRIVATE_ADDRESS, f"{host} is a private, loopback or link-local address"
+    return None

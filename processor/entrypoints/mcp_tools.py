@@ -22,7 +22,13 @@ from pydantic import Field
 from processor.core.submissions import Submissions
 from processor.domain import rules
 from processor.domain.errors import ProcessorError
-from processor.domain.params import check_batch, check_request, encoded_images, params_from_mapping
+from processor.domain.params import (
+    check_batch,
+    check_request,
+    encoded_images,
+    params_from_mapping,
+    webhook_endpoint_from_mapping,
+)
 from processor.domain.rules import TERMINAL, WAIT_MAX_SECONDS, ReasonCode
 from processor.domain.users import User
 from processor.entrypoints.auth import AuthError, TokenVerifier
@@ -81,11 +87,15 @@ async def _submit(
     # The tool's arguments go through the one mapping every way in shares.
     params = params_from_mapping(arguments)
     images = encoded_images(arguments)
+    endpoint = webhook_endpoint_from_mapping(arguments)
     if object_path and not images:
         check_request(params, 1)
         # RLS refuses paths outside the caller's own folder.
-        return await submissions.requests.insert(user, uuid.uuid4(), [object_path], params)
-    return await submissions.submit(user, images, params)  # no image: create from a base canvas
+        return await submissions.requests.insert(
+            user, uuid.uuid4(), [object_path], params, webhook_endpoint_id=endpoint
+        )
+    # No image: create from a base canvas.
+    return await submissions.submit(user, images, params, webhook_endpoint_id=endpoint)
 
 
 def create_mcp_server(
@@ -141,13 +151,15 @@ def create_mcp_server(
         timeout_seconds: Annotated[float, Field(ge=0, le=WAIT_MAX_SECONDS)] = WAIT_MAX_SECONDS,
         speed: Literal["quality", "fast", "fastest"] | None = None,
         loras: list[dict[str, Any]] | None = None,
+        webhook_endpoint_id: str | None = None,
     ) -> list[Any]:
         """Edit an image (base64, or an object path in your `edit-inputs/{your id}/` folder) and return it.
 
         Without an image, creates one: the model edits a `blank` canvas (`base_color`) or seeded
         `noise` at `width` × `height` (multiples of 16; default 1024 × 1024). Waits for the result
         up to `timeout_seconds`; returns the PNG and its metadata. `speed`: `quality` (40 steps),
-        `fast` (8) or `fastest` (4); `loras`: up to 3 allowlisted `{"name", "scale"}`.
+        `fast` (8) or `fastest` (4); `loras`: up to 3 allowlisted `{"name", "scale"}`;
+        `webhook_endpoint_id`: one of your completion-webhook endpoints, told when the edit is final.
         """
         user = user_of(ctx)
         arguments = {
@@ -163,6 +175,7 @@ def create_mcp_server(
             "base_color": base_color,
             "speed": speed,
             "loras": loras,
+            "webhook_endpoint_id": webhook_endpoint_id,
         }
         try:
             submissions.ensure_can_wait(user)  # refused before anything is stored

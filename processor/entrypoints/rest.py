@@ -30,6 +30,7 @@ from processor.domain.params import (
     check_image_count,
     encoded_images,
     params_from_mapping,
+    webhook_endpoint_from_mapping,
 )
 from processor.domain.ports import EditParams
 from processor.domain.rules import (
@@ -129,6 +130,9 @@ class EditCreate(BaseModel):
     )
     loras: list[LoraField] = Field(
         default_factory=list, max_length=MAX_REQUEST_LORAS, description="Allowlisted LoRAs for this edit."
+    )
+    webhook_endpoint_id: uuid.UUID | None = Field(
+        default=None, description="One of your completion-webhook endpoints, told when the edit is final."
     )
 
     @field_validator("loras", mode="before")
@@ -262,6 +266,7 @@ _CREATE_BODY: dict[str, Any] = {
                         "base_color": {"type": "string"},
                         "speed": {"type": "string", "enum": ["quality", "fast", "fastest"]},
                         "loras": {"type": "string", "description": 'JSON: [{"name": ..., "scale": ...}]'},
+                        "webhook_endpoint_id": {"type": "string", "format": "uuid"},
                     },
                 }
             },
@@ -270,8 +275,9 @@ _CREATE_BODY: dict[str, Any] = {
 }
 
 
-async def _read_create(request: Request, max_body: int) -> tuple[EditParams, list[bytes]]:
-    """The body (at most ``max_body`` bytes: 413 past it, before reading on) and its images."""
+async def _read_create(request: Request, max_body: int) -> tuple[EditParams, list[bytes], uuid.UUID | None]:
+    """The body (at most ``max_body`` bytes: 413 past it, before reading on), its images and the
+    webhook endpoint it names."""
     content_type = request.headers.get("content-type", "")
     try:
         request = await capped_request(request, max_body)
@@ -294,8 +300,9 @@ async def _read_create(request: Request, max_body: int) -> tuple[EditParams, lis
         texts = [item for key in _IMAGE_KEYS for item in form.getlist(key) if isinstance(item, str)]
         fields = {k: v for k, v in form.items() if isinstance(v, str) and k not in _IMAGE_KEYS}
         params = params_from_mapping(fields, form=True)
+        endpoint = webhook_endpoint_from_mapping(fields)
         check_image_count(len(files) + len(texts))
-        return params, [await item.read() for item in files] + encoded_images({"images": texts})
+        return params, [await item.read() for item in files] + encoded_images({"images": texts}), endpoint
     try:
         body = await request.json()
     except json.JSONDecodeError as exc:
@@ -304,7 +311,7 @@ async def _read_create(request: Request, max_body: int) -> tuple[EditParams, lis
         raise ApiError(400, ReasonCode.INVALID_JSON, "the body is not UTF-8 JSON") from exc
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object", reason=ReasonCode.INVALID_REQUEST)
-    return params_from_mapping(body), encoded_images(body)
+    return params_from_mapping(body), encoded_images(body), webhook_endpoint_from_mapping(body)
 
 
 _IMAGE_KEYS = ("image", "images")
@@ -462,8 +469,8 @@ class RestApi:
             """Upload the images, create the request and answer 202, or with `wait=true` the result."""
             if wait:
                 self.submissions.ensure_can_wait(user)  # refused before anything is stored
-            params, images = await _read_create(request, self.max_body_bytes)
-            row = await self.submissions.submit(user, images, params)
+            params, images, endpoint = await _read_create(request, self.max_body_bytes)
+            row = await self.submissions.submit(user, images, params, webhook_endpoint_id=endpoint)
             if wait:
                 final = await self.submissions.wait(user, row["id"], timeout)
                 if final is not None and final["status"] in TERMINAL:

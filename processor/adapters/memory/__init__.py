@@ -1,4 +1,5 @@
-"""In-memory adapters for tests: ``JobQueue``, ``ObjectStorage`` and ``Wakeups`` without a database.
+"""In-memory adapters for tests: ``JobQueue``, ``ObjectStorage``, ``Wakeups`` and the webhook
+ports without a database.
 
 They implement the ports' observable behaviour (checked by the same conformance tests as the
 real adapters) and add what tests need: a clock to move by hand, helpers to enqueue, cancel
@@ -18,17 +19,27 @@ from processor.adapters.memory.queue import (
 )
 from processor.adapters.memory.storage import InMemoryObjectStorage, StoredObject
 from processor.adapters.memory.wakeups import InMemoryWakeups
+from processor.adapters.memory.webhooks import (
+    DeliveryRow,
+    InMemoryWebhookOutbox,
+    InMemoryWebhookReceiver,
+    Sent,
+)
 
 __all__ = [
     "BatchProgress",
     "Clock",
+    "DeliveryRow",
     "Faults",
     "InMemoryJobQueue",
     "InMemoryObjectStorage",
     "InMemoryWakeups",
+    "InMemoryWebhookOutbox",
+    "InMemoryWebhookReceiver",
     "ManualClock",
     "QueueCall",
     "QueueRow",
+    "Sent",
     "StoredObject",
     "backoff_seconds",
     "wall_clock",

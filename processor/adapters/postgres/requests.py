@@ -145,13 +145,19 @@ class EditRequests:
             ) from exc
 
     async def insert(
-        self, user: User, request_id: uuid.UUID, paths: Sequence[str], params: EditParams
+        self,
+        user: User,
+        request_id: uuid.UUID,
+        paths: Sequence[str],
+        params: EditParams,
+        *,
+        webhook_endpoint_id: uuid.UUID | None = None,
     ) -> dict[str, Any]:
         async with self._refusals(), self._as_user(user) as conn:
             cursor = await conn.execute(
-                f"insert into public.edit_requests (id, input_paths, {_PARAM_COLUMNS}) "
-                f"values (%s, %s, {_PARAM_MARKS}) returning {_VIEW_COLUMNS}",
-                (request_id, list(paths), *_param_values(params)),
+                f"insert into public.edit_requests (id, input_paths, webhook_endpoint_id, {_PARAM_COLUMNS}) "
+                f"values (%s, %s, %s, {_PARAM_MARKS}) returning {_VIEW_COLUMNS}",
+                (request_id, list(paths), webhook_endpoint_id, *_param_values(params)),
             )
             row = await cursor.fetchone()
         assert row is not None
