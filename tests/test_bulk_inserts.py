@@ -127,3 +127,10 @@ def test_the_functions_every_inserted_row_calls_stay_cheap(db: psycopg.Connectio
         "select pg_get_constraintdef(oid) as d from pg_constraint where conname = 'edit_requests_loras_valid'"
     ).fetchone()
     assert check is not None and "'[]'::jsonb" in str(check["d"])
+    # Any other per-row trigger an insert meets has a WHEN clause, so rows that do not need it
+    # (no LoRAs, no webhook endpoint) never call it.
+    unguarded = db.execute(
+        "select tgname from pg_trigger where tgrelid = 'public.edit_requests'::regclass and not tgisinternal "
+        "and tgtype & 1 = 1 and tgtype & 4 = 4 and tgqual is null and tgname <> 'edit_requests_before_insert'"
+    ).fetchall()
+    assert unguarded == []
