@@ -96,6 +96,19 @@ MAX_OUTPUT_PIXELS: Final = 4 * 1024 * 1024
 CREATION_SIZE: Final = (1024, 1024)
 """Size of a creation (no input image) that names none: Qwen-Image-Edit-2509's native square."""
 
+# --- Live previews (docs/previews.md) -------------------------------------------------------------
+
+DEFAULT_PREVIEW_EVERY_STEPS: Final = 5
+"""``PREVIEW_EVERY_STEPS``: a preview after every 5th step (8 of the 40 quality steps, none of the
+4 ``fastest`` ones but the 4th is the last); 0 turns previews off. At most ``MAX_STEPS``."""
+DEFAULT_PREVIEW_INTERVAL_SECONDS: Final = 1.0
+"""``PREVIEW_INTERVAL_SECONDS``: least time between two preview uploads of one job; a preview that
+comes sooner waits, and a newer one replaces it (previews are the latest picture, not a log)."""
+PREVIEW_MAX_BYTES: Final = 2 * 1024 * 1024
+"""A preview larger than this (an engine's, e.g. a ComfyUI preview method gone wrong) is dropped."""
+PREVIEW_EXTENSIONS: Final[Mapping[str, str]] = {"image/webp": "webp", "image/jpeg": "jpg", "image/png": "png"}
+"""Preview content types the processor uploads, and the extension of their object name."""
+
 # --- Input images ---------------------------------------------------------------------------------
 
 MAX_IMAGE_BYTES: Final = 20 * 1024 * 1024
