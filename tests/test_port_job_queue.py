@@ -57,6 +57,8 @@ STATE_COLUMNS = (
     "error_code",
     "output_path",
     "result",
+    "preview_path",
+    "preview_step",
 )
 
 
@@ -291,6 +293,41 @@ def test_complete_stores_the_result_once(backend: Backend) -> None:
     assert (state["status"], state["progress"], state["output_path"]) == ("succeeded", 1.0, "u/out.png")
     assert state["result"] == {"seed": 5, "timings": {"total": 1.5}}
     assert state["lease_left"] is None and state["error_code"] is None
+
+
+def test_previews_are_the_lease_holders_go_up_end_with_the_job_and_restart_per_attempt(
+    backend: Backend,
+) -> None:
+    request_id = backend.enqueue()
+
+    async def scenario(queue: JobQueue) -> list[bool]:
+        await queue.claim("w1", LEASE)
+        answers = [
+            await queue.preview(request_id, "w1", "u/x.preview.webp", 2),
+            await queue.preview(request_id, "w2", "u/x.preview.webp", 3),  # not the lease holder
+            await queue.preview(request_id, "w1", "u/x.preview.webp", 2),  # steps only go up
+            await queue.preview(request_id, "w1", "u/x.preview.webp", 4),
+        ]
+        await queue.fail(request_id, "w1", "flaky", retryable=True, error_code="transient_error")
+        answers.append(await queue.preview(request_id, "w1", "u/x.preview.webp", 5))  # requeued: not ours
+        return answers
+
+    assert run(backend, scenario) == [True, False, False, True, False]
+    assert (backend.state(request_id)["preview_path"], backend.state(request_id)["preview_step"]) == (
+        "u/x.preview.webp",
+        4,
+    )
+    backend.end_backoffs()
+
+    async def again(queue: JobQueue) -> list[bool]:
+        await queue.claim("w2", LEASE)
+        fresh = backend.state(request_id)["preview_step"] is None  # a new attempt starts afresh
+        written = await queue.preview(request_id, "w2", "u/x.preview.webp", 1)
+        await queue.complete(request_id, "w2", "u/out.png", {})
+        return [fresh, written, await queue.preview(request_id, "w2", "u/x.preview.webp", 2)]
+
+    assert run(backend, again) == [True, True, False]
+    assert backend.state(request_id)["preview_step"] == 1
 
 
 def test_a_retryable_failure_is_queued_with_back_off(backend: Backend) -> None:
