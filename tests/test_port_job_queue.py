@@ -299,35 +299,29 @@ def test_previews_are_the_lease_holders_go_up_end_with_the_job_and_restart_per_a
     backend: Backend,
 ) -> None:
     request_id = backend.enqueue()
+    path = "u/x.preview.webp"
 
-    async def scenario(queue: JobQueue) -> list[bool]:
+    async def scenario(queue: JobQueue) -> list[object]:
         await queue.claim("w1", LEASE)
-        answers = [
-            await queue.preview(request_id, "w1", "u/x.preview.webp", 2),
-            await queue.preview(request_id, "w2", "u/x.preview.webp", 3),  # not the lease holder
-            await queue.preview(request_id, "w1", "u/x.preview.webp", 2),  # steps only go up
-            await queue.preview(request_id, "w1", "u/x.preview.webp", 4),
+        answers: list[object] = [
+            await queue.preview(request_id, "w1", path, 2),
+            await queue.preview(request_id, "w2", path, 3),  # not the lease holder
+            await queue.preview(request_id, "w1", path, 2),  # steps only go up
+            await queue.preview(request_id, "w1", path, 4),
         ]
         await queue.fail(request_id, "w1", "flaky", retryable=True, error_code="transient_error")
-        answers.append(await queue.preview(request_id, "w1", "u/x.preview.webp", 5))  # requeued: not ours
+        answers.append(await queue.preview(request_id, "w1", path, 5))  # requeued: not ours
+        answers.append(backend.state(request_id)["preview_step"])
+        backend.end_backoffs()
+        await queue.claim("w2", LEASE)
+        answers.append(backend.state(request_id)["preview_step"])  # a new attempt starts afresh
+        answers.append(await queue.preview(request_id, "w2", path, 1))
+        await queue.complete(request_id, "w2", "u/out.png", {})
+        answers.append(await queue.preview(request_id, "w2", path, 2))  # the job has ended
         return answers
 
-    assert run(backend, scenario) == [True, False, False, True, False]
-    assert (backend.state(request_id)["preview_path"], backend.state(request_id)["preview_step"]) == (
-        "u/x.preview.webp",
-        4,
-    )
-    backend.end_backoffs()
-
-    async def again(queue: JobQueue) -> list[bool]:
-        await queue.claim("w2", LEASE)
-        fresh = backend.state(request_id)["preview_step"] is None  # a new attempt starts afresh
-        written = await queue.preview(request_id, "w2", "u/x.preview.webp", 1)
-        await queue.complete(request_id, "w2", "u/out.png", {})
-        return [fresh, written, await queue.preview(request_id, "w2", "u/x.preview.webp", 2)]
-
-    assert run(backend, again) == [True, True, False]
-    assert backend.state(request_id)["preview_step"] == 1
+    assert run(backend, scenario) == [True, False, False, True, False, 4, None, True, False]
+    assert (backend.state(request_id)["preview_path"], backend.state(request_id)["preview_step"]) == (path, 1)
 
 
 def test_a_retryable_failure_is_queued_with_back_off(backend: Backend) -> None:
