@@ -192,6 +192,26 @@ def test_no_previews_when_k_is_zero_or_no_sink(tiny_editor: DiffusersEditor) -> 
     assert plain.image.tobytes() == with_sink.image.tobytes()  # previews never change the result
 
 
+def test_a_stuck_sink_does_not_hold_the_steps(tiny_editor: DiffusersEditor) -> None:
+    in_deliver, last_step = threading.Event(), threading.Event()
+    delivered: list[int] = []
+
+    def stuck(preview: Preview) -> None:
+        delivered.append(preview.step)
+        in_deliver.set()
+        assert last_step.wait(60)
+
+    def progress(step: int, total: int) -> None:
+        if step == 2:
+            assert in_deliver.wait(60)  # the preview of step 1 is now stuck in the sink
+        if step == total:
+            last_step.set()  # every step ran while it was stuck
+
+    params = EditParams(prompt="make it blue", num_inference_steps=8, seed=3, width=96, height=64)
+    result = tiny_editor.edit([picture()], params, on_progress=progress, previews=PreviewSink(1, stuck))
+    assert result.image.size == (96, 64) and delivered[0] == 1 and len(delivered) <= 2
+
+
 def test_a_failing_sink_never_fails_the_edit(tiny_editor: DiffusersEditor) -> None:
     def broken(preview: Preview) -> None:
         raise RuntimeError("sink is broken")

@@ -99,8 +99,9 @@ CREATION_SIZE: Final = (1024, 1024)
 # --- Live previews (docs/previews.md) -------------------------------------------------------------
 
 DEFAULT_PREVIEW_EVERY_STEPS: Final = 5
-"""``PREVIEW_EVERY_STEPS``: a preview after every 5th step (8 of the 40 quality steps, none of the
-4 ``fastest`` ones but the 4th is the last); 0 turns previews off. At most ``MAX_STEPS``."""
+"""``PREVIEW_EVERY_STEPS``: a preview after every 5th step; never after the last (the output follows),
+so 7 of the 40 ``quality`` steps get one, 1 of the 8 ``fast`` ones, none of the 4 ``fastest`` ones.
+0 turns previews off; at most ``MAX_STEPS``."""
 DEFAULT_PREVIEW_INTERVAL_SECONDS: Final = 1.0
 """``PREVIEW_INTERVAL_SECONDS``: least time between two preview uploads of one job; a preview that
 comes sooner waits, and a newer one replaces it (previews are the latest picture, not a log)."""

@@ -43,6 +43,8 @@ RIDGE = 1e-3
 """Tikhonov term of the fit, relative to the mean of the normal matrix's diagonal: keeps the
 solution bounded when channels are nearly collinear (a tiny random VAE)."""
 WEBP_QUALITY = 80
+CLOSE_SECONDS = 5.0
+"""How long the end of an edit waits for a preview being encoded or handed over."""
 
 
 def fitting_images(side: int = FIT_SIDE) -> torch.Tensor:
@@ -166,7 +168,10 @@ class PreviewWorker:
                 self.dropped += 1
                 self._pending = None
             self._changed.notify()
-        self._thread.join()
+        # ``deliver`` returns at once by contract; a sink that breaks it holds its own thread, not the edit.
+        self._thread.join(timeout=CLOSE_SECONDS)
+        if self._thread.is_alive():
+            log.warning("a preview is still being delivered after the edit; it is left to finish")
 
     def _run(self) -> None:
         while True:
@@ -181,12 +186,12 @@ class PreviewWorker:
                     event.synchronize()  # this thread waits for the copy; the steps do not
                 data, width, height = encode_webp(host)
                 preview = Preview(step, self._total, data, "image/webp", width, height)
-                with self._changed:
-                    if self._closed.is_set():
-                        return
-                    # Delivered under the lock, so ``close`` cannot return while one is on its way.
-                    self._sink.deliver(preview)
-                    self.delivered += 1
+                if self._closed.is_set():
+                    return
+                # Outside the lock, so ``offer`` never waits on the sink; ``close`` joins this
+                # thread, so it returns only once this hand-over is done.
+                self._sink.deliver(preview)
+                self.delivered += 1
             except Exception:
                 # A preview is a courtesy: a failed one is logged, and the edit goes on.
                 log.exception("preview failed; the edit goes on")
