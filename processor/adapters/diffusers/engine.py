@@ -407,16 +407,14 @@ class DiffusersEditor:
         run = _Run(self._synchronize, plan.steps, on_progress, cancel)
         if previews is not None and previews.every_steps > 0:
             try:
-                run.previews = _RunPreviews(
-                    previews,
-                    PreviewWorker(previews, plan.steps),
-                    self._projection(),
-                    height,
-                    width,
-                    int(pipe.vae_scale_factor),
-                )
+                weights = self._projection()
             except Exception:
                 log.exception("previews are off for this edit: the projection could not be fitted")
+            else:
+                worker = PreviewWorker(previews, plan.steps)  # closed in the finally below
+                run.previews = _RunPreviews(
+                    previews, worker, weights, height, width, int(pipe.vae_scale_factor)
+                )
         cfg = plan.true_cfg_scale > 1
         guidance_embeds = bool(pipe.transformer.config.guidance_embeds)
         failure: Exception | None = None
