@@ -375,7 +375,7 @@ class DiffusersEditor:
                 self._preview_weights = fit_projection(pipe)
             finally:
                 pipe.maybe_free_model_hooks()  # an offloaded VAE goes back to the CPU
-            log.info("preview projection fitted", extra={"seconds": round(time.perf_counter() - started, 3)})
+            log.debug("preview projection fitted", extra={"seconds": round(time.perf_counter() - started, 3)})
         return self._preview_weights
 
     def close(self) -> None:
