@@ -285,7 +285,7 @@ async def scenario_a_stalled_storage_costs_previews_not_steps_and_nothing_is_wri
     queue = InMemoryJobQueue(storage=storage)
     storage.put("edit-inputs", "u/in.png", png_bytes())
     metrics = Metrics()
-    request_id = queue.enqueue("make it blue", ["u/in.png"], num_inference_steps=10, width=96, height=64)
+    request_id = queue.enqueue("make it blue", ["u/in.png"], num_inference_steps=16, width=96, height=64)
     config = fast_config(preview_every_steps=1, preview_interval_seconds=0)
     async with running_worker(queue, storage, tiny_editor, config, metrics=metrics):
         # Every step ran and the job finished while the first preview upload still hung.
