@@ -44,7 +44,7 @@ from processor.composition import worker_config
 from processor.core.service import ProcessorService
 from processor.devtools import localdb
 from processor.devtools.serving import serve_in_thread
-from processor.domain.ports import EditParams, EditResult, ProgressCallback
+from processor.domain.ports import EditParams, EditResult, PreviewSink, ProgressCallback
 from processor.entrypoints.http_app import create_app
 from processor.settings import load_settings
 
@@ -75,9 +75,10 @@ class TimedEditor:
         *,
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        previews: PreviewSink | None = None,
     ) -> EditResult:
         started = time.perf_counter()
-        result = self.inner.edit(images, params, on_progress=on_progress, cancel=cancel)
+        result = self.inner.edit(images, params, on_progress=on_progress, cancel=cancel, previews=previews)
         with self._lock:
             self.seconds[result.seed] = time.perf_counter() - started
         return result

@@ -85,6 +85,8 @@ def worker_config(settings: Settings) -> WorkerConfig:
         worker_concurrency=settings.worker_concurrency,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         image_limits=image_limits(settings),
+        preview_every_steps=settings.preview_every_steps,
+        preview_interval_seconds=settings.preview_interval_seconds,
     )
 
 

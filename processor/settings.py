@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     progress_interval_seconds: float = Field(default=0.5, gt=0)
     """Least time between two progress writes (a heartbeat is also sent at least every interval)."""
     sweep_interval_seconds: float = Field(default=5.0, gt=0)
+    preview_every_steps: int = Field(default=rules.DEFAULT_PREVIEW_EVERY_STEPS, ge=0, le=rules.MAX_STEPS)
+    """A live preview after every this many denoising steps (docs/previews.md); 0 turns them off."""
+    preview_interval_seconds: float = Field(default=rules.DEFAULT_PREVIEW_INTERVAL_SECONDS, ge=0)
+    """Least time between two preview uploads of one job; newer previews replace one that waits."""
     worker_concurrency: int = Field(default=1, ge=1, le=16)
     """Jobs in flight per process. GPU work stays serial; above 1, I/O overlaps the GPU."""
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)

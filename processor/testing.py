@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -41,7 +42,7 @@ from processor.adapters.memory import (
 from processor.core.worker import Worker, WorkerConfig
 from processor.domain.errors import EditCancelled
 from processor.domain.images import ImageLimits
-from processor.domain.ports import Editor, EditParams, EditResult, ProgressCallback
+from processor.domain.ports import Editor, EditParams, EditResult, Preview, PreviewSink, ProgressCallback
 from processor.observability.metrics import Metrics
 
 __all__ = [
@@ -129,6 +130,7 @@ class StandInEditor:
         *,
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        previews: PreviewSink | None = None,
     ) -> EditResult:
         started = time.perf_counter()
         with self._lock:
@@ -138,7 +140,7 @@ class StandInEditor:
         if failure is not None:
             raise failure
         try:
-            self._steps(params.num_inference_steps, on_progress, cancel or threading.Event())
+            self._steps(params.num_inference_steps, on_progress, cancel or threading.Event(), previews)
         except EditCancelled:
             self.canceled.set()
             raise
@@ -157,18 +159,33 @@ class StandInEditor:
             base=None if images else params.base,
         )
 
-    def _steps(self, total: int, on_progress: ProgressCallback | None, cancel: threading.Event) -> None:
+    def _steps(
+        self,
+        total: int,
+        on_progress: ProgressCallback | None,
+        cancel: threading.Event,
+        previews: PreviewSink | None,
+    ) -> None:
         for step in range(1, total + 1):
             if (self.step_seconds and cancel.wait(self.step_seconds)) or cancel.is_set():
                 raise EditCancelled(f"canceled before step {step}")
             if on_progress is not None:
                 on_progress(step, total)
+            if previews is not None and previews.wants(step, total):
+                previews.deliver(self._preview(step, total))
             if step == self.hold_at:
                 self.held.set()
                 # Poll cancel while held: threading cannot wait on two events at once.
                 while not self.proceed.wait(0.002):
                     if cancel.is_set():
                         raise EditCancelled(f"canceled at step {step}")
+
+    def _preview(self, step: int, total: int) -> Preview:
+        """A plain picture at an eighth of the output's side, as the diffusers engine's are."""
+        side = max(1, self.size // 8)
+        buffer = io.BytesIO()
+        Image.new("RGB", (side, side), self.color).save(buffer, format="WEBP")
+        return Preview(step, total, buffer.getvalue(), "image/webp", side, side)
 
 
 async def eventually(predicate: Callable[[], T], *, timeout: float = 5.0, what: str = "") -> T:

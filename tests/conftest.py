@@ -40,7 +40,7 @@ from processor.devtools import localdb
 from processor.devtools.serving import ServedApp, serve_in_thread
 from processor.devtools.storage_server import Faults, StorageConfig, create_storage_app
 from processor.devtools.tokens import mint_token
-from processor.domain.ports import Editor, EditParams, EditResult, ProgressCallback
+from processor.domain.ports import Editor, EditParams, EditResult, PreviewSink, ProgressCallback
 from processor.entrypoints.http_app import create_app
 from processor.settings import Settings, load_settings
 
@@ -170,8 +170,9 @@ class Borrowed:
         *,
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        previews: PreviewSink | None = None,
     ) -> EditResult:
-        return self.inner.edit(images, params, on_progress=on_progress, cancel=cancel)
+        return self.inner.edit(images, params, on_progress=on_progress, cancel=cancel, previews=previews)
 
 
 class GatedEditor:
@@ -201,6 +202,7 @@ class GatedEditor:
         *,
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        previews: PreviewSink | None = None,
     ) -> EditResult:
         self.calls += 1
 
@@ -213,7 +215,7 @@ class GatedEditor:
                     if cancel is not None and cancel.is_set():
                         return
 
-        return self.inner.edit(images, params, on_progress=progress, cancel=cancel)
+        return self.inner.edit(images, params, on_progress=progress, cancel=cancel, previews=previews)
 
 
 # --- Edit engine ---------------------------------------------------------------------------------

@@ -43,3 +43,22 @@ def test_the_load_benchmark_checks_exactly_once_with_bad_inputs_mixed_in() -> No
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert done.stdout.count("exactly once: yes") == 2
     assert "'succeeded': 30" in done.stdout and "'failed': 10" in done.stdout
+
+
+def test_the_preview_cost_benchmark_reports_both_step_times_and_the_ratio(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = importlib.util.spec_from_file_location("preview_cost", SCRIPT.parent / "preview_cost.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--model", str(tiny_model_dir), "--device", "cpu", "--steps", "3", "--runs", "1", "--size", "64"]
+    report = module.main([*argv, "--json"])
+    assert json.loads(capsys.readouterr().out) == report
+    assert report["step_ms_without_previews"] > 0 and report["step_ms_with_previews"] > 0
+    assert report["ratio"] == pytest.approx(
+        report["step_ms_with_previews"] / report["step_ms_without_previews"], rel=0.01
+    )
+    assert report["previews_delivered_per_edit"] >= 1 and report["step_path_us_per_preview"] > 0
+    module.main(argv)
+    assert "ratio" in capsys.readouterr().out

@@ -14,7 +14,7 @@ import psycopg
 from PIL import Image
 
 from processor.domain.errors import ModelError
-from processor.domain.ports import Editor, EditParams, EditResult, ProgressCallback
+from processor.domain.ports import Editor, EditParams, EditResult, PreviewSink, ProgressCallback
 from tests.conftest import Harness, insert_requests, png_bytes, upload, wait_for
 
 Row = dict[str, Any]
@@ -39,12 +39,13 @@ class FailingEditor:
         *,
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        previews: PreviewSink | None = None,
     ) -> EditResult:
         if params.prompt == "fail:oom":
             raise ModelError("CUDA out of memory. Tried to allocate 20.00 GiB", reason="out_of_memory")
         if params.prompt == "fail:bug":
             raise RuntimeError("something nobody expected")
-        return self.inner.edit(images, params, on_progress=on_progress, cancel=cancel)
+        return self.inner.edit(images, params, on_progress=on_progress, cancel=cancel, previews=previews)
 
 
 def insert_as_service(harness: Harness, user: uuid.UUID, path: str, **columns: Any) -> uuid.UUID:

@@ -57,6 +57,8 @@ STATE_COLUMNS = (
     "error_code",
     "output_path",
     "result",
+    "preview_path",
+    "preview_step",
 )
 
 
@@ -291,6 +293,35 @@ def test_complete_stores_the_result_once(backend: Backend) -> None:
     assert (state["status"], state["progress"], state["output_path"]) == ("succeeded", 1.0, "u/out.png")
     assert state["result"] == {"seed": 5, "timings": {"total": 1.5}}
     assert state["lease_left"] is None and state["error_code"] is None
+
+
+def test_previews_are_the_lease_holders_go_up_end_with_the_job_and_restart_per_attempt(
+    backend: Backend,
+) -> None:
+    request_id = backend.enqueue()
+    path = "u/x.preview.webp"
+
+    async def scenario(queue: JobQueue) -> list[object]:
+        await queue.claim("w1", LEASE)
+        answers: list[object] = [
+            await queue.preview(request_id, "w1", path, 2),
+            await queue.preview(request_id, "w2", path, 3),  # not the lease holder
+            await queue.preview(request_id, "w1", path, 2),  # steps only go up
+            await queue.preview(request_id, "w1", path, 4),
+        ]
+        await queue.fail(request_id, "w1", "flaky", retryable=True, error_code="transient_error")
+        answers.append(await queue.preview(request_id, "w1", path, 5))  # requeued: not ours
+        answers.append(backend.state(request_id)["preview_step"])
+        backend.end_backoffs()
+        await queue.claim("w2", LEASE)
+        answers.append(backend.state(request_id)["preview_step"])  # a new attempt starts afresh
+        answers.append(await queue.preview(request_id, "w2", path, 1))
+        await queue.complete(request_id, "w2", "u/out.png", {})
+        answers.append(await queue.preview(request_id, "w2", path, 2))  # the job has ended
+        return answers
+
+    assert run(backend, scenario) == [True, False, False, True, False, 4, None, True, False]
+    assert (backend.state(request_id)["preview_path"], backend.state(request_id)["preview_step"]) == (path, 1)
 
 
 def test_a_retryable_failure_is_queued_with_back_off(backend: Backend) -> None:

@@ -33,7 +33,7 @@ from processor.cli import app as cli_app
 from processor.composition import build_runpod_handler
 from processor.domain import rules
 from processor.domain.errors import EditCancelled, InvalidInput
-from processor.domain.ports import Editor, EditParams, EditResult, ProgressCallback
+from processor.domain.ports import Editor, EditParams, EditResult, PreviewSink, ProgressCallback
 from processor.domain.rules import ReasonCode, reason_for_constraint
 from processor.settings import load_settings
 from tests.conftest import Harness, acting_as, picture, png_bytes
@@ -130,11 +130,12 @@ class CancelledEditor:
         *,
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        previews: PreviewSink | None = None,
     ) -> EditResult:
         self.calls += 1
         stop = threading.Event()
         stop.set()
-        return self.inner.edit(images, params, on_progress=on_progress, cancel=stop)
+        return self.inner.edit(images, params, on_progress=on_progress, cancel=stop, previews=previews)
 
 
 def b64png() -> str:

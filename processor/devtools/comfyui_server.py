@@ -21,7 +21,11 @@ to do when run for real on CPU (issue #15; ``server.py``, ``execution.py``, ``ma
 - ``/upload/image``: a subfolder outside the input folder is 400; a different file under a
   taken name becomes ``name (1).png`` unless ``overwrite``; the same bytes reuse the name;
 - ``/view``: only the ``input``, ``output`` and ``temp`` types, no ``..``;
-- no preview frames (latent previews are off by default; ``ComfyFaults.previews`` turns them on);
+- no preview frames unless ``ComfyFaults.previews`` is set (ComfyUI sends them only when started
+  with ``--preview-method``): then after each sampler step's ``progress``, a JPEG at the latent's
+  resolution (an eighth of the side), as a ``PREVIEW_IMAGE`` frame (event 1, image type 1 = JPEG)
+  or, with ``preview_metadata``, a ``PREVIEW_IMAGE_WITH_METADATA`` frame (event 4, a 4-byte length,
+  JSON naming the prompt and node, the image), as newer servers send;
 - a client that leaves is noticed at once (its socket task ends), so servers stop without
   waiting out uvicorn's graceful timeout.
 
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import struct
 import threading
@@ -89,6 +94,7 @@ OUTPUT_NODES: dict[str, str] = {"SaveImage": "output", "PreviewImage": "temp"}
 SAMPLERS = frozenset({"KSampler"})
 FOLDER_TYPES = ("input", "output", "temp")
 _PREVIEW_IMAGE = 1
+_PREVIEW_IMAGE_WITH_METADATA = 4
 
 
 class ServerDown(Exception):
@@ -114,6 +120,8 @@ class ComfyFaults:
     """Node classes that report this many progress steps while they run (a ``ProgressBar``)."""
     previews: bool = False
     """Send a latent preview frame after every sampler step (off, as ComfyUI's default)."""
+    preview_metadata: bool = False
+    """Send previews as ``PREVIEW_IMAGE_WITH_METADATA`` (event 4) instead of ``PREVIEW_IMAGE`` (1)."""
     interrupts: list[dict[str, Any]] = field(default_factory=list)
     """Each ``/interrupt``: the prompt id asked for (or None) and the prompt that was running."""
     deleted: list[str] = field(default_factory=list)
@@ -331,10 +339,7 @@ def _run(state: ComfyState, prompt: _Prompt) -> None:
                 )
                 state.send(client, "progress_state", _progress_state(pid, node_id, step, steps, "running"))
                 if state.faults.previews and node["class_type"] in SAMPLERS:
-                    # A latent preview: event type, image type (1 = JPEG), bytes.
-                    state.send_bytes(
-                        client, struct.pack(">II", _PREVIEW_IMAGE, 1) + b"\xff\xd8\xff\xe0preview"
-                    )
+                    state.send_bytes(client, _preview_frame(state, pid, node_id, node, values, step, steps))
             values[node_id] = _evaluate(state, workflow, node_id, values)
             state.send(client, "progress_state", _progress_state(pid, node_id, 1, 1, "finished"))
             if node["class_type"] in OUTPUT_NODES:
@@ -353,6 +358,41 @@ def _run(state: ComfyState, prompt: _Prompt) -> None:
     time.sleep(state.faults.history_seconds)
     state.history[pid] = _history(prompt, outputs, "success")
     state.send(client, "executing", {"node": None, "prompt_id": pid})
+
+
+def _preview_frame(
+    state: ComfyState,
+    pid: str,
+    node_id: str,
+    node: dict[str, Any],
+    values: dict[str, Any],
+    step: int,
+    steps: int,
+) -> bytes:
+    """A latent preview as ComfyUI frames it (``server.py`` ``encode_bytes``): a JPEG at the latent's
+    resolution, brightening as the steps go, so each step's picture differs."""
+    link = node["inputs"].get("latent_image")
+    latent = values.get(link[0]) if isinstance(link, list) else None
+    width, height = latent if isinstance(latent, tuple) else (64, 64)
+    shade = round(255 * step / steps)
+    buffer = io.BytesIO()
+    Image.new("RGB", (max(1, width // 8), max(1, height // 8)), (shade, 64, 255 - shade)).save(
+        buffer, format="JPEG"
+    )
+    image = buffer.getvalue()
+    if not state.faults.preview_metadata:
+        return struct.pack(">II", _PREVIEW_IMAGE, 1) + image
+    metadata = json.dumps(
+        {
+            "node_id": node_id,
+            "prompt_id": pid,
+            "display_node_id": node_id,
+            "parent_node_id": None,
+            "real_node_id": node_id,
+            "image_type": "image/jpeg",
+        }
+    ).encode()
+    return struct.pack(">II", _PREVIEW_IMAGE_WITH_METADATA, len(metadata)) + metadata + image
 
 
 def _step(state: ComfyState, prompt: _Prompt, node_id: str, node: dict[str, Any], step: int) -> None:

@@ -38,6 +38,36 @@ ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True, slots=True)
+class Preview:
+    """A small picture of an edit in progress (docs/previews.md), encoded and ready to upload."""
+
+    step: int
+    """The denoising step it shows, counting from 1."""
+    total: int
+    data: bytes
+    content_type: str
+    """``image/webp``, ``image/jpeg`` or ``image/png``."""
+    width: int
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewSink:
+    """Where an editor sends previews: one every ``every_steps`` steps, to ``deliver``.
+
+    ``deliver`` may be called from any thread and returns at once (it only hands the preview
+    on); an editor calls it off its step path, and never after ``edit`` has returned.
+    """
+
+    every_steps: int
+    deliver: Callable[[Preview], None]
+
+    def wants(self, step: int, total: int) -> bool:
+        """Whether step ``step`` (from 1) gets a preview: every K-th, never the last (the output follows)."""
+        return self.every_steps > 0 and step % self.every_steps == 0 and step < total
+
+
+@dataclass(frozen=True, slots=True)
 class EditParams:
     """Generation parameters, with the model card's defaults."""
 
@@ -104,6 +134,8 @@ class Editor(Protocol):
     Implementations serialise edits on their device, so concurrent callers queue.
     ``cancel`` is polled between steps; when set, the edit raises
     ``errors.EditCancelled`` without decoding. Bad input raises ``errors.InvalidInput``.
+    With ``previews``, the editor sends a small picture every ``previews.every_steps`` steps
+    without slowing the steps (docs/previews.md); an editor that cannot may send none.
     """
 
     def edit(
@@ -113,6 +145,7 @@ class Editor(Protocol):
         *,
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        previews: PreviewSink | None = None,
     ) -> EditResult: ...
 
     def describe(self) -> Mapping[str, Any]:
@@ -192,6 +225,11 @@ class JobQueue(Protocol):
     async def fail(
         self, job_id: uuid.UUID, worker_id: str, error: str, *, retryable: bool, error_code: str
     ) -> str: ...
+
+    async def preview(self, job_id: uuid.UUID, worker_id: str, path: str, step: int) -> bool:
+        """Record the latest live preview (``preview_edit_request``): only the lease holder, while
+        the row is processing, with a step above the last one; False when nothing was written."""
+        ...
 
     async def release(self, job_id: uuid.UUID, worker_id: str) -> bool: ...
 

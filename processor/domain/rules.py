@@ -101,6 +101,20 @@ MAX_OUTPUT_PIXELS: Final = 4 * 1024 * 1024
 CREATION_SIZE: Final = (1024, 1024)
 """Size of a creation (no input image) that names none: Qwen-Image-Edit-2509's native square."""
 
+# --- Live previews (docs/previews.md) -------------------------------------------------------------
+
+DEFAULT_PREVIEW_EVERY_STEPS: Final = 5
+"""``PREVIEW_EVERY_STEPS``: a preview after every 5th step; never after the last (the output follows),
+so 7 of the 40 ``quality`` steps get one, 1 of the 8 ``fast`` ones, none of the 4 ``fastest`` ones.
+0 turns previews off; at most ``MAX_STEPS``."""
+DEFAULT_PREVIEW_INTERVAL_SECONDS: Final = 1.0
+"""``PREVIEW_INTERVAL_SECONDS``: least time between two preview uploads of one job; a preview that
+comes sooner waits, and a newer one replaces it (previews are the latest picture, not a log)."""
+PREVIEW_MAX_BYTES: Final = 2 * 1024 * 1024
+"""A preview larger than this (an engine's, e.g. a ComfyUI preview method gone wrong) is dropped."""
+PREVIEW_EXTENSIONS: Final[Mapping[str, str]] = {"image/webp": "webp", "image/jpeg": "jpg", "image/png": "png"}
+"""Preview content types the processor uploads, and the extension of their object name."""
+
 # --- Input images ---------------------------------------------------------------------------------
 
 MAX_IMAGE_BYTES: Final = 20 * 1024 * 1024

@@ -33,7 +33,7 @@ from PIL import Image
 from processor.domain.errors import InvalidInput, ProcessorError
 from processor.domain.images import ImageLimits, decode_image, encode_image
 from processor.domain.params import check_request, encoded_images, params_from_mapping
-from processor.domain.ports import Editor, EditParams, EditResult, ProgressCallback
+from processor.domain.ports import Editor, EditParams, EditResult, PreviewSink, ProgressCallback
 from processor.domain.rules import ReasonCode
 
 log = logging.getLogger(__name__)
@@ -75,13 +75,14 @@ class _ReportingEditor:
         *,
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        previews: PreviewSink | None = None,
     ) -> EditResult:
         def progress(step: int, total: int) -> None:
             if on_progress is not None:
                 on_progress(step, total)
             self._report(self._job, {"step": step, "total": total, "percent": round(100 * step / total)})
 
-        return self._inner.edit(images, params, on_progress=progress, cancel=cancel)
+        return self._inner.edit(images, params, on_progress=progress, cancel=cancel, previews=previews)
 
 
 def _read_job(job_input: Mapping[str, Any], limits: ImageLimits) -> tuple[EditParams, list[Image.Image]]:

@@ -86,6 +86,13 @@ class Metrics:
         self.jobs_in_progress = Gauge(
             "edit_processor_jobs_in_progress", "Jobs this process is running now", registry=self.registry
         )
+        self.previews = Counter(
+            "edit_processor_previews",
+            "Live previews by outcome: written; superseded (a newer one came before it was uploaded); "
+            "late (after its job ended); rejected (the row is no longer this worker's); failed; refused (too large)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.registry.register(_GpuMemoryCollector())
 
     def observe_queue(self, depth_by_status: Mapping[str, int], oldest_queued_age_seconds: float) -> None:

@@ -6,7 +6,11 @@ model in memory. The flow follows ComfyUI's own API (``comfyanonymous/ComfyUI``)
 - ``GET /ws?clientId=…`` (``server.py``, ``websocket_handler``): JSON messages
   ``{"type", "data"}`` (``PromptServer.send_json``) and binary frames that start with a
   4-byte big-endian event type (``encode_bytes``; 1 = ``PREVIEW_IMAGE``, then a 4-byte
-  image type and the image). Execution messages come from ``execution.py``:
+  image type, 1 = JPEG, 2 = PNG, and the image; newer servers send 4 =
+  ``PREVIEW_IMAGE_WITH_METADATA``: a 4-byte length, that many bytes of JSON metadata with
+  ``prompt_id``, ``node_id`` and ``image_type``, then the image). They come only when ComfyUI
+  runs with a preview method (``--preview-method auto``, ``latent2rgb`` or ``taesd``), and
+  become live previews (docs/previews.md). Execution messages come from ``execution.py``:
   ``execution_start``, ``execution_cached``, ``executing`` (``node: null`` when the prompt
   is done), ``progress`` (``value``, ``max``, ``node``, ``prompt_id``), ``executed``,
   ``execution_success``, ``execution_error`` (``node_id``, ``node_type``,
@@ -67,7 +71,7 @@ from processor.domain.errors import (
     WorkflowError,
 )
 from processor.domain.params import prepare_edit
-from processor.domain.ports import EditParams, EditResult, ProgressCallback
+from processor.domain.ports import EditParams, EditResult, Preview, PreviewSink, ProgressCallback
 from processor.domain.rules import ReasonCode
 from processor.domain.sizing import ModelSizing
 
@@ -80,6 +84,8 @@ IMAGE_SLOTS = ("image1", "image2", "image3")
 SAMPLER_CLASSES = frozenset({"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"})
 DEFAULT_WORKFLOW = "qwen_image_edit_2509.json"
 _PREVIEW_IMAGE = 1  # server.py BinaryEventTypes.PREVIEW_IMAGE
+_PREVIEW_IMAGE_WITH_METADATA = 4  # protocol.py BinaryEventTypes.PREVIEW_IMAGE_WITH_METADATA
+_PREVIEW_TYPES = {1: "image/jpeg", 2: "image/png"}
 _UPLOAD_SUBFOLDER = "qwen-edit-processor"
 _HISTORY_GRACE_SECONDS = 5.0
 
@@ -209,6 +215,7 @@ class ComfyUIEditor:
         *,
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        previews: PreviewSink | None = None,
     ) -> EditResult:
         prepared = prepare_edit(images, params, self._sizing)
         if params.speed not in (None, "quality") or params.loras:
@@ -235,7 +242,13 @@ class ComfyUIEditor:
                 }
                 workflow = fill_workflow(self._workflow, values)
                 prompt_id = self._submit(workflow, client_id)
-                timings = self._follow(socket, prompt_id, _Progress(workflow, on_progress), cancel)
+                timings = self._follow(
+                    socket,
+                    prompt_id,
+                    _Progress(workflow, on_progress),
+                    cancel,
+                    _Previews(workflow, prompt_id, previews),
+                )
             fetch_started = time.perf_counter()
             image = self._result(prompt_id)
             timings["fetch"] = time.perf_counter() - fetch_started
@@ -383,6 +396,7 @@ class ComfyUIEditor:
         prompt_id: str,
         progress: _Progress,
         cancel: threading.Event | None,
+        previews: _Previews,
     ) -> dict[str, float]:
         """Read messages until our prompt ends; returns ``queue_wait`` and ``execution`` seconds."""
         submitted = time.perf_counter()
@@ -414,7 +428,7 @@ class ComfyUIEditor:
                 ) from exc
             last_message = time.perf_counter()
             if isinstance(raw, bytes):
-                _check_binary_frame(raw)
+                previews.frame(raw)
                 continue
             message = json.loads(raw)
             kind, data = message.get("type"), message.get("data") or {}
@@ -429,6 +443,8 @@ class ComfyUIEditor:
             elif kind == "executing" and data.get("node") is None:
                 break
             else:
+                if kind == "progress":
+                    previews.progress(data)
                 progress.message(kind, data)
         began = execution_started or submitted
         return {"queue_wait": began - submitted, "execution": time.perf_counter() - began}
@@ -490,10 +506,71 @@ class _Progress:
             self._on_progress(value, self.SCALE)
 
 
-def _check_binary_frame(frame: bytes) -> None:
-    """Binary frames are previews (``server.py`` ``encode_bytes``); nothing in them is ours to keep."""
-    if len(frame) >= 4 and struct.unpack(">I", frame[:4])[0] != _PREVIEW_IMAGE:
-        log.debug("unknown ComfyUI binary event %d", struct.unpack(">I", frame[:4])[0])
+def parse_preview_frame(frame: bytes) -> tuple[bytes, str | None, Mapping[str, Any]] | None:
+    """A binary frame's preview: ``(image bytes, content type or None, metadata)``; None for other
+    events and malformed frames (``server.py`` ``encode_bytes``, ``send_image_with_metadata``)."""
+    if len(frame) < 8:
+        return None
+    event, word = struct.unpack(">II", frame[:8])
+    if event == _PREVIEW_IMAGE:
+        return frame[8:], _PREVIEW_TYPES.get(word), {}
+    if event == _PREVIEW_IMAGE_WITH_METADATA:
+        end = 8 + word
+        try:
+            metadata = json.loads(frame[8:end])
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if len(frame) <= end or not isinstance(metadata, dict):
+            return None
+        content_type = metadata.get("image_type")
+        return frame[end:], content_type if isinstance(content_type, str) else None, metadata
+    log.debug("unknown ComfyUI binary event %d", event)
+    return None
+
+
+class _Previews:
+    """ComfyUI's preview frames, passed on as live previews every ``every_steps`` sampler steps.
+
+    A preview shows the step the sampler last reported (``progress`` of a sampler node; of any
+    node in a workflow without one); frames of other prompts (metadata naming another
+    ``prompt_id``), of other formats and that do not open as an image are dropped. Runs on the
+    thread that reads the websocket; ``deliver`` only hands the preview on.
+    """
+
+    def __init__(self, workflow: Mapping[str, Any], prompt_id: str, sink: PreviewSink | None) -> None:
+        self._sink = sink
+        self._prompt_id = prompt_id
+        samplers = {n for n, node in workflow.items() if node["class_type"] in SAMPLER_CLASSES}
+        self._counted = samplers or set(workflow)
+        self._step = 0
+        self._total = 0
+        self._last = 0
+
+    def progress(self, data: Mapping[str, Any]) -> None:
+        if str(data.get("node")) in self._counted:
+            self._step, self._total = int(data["value"]), int(data["max"])
+
+    def frame(self, frame: bytes) -> None:
+        parsed = parse_preview_frame(frame)
+        sink = self._sink
+        if parsed is None or sink is None or self._step <= self._last:
+            return
+        if not sink.wants(self._step, self._total):
+            return
+        data, content_type, metadata = parsed
+        if metadata.get("prompt_id") not in (None, self._prompt_id):
+            return
+        try:
+            with Image.open(io.BytesIO(data)) as image:  # reads the header only
+                width, height = image.size
+                content_type = content_type or Image.MIME.get(image.format or "")
+        except (OSError, ValueError):
+            log.debug("a ComfyUI preview frame is not an image; dropped")
+            return
+        if content_type not in ("image/jpeg", "image/png", "image/webp"):
+            return
+        self._last = self._step
+        sink.deliver(Preview(self._step, self._total, data, content_type, width, height))
 
 
 def _ended_early(kind: str, data: Mapping[str, Any], cancel_sent: bool) -> Exception:

@@ -23,6 +23,9 @@ How an edit runs, and why:
   absent), so a seed gives the same noise on any device.
 * The output size is computed here with the model's own rule (``sizing``) and passed
   explicitly, so it is known and reported.
+* Live previews (``previews``, docs/previews.md) are a linear map of the latents to RGB, fitted
+  once per model from its own VAE (``previews.fit_projection``); the step callback projects
+  and hands the small picture to a thread of its own (``previews.PreviewWorker``).
 """
 
 from __future__ import annotations
@@ -53,9 +56,10 @@ from processor.adapters.diffusers.accelerate import (
 from processor.adapters.diffusers.compat import allow_processor_without_torchvision, install_mrope_fix
 from processor.adapters.diffusers.loras import AdapterCache, AllowedLora, LoraSource, apply_adapters
 from processor.adapters.diffusers.presets import LIGHTNING_ADAPTERS, RunPlan, preset_plan
+from processor.adapters.diffusers.previews import PreviewWorker, fit_projection, project, unpack
 from processor.domain.errors import ConfigurationError, EditCancelled, InvalidInput, ModelError
 from processor.domain.params import prepare_edit
-from processor.domain.ports import EditParams, EditResult, ProgressCallback
+from processor.domain.ports import EditParams, EditResult, PreviewSink, ProgressCallback
 from processor.domain.rules import (
     LIGHTNING_STEPS,
     MIN_STEPS,
@@ -148,6 +152,7 @@ class DiffusersEditor:
             raise ConfigurationError(
                 "FP8=true with request LORAS is not supported (LoRA layers on float8 weights)"
             )
+        self._preview_weights: torch.Tensor | None = None
         apply_adapters(pipeline, ())  # the base model until an edit asks for more
         apply_accelerations(pipeline, self._accelerations, self._device)
 
@@ -270,6 +275,8 @@ class DiffusersEditor:
         """Run one short edit per available preset so the first real one does not pay for lazy
         initialisation (or, with ``COMPILE``, for compilation); returns seconds."""
         started = time.perf_counter()
+        with self._lock:
+            self._projection()  # the previews' colour map, fitted once from this model's VAE
         gradient = Image.linear_gradient("L").resize((256, 256)).convert("RGB")
         for speed in ("quality", *self._lightning):
             self.edit(
@@ -286,6 +293,7 @@ class DiffusersEditor:
         *,
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        previews: PreviewSink | None = None,
     ) -> EditResult:
         """Edit 0 to 3 images (none: a base canvas); see the class docstring for what it raises."""
         prepared = prepare_edit(images, params, self._sizing)
@@ -303,6 +311,7 @@ class DiffusersEditor:
                 prepared.height,
                 on_progress,
                 cancel,
+                previews,
             )
         return EditResult(
             image=image,
@@ -350,6 +359,25 @@ class DiffusersEditor:
             loras=tuple(record for _, _, record in active),
         )
 
+    def preview_projection(self) -> torch.Tensor:
+        """The ``(z_dim + 1, 3)`` latent-to-RGB map of previews (fitted on first use, then cached)."""
+        with self._lock:
+            return self._projection()
+
+    def _projection(self) -> torch.Tensor:
+        """Under the lock."""
+        if self._preview_weights is None:
+            pipe = self._pipe
+            if pipe is None:
+                raise ConfigurationError("the editor was closed")
+            started = time.perf_counter()
+            try:
+                self._preview_weights = fit_projection(pipe)
+            finally:
+                pipe.maybe_free_model_hooks()  # an offloaded VAE goes back to the CPU
+            log.debug("preview projection fitted", extra={"seconds": round(time.perf_counter() - started, 3)})
+        return self._preview_weights
+
     def close(self) -> None:
         """Drop the model so its memory can be freed. Idempotent; edits then refuse."""
         with self._lock:
@@ -371,11 +399,22 @@ class DiffusersEditor:
         height: int,
         on_progress: ProgressCallback | None,
         cancel: threading.Event | None,
+        previews: PreviewSink | None,
     ) -> tuple[Image.Image, dict[str, float]]:
         pipe = self._pipe
         if pipe is None:
             raise ConfigurationError("the editor was closed")
         run = _Run(self._synchronize, plan.steps, on_progress, cancel)
+        if previews is not None and previews.every_steps > 0:
+            try:
+                weights = self._projection()
+            except Exception:
+                log.exception("previews are off for this edit: the projection could not be fitted")
+            else:
+                worker = PreviewWorker(previews, plan.steps)  # closed in the finally below
+                run.previews = _RunPreviews(
+                    previews, worker, weights, height, width, int(pipe.vae_scale_factor)
+                )
         cfg = plan.true_cfg_scale > 1
         guidance_embeds = bool(pipe.transformer.config.guidance_embeds)
         failure: Exception | None = None
@@ -417,6 +456,8 @@ class DiffusersEditor:
             failure = ModelError(f"{type(exc).__name__}: {exc}", reason=ReasonCode.MODEL_ERROR)
             failure.__cause__ = exc
         finally:
+            if run.previews is not None:
+                run.previews.worker.close()  # nothing is delivered after the edit
             pipe.attach_run(None)
             reset_step_cache(pipe, self._accelerations)
             # Puts offloaded models back on the CPU after a run that stopped half-way.
@@ -622,8 +663,40 @@ class _NonFinite(Exception):
         self.where = where
 
 
+class _RunPreviews:
+    """One edit's previews: where they go, the thread that encodes them, and the colour map."""
+
+    def __init__(
+        self,
+        sink: PreviewSink,
+        worker: PreviewWorker,
+        weights: torch.Tensor,
+        height: int,
+        width: int,
+        vae_scale_factor: int,
+    ) -> None:
+        self.sink = sink
+        self.worker = worker
+        self.height = height
+        self.width = width
+        self.vae_scale_factor = vae_scale_factor
+        self._weights = weights
+        self._device_weights: torch.Tensor | None = None
+
+    def step(self, step: int, total: int, latents: torch.Tensor) -> None:
+        """In the step callback: project (a few small kernels) and hand over; never waits."""
+        if not self.sink.wants(step, total):
+            return
+        if self._device_weights is None:
+            self._device_weights = self._weights.to(latents.device)
+        unpacked = unpack(latents.detach(), self.height, self.width, self.vae_scale_factor)
+        self.worker.offer(step, project(unpacked, self._device_weights))
+
+
 class _Run:
     """One edit's progress, cancellation and stage clock, driven from inside the pipeline."""
+
+    previews: _RunPreviews | None = None
 
     def __init__(
         self,
@@ -671,6 +744,11 @@ class _Run:
                 self._on_progress(step, self._total)
             except Exception:
                 log.exception("progress callback failed; the edit goes on")
+        if self.previews is not None:
+            try:
+                self.previews.step(step, self._total, tensors["latents"])
+            except Exception:
+                log.exception("preview failed; the edit goes on")
         self.raise_if_cancelled(step)
         return {}
 

@@ -77,6 +77,8 @@ class QueueRow:
     base: BaseCanvas = "blank"
     base_color: str = "#ffffff"
     batch_id: uuid.UUID | None = None
+    preview_path: str | None = None
+    preview_step: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +130,8 @@ def check_constraints(row: QueueRow) -> None:
         ),
         ("edit_requests_canceled_is_finished", row.status != "canceled" or row.finished_at is not None),
         ("edit_requests_only_success_has_output", row.output_path is None or row.status == "succeeded"),
+        ("edit_requests_preview_step_range", row.preview_step is None or 1 <= row.preview_step <= 100),
+        ("edit_requests_preview_together", (row.preview_path is None) == (row.preview_step is None)),
     ]
     broken = [name for name, holds in rules if not holds]
     if broken:
@@ -258,6 +262,9 @@ class InMemoryJobQueue:
                 started_at=row.started_at or now,
                 next_attempt_at=None,
                 progress=0.0,
+                # edit_requests_reset_preview: each attempt's previews start afresh.
+                preview_path=None,
+                preview_step=None,
             )
             return _job(row)
 
@@ -337,6 +344,17 @@ class InMemoryJobQueue:
                 error_code=error_code or "error",
             )
             return "failed"
+
+    async def preview(self, job_id: uuid.UUID, worker_id: str, path: str, step: int) -> bool:
+        self._call("preview", job_id, worker_id, path=path, step=step)
+        if not path or step < 1:
+            raise ValueError("preview_edit_request: a path and a step of at least 1 are required")
+        with self._lock:
+            row = self._owned(job_id, worker_id)
+            if row is None or (row.preview_step is not None and row.preview_step >= step):
+                return False
+            self._update(row, preview_path=path, preview_step=step)
+            return True
 
     async def release(self, job_id: uuid.UUID, worker_id: str) -> bool:
         self._call("release", job_id, worker_id)

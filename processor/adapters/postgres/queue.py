@@ -147,6 +147,13 @@ class PostgresJobQueue:
         status = row["status"] if row else None
         return "lost" if status is None else str(status)
 
+    async def preview(self, job_id: uuid.UUID, worker_id: str, path: str, step: int) -> bool:
+        row = await self._fetchone(
+            "select public.preview_edit_request(%s::uuid, %s::text, %s::text, %s::int) as done",
+            (job_id, worker_id, path, step),
+        )
+        return bool(row and row["done"])
+
     async def release(self, job_id: uuid.UUID, worker_id: str) -> bool:
         row = await self._fetchone(
             "select public.release_edit_request(%s::uuid, %s::text) as done", (job_id, worker_id)

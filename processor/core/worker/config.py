@@ -20,9 +20,21 @@ class WorkerConfig:
     worker_concurrency: int
     shutdown_grace_seconds: float
     image_limits: ImageLimits
+    preview_every_steps: int = 0
+    """A live preview every this many steps; 0: none (docs/previews.md)."""
+    preview_interval_seconds: float = 0.0
+    """Least time between two preview uploads of one job."""
 
 
 def output_path_for(job: EditJob) -> str:
     """Deterministic, so a retried job overwrites instead of leaving orphans."""
-    owner = str(job.user_id) if job.user_id is not None else "_no_user"
-    return f"{owner}/{job.id}.png"
+    return f"{_owner_folder(job)}/{job.id}.png"
+
+
+def preview_path_for(job: EditJob, extension: str) -> str:
+    """Next to the output, in the owner's folder (the owner may read it); each preview overwrites it."""
+    return f"{_owner_folder(job)}/{job.id}.preview.{extension}"
+
+
+def _owner_folder(job: EditJob) -> str:
+    return str(job.user_id) if job.user_id is not None else "_no_user"

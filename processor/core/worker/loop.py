@@ -46,7 +46,12 @@ class Worker:
         self._wakeup = asyncio.Event()
         writes = FinalWrites(queue, config)
         pipeline = JobPipeline(
-            storage=storage, editor=editor, writes=writes, config=config, metrics=self._metrics
+            storage=storage,
+            queue=queue,
+            editor=editor,
+            writes=writes,
+            config=config,
+            metrics=self._metrics,
         )
         runner = JobRunner(
             pipeline=pipeline,

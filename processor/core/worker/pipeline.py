@@ -12,14 +12,17 @@ import asyncio
 import logging
 import time
 
+from PIL import Image
+
 from processor.core.worker.config import WorkerConfig, output_path_for
 from processor.core.worker.job import ActiveJob, StopReason
+from processor.core.worker.previews import PreviewUploads
 from processor.core.worker.recorder import WorkerMetrics
 from processor.core.worker.writes import FinalWrites
 from processor.domain.errors import EditCancelled, ProcessorError, TransientError
 from processor.domain.images import decode_image, encode_image
 from processor.domain.params import generation_text
-from processor.domain.ports import EditJob, Editor, EditResult, ObjectStorage
+from processor.domain.ports import EditJob, Editor, EditResult, JobQueue, ObjectStorage
 from processor.domain.rules import ReasonCode
 
 log = logging.getLogger(__name__)
@@ -35,12 +38,17 @@ class JobPipeline:
         self,
         *,
         storage: ObjectStorage,
+        queue: JobQueue,
         editor: Editor,
         writes: FinalWrites,
         config: WorkerConfig,
         metrics: WorkerMetrics,
     ) -> None:
         self._storage = storage
+        self._queue = queue
+        self._worker_id = config.worker_id
+        self._preview_every_steps = config.preview_every_steps
+        self._preview_interval = config.preview_interval_seconds
         self._editor = editor
         self._writes = writes
         self._limits = config.image_limits
@@ -70,9 +78,7 @@ class JobPipeline:
         )
         active.raise_if_stopped()
         edit_started = time.monotonic()
-        result = await asyncio.to_thread(
-            self._editor.edit, decoded, job.params(), on_progress=active.on_step, cancel=active.cancel
-        )
+        result = await self._edit(active, decoded)
         edit_seconds = time.monotonic() - edit_started
         self._metrics.edit(edit_seconds, result.timings)
         encoded = await timed(
@@ -87,6 +93,36 @@ class JobPipeline:
             return "lost", "not_owner"
         self._metrics.overhead(time.monotonic() - active.claimed_at - edit_seconds)
         return "succeeded", "ok"
+
+    async def _edit(self, active: ActiveJob, decoded: list[Image.Image]) -> EditResult:
+        """The editor call, in a thread; with previews on, their uploads run beside it and stop
+        when it returns (before the output is uploaded: no preview after the job's end)."""
+        job = active.job
+        if self._preview_every_steps <= 0:
+            return await asyncio.to_thread(
+                self._editor.edit, decoded, job.params(), on_progress=active.on_step, cancel=active.cancel
+            )
+        previews = PreviewUploads(
+            job=job,
+            storage=self._storage,
+            queue=self._queue,
+            worker_id=self._worker_id,
+            every_steps=self._preview_every_steps,
+            interval_seconds=self._preview_interval,
+            metrics=self._metrics,
+        )
+        sink = previews.start()
+        try:
+            return await asyncio.to_thread(
+                self._editor.edit,
+                decoded,
+                job.params(),
+                on_progress=active.on_step,
+                cancel=active.cancel,
+                previews=sink,
+            )
+        finally:
+            await previews.stop()
 
     async def _download(self, job: EditJob) -> list[bytes]:
         max_bytes = self._limits.max_bytes

@@ -72,5 +72,9 @@ class WorkerMetrics:
         self.metrics.jobs.labels(outcome=outcome, reason=reason).inc()
         self.stage("total", seconds)
 
+    def preview(self, outcome: str) -> None:
+        """One live preview's fate (``PreviewUploads``); thread-safe, as prometheus counters are."""
+        self.metrics.previews.labels(outcome=outcome).inc()
+
     def overhead(self, seconds: float) -> None:
         self.metrics.overhead_seconds.observe(seconds)
