@@ -7,13 +7,14 @@ diffusers engine never needs a websocket client.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from processor.core.retention import Retention
+from processor.core.retention import Retention, RetentionReport
 from processor.core.service import ProcessorService
 from processor.core.submissions import Submissions
 from processor.core.worker import Worker, WorkerConfig
@@ -227,6 +228,29 @@ def build_retention(settings: Settings, storage: ObjectStorage, metrics: Metrics
         interval_seconds=settings.retention_interval_seconds,
         metrics=metrics,
     )
+
+
+async def run_retention(settings: Settings, stop: asyncio.Event | None = None) -> RetentionReport:
+    """``edit-processor retention``: one run (``stop`` is None), or every interval until ``stop``;
+    with storage and a store of its own. Returns the (last) run's report."""
+    settings.require("database_url", "supabase_url", "supabase_service_role_key")
+    policy = retention_policy(settings)
+    if policy.keeps_everything:
+        raise ConfigurationError(
+            "retention keeps everything: INPUT_RETENTION_HOURS, OUTPUT_RETENTION_HOURS and ORPHAN_GRACE_HOURS are all 0"
+        )
+    storage = build_storage(settings)
+    retention = build_retention(settings, storage)
+    await storage.open()
+    await retention.open()
+    try:
+        if stop is None:
+            return await retention.run_once()
+        await retention.run(stop)
+        return RetentionReport()
+    finally:
+        await retention.close()
+        await storage.close()
 
 
 def build_service(settings: Settings, *, listen_for_notifications: bool = True) -> ProcessorService:

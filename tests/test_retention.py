@@ -37,6 +37,7 @@ class World:
     db: psycopg.Connection[Row]
     server: StorageServer
     user: uuid.UUID
+    url: str
 
     def put(self, bucket: str, name: str, *, age: timedelta = OLD) -> None:
         """An object as Storage would hold it, last written ``age`` ago (rows only: the stand-in deletes rows)."""
@@ -119,9 +120,12 @@ class World:
 
 @pytest.fixture
 def world(
-    db: psycopg.Connection[Row], storage_server: StorageServer, make_user: Callable[[], uuid.UUID]
+    db: psycopg.Connection[Row],
+    database_url: str,
+    storage_server: StorageServer,
+    make_user: Callable[[], uuid.UUID],
 ) -> World:
-    return World(db, storage_server, make_user())
+    return World(db, storage_server, make_user(), database_url)
 
 
 def test_only_expired_finished_objects_go_and_live_inputs_never(world: World) -> None:
@@ -395,3 +399,35 @@ def test_zero_keeps_forever_and_the_service_runs_retention_only_when_something_e
     defaults = load_settings(**base)
     assert retention_policy(defaults) == RetentionPolicy()
     assert build_service(defaults, listen_for_notifications=False)._retention is not None
+
+
+def test_the_cli_runs_once_and_prints_the_counts(world: World) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from processor.cli import app
+
+    world.request("succeeded", [f"{world.user}/cli.png"])
+    env = {
+        "DATABASE_URL": world.url,
+        "SUPABASE_URL": world.server.url,
+        "SUPABASE_SERVICE_ROLE_KEY": world.server.service_key,
+        "LOG_FORMAT": "console",
+        "LOG_LEVEL": "warning",
+    }
+    done = CliRunner().invoke(app, ["retention", "--once"], env=env)
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["deleted"] == {"input": 1, "output": 1}
+
+    world.request("failed", [f"{world.user}/cli-2.png"])
+    world.server.faults.fail_next(8, 503, method="DELETE")
+    failed = CliRunner().invoke(app, ["retention", "--once"], env={**env, "STORAGE_RETRY_ATTEMPTS": "2"})
+    assert failed.exit_code == 1 and json.loads(failed.stdout)["failed"] == {"input": 1}
+
+    forever = CliRunner().invoke(
+        app,
+        ["retention", "--once"],
+        env={**env, "INPUT_RETENTION_HOURS": "0", "OUTPUT_RETENTION_HOURS": "0", "ORPHAN_GRACE_HOURS": "0"},
+    )
+    assert forever.exit_code == 2 and "keeps everything" in forever.output
