@@ -431,3 +431,82 @@ def test_the_cli_runs_once_and_prints_the_counts(world: World) -> None:
         env={**env, "INPUT_RETENTION_HOURS": "0", "OUTPUT_RETENTION_HOURS": "0", "ORPHAN_GRACE_HOURS": "0"},
     )
     assert forever.exit_code == 2 and "keeps everything" in forever.output
+
+
+def test_the_service_sweeps_in_the_background_and_users_see_their_output_expired(world: World) -> None:
+    """The processor's own periodic task (built as composition builds it), while the model loads;
+    the owner then reads the expiry and gets no output URL for a deleted result."""
+    from processor.adapters.postgres.queue import PostgresJobQueue
+    from processor.adapters.postgres.requests import EditRequests
+    from processor.core.service import ProcessorService
+    from processor.core.worker import WorkerConfig
+    from processor.domain.images import ImageLimits
+    from processor.domain.users import User
+
+    request_id = world.request("succeeded", [f"{world.user}/bg.png"])
+    output = world.row(request_id)["output_path"]
+    loaded = threading.Event()
+
+    def slow_model() -> Any:
+        loaded.wait(30)
+        raise RuntimeError("no model in this test")
+
+    async def scenario() -> dict[str, Any] | None:
+        storage = world.server.adapter()
+        metrics = Metrics()
+        retention = Retention(
+            PostgresRetentionStore(world.url),
+            storage,
+            RetentionPolicy(),
+            worker_id="svc",
+            interval_seconds=60,
+            metrics=metrics,
+        )
+        config = WorkerConfig(
+            worker_id="svc",
+            lease_seconds=30,
+            heartbeat_interval_seconds=1,
+            progress_interval_seconds=0.5,
+            sweep_interval_seconds=5,
+            worker_concurrency=1,
+            shutdown_grace_seconds=1,
+            image_limits=ImageLimits(max_bytes=1 << 20, max_pixels=1 << 22, min_side=8),
+        )
+        service = ProcessorService(
+            config,
+            queue=PostgresJobQueue(world.url),
+            storage=storage,
+            editor_factory=slow_model,
+            metrics=metrics,
+            retention=retention,
+        )
+        await service.start()
+        try:
+            # The run's counts are recorded after its marks: wait for them, not for the object.
+            counted = b'edit_processor_retention_objects_total{kind="output",outcome="deleted"} 1.0'
+            deadline = asyncio.get_running_loop().time() + 30
+            while counted not in metrics.render():
+                assert asyncio.get_running_loop().time() < deadline, "retention did not run"
+                await asyncio.sleep(0.05)
+            assert not world.exists(OUT, output)
+        finally:
+            loaded.set()
+            await service.stop()
+        requests = EditRequests(world.url)
+        await requests.open()
+        try:
+            return await requests.get(
+                User(world.user, {"role": "authenticated", "sub": str(world.user)}), request_id
+            )
+        finally:
+            await requests.close()
+
+    seen = asyncio.run(scenario())
+    assert (
+        seen is not None and seen["output_expired_at"] is not None and seen["inputs_expired_at"] is not None
+    )
+    assert seen["output_path"] == output  # history kept
+
+    from processor.core.submissions import Submissions
+
+    assert asyncio.run(Submissions.output_url(None, seen, 60)) is None  # type: ignore[arg-type]
