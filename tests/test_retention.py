@@ -244,6 +244,19 @@ def test_each_run_is_bounded(world: World) -> None:
     assert counts == [3, 3, 1, 0]
 
 
+def test_the_orphan_scan_is_bounded_and_resumes_where_it_stopped(world: World) -> None:
+    # 20 x batch objects are looked at per run: with batch 1, a run sees 20, the orphans among them.
+    names = [f"{world.user}/o{index:03}.png" for index in range(45)]
+    for index, name in enumerate(names):
+        world.put(IN, name, age=timedelta(days=2) if index % 10 == 0 else timedelta(minutes=5))
+    policy = RetentionPolicy(input_age=None, output_age=None, batch_size=1)
+    deleted = [world.run(policy).deleted["orphan"] for _ in range(6)]
+    assert sum(deleted) == 5 and max(deleted) == 1
+    assert [name for index, name in enumerate(names) if world.exists(IN, name)] == [
+        name for index, name in enumerate(names) if index % 10
+    ]
+
+
 def test_an_input_named_by_a_request_inserted_after_the_list_is_kept(world: World) -> None:
     """The race: listed as due, then a new request names it, then Storage is asked to delete it."""
     path = f"{world.user}/raced.png"

@@ -48,7 +48,8 @@ create table if not exists public.edit_retention_state (
   id boolean primary key default true check (id),
   held_by text,
   lease_expires_at timestamptz,
-  last_run_at timestamptz
+  last_run_at timestamptz,
+  orphans_after text  -- where the bounded orphan scan resumes (object names, in index order)
 );
 insert into public.edit_retention_state (id) values (true) on conflict (id) do nothing;
 alter table public.edit_retention_state enable row level security;
@@ -136,7 +137,15 @@ set search_path = ''
 as $$
 declare
   v_left integer := p_limit;
-  v_found integer;
+  v_done text[] := '{}';
+  v_row record;
+  v_name text;
+  v_blocked boolean;
+  v_last_finish timestamptz;
+  v_written timestamptz;
+  v_after text;
+  v_scanned integer := 0;
+  v_last_name text;
 begin
   -- Bounds as processor/domain/rules.py has them (RETENTION_*): a null age keeps forever.
   if p_worker_id is null or p_worker_id = '' then
@@ -163,68 +172,95 @@ begin
     return;  -- another processor is running retention
   end if;
 
+  -- Loops, not joins: rows are read oldest first through the partial indexes and the run stops
+  -- at p_limit; who else names a path is one probe of edit_requests_input_paths_idx per path (a
+  -- join was planned as a hash on the bucket alone: seconds for 20,000 due rows).
+
   -- Inputs of finished requests. A path is due only when every row naming it finished before
   -- the cutoff (a live row, or one finished since, keeps it), and only the version those rows
   -- used: an object written after the last of them finished is not theirs (the orphan rule).
   if p_input_age is not null then
-    return query
-    with due as (
-      select r.input_bucket as b, p.path as n, min(r.finished_at) as since, max(r.finished_at) as last_finish
-        from public.edit_requests r cross join unnest(r.input_paths) as p(path)
+    <<inputs>>
+    for v_row in
+      select r.input_bucket as b, r.input_paths as names
+        from public.edit_requests r
        where r.status in ('succeeded', 'failed', 'canceled')
          and r.inputs_expired_at is null
          and r.finished_at < now() - p_input_age
-       group by 1, 2
-    )
-    select 'input'::text, d.b, d.n
-      from due d
-     where not exists (
-             select 1 from public.edit_requests x
-              where x.input_bucket = d.b and x.input_paths @> array[d.n]
-                and not (x.status in ('succeeded', 'failed', 'canceled') and x.finished_at < now() - p_input_age))
-       and not exists (
-             select 1 from storage.objects o
-              where o.bucket_id = d.b and o.name = d.n
-                and coalesce(o.updated_at, o.created_at) > d.last_finish)
-     order by d.since, d.b, d.n
-     limit v_left;
-    get diagnostics v_found = row_count;
-    v_left := v_left - v_found;
+       order by r.finished_at, r.id
+    loop
+      foreach v_name in array v_row.names loop
+        continue when v_name is null or (v_row.b || '/' || v_name) = any (v_done);
+        -- An aggregate, not EXISTS: its generic plan is the index probe (EXISTS's was a seq scan).
+        select bool_or(not (x.status in ('succeeded', 'failed', 'canceled') and x.finished_at < now() - p_input_age)),
+               max(x.finished_at)
+          into v_blocked, v_last_finish
+          from public.edit_requests x
+         where x.input_bucket = v_row.b and x.input_paths @> array[v_name];
+        continue when v_blocked;
+        select coalesce(o.updated_at, o.created_at) into v_written
+          from storage.objects o where o.bucket_id = v_row.b and o.name = v_name;
+        continue when v_written > v_last_finish;
+        v_done := v_done || (v_row.b || '/' || v_name);
+        kind := 'input'; bucket := v_row.b; path := v_name;
+        return next;
+        v_left := v_left - 1;
+        exit inputs when v_left = 0;
+      end loop;
+    end loop;
   end if;
 
   -- Outputs of succeeded requests (never one a live request takes as its input).
   if p_output_age is not null and v_left > 0 then
-    return query
-    select 'output'::text, r.output_bucket, r.output_path
-      from public.edit_requests r
-     where r.status = 'succeeded' and r.output_expired_at is null and r.output_path is not null
-       and r.finished_at < now() - p_output_age
-       and not exists (
-             select 1 from public.edit_requests l
-              where l.status in ('awaiting_image', 'queued', 'processing')
-                and l.input_bucket = r.output_bucket and l.input_paths @> array[r.output_path])
-     order by r.finished_at, r.id
-     limit v_left;
-    get diagnostics v_found = row_count;
-    v_left := v_left - v_found;
+    for v_row in
+      select r.output_bucket as b, r.output_path as n
+        from public.edit_requests r
+       where r.status = 'succeeded' and r.output_expired_at is null and r.output_path is not null
+         and r.finished_at < now() - p_output_age
+       order by r.finished_at, r.id
+    loop
+      continue when (v_row.b || '/' || v_row.n) = any (v_done);
+      select bool_or(l.status in ('awaiting_image', 'queued', 'processing')) into v_blocked
+        from public.edit_requests l
+       where l.input_bucket = v_row.b and l.input_paths @> array[v_row.n];
+      continue when v_blocked;
+      v_done := v_done || (v_row.b || '/' || v_row.n);
+      kind := 'output'; bucket := v_row.b; path := v_row.n;
+      return next;
+      v_left := v_left - 1;
+      exit when v_left = 0;
+    end loop;
   end if;
 
   -- Orphans: input-bucket objects older than the grace that no row needs (no row names them, or
-  -- only rows that finished before the object was last written).
+  -- only rows that finished before the object was last written). Every object must be looked
+  -- at, so each run scans at most 20 x p_limit of them in name order (bucketid_objname),
+  -- resuming where the last run stopped, and starts over at the end of the bucket.
   if p_orphan_grace is not null and v_left > 0 then
-    return query
-    select 'orphan'::text, o.bucket_id, o.name
-      from storage.objects o
-     where o.bucket_id = 'edit-inputs'
-       and o.name is not null
-       and coalesce(o.updated_at, o.created_at) < now() - p_orphan_grace
-       and not exists (
-             select 1 from public.edit_requests r
-              where r.input_bucket = o.bucket_id and r.input_paths @> array[o.name]
-                and (r.status not in ('succeeded', 'failed', 'canceled')
-                     or r.finished_at >= coalesce(o.updated_at, o.created_at)))
-     order by coalesce(o.updated_at, o.created_at), o.name
-     limit v_left;
+    select s.orphans_after into v_after from public.edit_retention_state s where s.id;
+    for v_row in
+      select o.bucket_id as b, o.name as n, coalesce(o.updated_at, o.created_at) as written
+        from storage.objects o
+       where o.bucket_id = 'edit-inputs' and o.name > coalesce(v_after, '')
+       order by o.name
+       limit 20 * p_limit
+    loop
+      v_scanned := v_scanned + 1;
+      v_last_name := v_row.n;
+      continue when v_row.written >= now() - p_orphan_grace or (v_row.b || '/' || v_row.n) = any (v_done);
+      select bool_or(r.status not in ('succeeded', 'failed', 'canceled') or r.finished_at >= v_row.written)
+        into v_blocked
+        from public.edit_requests r
+       where r.input_bucket = v_row.b and r.input_paths @> array[v_row.n];
+      continue when v_blocked;
+      kind := 'orphan'; bucket := v_row.b; path := v_row.n;
+      return next;
+      v_left := v_left - 1;
+      exit when v_left = 0;
+    end loop;
+    update public.edit_retention_state s
+       set orphans_after = case when v_left = 0 or v_scanned = 20 * p_limit then v_last_name end
+     where s.id;
   end if;
 end
 $$;
