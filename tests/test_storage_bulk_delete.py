@@ -151,3 +151,15 @@ def test_more_than_1000_names_only_with_hard_limits(database_url: str, tmp_path:
             assert answer.json()["message"] == "Bulk object requests are limited to 1000 objects per request."
         else:
             assert answer.json() == []
+
+
+def test_a_delete_in_sql_is_refused_as_on_supabase(db: psycopg.Connection[Row]) -> None:
+    """Storage's migration 0055: only its API (which sets storage.allow_delete_query) deletes rows."""
+    db.execute("insert into storage.objects (bucket_id, name) values ('edit-inputs', 'u/sql.png')")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="Use the Storage API instead"):
+        db.execute("delete from storage.objects where name = 'u/sql.png'")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        db.execute("delete from storage.buckets where id = 'edit-outputs'")
+    assert db.execute("select count(*) as n from storage.objects where name = 'u/sql.png'").fetchone() == {
+        "n": 1
+    }

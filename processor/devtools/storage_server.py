@@ -26,6 +26,10 @@ server v1.70.6; supabase/storage ``src/storage/uploader.ts``, ``src/storage/data
 - errors as the real server renders them: **HTTP 400 for every error below 500**, the real code
   only in the body, ``{"statusCode": "404", "code": "NoSuchKey", "error": "not_found",
   "message": "Object not found"}`` (storage3 and our adapter read the body's ``statusCode``);
+- the bulk delete (``DELETE /object/{bucket}``): exact names, as the caller, 500 per transaction
+  with ``storage.allow_delete_query`` set (SQL deletes are refused otherwise, as Storage's migration
+  0055 does), the deleted rows in ``objectSchema``, Fastify's validation errors, the 1,000-name cap
+  only with ``request_hard_limits``;
 - downloads send ``cache-control``, ``last-modified``, ``etag``, ``accept-ranges`` and
   ``x-robots-tag`` as the real server does; ``/object/info`` returns the user metadata (``{}``).
 Not covered: TUS/S3 uploads, image transforms, move/copy, public bucket caching, versions.
