@@ -236,6 +236,43 @@ def test_a_delete_whose_answer_was_lost_is_marked_by_what_storage_no_longer_hold
     assert world.row(request_id)["inputs_expired_at"] is not None
 
 
+def test_a_retried_request_loses_its_marks_and_expires_again(world: World) -> None:
+    path = f"{world.user}/retried.png"
+    request_id = world.request("failed", [path])
+    world.run()
+    assert world.row(request_id)["inputs_expired_at"] is not None
+    world.db.execute("select retry_edit_request(%s)", (request_id,))
+    assert (world.row(request_id)["status"], world.row(request_id)["inputs_expired_at"]) == (
+        "awaiting_image",
+        None,
+    )
+    world.put(IN, path)  # uploaded again: queued, then it fails again, long ago
+    world.db.execute("select id from claim_edit_request('w', 60, %s)", (request_id,))
+    world.db.execute("select fail_edit_request(%s, 'w', 'bad', false, 'unknown_format')", (request_id,))
+    world.db.execute(
+        "update edit_requests set finished_at = now() - interval '60 days' where id = %s", (request_id,)
+    )
+    world.db.execute(
+        "update storage.objects set updated_at = now() - interval '61 days' where name = %s", (path,)
+    )
+    world.run()
+    assert not world.exists(IN, path) and world.row(request_id)["inputs_expired_at"] is not None
+
+
+def test_creations_have_no_inputs_to_expire(world: World) -> None:
+    creation = uuid.uuid4()
+    world.db.execute(
+        "insert into edit_requests (id, user_id, prompt, input_paths, width, height) values (%s, %s, 'a cat', '{}', 64, 64)",
+        (creation, world.user),
+    )
+    world.db.execute("select cancel_edit_request(%s)", (creation,))
+    world.db.execute(
+        "update edit_requests set finished_at = now() - interval '60 days' where id = %s", (creation,)
+    )
+    assert world.run().candidates == 0
+    assert world.row(creation)["inputs_expired_at"] is None
+
+
 def test_each_run_is_bounded(world: World) -> None:
     for index in range(7):
         world.request("canceled", [f"{world.user}/c{index}.png"])

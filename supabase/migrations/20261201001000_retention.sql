@@ -35,12 +35,34 @@ grant select (inputs_expired_at, output_expired_at) on public.edit_requests to a
 -- Finished rows still holding objects, oldest first; and who names a path (orphans, live inputs).
 create index if not exists edit_requests_inputs_retention_idx
   on public.edit_requests (finished_at)
-  where status in ('succeeded', 'failed', 'canceled') and inputs_expired_at is null;
+  where status in ('succeeded', 'failed', 'canceled') and inputs_expired_at is null
+    and cardinality(input_paths) > 0;  -- creations have no inputs: never due, never rescanned
 create index if not exists edit_requests_output_retention_idx
   on public.edit_requests (finished_at)
   where status = 'succeeded' and output_expired_at is null and output_path is not null;
 create index if not exists edit_requests_input_paths_idx
   on public.edit_requests using gin (input_paths);
+
+-- A retried request (retry_edit_request: failed or canceled back to queued or awaiting_image) is live
+-- again: its marks go, so what it uploads anew and produces expires in its turn.
+create or replace function public.edit_requests_clear_expiry_on_retry()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if old.status in ('succeeded', 'failed', 'canceled') and new.status not in ('succeeded', 'failed', 'canceled') then
+    new.inputs_expired_at := null;
+    new.output_expired_at := null;
+  end if;
+  return new;
+end
+$$;
+
+drop trigger if exists edit_requests_clear_expiry_on_retry on public.edit_requests;
+create trigger edit_requests_clear_expiry_on_retry
+  before update of status on public.edit_requests
+  for each row execute function public.edit_requests_clear_expiry_on_retry();
 
 -- One retention run at a time --------------------------------------------------------------------
 
@@ -186,6 +208,7 @@ begin
         from public.edit_requests r
        where r.status in ('succeeded', 'failed', 'canceled')
          and r.inputs_expired_at is null
+         and cardinality(r.input_paths) > 0
          and r.finished_at < now() - p_input_age
        order by r.finished_at, r.id
     loop
@@ -328,6 +351,7 @@ $$;
 -- Access ------------------------------------------------------------------------------------------
 
 revoke execute on function
+  public.edit_requests_clear_expiry_on_retry(),
   public.edit_requests_keep_live_inputs(),
   public.edit_requests_keep_inputs_on_insert(),
   public.edit_retention_candidates(text, interval, interval, interval, integer, integer),
