@@ -412,13 +412,24 @@ def test_a_hostile_user_cannot_list_mark_or_release(world: World) -> None:
             "p_limit must be between 1 and 1000",
         ),
         ("'w', '0 hours', null, null, 10", "ages must be positive"),
-        ("'w', null, null, '59 minutes', 10", "p_orphan_grace must be at least 1 hour"),
+        (
+            f"'w', null, null, '{rules.MIN_ORPHAN_GRACE_HOURS * 60 - 1} minutes', 10",
+            "p_orphan_grace must be at least 1 hour",
+        ),
         ("'', null, null, null, 10", "p_worker_id is required"),
     ],
 )
 def test_sql_refuses_what_the_rules_refuse(db: psycopg.Connection[Row], arguments: str, message: str) -> None:
     with pytest.raises(errors.InvalidParameterValue, match=message):
         db.execute(f"select * from edit_retention_candidates({arguments})")
+
+
+def test_sql_accepts_the_bounds_themselves(db: psycopg.Connection[Row]) -> None:
+    db.execute(
+        "select * from edit_retention_candidates('w', '1 second', '1 second', %s, %s)",
+        (timedelta(hours=rules.MIN_ORPHAN_GRACE_HOURS), rules.MAX_RETENTION_BATCH_SIZE),
+    )
+    db.execute("select * from edit_retention_candidates('w', null, null, null, 1)")
 
 
 @pytest.mark.parametrize(

@@ -374,4 +374,4 @@ MIN_RETENTION_INTERVAL_SECONDS: Final = 60
 RETENTION_LEASE_SECONDS: Final = 600
 """How long one run holds the retention lease (another processor takes over after it lapses)."""
 RetentionKind = Literal["input", "output", "orphan"]
-RETENTION_KINDS: Final[tuple[RetentionKind, ...]] = ("input", "output", "orphan")
+"""What a retention candidate is: an input or output of a finished request, or an orphan upload."""
