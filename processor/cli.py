@@ -133,6 +133,8 @@ def _probe_server(service: ProcessorService, host: str, port: int) -> uvicorn.Se
         create_health_app(service), host=host, port=port, log_config=None, access_log=False, lifespan="off"
     )
     return ProbeServer(config)
+
+
 @app.command()
 def webhooks() -> None:
     """Deliver completion webhooks only (no model, no worker): beside scale-to-zero workers (RunPod).
@@ -154,6 +156,38 @@ def webhooks() -> None:
         await run_dispatcher(dispatcher, stop)
 
     asyncio.run(main())
+
+
+@app.command()
+def retention(
+    once: Annotated[
+        bool,
+        typer.Option("--once", help="One run, then exit (for cron); else every RETENTION_INTERVAL_SECONDS."),
+    ] = False,
+) -> None:
+    """Delete what retention says is due (docs/retention.md), through the Storage API.
+
+    ``--once`` prints the run's counts as JSON and exits 1 when Storage or the database failed
+    (nothing is lost: the next run retries). The processor already runs this on its own."""
+    from processor.composition import run_retention
+
+    settings = _settings_or_exit()
+
+    async def forever() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await run_retention(settings, stop)
+
+    with exit_on_configuration_error():
+        if not once:
+            asyncio.run(forever())
+            return
+        report = asyncio.run(run_retention(settings))
+    typer.echo(json.dumps(report.summary(), indent=2))
+    if report.errors:
+        raise typer.Exit(code=1)
 
 
 def _fail(error: ProcessorError) -> typer.Exit:

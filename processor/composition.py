@@ -7,19 +7,23 @@ diffusers engine never needs a websocket client.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from processor.core.retention import Retention, RetentionReport
 from processor.core.service import ProcessorService
 from processor.core.submissions import Submissions
 from processor.core.webhooks import WebhookConfig, WebhookDispatcher
 from processor.core.worker import Worker, WorkerConfig
 from processor.domain.errors import ConfigurationError, ProcessorError, TransientError
 from processor.domain.images import ImageLimits
-from processor.domain.ports import Editor, JobQueue, ObjectStorage
+from processor.domain.ports import Editor, JobQueue, ObjectStorage, RetentionPolicy
 from processor.domain.rules import INPUT_BUCKET
+from processor.observability.metrics import Metrics
 from processor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -225,6 +229,59 @@ def build_webhooks(settings: Settings) -> WebhookDispatcher | None:
     )
 
 
+def retention_policy(settings: Settings) -> RetentionPolicy:
+    """Hours from the settings; ``0`` keeps forever (``None`` to the core)."""
+
+    def age(hours: float) -> timedelta | None:
+        return timedelta(hours=hours) if hours > 0 else None
+
+    return RetentionPolicy(
+        input_age=age(settings.input_retention_hours),
+        output_age=age(settings.output_retention_hours),
+        orphan_grace=age(settings.orphan_grace_hours),
+        batch_size=settings.retention_batch_size,
+    )
+
+
+def build_retention(settings: Settings, storage: ObjectStorage, metrics: Metrics | None = None) -> Retention:
+    """Retention over ``storage`` (the service's, or one of its own for ``retention --once``)."""
+    from processor.adapters.postgres.retention import PostgresRetentionStore
+
+    settings.require("database_url")
+    assert settings.database_url is not None
+    return Retention(
+        PostgresRetentionStore(settings.database_url),
+        storage,
+        retention_policy(settings),
+        worker_id=settings.worker_id,
+        interval_seconds=settings.retention_interval_seconds,
+        metrics=metrics,
+    )
+
+
+async def run_retention(settings: Settings, stop: asyncio.Event | None = None) -> RetentionReport:
+    """``edit-processor retention``: one run (``stop`` is None), or every interval until ``stop``;
+    with storage and a store of its own. Returns the (last) run's report."""
+    settings.require("database_url", "supabase_url", "supabase_service_role_key")
+    policy = retention_policy(settings)
+    if policy.keeps_everything:
+        raise ConfigurationError(
+            "retention keeps everything: INPUT_RETENTION_HOURS, OUTPUT_RETENTION_HOURS and ORPHAN_GRACE_HOURS are all 0"
+        )
+    storage = build_storage(settings)
+    retention = build_retention(settings, storage)
+    await storage.open()
+    await retention.open()
+    try:
+        if stop is None:
+            return await retention.run_once()
+        await retention.run(stop)
+        return RetentionReport()
+    finally:
+        await retention.close()
+        await storage.close()
+
+
 def build_service(settings: Settings, *, listen_for_notifications: bool = True) -> ProcessorService:
     """The production wiring: Postgres queue and LISTEN, Supabase Storage, the configured editor,
     completion webhooks."""
@@ -232,13 +289,18 @@ def build_service(settings: Settings, *, listen_for_notifications: bool = True) 
     from processor.adapters.postgres.notifications import PostgresNotifications
 
     assert settings.database_url is not None
+    storage = build_storage(settings)
+    metrics = Metrics()
+    policy = retention_policy(settings)
     return ProcessorService(
         worker_config(settings),
         queue=build_queue(settings),
-        storage=build_storage(settings),
+        storage=storage,
         editor_factory=lambda: build_editor(settings),
         wakeups=PostgresNotifications(settings.database_url) if listen_for_notifications else None,
         webhooks=build_webhooks(settings),
+        metrics=metrics,
+        retention=None if policy.keeps_everything else build_retention(settings, storage, metrics),
     )
 
 

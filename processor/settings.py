@@ -161,6 +161,27 @@ class Settings(BaseSettings):
     """Deliver to ``http://`` URLs (tests, private networks); the database's ``allow_http`` must agree."""
     webhook_allow_private_addresses: bool = False
     """Deliver to private, loopback and link-local addresses (tests); the database's setting must agree."""
+    # --- Retention (docs/retention.md) ------------------------------------------------------------
+    input_retention_hours: float = Field(
+        default=rules.DEFAULT_INPUT_RETENTION_HOURS, ge=0, le=rules.MAX_RETENTION_HOURS
+    )
+    """Delete a finished request's input images this many hours after it finished; ``0``: keep forever."""
+    output_retention_hours: float = Field(
+        default=rules.DEFAULT_OUTPUT_RETENTION_HOURS, ge=0, le=rules.MAX_RETENTION_HOURS
+    )
+    """Delete a succeeded request's output this many hours after it finished; ``0``: keep forever."""
+    orphan_grace_hours: float = Field(
+        default=rules.DEFAULT_ORPHAN_GRACE_HOURS, ge=0, le=rules.MAX_RETENTION_HOURS
+    )
+    """Delete uploads in ``edit-inputs`` that no request names once this old; ``0``: never (else at least 1)."""
+    retention_batch_size: int = Field(
+        default=rules.DEFAULT_RETENTION_BATCH_SIZE, ge=1, le=rules.MAX_RETENTION_BATCH_SIZE
+    )
+    """Objects one retention run deletes at most (Storage's bulk delete takes 1,000)."""
+    retention_interval_seconds: float = Field(
+        default=rules.DEFAULT_RETENTION_INTERVAL_SECONDS, ge=rules.MIN_RETENTION_INTERVAL_SECONDS
+    )
+    """How often the processor runs retention (``edit-processor retention --once`` runs it from cron)."""
 
     # --- HTTP -------------------------------------------------------------------------------------
     host: str = "0.0.0.0"
@@ -205,6 +226,16 @@ class Settings(BaseSettings):
         if self.cpu_offload and self.memory_mode == "full":
             self.memory_mode = "offload"
         return self
+
+    @field_validator("orphan_grace_hours")
+    @classmethod
+    def _orphan_grace_not_too_short(cls, value: float) -> float:
+        if 0 < value < rules.MIN_ORPHAN_GRACE_HOURS:
+            raise ValueError(
+                f"must be 0 (never delete orphans) or at least {rules.MIN_ORPHAN_GRACE_HOURS} hour: "
+                "a shorter grace could delete an upload whose insert is merely slow"
+            )
+        return value
 
     @model_validator(mode="after")
     def _heartbeat_fits_lease(self) -> Settings:

@@ -126,6 +126,8 @@ def test_a_missing_object_fails_with_its_reason(
     request_id = harness.insert(user, [path], num_inference_steps=2)
     harness.wait_status(request_id, "succeeded")
     # The input disappears; an operator retries the request.
+    # As Storage's API does (a plain SQL delete is refused, as on Supabase).
+    harness.db.execute("select set_config('storage.allow_delete_query', 'true', false)")
     harness.db.execute("delete from storage.objects where name = %s", (path,))
     harness.db.execute(
         "update edit_requests set status = 'failed', error = 'x', output_path = null, finished_at = now() where id = %s",

@@ -41,6 +41,7 @@ def test_raising_the_bucket_limit_too_makes_the_setting_effective(database_url: 
 
 
 def test_a_missing_bucket_is_refused(database_url: str, db: Db) -> None:
+    db.execute("select set_config('storage.allow_delete_query', 'true', false)")  # as Storage's API does
     db.execute("delete from storage.buckets where id = %s", (rules.INPUT_BUCKET,))
     with pytest.raises(ConfigurationError, match="does not exist"):
         check_input_limit(load_settings(database_url=database_url))

@@ -156,3 +156,46 @@ def test_a_short_fault_is_retried_and_a_long_one_is_transient(backend: Backend) 
         return [survived, None]
 
     assert run(backend, scenario) == [b"data", "storage_unavailable"]
+
+
+def test_bulk_delete_deletes_exact_names_and_reports_them(backend: Backend) -> None:
+    """``prefixes`` are exact names on the real server (``whereIn name``): a folder name deletes nothing."""
+
+    async def scenario(storage: ObjectStorage) -> list[Any]:
+        for name in ("u/a.png", "u/b.png", "u/keep.png"):
+            await storage.upload(BUCKET, name, b"x", content_type="image/png")
+        folder = await storage.delete_many(BUCKET, ["u", "u/"])
+        deleted = await storage.delete_many(BUCKET, ["u/a.png", "u/b.png", "u/a.png"])
+        again = await storage.delete_many(BUCKET, ["u/a.png", "u/never.png"])
+        kept = await storage.download(BUCKET, "u/keep.png", max_bytes=1024)
+        try:
+            await storage.download(BUCKET, "u/a.png", max_bytes=1024)
+        except InvalidInput as exc:
+            return [folder, sorted(deleted), again, kept, exc.reason]
+        return [folder, sorted(deleted), again, kept, None]
+
+    assert run(backend, scenario) == [[], ["u/a.png", "u/b.png"], [], b"x", "missing_object"]
+
+
+def test_bulk_delete_of_nothing_is_no_call(backend: Backend) -> None:
+    async def scenario(storage: ObjectStorage) -> list[str]:
+        return await storage.delete_many(BUCKET, [])
+
+    assert run(backend, scenario) == []
+
+
+def test_bulk_delete_outage_is_transient_and_deletes_nothing(backend: Backend) -> None:
+    every_attempt = 3 if isinstance(backend, SupabaseBackend) else 1
+
+    async def scenario(storage: ObjectStorage) -> list[Any]:
+        await storage.upload(BUCKET, "u/d.png", b"data", content_type="image/png")
+        backend.outage(every_attempt)
+        try:
+            await storage.delete_many(BUCKET, ["u/d.png"])
+        except TransientError as exc:
+            reason = exc.reason
+        else:
+            reason = None
+        return [reason, await storage.download(BUCKET, "u/d.png", max_bytes=1024)]
+
+    assert run(backend, scenario) == ["storage_unavailable", b"data"]

@@ -2,7 +2,8 @@
 
 Start-up order: open the queue and storage adapters, load the model in a thread
 (``/healthz`` answers meanwhile, ``/readyz`` says ``starting``), then run the worker,
-the LISTEN loop and the sweep. ``stop`` drains the worker (see ``JobSlots.drain``).
+the LISTEN loop and the sweep; retention (when configured) runs from the start, every
+``RETENTION_INTERVAL_SECONDS``. ``stop`` drains the worker (see ``JobSlots.drain``).
 
 When the model cannot be loaded, ``state`` is ``setup_failed`` with ``setup_error`` (the HTTP
 app's ``/readyz`` reports it, so the platform restarts the process); ``run_until`` (the
@@ -20,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from typing import Literal
 
+from processor.core.retention import Retention
 from processor.core.webhooks import WebhookDispatcher, run_dispatcher
 from processor.core.worker import Worker, WorkerConfig
 from processor.domain.errors import ProcessorError
@@ -55,6 +57,7 @@ class ProcessorService:
         wakeups: Wakeups | None = None,
         metrics: Metrics | None = None,
         webhooks: WebhookDispatcher | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
@@ -63,6 +66,7 @@ class ProcessorService:
         self._editor_factory = editor_factory
         self._wakeups = wakeups
         self._webhooks = webhooks
+        self._retention = retention
         self._editor: Editor | None = None
         self._stop = asyncio.Event()
         self._worker: Worker | None = None
@@ -103,6 +107,12 @@ class ProcessorService:
         """Open the adapters, then load the model and work in the background. Returns at once."""
         await self._queue.open()
         await self._storage.open()
+        if self._retention is not None:
+            # Needs no model: deletes what is due while the model loads, then every interval.
+            await self._retention.open()
+            self._tasks.append(
+                asyncio.create_task(self._retention.run(self._stop), name="processor-retention")
+            )
         self._tasks.append(asyncio.create_task(self._load_and_run(), name="processor-main"))
         if self._webhooks is not None:
             # Its own task and connections: deliveries start before the model is loaded, and a slow
@@ -182,6 +192,8 @@ class ProcessorService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._queue.close()
+        if self._retention is not None:
+            await self._retention.close()
         await self._storage.close()
         if self._editor is not None:
             await asyncio.to_thread(self._editor.close)

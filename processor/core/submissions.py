@@ -206,8 +206,8 @@ class Submissions:
         )
 
     async def output_url(self, row: dict[str, Any], expires_in: int) -> str | None:
-        if row["status"] != "succeeded" or not row["output_path"]:
-            return None
+        if row["status"] != "succeeded" or not row["output_path"] or row.get("output_expired_at"):
+            return None  # an expired output was deleted by retention: nothing to sign
         return await self._storage.signed_url(row["output_bucket"], row["output_path"], expires_in=expires_in)
 
 

@@ -26,6 +26,10 @@ server v1.70.6; supabase/storage ``src/storage/uploader.ts``, ``src/storage/data
 - errors as the real server renders them: **HTTP 400 for every error below 500**, the real code
   only in the body, ``{"statusCode": "404", "code": "NoSuchKey", "error": "not_found",
   "message": "Object not found"}`` (storage3 and our adapter read the body's ``statusCode``);
+- the bulk delete (``DELETE /object/{bucket}``): exact names, as the caller, 500 per transaction
+  with ``storage.allow_delete_query`` set (SQL deletes are refused otherwise, as Storage's migration
+  0055 does), the deleted rows in ``objectSchema``, Fastify's validation errors, the 1,000-name cap
+  only with ``request_hard_limits``;
 - downloads send ``cache-control``, ``last-modified``, ``etag``, ``accept-ranges`` and
   ``x-robots-tag`` as the real server does; ``/object/info`` returns the user metadata (``{}``).
 Not covered: TUS/S3 uploads, image transforms, move/copy, public bucket caching, versions.
@@ -45,6 +49,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -289,6 +294,8 @@ class StorageConfig:
     service_key: str
     jwt_secret: str
     faults: Faults = field(default_factory=Faults)
+    request_hard_limits: bool = False
+    """``REQUEST_HARD_LIMITS_ENABLED``: refuse bulk deletes of more than 1,000 names (off by default)."""
 
 
 def _caller(request: Request, config: StorageConfig) -> Caller:
@@ -475,22 +482,28 @@ class _Store:
         return data, metadata
 
     async def remove(self, caller: Caller, bucket: str, names: list[str]) -> list[dict[str, Any]]:
-        async with self.pool.connection() as conn, conn.transaction():
-            if not caller.is_service:
-                await _as_caller(conn, caller)
-            rows = await (
-                await conn.execute(
-                    "delete from storage.objects where bucket_id = %s and name = any(%s) "
-                    "returning id, name, bucket_id, metadata, version",
-                    (bucket, names),
-                )
-            ).fetchall()
-        for row in rows:
-            self.blob_path(bucket, row["name"], row["version"]).unlink(missing_ok=True)
-        return [
-            {"id": str(r["id"]), "name": r["name"], "bucket_id": r["bucket_id"], "metadata": r["metadata"]}
-            for r in rows
-        ]
+        """The bulk delete as v1.70's ``ObjectStorage.deleteObjects``: exact names (``whereIn``),
+        in transactions of 500 names, as the caller (RLS hides what it may not delete), with
+        ``storage.allow_delete_query`` set as Storage's request scope does; the rows the database
+        deleted are returned, then their files removed. No bucket check: an unknown bucket, a
+        missing name and a name RLS or a trigger keeps are all just absent from the answer."""
+        deleted: list[dict[str, Any]] = []
+        for start in range(0, len(names), _DELETE_BATCH):
+            async with self.pool.connection() as conn, conn.transaction():
+                await conn.execute("select set_config('storage.allow_delete_query', 'true', true)")
+                if not caller.is_service:
+                    await _as_caller(conn, caller)
+                rows = await (
+                    await conn.execute(
+                        "delete from storage.objects where bucket_id = %s and name = any(%s) returning *",
+                        (bucket, names[start : start + _DELETE_BATCH]),
+                    )
+                ).fetchall()
+                for row in rows:
+                    if row["version"]:
+                        self.blob_path(bucket, row["name"], row["version"]).unlink(missing_ok=True)
+            deleted.extend(_object_body(row) for row in rows)
+        return deleted
 
     async def list(self, caller: Caller, bucket: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         prefix = str(body.get("prefix") or "").strip("/")
@@ -526,6 +539,62 @@ class _Store:
         offset = int(body.get("offset", 0))
         limit = int(body.get("limit", 100))
         return list(entries.values())[offset : offset + limit]
+
+
+_DELETE_BATCH = 500  # MAX_OBJECTS_PER_DELETE_BATCH: one transaction per 500 names
+DELETE_OBJECTS_LIMIT = 1000  # MAX_OBJECTS_PER_REQUEST, enforced only with REQUEST_HARD_LIMITS_ENABLED
+
+
+def _iso(value: Any) -> str | None:
+    # fast-json-stringify writes a Date as toISOString(): UTC, milliseconds, "Z".
+    if value is None:
+        return None
+    return str(value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+
+
+def _object_body(row: dict[str, Any]) -> dict[str, Any]:
+    """A ``storage.objects`` row as the real server serialises it with ``objectSchema``: only its
+    properties; ``owner``, ``owner_id`` and ``version`` are plain strings there, so NULL becomes
+    ``""`` (fast-json-stringify's ``asString(null)``); the nullable ones stay null."""
+    return {
+        "name": row["name"],
+        "bucket_id": row["bucket_id"],
+        "owner": str(row["owner"]) if row["owner"] is not None else "",
+        "owner_id": row["owner_id"] or "",
+        "version": row["version"] or "",
+        "id": str(row["id"]) if row["id"] is not None else None,
+        "updated_at": _iso(row["updated_at"]),
+        "created_at": _iso(row["created_at"]),
+        "last_accessed_at": _iso(row["last_accessed_at"]),
+        "metadata": row["metadata"],
+        "user_metadata": row["user_metadata"],
+    }
+
+
+def _validation_error(message: str) -> StorageError:
+    # Fastify's schema validation error as Storage's error handler renders it: HTTP 400,
+    # error "Error" (the formatter's plain Error), code InvalidRequest (ERROR_CODE_MAP).
+    return StorageError(400, "InvalidRequest", message, error="Error")
+
+
+def _prefixes(body: Any) -> list[str]:
+    """``deleteObjectsBodySchema`` under Fastify's Ajv (``coerceTypes: 'array'``): an object with
+    ``prefixes``, an array of at least one string; a lone scalar becomes a one-item array."""
+    if not isinstance(body, dict):
+        raise _validation_error("body must be object")
+    if "prefixes" not in body:
+        raise _validation_error("body must have required property 'prefixes'")
+    prefixes = body["prefixes"]
+    if isinstance(prefixes, str | int | float) and not isinstance(prefixes, bool):
+        prefixes = [prefixes]
+    if not isinstance(prefixes, list):
+        raise _validation_error("body/prefixes must be array")
+    if not prefixes:
+        raise _validation_error("body/prefixes must NOT have fewer than 1 items")
+    for index, item in enumerate(prefixes):
+        if isinstance(item, dict | list) or item is None:
+            raise _validation_error(f"body/prefixes/{index} must be string")
+    return [item if isinstance(item, str) else json.dumps(item) for item in prefixes]
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -626,10 +695,33 @@ def create_storage_app(config: StorageConfig) -> Starlette:  # noqa: C901 - one 
 
     async def remove(request: Request) -> Response:
         caller = _caller(request, config)
-        body = await request.json()
-        return JSONResponse(
-            await store.remove(caller, request.path_params["bucket"], list(body.get("prefixes", [])))
-        )
+        raw = await request.body()
+        is_json = request.headers.get("content-type", "").startswith("application/json")
+        # Fastify's JSON parser errors (FST_ERR_CTP_*), rendered as InvalidRequest.
+        if is_json and not raw:
+            raise StorageError(
+                400,
+                "InvalidRequest",
+                "Body cannot be empty when content-type is set to 'application/json'",
+                error="FastifyError",
+            )
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError as exc:
+            raise StorageError(
+                400,
+                "InvalidRequest",
+                "Body is not valid JSON but content-type is set to 'application/json'",
+                error="FastifyError",
+            ) from exc
+        prefixes = _prefixes(body)
+        if config.request_hard_limits and len(prefixes) > DELETE_OBJECTS_LIMIT:
+            raise StorageError(
+                400,
+                "InvalidRequest",
+                f"Bulk object requests are limited to {DELETE_OBJECTS_LIMIT} objects per request.",
+            )
+        return JSONResponse(await store.remove(caller, request.path_params["bucket"], prefixes))
 
     async def list_objects(request: Request) -> Response:
         caller = _caller(request, config)

@@ -494,3 +494,32 @@ def webhook_url_refusal(
     if webhook_host_private(host) and not allow_private_addresses:
         return WebhookFailure.PRIVATE_ADDRESS, f"{host} is a private, loopback or link-local address"
     return None
+
+
+# --- Retention (docs/retention.md; SQL: edit_retention_candidates checks the same bounds) ---------
+
+DEFAULT_INPUT_RETENTION_HOURS: Final = 7 * 24
+"""Input images of a finished request are deleted this long after it finished (``0``: kept forever).
+A week leaves time to retry a failed request (``retry_edit_request`` needs its inputs) and to look
+into complaints, without keeping users' uploads indefinitely."""
+DEFAULT_OUTPUT_RETENTION_HOURS: Final = 30 * 24
+"""Outputs are deleted this long after their request succeeded (``0``: kept forever): a month for
+apps to copy the results they keep; the row and its ``output_path`` stay as history."""
+DEFAULT_ORPHAN_GRACE_HOURS: Final = 24
+"""Uploads no request names are deleted once this old (``0``: never). As long as
+``awaiting_image_ttl`` (24 h), so an upload waits for its insert as long as an insert waits for it."""
+MIN_ORPHAN_GRACE_HOURS: Final = 1
+"""A shorter grace could delete an upload whose insert is merely slow (a client uploading three images)."""
+MAX_RETENTION_HOURS: Final = 10 * 365 * 24
+DEFAULT_RETENTION_BATCH_SIZE: Final = 500
+"""Objects one retention run deletes at most; the next run carries on."""
+MAX_RETENTION_BATCH_SIZE: Final = 1000
+"""Supabase Storage deletes at most 1,000 objects per bulk request (``MAX_OBJECTS_PER_REQUEST``)."""
+STORAGE_DELETE_MAX_OBJECTS: Final = 1000
+"""Names per ``DELETE /object/{bucket}`` call: the real server's cap where hard limits are on."""
+DEFAULT_RETENTION_INTERVAL_SECONDS: Final = 3600
+MIN_RETENTION_INTERVAL_SECONDS: Final = 60
+RETENTION_LEASE_SECONDS: Final = 600
+"""How long one run holds the retention lease (another processor takes over after it lapses)."""
+RetentionKind = Literal["input", "output", "orphan"]
+"""What a retention candidate is: an input or output of a finished request, or an orphan upload."""

@@ -45,6 +45,8 @@ _VIEW_KEYS = (
     "height",
     "created_at",
     "finished_at",
+    "inputs_expired_at",
+    "output_expired_at",
 )
 
 

@@ -169,6 +169,12 @@ class EditView(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    inputs_expired_at: datetime | None = Field(
+        default=None, description="When retention deleted the inputs (docs/retention.md)."
+    )
+    output_expired_at: datetime | None = Field(
+        default=None, description="When retention deleted the result; `output_url` is null from then on."
+    )
 
 
 class BatchCreate(BaseModel):

@@ -93,6 +93,18 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.retention_objects = Counter(
+            "edit_processor_retention_objects",
+            "Objects retention handled, by kind (input, output, orphan) and outcome (deleted, kept, failed)",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.retention_runs = Counter(
+            "edit_processor_retention_runs",
+            "Retention runs, by outcome (done, failed: the database or Storage did not answer)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.registry.register(_GpuMemoryCollector())
 
     def observe_queue(self, depth_by_status: Mapping[str, int], oldest_queued_age_seconds: float) -> None:

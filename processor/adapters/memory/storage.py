@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -43,6 +43,8 @@ class InMemoryObjectStorage:
         self._listeners: list[StoredListener] = []
         self._signing_key = secrets.token_bytes(16)
         self.faults = Faults("storage_unavailable")
+        self.keep: Callable[[str, str], bool] | None = None
+        """When set, objects for which it answers True are never deleted (a live request's inputs)."""
         self.calls: list[tuple[str, str, str]] = []
         """``(operation, bucket, path)`` of every port call, faulted ones included."""
 
@@ -80,6 +82,18 @@ class InMemoryObjectStorage:
         expires = int((self._clock() + timedelta(seconds=expires_in)).timestamp())
         token = self._sign(bucket, path, expires)
         return f"{SIGNED_URL_PREFIX}{quote(bucket)}/{quote(path)}?expires={expires}&token={token}"
+
+    async def delete_many(self, bucket: str, paths: Sequence[str]) -> list[str]:
+        """As Storage's bulk delete: exact names; absent ones are left out of the answer. A name
+        ``keep`` refuses stays (as the database's trigger keeps inputs of live requests)."""
+        self._call("delete", bucket, ",".join(paths))
+        deleted = []
+        with self._lock:
+            for path in dict.fromkeys(paths):
+                if (bucket, path) in self._objects and not (self.keep and self.keep(bucket, path)):
+                    del self._objects[(bucket, path)]
+                    deleted.append(path)
+        return deleted
 
     # --- For tests ----------------------------------------------------------------------------------
     def put(self, bucket: str, path: str, data: bytes, *, content_type: str = "image/png") -> None:

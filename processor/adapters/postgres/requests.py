@@ -27,7 +27,8 @@ _VIEW_COLUMNS = (
     # What `authenticated` may select (migration 20261201000700): no lease, attempts or raw error.
     "id, status, progress, prompt, negative_prompt, num_inference_steps, true_cfg_scale, guidance_scale, seed, "
     "input_paths, output_bucket, output_path, error_code, error_message, result, created_at, started_at, "
-    "finished_at, updated_at, width, height, base, base_color, speed, loras, batch_id"
+    "finished_at, updated_at, width, height, base, base_color, speed, loras, batch_id, inputs_expired_at, "
+    "output_expired_at"
 )
 
 
