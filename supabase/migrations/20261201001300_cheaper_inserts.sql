@@ -11,6 +11,10 @@
 --     each (~2 µs each): the same rules as plpgsql loops over at most three paths.
 --   * readiness: the common single-input row is one index probe, not a set comparison (~9 µs).
 --   * the per-user admission state: only the fields a row changes are rewritten.
+--   * readiness takes the row's slot lock before it looks (one lock per user, re-taken for free),
+--     which makes the statement-level second look of migration 20261201001000
+--     (edit_requests_after_inputs_kept: every inserted row probed again, ~2-4 µs a row) unneeded:
+--     a Storage delete racing with the insert either committed before the look or waits for it.
 
 alter function public.edit_request_reason_message(text) strict;
 
@@ -84,17 +88,28 @@ declare
   v_cost double precision;
   v_row_cost double precision;
 begin
-  -- Readiness without a lock: a row whose inputs are all visible now is queued; any other row
-  -- is re-checked under the slot locks at the end of the statement (edit_requests_after_insert).
-  -- Decided here, not later, so that RETURNING (PostgREST's return=representation) shows it.
+  -- Readiness under the paths' slot locks: a row whose inputs are all visible is queued, any
+  -- other row waits for its upload (edit_requests_on_objects_stored queues it). Decided here, not later, so that RETURNING (PostgREST's return=representation) shows it.
   -- The caller cannot pick (authenticated users cannot even name the column).
   -- (Each presence check is one index probe on (bucket_id, name): a correlated join on name can
   -- be planned as a scan of the whole bucket when statistics are stale.)
   if new.status in ('queued', 'awaiting_image') then
+    -- The slot lock first (edit_request_lock_slot, inlined: a SQL function call per row costs
+    -- more than the lock), then the look: an upload or a Storage delete (edit_requests_keep_live_inputs)
+    -- of these paths either committed before (this look sees it: each statement of a volatile
+    -- function takes a new snapshot) or waits for this transaction and then sees this row.
+    -- A user's paths lie in their own folder, one slot, taken once and then found held.
+    -- (`is null`: the lock returns void; an IF is a simple expression, a PERFORM a query.)
     if cardinality(new.input_paths) = 1 then
+      if pg_advisory_xact_lock(7051, hashtext(new.input_bucket || '/' || split_part(new.input_paths[1], '/', 1)) & 63) is null then
+        null;
+      end if;
       perform 1 from storage.objects o where o.bucket_id = new.input_bucket and o.name = new.input_paths[1];
       new.status := case when found then 'queued' else 'awaiting_image' end;
     else
+      perform public.edit_request_lock_slots(array(
+        select distinct public.edit_request_lock_slot(new.input_bucket, p.path)
+          from unnest(new.input_paths) as p(path) where p.path is not null order by 1));
       new.status := case
         when exists (
           select 1 from unnest(new.input_paths) as p(path)
@@ -158,3 +173,6 @@ create trigger edit_requests_check_webhook_endpoint
   before insert or update of webhook_endpoint_id on public.edit_requests
   for each row when (new.webhook_endpoint_id is not null)
   execute function public.edit_requests_check_webhook_endpoint();
+
+drop trigger if exists edit_requests_after_inputs_kept on public.edit_requests;
+drop function if exists public.edit_requests_keep_inputs_on_insert();
