@@ -321,7 +321,11 @@ def test_previews_are_the_lease_holders_go_up_end_with_the_job_and_restart_per_a
         return answers
 
     assert run(backend, scenario) == [True, False, False, True, False, 4, None, True, False]
-    assert (backend.state(request_id)["preview_path"], backend.state(request_id)["preview_step"]) == (path, 1)
+    # Final: the row no longer points at a preview (edit_requests_reset_preview).
+    assert (backend.state(request_id)["preview_path"], backend.state(request_id)["preview_step"]) == (
+        None,
+        None,
+    )
 
 
 def test_a_retryable_failure_is_queued_with_back_off(backend: Backend) -> None:

@@ -68,8 +68,10 @@ def test_only_the_lease_holder_writes_previews_steps_go_up_and_none_after_the_en
     done = db.execute("select complete_edit_request(%s, 'w1', 'out.png') as ok", (request_id,)).fetchone()
     assert done and done["ok"]
     assert not preview(db, request_id, "w1", 6)  # the job has ended: no stale preview
-    row = db.execute("select preview_step, status from edit_requests where id = %s", (request_id,)).fetchone()
-    assert row == {"preview_step": 5, "status": "succeeded"}
+    row = db.execute(
+        "select preview_path, preview_step, status from edit_requests where id = %s", (request_id,)
+    ).fetchone()
+    assert row == {"preview_path": None, "preview_step": None, "status": "succeeded"}  # stale once final
 
 
 def test_a_new_attempt_starts_its_previews_afresh(
@@ -248,15 +250,27 @@ async def scenario_previews_reach_the_row_with_increasing_steps() -> None:
     storage.put("edit-inputs", "u/in.png", png_bytes())
     editor = StandInEditor(step_seconds=0.01, size=128)
     request_id = queue.enqueue("make it blue", ["u/in.png"], num_inference_steps=12)
+    seen: list[tuple[int | None, str | None, bytes | None]] = []
+
+    def watch() -> bool:
+        row = queue.row(request_id)
+        if row.preview_path is not None:
+            stored = storage.get("edit-outputs", row.preview_path)
+            seen.append((row.preview_step, row.preview_path, stored.data if stored else None))
+        return row.status == "succeeded"
+
     async with running_worker(queue, storage, editor, fast_config(preview_every_steps=3)):
-        await eventually(lambda: queue.row(request_id).status == "succeeded", what="success")
-    row = queue.row(request_id)
+        await eventually(watch, what="success")
     steps = [call.args["step"] for call in queue.calls_to("preview", request_id)]
     assert steps and steps == sorted(set(steps)) and set(steps) <= {3, 6, 9}
-    assert row.preview_step == steps[-1] and row.preview_path == f"_no_user/{request_id}.preview.webp"
-    stored = storage.get("edit-outputs", row.preview_path)
-    assert stored is not None and stored.content_type == "image/webp"
-    assert Image.open(io.BytesIO(stored.data)).size == (16, 16)
+    step, path, data = next(item for item in reversed(seen) if item[2] is not None)
+    assert step in steps and path == f"_no_user/{request_id}.preview.webp"
+    assert Image.open(io.BytesIO(data)).size == (16, 16)
+    # Once the request is final its preview is stale: the row stops pointing at it, the object goes.
+    row = queue.row(request_id)
+    assert row.preview_path is None and row.preview_step is None
+    assert storage.get("edit-outputs", path) is None
+    assert storage.get("edit-outputs", f"_no_user/{request_id}.png") is not None
 
 
 def test_previews_reach_the_row_with_increasing_steps() -> None:
@@ -390,7 +404,19 @@ def test_diffusers_previews_land_on_the_row_while_the_edit_runs(
     finally:
         gated.release.set()
     done = harness.wait_status(request_id, "succeeded", "failed", timeout=60)
-    assert done["status"] == "succeeded" and done["preview_step"] in (4, 6)
+    assert done["status"] == "succeeded" and done["preview_step"] is None and done["preview_path"] is None
+    # The stale preview object goes too (deleted after the row is final: poll for it).
+    wait_for(
+        lambda: (
+            harness.db.execute(
+                "select 1 from storage.objects where bucket_id = 'edit-outputs' and name = %s",
+                (row["preview_path"],),
+            ).fetchone()
+            is None
+        ),
+        timeout=30,
+        what="the preview object to be deleted",
+    )
     ran = harness.db.execute(
         "select preview_edit_request(%s, %s, 'late.webp', 7) as ok",
         (request_id, harness.settings.worker_id),
@@ -398,7 +424,7 @@ def test_diffusers_previews_land_on_the_row_while_the_edit_runs(
     assert ran == {"ok": False}  # the worker itself could not write one now
     with acting_as(harness.db, "authenticated", user) as conn:
         seen = conn.execute("select preview_path, preview_step from edit_requests").fetchone()
-    assert seen == {"preview_path": done["preview_path"], "preview_step": done["preview_step"]}
+    assert seen == {"preview_path": None, "preview_step": None}
 
 
 @pytest.fixture
@@ -434,7 +460,7 @@ def test_comfyui_previews_from_the_stand_in_land_on_the_row(
     image = owner_reads(harness, user, row)
     assert image.format == "JPEG" and image.size == (16, 12)
     done = harness.wait_status(request_id, "succeeded", "failed")
-    assert done["status"] == "succeeded" and done["preview_step"] in (3, 6, 9)
+    assert done["status"] == "succeeded" and done["preview_path"] is None
 
 
 def test_comfyui_frames_are_parsed_as_comfyui_sends_them() -> None:

@@ -15,6 +15,23 @@ Row = dict[str, Any]
 pytestmark = pytest.mark.slow
 
 
+def output_objects(db: psycopg.Connection[Row]) -> int:
+    """Edited images in edit-outputs (live previews, `.preview.*`, are not outputs)."""
+    row = db.execute(
+        "select count(*) as n from storage.objects where bucket_id = 'edit-outputs' and name not like '%.preview.%'"
+    ).fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def preview_objects(db: psycopg.Connection[Row]) -> int:
+    row = db.execute(
+        "select count(*) as n from storage.objects where bucket_id = 'edit-outputs' and name like '%.preview.%'"
+    ).fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
 def test_two_processes_share_fifty_requests_each_processed_once(
     db: psycopg.Connection[Row],
     storage_server: StorageServer,
@@ -37,10 +54,7 @@ def test_two_processes_share_fifty_requests_each_processed_once(
     rows = db.execute("select claimed_by, attempts, output_path from edit_requests").fetchall()
     assert {r["attempts"] for r in rows} == {1}
     assert {r["claimed_by"] for r in rows} == {"proc-a", "proc-b"}
-    outputs = db.execute(
-        "select count(*) as n from storage.objects where bucket_id = 'edit-outputs'"
-    ).fetchone()
-    assert outputs == {"n": 50}
+    assert output_objects(db) == 50
     assert sorted(r["output_path"] for r in rows) == sorted(f"{user}/{i}.png" for i in ids)
 
 
@@ -75,10 +89,9 @@ def test_a_worker_killed_mid_edit_is_replaced_after_its_lease(
     assert row["status"] == "succeeded"
     assert row["attempts"] == 2
     assert row["claimed_by"] == rescuer.settings.worker_id
-    outputs = db.execute(
-        "select count(*) as n from storage.objects where bucket_id = 'edit-outputs'"
-    ).fetchone()
-    assert outputs == {"n": 1}
+    assert output_objects(db) == 1
+    # The killed attempt's preview was overwritten by the rescuer's, which deletes it once final.
+    wait_for(lambda: preview_objects(db) == 0, timeout=30, what="no preview left")
 
 
 def test_sigterm_gives_an_unfinished_job_back_without_using_an_attempt(
@@ -112,7 +125,10 @@ def test_sigterm_lets_a_job_finish_within_the_grace_period(
     make_user: Any,
 ) -> None:
     user = make_user()
-    [request_id] = insert_requests(db, user, upload(storage_server, user), 1, num_inference_steps=60)
+    # 100 steps at 256²: long enough (seconds, not a fraction of one) to be seen under way.
+    [request_id] = insert_requests(
+        db, user, upload(storage_server, user), 1, num_inference_steps=100, width=256, height=256
+    )
     worker = spawn_worker("patient", shutdown_grace_seconds=60)
     wait_for(
         lambda: db.execute(

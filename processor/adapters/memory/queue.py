@@ -614,6 +614,9 @@ class InMemoryJobQueue:
         now = self._clock()
         if touch:
             changes["updated_at"] = now
+        if changes.get("status") in ("succeeded", "failed", "canceled"):
+            # edit_requests_reset_preview: a final request no longer points at a live preview.
+            changes.update(preview_path=None, preview_step=None)
         check_constraints(replace(row, **changes))
         for name, value in changes.items():
             setattr(row, name, value)

@@ -34,6 +34,8 @@ class ActiveJob:
     stop_reason: StopReason | None = None
     progress: float = 0.0
     progress_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    preview_paths: set[str] = field(default_factory=set)
+    """Objects this job's live previews were uploaded to (deleted when the job ends)."""
 
     def stop(self, reason: StopReason) -> None:
         if self.stop_reason is None:

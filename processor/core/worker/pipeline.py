@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 Outcome = tuple[str, str]
 """``(outcome, reason)``: what happened to the job, and its reason code."""
+_FINAL_OUTCOMES = frozenset({"succeeded", "failed", "canceled"})
 
 
 class JobPipeline:
@@ -55,6 +56,26 @@ class JobPipeline:
         self._metrics = metrics
 
     async def run(self, active: ActiveJob) -> Outcome:
+        outcome = await self._run(active)
+        # Only once the request is final: the row no longer points at its previews
+        # (edit_requests_reset_preview clears the columns). A job given back, retried or lost keeps
+        # them: the path is the request's, and the next attempt (maybe another worker's, already
+        # running) overwrites it.
+        if active.preview_paths and outcome[0] in _FINAL_OUTCOMES:
+            await self._delete_previews(active)
+        return outcome
+
+    async def _delete_previews(self, active: ActiveJob) -> None:
+        # Best effort: a failed delete leaves one small object and is only logged.
+        job = active.job
+        try:
+            await self._storage.delete_many(job.output_bucket, sorted(active.preview_paths))
+        except ProcessorError as exc:
+            log.warning("previews not deleted: %s", exc)
+        except Exception:
+            log.exception("previews not deleted")
+
+    async def _run(self, active: ActiveJob) -> Outcome:
         try:
             return await self._stages(active)
         except EditCancelled:
@@ -104,6 +125,7 @@ class JobPipeline:
             )
         previews = PreviewUploads(
             job=job,
+            paths=active.preview_paths,
             storage=self._storage,
             queue=self._queue,
             worker_id=self._worker_id,

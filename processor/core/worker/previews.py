@@ -34,6 +34,7 @@ class PreviewUploads:
         self,
         *,
         job: EditJob,
+        paths: set[str],
         storage: ObjectStorage,
         queue: JobQueue,
         worker_id: str,
@@ -42,6 +43,7 @@ class PreviewUploads:
         metrics: WorkerMetrics,
     ) -> None:
         self._job = job
+        self._paths = paths
         self._storage = storage
         self._queue = queue
         self._worker_id = worker_id
@@ -104,6 +106,7 @@ class PreviewUploads:
     async def _upload(self, preview: Preview) -> None:
         job = self._job
         path = preview_path_for(job, PREVIEW_EXTENSIONS[preview.content_type])
+        self._paths.add(path)  # before the upload: a cut-off upload may still have stored it
         try:
             await self._storage.upload(
                 job.output_bucket, path, preview.data, content_type=preview.content_type
