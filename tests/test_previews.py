@@ -292,6 +292,47 @@ def test_previews_are_off_with_k_zero() -> None:
     asyncio.run(asyncio.wait_for(scenario_previews_are_off_with_k_zero(), timeout=90))
 
 
+class EditorBeforePreviews:
+    """A user's own Editor written before live previews: its ``edit`` knows no ``previews``."""
+
+    def __init__(self) -> None:
+        self._inner = StandInEditor()
+
+    def load(self) -> None:
+        self._inner.load()
+
+    def edit(
+        self,
+        images: Sequence[Image.Image],
+        params: EditParams,
+        *,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> EditResult:
+        return self._inner.edit(images, params, on_progress=on_progress, cancel=cancel)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def scenario_an_editor_without_previews_still_edits_with_previews_on() -> None:
+    storage = InMemoryObjectStorage()
+    queue = InMemoryJobQueue(storage=storage)
+    storage.put("edit-inputs", "u/in.png", png_bytes())
+    request_id = queue.enqueue("make it blue", ["u/in.png"], num_inference_steps=6)
+    editor: Any = EditorBeforePreviews()
+    async with running_worker(queue, storage, editor, fast_config(preview_every_steps=1)):
+        await eventually(lambda: queue.row(request_id).status in ("succeeded", "failed"), what="the end")
+    assert queue.row(request_id).status == "succeeded"
+    assert queue.calls_to("preview") == []
+
+
+def test_an_editor_without_previews_still_edits_with_previews_on() -> None:
+    asyncio.run(
+        asyncio.wait_for(scenario_an_editor_without_previews_still_edits_with_previews_on(), timeout=90)
+    )
+
+
 async def scenario_a_stalled_storage_costs_previews_not_steps_and_nothing_is_written_after_the_end(
     tiny_editor: DiffusersEditor,
 ) -> None:

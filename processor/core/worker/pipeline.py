@@ -9,6 +9,7 @@ the row: nothing written); ``released`` (shutdown: the row and its attempt given
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 
@@ -32,6 +33,14 @@ Outcome = tuple[str, str]
 _FINAL_OUTCOMES = frozenset({"succeeded", "failed", "canceled"})
 
 
+def _takes_previews(editor: Editor) -> bool:
+    try:
+        parameters = inspect.signature(editor.edit).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a C callable): do not guess
+        return False
+    return any(p.name == "previews" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
 class JobPipeline:
     """Runs one claimed job through its stages and writes its end to the queue."""
 
@@ -48,7 +57,9 @@ class JobPipeline:
         self._storage = storage
         self._queue = queue
         self._worker_id = config.worker_id
-        self._preview_every_steps = config.preview_every_steps
+        # An Editor written before live previews (its ``edit`` takes no ``previews``) still works:
+        # it just gets none to send.
+        self._preview_every_steps = config.preview_every_steps if _takes_previews(editor) else 0
         self._preview_interval = config.preview_interval_seconds
         self._editor = editor
         self._writes = writes
