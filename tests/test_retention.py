@@ -178,6 +178,17 @@ def test_only_expired_finished_objects_go_and_live_inputs_never(world: World) ->
     assert report.deleted["input"] == 6 and report.deleted["output"] == 1 + len(LIVE) and not report.errors
 
 
+def test_with_an_output_goes_a_preview_a_crashed_attempt_left_beside_it(world: World) -> None:
+    request_id = world.request("succeeded", [f"{world.user}/in.png"])
+    output = world.row(request_id)["output_path"]
+    leftover = rules.preview_path_beside(output, "webp")
+    assert leftover == f"{world.user}/{request_id}.preview.webp"
+    world.put(OUT, leftover)  # the row no longer names it: a worker died after uploading it
+    report = world.run()
+    assert not world.exists(OUT, output) and not world.exists(OUT, leftover)
+    assert report.deleted["output"] == 1 and not report.errors  # the leftover is not counted as an output
+
+
 def test_a_path_a_recently_finished_request_names_is_kept(world: World) -> None:
     path = f"{world.user}/reused.png"
     old = world.request("failed", [path])

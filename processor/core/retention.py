@@ -20,10 +20,15 @@ from dataclasses import dataclass, field
 
 from processor.domain.errors import ProcessorError
 from processor.domain.ports import ObjectStorage, RetentionPolicy, RetentionStore
-from processor.domain.rules import RetentionKind
+from processor.domain.rules import PREVIEW_EXTENSIONS, RetentionKind, preview_path_beside
 from processor.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+def preview_names_beside(output_path: str) -> list[str]:
+    """The names a live preview of this output's request may have had (``{id}.preview.{ext}``)."""
+    return [preview_path_beside(output_path, extension) for extension in PREVIEW_EXTENSIONS.values()]
 
 
 @dataclass
@@ -107,8 +112,13 @@ class Retention:
                 by_bucket.setdefault(candidate.bucket, {})[candidate.path] = candidate.kind
             for bucket, kinds in by_bucket.items():
                 paths = list(kinds)
+                # With an output go the live previews a crashed attempt may have left beside it
+                # (a final row no longer names them; absent names are no error).
+                leftovers = [
+                    name for path in paths if kinds[path] == "output" for name in preview_names_beside(path)
+                ]
                 try:
-                    deleted = set(await self._storage.delete_many(bucket, paths))
+                    deleted = set(await self._storage.delete_many(bucket, paths + leftovers))
                 except ProcessorError as exc:
                     # Some may be gone already: marking below counts what Storage no longer holds.
                     report.errors.append(f"{bucket}: {exc}")

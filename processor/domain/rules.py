@@ -115,6 +115,13 @@ PREVIEW_MAX_BYTES: Final = 2 * 1024 * 1024
 PREVIEW_EXTENSIONS: Final[Mapping[str, str]] = {"image/webp": "webp", "image/jpeg": "jpg", "image/png": "png"}
 """Preview content types the processor uploads, and the extension of their object name."""
 
+
+def preview_path_beside(output_path: str, extension: str) -> str:
+    """Where a request's live preview lives: next to its output, ``{id}.png`` → ``{id}.preview.webp``
+    (the worker writes it there; retention looks there for leftovers)."""
+    return f"{output_path.rsplit('.', 1)[0]}.preview.{extension}"
+
+
 # --- Input images ---------------------------------------------------------------------------------
 
 MAX_IMAGE_BYTES: Final = 20 * 1024 * 1024

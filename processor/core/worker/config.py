@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from processor.domain.images import ImageLimits
 from processor.domain.ports import EditJob
+from processor.domain.rules import preview_path_beside
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +34,7 @@ def output_path_for(job: EditJob) -> str:
 
 def preview_path_for(job: EditJob, extension: str) -> str:
     """Next to the output, in the owner's folder (the owner may read it); each preview overwrites it."""
-    return f"{_owner_folder(job)}/{job.id}.preview.{extension}"
+    return preview_path_beside(output_path_for(job), extension)
 
 
 def _owner_folder(job: EditJob) -> str:
