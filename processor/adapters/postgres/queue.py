@@ -8,35 +8,16 @@ psycopg 3 async with a connection pool; connection failures become ``TransientEr
 
 from __future__ import annotations
 
-import select
 import uuid
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self, cast
 
-import psycopg
-from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
-from processor.domain.errors import TransientError
+from processor.adapters.postgres.pool import Pool
 from processor.domain.ports import EditJob, HeartbeatAnswer
-from processor.domain.rules import ReasonCode
 from processor.domain.speed import parse_loras
-
-
-async def _check_if_suspect(conn: psycopg.AsyncConnection[DictRow]) -> None:
-    """The pool's check before each use, without a round trip for a healthy idle connection.
-
-    An idle connection has nothing to read: a server that restarted or terminated it has sent
-    a FATAL message and closed the socket, which makes it readable. Only then (or when psycopg
-    already knows it is closed) is the full check run, which fails and makes the pool reconnect.
-    """
-    if not conn.closed:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
-        if not readable:
-            return
-    await AsyncConnectionPool.check_connection(conn)
 
 
 def _job_from_row(row: Mapping[str, Any]) -> EditJob:
@@ -68,21 +49,10 @@ class PostgresJobQueue:
     """The ``edit_requests`` state machine through its SQL functions."""
 
     def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 4, timeout: float = 10.0) -> None:
-        self._timeout = timeout
-        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] = AsyncConnectionPool(
-            dsn,
-            connection_class=psycopg.AsyncConnection[DictRow],
-            min_size=min_size,
-            max_size=max_size,
-            kwargs={"autocommit": True, "row_factory": dict_row},
-            open=False,
-            # A restarted database leaves dead connections in the pool: check before use, with
-            # a round trip only for connections whose socket says something happened.
-            check=_check_if_suspect,
-        )
+        self._pool = Pool(dsn, min_size=min_size, max_size=max_size, timeout=timeout)
 
     async def open(self) -> None:
-        await self._pool.open(wait=False)
+        await self._pool.open()
 
     async def close(self) -> None:
         await self._pool.close()
@@ -96,23 +66,13 @@ class PostgresJobQueue:
     ) -> None:
         await self.close()
 
-    async def _fetchone(self, query: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
-        try:
-            async with self._pool.connection(timeout=self._timeout) as conn:
-                cursor = await conn.execute(query, params)
-                return await cursor.fetchone()
-        except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as exc:
-            raise TransientError(
-                f"database unavailable: {exc}", reason=ReasonCode.DATABASE_UNAVAILABLE
-            ) from exc
-
     async def ping(self) -> None:
-        await self._fetchone("select 1 as ok", ())
+        await self._pool.fetchone("select 1 as ok", ())
 
     async def claim(
         self, worker_id: str, lease_seconds: int, request_id: uuid.UUID | None = None
     ) -> EditJob | None:
-        row = await self._fetchone(
+        row = await self._pool.fetchone(
             "select * from public.claim_edit_request(%s::text, %s::int, %s::uuid)",
             (worker_id, lease_seconds, request_id),
         )
@@ -121,7 +81,7 @@ class PostgresJobQueue:
     async def heartbeat(
         self, job_id: uuid.UUID, worker_id: str, progress: float | None, lease_seconds: int
     ) -> HeartbeatAnswer:
-        row = await self._fetchone(
+        row = await self._pool.fetchone(
             "select public.heartbeat_edit_request(%s::uuid, %s::text, %s::real, %s::int) as answer",
             (job_id, worker_id, progress, lease_seconds),
         )
@@ -131,7 +91,7 @@ class PostgresJobQueue:
     async def complete(
         self, job_id: uuid.UUID, worker_id: str, output_path: str, result: Mapping[str, Any]
     ) -> bool:
-        row = await self._fetchone(
+        row = await self._pool.fetchone(
             "select public.complete_edit_request(%s::uuid, %s::text, %s::text, %s::jsonb) as done",
             (job_id, worker_id, output_path, Jsonb(dict(result))),
         )
@@ -140,7 +100,7 @@ class PostgresJobQueue:
     async def fail(
         self, job_id: uuid.UUID, worker_id: str, error: str, *, retryable: bool, error_code: str
     ) -> str:
-        row = await self._fetchone(
+        row = await self._pool.fetchone(
             "select public.fail_edit_request(%s::uuid, %s::text, %s::text, %s::boolean, %s::text) as status",
             (job_id, worker_id, error, retryable, error_code),
         )
@@ -148,31 +108,31 @@ class PostgresJobQueue:
         return "lost" if status is None else str(status)
 
     async def preview(self, job_id: uuid.UUID, worker_id: str, path: str, step: int) -> bool:
-        row = await self._fetchone(
+        row = await self._pool.fetchone(
             "select public.preview_edit_request(%s::uuid, %s::text, %s::text, %s::int) as done",
             (job_id, worker_id, path, step),
         )
         return bool(row and row["done"])
 
     async def release(self, job_id: uuid.UUID, worker_id: str) -> bool:
-        row = await self._fetchone(
+        row = await self._pool.fetchone(
             "select public.release_edit_request(%s::uuid, %s::text) as done", (job_id, worker_id)
         )
         return bool(row and row["done"])
 
     async def requeue_expired(self) -> int:
-        row = await self._fetchone("select public.requeue_expired_edit_requests() as n", ())
+        row = await self._pool.fetchone("select public.requeue_expired_edit_requests() as n", ())
         return int(row["n"]) if row else 0
 
     async def ensure_lease_sweep(self) -> str:
         """Schedule the pg_cron lease sweep if pg_cron exists (idempotent); the answer is
         ``scheduled``, ``not_scheduled`` or ``pg_cron_missing``."""
-        row = await self._fetchone("select public.ensure_edit_request_sweep() as sweep", ())
+        row = await self._pool.fetchone("select public.ensure_edit_request_sweep() as sweep", ())
         return str(row["sweep"]) if row else "unknown"
 
     async def stats(self) -> tuple[dict[str, int], float]:
         """Depth by status and the age of the oldest due queued request (for /metrics)."""
-        row = await self._fetchone("select public.edit_request_queue_stats() as stats", ())
+        row = await self._pool.fetchone("select public.edit_request_queue_stats() as stats", ())
         stats = row["stats"] if row else {}
         depth = {str(k): int(v) for k, v in stats.get("depth", {}).items()}
         return depth, float(stats.get("oldest_queued_age_seconds", 0.0))

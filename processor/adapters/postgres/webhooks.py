@@ -7,51 +7,25 @@ this adapter only calls it, on a pool of its own, so webhooks never take the que
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
-import psycopg
-from psycopg.rows import DictRow, dict_row
-from psycopg_pool import AsyncConnectionPool
-
-from processor.adapters.postgres.queue import _check_if_suspect
-from processor.domain.errors import TransientError
+from processor.adapters.postgres.pool import Pool
 from processor.domain.ports import WebhookDelivery
-from processor.domain.rules import ReasonCode
 
 
 class PostgresWebhookOutbox:
     """``edit_webhook_deliveries`` through claim / complete / fail."""
 
     def __init__(self, dsn: str, *, max_size: int = 2, timeout: float = 10.0) -> None:
-        self._timeout = timeout
-        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] = AsyncConnectionPool(
-            dsn,
-            connection_class=psycopg.AsyncConnection[DictRow],
-            min_size=1,
-            max_size=max_size,
-            kwargs={"autocommit": True, "row_factory": dict_row},
-            open=False,
-            check=_check_if_suspect,
-        )
+        self._pool = Pool(dsn, min_size=1, max_size=max_size, timeout=timeout)
 
     async def open(self) -> None:
-        await self._pool.open(wait=False)
+        await self._pool.open()
 
     async def close(self) -> None:
         await self._pool.close()
 
-    async def _fetchall(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-        try:
-            async with self._pool.connection(timeout=self._timeout) as conn:
-                cursor = await conn.execute(query, params)
-                return await cursor.fetchall()
-        except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as exc:
-            raise TransientError(
-                f"database unavailable: {exc}", reason=ReasonCode.DATABASE_UNAVAILABLE
-            ) from exc
-
     async def claim(self, worker_id: str, limit: int, lease_seconds: int) -> list[WebhookDelivery]:
-        rows = await self._fetchall(
+        rows = await self._pool.fetchall(
             "select * from public.claim_edit_webhook_deliveries(%s::text, %s::int, %s::int)",
             (worker_id, limit, lease_seconds),
         )
@@ -69,7 +43,7 @@ class PostgresWebhookOutbox:
         ]
 
     async def complete(self, delivery_id: uuid.UUID, worker_id: str, status_code: int) -> bool:
-        rows = await self._fetchall(
+        rows = await self._pool.fetchall(
             "select public.complete_edit_webhook_delivery(%s::uuid, %s::text, %s::int) as done",
             (delivery_id, worker_id, status_code),
         )
@@ -78,7 +52,7 @@ class PostgresWebhookOutbox:
     async def fail(
         self, delivery_id: uuid.UUID, worker_id: str, status_code: int | None, error: str, *, permanent: bool
     ) -> str:
-        rows = await self._fetchall(
+        rows = await self._pool.fetchall(
             "select public.fail_edit_webhook_delivery(%s::uuid, %s::text, %s::int, %s::text, %s::boolean) as status",
             (delivery_id, worker_id, status_code, error, permanent),
         )

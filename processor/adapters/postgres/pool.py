@@ -1,0 +1,75 @@
+"""One connection pool for the PostgreSQL adapters: autocommit, rows as dicts, and every
+connection failure a ``TransientError`` (reason ``database_unavailable``), so callers back off
+and the pool reconnects."""
+
+from __future__ import annotations
+
+import select
+from typing import Any
+
+import psycopg
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from processor.domain.errors import TransientError
+from processor.domain.rules import ReasonCode
+
+_CONNECTION_FAILURES = (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError)
+
+
+async def check_if_suspect(conn: psycopg.AsyncConnection[DictRow]) -> None:
+    """The pool's check before each use, without a round trip for a healthy idle connection.
+
+    An idle connection has nothing to read: a server that restarted or terminated it has sent
+    a FATAL message and closed the socket, which makes it readable. Only then (or when psycopg
+    already knows it is closed) is the full check run, which fails and makes the pool reconnect.
+    """
+    if not conn.closed:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        if not readable:
+            return
+    await AsyncConnectionPool.check_connection(conn)
+
+
+class Pool:
+    """``open``/``close``, then ``fetchone``/``fetchall`` of one statement on a pooled connection."""
+
+    def __init__(self, dsn: str, *, min_size: int, max_size: int, timeout: float) -> None:
+        self._timeout = timeout
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] = AsyncConnectionPool(
+            dsn,
+            connection_class=psycopg.AsyncConnection[DictRow],
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            open=False,
+            # A restarted database leaves dead connections in the pool: check before use, with
+            # a round trip only for connections whose socket says something happened.
+            check=check_if_suspect,
+        )
+
+    async def open(self) -> None:
+        await self._pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def fetchone(self, query: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
+        try:
+            async with self._pool.connection(timeout=self._timeout) as conn:
+                cursor = await conn.execute(query, params)
+                return await cursor.fetchone()
+        except _CONNECTION_FAILURES as exc:
+            raise unavailable(exc) from exc
+
+    async def fetchall(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        try:
+            async with self._pool.connection(timeout=self._timeout) as conn:
+                cursor = await conn.execute(query, params)
+                return await cursor.fetchall()
+        except _CONNECTION_FAILURES as exc:
+            raise unavailable(exc) from exc
+
+
+def unavailable(exc: Exception) -> TransientError:
+    return TransientError(f"database unavailable: {exc}", reason=ReasonCode.DATABASE_UNAVAILABLE)
