@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -206,6 +207,13 @@ def test_openapi_documents_both_bodies_and_the_error_shape(api: Harness) -> None
     assert set(create["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
     assert "ErrorResponse" in json.dumps(create["responses"]["401"])
     assert {"/v1/edits/{request_id}", "/v1/edits/{request_id}/events"} <= set(spec["paths"])
+    # Every reference resolves inside the document (a dangling one breaks client generators).
+    refs = set(re.findall(r'"\$ref": "#/([^"]+)"', json.dumps(spec)))
+    for ref in refs:
+        node: Any = spec
+        for part in ref.split("/"):
+            assert isinstance(node, dict) and part in node, f"dangling $ref #/{ref}"
+            node = node[part]
 
 
 def test_numbers_the_database_cannot_hold_are_refused_with_a_reason(

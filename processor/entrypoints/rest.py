@@ -249,7 +249,9 @@ _CREATE_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/EditCreate"}},
+            # Inlined (json_body): no route takes EditCreate as a parameter, so FastAPI would not
+            # put it in components, and a $ref to it would point nowhere.
+            "application/json": json_body(EditCreate)["requestBody"]["content"]["application/json"],
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
