@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TextIO
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -34,9 +35,22 @@ def request_context(request_id: object) -> Iterator[None]:
         request_id_var.reset(token)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is when a record comes, not as it was at set-up: a stream
+    replaced since (a test runner's capture, closed after its test) would raise on every record."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass  # always the current sys.stderr
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     """Route the root logger to stderr as JSON (or plain text for a terminal)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.addFilter(_RequestIdFilter())
     if fmt == "json":
         handler.setFormatter(
