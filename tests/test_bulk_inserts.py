@@ -4,6 +4,7 @@ the path rules hold row by row, and RETURNING shows what the row really is (migr
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import acting_as
+from tests.conftest import acting_as, wait_for
 
 Row = dict[str, Any]
 
@@ -76,6 +77,61 @@ def test_the_awaiting_rows_of_a_bulk_insert_are_queued_when_their_images_arrive(
     assert db.execute("select count(*) as n from edit_requests where status = 'queued'").fetchone() == {
         "n": 50
     }
+
+
+def waiting_for_a_slot_lock(db: psycopg.Connection[Row]) -> bool:
+    return (
+        db.execute("select 1 from pg_locks where locktype = 'advisory' and not granted").fetchone()
+        is not None
+    )
+
+
+def upload_row(conn: psycopg.Connection[Any], path: str) -> None:
+    conn.execute("insert into storage.objects (bucket_id, name) values ('edit-inputs', %s)", (path,))
+
+
+def insert_row(conn: psycopg.Connection[Any], path: str) -> None:
+    conn.execute("insert into edit_requests (prompt, input_paths) values ('x', %s)", ([path],))
+
+
+@pytest.mark.parametrize("first", ["upload", "insert"])
+def test_an_insert_racing_an_upload_is_queued_whichever_commits_first(
+    db: psycopg.Connection[Row], make_user: Callable[[], uuid.UUID], first: str
+) -> None:
+    # The row's look for its inputs and an upload's look for waiting rows both happen under the
+    # path's slot lock: neither can miss the other, so the row never waits for an image it has.
+    user = make_user()
+    path = f"{user}/{first}-first.png"
+    claims = f'{{"sub": "{user}", "role": "authenticated"}}'
+
+    def as_user(conn: psycopg.Connection[Any]) -> None:
+        conn.execute("select set_config('request.jwt.claims', %s, true)", (claims,))
+        conn.execute("set local role authenticated")
+
+    done: list[str] = []
+
+    def second() -> None:
+        with psycopg.connect(db.info.dsn) as conn:  # one transaction, committed on exit
+            if first == "upload":
+                as_user(conn)
+                insert_row(conn, path)
+            else:
+                upload_row(conn, path)
+        done.append("second")
+
+    with psycopg.connect(db.info.dsn) as holder:
+        if first == "upload":
+            upload_row(holder, path)
+        else:
+            as_user(holder)
+            insert_row(holder, path)
+        thread = threading.Thread(target=second)
+        thread.start()
+        wait_for(lambda: waiting_for_a_slot_lock(db), what="the second one waiting for the slot lock")
+    thread.join(30)
+    assert done == ["second"]
+    row = db.execute("select status from edit_requests where input_paths = %s", ([path],)).fetchone()
+    assert row == {"status": "queued"}
 
 
 @pytest.mark.parametrize(

@@ -176,3 +176,70 @@ create trigger edit_requests_check_webhook_endpoint
 
 drop trigger if exists edit_requests_after_inputs_kept on public.edit_requests;
 drop function if exists public.edit_requests_keep_inputs_on_insert();
+
+-- Readiness is decided under the slot lock (above), so the end-of-statement second look at rows
+-- inserted awaiting an image (migration 20261201000500's step 2: the slot locks again, then every
+-- such row probed again) can find nothing new: an upload either committed before the row's look
+-- or waited for this insert and queues its rows itself (edit_requests_on_objects_stored). What is
+-- left: charge the hour's usage, wake the processor.
+create or replace function public.edit_requests_after_insert()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_row public.edit_requests;
+  v_url text;
+  v_secret text;
+  v_format text;
+  v_body jsonb;
+  v_headers jsonb;
+begin
+  -- 1. Charge the hour's usage (limited callers only: their rows passed the per-row checks).
+  if not public.edit_request_caller_is_operator() then
+    update public.edit_user_usage u
+       set hour_requests = u.hour_requests + s.n, hour_cost = u.hour_cost + s.cost, updated_at = now()
+      from (select n.user_id, count(*) as n,
+                   sum(public.edit_request_cost(n.num_inference_steps, n.width, n.height)) as cost
+              from new_rows n where n.user_id is not null group by n.user_id) s
+     where u.user_id = s.user_id;
+  end if;
+
+  -- 2. Wake-up, as edit_requests_wake_processor does for one row, for every row inserted queued
+  --    and due: one notification each and, where pg_net and Vault exist, one webhook each (a row
+  --    inserted awaiting its image is woken by that row trigger when the upload queues it).
+  perform pg_notify('edit_requests', n.id::text)
+     from new_rows n
+    where n.status = 'queued' and (n.next_attempt_at is null or n.next_attempt_at <= now());
+  if to_regprocedure('net.http_post(text,jsonb,jsonb,jsonb,integer)') is null
+     or to_regclass('vault.decrypted_secrets') is null then
+    return null;
+  end if;
+  execute 'select decrypted_secret from vault.decrypted_secrets where name = $1 limit 1'
+     into v_url using 'edit_processor_webhook_url';
+  if v_url is null or v_url = '' then
+    return null;
+  end if;
+  execute 'select decrypted_secret from vault.decrypted_secrets where name = $1 limit 1'
+     into v_secret using 'edit_processor_webhook_secret';
+  execute 'select decrypted_secret from vault.decrypted_secrets where name = $1 limit 1'
+     into v_format using 'edit_processor_webhook_format';
+  for v_row in
+    select * from new_rows n
+     where n.status = 'queued' and (n.next_attempt_at is null or n.next_attempt_at <= now())
+  loop
+    if v_format = 'runpod' then
+      v_body := jsonb_build_object('input', jsonb_build_object('edit_request_id', v_row.id));
+      v_headers := jsonb_build_object('Content-Type', 'application/json', 'Authorization', 'Bearer ' || coalesce(v_secret, ''));
+    else
+      v_body := jsonb_build_object('type', 'INSERT', 'table', tg_table_name, 'schema', tg_table_schema,
+                                   'record', to_jsonb(v_row), 'old_record', null);
+      v_headers := jsonb_build_object('Content-Type', 'application/json', 'X-Webhook-Secret', coalesce(v_secret, ''));
+    end if;
+    execute 'select net.http_post(url := $1, body := $2, params := $3, headers := $4, timeout_milliseconds := $5)'
+      using v_url, v_body, '{}'::jsonb, v_headers, 5000;
+  end loop;
+  return null;
+end
+$$;
