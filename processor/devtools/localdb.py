@@ -132,9 +132,36 @@ def migration_files(directory: Traversable = MIGRATIONS_DIR) -> list[Traversable
     return sorted((path for path in directory.iterdir() if path.name.endswith(".sql")), key=lambda p: p.name)
 
 
+# Any fixed number: every process applying SQL to one server takes this lock in its ``postgres``
+# database, which all of them share (advisory locks are per database).
+_APPLY_LOCK_KEY = 0x71657001
+
+
+@contextmanager
+def _one_apply_per_server(dsn: str) -> Iterator[None]:
+    """Hold a server-wide lock while scripts run.
+
+    Roles and their settings are cluster-wide: two databases migrated at the same moment (one
+    per pytest-xdist worker) rewrite the same ``pg_authid``/``pg_db_role_setting`` rows, and one
+    of them fails with 'tuple concurrently updated'. A server with no ``postgres`` database to
+    meet in gets no lock (one migration at a time is then the caller's affair).
+    """
+    try:
+        lock_conn = psycopg.connect(with_database(dsn, "postgres"), autocommit=True)
+    except psycopg.OperationalError:
+        yield
+        return
+    with lock_conn:
+        lock_conn.execute("select pg_advisory_lock(%s)", (_APPLY_LOCK_KEY,))
+        try:
+            yield
+        finally:
+            lock_conn.execute("select pg_advisory_unlock(%s)", (_APPLY_LOCK_KEY,))
+
+
 def apply_sql_files(dsn: str, scripts: Iterable[Traversable]) -> None:
-    """Run each file as one script, in order, each in its own transaction."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    """Run each file as one script, in order, each in its own transaction, one caller per server."""
+    with _one_apply_per_server(dsn), psycopg.connect(dsn, autocommit=True) as conn:
         for path in scripts:
             with conn.transaction():
                 conn.execute(path.read_text())
