@@ -11,7 +11,9 @@ three are driven the same way, asyncio and psycopg 3, one connection per worker:
   ``Queries.enqueue`` with lists);
 * cycle: N workers drain ``--jobs`` no-op jobs, each loop one claim and one completion (ours: the raw
   SQL functions, and the real ``PostgresJobQueue`` adapter; procrastinate ``fetch_job`` + ``finish_job``;
-  pgqueuer ``dequeue`` (batch 1) + ``log_jobs``); p50 of one claim + complete, and jobs/s;
+  pgqueuer ``dequeue`` (batch 1) + ``log_jobs``); p50 of one claim + complete, and jobs/s; ours
+  also with every row watched (as if an API waiter followed each: each claim and completion then
+  sends a NOTIFY, and notifying commits take turns server-wide);
 * claim at depth (ours only): p50 of one claim with ``--depth`` queued rows from ``--users`` users, next
   to the same with ``--jobs`` rows, for the fair claim and for the schema before it
   (migrations < 20261201000500) in the same run.
@@ -120,6 +122,16 @@ class Ours:
             elapsed = time.perf_counter() - started
             queued = conn.execute("select count(*) from edit_requests where status = 'queued'").fetchone()
             assert queued is not None and queued[0] >= jobs
+        return elapsed
+
+    def enqueue_watched(self, jobs: int) -> float:
+        """``enqueue``, then a watch on every queued row (the cost of change notifications)."""
+        elapsed = self.enqueue(jobs)
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(
+                "insert into edit_request_watches (request_id, watcher, expires_at) "
+                "select id, 'bench', now() + interval '1 hour' from edit_requests where status = 'queued'"
+            )
         return elapsed
 
     def fill(self, rows: int, users: int) -> None:
@@ -348,6 +360,11 @@ async def run(args: argparse.Namespace) -> None:
             for label, enqueue, make in (
                 ("ours raw SQL", lambda: asyncio.to_thread(ours.enqueue, args.jobs), ours.raw_worker),
                 ("ours adapter", lambda: asyncio.to_thread(ours.enqueue, args.jobs), ours.adapter_worker),
+                (
+                    "ours raw, every row watched",
+                    lambda: asyncio.to_thread(ours.enqueue_watched, args.jobs),
+                    ours.raw_worker,
+                ),
                 (
                     "ours before fair sharing",
                     lambda: asyncio.to_thread(baseline.enqueue, args.jobs),

@@ -140,4 +140,5 @@ class Retention:
             except Exception:  # a bug must not end the service's other work
                 log.exception("retention run crashed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self._interval)
+                async with asyncio.timeout(self._interval):
+                    await stop.wait()

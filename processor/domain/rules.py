@@ -363,6 +363,10 @@ WAITS_PER_USER = 4
 """Waits and event streams one user may hold open at once in one process."""
 CHANGES_FALLBACK_SECONDS = 5.0
 """Waits re-read the row at least this often, in case a notification was lost (a reconnect)."""
+WATCH_RENEW_SECONDS = 60
+"""A listening process renews its ``edit_request_watches`` rows this often while it waits on them."""
+WATCH_SECONDS = 3 * WATCH_RENEW_SECONDS
+"""A watch lasts this long unrenewed: what a process that died leaves stops costing NOTIFYs then."""
 
 EDIT_BODY_FIELDS_BYTES = 64 * 1024
 """What ``POST /v1/edits`` may carry besides its images (prompts and parameters, as JSON or form fields)."""

@@ -50,7 +50,8 @@ class PostgresNotifications:
             except psycopg.Error as exc:
                 log.warning("notification listener disconnected (%s); retrying in %.1fs", exc, backoff)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                    async with asyncio.timeout(backoff):
+                        await stop.wait()
                 backoff = min(self._max_backoff, backoff * 2)
 
 

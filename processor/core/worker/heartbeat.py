@@ -32,10 +32,11 @@ class Heartbeat:
         last_sent = time.monotonic()
         while True:
             deadline = last_sent + config.heartbeat_interval_seconds
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+            # arrives as progress is reported, and this loop would outlive its job.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    active.progress_changed.wait(), timeout=max(0.0, deadline - time.monotonic())
-                )
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await active.progress_changed.wait()
             throttle = last_sent + config.progress_interval_seconds - time.monotonic()
             if throttle > 0:
                 await asyncio.sleep(throttle)
