@@ -16,10 +16,22 @@ exception
 end
 $$;
 
--- A poll must never hold a connection or a lock for long, whatever happens to the queue.
-alter role keda_scaler set statement_timeout = '5s';
-alter role keda_scaler set idle_in_transaction_session_timeout = '10s';
-alter role keda_scaler connection limit 4;
+-- A poll must never hold a connection or a lock for long, whatever happens to the queue. Only what is
+-- not yet so is altered: a role's row and settings are the whole server's, and a second database
+-- migrated on it (or two at once) should not rewrite them.
+do $$
+begin
+  if not exists (select 1 from pg_catalog.pg_db_role_setting s
+                  where s.setrole = 'keda_scaler'::regrole and s.setdatabase = 0
+                    and s.setconfig @> array['statement_timeout=5s', 'idle_in_transaction_session_timeout=10s']) then
+    alter role keda_scaler set statement_timeout = '5s';
+    alter role keda_scaler set idle_in_transaction_session_timeout = '10s';
+  end if;
+  if (select rolconnlimit from pg_catalog.pg_roles where rolname = 'keda_scaler') <> 4 then
+    alter role keda_scaler connection limit 4;
+  end if;
+end
+$$;
 
 -- The scaler needs the schema to name the function, nothing in it.
 grant usage on schema public to keda_scaler;
