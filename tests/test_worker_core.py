@@ -18,6 +18,8 @@ import pytest
 from PIL import Image
 
 from processor.core.worker import Worker
+from processor.core.worker.heartbeat import Heartbeat
+from processor.core.worker.job import ActiveJob
 from processor.domain.errors import ModelError
 from processor.observability.metrics import Metrics
 from processor.testing import (
@@ -376,3 +378,32 @@ def test_a_cancelled_job_releases_its_row_and_lets_the_cancellation_through(worl
 
     run(scenario)
     assert world.jobs("released", "shutdown") == 1
+
+
+@pytest.mark.parametrize("ticks", [0, 1, 2])
+def test_a_heartbeat_cancelled_just_as_progress_arrives_still_ends(ticks: int) -> None:
+    # Python 3.11's asyncio.wait_for returned normally when the cancellation came in the same tick
+    # as the progress event, and the loop went on beating for a job that had ended.
+    world = World()
+    world.request()
+
+    async def main() -> bool:
+        await world.queue.open()
+        job = await world.queue.claim("test-worker", 30)
+        assert job is not None
+        active = ActiveJob(job=job, loop=asyncio.get_running_loop())
+        config = fast_config(heartbeat_interval_seconds=3600.0, progress_interval_seconds=0.0)
+        task = asyncio.create_task(Heartbeat(world.queue, config).run(active))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        active.progress_changed.set()
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=5)
+        if not done:
+            task.cancel()
+            await asyncio.wait([task])
+        return bool(done)
+
+    assert asyncio.run(main())
