@@ -1,7 +1,7 @@
 """The edit engine: Qwen-Image-Edit-2509 through diffusers' ``QwenImageEditPlusPipeline``.
 
 ``DiffusersEditor`` implements ``ports.Editor``. It loads the pipeline once (model id or
-local folder), runs one edit at a time under a lock (the pipeline and its scheduler
+local folder, ``loading.py``), runs one edit at a time under a lock (the pipeline and its scheduler
 keep per-call state, and one GPU fits one edit), validates inputs and parameters up
 front, and returns the image with its seed, size and per-stage timings.
 
@@ -10,8 +10,9 @@ How an edit runs, and why:
 * The pipeline is called with ``output_type="latent"`` and the engine decodes the
   latents itself, exactly as the pipeline would. That gives the VAE decode its own
   timing and lets a cancelled or failed run end before the decode.
-* Stage timings come from a thin subclass that times ``encode_prompt`` (text and vision
-  encoders, twice with CFG) and ``prepare_latents`` (VAE encode of the inputs); the
+* Stage timings come from a thin subclass (``run.py``, with the step callback) that times
+  ``encode_prompt`` (text and vision encoders, twice with CFG) and ``prepare_latents`` (VAE
+  encode of the inputs); the
   denoising loop is timed from there to the last step; every mark synchronises the
   device first, so GPU time is measured, not kernel launches. The pipeline's
   ``__call__`` itself is untouched.
@@ -31,20 +32,16 @@ How an edit runs, and why:
 from __future__ import annotations
 
 import gc
-import importlib.util
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import diffusers
 import torch
 import transformers
-from diffusers import QwenImageEditPlusPipeline
-from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as _plus_module
 from PIL import Image
 
 from processor.adapters.diffusers.accelerate import (
@@ -53,10 +50,26 @@ from processor.adapters.diffusers.accelerate import (
     check_accelerations,
     reset_step_cache,
 )
-from processor.adapters.diffusers.compat import allow_processor_without_torchvision, install_mrope_fix
+from processor.adapters.diffusers.compat import install_mrope_fix
+from processor.adapters.diffusers.loading import (
+    PIPELINE_CLASS,
+    SUPPORTED_MODELS,
+    SUPPORTED_PIPELINE_CLASSES,
+    load_pipeline,
+    public_model_id,
+    resolve_device,
+)
 from processor.adapters.diffusers.loras import AdapterCache, AllowedLora, LoraSource, apply_adapters
 from processor.adapters.diffusers.presets import LIGHTNING_ADAPTERS, RunPlan, preset_plan
-from processor.adapters.diffusers.previews import PreviewWorker, fit_projection, project, unpack
+from processor.adapters.diffusers.previews import PreviewWorker, fit_projection
+from processor.adapters.diffusers.run import (
+    Cancelled,
+    InstrumentedPipeline,
+    NonFinite,
+    Run,
+    RunPreviews,
+    sizing_gate,
+)
 from processor.domain.errors import ConfigurationError, EditCancelled, InvalidInput, ModelError
 from processor.domain.params import prepare_edit
 from processor.domain.ports import EditParams, EditResult, PreviewSink, ProgressCallback
@@ -74,15 +87,22 @@ from processor.domain.speed import check_loras, check_speed
 
 log = logging.getLogger(__name__)
 
+# Where callers have always found them (the loading rules live in loading.py).
+__all__ = [
+    "PIPELINE_CLASS",
+    "SUPPORTED_MODELS",
+    "SUPPORTED_PIPELINE_CLASSES",
+    "DiffusersEditor",
+    "load_pipeline",
+    "public_model_id",
+    "resolve_device",
+]
 
-PIPELINE_CLASS = "QwenImageEditPlusPipeline"
-SUPPORTED_PIPELINE_CLASSES = (PIPELINE_CLASS,)
-"""Pipeline classes (``model_index.json`` ``_class_name``) the engine runs: Qwen-Image-Edit-2509 and -2511."""
-SUPPORTED_MODELS = {
-    "Qwen/Qwen-Image-Edit-2509": "zero_cond_t false",
-    "Qwen/Qwen-Image-Edit-2511": "zero_cond_t true (diffusers >= 0.37)",
+_LIGHTNING_SETTING: Mapping[SpeedPreset, str] = {
+    "quality": "",
+    "fast": "LIGHTNING_8STEP_LORA",
+    "fastest": "LIGHTNING_4STEP_LORA",
 }
-"""Hub ids known to run through ``QwenImageEditPlusPipeline`` (docs/speed.md says how each was verified)."""
 
 
 class DiffusersEditor:
@@ -115,11 +135,11 @@ class DiffusersEditor:
         is the allowlist of request LoRAs, loaded on first use and kept at most
         ``lora_cache_size`` at a time; ``accelerations`` are applied after the adapters.
         """
-        if not isinstance(pipeline, _InstrumentedPipeline):
+        if not isinstance(pipeline, InstrumentedPipeline):
             raise TypeError(
                 "DiffusersEditor needs a pipeline from processor.adapters.diffusers.engine.load_pipeline"
             )
-        self._pipe: _InstrumentedPipeline | None = pipeline
+        self._pipe: InstrumentedPipeline | None = pipeline
         self._dtype = str(pipeline.transformer.dtype).removeprefix("torch.")
         self._closed = False
         self._model_id = model_id
@@ -224,7 +244,7 @@ class DiffusersEditor:
         """An editor over already built components (benchmarks build random full-size weights on the
         GPU); the engine's fixes are installed as ``load_pipeline`` installs them. Editors built from
         the same components share their weights (and their loaded adapters)."""
-        pipeline = _InstrumentedPipeline(**components)
+        pipeline = InstrumentedPipeline(**components)
         install_mrope_fix(pipeline.text_encoder)
         pipeline.set_progress_bar_config(disable=True)
         return cls(pipeline, model_id=model_id, sizing=sizing, **options)
@@ -404,7 +424,7 @@ class DiffusersEditor:
         pipe = self._pipe
         if pipe is None:
             raise ConfigurationError("the editor was closed")
-        run = _Run(self._synchronize, plan.steps, on_progress, cancel)
+        run = Run(self._synchronize, plan.steps, on_progress, cancel)
         if previews is not None and previews.every_steps > 0:
             try:
                 weights = self._projection()
@@ -412,7 +432,7 @@ class DiffusersEditor:
                 log.exception("previews are off for this edit: the projection could not be fitted")
             else:
                 worker = PreviewWorker(previews, plan.steps)  # closed in the finally below
-                run.previews = _RunPreviews(
+                run.previews = RunPreviews(
                     previews, worker, weights, height, width, int(pipe.vae_scale_factor)
                 )
         cfg = plan.true_cfg_scale > 1
@@ -421,7 +441,7 @@ class DiffusersEditor:
         out_of_memory = False
         started = time.perf_counter()
         try:
-            with _sizing_gate.applied(self._sizing), torch.inference_mode():
+            with sizing_gate.applied(self._sizing), torch.inference_mode():
                 # A new scheduler per edit, from a frozen config: no state crosses requests.
                 pipe.scheduler = self._scheduler_class.from_config(plan.scheduler_config)
                 apply_adapters(pipe, plan.adapters)
@@ -443,10 +463,10 @@ class DiffusersEditor:
                     callback_on_step_end=run.on_step_end,
                 ).images
                 image = self._decode(latents, width, height, run)
-        except _Cancelled as exc:
+        except Cancelled as exc:
             when = f"after step {exc.step} of {plan.steps}" if exc.step else "before denoising"
             failure = EditCancelled(f"cancelled {when}")
-        except _NonFinite as exc:
+        except NonFinite as exc:
             failure = ModelError(
                 f"the model produced NaN or infinite values ({exc.where})", reason=ReasonCode.NAN_OUTPUT
             )
@@ -475,7 +495,7 @@ class DiffusersEditor:
         run.timings["total"] = time.perf_counter() - started
         return image, run.timings
 
-    def _decode(self, latents: torch.Tensor, width: int, height: int, run: _Run) -> Image.Image:
+    def _decode(self, latents: torch.Tensor, width: int, height: int, run: Run) -> Image.Image:
         """The pipeline's own final block (unpack, de-normalise, VAE decode, postprocess), timed."""
         pipe = self._pipe
         assert pipe is not None  # under the lock, after ``_run`` checked it
@@ -498,287 +518,6 @@ class DiffusersEditor:
             torch.cuda.synchronize(self._device)
 
 
-def resolve_device(choice: DeviceChoice | str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU. Asking for CUDA without one is a configuration error."""
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(choice)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigurationError("DEVICE=cuda but no CUDA device is available")
-    return device
-
-
-def public_model_id(model_id: str) -> str:
-    """The model id as results and PNG text record it: a hub id as is, a local folder by its name
-    only (``local:<name>``): its path says how the host is laid out, and users read results."""
-    path = Path(model_id).expanduser()
-    if model_id.startswith(("/", ".", "~")) or path.is_dir():
-        return f"local:{path.resolve().name}"
-    return model_id
-
-
-def load_pipeline(
-    model_id: str | Path,
-    *,
-    revision: str | None = None,
-    cache_dir: str | Path | None = None,
-    device: torch.device,
-    memory: MemoryMode = "full",
-    quantization: Quantization = "nf4",
-) -> Any:
-    """``from_pretrained`` a ``QwenImageEditPlusPipeline`` with the engine's fixes, placed on ``device``
-    as ``memory`` says."""
-    allow_processor_without_torchvision()
-    # Loading progress bars are noise in a service's logs (and on the CLI's stderr).
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # fp16 overflows in this model
-    source = str(model_id)
-    options: dict[str, Any] = {"revision": revision, "cache_dir": str(cache_dir) if cache_dir else None}
-    try:
-        class_name = QwenImageEditPlusPipeline.load_config(source, **options).get("_class_name")
-        if class_name not in SUPPORTED_PIPELINE_CLASSES:
-            raise ConfigurationError(
-                f"{source} is a {class_name}; this engine runs only {', '.join(SUPPORTED_PIPELINE_CLASSES)} "
-                f"models ({', '.join(SUPPORTED_MODELS)})"
-            )
-        if source not in SUPPORTED_MODELS and not Path(source).is_dir():
-            log.warning(
-                "%s is a %s but not one of the verified model ids (%s)",
-                source,
-                class_name,
-                ", ".join(SUPPORTED_MODELS),
-            )
-        if memory == "quantized":
-            options["quantization_config"] = _quantization_config(quantization, device, dtype)
-        pipeline = _InstrumentedPipeline.from_pretrained(source, dtype=dtype, **options)
-    except (OSError, ValueError) as exc:
-        raise ConfigurationError(f"cannot load the model {source!r}: {exc}") from exc
-    if not install_mrope_fix(pipeline.text_encoder):
-        log.info("text encoder computes 3D positions itself; no mm_token_type_ids hook needed")
-    pipeline.set_progress_bar_config(disable=True)
-    if memory != "full" and device.type == "cuda":
-        # Quantized too: the 16 GB text encoder waits on the CPU while the transformer runs.
-        pipeline.enable_model_cpu_offload(device=device)
-    else:
-        if memory == "offload":
-            log.warning("MEMORY_MODE=offload applies to CUDA only; ignored on %s", device)
-        pipeline.to(device)
-    return pipeline
-
-
-def _quantization_config(quantization: Quantization, device: torch.device, dtype: torch.dtype) -> Any:
-    """diffusers' own pipeline quantization for the transformer, the one model too big for 24 GB."""
-    from diffusers.quantizers import PipelineQuantizationConfig
-
-    if quantization == "nf4":
-        if device.type != "cuda":
-            raise ConfigurationError("QUANTIZATION=nf4 (bitsandbytes) needs CUDA; use int8 on this device")
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise ConfigurationError(_MISSING_QUANTIZATION.format(library="bitsandbytes"))
-        return PipelineQuantizationConfig(
-            quant_backend="bitsandbytes_4bit",
-            quant_kwargs={
-                "load_in_4bit": True,
-                "bnb_4bit_quant_type": "nf4",
-                "bnb_4bit_compute_dtype": dtype,
-            },
-            components_to_quantize=["transformer"],
-        )
-    if importlib.util.find_spec("torchao") is None:
-        raise ConfigurationError(_MISSING_QUANTIZATION.format(library="torchao"))
-    from torchao.quantization import Int8WeightOnlyConfig
-
-    # An explicit mapping: the string shorthand ("int8wo") trips diffusers' check that its and
-    # transformers' config signatures match.
-    return PipelineQuantizationConfig(
-        quant_mapping={"transformer": diffusers.TorchAoConfig(Int8WeightOnlyConfig())}
-    )
-
-
-_LIGHTNING_SETTING: Mapping[SpeedPreset, str] = {
-    "quality": "",
-    "fast": "LIGHTNING_8STEP_LORA",
-    "fastest": "LIGHTNING_4STEP_LORA",
-}
-
-_MISSING_QUANTIZATION = (
-    "MEMORY_MODE=quantized needs {library}: pip install 'qwen-edit-processor[quantization]'"
-)
-
-
 def _raise_if_cancelled(cancel: threading.Event | None, when: str) -> None:
     if cancel is not None and cancel.is_set():
         raise EditCancelled(f"cancelled {when}")
-
-
-class _SizingGate:
-    """Sets the pipeline module's sizing globals for the calls that run, one sizing at a time.
-
-    ``pipeline_qwenimage_edit_plus`` reads ``VAE_IMAGE_SIZE`` and ``CONDITION_IMAGE_SIZE``
-    at call time. Calls with the same sizing run together (each editor still runs one
-    edit at a time under its own lock); a call with another sizing waits until they are
-    done. In a process with one model the gate is never contended. Between calls the
-    globals hold diffusers' own values again.
-    """
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._defaults = (_plus_module.VAE_IMAGE_SIZE, _plus_module.CONDITION_IMAGE_SIZE)
-        self._current: tuple[int, int] | None = None
-        self._active = 0
-
-    @contextmanager
-    def applied(self, sizing: ModelSizing) -> Iterator[None]:
-        wanted = (sizing.vae_image_area, sizing.condition_image_area)
-        with self._changed:
-            self._changed.wait_for(lambda: self._active == 0 or self._current == wanted)
-            if self._active == 0:
-                _plus_module.VAE_IMAGE_SIZE, _plus_module.CONDITION_IMAGE_SIZE = wanted
-                self._current = wanted
-            self._active += 1
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._active -= 1
-                if self._active == 0:
-                    _plus_module.VAE_IMAGE_SIZE, _plus_module.CONDITION_IMAGE_SIZE = self._defaults
-                    self._current = None
-                    self._changed.notify_all()
-
-
-_sizing_gate = _SizingGate()
-
-
-class _Cancelled(Exception):
-    def __init__(self, step: int) -> None:
-        super().__init__(step)
-        self.step = step
-
-
-class _NonFinite(Exception):
-    def __init__(self, where: str) -> None:
-        super().__init__(where)
-        self.where = where
-
-
-class _RunPreviews:
-    """One edit's previews: where they go, the thread that encodes them, and the colour map."""
-
-    def __init__(
-        self,
-        sink: PreviewSink,
-        worker: PreviewWorker,
-        weights: torch.Tensor,
-        height: int,
-        width: int,
-        vae_scale_factor: int,
-    ) -> None:
-        self.sink = sink
-        self.worker = worker
-        self.height = height
-        self.width = width
-        self.vae_scale_factor = vae_scale_factor
-        self._weights = weights
-        self._device_weights: torch.Tensor | None = None
-
-    def step(self, step: int, total: int, latents: torch.Tensor) -> None:
-        """In the step callback: project (a few small kernels) and hand over; never waits."""
-        if not self.sink.wants(step, total):
-            return
-        if self._device_weights is None:
-            self._device_weights = self._weights.to(latents.device)
-        unpacked = unpack(latents.detach(), self.height, self.width, self.vae_scale_factor)
-        self.worker.offer(step, project(unpacked, self._device_weights))
-
-
-class _Run:
-    """One edit's progress, cancellation and stage clock, driven from inside the pipeline."""
-
-    previews: _RunPreviews | None = None
-
-    def __init__(
-        self,
-        synchronize: Callable[[], None],
-        total_steps: int,
-        on_progress: ProgressCallback | None,
-        cancel: threading.Event | None,
-    ) -> None:
-        self.timings: dict[str, float] = {}
-        self._synchronize = synchronize
-        self._total = total_steps
-        self._on_progress = on_progress
-        self._cancel = cancel
-        self._denoising_started: float | None = None
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Add the stage's device time to ``timings[name]`` (stages like prompt encoding run twice)."""
-        self._synchronize()
-        started = time.perf_counter()
-        yield
-        self._synchronize()
-        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
-
-    def raise_if_cancelled(self, step: int = 0) -> None:
-        if self._cancel is not None and self._cancel.is_set():
-            raise _Cancelled(step)
-
-    def denoising_starts(self) -> None:
-        self._denoising_started = time.perf_counter()
-
-    def check_finite(self, tensor: torch.Tensor, where: str) -> None:
-        # .item() waits for the device, so this is also the step's synchronisation point.
-        if not bool(torch.isfinite(tensor).all().item()):
-            raise _NonFinite(where)
-
-    def on_step_end(self, pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        """``callback_on_step_end``: check, report progress, stop if cancelled."""
-        step = index + 1
-        self.check_finite(tensors["latents"], f"latents after step {step}")
-        if step == self._total and self._denoising_started is not None:
-            self.timings["denoising"] = time.perf_counter() - self._denoising_started
-        if self._on_progress is not None:
-            try:
-                self._on_progress(step, self._total)
-            except Exception:
-                log.exception("progress callback failed; the edit goes on")
-        if self.previews is not None:
-            try:
-                self.previews.step(step, self._total, tensors["latents"])
-            except Exception:
-                log.exception("preview failed; the edit goes on")
-        self.raise_if_cancelled(step)
-        return {}
-
-
-class _InstrumentedPipeline(QwenImageEditPlusPipeline):  # type: ignore[misc]
-    """``QwenImageEditPlusPipeline`` whose encoding stages report to the edit that runs it.
-
-    Loaded with ``from_pretrained`` like its parent; without an attached run it behaves
-    exactly like it.
-    """
-
-    _edit_run: _Run | None = None
-
-    def attach_run(self, run: _Run | None) -> None:
-        self._edit_run = run
-
-    def encode_prompt(self, *args: Any, **kwargs: Any) -> Any:
-        run = self._edit_run
-        if run is None:
-            return super().encode_prompt(*args, **kwargs)
-        run.raise_if_cancelled()
-        with run.stage("prompt_encoding"):
-            return super().encode_prompt(*args, **kwargs)
-
-    def prepare_latents(self, *args: Any, **kwargs: Any) -> Any:
-        run = self._edit_run
-        if run is None:
-            return super().prepare_latents(*args, **kwargs)
-        run.raise_if_cancelled()
-        with run.stage("image_encoding"):
-            prepared = super().prepare_latents(*args, **kwargs)
-        run.denoising_starts()
-        return prepared
