@@ -203,7 +203,7 @@ def build_user_requests(settings: Settings) -> EditRequests:
     return EditRequests(settings.database_url)
 
 
-def build_webhooks(settings: Settings) -> WebhookDispatcher | None:
+def build_webhooks(settings: Settings, metrics: Metrics | None = None) -> WebhookDispatcher | None:
     """The completion-webhook delivery loop (``WEBHOOK_*``), or None with ``WEBHOOK_DELIVERY=false``."""
     if not settings.webhook_delivery:
         return None
@@ -226,6 +226,7 @@ def build_webhooks(settings: Settings) -> WebhookDispatcher | None:
             lease_seconds=settings.webhook_lease_seconds,
             poll_interval_seconds=settings.webhook_poll_interval_seconds,
         ),
+        metrics=metrics,
     )
 
 
@@ -298,7 +299,7 @@ def build_service(settings: Settings, *, listen_for_notifications: bool = True) 
         storage=storage,
         editor_factory=lambda: build_editor(settings),
         wakeups=PostgresNotifications(settings.database_url) if listen_for_notifications else None,
-        webhooks=build_webhooks(settings),
+        webhooks=build_webhooks(settings, metrics),
         metrics=metrics,
         retention=None if policy.keeps_everything else build_retention(settings, storage, metrics),
     )

@@ -28,6 +28,7 @@ from processor.adapters.postgres.webhooks import PostgresWebhookOutbox
 from processor.adapters.webhook_sender import Address, HttpWebhookSender
 from processor.core.webhooks import WebhookConfig, WebhookDispatcher, run_dispatcher
 from processor.domain import rules
+from processor.observability.metrics import Metrics
 from tests.conftest import OWNER, StorageServer, acting_as, upload, wait_for
 
 Row = dict[str, Any]
@@ -153,7 +154,7 @@ class RunningDispatcher:
 def dispatch(database_url: str) -> Iterator[Callable[..., RunningDispatcher]]:
     running: list[RunningDispatcher] = []
 
-    def start(worker_id: str = "hooks-1", **sender: Any) -> RunningDispatcher:
+    def start(worker_id: str = "hooks-1", metrics: Metrics | None = None, **sender: Any) -> RunningDispatcher:
         options = {
             "allowed_hosts": None,
             "allow_http": True,
@@ -164,6 +165,7 @@ def dispatch(database_url: str) -> Iterator[Callable[..., RunningDispatcher]]:
             PostgresWebhookOutbox(database_url),
             HttpWebhookSender(**{**options, **sender}),
             WebhookConfig(worker_id=worker_id, concurrency=4, lease_seconds=30, poll_interval_seconds=0.05),
+            metrics=metrics,
         )
         running.append(RunningDispatcher(dispatcher))
         return running[-1]
@@ -457,6 +459,39 @@ def test_a_host_taken_off_the_allowlist_after_registration_gets_nothing(
     dispatch()
     row = wait_delivery(db, delivery_id, lambda r: r["status"] == "dead")
     assert row["last_error"].startswith("host_not_allowed:") and receiver.received == []
+
+
+def test_each_attempt_is_counted_by_its_outcome(
+    db: psycopg.Connection[Row],
+    add_request: Callable[..., uuid.UUID],
+    endpoint: Row,
+    receiver: Receiver,
+    dispatch: Callable[..., RunningDispatcher],
+) -> None:
+    metrics = Metrics()
+
+    def counts() -> dict[str, float]:
+        return {
+            outcome: metrics.registry.get_sample_value(
+                "edit_processor_webhook_attempts_total", {"outcome": outcome}
+            )
+            or 0.0
+            for outcome in ("delivered", "retrying", "dead", "lost", "unrecorded")
+        }
+
+    receiver.script = [500]
+    retried = succeed(db, add_request, endpoint)
+    dispatch(metrics=metrics)
+    wait_delivery(db, retried, failed_attempts(1))
+    back_off_over(db, retried)
+    wait_delivery(db, retried, delivered)
+    db.execute("delete from edit_webhook_allowed_hosts")  # the next one is refused for good, unsent
+    refused = succeed(db, add_request, endpoint)
+    wait_delivery(db, refused, lambda r: r["status"] == "dead")
+    expected = {"delivered": 1.0, "retrying": 1.0, "dead": 1.0, "lost": 0.0, "unrecorded": 0.0}
+    wait_for(lambda: counts() == expected, timeout=10, what=f"the counts {expected}, not {counts()}")
+    # Two attempts were sent (the refused one never was), each timed.
+    assert metrics.registry.get_sample_value("edit_processor_webhook_attempt_seconds_count") == 2.0
 
 
 def test_the_name_is_resolved_once_and_the_checked_address_is_the_one_connected_to(

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from standardwebhooks.webhooks import Webhook
 
 from processor.domain.ports import WebhookAnswer, WebhookDelivery, WebhookOutbox, WebhookSender
 from processor.domain.rules import WebhookFailure
+from processor.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +72,13 @@ class WebhookDispatcher:
         config: WebhookConfig,
         *,
         clock: Callable[[], datetime] = wall_clock,
+        metrics: Metrics | None = None,
     ) -> None:
         self.outbox = outbox
         self.sender = sender
         self.config = config
         self._clock = clock
+        self._metrics = metrics
         self._in_flight: set[asyncio.Task[WebhookAnswer]] = set()
 
     async def open(self) -> None:
@@ -131,6 +135,7 @@ class WebhookDispatcher:
             answer = WebhookAnswer(None, delivery.refusal, permanent=True)
         else:
             body = body_of(delivery)
+            started = time.perf_counter()
             try:
                 answer = await self.sender.send(
                     delivery.url, signed_headers(delivery, body, self._clock()), body
@@ -138,20 +143,26 @@ class WebhookDispatcher:
             except Exception as exc:  # a bug in the sender must not kill the loop, nor lose the delivery
                 log.exception("webhook sender failed")
                 answer = WebhookAnswer(None, f"{WebhookFailure.CONNECT_FAILED}: {type(exc).__name__}")
+            if self._metrics is not None:
+                self._metrics.webhook_attempt_seconds.observe(time.perf_counter() - started)
         try:
-            await self._record(delivery, answer)
+            outcome = await self._record(delivery, answer)
         except Exception as exc:
             # The lease lapses and the delivery is sent again: at least once, never lost.
             log.warning("could not record webhook delivery %s: %s", delivery.id, exc)
+            outcome = "unrecorded"
+        if self._metrics is not None:
+            self._metrics.webhook_attempts.labels(outcome=outcome).inc()
         return answer
 
-    async def _record(self, delivery: WebhookDelivery, answer: WebhookAnswer) -> None:
+    async def _record(self, delivery: WebhookDelivery, answer: WebhookAnswer) -> str:
+        """Write the outcome; returns it as the metric counts it."""
         worker = self.config.worker_id
         if answer.delivered:
             assert answer.status_code is not None
             await self.outbox.complete(delivery.id, worker, answer.status_code)
             log.info("webhook delivered", extra={"delivery": str(delivery.id), "status": answer.status_code})
-            return
+            return "delivered"
         status = await self.outbox.fail(
             delivery.id, worker, answer.status_code, answer.error or "error", permanent=answer.permanent
         )
@@ -164,6 +175,7 @@ class WebhookDispatcher:
                 "now": status,
             },
         )
+        return {"pending": "retrying", "dead": "dead", "lost": "lost"}.get(status, "unrecorded")
 
 
 async def run_dispatcher(dispatcher: WebhookDispatcher, stop: asyncio.Event) -> None:

@@ -105,6 +105,20 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.webhook_attempts = Counter(
+            "edit_processor_webhook_attempts",
+            "Completion-webhook attempts by outcome: delivered; retrying (back-off, then sent again); "
+            "dead (attempts used up, or refused for good); lost (its lease had lapsed and another "
+            "process holds it); unrecorded (the database did not take the outcome: it is sent again)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.webhook_attempt_seconds = Histogram(
+            "edit_processor_webhook_attempt_seconds",
+            "Seconds one completion-webhook attempt took to send, answer included",
+            buckets=_FAST_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_GpuMemoryCollector())
 
     def observe_queue(self, depth_by_status: Mapping[str, int], oldest_queued_age_seconds: float) -> None:
