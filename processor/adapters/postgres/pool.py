@@ -5,6 +5,8 @@ and the pool reconnects."""
 from __future__ import annotations
 
 import select
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
@@ -32,7 +34,7 @@ async def check_if_suspect(conn: psycopg.AsyncConnection[DictRow]) -> None:
 
 
 class Pool:
-    """``open``/``close``, then ``fetchone``/``fetchall`` of one statement on a pooled connection."""
+    """``open``/``close``, then ``fetchone``/``fetchall`` of one statement, or ``connection`` for more."""
 
     def __init__(self, dsn: str, *, min_size: int, max_size: int, timeout: float) -> None:
         self._timeout = timeout
@@ -54,21 +56,25 @@ class Pool:
     async def close(self) -> None:
         await self._pool.close()
 
-    async def fetchone(self, query: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[DictRow]]:
+        """A pooled connection for several statements (``conn.transaction()`` for one transaction);
+        a connection failure anywhere in the block is a ``TransientError``."""
         try:
             async with self._pool.connection(timeout=self._timeout) as conn:
-                cursor = await conn.execute(query, params)
-                return await cursor.fetchone()
+                yield conn
         except _CONNECTION_FAILURES as exc:
             raise unavailable(exc) from exc
 
+    async def fetchone(self, query: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
+        async with self.connection() as conn:
+            cursor = await conn.execute(query, params)
+            return await cursor.fetchone()
+
     async def fetchall(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-        try:
-            async with self._pool.connection(timeout=self._timeout) as conn:
-                cursor = await conn.execute(query, params)
-                return await cursor.fetchall()
-        except _CONNECTION_FAILURES as exc:
-            raise unavailable(exc) from exc
+        async with self.connection() as conn:
+            cursor = await conn.execute(query, params)
+            return await cursor.fetchall()
 
 
 def unavailable(exc: Exception) -> TransientError:

@@ -14,11 +14,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
-from processor.domain.errors import InvalidInput, LimitExceeded, TransientError
+from processor.adapters.postgres.pool import Pool
+from processor.domain.errors import InvalidInput, LimitExceeded
 from processor.domain.ports import EditParams
 from processor.domain.rules import QUOTA_SQLSTATE, ReasonCode, reason_for_constraint
 from processor.domain.users import User
@@ -81,34 +81,22 @@ class EditRequests:
     """``edit_requests`` as one user sees it, through a pooled direct connection."""
 
     def __init__(self, dsn: str, *, max_size: int = 4) -> None:
-        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] = AsyncConnectionPool(
-            dsn,
-            connection_class=psycopg.AsyncConnection[DictRow],
-            min_size=1,
-            max_size=max_size,
-            kwargs={"row_factory": dict_row},
-            open=False,
-            check=AsyncConnectionPool.check_connection,
-        )
+        self._pool = Pool(dsn, min_size=1, max_size=max_size, timeout=10.0)
 
     async def open(self) -> None:
-        await self._pool.open(wait=False)
+        await self._pool.open()
 
     async def close(self) -> None:
         await self._pool.close()
 
     @asynccontextmanager
     async def _as_user(self, user: User) -> AsyncIterator[psycopg.AsyncConnection[DictRow]]:
-        try:
-            async with self._pool.connection(timeout=10.0) as conn, conn.transaction():
-                claims = {**user.claims, "sub": str(user.id), "role": "authenticated"}
-                await conn.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps(claims),))
-                await conn.execute("set local role authenticated")
-                yield conn
-        except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as exc:
-            raise TransientError(
-                f"database unavailable: {exc}", reason=ReasonCode.DATABASE_UNAVAILABLE
-            ) from exc
+        # One transaction: the role and claims are `local`, so they end with it.
+        async with self._pool.connection() as conn, conn.transaction():
+            claims = {**user.claims, "sub": str(user.id), "role": "authenticated"}
+            await conn.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps(claims),))
+            await conn.execute("set local role authenticated")
+            yield conn
 
     @asynccontextmanager
     async def _refusals(self) -> AsyncIterator[None]:
