@@ -16,6 +16,9 @@ from prometheus_client.registry import Collector
 
 _FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _STAGE_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 60, 120, 300, 600)
+# Up to a minute: WEBHOOK_TIMEOUT_SECONDS is 10 by default and at most 60, and the attempts that
+# run into it are the ones worth seeing.
+_SEND_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
 _WAIT_BUCKETS = (0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
@@ -116,7 +119,7 @@ class Metrics:
         self.webhook_attempt_seconds = Histogram(
             "edit_processor_webhook_attempt_seconds",
             "Seconds one completion-webhook attempt took to send, answer included",
-            buckets=_FAST_BUCKETS,
+            buckets=_SEND_BUCKETS,
             registry=self.registry,
         )
         self.registry.register(_GpuMemoryCollector())
