@@ -93,10 +93,7 @@ def worker() -> None:
         service = build_service(settings)
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+        stop = _stop_on_signals()
         if settings.worker_health_port is None:
             await service.run_until(stop)
             return
@@ -114,6 +111,15 @@ def worker() -> None:
     except SetupFailed as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event that SIGTERM or SIGINT sets, on the running loop: the long-running commands stop on it."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
 
 
 def _probe_server(service: ProcessorService, host: str, port: int) -> uvicorn.Server:
@@ -149,10 +155,7 @@ def webhooks() -> None:
     assert dispatcher is not None
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+        stop = _stop_on_signals()
         await run_dispatcher(dispatcher, stop)
 
     asyncio.run(main())
@@ -174,10 +177,7 @@ def retention(
     settings = _settings_or_exit()
 
     async def forever() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+        stop = _stop_on_signals()
         await run_retention(settings, stop)
 
     with exit_on_configuration_error():
