@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, field_validator
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
 from processor.core.submissions import Submissions
@@ -283,34 +283,27 @@ _CREATE_BODY: dict[str, Any] = {
 }
 
 
-async def _read_create(request: Request, max_body: int) -> tuple[EditParams, list[bytes], uuid.UUID | None]:
-    """The body (at most ``max_body`` bytes: 413 past it, before reading on), its images and the
-    webhook endpoint it names."""
-    content_type = request.headers.get("content-type", "")
+async def _capped(request: Request, max_body: int) -> Request:
+    """The request with its body bounded by ``max_body`` (413 ``body_too_large`` past it, before reading on)."""
     try:
-        request = await capped_request(request, max_body)
+        return await capped_request(request, max_body)
     except HTTPException as exc:
         code = ReasonCode.BODY_TOO_LARGE if exc.status_code == 413 else ReasonCode.INVALID_REQUEST
         raise ApiError(exc.status_code, code, str(exc.detail)) from exc
-    if content_type.startswith("multipart/form-data"):
-        try:
-            # One file more than allowed, so that four images get the same ``too_many_images``
-            # as through every other way in; the parser stops at the next one.
-            form = await request.form(
-                max_files=MAX_IMAGES + 1,
-                max_fields=MULTIPART_MAX_FIELDS,
-                max_part_size=EDIT_BODY_FIELDS_BYTES,
-            )
-        except HTTPException as exc:  # Starlette's answer to a malformed multipart body
-            raise ApiError(400, ReasonCode.INVALID_MULTIPART, str(exc.detail)) from exc
-        files = [item for key in _IMAGE_KEYS for item in form.getlist(key) if isinstance(item, UploadFile)]
-        # Text parts named image/images are base64, as in a JSON body.
-        texts = [item for key in _IMAGE_KEYS for item in form.getlist(key) if isinstance(item, str)]
-        fields = {k: v for k, v in form.items() if isinstance(v, str) and k not in _IMAGE_KEYS}
-        params = params_from_mapping(fields, form=True)
-        endpoint = webhook_endpoint_from_mapping(fields)
-        check_image_count(len(files) + len(texts))
-        return params, [await item.read() for item in files] + encoded_images({"images": texts}), endpoint
+
+
+async def _form(request: Request, *, max_files: int) -> FormData:
+    """The form, with at most ``max_files`` files and the fields' bounds (400 ``invalid_multipart`` past them)."""
+    try:
+        return await request.form(
+            max_files=max_files, max_fields=MULTIPART_MAX_FIELDS, max_part_size=EDIT_BODY_FIELDS_BYTES
+        )
+    except HTTPException as exc:  # Starlette's answer to a malformed (or over-long) multipart body
+        raise ApiError(400, ReasonCode.INVALID_MULTIPART, str(exc.detail)) from exc
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object (400 ``invalid_json`` when it is not JSON, ``invalid_request`` when not an object)."""
     try:
         body = await request.json()
     except json.JSONDecodeError as exc:
@@ -319,6 +312,27 @@ async def _read_create(request: Request, max_body: int) -> tuple[EditParams, lis
         raise ApiError(400, ReasonCode.INVALID_JSON, "the body is not UTF-8 JSON") from exc
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object", reason=ReasonCode.INVALID_REQUEST)
+    return body
+
+
+async def _read_create(request: Request, max_body: int) -> tuple[EditParams, list[bytes], uuid.UUID | None]:
+    """The body (at most ``max_body`` bytes: 413 past it, before reading on), its images and the
+    webhook endpoint it names."""
+    content_type = request.headers.get("content-type", "")
+    request = await _capped(request, max_body)
+    if content_type.startswith("multipart/form-data"):
+        # One file more than allowed, so that four images get the same ``too_many_images``
+        # as through every other way in; the parser stops at the next one.
+        form = await _form(request, max_files=MAX_IMAGES + 1)
+        files = [item for key in _IMAGE_KEYS for item in form.getlist(key) if isinstance(item, UploadFile)]
+        # Text parts named image/images are base64, as in a JSON body.
+        texts = [item for key in _IMAGE_KEYS for item in form.getlist(key) if isinstance(item, str)]
+        fields = {k: v for k, v in form.items() if isinstance(v, str) and k not in _IMAGE_KEYS}
+        params = params_from_mapping(fields, form=True)
+        endpoint = webhook_endpoint_from_mapping(fields)
+        check_image_count(len(files) + len(texts))
+        return params, [await item.read() for item in files] + encoded_images({"images": texts}), endpoint
+    body = await _json_object(request)
     return params_from_mapping(body), encoded_images(body), webhook_endpoint_from_mapping(body)
 
 
@@ -372,22 +386,11 @@ async def _read_batch(request: Request, max_body: int) -> _BatchBody:
     """A batch body, JSON or multipart (files ``image``, one request each, and ``reference``); the
     counts are checked before any image is decoded."""
     content_type = request.headers.get("content-type", "")
-    try:
-        request = await capped_request(request, max_body)
-    except HTTPException as exc:
-        code = ReasonCode.BODY_TOO_LARGE if exc.status_code == 413 else ReasonCode.INVALID_REQUEST
-        raise ApiError(exc.status_code, code, str(exc.detail)) from exc
+    request = await _capped(request, max_body)
     # A form without files (clients send those urlencoded) is read as a form too: an empty batch.
     if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        try:
-            # One file more than allowed, so that an over-long batch gets ``too_many_images``.
-            form = await request.form(
-                max_files=MAX_BATCH_SIZE + MAX_IMAGES,
-                max_fields=MULTIPART_MAX_FIELDS,
-                max_part_size=EDIT_BODY_FIELDS_BYTES,
-            )
-        except HTTPException as exc:
-            raise ApiError(400, ReasonCode.INVALID_MULTIPART, str(exc.detail)) from exc
+        # One file more than allowed, so that an over-long batch gets ``too_many_images``.
+        form = await _form(request, max_files=MAX_BATCH_SIZE + MAX_IMAGES)
         names = (*_IMAGE_KEYS, *_REFERENCE_KEYS)
         fields = {k: v for k, v in form.items() if isinstance(v, str) and k not in names}
         params = params_from_mapping(fields, form=True)
@@ -397,14 +400,7 @@ async def _read_batch(request: Request, max_body: int) -> _BatchBody:
         return _BatchBody(
             params, [await item.read() for item in files], [await item.read() for item in refs], [], []
         )
-    try:
-        body = await request.json()
-    except json.JSONDecodeError as exc:
-        raise ApiError(400, ReasonCode.INVALID_JSON, "the body is not valid JSON") from exc
-    except UnicodeDecodeError as exc:
-        raise ApiError(400, ReasonCode.INVALID_JSON, "the body is not UTF-8 JSON") from exc
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object", reason=ReasonCode.INVALID_REQUEST)
+    body = await _json_object(request)
     params = params_from_mapping(body)
     images, paths, references, reference_paths = (_text_list(body, key) for key in _BATCH_LISTS)
     check_batch(params, len(images) + len(paths), len(references) + len(reference_paths))
