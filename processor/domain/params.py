@@ -238,6 +238,12 @@ def encoded_images(values: Mapping[str, Any]) -> list[bytes]:
     return [decode_base64_image(item) for item in items]
 
 
+def decoded_images(items: Sequence[object] | None) -> list[bytes]:
+    """Base64 images given as a list (a batch's images or its references), decoded; their count is
+    the batch's rule (``check_batch``), checked before."""
+    return [decode_base64_image(item) for item in items or ()]
+
+
 def check_images(images: Sequence[Image.Image]) -> list[Image.Image]:
     """At most ``MAX_IMAGES``, each as RGB."""
     check_image_count(len(images))

@@ -25,6 +25,7 @@ from processor.domain.errors import ProcessorError
 from processor.domain.params import (
     check_batch,
     check_request,
+    decoded_images,
     encoded_images,
     params_from_mapping,
     webhook_endpoint_from_mapping,
@@ -71,10 +72,6 @@ def _batch_view(batch: dict[str, Any]) -> dict[str, Any]:
     view: dict[str, Any] = json.loads(json.dumps({key: batch[key] for key in _BATCH_KEYS}, default=str))
     view["items"] = [_view(row) for row in batch["items"]]
     return view
-
-
-def _decoded(items: list[str] | None) -> list[bytes]:
-    return [image for item in items or [] for image in encoded_images({"image": item})]
 
 
 def _view(row: dict[str, Any]) -> dict[str, Any]:
@@ -260,8 +257,8 @@ def _add_batch_tools(mcp: MCPServer, submissions: Submissions, user_of: Callable
             )
             batch = await submissions.submit_batch(
                 user,
-                _decoded(images_base64),
-                _decoded(reference_images_base64),
+                decoded_images(images_base64),
+                decoded_images(reference_images_base64),
                 params,
                 object_paths=paths,
                 reference_paths=refs,

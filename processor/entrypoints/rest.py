@@ -28,6 +28,7 @@ from processor.domain.errors import InvalidInput, LimitExceeded, ProcessorError,
 from processor.domain.params import (
     check_batch,
     check_image_count,
+    decoded_images,
     encoded_images,
     params_from_mapping,
     webhook_endpoint_from_mapping,
@@ -406,15 +407,11 @@ async def _read_batch(request: Request, max_body: int) -> _BatchBody:
     check_batch(params, len(images) + len(paths), len(references) + len(reference_paths))
     return _BatchBody(
         params,
-        _decoded(images),
-        _decoded(references),
+        decoded_images(images),
+        decoded_images(references),
         paths,
         reference_paths,
     )
-
-
-def _decoded(items: list[str]) -> list[bytes]:
-    return [image for item in items for image in encoded_images({"image": item})]
 
 
 def _view(row: dict[str, Any], **extra: Any) -> EditView:
