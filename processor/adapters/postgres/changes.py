@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator
 
 import psycopg
 
+from processor.adapters.postgres.listen import listen
 from processor.domain.rules import CHANGES_CHANNEL, WATCH_RENEW_SECONDS, WATCH_SECONDS
 
 log = logging.getLogger(__name__)
@@ -169,21 +170,19 @@ class PostgresRowChanges:
                 await self._sync()
 
     async def _listen(self) -> None:
-        backoff = 0.5
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(self._dsn, autocommit=True) as conn:
-                    await conn.execute(f"listen {CHANGES_CHANNEL}")
-                    backoff = 0.5
-                    self._listening.set()
-                    self._wake_all()  # whatever changed while we were not listening
-                    async for notify in conn.notifies():
-                        self._dispatch(notify.payload)
-            except psycopg.Error as exc:
-                self._listening.clear()
-                log.warning("row-change listener disconnected (%s); retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(self._max_backoff, backoff * 2)
+        await listen(
+            self._dsn,
+            (CHANGES_CHANNEL,),
+            on_notify=lambda _channel, payload: self._dispatch(payload),
+            on_connect=self._connected,
+            on_disconnect=self._listening.clear,
+            max_backoff=self._max_backoff,
+            name="row-change",
+        )
+
+    def _connected(self) -> None:
+        self._listening.set()
+        self._wake_all()  # whatever changed while we were not listening
 
     def _dispatch(self, payload: str) -> None:
         try:

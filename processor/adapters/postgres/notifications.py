@@ -1,21 +1,17 @@
-"""LISTEN for the database's wake-up and cancel notifications, reconnecting forever.
+"""LISTEN for the database's wake-up and cancel notifications, reconnecting forever (``listen``).
 
-LISTEN needs a real session, so this uses its own connection (a transaction-mode
-pooler such as Supavisor on port 6543 would silently drop notifications: use the
-direct or session-mode URL). Notifications sent while disconnected are lost; on
-every (re)connect ``on_queued`` is called once so the worker claims whatever waits.
+Notifications sent while disconnected are lost; on every (re)connect ``on_queued`` is called once
+so the worker claims whatever waits.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable
 
-import psycopg
-
+from processor.adapters.postgres.listen import listen
 from processor.domain.rules import CANCEL_CHANNEL, QUEUED_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -36,23 +32,15 @@ class PostgresNotifications:
         stop: asyncio.Event,
     ) -> None:
         """Dispatch notifications until ``stop`` is set."""
-        backoff = 0.5
-        while not stop.is_set():
-            try:
-                async with await psycopg.AsyncConnection.connect(self._dsn, autocommit=True) as conn:
-                    await conn.execute(f"listen {QUEUED_CHANNEL}")
-                    await conn.execute(f"listen {CANCEL_CHANNEL}")
-                    backoff = 0.5
-                    on_queued(None)
-                    while not stop.is_set():
-                        async for notify in conn.notifies(timeout=1.0):
-                            _dispatch(notify.channel, notify.payload, on_queued, on_cancel)
-            except psycopg.Error as exc:
-                log.warning("notification listener disconnected (%s); retrying in %.1fs", exc, backoff)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(backoff):
-                        await stop.wait()
-                backoff = min(self._max_backoff, backoff * 2)
+        await listen(
+            self._dsn,
+            (QUEUED_CHANNEL, CANCEL_CHANNEL),
+            on_notify=lambda channel, payload: _dispatch(channel, payload, on_queued, on_cancel),
+            on_connect=lambda: on_queued(None),
+            stop=stop,
+            max_backoff=self._max_backoff,
+            name="notification",
+        )
 
 
 def _dispatch(
