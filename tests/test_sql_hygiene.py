@@ -74,7 +74,8 @@ select p.oid, p.proname as name, p.prosrc as source,
        exists (select 1 from aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
                 where a.grantee = 0 and a.privilege_type = 'EXECUTE') as public,
        has_function_privilege('anon', p.oid, 'EXECUTE') as anon,
-       has_function_privilege('authenticated', p.oid, 'EXECUTE') as authenticated
+       has_function_privilege('authenticated', p.oid, 'EXECUTE') as authenticated,
+       has_function_privilege('service_role', p.oid, 'EXECUTE') as service_role
   from pg_proc p
  where p.pronamespace = 'public'::regnamespace
    and not exists (select 1 from pg_depend e
@@ -151,3 +152,9 @@ def test_every_entry_point_exists_and_its_caller_names_it(db: psycopg.Connection
     )
     unnamed = sorted(name for name in ENTRY_POINTS if not re.search(rf"\b{name}\b", callers))
     assert unnamed == [], f"entry points neither the processor nor the docs name: {unnamed}"
+
+
+def test_the_service_role_executes_every_function(db: psycopg.Connection[Row]) -> None:
+    """The processor's and operators' role; the schema files grant it each function explicitly."""
+    refused = sorted(row["signature"] for row in functions(db) if not row["service_role"])
+    assert refused == [], f"service_role may not execute: {refused}"

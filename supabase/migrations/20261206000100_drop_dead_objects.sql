@@ -6,6 +6,9 @@
 --   authenticated, and readers took it for the readiness hook.
 -- * edit_request_lock_paths(text, text[]): the per-path advisory locks only the function above (and
 --   the first edit_requests_before_insert) took; readiness locks are edit_request_lock_slot(s) now.
+-- * edit_requests_keep_live_inputs() named edit_requests_keep_inputs_on_insert, dropped by migration
+--   20261201001300, as the insert's side of the race; its comment now names the insert trigger that
+--   takes the slot lock (the code is unchanged).
 --
 -- PostgreSQL lets PUBLIC execute every new function, and Supabase's default privileges add anon,
 -- authenticated and service_role; PostgREST then offers each as /rest/v1/rpc/<name>. Eleven of our
@@ -38,3 +41,27 @@ revoke execute on function
   public.edit_webhook_max_endpoints(),
   public.edit_webhook_url_host(text)
   from public, anon;
+
+create or replace function public.edit_requests_keep_live_inputs()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  -- Runs in the deleting transaction (Storage's), for every deleted row. Under the slot lock an
+  -- insert racing with this delete either committed already (seen here: the row is kept) or
+  -- waits for this transaction and then finds the object gone (edit_requests_before_insert looks
+  -- under the same slot lock).
+  perform pg_advisory_xact_lock(7051, public.edit_request_lock_slot(old.bucket_id, old.name));
+  if exists (
+    select 1 from public.edit_requests r
+     where r.status in ('awaiting_image', 'queued', 'processing')
+       and r.input_bucket = old.bucket_id
+       and r.input_paths @> array[old.name]
+  ) then
+    return null;  -- not deleted: a live request needs it
+  end if;
+  return old;
+end
+$$;
