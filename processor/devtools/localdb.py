@@ -6,8 +6,8 @@ fresh copy with ``CREATE DATABASE ... TEMPLATE``, which takes milliseconds.
 The SQL is package data (``processor/devtools/sql``; its ``migrations`` and ``schemas`` are the
 repository's ``supabase/migrations`` and ``supabase/schemas``, shipped in the wheel), so an
 installed package needs no checkout. The migrations are how a database gets (and is upgraded to)
-the schema; the schema files are the same end state written once, for readers, and
-``build_declared_database`` builds it so tests can prove the two equal.
+the schema; the schema files are the same end state written once, for readers
+(``tests/test_schema_matches_migrations.py`` applies each and proves the two equal).
 
 ``ensure_admin_url`` finds a server that may create databases: ``TEST_ADMIN_DATABASE_URL``, else
 the local server on 127.0.0.1:5432 when it answers, else an embedded PostgreSQL 16 from the
@@ -206,13 +206,6 @@ def build_migrated_database(admin_dsn: str, name: str) -> str:
     """A database with the platform bootstrap and every migration applied."""
     dsn = create_database(admin_dsn, name)
     apply_sql_files(dsn, [PLATFORM_SQL, *migration_files()])
-    return dsn
-
-
-def build_declared_database(admin_dsn: str, name: str) -> str:
-    """A database with the platform bootstrap and the schema files applied (what the migrations add up to)."""
-    dsn = create_database(admin_dsn, name)
-    apply_sql_files(dsn, [PLATFORM_SQL, *schema_files()])
     return dsn
 
 
