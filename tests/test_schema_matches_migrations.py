@@ -15,6 +15,7 @@ import re
 import tomllib
 import uuid
 from collections.abc import Iterator
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import psycopg
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("the migrations", "the schema files")
 
 
-def build(files: list[localdb.Traversable], *, pg_cron: bool) -> str:
+def build(files: list[Traversable], *, pg_cron: bool) -> str:
     """A fresh database: the platform, pg_cron (a stand-in) when asked, then ``files``; its name."""
     name = f"qep_schema_{uuid.uuid4().hex[:16]}"
     dsn = localdb.create_database(ADMIN_DSN, name)

@@ -1,8 +1,9 @@
 -- The state machine: how a request moves, and who may move it.
 --
--- The processor calls only these functions (all security definer, executable by the service role;
--- it connects as `postgres` or a login role granted service_role, through the direct, session-mode
--- connection: LISTEN needs a session). Every write is fenced by owner and status: a worker whose
+-- Requests move only through the functions below. Those that write are security definer and
+-- executable by the service role (the processor connects as `postgres` or a login role granted
+-- service_role, through the direct, session-mode connection: LISTEN needs a session, so not the
+-- transaction-mode pooler). Every write is fenced by owner and status: a worker whose
 -- lease was taken over can no longer heartbeat, complete, fail, release or preview the row. Users
 -- may only cancel their own requests; operators also retry. The states are drawn in 10_requests.sql;
 -- docs/contract.md describes each function for callers.
