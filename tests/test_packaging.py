@@ -92,7 +92,7 @@ def test_the_diffusers_engine_without_its_extra_names_the_extra() -> None:
 
 
 def test_an_installed_wheel_carries_the_sql_that_dev_and_the_tests_apply(tmp_path: Path) -> None:
-    """Built and installed without the checkout: the platform SQL and every migration come along."""
+    """Built and installed without the checkout: the platform SQL, every migration and schema file come along."""
     if importlib.util.find_spec("setuptools") is None:
         pytest.skip("setuptools is not installed (the dev extra brings it)")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
@@ -110,7 +110,8 @@ import json, processor
 from processor.devtools import localdb
 assert processor.__file__.startswith({str(target)!r}), processor.__file__
 print(json.dumps({{"platform": localdb.PLATFORM_SQL.read_text(),
-                  "migrations": {{p.name: p.read_text() for p in localdb.migration_files()}}}}))
+                  "migrations": {{p.name: p.read_text() for p in localdb.migration_files()}},
+                  "schemas": {{p.name: p.read_text() for p in localdb.schema_files()}}}}))
 """
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path
@@ -121,6 +122,8 @@ print(json.dumps({{"platform": localdb.PLATFORM_SQL.read_text(),
     assert shipped["platform"] == platform.read_text()
     repository = {path.name: path.read_text() for path in (ROOT / "supabase" / "migrations").glob("*.sql")}
     assert shipped["migrations"] == repository and repository
+    schemas = {path.name: path.read_text() for path in (ROOT / "supabase" / "schemas").glob("*.sql")}
+    assert shipped["schemas"] == schemas and schemas
 
 
 def quiet_run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -3,8 +3,11 @@
 A migrated *template* database is built once; every test (or local run) then gets a
 fresh copy with ``CREATE DATABASE ... TEMPLATE``, which takes milliseconds.
 
-The SQL is package data (``processor/devtools/sql``; its ``migrations`` is the repository's
-``supabase/migrations``, shipped in the wheel), so an installed package needs no checkout.
+The SQL is package data (``processor/devtools/sql``; its ``migrations`` and ``schemas`` are the
+repository's ``supabase/migrations`` and ``supabase/schemas``, shipped in the wheel), so an
+installed package needs no checkout. The migrations are how a database gets (and is upgraded to)
+the schema; the schema files are the same end state written once, for readers
+(``tests/test_schema_matches_migrations.py`` applies each and proves the two equal).
 
 ``ensure_admin_url`` finds a server that may create databases: ``TEST_ADMIN_DATABASE_URL``, else
 the local server on 127.0.0.1:5432 when it answers, else an embedded PostgreSQL 16 from the
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 SQL = files("processor.devtools") / "sql"
 PLATFORM_SQL = SQL / "supabase_platform.sql"
 MIGRATIONS_DIR = SQL / "migrations"
+SCHEMAS_DIR = SQL / "schemas"
 
 LOCAL_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 # Supabase runs PostgreSQL 15 (CI tests on it); the embedded package ships 16 and 18: the nearer one.
@@ -129,6 +133,15 @@ def with_database(dsn: str, dbname: str) -> str:
 
 def migration_files(directory: Traversable = MIGRATIONS_DIR) -> list[Traversable]:
     """Migrations in file-name order, as ``supabase db reset`` applies them."""
+    return _sql_files(directory)
+
+
+def schema_files(directory: Traversable = SCHEMAS_DIR) -> list[Traversable]:
+    """The declarative schema in file-name order, as ``schema_paths`` in ``supabase/config.toml`` lists it."""
+    return _sql_files(directory)
+
+
+def _sql_files(directory: Traversable) -> list[Traversable]:
     return sorted((path for path in directory.iterdir() if path.name.endswith(".sql")), key=lambda p: p.name)
 
 

@@ -1,5 +1,5 @@
 -- As the real Supabase behaves (observed against Storage v1.70.6, pg_cron 1.6 and Realtime's
--- own authorization SQL; ../shared/research/supabase.md §11 and §12).
+-- own authorization SQL, supabase/realtime priv/repo/tenant_db_dump_15.sql; docs/supabase-fidelity.md).
 --
 -- 1. The lease sweep no longer depends on set-up order. The first migration scheduled the
 --    pg_cron job only if pg_cron already existed when it ran; the documented order (db push,

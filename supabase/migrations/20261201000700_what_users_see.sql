@@ -1,5 +1,6 @@
 -- What a signed-in user may read of their own rows. PostgREST exposes every grant and Realtime
--- sends every column the subscriber's role may select (../shared/research/supabase.md §12), so the
+-- sends every column the subscriber's role may select (realtime.apply_rls in supabase/realtime
+-- priv/repo/tenant_db_dump_15.sql; docs/supabase-fidelity.md), so the
 -- processor's bookkeeping (which worker holds the row, its lease, attempts, back-off, priority) and
 -- the raw error text (exception messages, ComfyUI node output with file paths) are no longer
 -- selectable by `authenticated`: users get status, progress, their output, a reason code and

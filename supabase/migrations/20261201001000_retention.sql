@@ -1,6 +1,7 @@
 -- Retention (issue 14, part 3): inputs and outputs of finished requests, and orphan uploads, are
 -- deleted after operator-set ages, through the Storage API (never by deleting storage.objects
--- rows: that leaves the files, and Supabase forbids it; ../shared/research/supabase.md §3).
+-- rows: that leaves the files, and Supabase forbids it: https://supabase.com/docs/guides/storage/schema/design,
+-- supabase/storage migrations/tenant/0050-prevent-direct-deletes.sql).
 --
 --  * edit_retention_candidates: a bounded list of objects due (service_role only). It takes a
 --    lease, so one processor at a time runs retention; others get nothing until it lapses.

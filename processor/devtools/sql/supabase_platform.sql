@@ -1,6 +1,7 @@
 -- What a Supabase project provides and our migrations rely on, recreated on plain PostgreSQL 15.
 -- Idempotent: run it any number of times. Never applied to a real Supabase project.
--- Shapes follow supabase/storage's tenant migrations and supabase/auth (see ../shared/research/supabase.md).
+-- Shapes follow supabase/storage's tenant migrations (migrations/tenant/*.sql) and supabase/auth's
+-- (migrations/20211202183645_update_auth_uid.up.sql, 20220531120530_add_auth_jwt_function.up.sql).
 
 -- Roles -------------------------------------------------------------------------------------------
 do $$

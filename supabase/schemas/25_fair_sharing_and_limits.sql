@@ -1,0 +1,325 @@
+-- Fair sharing of one GPU among users who may be hostile, and what an insert goes through.
+--
+--  * Per-user limits at insert (requests in flight, requests per hour, steps x megapixels per
+--    hour), set by operators in public.edit_user_limits; over a limit the insert fails with
+--    SQLSTATE PT429 (PostgREST answers HTTP 429) and a message naming the limit. The check is in
+--    edit_requests_before_insert below, the hour's charge in edit_requests_after_insert; both are
+--    here and nowhere else. Callers acting as the service role are exempt (by role, never claims).
+--  * A fair claim order: priority first (operators), then the request's fair_tag, which is its
+--    creation time plus fair_share_quantum (edit_queue_settings) for every request its owner
+--    already had in flight when it was created. A user with fewer requests in flight goes first;
+--    nothing waits forever (a deep request's tag is a fixed time, so newer requests stop passing
+--    it). The claim (20_state_machine.sql) stays one index scan, and no counter row is written by
+--    claims or completions: the processor never waits on a row a client transaction holds.
+--  * Readiness is decided at insert too, under the slot locks of 15_storage.sql, so RETURNING
+--    (PostgREST's return=representation) shows whether the row is queued or awaiting its images.
+--
+-- Operator-facing reference: docs/fair-sharing.md.
+
+-- Limits and usage --------------------------------------------------------------------------------
+
+create table public.edit_user_limits (
+  -- The all-zero uuid is the default row; a user's row overrides it column by column (null:
+  -- the default's value). In the default row, null means no limit.
+  user_id uuid primary key,
+  max_in_flight integer check (max_in_flight >= 0),
+  max_requests_per_hour integer check (max_requests_per_hour >= 0),
+  max_cost_per_hour double precision check (max_cost_per_hour >= 0),
+  note text,
+  updated_at timestamptz not null default now()
+);
+comment on table public.edit_user_limits is
+  'Per-user limits checked at insert (service_role and postgres are exempt). user_id '
+  '00000000-0000-0000-0000-000000000000 is the default for everyone; other rows override it '
+  'column by column. Cost is num_inference_steps x output megapixels (1 MP when no size).';
+insert into public.edit_user_limits (user_id, max_in_flight, max_requests_per_hour, max_cost_per_hour, note)
+values ('00000000-0000-0000-0000-000000000000', 100, 1000, 20000, 'default for every user');
+
+create table public.edit_user_usage (
+  -- Written only by a user's own inserts (never by claims or completions), so the processor
+  -- never waits on a row a client transaction holds.
+  user_id uuid primary key,
+  hour_start timestamptz,
+  hour_requests integer not null default 0,
+  hour_cost double precision not null default 0,
+  previous_hour_requests integer not null default 0,
+  previous_hour_cost double precision not null default 0,
+  updated_at timestamptz not null default now()
+);
+comment on table public.edit_user_usage is
+  'Requests and cost charged per clock hour (this and the previous one); the hourly limits use '
+  'a sliding estimate: previous x (1 - fraction of this hour gone) + this hour.';
+
+-- The in-flight count at admission reads at most limit + 1 entries of this index.
+create index edit_requests_in_flight_idx
+  on public.edit_requests (user_id) where status in ('awaiting_image', 'queued', 'processing');
+
+create function public.edit_request_cost(p_steps integer, p_width integer, p_height integer)
+returns double precision
+language sql immutable parallel safe
+as $$
+  -- Steps x megapixels (plain arithmetic on its arguments, so it can be inlined: no SET clause) of the output (1 MP = 1024 x 1024; the model's default area when no size).
+  select p_steps * coalesce(p_width::double precision * p_height, 1048576) / 1048576
+$$;
+
+-- Admission: limits and the fair tag --------------------------------------------------------------
+-- Cost per row is O(1): the first row of an owner in a transaction locks their usage row (so
+-- concurrent inserts by one user queue behind each other), counts their rows in flight and keeps
+-- the running totals in a transaction-local setting; each further row checks and bumps them.
+
+create function public.edit_request_admission_start(p_owner uuid)
+returns text
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_zero constant uuid := '00000000-0000-0000-0000-000000000000';
+  v_limited boolean := not public.edit_request_caller_is_operator();
+  v_quantum double precision;
+  v_max_in_flight integer;
+  v_max_requests integer;
+  v_max_cost double precision;
+  v_usage public.edit_user_usage;
+  v_hour timestamptz := date_trunc('hour', now());
+  v_gone double precision := extract(epoch from now() - date_trunc('hour', now())) / 3600;
+  v_base_requests double precision := 0;
+  v_base_cost double precision := 0;
+  v_in_flight integer;
+begin
+  -- First row of this owner in this transaction: everything the per-row checks need, kept in
+  -- a transaction-local setting so that each further row costs O(1), however big the insert.
+  select extract(epoch from s.fair_share_quantum) into v_quantum from public.edit_queue_settings s;
+  if v_limited then
+    select coalesce(u.max_in_flight, d.max_in_flight),
+           coalesce(u.max_requests_per_hour, d.max_requests_per_hour),
+           coalesce(u.max_cost_per_hour, d.max_cost_per_hour)
+      into v_max_in_flight, v_max_requests, v_max_cost
+      from (select 1) one
+      left join public.edit_user_limits d on d.user_id = v_zero
+      left join public.edit_user_limits u on u.user_id = p_owner;
+    -- The usage row is the owner's lock: concurrent inserts by one user queue here, so the
+    -- in-flight count below includes whatever the previous one committed.
+    insert into public.edit_user_usage (user_id) values (p_owner) on conflict (user_id) do nothing;
+    select * into v_usage from public.edit_user_usage where user_id = p_owner for update;
+    if v_usage.hour_start is distinct from v_hour then
+      update public.edit_user_usage
+         set previous_hour_requests = case when v_usage.hour_start = v_hour - interval '1 hour'
+                                           then v_usage.hour_requests else 0 end,
+             previous_hour_cost = case when v_usage.hour_start = v_hour - interval '1 hour'
+                                       then v_usage.hour_cost else 0 end,
+             hour_requests = 0, hour_cost = 0, hour_start = v_hour, updated_at = now()
+       where user_id = p_owner
+      returning * into v_usage;
+    end if;
+    v_base_requests := v_usage.previous_hour_requests * (1 - v_gone) + v_usage.hour_requests;
+    v_base_cost := v_usage.previous_hour_cost * (1 - v_gone) + v_usage.hour_cost;
+  end if;
+  -- Bounded: no more than one past the limit is ever counted (1000 for exempt callers, whose
+  -- count only places their rows in the fair order).
+  select count(*) into v_in_flight from (
+    select 1 from public.edit_requests r
+     where r.user_id = p_owner and r.status in ('awaiting_image', 'queued', 'processing')
+     limit coalesce(v_max_in_flight + 1, 1000)
+  ) s;
+  -- limited, in_flight, requests, cost, max_in_flight, max_requests, max_cost, quantum (s)
+  return concat_ws(',', v_limited::int, v_in_flight, v_base_requests, v_base_cost,
+                   coalesce(v_max_in_flight, -1), coalesce(v_max_requests, -1),
+                   coalesce(v_max_cost, -1), v_quantum);
+end
+$$;
+
+create function public.edit_requests_before_insert()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_key text;
+  v_state text[];
+  v_in_flight integer;
+  v_requests double precision;
+  v_cost double precision;
+  v_row_cost double precision;
+begin
+  -- Readiness under the paths' slot locks: a row whose inputs are all visible is queued, any
+  -- other row waits for its upload (edit_requests_on_objects_stored queues it). Decided here, not later, so that RETURNING (PostgREST's return=representation) shows it.
+  -- The caller cannot pick (authenticated users cannot even name the column).
+  -- (Each presence check is one index probe on (bucket_id, name): a correlated join on name can
+  -- be planned as a scan of the whole bucket when statistics are stale.)
+  if new.status in ('queued', 'awaiting_image') then
+    -- The slot lock first (edit_request_lock_slot, inlined: a SQL function call per row costs
+    -- more than the lock), then the look: an upload or a Storage delete (edit_requests_keep_live_inputs)
+    -- of these paths either committed before (this look sees it: each statement of a volatile
+    -- function takes a new snapshot) or waits for this transaction and then sees this row.
+    -- A user's paths lie in their own folder, one slot, taken once and then found held.
+    -- (`is null`: the lock returns void; an IF is a simple expression, a PERFORM a query.)
+    if cardinality(new.input_paths) = 1 then
+      if pg_advisory_xact_lock(7051, hashtext(new.input_bucket || '/' || split_part(new.input_paths[1], '/', 1)) & 63) is null then
+        null;
+      end if;
+      perform 1 from storage.objects o where o.bucket_id = new.input_bucket and o.name = new.input_paths[1];
+      new.status := case when found then 'queued' else 'awaiting_image' end;
+    else
+      perform public.edit_request_lock_slots(array(
+        select distinct public.edit_request_lock_slot(new.input_bucket, p.path)
+          from unnest(new.input_paths) as p(path) where p.path is not null order by 1));
+      new.status := case
+        when exists (
+          select 1 from unnest(new.input_paths) as p(path)
+           where p.path <> all (array(select o.name from storage.objects o
+                                           where o.bucket_id = new.input_bucket and o.name = any(new.input_paths)))
+        ) then 'awaiting_image'
+        else 'queued'
+      end;
+    end if;
+  end if;
+
+  if new.user_id is null then
+    new.fair_tag := new.created_at;
+    return new;
+  end if;
+
+  -- limited, in_flight, requests, cost, max_in_flight, max_requests, max_cost, quantum (s):
+  -- written by edit_request_admission_start for the owner's first row in this transaction.
+  v_key := 'edit_requests.owner_' || replace(new.user_id::text, '-', '');
+  v_state := string_to_array(coalesce(nullif(current_setting(v_key, true), ''),
+                                      public.edit_request_admission_start(new.user_id)), ',');
+  v_in_flight := v_state[2]::integer;
+  v_requests := v_state[3]::double precision + 1;
+  v_row_cost := new.num_inference_steps * coalesce(new.width::double precision * new.height, 1048576) / 1048576;  -- edit_request_cost
+  v_cost := v_state[4]::double precision + v_row_cost;
+
+  if v_state[1] = '1' then
+    if v_state[5]::integer >= 0 and v_in_flight + 1 > v_state[5]::integer then
+      raise exception 'edit request limit exceeded: max_in_flight (%)', v_state[5]
+        using errcode = 'PT429',
+              detail = format('%s requests of this user are awaiting an image, queued or processing.', v_in_flight),
+              hint = 'Wait for some to finish (or cancel them); operators set limits in public.edit_user_limits.';
+    end if;
+    if v_state[6]::integer >= 0 and v_requests > v_state[6]::integer then
+      raise exception 'edit request limit exceeded: max_requests_per_hour (%)', v_state[6]
+        using errcode = 'PT429',
+              detail = format('About %s requests of this user in the last hour, this one included.', ceil(v_requests)),
+              hint = 'Try again later; operators set limits in public.edit_user_limits.';
+    end if;
+    if v_state[7]::double precision >= 0 and v_cost > v_state[7]::double precision then
+      raise exception 'edit request limit exceeded: max_cost_per_hour (%)', v_state[7]
+        using errcode = 'PT429',
+              detail = format('This request costs %s (steps x megapixels); about %s used in the last hour with it.',
+                              round(v_row_cost::numeric, 2), round(v_cost::numeric, 2)),
+              hint = 'Use fewer steps or a smaller size, or try again later; operators set limits in public.edit_user_limits.';
+    end if;
+  end if;
+
+  new.fair_tag := new.created_at + make_interval(secs => v_state[8]::double precision * v_in_flight);
+  perform set_config(v_key, concat_ws(',', v_state[1], v_in_flight + 1, v_requests, v_cost,
+                                      v_state[5], v_state[6], v_state[7], v_state[8]), true);
+  return new;
+end
+$$;
+
+create trigger edit_requests_before_insert
+  before insert on public.edit_requests
+  for each row execute function public.edit_requests_before_insert();
+
+-- Once per statement: charge the hour's usage, wake the processor for the rows inserted queued (as
+-- edit_requests_wake_processor, 30_wakeups.sql, does for one updated row).
+create function public.edit_requests_after_insert()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_row public.edit_requests;
+  v_url text;
+  v_secret text;
+  v_format text;
+  v_body jsonb;
+  v_headers jsonb;
+begin
+  -- 1. Charge the hour's usage (limited callers only: their rows passed the per-row checks).
+  if not public.edit_request_caller_is_operator() then
+    update public.edit_user_usage u
+       set hour_requests = u.hour_requests + s.n, hour_cost = u.hour_cost + s.cost, updated_at = now()
+      from (select n.user_id, count(*) as n,
+                   sum(public.edit_request_cost(n.num_inference_steps, n.width, n.height)) as cost
+              from new_rows n where n.user_id is not null group by n.user_id) s
+     where u.user_id = s.user_id;
+  end if;
+
+  -- 2. Wake-up, as edit_requests_wake_processor does for one row, for every row inserted queued
+  --    and due: one notification each and, where pg_net and Vault exist, one webhook each (a row
+  --    inserted awaiting its image is woken by that row trigger when the upload queues it).
+  perform pg_notify('edit_requests', n.id::text)
+     from new_rows n
+    where n.status = 'queued' and (n.next_attempt_at is null or n.next_attempt_at <= now());
+  if to_regprocedure('net.http_post(text,jsonb,jsonb,jsonb,integer)') is null
+     or to_regclass('vault.decrypted_secrets') is null then
+    return null;
+  end if;
+  execute 'select decrypted_secret from vault.decrypted_secrets where name = $1 limit 1'
+     into v_url using 'edit_processor_webhook_url';
+  if v_url is null or v_url = '' then
+    return null;
+  end if;
+  execute 'select decrypted_secret from vault.decrypted_secrets where name = $1 limit 1'
+     into v_secret using 'edit_processor_webhook_secret';
+  execute 'select decrypted_secret from vault.decrypted_secrets where name = $1 limit 1'
+     into v_format using 'edit_processor_webhook_format';
+  for v_row in
+    select * from new_rows n
+     where n.status = 'queued' and (n.next_attempt_at is null or n.next_attempt_at <= now())
+  loop
+    if v_format = 'runpod' then
+      v_body := jsonb_build_object('input', jsonb_build_object('edit_request_id', v_row.id));
+      v_headers := jsonb_build_object('Content-Type', 'application/json', 'Authorization', 'Bearer ' || coalesce(v_secret, ''));
+    else
+      v_body := jsonb_build_object('type', 'INSERT', 'table', tg_table_name, 'schema', tg_table_schema,
+                                   'record', to_jsonb(v_row), 'old_record', null);
+      v_headers := jsonb_build_object('Content-Type', 'application/json', 'X-Webhook-Secret', coalesce(v_secret, ''));
+    end if;
+    execute 'select net.http_post(url := $1, body := $2, params := $3, headers := $4, timeout_milliseconds := $5)'
+      using v_url, v_body, '{}'::jsonb, v_headers, 5000;
+  end loop;
+  return null;
+end
+$$;
+
+create trigger edit_requests_after_insert
+  after insert on public.edit_requests
+  referencing new table as new_rows
+  for each statement execute function public.edit_requests_after_insert();
+
+-- Access ------------------------------------------------------------------------------------------
+-- Users may read the limits that apply to them (the default row and their own) and their usage;
+-- they write none of it. anon reads nothing.
+
+alter table public.edit_user_limits enable row level security;
+alter table public.edit_user_usage enable row level security;
+revoke all on public.edit_user_limits, public.edit_user_usage from public, anon, authenticated;
+grant all on public.edit_user_limits, public.edit_user_usage to service_role;
+grant select on public.edit_user_limits, public.edit_user_usage to authenticated;
+create policy "users read their limits" on public.edit_user_limits
+  for select to authenticated
+  using (user_id = (select auth.uid()) or user_id = '00000000-0000-0000-0000-000000000000');
+create policy "users read their usage" on public.edit_user_usage
+  for select to authenticated
+  using (user_id = (select auth.uid()));
+
+revoke all on function
+  public.edit_request_cost(integer, integer, integer),
+  public.edit_request_admission_start(uuid),
+  public.edit_requests_before_insert(),
+  public.edit_requests_after_insert()
+  from public, anon, authenticated;
+grant execute on function
+  public.edit_request_cost(integer, integer, integer),
+  public.edit_request_admission_start(uuid),
+  public.edit_requests_before_insert(),
+  public.edit_requests_after_insert()
+  to service_role;
+-- A pure rule (steps x megapixels) apps may price a request with.
+grant execute on function public.edit_request_cost(integer, integer, integer) to authenticated;
