@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -320,3 +321,30 @@ def test_fp8_with_torchaos_hardware_check_lifted_converts_the_chosen_layers_and_
     assert not accelerate.fp8_applied(transformer)
     weight = transformer.transformer_blocks[0].attn.to_q.weight  # the drift check unloaded the LoRAs
     assert type(weight) is torch.nn.Parameter and torch.equal(weight, built["before"])
+
+
+def test_the_deadline_alarm_leaves_an_earlier_alarm_its_turn_and_sets_a_later_one_again(
+    gpu_speed: ModuleType,
+) -> None:
+    control = importlib.import_module("gpubench.control")
+    saved_handler, saved_timer = signal.getsignal(signal.SIGALRM), signal.getitimer(signal.ITIMER_REAL)
+    fired: list[float] = []
+    try:
+        signal.signal(signal.SIGALRM, lambda *_: fired.append(time.monotonic()))
+        signal.setitimer(signal.ITIMER_REAL, 0.3)  # an earlier alarm (a test runner's timeout, say)
+        began = time.monotonic()
+        with pytest.raises(control.DeadlineReached), control.alarm_at(began + 1.0):
+            while time.monotonic() < began + 30:
+                time.sleep(0.01)
+        assert len(fired) == 1 and fired[0] - began < 0.9  # the earlier one fired on time
+        assert signal.getitimer(signal.ITIMER_REAL)[0] == 0  # and is not set again
+        assert time.monotonic() - began < 5  # and the deadline still came
+        signal.setitimer(signal.ITIMER_REAL, 60)  # a later alarm
+        with control.alarm_at(time.monotonic() + 30):
+            pass
+        assert 50 < signal.getitimer(signal.ITIMER_REAL)[0] <= 60  # set again, less the time spent
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, saved_handler)
+        if saved_timer[0] > 0:
+            signal.setitimer(signal.ITIMER_REAL, *saved_timer)

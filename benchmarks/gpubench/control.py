@@ -62,25 +62,38 @@ class DeadlineReached(BaseException):
 @contextmanager
 def alarm_at(deadline: float) -> Iterator[None]:
     """Interrupt whatever runs in the main thread when ``deadline`` (``time.monotonic``) passes. A
-    long device kernel finishes first: Python runs the handler between bytecodes. Off the main
-    thread (a test runner's worker) there is no alarm."""
+    long device kernel finishes first: Python runs the handler between bytecodes. An alarm already
+    set (a test runner's timeout) still fires when it is due, and is set again afterwards. Off the
+    main thread there is no alarm."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    remaining = deadline - time.monotonic()
+    started = time.monotonic()
+    remaining = deadline - started
     if remaining <= 0:
         raise DeadlineReached("the deadline had passed")
 
-    def interrupt(_signal: int, _frame: Any) -> None:
-        raise DeadlineReached("the deadline passed")
+    def interrupt(signum: int, frame: Any) -> None:
+        if time.monotonic() >= deadline - 0.01:
+            raise DeadlineReached("the deadline passed")
+        if callable(previous):  # the earlier alarm's turn
+            previous(signum, frame)
+        signal.setitimer(signal.ITIMER_REAL, max(deadline - time.monotonic(), 0.001))  # ours again
 
     previous = signal.signal(signal.SIGALRM, interrupt)
-    signal.setitimer(signal.ITIMER_REAL, remaining)
+    outer, interval = signal.setitimer(signal.ITIMER_REAL, remaining)
+    if 0 < outer < remaining:
+        signal.setitimer(signal.ITIMER_REAL, outer)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        left = outer - (time.monotonic() - started)
+        if outer > 0 and left > 0:  # not yet due: set again for what is left of it
+            signal.setitimer(signal.ITIMER_REAL, left, interval)
+        elif interval > 0:
+            signal.setitimer(signal.ITIMER_REAL, interval, interval)
 
 
 @contextmanager
