@@ -139,9 +139,10 @@ def test_the_tiny_model_runs_through_every_variant_and_each_line_is_written_as_i
     assert results["fast+compile"]["compile"]["frames_compiled"] >= 1
     assert results["fastest+compile"]["compile"]["recompile_reasons"]
     assert all(results[name]["frames_compiled_in_timed_runs"] == 0 for name in EVERY_VARIANT[1:])
-    # Lossless variants and the fused LoRA against their references, same seed.
-    for name in ("fast+compile", "quality+compile", "fast fused"):
-        assert results[name]["error_vs_reference"]["relative_l1"] < 1e-3, name
+    # Lossless variants against their references, same seed: the engine's quality is stock's edit.
+    assert results["fast+compile"]["error_vs_reference"]["relative_l1"] == 0.0  # Dynamo's eager backend
+    assert results["quality+compile"]["error_vs_reference"]["relative_l1"] == 0.0
+    assert results["fast fused"]["error_vs_reference"]["relative_l1"] < 1e-5  # float32 fusion rounding
     assert results["fast fused"]["setup"]["fuse_seconds"] >= 0
     drift = by_event(lines, "drift")["drift"]
     assert drift["start"]["denoising"] > 0 and drift["end"]["denoising"] > 0 and drift["end_over_start"] > 0
