@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -70,7 +70,10 @@ class Probe:
     def __init__(self, pipeline: Any, sync: Callable[[], None]) -> None:
         self.sync = sync
         self.config = pipeline.transformer.config
-        self.reset()
+        self.first_forward: float | None = None
+        self.latents: torch.Tensor | None = None
+        self.branches: dict[tuple[int, int], int] = {}
+        self.flop = 0.0
         self._handle = pipeline.transformer.register_forward_pre_hook(self._pre, with_kwargs=True)
         self._vae = pipeline.vae
         self._decode = self._vae.decode
@@ -82,10 +85,7 @@ class Probe:
         self._vae.decode = decode
 
     def reset(self) -> None:
-        self.first_forward: float | None = None
-        self.latents: torch.Tensor | None = None
-        self.branches: dict[tuple[int, int], int] = {}
-        self.flop = 0.0
+        self.first_forward, self.latents, self.branches, self.flop = None, None, {}, 0.0
 
     @property
     def forwards(self) -> int:
@@ -108,7 +108,7 @@ class Probe:
         self._vae.decode = self._decode
 
 
-def figures(samples: list[Mapping[str, float]], probe: Probe, steps: int, bench: Bench) -> dict[str, Any]:
+def figures(samples: Sequence[Mapping[str, float]], probe: Probe, steps: int, bench: Bench) -> dict[str, Any]:
     """Medians of the timed runs and what they mean against the compute floor."""
     stages = {stage: statistics.median(sample[stage] for sample in samples) for stage in samples[0]}
     denoising = stages.get("denoising", 0.0)
@@ -154,7 +154,8 @@ def run_stock(bench: Bench, variant: Variant) -> dict[str, Any]:
             "short_call": short,
             **figures(samples, probe, variant.steps, bench),
         }
-        bench.latents[variant.name] = probe.latents  # type: ignore[assignment]
+        if probe.latents is not None:
+            bench.latents[variant.name] = probe.latents
     finally:
         probe.close()
     return report
@@ -224,7 +225,8 @@ def run_engine(
             "frames_compiled_in_timed_runs": compile_counters()["frames"] - warm["frames"],
             **figures(samples, probe, variant.steps, bench),
         }
-        bench.latents[variant.name] = probe.latents  # type: ignore[assignment]
+        if probe.latents is not None:
+            bench.latents[variant.name] = probe.latents
     finally:
         probe.close()
     return report

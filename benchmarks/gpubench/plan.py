@@ -75,14 +75,21 @@ class Variant:
 
 def build_plan(*, attention: str, runs: int, quality_runs: int, quality_steps: int = 40) -> list[Variant]:
     lossless = Accelerations(compile=True, attention_backend=attention)
-    steps = {"quality_steps": quality_steps}
     return [
-        Variant(STOCK, "stock", "quality", quality_runs, **steps),
+        Variant(STOCK, "stock", "quality", quality_runs, quality_steps=quality_steps),
         Variant(FAST, "engine", "fast", runs),
         Variant(FAST_COMPILE, "engine", "fast", runs, lossless, reference=FAST),
         Variant(FASTEST_COMPILE, "engine", "fastest", runs, lossless),
         Variant(FAST_FP8, "engine", "fast", runs, replace(lossless, fp8=True), reference=FAST_COMPILE),
-        Variant(QUALITY_COMPILE, "engine", "quality", quality_runs, lossless, reference=STOCK, **steps),
+        Variant(
+            QUALITY_COMPILE,
+            "engine",
+            "quality",
+            quality_runs,
+            lossless,
+            reference=STOCK,
+            quality_steps=quality_steps,
+        ),
         Variant(FAST_FUSED, "fused", "fast", runs, reference=FAST),
     ]
 
@@ -221,8 +228,8 @@ def forward_flop(config: Any, image_tokens: int, text_tokens: int) -> float:
     """Matmul FLOPs of one transformer forward: 24·d² per token per block (the attention projections,
     4d², and the MLP, 8d², of the token's own stream, at 2 FLOPs per multiply-add) plus 4·s²·d per block
     for attention over the joint sequence s."""
-    dim = config.num_attention_heads * config.attention_head_dim
-    layers = config.num_layers
+    dim = int(config.num_attention_heads * config.attention_head_dim)
+    layers = int(config.num_layers)
     tokens = image_tokens + text_tokens
     return 24.0 * dim * dim * layers * tokens + 4.0 * tokens * tokens * dim * layers
 
@@ -283,9 +290,9 @@ def lora_bytes(transformer_config: Any, rank: int) -> int:
     """Bytes of one bf16 LoRA of ``rank`` on every block linear."""
     from gpubench.model import block_linear_shapes
 
-    dim = transformer_config.num_attention_heads * transformer_config.attention_head_dim
+    dim = int(transformer_config.num_attention_heads * transformer_config.attention_head_dim)
     per_block = sum(rank * (fan_in + fan_out) for fan_in, fan_out in block_linear_shapes(dim).values())
-    return per_block * transformer_config.num_layers * 2
+    return per_block * int(transformer_config.num_layers) * 2
 
 
 def memory_plan(*, weights: int, loras: int, tiny: bool, capacity: int, fp8_host_copy: int) -> dict[str, Any]:

@@ -91,7 +91,8 @@ def versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             found[package] = None
     found["torch_cuda"] = torch.version.cuda
-    found["cudnn"] = str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None
+    cudnn = torch.backends.cudnn
+    found["cudnn"] = str(cudnn.version()) if cudnn.is_available() else None  # type: ignore[no-untyped-call]
     return found
 
 

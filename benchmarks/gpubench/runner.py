@@ -36,12 +36,12 @@ def run(
         return finish(recorder, args, 2)
     # Dynamo falls back to eager, with a log line only, when a block exceeds its recompile limit: make
     # that a failure of the variant, and log the reason of every recompile (CompileWatch collects them).
-    torch._logging.set_logs(recompiles=True)
+    torch._logging.set_logs(recompiles=True)  # type: ignore[attr-defined]
     try:
         with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
             failures = run_variants(bench, variants, unavailable, costs, recorder, deadline)
     finally:
-        torch._logging.set_logs()
+        torch._logging.set_logs()  # type: ignore[attr-defined]
     drift(bench, recorder, deadline)
     return finish(recorder, args, 1 if failures else 0)
 
@@ -209,7 +209,7 @@ def run_engine_variant(bench: measure.Bench, variant: Variant) -> dict[str, Any]
         bench.components,
         model_id="random-full-size" if not bench.tiny else "tiny",
         sizing=bench.sizing,
-        lightning=bench.lightning if variant.speed != "quality" else None,  # type: ignore[arg-type]
+        lightning=bench.lightning if variant.speed != "quality" else None,
         accelerations=variant.accelerations,
     )
     try:
@@ -259,7 +259,8 @@ def compare(
 
 def failure(exc: BaseException) -> dict[str, Any]:
     """What a failure line says: the error, whether it was memory or the recompile limit, where."""
-    chain, current = [], exc
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
     while current is not None and len(chain) < 5:
         chain.append(current)
         current = current.__cause__ or current.__context__
