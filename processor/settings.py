@@ -111,8 +111,8 @@ class Settings(BaseSettings):
     attention_backend: str | None = None
     """diffusers attention backend: ``native`` (SDPA), ``_native_cudnn``, ``_native_flash``, ``flash``, ``_flash_3``."""
     fp8: bool = False
-    """Lossy: torchao float8 dynamic activations and weights on the transformer (``img_mlp`` kept in
-    bf16). Needs CUDA compute capability >= 8.9 and torchao; refused at start-up otherwise."""
+    """Lossy: torchao float8 dynamic activations and weights on the transformer blocks (modulation and
+    ``img_mlp.net.2`` kept in bf16, sglang's preset). Needs CUDA compute capability >= 8.9 and torchao; refused at start-up otherwise."""
     step_cache: bool = False
     """Lossy: diffusers' First-Block Cache on the transformer (skips the remaining blocks on steps
     where the first block's output barely changed)."""
