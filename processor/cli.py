@@ -15,7 +15,8 @@ import typer
 from processor.domain import rules
 from processor.domain.errors import ConfigurationError, InvalidInput, ModelError, ProcessorError
 from processor.domain.images import OutputFormat
-from processor.domain.rules import DeviceChoice, ReasonCode
+from processor.domain.reasons import ReasonCode
+from processor.domain.rules import DeviceChoice
 from processor.observability.logs import configure_logging
 from processor.settings import Settings, load_settings
 

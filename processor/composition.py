@@ -21,7 +21,10 @@ from processor.core.webhooks import WebhookConfig, WebhookDispatcher
 from processor.core.worker import Worker, WorkerConfig
 from processor.domain.errors import ConfigurationError, ProcessorError, TransientError
 from processor.domain.images import ImageLimits
-from processor.domain.ports import Editor, JobQueue, ObjectStorage, RetentionPolicy
+from processor.domain.ports.editor import Editor
+from processor.domain.ports.queue import JobQueue
+from processor.domain.ports.retention import RetentionPolicy
+from processor.domain.ports.storage import ObjectStorage
 from processor.domain.rules import INPUT_BUCKET
 from processor.observability.metrics import Metrics
 from processor.settings import Settings

@@ -10,8 +10,8 @@ import pytest
 from processor.domain.errors import InvalidInput
 from processor.domain.images import decode_base64_image
 from processor.domain.params import encoded_images, params_from_mapping
-from processor.domain.ports import EditParams
-from processor.domain.rules import ReasonCode
+from processor.domain.reasons import ReasonCode
+from processor.domain.request import EditParams
 
 PNG = b"\x89PNG\r\n\x1a\n-not-really"
 TEXT = base64.b64encode(PNG).decode()

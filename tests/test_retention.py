@@ -21,7 +21,7 @@ from processor.adapters.postgres.retention import PostgresRetentionStore
 from processor.composition import build_service, retention_policy
 from processor.core.retention import Retention, RetentionReport
 from processor.domain import rules
-from processor.domain.ports import RetentionPolicy
+from processor.domain.ports.retention import RetentionPolicy
 from processor.observability.metrics import Metrics
 from processor.settings import load_settings
 from tests.conftest import StorageServer, acting_as, wait_for

@@ -22,7 +22,11 @@ from typing import Any
 from processor.domain.errors import LimitExceeded
 from processor.domain.images import ImageLimits, decode_image
 from processor.domain.params import check_batch, check_request
-from processor.domain.ports import EditParams, ObjectStorage, RowChanges, UserRequests
+from processor.domain.ports.changes import RowChanges
+from processor.domain.ports.storage import ObjectStorage
+from processor.domain.ports.user_requests import UserRequests
+from processor.domain.reasons import ReasonCode
+from processor.domain.request import EditParams
 from processor.domain.rules import (
     CHANGES_FALLBACK_SECONDS,
     CREATION_SIZE,
@@ -33,7 +37,6 @@ from processor.domain.rules import (
     VALIDATION_THREADS,
     WAIT_MAX_SECONDS,
     WAITS_PER_USER,
-    ReasonCode,
 )
 from processor.domain.users import User
 

@@ -19,7 +19,9 @@ from PIL import Image
 
 from processor.domain.errors import InvalidInput
 from processor.domain.images import base_canvas, decode_base64_image, parse_hex_colour, to_rgb
-from processor.domain.ports import BaseCanvas, EditParams, EditResult
+from processor.domain.ports.editor import EditResult
+from processor.domain.reasons import ReasonCode
+from processor.domain.request import EditParams
 from processor.domain.rules import (
     BASES,
     DRAWN_SEED_BOUND,
@@ -31,7 +33,7 @@ from processor.domain.rules import (
     MAX_STEPS,
     MIN_STEPS,
     PROMPT_WHITESPACE,
-    ReasonCode,
+    Base,
 )
 from processor.domain.sizing import ModelSizing, output_size
 from processor.domain.speed import check_speed, parse_loras
@@ -264,7 +266,7 @@ class PreparedEdit:
     width: int
     height: int
     seed: int
-    base: BaseCanvas | None
+    base: Base | None
 
 
 def prepare_edit(images: Sequence[Image.Image], params: EditParams, sizing: ModelSizing) -> PreparedEdit:

@@ -30,7 +30,8 @@ from processor.domain.params import (
     params_from_mapping,
     webhook_endpoint_from_mapping,
 )
-from processor.domain.rules import TERMINAL, WAIT_MAX_SECONDS, ReasonCode
+from processor.domain.reasons import ReasonCode
+from processor.domain.rules import TERMINAL, WAIT_MAX_SECONDS
 from processor.domain.users import User
 from processor.entrypoints.auth import AuthError, TokenVerifier
 

@@ -33,7 +33,8 @@ from processor.domain.params import (
     params_from_mapping,
     webhook_endpoint_from_mapping,
 )
-from processor.domain.ports import EditParams
+from processor.domain.reasons import ReasonCode
+from processor.domain.request import EditParams
 from processor.domain.rules import (
     EDIT_BODY_FIELDS_BYTES,
     MAX_BATCH_SIZE,
@@ -42,7 +43,6 @@ from processor.domain.rules import (
     MULTIPART_MAX_FIELDS,
     TERMINAL,
     WAIT_MAX_SECONDS,
-    ReasonCode,
     SpeedPreset,
     edit_body_bytes,
 )

@@ -33,8 +33,9 @@ from PIL import Image
 from processor.domain.errors import InvalidInput, ProcessorError
 from processor.domain.images import ImageLimits, decode_image, encode_image
 from processor.domain.params import check_request, encoded_images, params_from_mapping
-from processor.domain.ports import Editor, EditParams, EditResult, PreviewSink, ProgressCallback
-from processor.domain.rules import ReasonCode
+from processor.domain.ports.editor import Editor, EditResult, PreviewSink, ProgressCallback
+from processor.domain.reasons import ReasonCode
+from processor.domain.request import EditParams
 
 log = logging.getLogger(__name__)
 

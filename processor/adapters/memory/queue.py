@@ -32,8 +32,8 @@ from typing import Any, Literal
 from processor.adapters.memory.clock import Clock, wall_clock
 from processor.adapters.memory.faults import Faults
 from processor.adapters.memory.storage import InMemoryObjectStorage
-from processor.domain.ports import BaseCanvas, EditJob, HeartbeatAnswer
-from processor.domain.rules import MAX_BATCH_SIZE, STATUSES, TERMINAL
+from processor.domain.ports.queue import EditJob, HeartbeatAnswer
+from processor.domain.rules import MAX_BATCH_SIZE, STATUSES, TERMINAL, Base
 
 Status = Literal["awaiting_image", "queued", "processing", "succeeded", "failed", "canceled"]
 
@@ -74,7 +74,7 @@ class QueueRow:
     updated_at: datetime | None = None
     width: int | None = None
     height: int | None = None
-    base: BaseCanvas = "blank"
+    base: Base = "blank"
     base_color: str = "#ffffff"
     batch_id: uuid.UUID | None = None
     preview_path: str | None = None

@@ -16,7 +16,7 @@ from typing import Any, Self, cast
 from psycopg.types.json import Jsonb
 
 from processor.adapters.postgres.pool import Pool
-from processor.domain.ports import EditJob, HeartbeatAnswer
+from processor.domain.ports.queue import EditJob, HeartbeatAnswer
 from processor.domain.speed import parse_loras
 
 

@@ -19,8 +19,8 @@ from psycopg.types.json import Jsonb
 
 from processor.adapters.postgres.pool import Pool
 from processor.domain.errors import InvalidInput, LimitExceeded
-from processor.domain.ports import EditParams
-from processor.domain.rules import QUOTA_SQLSTATE, ReasonCode, reason_for_constraint
+from processor.domain.reasons import QUOTA_SQLSTATE, ReasonCode, reason_for_constraint
+from processor.domain.request import EditParams
 from processor.domain.users import User
 
 _VIEW_COLUMNS = (

@@ -23,8 +23,10 @@ from processor.core.worker.writes import FinalWrites
 from processor.domain.errors import EditCancelled, ProcessorError, TransientError
 from processor.domain.images import decode_image, encode_image
 from processor.domain.params import generation_text
-from processor.domain.ports import EditJob, Editor, EditResult, JobQueue, ObjectStorage
-from processor.domain.rules import ReasonCode
+from processor.domain.ports.editor import Editor, EditResult
+from processor.domain.ports.queue import EditJob, JobQueue
+from processor.domain.ports.storage import ObjectStorage
+from processor.domain.reasons import ReasonCode
 
 log = logging.getLogger(__name__)
 
