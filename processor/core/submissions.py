@@ -26,7 +26,7 @@ from processor.domain.ports.changes import RowChanges
 from processor.domain.ports.storage import ObjectStorage
 from processor.domain.ports.user_requests import UserRequests
 from processor.domain.reasons import ReasonCode
-from processor.domain.request import EditParams
+from processor.domain.request import NO_OPTIONS, EditParams, RequestOptions
 from processor.domain.rules import (
     CHANGES_FALLBACK_SECONDS,
     CREATION_SIZE,
@@ -94,11 +94,10 @@ class Submissions:
         user: User,
         images: Sequence[bytes],
         params: EditParams,
-        *,
-        webhook_endpoint_id: uuid.UUID | None = None,
+        options: RequestOptions = NO_OPTIONS,
     ) -> dict[str, Any]:
         """Validate, upload the images and insert the row; with no image, a creation at ``params``' size.
-        ``webhook_endpoint_id``: one of the user's completion-webhook endpoints (the schema checks whose)."""
+        ``options.webhook_endpoint_id``: one of the user's completion-webhook endpoints (the schema checks whose)."""
         if not images and params.width is None and params.height is None:
             params = dataclasses.replace(params, width=CREATION_SIZE[0], height=CREATION_SIZE[1])
         check_request(params, len(images))  # the rules the schema and the engine hold, with their reasons
@@ -109,9 +108,7 @@ class Submissions:
             path = f"{user.id}/{request_id}/{index}.{extension}"
             await self._storage.upload(INPUT_BUCKET, path, data, content_type=media_type)
             paths.append(path)
-        return await self.requests.insert(
-            user, request_id, paths, params, webhook_endpoint_id=webhook_endpoint_id
-        )
+        return await self.requests.insert(user, request_id, paths, params, options)
 
     async def submit_batch(
         self,

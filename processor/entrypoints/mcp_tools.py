@@ -27,8 +27,8 @@ from processor.domain.params import (
     check_request,
     decoded_images,
     encoded_images,
+    options_from_mapping,
     params_from_mapping,
-    webhook_endpoint_from_mapping,
 )
 from processor.domain.reasons import ReasonCode
 from processor.domain.rules import TERMINAL, WAIT_MAX_SECONDS
@@ -87,15 +87,13 @@ async def _submit(
     # The tool's arguments go through the one mapping every way in shares.
     params = params_from_mapping(arguments)
     images = encoded_images(arguments)
-    endpoint = webhook_endpoint_from_mapping(arguments)
+    options = options_from_mapping(arguments)
     if object_path and not images:
         check_request(params, 1)
         # RLS refuses paths outside the caller's own folder.
-        return await submissions.requests.insert(
-            user, uuid.uuid4(), [object_path], params, webhook_endpoint_id=endpoint
-        )
+        return await submissions.requests.insert(user, uuid.uuid4(), [object_path], params, options)
     # No image: create from a base canvas.
-    return await submissions.submit(user, images, params, webhook_endpoint_id=endpoint)
+    return await submissions.submit(user, images, params, options)
 
 
 def create_mcp_server(

@@ -30,11 +30,11 @@ from processor.domain.params import (
     check_image_count,
     decoded_images,
     encoded_images,
+    options_from_mapping,
     params_from_mapping,
-    webhook_endpoint_from_mapping,
 )
 from processor.domain.reasons import ReasonCode
-from processor.domain.request import EditParams
+from processor.domain.request import EditParams, RequestOptions
 from processor.domain.rules import (
     EDIT_BODY_FIELDS_BYTES,
     MAX_BATCH_SIZE,
@@ -316,9 +316,9 @@ async def _json_object(request: Request) -> dict[str, Any]:
     return body
 
 
-async def _read_create(request: Request, max_body: int) -> tuple[EditParams, list[bytes], uuid.UUID | None]:
-    """The body (at most ``max_body`` bytes: 413 past it, before reading on), its images and the
-    webhook endpoint it names."""
+async def _read_create(request: Request, max_body: int) -> tuple[EditParams, list[bytes], RequestOptions]:
+    """The body (at most ``max_body`` bytes: 413 past it, before reading on): its parameters, images
+    and options."""
     content_type = request.headers.get("content-type", "")
     request = await _capped(request, max_body)
     if content_type.startswith("multipart/form-data"):
@@ -330,11 +330,11 @@ async def _read_create(request: Request, max_body: int) -> tuple[EditParams, lis
         texts = [item for key in _IMAGE_KEYS for item in form.getlist(key) if isinstance(item, str)]
         fields = {k: v for k, v in form.items() if isinstance(v, str) and k not in _IMAGE_KEYS}
         params = params_from_mapping(fields, form=True)
-        endpoint = webhook_endpoint_from_mapping(fields)
+        options = options_from_mapping(fields, form=True)
         check_image_count(len(files) + len(texts))
-        return params, [await item.read() for item in files] + encoded_images({"images": texts}), endpoint
+        return params, [await item.read() for item in files] + encoded_images({"images": texts}), options
     body = await _json_object(request)
-    return params_from_mapping(body), encoded_images(body), webhook_endpoint_from_mapping(body)
+    return params_from_mapping(body), encoded_images(body), options_from_mapping(body)
 
 
 _IMAGE_KEYS = ("image", "images")
@@ -470,8 +470,8 @@ class RestApi:
             """Upload the images, create the request and answer 202, or with `wait=true` the result."""
             if wait:
                 self.submissions.ensure_can_wait(user)  # refused before anything is stored
-            params, images, endpoint = await _read_create(request, self.max_body_bytes)
-            row = await self.submissions.submit(user, images, params, webhook_endpoint_id=endpoint)
+            params, images, options = await _read_create(request, self.max_body_bytes)
+            row = await self.submissions.submit(user, images, params, options)
             if wait:
                 final = await self.submissions.wait(user, row["id"], timeout)
                 if final is not None and final["status"] in TERMINAL:

@@ -134,7 +134,7 @@ class JobPipeline:
         job = active.job
         if self._preview_every_steps <= 0:
             return await asyncio.to_thread(
-                self._editor.edit, decoded, job.params(), on_progress=active.on_step, cancel=active.cancel
+                self._editor.edit, decoded, job.params, on_progress=active.on_step, cancel=active.cancel
             )
         previews = PreviewUploads(
             job=job,
@@ -151,7 +151,7 @@ class JobPipeline:
             return await asyncio.to_thread(
                 self._editor.edit,
                 decoded,
-                job.params(),
+                job.params,
                 on_progress=active.on_step,
                 cancel=active.cancel,
                 previews=sink,
@@ -193,4 +193,4 @@ class JobPipeline:
 
 
 def _png_text(job: EditJob, result: EditResult) -> dict[str, str]:
-    return {**generation_text(job.params(), result), "request_id": str(job.id)}
+    return {**generation_text(job.params, result), "request_id": str(job.id)}

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-from processor.domain import rules
 from processor.domain.request import EditParams
-from processor.domain.rules import Base, SpeedPreset
-from processor.domain.speed import LoraChoice
 
 HeartbeatAnswer = Literal["ok", "lost", "canceled"]
 """What ``heartbeat_edit_request`` answers: keep going, abandon silently, or stop."""
@@ -19,35 +16,18 @@ HeartbeatAnswer = Literal["ok", "lost", "canceled"]
 
 @dataclass(frozen=True, slots=True)
 class EditJob:
-    """A claimed ``edit_requests`` row: what the worker needs to run it."""
+    """A claimed ``edit_requests`` row: the request whole (``params``, as it was sent) and the row's own
+    fields the worker needs to run it."""
 
     id: uuid.UUID
     user_id: uuid.UUID | None
-    prompt: str
-    negative_prompt: str
+    params: EditParams
     input_bucket: str
     input_paths: tuple[str, ...]
     output_bucket: str
-    num_inference_steps: int
-    true_cfg_scale: float
-    guidance_scale: float
-    seed: int | None
     attempts: int
     max_attempts: int
     created_at: datetime | None = None
-    width: int | None = None
-    height: int | None = None
-    base: Base = rules.DEFAULT_BASE
-    base_color: str = rules.DEFAULT_BASE_COLOR
-    speed: SpeedPreset | None = None
-    loras: tuple[LoraChoice, ...] = ()
-
-    def params(self) -> EditParams:
-        # The row's columns are named as EditParams' fields: copied by name, not by hand.
-        return EditParams(**{name: getattr(self, name) for name in _PARAM_FIELDS})
-
-
-_PARAM_FIELDS = tuple(field.name for field in fields(EditParams))
 
 
 class JobQueue(Protocol):

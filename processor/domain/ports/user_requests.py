@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from processor.domain.request import EditParams
+from processor.domain.request import NO_OPTIONS, EditParams, RequestOptions
 from processor.domain.users import User
 
 
@@ -23,11 +23,10 @@ class UserRequests(Protocol):
         request_id: uuid.UUID,
         paths: Sequence[str],
         params: EditParams,
-        *,
-        webhook_endpoint_id: uuid.UUID | None = None,
+        options: RequestOptions = NO_OPTIONS,
     ) -> dict[str, Any]:
-        """Insert the row (naming one of the user's webhook endpoints, if given); ``InvalidInput``
-        when the schema refuses it."""
+        """Insert the row with the request's parameters and options (each in the column of its name);
+        ``InvalidInput`` or ``LimitExceeded`` when the schema refuses it."""
         ...
 
     async def get(self, user: User, request_id: uuid.UUID) -> dict[str, Any] | None: ...
