@@ -109,13 +109,12 @@ def _read(declared: Sequence[DeclaredField], values: Mapping[str, Any], form: bo
         if item.name not in values:
             continue
         value = values[item.name]
-        # An empty UUID is none at all (a form's empty field, a client's "").
+        # Null is absent where the field is nullable (and so is an empty UUID: a form's empty field).
         if item.spec.nullable and (value is None or (value == "" and item.spec.kind == "uuid")):
-            fields[item.name] = None
             continue
         converted = _READERS[item.spec.kind](item, value, form)
         if converted is None:
-            raise InvalidInput(f"{item.name} has the wrong type: {value!r:.80}", reason=item.spec.reason)
+            raise _refuse(item, _KIND_WORDS[item.spec.kind], value)
         fields[item.name] = converted
     return fields
 
@@ -180,6 +179,14 @@ def _as_uuid(_item: DeclaredField, value: object, _form: bool) -> uuid.UUID | No
     return None
 
 
+_KIND_WORDS: Mapping[FieldKind, str] = {
+    "text": "a string",
+    "integer": "an integer",
+    "number": "a finite number",
+    "choice": "a string",
+    "loras": "a list of {name, scale}",
+    "uuid": "a UUID",
+}
 _READERS: Mapping[FieldKind, Callable[[DeclaredField, object, bool], object]] = {
     "text": _as_text,
     "integer": _as_int,
@@ -196,7 +203,7 @@ _READERS: Mapping[FieldKind, Callable[[DeclaredField, object, bool], object]] = 
 def check_field(item: DeclaredField, value: object) -> None:
     """``InvalidInput`` (the field's reason) when ``value`` is not of the field's kind or out of its bounds."""
     spec = item.spec
-    if value is None and spec.nullable:
+    if value is None and spec.nullable and item.default is None:
         return
     _CHECKS[spec.kind](item, value)
 
@@ -235,12 +242,13 @@ def _check_text(item: DeclaredField, value: object) -> None:
     if "\x00" in value:
         # Postgres text cannot hold NUL: refused here so no way in gets further than the row.
         raise InvalidInput(f"{item.name} may not contain NUL characters", reason=spec.reason)
-    if spec.pattern is not None and not re.search(_python_regex(spec.pattern), value):
+    if spec.pattern is not None and not re.search(python_regex(spec.pattern), value):
         raise _refuse(item, spec.shape or f"a text matching {spec.pattern}", value)
 
 
-def _python_regex(pattern: str) -> str:
-    # JSON Schema's (ECMA-262) `$` ends the text; Python's also matches before a final newline.
+def python_regex(pattern: str) -> str:
+    """A declared pattern (ECMA-262, as JSON Schema's and SQL's ``~``, where ``$`` ends the text) for
+    Python's ``re``, whose ``$`` also matches before a final newline."""
     return pattern[:-1] + r"\Z" if pattern.endswith("$") and not pattern.endswith("\\$") else pattern
 
 

@@ -46,7 +46,7 @@ class FieldSpec:
     example: Any
     """A valid value other than the default: the every-field round trip sends it through every way in."""
     nullable: bool = False
-    """Null means absent (the default) rather than a wrong type."""
+    """Null is taken as absent (the default applies) rather than as a wrong type."""
     minimum: float | None = None
     maximum: float | None = None
     multiple_of: int | None = None
@@ -235,6 +235,7 @@ class EditParams:
         metadata=declare(
             kind="loras",
             reason=ReasonCode.INVALID_PARAMETER,
+            nullable=True,
             max_length=rules.MAX_REQUEST_LORAS,
             cli="--lora",
             description="Allowlisted LoRAs for this edit only, each {name, scale} (scale null: the "
