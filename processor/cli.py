@@ -71,7 +71,7 @@ def serve() -> None:
             webhook_secret=settings.webhook_secret,
             metrics_token=settings.metrics_token,
             api=api,
-            mcp=build_mcp(settings, api),
+            mcp=build_mcp(api),
         ),
         host=settings.host,
         port=settings.port,

@@ -456,7 +456,7 @@ def start_processor(
             wakeups=PostgresNotifications(settings.database_url) if listen else None,
         )
         api = build_rest_api(settings, service) if rest else None
-        mcp = build_mcp(settings, api) if api is not None else None
+        mcp = build_mcp(api)
         served = serve_in_thread(
             create_app(
                 service,

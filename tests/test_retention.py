@@ -580,6 +580,6 @@ def test_the_service_sweeps_in_the_background_and_users_see_their_output_expired
     )
     assert seen["output_path"] == output  # history kept
 
-    from processor.core.submissions import Submissions
+    from processor.core.user_actions import UserActions
 
-    assert asyncio.run(Submissions.output_url(None, seen, 60)) is None  # type: ignore[arg-type]
+    assert asyncio.run(UserActions.output_url(None, seen)) is None  # type: ignore[arg-type]

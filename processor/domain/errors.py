@@ -89,3 +89,17 @@ class LimitExceeded(ProcessorError):
 
     reason = ReasonCode.LIMIT_EXCEEDED
     retryable = True
+
+
+class NotFound(ProcessorError):
+    """No such request or batch for this user (another user's is the same answer): HTTP 404."""
+
+    reason = ReasonCode.NOT_FOUND
+    retryable = False
+
+
+class AlreadyFinished(ProcessorError):
+    """The request finished before the action could change it (a cancel): HTTP 409."""
+
+    reason = ReasonCode.ALREADY_FINISHED
+    retryable = False

@@ -175,6 +175,12 @@ STREAM_MAX_SECONDS = 900
 """Longest one event stream stays open; SSE clients reconnect and carry on."""
 WAITS_PER_USER = 4
 """Waits and event streams one user may hold open at once in one process."""
+DEFAULT_LIST_LIMIT: Final = 20
+"""Requests one list of a user's recent requests shows unless told otherwise."""
+MAX_LIST_LIMIT: Final = 100
+"""Requests one list shows at most."""
+DEFAULT_SIGNED_URL_SECONDS: Final = 3600
+"""Lifetime of the signed output URLs handed to users (``SIGNED_URL_SECONDS``)."""
 CHANGES_FALLBACK_SECONDS = 5.0
 """Waits re-read the row at least this often, in case a notification was lost (a reconnect)."""
 WATCH_RENEW_SECONDS = 60
