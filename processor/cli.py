@@ -243,8 +243,8 @@ def edit(
 
     Bad input exits with code 2."""
     from processor.composition import build_editor, image_limits
-    from processor.domain.images import decode_image, encode_image
-    from processor.domain.params import check_request, generation_text, params_from_mapping
+    from processor.core.direct_edit import read_images, run_edit
+    from processor.domain.params import params_from_mapping
     from processor.domain.sizing import ModelSizing, output_size
 
     try:
@@ -261,9 +261,7 @@ def edit(
         # The one mapping every way in shares; everything it and the rules refuse is refused
         # before any image is decoded or the (slow) model loaded. An option left out is absent.
         params = params_from_mapping(_request_fields(fields))
-        check_request(params, len(image or []))
-        limits = image_limits(settings)
-        images = [decode_image(path.read_bytes(), limits) for path in image or []]
+        images = read_images(params, [path.read_bytes() for path in image or []], image_limits(settings))
         output_size(
             [decoded.size for decoded in images],
             ModelSizing.for_model(settings.model_id),
@@ -273,17 +271,15 @@ def edit(
         # One short edit: a warm-up would double its cost.
         editor = build_editor(settings.model_copy(update={"warmup": False}))
         try:
-            result = editor.edit(images, params)
+            output = run_edit(editor, images, params, fmt)  # the direct-edit flow RunPod runs too
         finally:
             editor.close()
     except ProcessorError as exc:
         raise _fail(exc) from exc
-    data = encode_image(result.image, fmt, generation_text(params, result))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(data)
-    typer.echo(
-        json.dumps({**result.metadata(), "output": str(out), "format": fmt, "bytes": len(data)}, indent=2)
-    )
+    out.write_bytes(output.data)
+    metadata = {**output.result.metadata(), "output": str(out), "format": fmt, "bytes": len(output.data)}
+    typer.echo(json.dumps(metadata, indent=2))
 
 
 def _request_fields(options: Mapping[str, object]) -> dict[str, object]:

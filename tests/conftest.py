@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +40,7 @@ from processor.devtools import localdb
 from processor.devtools.serving import ServedApp, serve_in_thread
 from processor.devtools.storage_server import Faults, StorageConfig, create_storage_app
 from processor.devtools.tokens import mint_token
-from processor.domain.ports.editor import Editor, EditResult, PreviewSink, ProgressCallback
+from processor.domain.ports.editor import Editor, EditorWrapper, EditResult, PreviewSink, ProgressCallback
 from processor.domain.request import EditParams
 from processor.entrypoints.http_app import create_app
 from processor.settings import Settings, load_settings
@@ -152,31 +152,14 @@ def wait_for(
         time.sleep(interval)
 
 
-class Borrowed:
+class Borrowed(EditorWrapper):
     """An editor lent to a service: the service closes what it loaded, but the session owns this one."""
 
     def __init__(self, inner: Editor) -> None:
-        self.inner = inner
-
-    def describe(self) -> Mapping[str, Any]:
-        return self.inner.describe()
-
-    def close(self) -> None:
-        """Nothing: the lender closes it."""
-
-    def edit(
-        self,
-        images: Sequence[Image.Image],
-        params: EditParams,
-        *,
-        on_progress: ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-        previews: PreviewSink | None = None,
-    ) -> EditResult:
-        return self.inner.edit(images, params, on_progress=on_progress, cancel=cancel, previews=previews)
+        super().__init__(inner, owns_inner=False)
 
 
-class GatedEditor:
+class GatedEditor(EditorWrapper):
     """Wraps a real ``Editor`` and holds it after step ``pause_at`` until released.
 
     Gives tests a deterministic "mid-edit" moment (cancel, kill, shutdown) without sleeps.
@@ -184,17 +167,11 @@ class GatedEditor:
     """
 
     def __init__(self, inner: Editor, pause_at: int = 1) -> None:
-        self.inner = inner
+        super().__init__(inner, owns_inner=False)  # the wrapped editor is shared by the session's tests
         self.pause_at = pause_at
         self.reached = threading.Event()
         self.release = threading.Event()
         self.calls = 0
-
-    def describe(self) -> Mapping[str, Any]:
-        return self.inner.describe()
-
-    def close(self) -> None:
-        """Nothing: the wrapped editor is shared by the session's tests."""
 
     def edit(
         self,
@@ -216,7 +193,7 @@ class GatedEditor:
                     if cancel is not None and cancel.is_set():
                         return
 
-        return self.inner.edit(images, params, on_progress=progress, cancel=cancel, previews=previews)
+        return super().edit(images, params, on_progress=progress, cancel=cancel, previews=previews)
 
 
 # --- Edit engine ---------------------------------------------------------------------------------

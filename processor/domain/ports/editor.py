@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -112,3 +113,46 @@ class Editor(Protocol):
     def close(self) -> None:
         """Release the model or the connection to the engine. Idempotent."""
         ...
+
+
+def takes_previews(editor: Editor) -> bool:
+    """Whether ``editor.edit`` takes ``previews`` (an ``Editor`` written before live previews does not:
+    it still works, and gets none to send)."""
+    try:
+        parameters = inspect.signature(editor.edit).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a C callable): do not guess
+        return False
+    return any(p.name == "previews" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+class EditorWrapper:
+    """An ``Editor`` that forwards to another: the one base of every wrapper (RunPod's progress
+    reports, a test's gate or record). A subclass overrides what it changes and calls ``super()``.
+
+    ``owns_inner=False`` when the wrapped editor is shared (loaded once, closed by whoever loaded
+    it): then ``close`` leaves it open.
+    """
+
+    def __init__(self, inner: Editor, *, owns_inner: bool = True) -> None:
+        self.inner = inner
+        self._owns_inner = owns_inner
+
+    def describe(self) -> Mapping[str, Any]:
+        return self.inner.describe()
+
+    def close(self) -> None:
+        if self._owns_inner:
+            self.inner.close()
+
+    def edit(
+        self,
+        images: Sequence[Image.Image],
+        params: EditParams,
+        *,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        previews: PreviewSink | None = None,
+    ) -> EditResult:
+        if previews is None or not takes_previews(self.inner):
+            return self.inner.edit(images, params, on_progress=on_progress, cancel=cancel)
+        return self.inner.edit(images, params, on_progress=on_progress, cancel=cancel, previews=previews)
