@@ -17,12 +17,17 @@ from typing import Any, Protocol
 import psycopg
 import pytest
 
-from processor.adapters.memory import InMemoryJobQueue, ManualClock
+from processor.adapters.memory import InMemoryJobQueue, ManualClock, backoff_seconds
 from processor.adapters.postgres.queue import PostgresJobQueue
 from processor.adapters.postgres.requests import request_columns
 from processor.domain.errors import TransientError
 from processor.domain.ports.queue import JobQueue
 from processor.domain.request import PARAM_FIELDS, EditParams, example_params
+from processor.domain.rules import (
+    REQUEST_BACKOFF_JITTER,
+    REQUEST_BACKOFF_MAX_SECONDS,
+    request_backoff_seconds,
+)
 from processor.domain.speed import LoraChoice
 from tests.conftest import OWNER
 
@@ -130,7 +135,7 @@ class MemoryBackend:
         self.clock.advance(LEASE + 1)
 
     def end_backoffs(self) -> None:
-        self.clock.advance(601 * 1.25)
+        self.clock.advance(REQUEST_BACKOFF_MAX_SECONDS * (1 + REQUEST_BACKOFF_JITTER) + 1)
 
 
 @pytest.fixture(params=["postgres", "memory"])
@@ -554,3 +559,21 @@ def test_a_row_the_schema_refuses_is_refused(
     """The stand-in keeps the table's CHECK constraints: a bad state is impossible there too."""
     with pytest.raises((ValueError, psycopg.errors.CheckViolation), match=constraint):
         backend.enqueue(**columns)
+
+
+def test_the_in_memory_back_off_is_the_databases(db: psycopg.Connection[Row]) -> None:
+    # One rule (rules.request_backoff_seconds, ± REQUEST_BACKOFF_JITTER): SQL's edit_request_backoff
+    # draws within it, over its whole range, and the stand-in's ends are its ends.
+    spread = REQUEST_BACKOFF_JITTER
+    for attempts in range(1, 10):
+        nominal = request_backoff_seconds(attempts)
+        rows = db.execute(
+            "select extract(epoch from public.edit_request_backoff(%s))::float as wait "
+            "from generate_series(1, 200)",
+            (attempts,),
+        ).fetchall()
+        waits = [float(row["wait"]) for row in rows]
+        assert nominal * (1 - spread) - 1e-6 <= min(waits) < nominal * (1 - spread / 2), attempts
+        assert nominal * (1 + spread / 2) < max(waits) <= nominal * (1 + spread) + 1e-6, attempts
+        assert backoff_seconds(attempts, 0.0) == pytest.approx(nominal * (1 - spread))
+        assert backoff_seconds(attempts, 1.0) == pytest.approx(nominal * (1 + spread))

@@ -118,6 +118,7 @@ def test_statuses_channels_and_buckets_in_sql_are_the_rules(db: Db) -> None:
     assert defaults["input_bucket"] == f"'{rules.INPUT_BUCKET}'::text"
     assert defaults["output_bucket"] == f"'{rules.OUTPUT_BUCKET}'::text"
     assert defaults["num_inference_steps"] == str(rules.DEFAULT_STEPS)
+    assert defaults["max_attempts"] == str(rules.DEFAULT_MAX_ATTEMPTS)
     assert defaults["base"] == f"'{rules.DEFAULT_BASE}'::text"
     assert defaults["base_color"] == f"'{rules.DEFAULT_BASE_COLOR}'::text"
 

@@ -24,6 +24,7 @@ import httpx
 
 from processor.domain import rules, webhook_urls
 from processor.domain.ports.webhooks import WebhookAnswer
+from processor.domain.rules import DEFAULT_WEBHOOK_TIMEOUT_SECONDS
 from processor.domain.webhook_urls import WebhookFailure
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -52,7 +53,7 @@ class HttpWebhookSender:
         allowed_hosts: frozenset[str] | None,
         allow_http: bool = False,
         allow_private_addresses: bool = False,
-        timeout_seconds: float = 10.0,
+        timeout_seconds: float = DEFAULT_WEBHOOK_TIMEOUT_SECONDS,
         max_response_bytes: int = rules.WEBHOOK_MAX_RESPONSE_BYTES,
         resolver: Resolver = resolve,
         verify: ssl.SSLContext | bool = True,

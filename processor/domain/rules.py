@@ -84,6 +84,12 @@ MAX_REQUEST_LORAS: Final = 3
 """LoRAs one request may name (the SQL check has the same bound)."""
 MIN_LORA_SCALE: Final = -4.0
 MAX_LORA_SCALE: Final = 4.0
+"""Scales a request or the operator may give a LoRA (the SQL check has the same bounds)."""
+DEFAULT_LORA_SCALE: Final = 1.0
+"""The scale of an allowlisted LoRA the operator gave none (``LORAS``)."""
+DEFAULT_LORA_CACHE_SIZE: Final = 4
+"""``LORA_CACHE_SIZE``: request LoRAs kept loaded at once; also the most one request may use."""
+MAX_LORA_CACHE_SIZE: Final = 32
 LORA_NAME_PATTERN: Final = "^[a-z0-9][a-z0-9_.-]{0,63}$"
 """Allowlist names: lower-case, digits, ``_ . -``; at most 64 characters (SQL checks the same)."""
 LORA_NAME: Final = re.compile(LORA_NAME_PATTERN)
@@ -132,6 +138,15 @@ MAX_OUTPUT_BYTES: Final = 256 * 1024 * 1024
 
 # --- Storage, channels, statuses ------------------------------------------------------------------
 
+DEFAULT_STORAGE_TIMEOUT_SECONDS: Final = 60.0
+"""``STORAGE_TIMEOUT_SECONDS``: one Storage call's deadline."""
+DEFAULT_STORAGE_ATTEMPTS: Final = 4
+"""``STORAGE_RETRY_ATTEMPTS``: tries of one Storage call through transient faults."""
+DEFAULT_COMFYUI_TIMEOUT_SECONDS: Final = 30.0
+"""``COMFYUI_TIMEOUT_SECONDS``: one HTTP call to ComfyUI (a run may take longer)."""
+DEFAULT_STEP_CACHE_THRESHOLD: Final = 0.2
+"""``STEP_CACHE_THRESHOLD``: diffusers' own First-Block-Cache example on Qwen-Image uses 0.2."""
+
 INPUT_BUCKET: Final = "edit-inputs"
 OUTPUT_BUCKET: Final = "edit-outputs"
 
@@ -151,6 +166,20 @@ STATUSES: Final[tuple[Status, ...]] = (
 )
 TERMINAL: Final[frozenset[Status]] = frozenset({"succeeded", "failed", "canceled"})
 """Statuses a request never leaves on its own (operators may ``retry_edit_request``)."""
+DEFAULT_MAX_ATTEMPTS: Final = 3
+"""``edit_requests.max_attempts``' default: attempts before a retryable failure is final."""
+REQUEST_BACKOFF_BASE_SECONDS: Final = 10
+REQUEST_BACKOFF_MAX_SECONDS: Final = 600
+REQUEST_BACKOFF_JITTER: Final = 0.25
+"""A retried request waits the nominal back-off times a factor drawn from ``1 ± REQUEST_BACKOFF_JITTER``
+(``edit_request_backoff()`` in SQL; ``tests/test_port_job_queue.py`` compares them)."""
+
+
+def request_backoff_seconds(attempts: int) -> float:
+    """The nominal wait before a request's next attempt after ``attempts`` attempts (before jitter):
+    10 s, 20 s, 40 s … at most 10 minutes."""
+    return float(min(REQUEST_BACKOFF_MAX_SECONDS, REQUEST_BACKOFF_BASE_SECONDS * 2 ** max(attempts - 1, 0)))
+
 
 # --- Untrusted bytes, waits and bodies -----------------------------------------------------------
 
@@ -215,6 +244,14 @@ WEBHOOK_BACKOFF_JITTER: Final = 0.2
 """Each wait is the nominal one times a factor drawn from ``1 ± WEBHOOK_BACKOFF_JITTER``."""
 WEBHOOK_MAX_ENDPOINTS_PER_USER: Final = 10
 """Endpoints one user may register (operators are exempt; ``edit_webhook_max_endpoints()``)."""
+DEFAULT_WEBHOOK_CONCURRENCY: Final = 4
+"""``WEBHOOK_CONCURRENCY``: deliveries in flight at once per process."""
+DEFAULT_WEBHOOK_TIMEOUT_SECONDS: Final = 10.0
+"""``WEBHOOK_TIMEOUT_SECONDS``: one attempt's deadline."""
+DEFAULT_WEBHOOK_LEASE_SECONDS: Final = 60
+"""``WEBHOOK_LEASE_SECONDS``: how long a claimed delivery is one process's."""
+DEFAULT_WEBHOOK_POLL_SECONDS: Final = 1.0
+"""``WEBHOOK_POLL_INTERVAL_SECONDS``: how often due deliveries are looked for when there were none."""
 WEBHOOK_MAX_RESPONSE_BYTES: Final = 64 * 1024
 """What is read of a receiver's answer before the connection is closed (only the status matters)."""
 

@@ -76,6 +76,7 @@ from processor.domain.ports.editor import EditResult, PreviewSink, ProgressCallb
 from processor.domain.reasons import ReasonCode
 from processor.domain.request import EditParams
 from processor.domain.rules import (
+    DEFAULT_LORA_CACHE_SIZE,
     LIGHTNING_STEPS,
     MIN_STEPS,
     DeviceChoice,
@@ -127,7 +128,7 @@ class DiffusersEditor:
         speed: SpeedPreset = "quality",
         lightning: Mapping[SpeedPreset, LoraSource] | None = None,
         loras: Mapping[str, AllowedLora] | None = None,
-        lora_cache_size: int = 4,
+        lora_cache_size: int = DEFAULT_LORA_CACHE_SIZE,
         accelerations: Accelerations | None = None,
     ) -> None:
         """Wrap an already loaded and placed pipeline (from ``load_pipeline``).
@@ -191,7 +192,7 @@ class DiffusersEditor:
         speed: SpeedPreset = "quality",
         lightning: Mapping[SpeedPreset, LoraSource] | None = None,
         loras: Mapping[str, AllowedLora] | None = None,
-        lora_cache_size: int = 4,
+        lora_cache_size: int = DEFAULT_LORA_CACHE_SIZE,
         accelerations: Accelerations | None = None,
     ) -> DiffusersEditor:
         """Load a ``QwenImageEditPlusPipeline`` (hub id or local folder) and optionally warm it up.

@@ -36,7 +36,17 @@ from processor.domain.errors import InvalidInput
 from processor.domain.params import check_request, params_from_mapping
 from processor.domain.ports.queue import EditJob, HeartbeatAnswer
 from processor.domain.request import PARAM_FIELDS, EditParams
-from processor.domain.rules import INPUT_BUCKET, MAX_BATCH_SIZE, MAX_IMAGES, OUTPUT_BUCKET, STATUSES, TERMINAL
+from processor.domain.rules import (
+    DEFAULT_MAX_ATTEMPTS,
+    INPUT_BUCKET,
+    MAX_BATCH_SIZE,
+    MAX_IMAGES,
+    OUTPUT_BUCKET,
+    REQUEST_BACKOFF_JITTER,
+    STATUSES,
+    TERMINAL,
+    request_backoff_seconds,
+)
 
 Status = Literal["awaiting_image", "queued", "processing", "succeeded", "failed", "canceled"]
 
@@ -59,7 +69,7 @@ class QueueRow:
     output_path: str | None = None
     progress: float = 0.0
     attempts: int = 0
-    max_attempts: int = 3
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     next_attempt_at: datetime | None = None
     claimed_by: str | None = None
     lease_expires_at: datetime | None = None
@@ -143,8 +153,11 @@ def _paths_valid(paths: Sequence[str]) -> bool:
 
 
 def backoff_seconds(attempts: int, jitter: float) -> float:
-    """``edit_request_backoff``: 10 s, 20 s, 40 s ... capped at 10 minutes, times ``0.75 + jitter/2``."""
-    return min(600.0, 10.0 * 2.0 ** max(attempts - 1, 0)) * (0.75 + jitter * 0.5)
+    """``edit_request_backoff``: the nominal back-off (``rules.request_backoff_seconds``) times a factor
+    in ``1 ± REQUEST_BACKOFF_JITTER``, ``jitter`` drawn from ``[0, 1)``."""
+    return request_backoff_seconds(attempts) * (
+        1 - REQUEST_BACKOFF_JITTER + 2 * REQUEST_BACKOFF_JITTER * jitter
+    )
 
 
 @dataclass(frozen=True, slots=True)
