@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from processor.core.lora_allowlist import report as report_allowlist
 from processor.core.retention import Retention, RetentionReport
 from processor.core.service import ProcessorService
 from processor.core.user_actions import UserActions
@@ -22,6 +23,7 @@ from processor.core.worker import Worker, WorkerConfig
 from processor.domain.errors import ConfigurationError, ProcessorError, TransientError
 from processor.domain.images import ImageLimits
 from processor.domain.ports.editor import Editor
+from processor.domain.ports.loras import LoraAllowlist
 from processor.domain.ports.queue import JobQueue
 from processor.domain.ports.retention import RetentionPolicy
 from processor.domain.ports.storage import ObjectStorage
@@ -305,7 +307,26 @@ def build_service(settings: Settings, *, listen_for_notifications: bool = True) 
         webhooks=build_webhooks(settings, metrics),
         metrics=metrics,
         retention=None if policy.keeps_everything else build_retention(settings, storage, metrics),
+        allowlist=build_lora_allowlist(settings),
+        loras=lora_descriptions(settings),
     )
+
+
+def build_lora_allowlist(settings: Settings) -> LoraAllowlist:
+    """Where ``LORAS`` is published for the database's insert check (``public.edit_loras``)."""
+    from processor.adapters.postgres.loras import PostgresLoraAllowlist
+
+    settings.require("database_url")
+    assert settings.database_url is not None
+    return PostgresLoraAllowlist(settings.database_url)
+
+
+def lora_descriptions(settings: Settings) -> dict[str, str]:
+    """The LoRAs this processor can run, as the allowlist publishes them: each name of ``LORAS`` with its
+    description; none with ``EDIT_ENGINE=comfyui``, which runs no request LoRAs."""
+    if settings.edit_engine == "comfyui":
+        return {}
+    return {name: lora.description for name, lora in settings.loras.items()}
 
 
 def build_verifier(settings: Settings) -> TokenVerifier:
@@ -369,10 +390,19 @@ def build_stdio_mcp(settings: Settings) -> MCPServer:
 def build_row_runner(settings: Settings) -> Callable[[Editor, uuid.UUID], Awaitable[str | None]]:
     """For RunPod's ``edit_request_id`` jobs: claim that row and run it exactly as the worker does."""
 
-    sweep_checked = False
+    sweep_checked = published = False
+    loras = lora_descriptions(settings)
 
     async def run_row(editor: Editor, request_id: uuid.UUID) -> str | None:
-        nonlocal sweep_checked
+        nonlocal sweep_checked, published
+        if not published:
+            # What a processor does at start-up, on the first row job of a worker: the database
+            # checks requests against this worker's LORAS (once published; else on the next job).
+            try:
+                report_allowlist(await build_lora_allowlist(settings).publish(loras), loras)
+                published = True
+            except TransientError as exc:
+                log.warning("the LoRA allowlist is not published yet (%s)", exc)
         queue, storage = build_queue(settings), build_storage(settings)
         await queue.open()
         try:

@@ -32,6 +32,8 @@ class LoraSetting(BaseModel):
 
     source: str
     scale: float = Field(default=rules.DEFAULT_LORA_SCALE, ge=rules.MIN_LORA_SCALE, le=rules.MAX_LORA_SCALE)
+    description: str = Field(default="", max_length=500)
+    """Shown to users beside the name (``public.edit_loras.description``)."""
 
 
 class Settings(BaseSettings):
@@ -103,7 +105,8 @@ class Settings(BaseSettings):
     """The ``fastest`` preset's LoRA, as ``LIGHTNING_8STEP_LORA``."""
     loras: dict[str, LoraSetting] = Field(default_factory=dict)
     """Allowlist of request LoRAs, JSON: ``{"name": {"source": "<file or owner/repo/file>", "scale": 0.8}}``
-    (or ``{"name": "<source>"}``, scale 1). Loaded on first use; mirror the names in ``public.edit_loras``."""
+    (or ``{"name": "<source>"}``, scale 1). Loaded on first use. The processor publishes the names to
+    ``public.edit_loras`` at start-up (docs/decisions/0014-one-lora-allowlist.md)."""
     lora_cache_size: int = Field(default=rules.DEFAULT_LORA_CACHE_SIZE, ge=1, le=rules.MAX_LORA_CACHE_SIZE)
     """Request LoRAs kept loaded at once (least recently used evicted); also the most one request may use."""
     compile: bool = False
