@@ -300,10 +300,6 @@ _IMAGE_KEYS = ("image", "images")
 _REFERENCE_KEYS = ("reference", "reference_images")
 _BATCH_LISTS = ("images", "object_paths", "reference_images", "reference_paths")
 
-_IMAGE_KEYS = ("image", "images")
-_REFERENCE_KEYS = ("reference", "reference_images")
-_BATCH_LISTS = ("images", "object_paths", "reference_images", "reference_paths")
-
 
 def _text_list(body: dict[str, Any], key: str) -> list[str]:
     value = body.get(key)
