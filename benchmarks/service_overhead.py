@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,8 @@ from processor.composition import worker_config
 from processor.core.service import ProcessorService
 from processor.devtools import localdb
 from processor.devtools.serving import serve_in_thread
-from processor.domain.ports import EditParams, EditResult, PreviewSink, ProgressCallback
+from processor.domain.ports.editor import EditorWrapper, EditResult, PreviewSink, ProgressCallback
+from processor.domain.request import EditParams
 from processor.entrypoints.http_app import create_app
 from processor.settings import load_settings
 
@@ -54,19 +55,13 @@ JWT_SECRET = "benchmark-jwt-secret-at-least-32-characters"
 WEBHOOK_SECRET = "benchmark-webhook-secret"
 
 
-class TimedEditor:
+class TimedEditor(EditorWrapper):
     """Records the seconds each edit spends inside the model, by request seed."""
 
     def __init__(self, inner: DiffusersEditor) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.seconds: dict[int, float] = {}
         self._lock = threading.Lock()
-
-    def describe(self) -> Mapping[str, Any]:
-        return self.inner.describe()
-
-    def close(self) -> None:
-        self.inner.close()
 
     def edit(
         self,
@@ -78,7 +73,7 @@ class TimedEditor:
         previews: PreviewSink | None = None,
     ) -> EditResult:
         started = time.perf_counter()
-        result = self.inner.edit(images, params, on_progress=on_progress, cancel=cancel, previews=previews)
+        result = super().edit(images, params, on_progress=on_progress, cancel=cancel, previews=previews)
         with self._lock:
             self.seconds[result.seed] = time.perf_counter() - started
         return result

@@ -31,7 +31,9 @@ class LoraSetting(BaseModel):
     """One allowlisted request LoRA (``LORAS``)."""
 
     source: str
-    scale: float = Field(default=1.0, ge=-4, le=4)
+    scale: float = Field(default=rules.DEFAULT_LORA_SCALE, ge=rules.MIN_LORA_SCALE, le=rules.MAX_LORA_SCALE)
+    description: str = Field(default="", max_length=500)
+    """Shown to users beside the name (``public.edit_loras.description``)."""
 
 
 class Settings(BaseSettings):
@@ -56,7 +58,7 @@ class Settings(BaseSettings):
     """Legacy HS256 JWT secret, to verify users' access tokens (REST API, MCP over HTTP)."""
     supabase_jwks_url: str | None = None
     """JWKS of the project's asymmetric signing keys; default ``{SUPABASE_URL}/auth/v1/.well-known/jwks.json``."""
-    signed_url_seconds: int = Field(default=3600, ge=60)
+    signed_url_seconds: int = Field(default=rules.DEFAULT_SIGNED_URL_SECONDS, ge=60)
     """Lifetime of the signed output URLs the REST API hands out."""
     mcp_access_token: SecretStr | None = None
     """A user's access token for ``edit-processor mcp`` (stdio): the edits belong to that user."""
@@ -68,7 +70,7 @@ class Settings(BaseSettings):
     """ComfyUI's address, e.g. ``http://comfyui:8188`` (``EDIT_ENGINE=comfyui``)."""
     comfyui_auth_header: SecretStr | None = None
     """Sent as the ``Authorization`` header to ComfyUI (e.g. ``Bearer …`` behind an auth proxy)."""
-    comfyui_timeout_seconds: float = Field(default=30.0, gt=0)
+    comfyui_timeout_seconds: float = Field(default=rules.DEFAULT_COMFYUI_TIMEOUT_SECONDS, gt=0)
     """Per HTTP call to ComfyUI; a run may take longer (its websocket must speak every 10 minutes)."""
     comfyui_workflow: Path | None = None
     """Your own API-format workflow with placeholders (see docs/engine.md); default: the packaged one."""
@@ -103,8 +105,9 @@ class Settings(BaseSettings):
     """The ``fastest`` preset's LoRA, as ``LIGHTNING_8STEP_LORA``."""
     loras: dict[str, LoraSetting] = Field(default_factory=dict)
     """Allowlist of request LoRAs, JSON: ``{"name": {"source": "<file or owner/repo/file>", "scale": 0.8}}``
-    (or ``{"name": "<source>"}``, scale 1). Loaded on first use; mirror the names in ``public.edit_loras``."""
-    lora_cache_size: int = Field(default=4, ge=1, le=32)
+    (or ``{"name": "<source>"}``, scale 1). Loaded on first use. The processor publishes the names to
+    ``public.edit_loras`` at start-up (docs/decisions/0014-one-lora-allowlist.md)."""
+    lora_cache_size: int = Field(default=rules.DEFAULT_LORA_CACHE_SIZE, ge=1, le=rules.MAX_LORA_CACHE_SIZE)
     """Request LoRAs kept loaded at once (least recently used evicted); also the most one request may use."""
     compile: bool = False
     """Regional ``torch.compile`` of the transformer blocks (lossless; compiles during warm-up)."""
@@ -116,7 +119,7 @@ class Settings(BaseSettings):
     step_cache: bool = False
     """Lossy: diffusers' First-Block Cache on the transformer (skips the remaining blocks on steps
     where the first block's output barely changed)."""
-    step_cache_threshold: float = Field(default=0.2, gt=0, lt=1)
+    step_cache_threshold: float = Field(default=rules.DEFAULT_STEP_CACHE_THRESHOLD, gt=0, lt=1)
     """Relative L1 change below which ``STEP_CACHE`` reuses the cached blocks (higher: faster, worse).
     0.2 is the value of diffusers' own First-Block-Cache example on Qwen-Image."""
 
@@ -140,19 +143,19 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=1, ge=1, le=16)
     """Jobs in flight per process. GPU work stays serial; above 1, I/O overlaps the GPU."""
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
-    storage_timeout_seconds: float = Field(default=60.0, gt=0)
-    storage_retry_attempts: int = Field(default=4, ge=1)
+    storage_timeout_seconds: float = Field(default=rules.DEFAULT_STORAGE_TIMEOUT_SECONDS, gt=0)
+    storage_retry_attempts: int = Field(default=rules.DEFAULT_STORAGE_ATTEMPTS, ge=1)
 
     # --- Completion webhooks (docs/webhooks.md) ------------------------------------------------------
     webhook_delivery: bool = True
     """Deliver completion webhooks from this process (``serve`` and ``worker``), beside the worker."""
-    webhook_concurrency: int = Field(default=4, ge=1, le=64)
+    webhook_concurrency: int = Field(default=rules.DEFAULT_WEBHOOK_CONCURRENCY, ge=1, le=64)
     """Deliveries in flight at once per process."""
-    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    webhook_timeout_seconds: float = Field(default=rules.DEFAULT_WEBHOOK_TIMEOUT_SECONDS, gt=0, le=60)
     """One attempt's deadline: resolving, connecting, sending and reading the answer."""
-    webhook_lease_seconds: int = Field(default=60, ge=5)
+    webhook_lease_seconds: int = Field(default=rules.DEFAULT_WEBHOOK_LEASE_SECONDS, ge=5)
     """A claimed delivery is this process's for so long; after that (a killed process) it is sent again."""
-    webhook_poll_interval_seconds: float = Field(default=1.0, gt=0)
+    webhook_poll_interval_seconds: float = Field(default=rules.DEFAULT_WEBHOOK_POLL_SECONDS, gt=0)
     """How often due deliveries are looked for when there were none."""
     webhook_allowed_hosts: str | None = None
     """Comma-separated hosts (``*.example.com`` for names under it) this process delivers to, on top of

@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +40,8 @@ from processor.devtools import localdb
 from processor.devtools.serving import ServedApp, serve_in_thread
 from processor.devtools.storage_server import Faults, StorageConfig, create_storage_app
 from processor.devtools.tokens import mint_token
-from processor.domain.ports import Editor, EditParams, EditResult, PreviewSink, ProgressCallback
+from processor.domain.ports.editor import Editor, EditorWrapper, EditResult, PreviewSink, ProgressCallback
+from processor.domain.request import EditParams
 from processor.entrypoints.http_app import create_app
 from processor.settings import Settings, load_settings
 
@@ -151,31 +152,14 @@ def wait_for(
         time.sleep(interval)
 
 
-class Borrowed:
+class Borrowed(EditorWrapper):
     """An editor lent to a service: the service closes what it loaded, but the session owns this one."""
 
     def __init__(self, inner: Editor) -> None:
-        self.inner = inner
-
-    def describe(self) -> Mapping[str, Any]:
-        return self.inner.describe()
-
-    def close(self) -> None:
-        """Nothing: the lender closes it."""
-
-    def edit(
-        self,
-        images: Sequence[Image.Image],
-        params: EditParams,
-        *,
-        on_progress: ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-        previews: PreviewSink | None = None,
-    ) -> EditResult:
-        return self.inner.edit(images, params, on_progress=on_progress, cancel=cancel, previews=previews)
+        super().__init__(inner, owns_inner=False)
 
 
-class GatedEditor:
+class GatedEditor(EditorWrapper):
     """Wraps a real ``Editor`` and holds it after step ``pause_at`` until released.
 
     Gives tests a deterministic "mid-edit" moment (cancel, kill, shutdown) without sleeps.
@@ -183,17 +167,11 @@ class GatedEditor:
     """
 
     def __init__(self, inner: Editor, pause_at: int = 1) -> None:
-        self.inner = inner
+        super().__init__(inner, owns_inner=False)  # the wrapped editor is shared by the session's tests
         self.pause_at = pause_at
         self.reached = threading.Event()
         self.release = threading.Event()
         self.calls = 0
-
-    def describe(self) -> Mapping[str, Any]:
-        return self.inner.describe()
-
-    def close(self) -> None:
-        """Nothing: the wrapped editor is shared by the session's tests."""
 
     def edit(
         self,
@@ -215,7 +193,7 @@ class GatedEditor:
                     if cancel is not None and cancel.is_set():
                         return
 
-        return self.inner.edit(images, params, on_progress=progress, cancel=cancel, previews=previews)
+        return super().edit(images, params, on_progress=progress, cancel=cancel, previews=previews)
 
 
 # --- Edit engine ---------------------------------------------------------------------------------
@@ -318,7 +296,7 @@ _FRESH_EDIT = """
 import hashlib, sys
 from PIL import Image
 from processor.adapters.diffusers.engine import DiffusersEditor
-from processor.domain.ports import EditParams
+from processor.domain.request import EditParams
 editor = DiffusersEditor.load(sys.argv[1], device="cpu")
 params = EditParams(prompt="make it blue", seed=int(sys.argv[2]), num_inference_steps=int(sys.argv[3]))
 result = editor.edit([Image.new("RGB", (64, 48), (200, 40, 90))], params)
@@ -455,7 +433,7 @@ def start_processor(
             wakeups=PostgresNotifications(settings.database_url) if listen else None,
         )
         api = build_rest_api(settings, service) if rest else None
-        mcp = build_mcp(settings, api) if api is not None else None
+        mcp = build_mcp(api)
         served = serve_in_thread(
             create_app(
                 service,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -14,23 +14,15 @@ import psycopg
 from PIL import Image
 
 from processor.domain.errors import ModelError
-from processor.domain.ports import Editor, EditParams, EditResult, PreviewSink, ProgressCallback
+from processor.domain.ports.editor import Editor, EditorWrapper, EditResult, PreviewSink, ProgressCallback
+from processor.domain.request import EditParams
 from tests.conftest import Harness, insert_requests, png_bytes, upload, wait_for
 
 Row = dict[str, Any]
 
 
-class FailingEditor:
+class FailingEditor(EditorWrapper):
     """An editor adapter that fails the way a GPU does for prompts starting with ``fail:``."""
-
-    def __init__(self, inner: Editor) -> None:
-        self.inner = inner
-
-    def describe(self) -> Mapping[str, Any]:
-        return self.inner.describe()
-
-    def close(self) -> None:
-        self.inner.close()
 
     def edit(
         self,
@@ -45,7 +37,7 @@ class FailingEditor:
             raise ModelError("CUDA out of memory. Tried to allocate 20.00 GiB", reason="out_of_memory")
         if params.prompt == "fail:bug":
             raise RuntimeError("something nobody expected")
-        return self.inner.edit(images, params, on_progress=on_progress, cancel=cancel, previews=previews)
+        return super().edit(images, params, on_progress=on_progress, cancel=cancel, previews=previews)
 
 
 def insert_as_service(harness: Harness, user: uuid.UUID, path: str, **columns: Any) -> uuid.UUID:

@@ -23,7 +23,15 @@ from processor.adapters.diffusers.previews import fit_projection, fitting_images
 from processor.devtools.comfyui_server import ComfyState, create_comfyui_app
 from processor.devtools.serving import serve_in_thread
 from processor.domain import rules
-from processor.domain.ports import Editor, EditParams, EditResult, Preview, PreviewSink, ProgressCallback
+from processor.domain.ports.editor import (
+    Editor,
+    EditorWrapper,
+    EditResult,
+    Preview,
+    PreviewSink,
+    ProgressCallback,
+)
+from processor.domain.request import EditParams
 from processor.observability.metrics import Metrics
 from processor.testing import (
     InMemoryJobQueue,
@@ -366,18 +374,12 @@ def test_a_stalled_storage_costs_previews_not_steps_and_nothing_is_written_after
     )
 
 
-class LateEditor:
+class LateEditor(EditorWrapper):
     """A misbehaving editor that keeps the sink and delivers after its edit returned."""
 
     def __init__(self) -> None:
-        self.inner = StandInEditor()
+        super().__init__(StandInEditor())
         self.sink: PreviewSink | None = None
-
-    def describe(self) -> dict[str, Any]:
-        return dict(self.inner.describe())
-
-    def close(self) -> None:
-        """Nothing to release."""
 
     def edit(
         self,
@@ -389,7 +391,7 @@ class LateEditor:
         previews: PreviewSink | None = None,
     ) -> EditResult:
         self.sink = previews
-        return self.inner.edit(images, params, on_progress=on_progress, cancel=cancel)
+        return super().edit(images, params, on_progress=on_progress, cancel=cancel)
 
 
 async def scenario_a_preview_delivered_after_the_edit_is_dropped() -> None:

@@ -33,8 +33,9 @@ from processor.cli import app as cli_app
 from processor.composition import build_runpod_handler
 from processor.domain import rules
 from processor.domain.errors import EditCancelled, InvalidInput
-from processor.domain.ports import Editor, EditParams, EditResult, PreviewSink, ProgressCallback
-from processor.domain.rules import ReasonCode, reason_for_constraint
+from processor.domain.ports.editor import Editor, EditorWrapper, EditResult, PreviewSink, ProgressCallback
+from processor.domain.reasons import ReasonCode, reason_for_constraint
+from processor.domain.request import EditParams
 from processor.settings import load_settings
 from tests.conftest import Harness, acting_as, picture, png_bytes
 
@@ -110,18 +111,12 @@ CASES = [
 BASE: dict[str, Any] = {"prompt": "make it blue", "num_inference_steps": rules.MIN_STEPS}
 
 
-class CancelledEditor:
+class CancelledEditor(EditorWrapper):
     """The tiny editor with a cancel already set: its own checks run, the model never does."""
 
     def __init__(self, inner: Editor) -> None:
-        self.inner = inner
+        super().__init__(inner, owns_inner=False)  # the session owns the tiny editor
         self.calls = 0
-
-    def describe(self) -> Mapping[str, Any]:
-        return self.inner.describe()
-
-    def close(self) -> None:
-        """Nothing: the session owns the tiny editor."""
 
     def edit(
         self,
@@ -135,7 +130,7 @@ class CancelledEditor:
         self.calls += 1
         stop = threading.Event()
         stop.set()
-        return self.inner.edit(images, params, on_progress=on_progress, cancel=stop, previews=previews)
+        return super().edit(images, params, on_progress=on_progress, cancel=stop, previews=previews)
 
 
 def b64png() -> str:

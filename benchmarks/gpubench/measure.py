@@ -19,7 +19,7 @@ from gpubench.plan import SHORT_STOCK_STEPS, WARM_UP_STEPS, Variant, forward_flo
 from processor.adapters.diffusers.accelerate import compile_counters, fp8_layers, is_float8
 from processor.adapters.diffusers.loras import LoraSource
 from processor.adapters.diffusers.run import sizing_gate
-from processor.domain.ports import EditParams
+from processor.domain.request import EditParams
 from processor.domain.sizing import ModelSizing
 
 GIB = 2**30

@@ -26,7 +26,12 @@ from tenacity import (
 )
 
 from processor.domain.errors import InvalidInput, ProcessorError, TransientError
-from processor.domain.rules import STORAGE_DELETE_MAX_OBJECTS, ReasonCode
+from processor.domain.reasons import ReasonCode
+from processor.domain.rules import (
+    DEFAULT_STORAGE_ATTEMPTS,
+    DEFAULT_STORAGE_TIMEOUT_SECONDS,
+    STORAGE_DELETE_MAX_OBJECTS,
+)
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 log = logging.getLogger(__name__)
@@ -56,8 +61,8 @@ class SupabaseObjectStorage:
         url: str,
         key: str,
         *,
-        timeout: float = 60.0,
-        attempts: int = 4,
+        timeout: float = DEFAULT_STORAGE_TIMEOUT_SECONDS,
+        attempts: int = DEFAULT_STORAGE_ATTEMPTS,
         backoff_initial: float = 0.25,
         backoff_max: float = 8.0,
     ) -> None:

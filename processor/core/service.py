@@ -18,15 +18,20 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Literal
 
+from processor.core.lora_allowlist import publish_allowlist
 from processor.core.retention import Retention
 from processor.core.webhooks import WebhookDispatcher, run_dispatcher
 from processor.core.worker import Worker, WorkerConfig
 from processor.domain.errors import ProcessorError
-from processor.domain.ports import Editor, JobQueue, ObjectStorage, Wakeups
-from processor.domain.rules import ReasonCode
+from processor.domain.ports.changes import Wakeups
+from processor.domain.ports.editor import Editor
+from processor.domain.ports.loras import LoraAllowlist
+from processor.domain.ports.queue import JobQueue
+from processor.domain.ports.storage import ObjectStorage
+from processor.domain.reasons import ReasonCode
 from processor.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -58,7 +63,11 @@ class ProcessorService:
         metrics: Metrics | None = None,
         webhooks: WebhookDispatcher | None = None,
         retention: Retention | None = None,
+        allowlist: LoraAllowlist | None = None,
+        loras: Mapping[str, str] | None = None,
     ) -> None:
+        """``allowlist``: where the LoRA allowlist ``loras`` (name to description, the ``LORAS`` setting)
+        is published at start-up, so the database refuses exactly the LoRAs this processor cannot run."""
         self.config = config
         self.metrics = metrics or Metrics()
         self._queue = queue
@@ -67,11 +76,14 @@ class ProcessorService:
         self._wakeups = wakeups
         self._webhooks = webhooks
         self._retention = retention
+        self._allowlist = allowlist
+        self._loras = dict(loras or {})
         self._editor: Editor | None = None
         self._stop = asyncio.Event()
         self._worker: Worker | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._setup_error: str | None = None
+        self._setup_what = ""
         self._setup_failed = asyncio.Event()
         self._stopping = False
         self._lease_sweep: str | None = None
@@ -107,6 +119,10 @@ class ProcessorService:
         """Open the adapters, then load the model and work in the background. Returns at once."""
         await self._queue.open()
         await self._storage.open()
+        if self._allowlist is not None:
+            self._tasks.append(
+                asyncio.create_task(self._publish_allowlist(self._allowlist), name="processor-loras")
+            )
         if self._retention is not None:
             # Needs no model: deletes what is due while the model loads, then every interval.
             await self._retention.open()
@@ -121,15 +137,28 @@ class ProcessorService:
                 asyncio.create_task(run_dispatcher(self._webhooks, self._stop), name="processor-webhooks")
             )
 
+    async def _publish_allowlist(self, allowlist: LoraAllowlist) -> None:
+        try:
+            await publish_allowlist(allowlist, self._loras, self._stop)
+        except Exception as exc:
+            # Not a passing fault (a role that may not write edit_loras): the database would check
+            # requests against another list than this processor's, so the service does not go on.
+            self._fail_setup(f"{type(exc).__name__}: {exc}", what="the LoRA allowlist could not be published")
+
+    def _fail_setup(self, error: str, *, what: str) -> None:
+        if self._setup_error is None:
+            self._setup_error, self._setup_what = error, what
+        log.error("%s: %s", what, error)
+        self._setup_failed.set()
+
     async def _load_and_run(self) -> None:
         await self.lease_sweep()  # schedules it where pg_cron exists, or says it is missing
         started = time.monotonic()
         try:
             editor = await asyncio.to_thread(self._editor_factory)
         except Exception as exc:
-            self._setup_error = f"{type(exc).__name__}: {exc}"
             log.exception("model setup failed")
-            self._setup_failed.set()
+            self._fail_setup(f"{type(exc).__name__}: {exc}", what="the model could not be loaded")
             return
         log.info("model ready", extra={"seconds": round(time.monotonic() - started, 3)})
         self._editor = editor
@@ -210,4 +239,4 @@ class ProcessorService:
                 wait.cancel()
         await self.stop()
         if self._setup_error is not None:
-            raise SetupFailed(f"the model could not be loaded: {self._setup_error}")
+            raise SetupFailed(f"{self._setup_what}: {self._setup_error}")

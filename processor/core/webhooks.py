@@ -21,8 +21,13 @@ from datetime import UTC, datetime
 
 from standardwebhooks.webhooks import Webhook
 
-from processor.domain.ports import WebhookAnswer, WebhookDelivery, WebhookOutbox, WebhookSender
-from processor.domain.rules import WebhookFailure
+from processor.domain.ports.webhooks import WebhookAnswer, WebhookDelivery, WebhookOutbox, WebhookSender
+from processor.domain.rules import (
+    DEFAULT_WEBHOOK_CONCURRENCY,
+    DEFAULT_WEBHOOK_LEASE_SECONDS,
+    DEFAULT_WEBHOOK_POLL_SECONDS,
+)
+from processor.domain.webhook_urls import WebhookFailure
 from processor.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -37,11 +42,11 @@ def wall_clock() -> datetime:
 @dataclass(frozen=True, slots=True)
 class WebhookConfig:
     worker_id: str
-    concurrency: int = 4
+    concurrency: int = DEFAULT_WEBHOOK_CONCURRENCY
     """Deliveries in flight at once (a slow receiver holds one slot, not the loop)."""
-    lease_seconds: int = 60
+    lease_seconds: int = DEFAULT_WEBHOOK_LEASE_SECONDS
     """How long a claimed delivery is this process's; after that another may send it again."""
-    poll_interval_seconds: float = 1.0
+    poll_interval_seconds: float = DEFAULT_WEBHOOK_POLL_SECONDS
     """How often due deliveries are looked for when there were none."""
 
 

@@ -28,7 +28,9 @@ if TYPE_CHECKING:  # the `mcp` extra: imported only when an MCP server is mounte
     from mcp.server.mcpserver import MCPServer
 
 WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
-SETUP_FAILED_DETAIL = "the model could not be loaded; the processor's log says why"
+SETUP_FAILED_DETAIL = (
+    "the processor could not start working (the model, the LoRA allowlist); its log says why"
+)
 
 
 class WebhookRecord(BaseModel):

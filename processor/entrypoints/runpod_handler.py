@@ -2,10 +2,10 @@
 
 Two kinds of job input:
 
-- ``{"prompt", "image" (base64) and/or "images" (at most 3 in all), "negative_prompt",
-  "num_inference_steps", "true_cfg_scale", "guidance_scale", "seed", "width", "height", "base",
-  "base_color"}`` (the fields and rules of every way in; no seed, or null, draws one): edit directly and return
-  ``{"image": <base64 PNG>, "seed", "width", "height", "timings"}``, like the original handler;
+- the request's fields (``domain/request.py``: ``prompt``, ``negative_prompt``,
+  ``num_inference_steps``, ..., ``speed``, ``loras``; the fields and rules of every way in) with
+  ``image`` (base64) and/or ``images`` (at most 3 in all; none: a creation): edit directly and return
+  ``{"image": <base64 PNG>, "seed", "width", "height", "timings", ...}``, like the original handler;
 - ``{"edit_request_id": "<uuid>"}``: claim that ``edit_requests`` row and process it exactly as
   the worker does (download, edit, upload, complete, heartbeats). Point the database webhook at the
   endpoint with Vault secret ``edit_processor_webhook_format = 'runpod'``.
@@ -30,11 +30,13 @@ from typing import Any
 
 from PIL import Image
 
+from processor.core.direct_edit import read_images, run_edit
 from processor.domain.errors import InvalidInput, ProcessorError
-from processor.domain.images import ImageLimits, decode_image, encode_image
-from processor.domain.params import check_request, encoded_images, params_from_mapping
-from processor.domain.ports import Editor, EditParams, EditResult, PreviewSink, ProgressCallback
-from processor.domain.rules import ReasonCode
+from processor.domain.images import ImageLimits
+from processor.domain.params import encoded_images, params_from_mapping
+from processor.domain.ports.editor import Editor, EditorWrapper, EditResult, PreviewSink, ProgressCallback
+from processor.domain.reasons import ReasonCode
+from processor.domain.request import EditParams
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +56,14 @@ def runpod_progress(job: Job, update: dict[str, Any]) -> None:
         log.debug("progress %s", update)
 
 
-class _ReportingEditor:
-    """Forwards each step's progress to RunPod, whoever calls the editor."""
+class _ReportingEditor(EditorWrapper):
+    """Forwards each step's progress to RunPod, whoever calls the editor; the editor is shared by
+    every job (closed by whoever loaded it)."""
 
     def __init__(self, inner: Editor, job: Job, report: Reporter) -> None:
-        self._inner = inner
+        super().__init__(inner, owns_inner=False)
         self._job = job
         self._report = report
-
-    def describe(self) -> Mapping[str, Any]:
-        return self._inner.describe()
-
-    def close(self) -> None:
-        """Nothing: the editor is shared by every job and closed by whoever loaded it."""
 
     def edit(
         self,
@@ -82,19 +79,14 @@ class _ReportingEditor:
                 on_progress(step, total)
             self._report(self._job, {"step": step, "total": total, "percent": round(100 * step / total)})
 
-        return self._inner.edit(images, params, on_progress=progress, cancel=cancel, previews=previews)
+        return super().edit(images, params, on_progress=progress, cancel=cancel, previews=previews)
 
 
 def _read_job(job_input: Mapping[str, Any], limits: ImageLimits) -> tuple[EditParams, list[Image.Image]]:
-    """The job's parameters and decoded images, through the one mapping every way in shares.
-
-    No image at all is a creation: the editor starts from a base canvas. Everything the
-    rules refuse is refused before any image is decoded.
-    """
+    """The job's parameters (through the one mapping every way in shares) and its images, decoded
+    once everything the rules refuse has been refused."""
     params = params_from_mapping(job_input)
-    encoded = encoded_images(job_input)
-    check_request(params, len(encoded))
-    return params, [decode_image(data, limits) for data in encoded]
+    return params, read_images(params, encoded_images(job_input), limits)
 
 
 def make_handler(
@@ -108,13 +100,11 @@ def make_handler(
 
     async def edit_directly(job: Job, job_input: Mapping[str, Any]) -> dict[str, Any]:
         params, images = await asyncio.to_thread(_read_job, job_input, limits)
-        reporting = _ReportingEditor(editor, job, report)
-        result = await asyncio.to_thread(reporting.edit, images, params)
-        png = await asyncio.to_thread(
-            encode_image, result.image, "png", {"prompt": params.prompt, "seed": str(result.seed)}
-        )
+        # The direct-edit flow the CLI runs too: the same PNG metadata as the worker's outputs.
+        output = await asyncio.to_thread(run_edit, _ReportingEditor(editor, job, report), images, params)
+        result = output.result
         return {
-            "image": base64.b64encode(png).decode(),
+            "image": base64.b64encode(output.data).decode(),
             "seed": result.seed,
             "width": result.width,
             "height": result.height,

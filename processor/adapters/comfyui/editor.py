@@ -71,8 +71,10 @@ from processor.domain.errors import (
     WorkflowError,
 )
 from processor.domain.params import prepare_edit
-from processor.domain.ports import EditParams, EditResult, Preview, PreviewSink, ProgressCallback
-from processor.domain.rules import ReasonCode
+from processor.domain.ports.editor import EditResult, Preview, PreviewSink, ProgressCallback
+from processor.domain.reasons import ReasonCode
+from processor.domain.request import EditParams
+from processor.domain.rules import DEFAULT_COMFYUI_TIMEOUT_SECONDS
 from processor.domain.sizing import ModelSizing
 
 log = logging.getLogger(__name__)
@@ -176,7 +178,7 @@ class ComfyUIEditor:
         workflow: Mapping[str, Any] | None = None,
         workflow_name: str = DEFAULT_WORKFLOW,
         auth_header: str | None = None,
-        timeout: float = 30.0,
+        timeout: float = DEFAULT_COMFYUI_TIMEOUT_SECONDS,
         idle_timeout: float = 600.0,
         sizing: ModelSizing | None = None,
         ping_interval: float = 5.0,

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from processor.domain.errors import ConfigurationError
+from processor.domain.rules import DEFAULT_STEP_CACHE_THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class Accelerations:
     attention_backend: str | None = None
     fp8: bool = False
     step_cache: bool = False
-    step_cache_threshold: float = 0.2
+    step_cache_threshold: float = DEFAULT_STEP_CACHE_THRESHOLD
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -72,14 +72,16 @@ from processor.adapters.diffusers.run import (
 )
 from processor.domain.errors import ConfigurationError, EditCancelled, InvalidInput, ModelError
 from processor.domain.params import prepare_edit
-from processor.domain.ports import EditParams, EditResult, PreviewSink, ProgressCallback
+from processor.domain.ports.editor import EditResult, PreviewSink, ProgressCallback
+from processor.domain.reasons import ReasonCode
+from processor.domain.request import EditParams
 from processor.domain.rules import (
+    DEFAULT_LORA_CACHE_SIZE,
     LIGHTNING_STEPS,
     MIN_STEPS,
     DeviceChoice,
     MemoryMode,
     Quantization,
-    ReasonCode,
     SpeedPreset,
 )
 from processor.domain.sizing import ModelSizing, output_size
@@ -126,7 +128,7 @@ class DiffusersEditor:
         speed: SpeedPreset = "quality",
         lightning: Mapping[SpeedPreset, LoraSource] | None = None,
         loras: Mapping[str, AllowedLora] | None = None,
-        lora_cache_size: int = 4,
+        lora_cache_size: int = DEFAULT_LORA_CACHE_SIZE,
         accelerations: Accelerations | None = None,
     ) -> None:
         """Wrap an already loaded and placed pipeline (from ``load_pipeline``).
@@ -190,7 +192,7 @@ class DiffusersEditor:
         speed: SpeedPreset = "quality",
         lightning: Mapping[SpeedPreset, LoraSource] | None = None,
         loras: Mapping[str, AllowedLora] | None = None,
-        lora_cache_size: int = 4,
+        lora_cache_size: int = DEFAULT_LORA_CACHE_SIZE,
         accelerations: Accelerations | None = None,
     ) -> DiffusersEditor:
         """Load a ``QwenImageEditPlusPipeline`` (hub id or local folder) and optionally warm it up.

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from processor.domain.errors import ConfigurationError, InvalidInput
-from processor.domain.rules import ReasonCode
+from processor.domain.reasons import ReasonCode
+from processor.domain.rules import DEFAULT_LORA_CACHE_SIZE, DEFAULT_LORA_SCALE
 from processor.domain.speed import LoraChoice
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class AllowedLora:
 
     name: str
     source: LoraSource
-    scale: float = 1.0
+    scale: float = DEFAULT_LORA_SCALE
 
 
 def adapter_name(name: str) -> str:
@@ -100,7 +101,7 @@ class AdapterCache:
         pipeline: Any,
         allowlist: Mapping[str, AllowedLora],
         *,
-        max_resident: int = 4,
+        max_resident: int = DEFAULT_LORA_CACHE_SIZE,
         pinned: Iterable[str] = (),
     ) -> None:
         if max_resident < 1:

@@ -9,36 +9,29 @@ the row: nothing written); ``released`` (shutdown: the row and its attempt given
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 
 from PIL import Image
 
+from processor.core.direct_edit import encode_output
 from processor.core.worker.config import WorkerConfig, output_path_for
 from processor.core.worker.job import ActiveJob, StopReason
 from processor.core.worker.previews import PreviewUploads
 from processor.core.worker.recorder import WorkerMetrics
 from processor.core.worker.writes import FinalWrites
 from processor.domain.errors import EditCancelled, ProcessorError, TransientError
-from processor.domain.images import decode_image, encode_image
-from processor.domain.params import generation_text
-from processor.domain.ports import EditJob, Editor, EditResult, JobQueue, ObjectStorage
-from processor.domain.rules import ReasonCode
+from processor.domain.images import decode_image
+from processor.domain.ports.editor import Editor, EditResult, takes_previews
+from processor.domain.ports.queue import EditJob, JobQueue
+from processor.domain.ports.storage import ObjectStorage
+from processor.domain.reasons import ReasonCode
 
 log = logging.getLogger(__name__)
 
 Outcome = tuple[str, str]
 """``(outcome, reason)``: what happened to the job, and its reason code."""
 _FINAL_OUTCOMES = frozenset({"succeeded", "failed", "canceled"})
-
-
-def _takes_previews(editor: Editor) -> bool:
-    try:
-        parameters = inspect.signature(editor.edit).parameters.values()
-    except (TypeError, ValueError):  # no signature to read (a C callable): do not guess
-        return False
-    return any(p.name == "previews" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 class JobPipeline:
@@ -59,7 +52,7 @@ class JobPipeline:
         self._worker_id = config.worker_id
         # An Editor written before live previews (its ``edit`` takes no ``previews``) still works:
         # it just gets none to send.
-        self._preview_every_steps = config.preview_every_steps if _takes_previews(editor) else 0
+        self._preview_every_steps = config.preview_every_steps if takes_previews(editor) else 0
         self._preview_interval = config.preview_interval_seconds
         self._editor = editor
         self._writes = writes
@@ -114,7 +107,7 @@ class JobPipeline:
         edit_seconds = time.monotonic() - edit_started
         self._metrics.edit(edit_seconds, result.timings)
         encoded = await timed(
-            "encode", asyncio.to_thread(encode_image, result.image, "png", _png_text(job, result))
+            "encode", asyncio.to_thread(encode_output, job.params, result, "png", request_id=job.id)
         )
         output_path = output_path_for(job)
         await timed(
@@ -132,7 +125,7 @@ class JobPipeline:
         job = active.job
         if self._preview_every_steps <= 0:
             return await asyncio.to_thread(
-                self._editor.edit, decoded, job.params(), on_progress=active.on_step, cancel=active.cancel
+                self._editor.edit, decoded, job.params, on_progress=active.on_step, cancel=active.cancel
             )
         previews = PreviewUploads(
             job=job,
@@ -149,7 +142,7 @@ class JobPipeline:
             return await asyncio.to_thread(
                 self._editor.edit,
                 decoded,
-                job.params(),
+                job.params,
                 on_progress=active.on_step,
                 cancel=active.cancel,
                 previews=sink,
@@ -188,7 +181,3 @@ class JobPipeline:
             log.error("could not record the failure: %s", write_error)
             return "error", exc.reason
         return ("retrying" if status == "queued" else status), exc.reason
-
-
-def _png_text(job: EditJob, result: EditResult) -> dict[str, str]:
-    return {**generation_text(job.params(), result), "request_id": str(job.id)}
