@@ -272,7 +272,8 @@ def edit(
 
     Bad input exits with code 2."""
     from processor.composition import build_editor, image_limits
-    from processor.domain.images import decode_image, encode_image
+    from processor.core.decoding import shared_pool
+    from processor.domain.images import encode_image
     from processor.domain.params import check_request, generation_text, params_from_mapping
     from processor.domain.sizing import ModelSizing, output_size
 
@@ -306,7 +307,7 @@ def edit(
         )
         check_request(params, len(image or []))
         limits = image_limits(settings)
-        images = [decode_image(path.read_bytes(), limits) for path in image or []]
+        images = [shared_pool().decode_blocking(path.read_bytes(), limits) for path in image or []]
         output_size(
             [decoded.size for decoded in images], ModelSizing.for_model(settings.model_id), width, height
         )

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from processor.devtools.hostile_jpegs import (
+from processor.devtools.hostile_images import (
     DECODER_REFUSES,
     EOI,
     HIDING_PLACES,

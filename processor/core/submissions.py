@@ -9,18 +9,17 @@ folder in ``edit-inputs``; the row's insert trigger sees them and queues the req
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
+from processor.core.decoding import DecodePool
 from processor.domain.errors import LimitExceeded
-from processor.domain.images import ImageLimits, decode_image
+from processor.domain.images import ImageLimits
 from processor.domain.params import check_batch, check_request
 from processor.domain.ports import EditParams, ObjectStorage, RowChanges, UserRequests
 from processor.domain.rules import (
@@ -64,9 +63,10 @@ class Submissions:
         self._stream_seconds = stream_seconds
         self._waits_per_user = waits_per_user
         self._waits: Counter[uuid.UUID] = Counter()
-        # Validation decodes untrusted images: its own small pool, so neither a flood of uploads
-        # nor slow decodes can take the threads that edits run in (the loop's default executor).
-        self._validation = ThreadPoolExecutor(max_workers=VALIDATION_THREADS, thread_name_prefix="validate")
+        # Validation decodes untrusted images: its own small pool of decoding processes (each image
+        # within its CPU time), so neither a flood of uploads nor slow decodes can take the threads
+        # edits run in (the loop's default executor) or the processes the worker decodes in.
+        self._validation = DecodePool(VALIDATION_THREADS)
 
     @property
     def limits(self) -> ImageLimits:
@@ -84,7 +84,7 @@ class Submissions:
         if self._owns_storage:
             await self._storage.close()
         await self._changes.close()
-        self._validation.shutdown(wait=False, cancel_futures=True)
+        self._validation.close()
 
     async def submit(
         self,
@@ -99,7 +99,7 @@ class Submissions:
         if not images and params.width is None and params.height is None:
             params = dataclasses.replace(params, width=CREATION_SIZE[0], height=CREATION_SIZE[1])
         check_request(params, len(images))  # the rules the schema and the engine hold, with their reasons
-        formats = await asyncio.get_running_loop().run_in_executor(self._validation, self._validate, images)
+        formats = await self._validate(images)
         request_id = uuid.uuid4()
         paths = []
         for index, (data, (extension, media_type)) in enumerate(zip(images, formats, strict=True)):
@@ -124,9 +124,7 @@ class Submissions:
         ``object_paths`` already in the user's folder), each also given the references. Everything is
         checked before anything is stored; the batch's insert makes every request or none."""
         check_batch(params, len(images) + len(object_paths), len(references) + len(reference_paths))
-        formats = await asyncio.get_running_loop().run_in_executor(
-            self._validation, self._validate, [*images, *references]
-        )
+        formats = await self._validate([*images, *references])
         batch_id = uuid.uuid4()
         uploaded = []
         for index, (data, (extension, media_type)) in enumerate(
@@ -140,13 +138,11 @@ class Submissions:
         refs = [*uploaded[len(images) :], *reference_paths]
         return await self.requests.insert_batch(user, batch_id, paths, refs, params)
 
-    def _validate(self, images: Sequence[bytes]) -> list[tuple[str, str]]:
-        formats = []
+    async def _validate(self, images: Sequence[bytes]) -> list[tuple[str, str]]:
+        """Each image decoded (in a decoding process, one after the other); their formats."""
         for data in images:
-            decoded = decode_image(data, self._limits)  # raises InvalidInput with the reason
-            del decoded
-            formats.append(_FORMATS[_sniff_format(data)])
-        return formats
+            await self._validation.check(data, self._limits)  # raises InvalidInput with the reason
+        return [_FORMATS[_sniff_format(data)] for data in images]
 
     async def wait(self, user: User, request_id: uuid.UUID, timeout: float) -> dict[str, Any] | None:
         """The row once it is finished, or as it stands when ``timeout`` (at most ``WAIT_MAX_SECONDS``)

@@ -52,7 +52,9 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
 @dataclass(frozen=True, slots=True)
 class ImageLimits:
-    """What an input image may be: at most ``max_bytes`` and ``max_pixels``, sides at least ``min_side``.
+    """What an input image may be: at most ``max_bytes`` and ``max_pixels``, sides at least ``min_side``,
+    decoded within ``max_decode_seconds`` of CPU time (enforced where images are decoded in a pool
+    process, ``processor.core.decoding``; ``decode_image`` itself runs as long as it runs).
 
     Pillow's own decompression-bomb guard stays on as a second line: it refuses images
     above twice ``PIL.Image.MAX_IMAGE_PIXELS`` (about 179 MP) whatever ``max_pixels`` says.
@@ -61,6 +63,7 @@ class ImageLimits:
     max_bytes: int = rules.MAX_IMAGE_BYTES
     max_pixels: int = rules.MAX_IMAGE_PIXELS
     min_side: int = rules.MIN_IMAGE_SIDE
+    max_decode_seconds: float = rules.MAX_DECODE_SECONDS
 
 
 _DATA_URL = re.compile(r"data:image/[A-Za-z0-9.+-]{1,64};base64,")
@@ -179,7 +182,7 @@ def jpeg_scan_count(data: bytes, *, stop_after: int | None = None) -> int:
     - EOI ends it: libjpeg reads nothing after it (a second picture, trailing data).
 
     Checked against ``djpeg -verbose``'s trace of every scan it reads: equal or more on the
-    variants in ``processor/devtools/hostile_jpegs.py`` and on thousands of mutated files.
+    variants in ``processor.devtools.hostile_images.py`` and on thousands of mutated files.
     """
     if not data.startswith(b"\xff\xd8"):
         return 0  # libjpeg's first_marker wants SOI at the start, or it refuses the file

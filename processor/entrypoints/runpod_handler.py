@@ -30,8 +30,9 @@ from typing import Any
 
 from PIL import Image
 
+from processor.core.decoding import shared_pool
 from processor.domain.errors import InvalidInput, ProcessorError
-from processor.domain.images import ImageLimits, decode_image, encode_image
+from processor.domain.images import ImageLimits, encode_image
 from processor.domain.params import check_request, encoded_images, params_from_mapping
 from processor.domain.ports import Editor, EditParams, EditResult, PreviewSink, ProgressCallback
 from processor.domain.rules import ReasonCode
@@ -94,7 +95,7 @@ def _read_job(job_input: Mapping[str, Any], limits: ImageLimits) -> tuple[EditPa
     params = params_from_mapping(job_input)
     encoded = encoded_images(job_input)
     check_request(params, len(encoded))
-    return params, [decode_image(data, limits) for data in encoded]
+    return params, [shared_pool().decode_blocking(data, limits) for data in encoded]
 
 
 def make_handler(

@@ -1,4 +1,5 @@
-"""Crafted JPEGs for tests and benchmarks: scan bombs, and the ways to hide their scans.
+"""Crafted images for tests and benchmarks: scan bombs and the ways to hide their scans, and files
+that cost seconds of decoding without breaking any rule that can be counted before decoding.
 
 A scan bomb is a valid progressive JPEG with thousands of scans: each one makes libjpeg walk
 every block of the image again, so a megabyte of scan headers costs minutes of decoding. The
@@ -10,6 +11,8 @@ miss the scans. Everything is deterministic (seeded), so a failing case names it
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from collections.abc import Callable
 
 import numpy as np
@@ -147,3 +150,23 @@ DECODER_REFUSES: dict[str, Callable[[bytes], bytes]] = {
     "twelve-bit": twelve_bit,  # Pillow opens 8-bit JPEGs only
 }
 """Bombs the decoder refuses before any scan: refused, whatever the reason."""
+
+
+def segment_flood(segments: int, *, size: int = 64) -> bytes:
+    """A small JPEG after ``segments`` empty comment segments (4 bytes each): within every limit
+    that can be counted before decoding, yet Pillow's header parser and the scan counter walk each
+    segment in Python, about a microsecond apiece. 2,000,000 segments: 8 MB, seconds of CPU."""
+    picture = io.BytesIO()
+    photo_like(size, size).save(picture, format="JPEG", quality=80)
+    return SOI + b"\xff\xfe\x00\x02" * segments + picture.getvalue()[2:]
+
+
+def chunk_flood(chunks: int, *, size: int = 64) -> bytes:
+    """A small PNG with ``chunks`` empty private chunks before its pixels (12 bytes each), each one
+    read, CRC-checked and dispatched by Pillow in Python."""
+    picture = io.BytesIO()
+    photo_like(size, size).save(picture, format="PNG")
+    data = picture.getvalue()
+    pixels_at = data.find(b"IDAT") - 4
+    empty = struct.pack(">I", 0) + b"prVt" + struct.pack(">I", zlib.crc32(b"prVt"))
+    return data[:pixels_at] + empty * chunks + data[pixels_at:]
