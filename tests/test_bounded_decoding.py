@@ -3,7 +3,7 @@ processes whose CPU time the kernel cuts off (``MAX_DECODE_SECONDS``), refused a
 
 The slow inputs break no rule that can be counted before decoding: millions of empty JPEG comment
 segments, or of empty private PNG chunks, which Pillow's header parsers walk in Python (seconds of
-CPU for 8 MB). At ``MAX_DECODE_SECONDS=1`` each is stopped after a second or two of CPU time.
+CPU for 16 MB). At ``MAX_DECODE_SECONDS=1`` each is stopped after a second or two of CPU time.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import asyncio
 import base64
 import io
 import os
+import signal
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +32,7 @@ ONE_SECOND = ImageLimits(max_decode_seconds=1)
 
 
 def slow_jpeg() -> bytes:
-    return segment_flood(2_000_000)
+    return segment_flood(4_000_000)  # 16 MB: about 4 s of CPU here, so well past 1 s on a faster machine
 
 
 def photo_png(size: int = 256) -> bytes:
@@ -55,8 +56,17 @@ def alive(pid: int) -> bool:
     return True
 
 
+def alive_child(pid: int) -> bool:
+    """Whether our child ``pid`` still runs (a dead one stays a zombie until the pool reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 @pytest.mark.parametrize(
-    "make", [slow_jpeg, lambda: chunk_flood(700_000)], ids=["jpeg-segments", "png-chunks"]
+    "make", [slow_jpeg, lambda: chunk_flood(1_400_000)], ids=["jpeg-segments", "png-chunks"]
 )
 def test_an_image_slower_to_decode_than_its_cpu_time_is_refused_and_the_pool_goes_on(
     pool: DecodePool, make: Callable[[], bytes]
@@ -89,9 +99,7 @@ def test_cancelling_a_decode_kills_its_process_and_frees_its_place(pool: DecodeP
     async def scenario() -> None:
         pool.start()
         (first,) = pool.pids
-        decoding = asyncio.ensure_future(
-            pool.check(segment_flood(4_000_000), ImageLimits(max_decode_seconds=600))
-        )
+        decoding = asyncio.ensure_future(pool.check(slow_jpeg(), ImageLimits(max_decode_seconds=600)))
         await asyncio.to_thread(wait_for, lambda: pool.busy == 1, what="the decode to start")
         decoding.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -100,6 +108,29 @@ def test_cancelling_a_decode_kills_its_process_and_frees_its_place(pool: DecodeP
         # The one place is free again (else this would wait for the 600 s decode).
         assert (await pool.decode(photo_png(64), ImageLimits())).size == (64, 64)
         assert first not in pool.pids
+
+    asyncio.run(scenario())
+
+
+def test_a_child_killed_while_idle_is_replaced_without_blaming_the_next_image(pool: DecodePool) -> None:
+    pool.start()
+    (idle,) = pool.pids
+    os.kill(idle, signal.SIGKILL)  # the OOM killer's way
+    wait_for(lambda: not alive_child(idle), what="the idle child to die")
+    assert pool.decode_blocking(png_bytes(), ImageLimits()).size == (64, 48)
+    assert idle not in pool.pids
+
+
+def test_a_decoder_that_crashes_its_process_is_corrupt_image(pool: DecodePool) -> None:
+    async def scenario() -> None:
+        decoding = asyncio.ensure_future(pool.check(slow_jpeg(), ImageLimits(max_decode_seconds=600)))
+        await asyncio.to_thread(wait_for, lambda: pool.busy == 1, what="the decode to start")
+        (child,) = pool.pids
+        os.kill(child, signal.SIGSEGV)  # as a decoder bug on crafted bytes would end it
+        with pytest.raises(InvalidInput) as refused:
+            await decoding
+        assert refused.value.reason == "corrupt_image"
+        assert (await pool.decode(photo_png(64), ImageLimits())).size == (64, 64)
 
     asyncio.run(scenario())
 

@@ -9,17 +9,20 @@ A wall-clock deadline backs it up, and cancelling a decode (a worker's job cance
 
 The child gets the bytes and limits as JSON and raw bytes, answers with a fixed binary layout (never a
 pickle: a decoder exploit stays in the child), and runs without the parent's environment (no secrets).
-docs/decisions/0030-decode-in-child-processes.md has why not multiprocessing or pebble.
+docs/decisions/0030-decode-in-child-processes.md has why not multiprocessing or pebble. POSIX only
+(Linux, macOS): RLIMIT_CPU and select() on pipes have no Windows twins.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import math
 import os
 import queue
+import resource
 import selectors
 import signal
 import struct
@@ -43,22 +46,29 @@ from processor.domain.rules import (
     ReasonCode,
 )
 
-if sys.platform != "win32":  # Windows has no RLIMIT_CPU: the wall-clock deadline is its only bound
-    import fcntl
-    import resource
-
 _SIGXCPU = getattr(signal, "SIGXCPU", None)
 _HEADER = struct.Struct(">BIII")  # kind, then three numbers whose meaning depends on it
 _DECODED, _CHECKED, _REFUSED, _FAILED = 0, 1, 2, 3
 _MAX_TEXT = 64 * 1024  # the most a child's refusal message may carry
 # What a child inherits of the environment: enough to start Python and import the processor.
-_ENVIRONMENT = ("PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
+_ENVIRONMENT = (
+    "PATH",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONNOUSERSITE",
+    "VIRTUAL_ENV",
+    "LD_LIBRARY_PATH",
+    "DYLD_LIBRARY_PATH",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Decoded:
     size: tuple[int, int]
-    rgb: bytes
+    rgb: bytes | bytearray
     """Empty when only a check was asked for."""
 
 
@@ -66,6 +76,10 @@ class _Died(Exception):
     def __init__(self, returncode: int | None) -> None:
         super().__init__(returncode)
         self.returncode = returncode
+
+
+class _Stale(_Died):
+    """The child was gone before it got the request (killed while idle): the image is not to blame."""
 
 
 class _Child:
@@ -101,13 +115,21 @@ class _Child:
             if pipe is not None:
                 pipe.close()
 
-    def call(self, request: bytes, deadline: float, max_answer: int) -> tuple[int, int, int, int, bytes]:
-        """Send one request; the answer's header and body. ``_Died`` when the child ends first,
-        ``TimeoutError`` (the child killed) at ``deadline`` (``time.monotonic``)."""
+    def call(
+        self, request: bytes, deadline: float, max_answer: int, sent: Callable[[], object]
+    ) -> tuple[int, int, int, int, bytearray]:
+        """Send one request (``sent()`` once it is all written); the answer's header and body.
+        ``_Stale`` when the child was gone before it had the request, ``_Died`` when it ends
+        after, ``TimeoutError`` (the child killed) at ``deadline`` (``time.monotonic``)."""
         stdin, stdout = self._process.stdin, self._process.stdout
         assert stdin is not None and stdout is not None
         try:
             _write_all(stdin.fileno(), request, deadline)
+        except OSError as exc:  # no reader: the child ended before this request
+            self.kill()
+            raise _Stale(self._process.wait()) from exc
+        sent()
+        try:
             header = _read_exactly(stdout.fileno(), _HEADER.size, deadline)
             kind, a, b, body_size = _HEADER.unpack(header)
             if body_size > max_answer:
@@ -124,7 +146,7 @@ class _Child:
 def _widen(pipe: IO[bytes] | None) -> None:
     """A 1 MiB pipe where Linux allows it (64 KiB by default): a 3 MB image crosses in 3 turns of the
     scheduler instead of 48, which on a loaded machine is most of the cost of the round trip."""
-    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None) if sys.platform != "win32" else None
+    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
     if pipe is not None and setpipe is not None:
         with contextlib.suppress(OSError):
             fcntl.fcntl(pipe.fileno(), setpipe, 1 << 20)
@@ -141,19 +163,21 @@ def _write_all(stdin: int, request: bytes, deadline: float) -> None:
             view = view[os.write(stdin, view[: 1 << 20]) :]
 
 
-def _read_exactly(fd: int, size: int, deadline: float) -> bytes:
-    chunks, left = [], size
+def _read_exactly(fd: int, size: int, deadline: float) -> bytearray:
+    """``size`` bytes from ``fd`` by ``deadline``, read straight into one buffer (an image's pixels
+    are copied once on their way in, into the ``Image``)."""
+    buffer = bytearray(size)
+    view, got = memoryview(buffer), 0
     with selectors.DefaultSelector() as selector:
         selector.register(fd, selectors.EVENT_READ)
-        while left:
+        while got < size:
             if not selector.select(_left(deadline)):
                 raise TimeoutError
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
+            read = os.readv(fd, [view[got:]])
+            if not read:
                 raise EOFError
-            chunks.append(chunk)
-            left -= len(chunk)
-    return b"".join(chunks)
+            got += read
+    return buffer
 
 
 def _left(deadline: float) -> float:
@@ -200,8 +224,12 @@ class DecodePool:
 
     @property
     def busy(self) -> int:
-        """Children decoding an image now."""
+        """Children decoding an image now (its bytes all sent to them)."""
         return self._busy
+
+    def _count_busy(self, change: int) -> None:
+        with self._children_lock:
+            self._busy += change
 
     @property
     def pids(self) -> list[int]:
@@ -227,15 +255,18 @@ class DecodePool:
         return _image(self._run(data, limits, keep_pixels=True, call=_Call()))
 
     def close(self) -> None:
-        """Kill the children; a decode in flight fails."""
+        """Kill the children; a decode in flight fails, and so does every later one."""
         self._closed = True
+        drained = []
         while True:
             try:
-                child = self._slots.get_nowait()
+                drained.append(self._slots.get_nowait())
             except queue.Empty:
                 break
+        for child in drained:
             if child is not None:
                 self._forget(child)
+            self._slots.put(None)  # so a later call finds its place, and the pool shut
         self._threads.shutdown(wait=False, cancel_futures=True)
 
     async def _in_thread(self, data: bytes, limits: ImageLimits, *, keep_pixels: bool) -> Decoded:
@@ -255,27 +286,31 @@ class DecodePool:
         try:
             if self._closed:
                 raise TransientError("the image decoding processes are shut down")
-            if child is None or not child.alive:
-                if child is not None:
-                    self._forget(child)
-                child = _Child()
-                with self._children_lock:
-                    self._children[child.pid] = child
-            if not call.serve_with(child):
-                raise TransientError("the decode was cancelled")
             deadline = time.monotonic() + _wall_seconds(limits)
-            max_answer = 3 * limits.max_pixels if keep_pixels else _MAX_TEXT
-            with self._children_lock:
-                self._busy += 1
-            try:
-                answer = child.call(request, deadline, max(max_answer, _MAX_TEXT))
-            except (TimeoutError, _Died) as exc:
-                self._forget(child)
-                child = None
-                raise _failure(exc, limits, call) from None
-            finally:
-                with self._children_lock:
-                    self._busy -= 1
+            max_answer = max(3 * limits.max_pixels if keep_pixels else 0, _MAX_TEXT)
+            for attempt in (1, 2):
+                if child is None or not child.alive:
+                    if child is not None:
+                        self._forget(child)
+                    child = None
+                    child = self._started()
+                if not call.serve_with(child):
+                    raise TransientError("the decode was cancelled")
+                decoding = _Counted(self._count_busy)
+                try:
+                    answer = child.call(request, deadline, max_answer, sent=decoding.start)
+                    break
+                except _Stale:
+                    self._forget(child)
+                    child = None
+                    if attempt == 2:
+                        raise TransientError("the image decoding processes keep ending") from None
+                except (TimeoutError, _Died) as exc:
+                    self._forget(child)
+                    child = None
+                    raise _failure(exc, limits, call) from None
+                finally:
+                    decoding.stop()
             return _answer(*answer, limits=limits)
         finally:
             if child is not None and self._closed:
@@ -283,10 +318,35 @@ class DecodePool:
                 child = None
             self._slots.put(child)
 
+    def _started(self) -> _Child:
+        try:
+            child = _Child()
+        except OSError as exc:
+            raise TransientError(f"cannot start an image decoding process: {exc}") from exc
+        with self._children_lock:
+            self._children[child.pid] = child
+        return child
+
     def _forget(self, child: _Child) -> None:
         child.close()
         with self._children_lock:
             self._children.pop(child.pid, None)
+
+
+class _Counted:
+    """One child's decode, counted in ``DecodePool.busy`` from its request sent to its answer."""
+
+    def __init__(self, count: Callable[[int], None]) -> None:
+        self._count, self._counted = count, False
+
+    def start(self) -> None:
+        self._count(1)
+        self._counted = True
+
+    def stop(self) -> None:
+        if self._counted:
+            self._count(-1)
+            self._counted = False
 
 
 _shared: DecodePool | None = None
@@ -313,7 +373,7 @@ def _request(data: bytes, limits: ImageLimits, keep_pixels: bool) -> bytes:
     return struct.pack(">II", len(header), len(data)) + header + data
 
 
-def _answer(kind: int, a: int, b: int, _size: int, body: bytes, *, limits: ImageLimits) -> Decoded:
+def _answer(kind: int, a: int, b: int, _size: int, body: bytearray, *, limits: ImageLimits) -> Decoded:
     """The child's answer, checked: a child is not trusted to keep to its own layout."""
     if kind == _DECODED and 0 < a * b <= limits.max_pixels and len(body) == 3 * a * b:
         return Decoded((a, b), body)
@@ -360,8 +420,6 @@ def _image(decoded: Decoded) -> Image.Image:
 
 def _limit_cpu(seconds: float) -> Callable[[], None]:
     """Let this process use ``seconds`` more CPU time (rounded up); returns what lifts the limit again."""
-    if sys.platform == "win32":
-        return lambda: None
     soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     limit = math.ceil(usage.ru_utime + usage.ru_stime + seconds)
@@ -371,8 +429,8 @@ def _limit_cpu(seconds: float) -> Callable[[], None]:
     return lambda: resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
-def _decode_one(request: bytes) -> bytes:
-    """One request's answer: ``decode_image`` under the CPU limit."""
+def _decode_one(request: bytes) -> list[bytes]:
+    """One request's answer, in parts: ``decode_image`` under the CPU limit."""
     header_size, data_size = struct.unpack(">II", request[:8])
     header = json.loads(request[8 : 8 + header_size])
     data = request[8 + header_size : 8 + header_size + data_size]
@@ -381,20 +439,21 @@ def _decode_one(request: bytes) -> bytes:
     try:
         image = decode_image(data, limits)
     except InvalidInput as refused:
-        reason, message = refused.reason.encode(), refused.message.encode()[: _MAX_TEXT - 64]
-        return (
-            _HEADER.pack(_REFUSED, len(reason), len(message), len(reason) + len(message)) + reason + message
-        )
+        return _text_answer(_REFUSED, refused.reason, refused.message)
     except Exception as exc:  # MemoryError, or a bug: said, not pickled
-        name, message = type(exc).__name__.encode(), str(exc).encode()[: _MAX_TEXT - 64]
-        return _HEADER.pack(_FAILED, len(name), len(message), len(name) + len(message)) + name + message
+        return _text_answer(_FAILED, type(exc).__name__, str(exc))
     finally:
         lift()
     width, height = image.size
     if not header["keep_pixels"]:
-        return _HEADER.pack(_CHECKED, width, height, 0)
+        return [_HEADER.pack(_CHECKED, width, height, 0)]
     rgb = image.tobytes()
-    return _HEADER.pack(_DECODED, width, height, len(rgb)) + rgb
+    return [_HEADER.pack(_DECODED, width, height, len(rgb)), rgb]
+
+
+def _text_answer(kind: int, name: str, message: str) -> list[bytes]:
+    first, second = name.encode(), message.encode()[: _MAX_TEXT - 256]
+    return [_HEADER.pack(kind, len(first), len(second), len(first) + len(second)), first, second]
 
 
 def _read_request(stdin: BinaryIO) -> bytes | None:
@@ -407,10 +466,13 @@ def _read_request(stdin: BinaryIO) -> bytes | None:
 
 def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
     """The child's loop: one request in, one answer out, until the parent closes the pipe."""
-    if sys.platform != "win32":
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file when the CPU limit strikes
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides when a child ends
+    # (it kills it, or closes its stdin), so a decode is never cut short and misread as a crash.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file when the CPU limit strikes
     while (request := _read_request(stdin)) is not None:
-        stdout.write(_decode_one(request))
+        for part in _decode_one(request):
+            stdout.write(part)
         stdout.flush()
 
 
