@@ -162,6 +162,18 @@ def test_rest_refuses_an_upload_that_decodes_too_slowly(
     assert response.json()["error"]["code"] == "decode_too_slow"
 
 
+def test_mcp_refuses_an_image_that_decodes_too_slowly(
+    start_processor: Callable[..., Harness], make_user: Callable[[], uuid.UUID]
+) -> None:
+    from tests.test_mcp_tools import call_over_http, text_of
+
+    harness = start_processor(rest=True, max_decode_seconds=1)
+    token = harness.storage.token(make_user())
+    image = base64.b64encode(slow_jpeg()).decode()
+    result = call_over_http(harness, token, "edit_image", {"prompt": "x", "image_base64": image})
+    assert result.is_error and "decode_too_slow" in text_of(result)
+
+
 def test_runpod_returns_decode_too_slow(tiny_editor: Any) -> None:
     from processor.composition import build_runpod_handler
     from processor.settings import load_settings
