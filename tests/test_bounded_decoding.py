@@ -26,7 +26,7 @@ from processor.core.decoding import DecodePool
 from processor.devtools.hostile_images import chunk_flood, photo_like, segment_flood
 from processor.domain.errors import InvalidInput
 from processor.domain.images import ImageLimits
-from tests.conftest import Harness, png_bytes, wait_for
+from tests.conftest import Harness, StorageServer, png_bytes, wait_for
 
 ONE_SECOND = ImageLimits(max_decode_seconds=1)
 
@@ -163,15 +163,38 @@ def test_rest_refuses_an_upload_that_decodes_too_slowly(
 
 
 def test_mcp_refuses_an_image_that_decodes_too_slowly(
-    start_processor: Callable[..., Harness], make_user: Callable[[], uuid.UUID]
+    database_url: str, storage_server: StorageServer, make_user: Callable[[], uuid.UUID]
 ) -> None:
-    from tests.test_mcp_tools import call_over_http, text_of
+    # The stdio server (in process): over streamable HTTP the MCP SDK caps a request at 4 MiB,
+    # smaller than the slow file; validation is the same Submissions either way.
+    from mcp.client import Client
 
-    harness = start_processor(rest=True, max_decode_seconds=1)
-    token = harness.storage.token(make_user())
+    from processor.adapters.postgres.changes import PostgresRowChanges
+    from processor.adapters.postgres.requests import EditRequests
+    from processor.core.submissions import Submissions
+    from processor.entrypoints.auth import TokenVerifier
+    from processor.entrypoints.mcp_tools import create_mcp_server
+    from tests.test_mcp_tools import text_of
+
+    server = create_mcp_server(
+        Submissions(
+            EditRequests(database_url),
+            storage_server.adapter(),
+            ONE_SECOND,
+            PostgresRowChanges(database_url),
+        ),
+        TokenVerifier(jwt_secret=storage_server.jwt_secret),
+        stdio_token=storage_server.token(make_user()),
+        open_resources=True,
+    )
     image = base64.b64encode(slow_jpeg()).decode()
-    result = call_over_http(harness, token, "edit_image", {"prompt": "x", "image_base64": image})
-    assert result.is_error and "decode_too_slow" in text_of(result)
+
+    async def main() -> Any:
+        async with Client(server) as client:
+            return await client.call_tool("edit_image", {"prompt": "x", "image_base64": image})
+
+    result = asyncio.run(main())
+    assert result.is_error and "decode_too_slow: decoding the image took more than 1 s" in text_of(result)
 
 
 def test_runpod_returns_decode_too_slow(tiny_editor: Any) -> None:
