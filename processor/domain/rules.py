@@ -357,7 +357,7 @@ about 23 ms per megapixel-scan, this caps a decode at roughly 7 s of one core.""
 MAX_DECODE_SECONDS: Final = 5.0
 """Default ``MAX_DECODE_SECONDS``: the CPU time one input image may take to decode (in a process the
 kernel stops at that point, ``RLIMIT_CPU``; whole seconds, rounded up). The slowest real inputs
-measured, a 25 MP progressive JPEG and a 25 MP PNG, take 0.7 s and 0.35 s (docs/limits.md)."""
+measured, a 25 MP progressive JPEG and a 25 MP PNG, take 0.66 s and 0.35 s (docs/limits.md)."""
 DECODE_WALL_FACTOR: Final = 4
 DECODE_WALL_EXTRA_SECONDS: Final = 30.0
 """A decode also ends after ``DECODE_WALL_FACTOR × MAX_DECODE_SECONDS + DECODE_WALL_EXTRA_SECONDS``
