@@ -292,7 +292,6 @@ class DecodePool:
                 if child is None or not child.alive:
                     if child is not None:
                         self._forget(child)
-                    child = None
                     child = self._started()
                 if not call.serve_with(child):
                     raise TransientError("the decode was cancelled")
