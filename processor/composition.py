@@ -54,6 +54,7 @@ def image_limits(settings: Settings) -> ImageLimits:
         max_bytes=settings.max_image_bytes,
         max_pixels=settings.max_image_pixels,
         min_side=settings.min_image_side,
+        max_decode_seconds=settings.max_decode_seconds,
     )
 
 

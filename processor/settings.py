@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     """At most the ``edit-inputs`` bucket's ``file_size_limit``: the processor refuses to start otherwise."""
     max_image_pixels: int = Field(default=rules.MAX_IMAGE_PIXELS, gt=0)
     min_image_side: int = Field(default=rules.MIN_IMAGE_SIDE, gt=0)
+    max_decode_seconds: float = Field(default=rules.MAX_DECODE_SECONDS, gt=0, le=3600)
+    """CPU time one input image may take to decode; past it the decoding process is stopped and the
+    image refused (``decode_too_slow``)."""
 
     # --- Worker -----------------------------------------------------------------------------------
     worker_id: str = Field(default_factory=_default_worker_id)

@@ -62,3 +62,17 @@ def test_the_preview_cost_benchmark_reports_both_step_times_and_the_ratio(
     assert report["previews_delivered_per_edit"] >= 1 and report["step_path_us_per_preview"] > 0
     module.main(argv)
     assert "ratio" in capsys.readouterr().out
+
+
+def test_the_decode_bound_benchmark_reports_both_decodes_and_the_ratios(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = importlib.util.spec_from_file_location("decode_bound", SCRIPT.parent / "decode_bound.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = module.main(["--runs", "2", "--size", "64", "--skip-bombs", "--json"])
+    assert json.loads(capsys.readouterr().out) == report
+    for row in report["per_image"].values():
+        assert row["in_process_ms"] > 0 and row["bounded_decode_ms"] > 0 and row["bounded_check_ms"] > 0
+        assert row["decode_ratio"] == pytest.approx(row["bounded_decode_ms"] / row["in_process_ms"], rel=0.05)

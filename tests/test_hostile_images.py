@@ -11,31 +11,24 @@ import random
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
+from processor.devtools.hostile_images import (
+    DECODER_REFUSES,
+    EOI,
+    HIDING_PLACES,
+    TINY_AC_SCAN,
+    exif_holding,
+    progressive_jpeg,
+    scan_bomb,
+    with_repeated_scan,
+)
 from processor.domain.errors import InvalidInput
 from processor.domain.images import ImageLimits, decode_image, jpeg_scan_count
 from processor.domain.rules import JPEG_MAX_SCANS
 
 CORPUS = Path(__file__).parent / "corpus"
-
-
-def progressive_jpeg(size: int = 256, *, exif: bytes | None = None) -> bytes:
-    pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    extra = {"exif": exif} if exif else {}
-    Image.fromarray(pixels).save(buffer, format="JPEG", progressive=True, quality=50, **extra)
-    return buffer.getvalue()
-
-
-def with_repeated_scan(data: bytes, copies: int) -> bytes:
-    """The JPEG with its smallest scan repeated: few bytes, many passes over every block."""
-    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xDA]
-    end_of_image = data.rfind(b"\xff\xd9")
-    scans = [data[a:b] for a, b in zip(starts, [*starts[1:], end_of_image], strict=True)]
-    return data[:end_of_image] + min(scans, key=len) * copies + data[end_of_image:]
 
 
 def test_a_jpeg_with_thousands_of_scans_is_refused_before_decoding() -> None:
@@ -69,6 +62,57 @@ def test_ordinary_jpegs_pass_and_marker_bytes_inside_header_segments_are_not_cou
     baseline = io.BytesIO()
     Image.new("RGB", (64, 64), "red").save(baseline, format="JPEG")
     assert jpeg_scan_count(baseline.getvalue()) == 1
+
+
+@pytest.mark.parametrize("place", sorted(HIDING_PLACES))
+def test_a_scan_bomb_is_refused_wherever_its_scans_hide(place: str) -> None:
+    # Issue 22: one junk byte after APP0 made the counter stop at 0 while libjpeg decoded every scan.
+    crafted = HIDING_PLACES[place](scan_bomb(256, 3000))
+    assert jpeg_scan_count(crafted) >= 3000
+    with pytest.raises(InvalidInput) as refused:
+        decode_image(crafted, ImageLimits())
+    assert refused.value.reason == "too_many_scans"
+
+
+@pytest.mark.parametrize("place", sorted(HIDING_PLACES))
+def test_each_hiding_place_is_a_jpeg_whose_every_scan_is_decoded_and_counted(place: str) -> None:
+    # Under the limit, so it decodes: the variants are JPEGs to Pillow and libjpeg, not garbage they
+    # refuse, and the count is libjpeg's (10 scans of the picture + the 80 added; checked against
+    # djpeg -verbose's trace of each).
+    crafted = HIDING_PLACES[place](scan_bomb(64, JPEG_MAX_SCANS - 20))
+    assert jpeg_scan_count(crafted) == JPEG_MAX_SCANS - 10
+    assert decode_image(crafted, ImageLimits(min_side=1)).size == (64, 64)
+
+
+@pytest.mark.parametrize("trick", sorted(DECODER_REFUSES))
+def test_a_scan_bomb_the_decoder_refuses_anyway_is_refused(trick: str) -> None:
+    with pytest.raises(InvalidInput):
+        decode_image(DECODER_REFUSES[trick](scan_bomb(256, 3000)), ImageLimits())
+
+
+def test_scans_the_decoder_never_reads_are_not_counted() -> None:
+    # libjpeg stops at EOI, and skips an EXIF thumbnail (APP1) by its length, whatever it holds.
+    after_the_end = progressive_jpeg() + TINY_AC_SCAN * 3000 + EOI
+    assert jpeg_scan_count(after_the_end) == 10
+    decode_image(after_the_end, ImageLimits())
+    plain = progressive_jpeg()
+    thumbnail_bomb = plain[:2] + exif_holding(scan_bomb(64, 3000)) + plain[2:]
+    assert jpeg_scan_count(thumbnail_bomb) == 10
+    decode_image(thumbnail_bomb, ImageLimits())
+
+
+@pytest.mark.parametrize(
+    "path", sorted(CORPUS.glob("scan-bomb-*")), ids=lambda path: path.name.removeprefix("scan-bomb-")
+)
+def test_the_scan_bombs_kept_in_the_corpus_are_refused(path: Path) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        decode_image(path.read_bytes(), ImageLimits(min_side=1))
+    assert refused.value.reason == "too_many_scans"
+
+
+def test_the_corpus_keeps_a_file_for_every_hiding_place() -> None:
+    kept = {path.name for path in CORPUS.glob("scan-bomb-*")}
+    assert kept == {f"scan-bomb-{place}.jpg" for place in HIDING_PLACES}
 
 
 @pytest.mark.parametrize("path", sorted(CORPUS.glob("*")), ids=lambda path: path.name)

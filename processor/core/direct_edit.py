@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from processor.domain.images import ImageLimits, OutputFormat, decode_image, encode_image
+from processor.core.decoding import shared_pool
+from processor.domain.images import ImageLimits, OutputFormat, encode_image
 from processor.domain.params import check_request, generation_text
 from processor.domain.ports.editor import Editor, EditResult, ProgressCallback
 from processor.domain.request import EditParams
@@ -31,9 +32,10 @@ class EditOutput:
 
 def read_images(params: EditParams, encoded: Sequence[bytes], limits: ImageLimits) -> list[Image.Image]:
     """Refuse what the rules refuse before decoding anything (``InvalidInput``), then decode each image
-    under ``limits``. No image at all is a creation: the editor starts from a base canvas."""
+    under ``limits`` in the decoding processes (each within its CPU time; blocking). No image at all is
+    a creation: the editor starts from a base canvas."""
     check_request(params, len(encoded))
-    return [decode_image(data, limits) for data in encoded]
+    return [shared_pool().decode_blocking(data, limits) for data in encoded]
 
 
 def encode_output(

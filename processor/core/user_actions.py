@@ -15,19 +15,18 @@ in ``edit-inputs``; the row's insert trigger sees them and queues the request.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from enum import StrEnum
 from typing import Any
 
+from processor.core.decoding import DecodePool
 from processor.domain.errors import AlreadyFinished, LimitExceeded, NotFound
-from processor.domain.images import ImageLimits, decode_image
+from processor.domain.images import ImageLimits
 from processor.domain.params import check_batch, check_request
 from processor.domain.ports.changes import RowChanges
 from processor.domain.ports.storage import ObjectStorage
@@ -106,9 +105,10 @@ class UserActions:
         self._stream_seconds = stream_seconds
         self._waits_per_user = waits_per_user
         self._waits: Counter[uuid.UUID] = Counter()
-        # Validation decodes untrusted images: its own small pool, so neither a flood of uploads
-        # nor slow decodes can take the threads that edits run in (the loop's default executor).
-        self._validation = ThreadPoolExecutor(max_workers=VALIDATION_THREADS, thread_name_prefix="validate")
+        # Validation decodes untrusted images: its own small pool of decoding processes (each image
+        # within its CPU time), so neither a flood of uploads nor slow decodes can take the threads
+        # edits run in (the loop's default executor) or the processes the worker decodes in.
+        self._validation = DecodePool(VALIDATION_THREADS)
 
     @property
     def limits(self) -> ImageLimits:
@@ -126,7 +126,7 @@ class UserActions:
         if self._owns_storage:
             await self._storage.close()
         await self._changes.close()
-        self._validation.shutdown(wait=False, cancel_futures=True)
+        self._validation.close()
 
     # --- Submit ----------------------------------------------------------------------------------
 
@@ -175,7 +175,7 @@ class UserActions:
         self, user: User, folder: uuid.UUID, images: Sequence[bytes], names: Sequence[str]
     ) -> list[str]:
         """Validate every image (``InvalidInput`` with its reason), then upload each under the user's folder."""
-        formats = await asyncio.get_running_loop().run_in_executor(self._validation, self._validate, images)
+        formats = await self._validate(images)
         paths = []
         for data, name, (extension, media_type) in zip(images, names, formats, strict=True):
             path = f"{user.id}/{folder}/{name}.{extension}"
@@ -183,13 +183,11 @@ class UserActions:
             paths.append(path)
         return paths
 
-    def _validate(self, images: Sequence[bytes]) -> list[tuple[str, str]]:
-        formats = []
+    async def _validate(self, images: Sequence[bytes]) -> list[tuple[str, str]]:
+        """Each image decoded (in a decoding process, one after the other); their formats."""
         for data in images:
-            decoded = decode_image(data, self._limits)  # raises InvalidInput with the reason
-            del decoded
-            formats.append(_FORMATS[_sniff_format(data)])
-        return formats
+            await self._validation.check(data, self._limits)  # raises InvalidInput with the reason
+        return [_FORMATS[_sniff_format(data)] for data in images]
 
     # --- Read --------------------------------------------------------------------------------------
 

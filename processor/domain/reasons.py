@@ -39,6 +39,7 @@ class ReasonCode(StrEnum):
     TOO_SMALL = "too_small"
     ANIMATED_IMAGE = "animated_image"
     TOO_MANY_SCANS = "too_many_scans"
+    DECODE_TOO_SLOW = "decode_too_slow"
     CORRUPT_IMAGE = "corrupt_image"
     MISSING_OBJECT = "missing_object"
     INPUT_NEVER_ARRIVED = "input_never_arrived"
@@ -119,6 +120,9 @@ REASONS: Final[Mapping[ReasonCode, Reason]] = {
     ReasonCode.ANIMATED_IMAGE: Reason("An input image is animated.", False),
     ReasonCode.TOO_MANY_SCANS: Reason(
         "A progressive JPEG has more scans (or scans × pixels) than any real photo needs to decode.", False
+    ),
+    ReasonCode.DECODE_TOO_SLOW: Reason(
+        "Decoding an input image took more CPU time than MAX_DECODE_SECONDS allows.", False
     ),
     ReasonCode.CORRUPT_IMAGE: Reason(
         "An input image makes the decoder fail in a way no narrower code names.", False

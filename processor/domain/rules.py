@@ -193,8 +193,21 @@ JPEG_MAX_PIXEL_SCANS = 25_000_000 * 12
 """Decode work bound: scans × pixels. A 25 MP photo with the usual 10 scans passes; measured here at
 about 23 ms per megapixel-scan, this caps a decode at roughly 7 s of one core."""
 
+MAX_DECODE_SECONDS: Final = 5.0
+"""Default ``MAX_DECODE_SECONDS``: the CPU time one input image may take to decode (in a process the
+kernel stops at that point, ``RLIMIT_CPU``; whole seconds, rounded up). The slowest real inputs
+measured, a 25 MP progressive JPEG and a 25 MP PNG, take 0.66 s and 0.35 s (docs/limits.md)."""
+DECODE_WALL_FACTOR: Final = 4
+DECODE_WALL_EXTRA_SECONDS: Final = 30.0
+"""A decode also ends after ``DECODE_WALL_FACTOR × MAX_DECODE_SECONDS + DECODE_WALL_EXTRA_SECONDS``
+of wall time (20 + 30 = 50 s by default): a machine that gives the decoder so little CPU is the
+fault, not the image (``transient_error``, retried)."""
+DECODE_PROCESSES = 2
+"""Processes that decode the worker's inputs (and RunPod's, and the CLI's) in one process."""
+
 VALIDATION_THREADS = 2
-"""Uploads validated at once per process; more wait their turn instead of taking the threads edits use."""
+"""Uploads validated at once per process (each in a decoding process of its own pool); more wait their
+turn instead of taking the processes the worker decodes in."""
 
 CHANGES_CHANNEL = "edit_request_changes"
 """NOTIFY channel: a request's client-visible state changed (payload: its id)."""

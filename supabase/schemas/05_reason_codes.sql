@@ -12,7 +12,7 @@ returns text[]
 language sql immutable parallel safe
 set search_path = ''
 as $$
-  -- rules.ReasonCode, in its order; tests/test_reason_codes.py keeps the two equal.
+  -- reasons.ReasonCode, in its order; tests/test_reason_codes.py keeps the two equal.
   select array[
     'invalid_input',
     'invalid_request',
@@ -31,6 +31,7 @@ as $$
     'too_small',
     'animated_image',
     'too_many_scans',
+    'decode_too_slow',
     'corrupt_image',
     'missing_object',
     'input_never_arrived',
@@ -76,7 +77,7 @@ returns text
 language sql immutable strict parallel safe
 set search_path = ''
 as $$
-  -- rules.REASONS' descriptions (processor/domain/rules.py); tests/test_what_users_see.py keeps them equal.
+  -- reasons.REASONS' descriptions (processor/domain/reasons.py); tests/test_what_users_see.py keeps them equal.
   select case p_code
     when 'invalid_input' then 'The request is bad in a way no narrower code names.'
     when 'invalid_request' then 'The body or job input has the wrong shape (not an object, a bad edit id).'
@@ -95,6 +96,7 @@ as $$
     when 'too_small' then 'An input image has a side shorter than MIN_IMAGE_SIDE.'
     when 'animated_image' then 'An input image is animated.'
     when 'too_many_scans' then 'A progressive JPEG has more scans (or scans × pixels) than any real photo needs to decode.'
+    when 'decode_too_slow' then 'Decoding an input image took more CPU time than MAX_DECODE_SECONDS allows.'
     when 'corrupt_image' then 'An input image makes the decoder fail in a way no narrower code names.'
     when 'missing_object' then 'An input object named by the request is not in Storage.'
     when 'input_never_arrived' then 'The request waited longer than awaiting_image_ttl for its input images (SQL sweep).'

@@ -31,6 +31,8 @@ class ActiveJob:
     loop: asyncio.AbstractEventLoop
     claimed_at: float = field(default_factory=time.monotonic)
     cancel: threading.Event = field(default_factory=threading.Event)
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    """``cancel`` for the event loop's waits (set with it; ``stop`` runs on the loop)."""
     stop_reason: StopReason | None = None
     progress: float = 0.0
     progress_changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -41,6 +43,7 @@ class ActiveJob:
         if self.stop_reason is None:
             self.stop_reason = reason
         self.cancel.set()
+        self.stopped.set()
 
     def raise_if_stopped(self) -> None:
         if self.cancel.is_set():

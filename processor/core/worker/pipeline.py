@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from PIL import Image
 
+from processor.core.decoding import shared_pool
 from processor.core.direct_edit import encode_output
 from processor.core.worker.config import WorkerConfig, output_path_for
 from processor.core.worker.job import ActiveJob, StopReason
@@ -21,7 +23,6 @@ from processor.core.worker.previews import PreviewUploads
 from processor.core.worker.recorder import WorkerMetrics
 from processor.core.worker.writes import FinalWrites
 from processor.domain.errors import EditCancelled, ProcessorError, TransientError
-from processor.domain.images import decode_image
 from processor.domain.ports.editor import Editor, EditResult, takes_previews
 from processor.domain.ports.queue import EditJob, JobQueue
 from processor.domain.ports.storage import ObjectStorage
@@ -98,10 +99,7 @@ class JobPipeline:
     async def _stages(self, active: ActiveJob) -> Outcome:
         job, timed = active.job, self._metrics.timed
         inputs = await timed("download", self._download(job))
-        decoded = await timed(
-            "decode", asyncio.to_thread(lambda: [decode_image(data, self._limits) for data in inputs])
-        )
-        active.raise_if_stopped()
+        decoded = await timed("decode", self._decode(active, inputs))
         edit_started = time.monotonic()
         result = await self._edit(active, decoded)
         edit_seconds = time.monotonic() - edit_started
@@ -118,6 +116,24 @@ class JobPipeline:
             return "lost", "not_owner"
         self._metrics.overhead(time.monotonic() - active.claimed_at - edit_seconds)
         return "succeeded", "ok"
+
+    async def _decode(self, active: ActiveJob, inputs: list[bytes]) -> list[Image.Image]:
+        """The inputs decoded in the decoding processes (each within its CPU time); a stop (cancel,
+        lost lease, shutdown) kills the decodes still running."""
+        pool = shared_pool()
+        decoding = asyncio.ensure_future(
+            asyncio.gather(*(pool.decode(data, self._limits) for data in inputs))
+        )
+        stopping = asyncio.ensure_future(active.stopped.wait())
+        waits: list[asyncio.Future[Any]] = [decoding, stopping]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not decoding.done():
+                decoding.cancel()
+        active.raise_if_stopped()
+        return decoding.result()
 
     async def _edit(self, active: ActiveJob, decoded: list[Image.Image]) -> EditResult:
         """The editor call, in a thread; with previews on, their uploads run beside it and stop
