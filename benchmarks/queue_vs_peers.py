@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import statistics
 import time
 import uuid
@@ -35,11 +34,11 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
+from scratch import ScratchDatabases
 
 from processor.adapters.postgres.queue import PostgresJobQueue
 from processor.devtools import localdb
 
-ADMIN = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 FAIR_MIGRATION = "20261201000500_fair_sharing.sql"
 
 Cycle = Callable[[], Awaitable[bool]]
@@ -75,11 +74,11 @@ async def drain(
 
 
 class Ours:
-    def __init__(self, migrations: list[Any] | None = None, label: str = "ours") -> None:
+    def __init__(
+        self, scratch: ScratchDatabases, migrations: list[Any] | None = None, label: str = "ours"
+    ) -> None:
         self.label = label
-        self.name = f"qep_bench_{label}_{uuid.uuid4().hex[:8]}"
-        self.dsn = localdb.create_database(ADMIN, self.name)
-        localdb.apply_sql_files(self.dsn, [localdb.PLATFORM_SQL, *(migrations or localdb.migration_files())])
+        self.dsn = scratch.migrated(label, migrations)
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             self.fair = conn.execute("select to_regclass('public.edit_user_limits') is not null").fetchone()[
                 0
@@ -94,9 +93,6 @@ class Ours:
                     (self.user,),
                 )
         self.batch = 0
-
-    def drop(self) -> None:
-        localdb.drop_database(ADMIN, self.name)
 
     def enqueue(self, jobs: int) -> float:
         """One INSERT of ``jobs`` rows as the `authenticated` user, inputs uploaded first; seconds."""
@@ -212,17 +208,13 @@ class Ours:
 class Procrastinate:
     label = "procrastinate"
 
-    def __init__(self) -> None:
+    def __init__(self, scratch: ScratchDatabases) -> None:
         import procrastinate
 
         self.procrastinate = procrastinate
-        self.name = f"qep_bench_procrastinate_{uuid.uuid4().hex[:8]}"
-        self.dsn = localdb.create_database(ADMIN, self.name)
+        self.dsn = scratch.create(self.label)
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute(procrastinate.schema.SchemaManager.get_schema())
-
-    def drop(self) -> None:
-        localdb.drop_database(ADMIN, self.name)
 
     def app(self) -> Any:
         return self.procrastinate.App(
@@ -270,9 +262,8 @@ class Procrastinate:
 class PgQueuer:
     label = "pgqueuer"
 
-    def __init__(self) -> None:
-        self.name = f"qep_bench_pgqueuer_{uuid.uuid4().hex[:8]}"
-        self.dsn = localdb.create_database(ADMIN, self.name)
+    def __init__(self, scratch: ScratchDatabases) -> None:
+        self.dsn = scratch.create(self.label)
 
     async def install(self) -> None:
         from pgqueuer.adapters.drivers.psycopg import PsycopgDriver
@@ -280,9 +271,6 @@ class PgQueuer:
 
         async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
             await Queries(PsycopgDriver(conn)).install()
-
-    def drop(self) -> None:
-        localdb.drop_database(ADMIN, self.name)
 
     async def enqueue(self, jobs: int) -> float:
         from pgqueuer.adapters.drivers.psycopg import PsycopgDriver
@@ -323,83 +311,79 @@ class PgQueuer:
 # --- the run ----------------------------------------------------------------------------------------
 
 
-async def run(args: argparse.Namespace) -> None:
+async def run(args: argparse.Namespace, scratch: ScratchDatabases) -> None:
     workers = [int(w) for w in args.workers.split(",") if w]
     before_fair = [p for p in localdb.migration_files() if p.name < FAIR_MIGRATION]
-    ours, baseline = Ours(), Ours(before_fair, label="before")
-    proc, pgq = Procrastinate(), PgQueuer()
-    try:
-        await pgq.install()
-        print(f"## bulk enqueue: {args.jobs} jobs in one statement (best of {args.repeat})")
-        rates: dict[str, float] = {}
-        for label, enqueue in (
-            ("ours", lambda: asyncio.to_thread(ours.enqueue, args.jobs)),
-            ("ours before fair sharing", lambda: asyncio.to_thread(baseline.enqueue, args.jobs)),
-            ("procrastinate", lambda: proc.enqueue(args.jobs)),
-            ("pgqueuer", lambda: pgq.enqueue(args.jobs)),
-        ):
-            best = min([await enqueue() for _ in range(args.repeat)])
-            rates[label] = args.jobs / best
-        for label, rate in rates.items():
-            print(f"{label:28s} {rate:9.0f} rows/s   ours/this {rates['ours'] / rate:5.2f}x")
-        # Each queue now holds repeat x jobs: drain them so each cycle run starts from `jobs` rows.
-        for make in (
-            ours.raw_worker,
-            baseline.raw_worker,
-            proc.worker,
-            pgq.worker,
-        ):
-            await drain(make, 4)
+    ours, baseline = Ours(scratch), Ours(scratch, before_fair, label="before")
+    proc, pgq = Procrastinate(scratch), PgQueuer(scratch)
+    await pgq.install()
+    print(f"## bulk enqueue: {args.jobs} jobs in one statement (best of {args.repeat})")
+    rates: dict[str, float] = {}
+    for label, enqueue in (
+        ("ours", lambda: asyncio.to_thread(ours.enqueue, args.jobs)),
+        ("ours before fair sharing", lambda: asyncio.to_thread(baseline.enqueue, args.jobs)),
+        ("procrastinate", lambda: proc.enqueue(args.jobs)),
+        ("pgqueuer", lambda: pgq.enqueue(args.jobs)),
+    ):
+        best = min([await enqueue() for _ in range(args.repeat)])
+        rates[label] = args.jobs / best
+    for label, rate in rates.items():
+        print(f"{label:28s} {rate:9.0f} rows/s   ours/this {rates['ours'] / rate:5.2f}x")
+    # Each queue now holds repeat x jobs: drain them so each cycle run starts from `jobs` rows.
+    for make in (
+        ours.raw_worker,
+        baseline.raw_worker,
+        proc.worker,
+        pgq.worker,
+    ):
+        await drain(make, 4)
 
-        print(f"\n## claim + complete: {args.jobs} no-op jobs, p50 per cycle and jobs/s")
-        print(
-            f"{'workers':>7s} {'system':28s} {'p50 ms':>8s} {'jobs/s':>8s}  {'ours raw vs this (p50, rate)':>30s}"
-        )
-        for count in workers:
-            results: dict[str, tuple[float, float]] = {}
-            for label, enqueue, make in (
-                ("ours raw SQL", lambda: asyncio.to_thread(ours.enqueue, args.jobs), ours.raw_worker),
-                ("ours adapter", lambda: asyncio.to_thread(ours.enqueue, args.jobs), ours.adapter_worker),
-                (
-                    "ours raw, every row watched",
-                    lambda: asyncio.to_thread(ours.enqueue_watched, args.jobs),
-                    ours.raw_worker,
-                ),
-                (
-                    "ours before fair sharing",
-                    lambda: asyncio.to_thread(baseline.enqueue, args.jobs),
-                    baseline.raw_worker,
-                ),
-                ("procrastinate", lambda: proc.enqueue(args.jobs), proc.worker),
-                ("pgqueuer", lambda: pgq.enqueue(args.jobs), pgq.worker),
-            ):
-                await enqueue()
-                p50, rate, done = await drain(make, count)
-                assert done == args.jobs, (label, done)
-                results[label] = (p50, rate)
-            mine_p50, mine_rate = results["ours raw SQL"]
-            for label, (p50, rate) in results.items():
-                print(
-                    f"{count:7d} {label:28s} {p50:8.2f} {rate:8.0f}  {p50 / mine_p50:13.2f}x {mine_rate / rate:13.2f}x"
-                )
-
-        if args.depth:
+    print(f"\n## claim + complete: {args.jobs} no-op jobs, p50 per cycle and jobs/s")
+    print(
+        f"{'workers':>7s} {'system':28s} {'p50 ms':>8s} {'jobs/s':>8s}  {'ours raw vs this (p50, rate)':>30s}"
+    )
+    for count in workers:
+        results: dict[str, tuple[float, float]] = {}
+        for label, enqueue, make in (
+            ("ours raw SQL", lambda: asyncio.to_thread(ours.enqueue, args.jobs), ours.raw_worker),
+            ("ours adapter", lambda: asyncio.to_thread(ours.enqueue, args.jobs), ours.adapter_worker),
+            (
+                "ours raw, every row watched",
+                lambda: asyncio.to_thread(ours.enqueue_watched, args.jobs),
+                ours.raw_worker,
+            ),
+            (
+                "ours before fair sharing",
+                lambda: asyncio.to_thread(baseline.enqueue, args.jobs),
+                baseline.raw_worker,
+            ),
+            ("procrastinate", lambda: proc.enqueue(args.jobs), proc.worker),
+            ("pgqueuer", lambda: pgq.enqueue(args.jobs), pgq.worker),
+        ):
+            await enqueue()
+            p50, rate, done = await drain(make, count)
+            assert done == args.jobs, (label, done)
+            results[label] = (p50, rate)
+        mine_p50, mine_rate = results["ours raw SQL"]
+        for label, (p50, rate) in results.items():
             print(
-                f"\n## one claim, p50 of {args.claims}: {args.jobs} vs {args.depth} queued rows from {args.users} users"
+                f"{count:7d} {label:28s} {p50:8.2f} {rate:8.0f}  {p50 / mine_p50:13.2f}x {mine_rate / rate:13.2f}x"
             )
-            for system in (ours, baseline):
-                shallow_users = max(1, args.users * args.jobs // args.depth)
-                await asyncio.to_thread(system.fill, args.jobs, shallow_users)
-                shallow = await system.claim_p50(args.claims)
-                await asyncio.to_thread(system.fill, args.depth, args.users)
-                deep = await system.claim_p50(args.claims)
-                name = "ours (fair claim)" if system is ours else "before fair sharing (FIFO)"
-                print(
-                    f"{name:28s} {args.jobs:>7d} rows: {shallow:6.2f} ms   {args.depth:>7d} rows: {deep:6.2f} ms   deep/shallow {deep / shallow:4.2f}x"
-                )
-    finally:
-        for system in (ours, baseline, proc, pgq):
-            system.drop()
+
+    if args.depth:
+        print(
+            f"\n## one claim, p50 of {args.claims}: {args.jobs} vs {args.depth} queued rows from {args.users} users"
+        )
+        for system in (ours, baseline):
+            shallow_users = max(1, args.users * args.jobs // args.depth)
+            await asyncio.to_thread(system.fill, args.jobs, shallow_users)
+            shallow = await system.claim_p50(args.claims)
+            await asyncio.to_thread(system.fill, args.depth, args.users)
+            deep = await system.claim_p50(args.claims)
+            name = "ours (fair claim)" if system is ours else "before fair sharing (FIFO)"
+            print(
+                f"{name:28s} {args.jobs:>7d} rows: {shallow:6.2f} ms   {args.depth:>7d} rows: {deep:6.2f} ms   deep/shallow {deep / shallow:4.2f}x"
+            )
 
 
 def main() -> None:
@@ -411,7 +395,9 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--claims", type=int, default=200)
     logging.getLogger("procrastinate").setLevel(logging.ERROR)  # its note about where App is built
-    asyncio.run(run(parser.parse_args()))
+    args = parser.parse_args()
+    with ScratchDatabases() as scratch:
+        asyncio.run(run(args, scratch))
 
 
 if __name__ == "__main__":

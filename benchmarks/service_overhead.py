@@ -35,6 +35,7 @@ import httpx
 import psycopg
 from PIL import Image
 from psycopg.rows import dict_row
+from scratch import ScratchDatabases
 
 from processor.adapters.diffusers.engine import DiffusersEditor
 from processor.adapters.diffusers.tiny_model import save_tiny_model
@@ -42,13 +43,11 @@ from processor.adapters.postgres.queue import PostgresJobQueue
 from processor.adapters.supabase_storage import SupabaseObjectStorage
 from processor.composition import worker_config
 from processor.core.service import ProcessorService
-from processor.devtools import localdb
 from processor.devtools.serving import serve_in_thread
 from processor.domain.ports import EditParams, EditResult, PreviewSink, ProgressCallback
 from processor.entrypoints.http_app import create_app
 from processor.settings import load_settings
 
-ADMIN = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SERVICE_KEY = "sb_secret_benchmark-key-0123456789"
 JWT_SECRET = "benchmark-jwt-secret-at-least-32-characters"
 WEBHOOK_SECRET = "benchmark-webhook-secret"
@@ -115,9 +114,11 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=100)
     parser.add_argument("--steps", type=int, default=2)
     args = parser.parse_args()
+    with ScratchDatabases() as scratch:
+        run(args, scratch.migrated("overhead"))
 
-    name = f"qep_bench_{uuid.uuid4().hex[:8]}"
-    dsn = localdb.build_migrated_database(ADMIN, name)
+
+def run(args: argparse.Namespace, dsn: str) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="qep-bench-"))
     # Storage runs in its own process, as Supabase Storage would: its CPU is not the service's.
     storage_port = _free_port()
@@ -264,7 +265,6 @@ def main() -> None:
         app.stop()
         storage_process.terminate()
         storage_process.wait(30)
-        localdb.drop_database(ADMIN, name)
 
 
 if __name__ == "__main__":
