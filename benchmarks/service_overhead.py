@@ -31,6 +31,7 @@ import argparse
 import functools
 import io
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -214,6 +215,7 @@ def run(args: argparse.Namespace, stop: ExitStack) -> dict[str, Any]:  # noqa: C
     scratch = stop.enter_context(ScratchDatabases())
     dsn = scratch.migrated("overhead")
     workdir = Path(tempfile.mkdtemp(prefix="qep-overhead-"))
+    stop.callback(shutil.rmtree, workdir, ignore_errors=True)
     storage = stop.enter_context(StorageServer(dsn, workdir / "objects"))
     simulated_gpu.install(simulated_gpu.DeviceTimes(0.0, 0.0, 0.0), simulated_gpu.DeviceClock(None, None))
     model, lora = simulated_gpu.build_model(workdir)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -123,9 +124,12 @@ class Workers:
                         stderr=subprocess.STDOUT,
                     )
                 )
-            for process, port in zip(self.processes, self.ports, strict=True):
+            for index, (process, port) in enumerate(zip(self.processes, self.ports, strict=True)):
+                log = log_dir / f"worker-{index}.out"
                 wait_until(
-                    lambda process=process, port=port: _ready(process, port), "a worker (model loaded)", 300
+                    lambda process=process, port=port, log=log: _ready(process, port, log),
+                    "a worker (model loaded)",
+                    300,
                 )
         except BaseException:
             self.close()
@@ -142,9 +146,10 @@ class Workers:
                 process.kill()
 
 
-def _ready(process: subprocess.Popen[bytes], port: int) -> bool:
+def _ready(process: subprocess.Popen[bytes], port: int, log: Path) -> bool:
     if process.poll() is not None:
-        raise RuntimeError(f"a worker exited with {process.returncode} before it was ready")
+        tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+        raise RuntimeError(f"a worker exited with {process.returncode} before it was ready:\n{tail}")
     return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
 
 
@@ -302,7 +307,9 @@ def stack(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Any]]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="qep-throughput-"))
     cells: list[dict[str, Any]] = []
-    with stack(args, workdir) as parts:
+    with ExitStack() as stop:
+        stop.callback(shutil.rmtree, workdir, ignore_errors=True)  # the objects: some 2 MB a job
+        parts = stop.enter_context(stack(args, workdir))
         print(
             f"# {args.input_format.upper()} 1024² photo-like inputs, 1 MP outputs, fast preset (8 steps); "
             f"{args.queued} requests kept queued; {args.jobs} jobs measured per cell after {args.skip}; "
@@ -335,6 +342,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         parts["feeder"].wait_idle(timeout=60 + 4 * gpu_seconds * config.count)
                 finally:
                     workers.close()
+    load_at_end = os.getloadavg()[0]
+    print(
+        f"# load average at the end {load_at_end:.1f} (a quiet machine: below its CPU count, {os.cpu_count()})"
+    )
     goals = [c for c in cells if c["gpu_seconds_per_edit"] in GOALS]
     met = [c for c in goals if c["gpu_busy"] >= GOALS[c["gpu_seconds_per_edit"]]]
     if goals:
@@ -347,6 +358,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "jobs_per_cell": args.jobs,
         "skip": args.skip,
         "cpus": os.cpu_count(),
+        "load_average_at_end": load_at_end,
         "cells": cells,
         "goal_cells": len(goals),
         "goal_met": len(met),
