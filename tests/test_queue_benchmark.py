@@ -28,9 +28,20 @@ SYSTEMS = {
 
 def test_every_row_is_a_median_and_spread_over_rotated_rounds(tmp_path: Path) -> None:
     out = tmp_path / "queue.json"
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--jobs",
+        "30",
+        "--workers",
+        "1,2",
+        "--rounds",
+        "3",
+        "--depth",
+        "0",
+    ]
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--jobs", "30", "--workers", "1,2", "--rounds", "3", "--depth", "0"]
-        + ["--json", str(out)],
+        [*command, "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
