@@ -9,17 +9,13 @@ figures, and drops it. Needs PostgreSQL reachable as TEST_ADMIN_DATABASE_URL (de
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import threading
 import time
 import uuid
 
 import psycopg
-
-from processor.devtools import localdb
-
-ADMIN = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+from scratch import ScratchDatabases
 
 
 def main() -> None:
@@ -28,9 +24,8 @@ def main() -> None:
     parser.add_argument("--claimers", type=int, default=8)
     args = parser.parse_args()
 
-    name = f"qep_bench_{uuid.uuid4().hex[:8]}"
-    dsn = localdb.build_migrated_database(ADMIN, name)
-    try:
+    with ScratchDatabases() as scratch:
+        dsn = scratch.migrated("claims")
         with psycopg.connect(dsn, autocommit=True) as conn:
             user = conn.execute(
                 "insert into auth.users (email) values ('bench@example.test') returning id"
@@ -81,8 +76,6 @@ def main() -> None:
         print(
             f"claim latency ms: p50 {quantiles[49] * 1000:.2f}, p95 {quantiles[94] * 1000:.2f}, p99 {quantiles[98] * 1000:.2f}"
         )
-    finally:
-        localdb.drop_database(ADMIN, name)
 
 
 if __name__ == "__main__":

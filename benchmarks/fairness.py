@@ -13,7 +13,6 @@ and in jobs' time, for the fair claim and, in the same run, for the schema befor
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import threading
 import time
@@ -21,10 +20,10 @@ import uuid
 from typing import Any
 
 import psycopg
+from scratch import ScratchDatabases
 
 from processor.devtools import localdb
 
-ADMIN = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 FAIR_MIGRATION = "20261201000500_fair_sharing.sql"
 
 
@@ -36,11 +35,11 @@ def as_user(conn: psycopg.Connection[Any], user: uuid.UUID) -> None:
     conn.execute("set local role authenticated")
 
 
-def run_once(label: str, migrations: list[Any], args: argparse.Namespace) -> dict[str, Any]:
-    name = f"qep_fair_{label}_{uuid.uuid4().hex[:8]}"
-    dsn = localdb.create_database(ADMIN, name)
+def run_once(
+    scratch: ScratchDatabases, label: str, migrations: list[Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    dsn = scratch.migrated(label, migrations)
     try:
-        localdb.apply_sql_files(dsn, [localdb.PLATFORM_SQL, *migrations])
         flooder, light_a, light_b = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(
@@ -137,7 +136,7 @@ def run_once(label: str, migrations: list[Any], args: argparse.Namespace) -> dic
             "jobs": sum(served),
         }
     finally:
-        localdb.drop_database(ADMIN, name)
+        scratch.drop(label)
 
 
 def main() -> None:
@@ -150,7 +149,8 @@ def main() -> None:
 
     all_migrations = localdb.migration_files()
     before = [p for p in all_migrations if p.name < FAIR_MIGRATION]
-    results = [run_once("fair", all_migrations, args), run_once("fifo", before, args)]
+    with ScratchDatabases() as scratch:
+        results = [run_once(scratch, "fair", all_migrations, args), run_once(scratch, "fifo", before, args)]
     job = args.job_seconds / args.workers
     print(
         f"flood {args.flood} rows, 2 light users x 1 request/s for {args.seconds:.0f} s, "

