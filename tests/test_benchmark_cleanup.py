@@ -14,7 +14,6 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,16 +29,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.slow
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-@pytest.fixture(scope="module")
-def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    try:
-        server = localdb.start_embedded(tmp_path_factory.mktemp("bench-postgres") / "data")
-    except RuntimeError as error:
-        pytest.skip(str(error))
-    yield server
-    server.cleanup()
 
 
 def databases(admin: str) -> set[str]:

