@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from processor.adapters.diffusers.engine import DiffusersEditor
-from processor.domain.ports import EditParams
+from processor.domain.request import EditParams
 
 STAGES = ("prompt_encoding", "image_encoding", "denoising", "decoding", "total")
 

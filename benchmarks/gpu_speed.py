@@ -52,7 +52,7 @@ from processor.adapters.diffusers.accelerate import Accelerations, check_fp8, co
 from processor.adapters.diffusers.engine import DiffusersEditor
 from processor.adapters.diffusers.loras import LoraSource
 from processor.domain.errors import ConfigurationError, ProcessorError
-from processor.domain.ports import EditParams
+from processor.domain.request import EditParams
 from processor.domain.sizing import ModelSizing
 
 PROMPT = "Replace the background with a sunny beach and keep the subject unchanged."

@@ -24,7 +24,7 @@ from PIL import Image
 
 from processor.adapters.diffusers.engine import DiffusersEditor
 from processor.adapters.diffusers.tiny_model import save_tiny_model
-from processor.domain.ports import EditParams
+from processor.domain.request import EditParams
 from processor.domain.rules import MemoryMode, Quantization
 
 

@@ -33,7 +33,8 @@ from PIL import Image
 
 from processor.adapters.diffusers.engine import DiffusersEditor
 from processor.adapters.diffusers.previews import PreviewWorker, project, unpack
-from processor.domain.ports import EditParams, Preview, PreviewSink
+from processor.domain.ports.editor import Preview, PreviewSink
+from processor.domain.request import EditParams
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

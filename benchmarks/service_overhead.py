@@ -44,7 +44,8 @@ from processor.composition import worker_config
 from processor.core.service import ProcessorService
 from processor.devtools import localdb
 from processor.devtools.serving import serve_in_thread
-from processor.domain.ports import EditParams, EditResult, PreviewSink, ProgressCallback
+from processor.domain.ports.editor import EditResult, PreviewSink, ProgressCallback
+from processor.domain.request import EditParams
 from processor.entrypoints.http_app import create_app
 from processor.settings import load_settings
 

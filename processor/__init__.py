@@ -7,7 +7,10 @@ The public surface is small on purpose: the domain types and ports below, plus t
 from importlib.metadata import PackageNotFoundError, version
 
 from processor.domain.errors import EditCancelled, InvalidInput, ModelError, ProcessorError, TransientError
-from processor.domain.ports import EditJob, Editor, EditParams, EditResult, JobQueue, ObjectStorage
+from processor.domain.ports.editor import Editor, EditResult
+from processor.domain.ports.queue import EditJob, JobQueue
+from processor.domain.ports.storage import ObjectStorage
+from processor.domain.request import EditParams
 from processor.observability.library_noise import silence_known_noise
 
 silence_known_noise()  # before any module of ours imports torch or diffusers

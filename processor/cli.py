@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import signal
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from processor.domain import rules
 from processor.domain.errors import ConfigurationError, InvalidInput, ModelError, ProcessorError
 from processor.domain.images import OutputFormat
-from processor.domain.rules import DeviceChoice, ReasonCode
+from processor.domain.reasons import ReasonCode
+from processor.domain.request import PARAM_FIELDS, FieldKind
+from processor.domain.rules import DeviceChoice
 from processor.observability.logs import configure_logging
 from processor.settings import Settings, load_settings
 
@@ -69,7 +71,7 @@ def serve() -> None:
             webhook_secret=settings.webhook_secret,
             metrics_token=settings.metrics_token,
             api=api,
-            mcp=build_mcp(settings, api),
+            mcp=build_mcp(api),
         ),
         host=settings.host,
         port=settings.port,
@@ -213,9 +215,7 @@ def _lora_option(text: str) -> dict[str, object]:
         ) from None
 
 
-@app.command()
 def edit(
-    prompt: Annotated[str, typer.Option(help="What to change (or, without --image, what to create).")],
     out: Annotated[Path, typer.Option(help="Where to write the result.")],
     image: Annotated[
         list[Path] | None,
@@ -227,29 +227,9 @@ def edit(
             help="Input image; repeat for 2 or 3 images. Leave out to create from --base.",
         ),
     ] = None,
-    base: Annotated[
-        str, typer.Option(help="Without --image: start from a 'blank' canvas or seeded 'noise'.")
-    ] = rules.DEFAULT_BASE,
-    base_color: Annotated[
-        str, typer.Option(help="Colour of a blank canvas, #rrggbb.")
-    ] = rules.DEFAULT_BASE_COLOR,
-    negative_prompt: Annotated[
-        str, typer.Option(help="What to avoid (used when --true-cfg-scale > 1).")
-    ] = rules.DEFAULT_NEGATIVE_PROMPT,
-    steps: Annotated[
-        int, typer.Option(help=f"Denoising steps, {rules.MIN_STEPS} to {rules.MAX_STEPS}.")
-    ] = rules.DEFAULT_STEPS,
-    true_cfg_scale: Annotated[
-        float, typer.Option(help="Classifier-free guidance scale; 1 turns it off.")
-    ] = rules.DEFAULT_TRUE_CFG_SCALE,
-    seed: Annotated[int | None, typer.Option(help="Random seed; drawn and reported when absent.")] = None,
     model: Annotated[
         str | None,
         typer.Option(help="Hub id or local folder (default: MODEL_ID, Qwen/Qwen-Image-Edit-2509)."),
-    ] = None,
-    width: Annotated[int | None, typer.Option(help="Output width (with --height); a multiple of 16.")] = None,
-    height: Annotated[
-        int | None, typer.Option(help="Output height (with --width); a multiple of 16.")
     ] = None,
     output_format: Annotated[
         str | None, typer.Option(help="png, webp or jpeg (default: from the --out suffix, else png).")
@@ -257,16 +237,7 @@ def edit(
     device: Annotated[
         str | None, typer.Option(help="auto, cuda or cpu (default: DEVICE, else auto).")
     ] = None,
-    speed: Annotated[
-        str | None,
-        typer.Option(
-            help="quality (40 steps, CFG), fast (Lightning 8) or fastest (Lightning 4); default: SPEED."
-        ),
-    ] = None,
-    lora: Annotated[
-        list[str] | None,
-        typer.Option("--lora", help="An allowlisted LoRA (LORAS) as NAME or NAME=SCALE; repeat for more."),
-    ] = None,
+    **fields: object,
 ) -> None:
     """Run one edit (or, without --image, create an image), write it and print its metadata as JSON.
 
@@ -288,27 +259,16 @@ def edit(
         else:
             fmt = _choice(output_format, "--output-format", _FORMATS)
         # The one mapping every way in shares; everything it and the rules refuse is refused
-        # before any image is decoded or the (slow) model loaded.
-        params = params_from_mapping(
-            {
-                "prompt": prompt,
-                "negative_prompt": negative_prompt,
-                "num_inference_steps": steps,
-                "true_cfg_scale": true_cfg_scale,
-                "seed": seed,
-                "width": width,
-                "height": height,
-                "base": base,
-                "base_color": base_color,
-                "speed": speed,
-                "loras": [_lora_option(text) for text in lora or []],
-            }
-        )
+        # before any image is decoded or the (slow) model loaded. An option left out is absent.
+        params = params_from_mapping(_request_fields(fields))
         check_request(params, len(image or []))
         limits = image_limits(settings)
         images = [decode_image(path.read_bytes(), limits) for path in image or []]
         output_size(
-            [decoded.size for decoded in images], ModelSizing.for_model(settings.model_id), width, height
+            [decoded.size for decoded in images],
+            ModelSizing.for_model(settings.model_id),
+            params.width,
+            params.height,
         )
         # One short edit: a warm-up would double its cost.
         editor = build_editor(settings.model_copy(update={"warmup": False}))
@@ -324,6 +284,60 @@ def edit(
     typer.echo(
         json.dumps({**result.metadata(), "output": str(out), "format": fmt, "bytes": len(data)}, indent=2)
     )
+
+
+def _request_fields(options: Mapping[str, object]) -> dict[str, object]:
+    """The request's fields among the command's options: those given (``--lora`` as ``{name, scale}``)."""
+    fields: dict[str, object] = {}
+    for item in PARAM_FIELDS:
+        value = options.get(item.name)
+        if value is None or value == []:
+            continue
+        if item.spec.kind == "loras":
+            assert isinstance(value, list)
+            value = [_lora_option(text) for text in value]
+        fields[item.name] = value
+    return fields
+
+
+def _declared_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command(..., **fields)`` one option per request field, from its declaration
+    (``domain/request.py``): ``--negative-prompt``, ``--steps``... Left out, an option is absent and
+    the declared default applies, as through every way in."""
+    signature = inspect.signature(command, eval_str=True)
+    kept = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    added = []
+    for item in PARAM_FIELDS:
+        spec = item.spec
+        kind: Any = _OPTION_TYPES[spec.kind]
+        default = "" if item.required or item.default in (None, ()) else f" Default: {item.default!r}."
+        help_text = spec.description + default
+        if spec.kind == "loras":
+            help_text += " An allowlisted LoRA (LORAS) as NAME or NAME=SCALE; repeat for more."
+        option = typer.Option(spec.cli or f"--{item.name.replace('_', '-')}", help=help_text)
+        added.append(
+            inspect.Parameter(
+                item.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=Annotated[kind if item.required else kind | None, option],
+                default=inspect.Parameter.empty if item.required else None,
+            )
+        )
+    command.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in kept), *added]
+    )
+    return command
+
+
+_OPTION_TYPES: Mapping[FieldKind, type] = {
+    "text": str,
+    "choice": str,
+    "integer": int,
+    "number": float,
+    "loras": list[str],
+    "uuid": str,
+}
+app.command()(_declared_options(edit))
 
 
 def _choice(value: str, option: str, choices: Mapping[str, T]) -> T:

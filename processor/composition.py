@@ -16,12 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from processor.core.retention import Retention, RetentionReport
 from processor.core.service import ProcessorService
-from processor.core.submissions import Submissions
+from processor.core.user_actions import UserActions
 from processor.core.webhooks import WebhookConfig, WebhookDispatcher
 from processor.core.worker import Worker, WorkerConfig
 from processor.domain.errors import ConfigurationError, ProcessorError, TransientError
 from processor.domain.images import ImageLimits
-from processor.domain.ports import Editor, JobQueue, ObjectStorage, RetentionPolicy
+from processor.domain.ports.editor import Editor
+from processor.domain.ports.queue import JobQueue
+from processor.domain.ports.retention import RetentionPolicy
+from processor.domain.ports.storage import ObjectStorage
 from processor.domain.rules import INPUT_BUCKET
 from processor.observability.metrics import Metrics
 from processor.settings import Settings
@@ -312,18 +315,19 @@ def build_verifier(settings: Settings) -> TokenVerifier:
     return TokenVerifier(jwt_secret=secret, jwks_url=settings.jwks_url())
 
 
-def build_submissions(settings: Settings, storage: ObjectStorage | None = None) -> Submissions:
-    """Submissions as the users, over ``storage`` (the service's, when one runs in this process)."""
+def build_user_actions(settings: Settings, storage: ObjectStorage | None = None) -> UserActions:
+    """The user's actions, as the users, over ``storage`` (the service's, when one runs in this process)."""
     from processor.adapters.postgres.changes import PostgresRowChanges
 
     requests = build_user_requests(settings)
     assert settings.database_url is not None  # build_user_requests required it
-    return Submissions(
+    return UserActions(
         requests,
         storage or build_storage(settings),
         image_limits(settings),
         PostgresRowChanges(settings.database_url),
         owns_storage=storage is None,
+        signed_url_seconds=settings.signed_url_seconds,
     )
 
 
@@ -331,15 +335,12 @@ def build_rest_api(settings: Settings, service: ProcessorService) -> RestApi:
     """The REST API over the service's storage adapter and a pool of its own (rows as the user)."""
     from processor.entrypoints.rest import RestApi
 
-    return RestApi(
-        build_submissions(settings, service.storage),
-        build_verifier(settings),
-        signed_url_seconds=settings.signed_url_seconds,
-    )
+    return RestApi(build_user_actions(settings, service.storage), build_verifier(settings))
 
 
-def build_mcp(settings: Settings, api: RestApi) -> MCPServer | None:
-    """MCP tools over the REST API's submissions (same users, same rows); None without the `mcp` extra."""
+def build_mcp(api: RestApi | None) -> MCPServer | None:
+    """MCP tools over the REST API's actions (same users, same rows); None without the REST API or
+    without the `mcp` extra."""
     try:
         from processor.entrypoints.mcp_tools import create_mcp_server
     except ModuleNotFoundError as error:
@@ -348,7 +349,7 @@ def build_mcp(settings: Settings, api: RestApi) -> MCPServer | None:
         log.warning("MCP is off: the mcp package is not installed (pip install 'qwen-edit-processor[mcp]')")
         return None
 
-    return create_mcp_server(api.submissions, api.verifier, signed_url_seconds=settings.signed_url_seconds)
+    return None if api is None else create_mcp_server(api.actions, api.verifier)
 
 
 def build_stdio_mcp(settings: Settings) -> MCPServer:
@@ -358,10 +359,9 @@ def build_stdio_mcp(settings: Settings) -> MCPServer:
     settings.require("database_url", "supabase_url", "supabase_service_role_key", "mcp_access_token")
     assert settings.mcp_access_token is not None
     return create_mcp_server(
-        build_submissions(settings),
+        build_user_actions(settings),
         build_verifier(settings),
         stdio_token=settings.mcp_access_token.get_secret_value(),
-        signed_url_seconds=settings.signed_url_seconds,
         open_resources=True,
     )
 

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     """Legacy HS256 JWT secret, to verify users' access tokens (REST API, MCP over HTTP)."""
     supabase_jwks_url: str | None = None
     """JWKS of the project's asymmetric signing keys; default ``{SUPABASE_URL}/auth/v1/.well-known/jwks.json``."""
-    signed_url_seconds: int = Field(default=3600, ge=60)
+    signed_url_seconds: int = Field(default=rules.DEFAULT_SIGNED_URL_SECONDS, ge=60)
     """Lifetime of the signed output URLs the REST API hands out."""
     mcp_access_token: SecretStr | None = None
     """A user's access token for ``edit-processor mcp`` (stdio): the edits belong to that user."""

@@ -42,7 +42,8 @@ from processor.adapters.memory import (
 from processor.core.worker import Worker, WorkerConfig
 from processor.domain.errors import EditCancelled
 from processor.domain.images import ImageLimits
-from processor.domain.ports import Editor, EditParams, EditResult, Preview, PreviewSink, ProgressCallback
+from processor.domain.ports.editor import Editor, EditResult, Preview, PreviewSink, ProgressCallback
+from processor.domain.request import EditParams
 from processor.observability.metrics import Metrics
 
 __all__ = [

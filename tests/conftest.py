@@ -40,7 +40,8 @@ from processor.devtools import localdb
 from processor.devtools.serving import ServedApp, serve_in_thread
 from processor.devtools.storage_server import Faults, StorageConfig, create_storage_app
 from processor.devtools.tokens import mint_token
-from processor.domain.ports import Editor, EditParams, EditResult, PreviewSink, ProgressCallback
+from processor.domain.ports.editor import Editor, EditResult, PreviewSink, ProgressCallback
+from processor.domain.request import EditParams
 from processor.entrypoints.http_app import create_app
 from processor.settings import Settings, load_settings
 
@@ -318,7 +319,7 @@ _FRESH_EDIT = """
 import hashlib, sys
 from PIL import Image
 from processor.adapters.diffusers.engine import DiffusersEditor
-from processor.domain.ports import EditParams
+from processor.domain.request import EditParams
 editor = DiffusersEditor.load(sys.argv[1], device="cpu")
 params = EditParams(prompt="make it blue", seed=int(sys.argv[2]), num_inference_steps=int(sys.argv[3]))
 result = editor.edit([Image.new("RGB", (64, 48), (200, 40, 90))], params)
@@ -455,7 +456,7 @@ def start_processor(
             wakeups=PostgresNotifications(settings.database_url) if listen else None,
         )
         api = build_rest_api(settings, service) if rest else None
-        mcp = build_mcp(settings, api) if api is not None else None
+        mcp = build_mcp(api)
         served = serve_in_thread(
             create_app(
                 service,

@@ -12,8 +12,8 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from processor.domain import rules
-from processor.domain.rules import reason_for_constraint
+from processor.domain import reasons, rules
+from processor.domain.reasons import reason_for_constraint
 from tests.conftest import acting_as
 
 Row = dict[str, Any]
@@ -167,7 +167,7 @@ def test_a_batch_over_the_in_flight_limit_is_refused_whole(db: Db, user: uuid.UU
     names = [f"{user}/{index}.png" for index in range(4)]
     with pytest.raises(psycopg.Error) as refused:
         insert_batch(db, user, names)
-    assert refused.value.sqlstate == rules.QUOTA_SQLSTATE
+    assert refused.value.sqlstate == reasons.QUOTA_SQLSTATE
     assert "max_in_flight" in str(refused.value)
     assert counts(db) == (0, 0)
     insert_batch(db, user, names[:3])
@@ -175,7 +175,7 @@ def test_a_batch_over_the_in_flight_limit_is_refused_whole(db: Db, user: uuid.UU
     # The batch's requests count like any others: one more request is over the limit.
     with pytest.raises(psycopg.Error) as again:
         insert_batch(db, user, names[3:])
-    assert again.value.sqlstate == rules.QUOTA_SQLSTATE
+    assert again.value.sqlstate == reasons.QUOTA_SQLSTATE
     assert counts(db) == (1, 3)
 
 
@@ -184,7 +184,7 @@ def test_the_hourly_cost_limit_counts_every_request_of_a_batch(db: Db, user: uui
     db.execute("insert into edit_user_limits (user_id, max_cost_per_hour) values (%s, 399)", (user,))
     with pytest.raises(psycopg.Error) as refused:
         insert_batch(db, user, [f"{user}/{index}.png" for index in range(10)])
-    assert refused.value.sqlstate == rules.QUOTA_SQLSTATE and "max_cost_per_hour" in str(refused.value)
+    assert refused.value.sqlstate == reasons.QUOTA_SQLSTATE and "max_cost_per_hour" in str(refused.value)
     assert counts(db) == (0, 0)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from processor.domain.ports import Editor
+from processor.domain.ports.editor import Editor
 from tests.conftest import GatedEditor, Harness, png_bytes, wait_for
 from tests.test_mcp_tools import call_over_http, text_of
 

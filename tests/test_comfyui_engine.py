@@ -26,7 +26,7 @@ from processor.domain.errors import (
     TransientError,
     WorkflowError,
 )
-from processor.domain.ports import EditParams
+from processor.domain.request import EditParams
 from processor.domain.sizing import ModelSizing, default_output_size
 from processor.settings import load_settings
 from tests.conftest import Harness, acting_as, picture, png_bytes, wait_for

@@ -27,7 +27,8 @@ from processor.cli import app
 from processor.composition import build_runpod_handler
 from processor.domain.errors import InvalidInput
 from processor.domain.images import base_canvas
-from processor.domain.ports import Editor, EditParams
+from processor.domain.ports.editor import Editor
+from processor.domain.request import EditParams
 from processor.settings import load_settings
 from tests.conftest import Harness, acting_as
 from tests.test_mcp_tools import call_over_http, text_of

@@ -19,7 +19,8 @@ from processor.adapters.diffusers.engine import DiffusersEditor
 from processor.composition import build_editor
 from processor.domain.errors import EditCancelled, InvalidInput, ModelError
 from processor.domain.images import encode_image
-from processor.domain.ports import Editor, EditParams
+from processor.domain.ports.editor import Editor
+from processor.domain.request import EditParams
 from processor.domain.rules import MAX_IMAGES
 
 

@@ -18,7 +18,8 @@ from processor.adapters.diffusers.tiny_model import TINY_SIZING
 from processor.devtools.comfyui_server import ComfyState, create_comfyui_app
 from processor.devtools.serving import serve_in_thread
 from processor.domain.errors import EditCancelled, InvalidInput
-from processor.domain.ports import Editor, EditParams
+from processor.domain.ports.editor import Editor
+from processor.domain.request import EditParams
 from tests.conftest import picture
 
 

@@ -14,7 +14,8 @@ import psycopg
 from PIL import Image
 
 from processor.domain.errors import ModelError
-from processor.domain.ports import Editor, EditParams, EditResult, PreviewSink, ProgressCallback
+from processor.domain.ports.editor import Editor, EditResult, PreviewSink, ProgressCallback
+from processor.domain.request import EditParams
 from tests.conftest import Harness, insert_requests, png_bytes, upload, wait_for
 
 Row = dict[str, Any]

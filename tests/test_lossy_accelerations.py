@@ -17,7 +17,7 @@ from processor.adapters.diffusers.engine import DiffusersEditor
 from processor.adapters.diffusers.loras import LoraSource
 from processor.adapters.diffusers.tiny_model import save_tiny_lora
 from processor.domain.errors import ConfigurationError
-from processor.domain.ports import EditParams
+from processor.domain.request import EditParams
 
 log = logging.getLogger(__name__)
 PARAMS = EditParams(prompt="make it blue", seed=3, num_inference_steps=12)

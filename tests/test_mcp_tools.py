@@ -17,7 +17,7 @@ from PIL import Image
 
 from processor.adapters.postgres.changes import PostgresRowChanges
 from processor.adapters.postgres.requests import EditRequests
-from processor.core.submissions import Submissions
+from processor.core.user_actions import UserActions
 from processor.domain.images import ImageLimits
 from processor.entrypoints.auth import TokenVerifier
 from processor.entrypoints.mcp_tools import create_mcp_server
@@ -102,7 +102,7 @@ def test_stdio_server_acts_as_the_configured_user(
     user = make_user()
     path = harness.upload(user, "in.png", png_bytes())
     server = create_mcp_server(
-        Submissions(
+        UserActions(
             EditRequests(database_url),
             storage_server.adapter(),
             ImageLimits(),

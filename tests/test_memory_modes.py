@@ -15,7 +15,7 @@ from PIL import Image
 
 from processor.adapters.diffusers.engine import DiffusersEditor
 from processor.domain.errors import ConfigurationError
-from processor.domain.ports import EditParams
+from processor.domain.request import EditParams
 from processor.settings import load_settings
 
 PARAMS = EditParams(prompt="make it blue", num_inference_steps=2, seed=3)

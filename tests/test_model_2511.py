@@ -20,7 +20,7 @@ from processor.adapters.diffusers.engine import SUPPORTED_MODELS, DiffusersEdito
 from processor.adapters.diffusers.loras import LoraSource
 from processor.adapters.diffusers.tiny_model import save_tiny_lora, save_tiny_model
 from processor.domain.errors import ConfigurationError
-from processor.domain.ports import EditParams
+from processor.domain.request import EditParams
 
 PARAMS = EditParams(prompt="make it blue", seed=11, num_inference_steps=2)
 

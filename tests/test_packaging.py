@@ -62,7 +62,7 @@ def test_a_comfyui_only_install_imports_and_serves_without_torch_runpod_or_mcp()
         settings = Settings(_env_file=None, edit_engine="comfyui", comfyui_url="http://127.0.0.1:1")
         editor = build_editor(settings)
         assert type(editor).__name__ == "ComfyUIEditor", editor
-        assert build_mcp(settings, None) is None  # serve runs without /mcp
+        assert build_mcp(None) is None  # serve runs without /mcp
         create_app(type("Service", (), {})(), webhook_secret=None)
         loaded = sorted(name for name in sys.modules if name.partition(".")[0] in BLOCKED and sys.modules[name])
         assert not loaded, loaded

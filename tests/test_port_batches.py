@@ -15,7 +15,7 @@ import pytest
 
 from processor.adapters.memory import InMemoryJobQueue
 from processor.adapters.postgres.queue import PostgresJobQueue
-from processor.domain.ports import JobQueue
+from processor.domain.ports.queue import JobQueue
 from tests.conftest import OWNER
 
 Row = dict[str, Any]

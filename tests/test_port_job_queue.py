@@ -19,12 +19,16 @@ import pytest
 
 from processor.adapters.memory import InMemoryJobQueue, ManualClock
 from processor.adapters.postgres.queue import PostgresJobQueue
+from processor.adapters.postgres.requests import request_columns
 from processor.domain.errors import TransientError
-from processor.domain.ports import JobQueue
+from processor.domain.ports.queue import JobQueue
+from processor.domain.request import PARAM_FIELDS, EditParams, example_params
+from processor.domain.speed import LoraChoice
 from tests.conftest import OWNER
 
 Row = dict[str, Any]
 LEASE = 60
+PARAM_NAMES = frozenset(item.name for item in PARAM_FIELDS)
 
 
 class Backend(Protocol):
@@ -69,6 +73,11 @@ class PostgresBackend:
     add_request: Callable[..., uuid.UUID]
 
     def enqueue(self, **columns: Any) -> uuid.UUID:
+        # The request's fields in their columns, as the users' insert writes them (LoRAs as jsonb).
+        request = {name: columns.pop(name) for name in PARAM_NAMES if name in columns}
+        if request:
+            params = EditParams(**{"prompt": "make it blue", **request})
+            columns.update({k: v for k, v in request_columns(params).items() if k in request})
         return self.add_request(**columns)
 
     def cancel(self, request_id: uuid.UUID) -> bool:
@@ -127,9 +136,12 @@ class MemoryBackend:
 @pytest.fixture(params=["postgres", "memory"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if request.param == "postgres":
+        db = request.getfixturevalue("db")
+        # The LoRAs the examples name, allowlisted (the insert trigger refuses others).
+        db.execute("insert into edit_loras (name) values ('detail'), ('ink')")
         yield PostgresBackend(
             PostgresJobQueue(request.getfixturevalue("database_url")),
-            request.getfixturevalue("db"),
+            db,
             request.getfixturevalue("add_request"),
         )
     else:
@@ -149,6 +161,33 @@ def run(backend: Backend, scenario: Callable[[JobQueue], Awaitable[Any]]) -> Any
 
 
 # --- Claim --------------------------------------------------------------------------------------------
+def test_the_request_comes_back_whole(backend: Backend) -> None:
+    # Every field of the request at a value other than its default (derived from the declaration,
+    # so a new field is in it): the claimed job hands it back unchanged.
+    sent = example_params()
+    request_id = backend.enqueue(**{item.name: getattr(sent, item.name) for item in PARAM_FIELDS})
+
+    async def scenario(queue: JobQueue) -> Any:
+        return await queue.claim("w1", LEASE)
+
+    job = run(backend, scenario)
+    assert job is not None and job.id == request_id
+    assert job.params == sent
+
+
+def test_speed_and_loras_go_in_and_come_back(backend: Backend) -> None:
+    # InMemoryJobQueue.enqueue(speed=...) once raised TypeError, and every job it handed out had
+    # speed None and no LoRAs.
+    request_id = backend.enqueue(speed="fast", loras=(LoraChoice("ink", 0.5), LoraChoice("detail")))
+
+    async def scenario(queue: JobQueue) -> Any:
+        return await queue.claim("w1", LEASE)
+
+    job = run(backend, scenario)
+    assert job is not None and job.id == request_id
+    assert (job.params.speed, job.params.loras) == ("fast", (LoraChoice("ink", 0.5), LoraChoice("detail")))
+
+
 def test_a_request_is_claimed_once(backend: Backend) -> None:
     request_id = backend.enqueue(seed=5, num_inference_steps=12, width=512, height=384)
 
@@ -158,7 +197,7 @@ def test_a_request_is_claimed_once(backend: Backend) -> None:
     job, second = run(backend, scenario)
     assert second is None
     assert job is not None
-    assert (job.id, job.user_id, job.prompt, job.seed, job.num_inference_steps) == (
+    assert (job.id, job.user_id, job.params.prompt, job.params.seed, job.params.num_inference_steps) == (
         request_id,
         OWNER,
         "make it blue",
@@ -171,7 +210,12 @@ def test_a_request_is_claimed_once(backend: Backend) -> None:
         "edit-inputs",
         "edit-outputs",
     )
-    assert (job.width, job.height, job.base, job.base_color) == (512, 384, "blank", "#ffffff")
+    assert (job.params.width, job.params.height, job.params.base, job.params.base_color) == (
+        512,
+        384,
+        "blank",
+        "#ffffff",
+    )
     assert job.input_paths == (f"{OWNER}/{request_id}.png",) and job.created_at is not None
     state = backend.state(request_id)
     assert (state["status"], state["claimed_by"], state["attempts"]) == ("processing", "w1", 1)
@@ -496,8 +540,9 @@ def test_a_fault_is_a_transient_error() -> None:
 @pytest.mark.parametrize(
     ("columns", "constraint"),
     [
-        ({"num_inference_steps": 0}, "edit_requests_steps_range"),
-        ({"prompt": ""}, "edit_requests_prompt_length"),
+        # The request's own fields: the stand-in names the rule (reason code) where SQL names its CHECK.
+        ({"num_inference_steps": 0}, "edit_requests_steps_range|invalid_parameter: num_inference_steps"),
+        ({"prompt": ""}, "edit_requests_prompt_length|invalid_prompt: prompt"),
         ({"max_attempts": 0}, "edit_requests_max_attempts_range"),
         ({"priority": 101}, "edit_requests_priority_range"),
         ({"input_paths": ["../escape.png"]}, "edit_requests_input_paths_valid"),

@@ -18,7 +18,7 @@ import pytest
 from processor.adapters.memory import InMemoryObjectStorage
 from processor.adapters.supabase_storage import SupabaseObjectStorage
 from processor.domain.errors import InvalidInput, TransientError
-from processor.domain.ports import ObjectStorage
+from processor.domain.ports.storage import ObjectStorage
 from tests.conftest import StorageServer
 
 BUCKET = "edit-outputs"

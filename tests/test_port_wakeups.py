@@ -16,7 +16,8 @@ import pytest
 from processor.adapters.memory import InMemoryJobQueue, InMemoryWakeups, ManualClock
 from processor.adapters.postgres.notifications import PostgresNotifications
 from processor.adapters.postgres.queue import PostgresJobQueue
-from processor.domain.ports import JobQueue, Wakeups
+from processor.domain.ports.changes import Wakeups
+from processor.domain.ports.queue import JobQueue
 
 Event = tuple[str, uuid.UUID | None]
 

@@ -21,7 +21,7 @@ from processor.adapters.memory import InMemoryWebhookOutbox, InMemoryWebhookRece
 from processor.adapters.postgres.webhooks import PostgresWebhookOutbox
 from processor.core.webhooks import WebhookConfig, WebhookDispatcher
 from processor.domain import rules
-from processor.domain.ports import WebhookAnswer, WebhookOutbox
+from processor.domain.ports.webhooks import WebhookAnswer, WebhookOutbox
 from tests.conftest import OWNER, acting_as
 
 Row = dict[str, Any]

@@ -23,7 +23,8 @@ from processor.adapters.diffusers.previews import fit_projection, fitting_images
 from processor.devtools.comfyui_server import ComfyState, create_comfyui_app
 from processor.devtools.serving import serve_in_thread
 from processor.domain import rules
-from processor.domain.ports import Editor, EditParams, EditResult, Preview, PreviewSink, ProgressCallback
+from processor.domain.ports.editor import Editor, EditResult, Preview, PreviewSink, ProgressCallback
+from processor.domain.request import EditParams
 from processor.observability.metrics import Metrics
 from processor.testing import (
     InMemoryJobQueue,

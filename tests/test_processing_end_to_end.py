@@ -16,7 +16,7 @@ from processor.adapters.postgres.queue import PostgresJobQueue
 from processor.composition import worker_config
 from processor.core.service import ProcessorService
 from processor.devtools.serving import serve_in_thread
-from processor.domain.ports import Editor
+from processor.domain.ports.editor import Editor
 from processor.entrypoints.http_app import create_app
 from tests.conftest import (
     METRICS_HEADERS,

@@ -11,9 +11,9 @@ import psycopg
 import pytest
 
 from processor.devtools import localdb
-from processor.domain import rules
+from processor.domain import reasons, rules
 from processor.domain.errors import ProcessorError
-from processor.domain.rules import REASONS, ReasonCode
+from processor.domain.reasons import REASONS, ReasonCode
 
 ROOT = Path(__file__).resolve().parent.parent
 Db = psycopg.Connection[dict[str, object]]
@@ -132,7 +132,7 @@ def test_every_constraint_rules_maps_exists(db: Db) -> None:
     }
     # The allowlist check is a trigger that raises with a constraint name (a CHECK cannot read a table).
     raised_by_triggers = {"edit_requests_loras_allowed"}
-    assert set(rules.CONSTRAINT_REASONS) <= names | raised_by_triggers
+    assert set(reasons.CONSTRAINT_REASONS) <= names | raised_by_triggers
     sql = "".join(path.read_text() for path in localdb.migration_files())
     assert all(f"constraint = '{name}'" in sql for name in raised_by_triggers)
 

@@ -12,7 +12,7 @@ from processor.adapters.diffusers.engine import DiffusersEditor
 from processor.adapters.diffusers.loras import AllowedLora, LoraSource, adapter_name, lora_parameter_count
 from processor.adapters.diffusers.tiny_model import save_tiny_lora
 from processor.domain.errors import InvalidInput
-from processor.domain.ports import EditParams
+from processor.domain.request import EditParams
 from processor.domain.speed import LoraChoice, parse_loras
 from tests.conftest import fresh_process_digest
 

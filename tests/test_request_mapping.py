@@ -9,9 +9,9 @@ import pytest
 
 from processor.domain.errors import InvalidInput
 from processor.domain.images import decode_base64_image
-from processor.domain.params import encoded_images, params_from_mapping
-from processor.domain.ports import EditParams
-from processor.domain.rules import ReasonCode
+from processor.domain.params import check_request, encoded_images, params_from_mapping
+from processor.domain.reasons import ReasonCode
+from processor.domain.request import OPTION_FIELDS, PARAM_FIELDS, EditParams, example_params
 
 PNG = b"\x89PNG\r\n\x1a\n-not-really"
 TEXT = base64.b64encode(PNG).decode()
@@ -83,3 +83,21 @@ def test_image_and_images_count_together() -> None:
     assert refusal(encoded_images, {"image": TEXT, "images": [TEXT] * 3}) == "too_many_images"
     assert refusal(encoded_images, {"images": TEXT}) == "invalid_parameter"
     assert encoded_images({"images": []}) == []
+
+
+def test_every_declared_field_has_an_example_that_is_valid_and_not_its_default() -> None:
+    # The every-field round trip sends the examples: each must differ from the default (or a way in
+    # that drops the field would go unnoticed) and pass the rules.
+    for item in (*PARAM_FIELDS, *OPTION_FIELDS):
+        assert item.required or item.spec.example != item.default, item.name
+    check_request(example_params(), 1)
+    assert (
+        params_from_mapping({item.name: getattr(example_params(), item.name) for item in PARAM_FIELDS})
+        == example_params()
+    )
+
+
+def test_a_choice_must_be_one_of_its_choices() -> None:
+    assert refusal(params_from_mapping, {"prompt": "x", "speed": "ludicrous"}) == "invalid_parameter"
+    assert refusal(params_from_mapping, {"prompt": "x", "base": "plasma"}) == "invalid_parameter"
+    assert params_from_mapping({"prompt": "x", "speed": None}).speed is None

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from processor.devtools.tokens import mint_token
-from processor.domain.ports import Editor
+from processor.domain.ports.editor import Editor
 from tests.conftest import GatedEditor, Harness, png_bytes, wait_for
 
 

@@ -21,7 +21,7 @@ from processor.adapters.postgres.retention import PostgresRetentionStore
 from processor.composition import build_service, retention_policy
 from processor.core.retention import Retention, RetentionReport
 from processor.domain import rules
-from processor.domain.ports import RetentionPolicy
+from processor.domain.ports.retention import RetentionPolicy
 from processor.observability.metrics import Metrics
 from processor.settings import load_settings
 from tests.conftest import StorageServer, acting_as, wait_for
@@ -580,6 +580,6 @@ def test_the_service_sweeps_in_the_background_and_users_see_their_output_expired
     )
     assert seen["output_path"] == output  # history kept
 
-    from processor.core.submissions import Submissions
+    from processor.core.user_actions import UserActions
 
-    assert asyncio.run(Submissions.output_url(None, seen, 60)) is None  # type: ignore[arg-type]
+    assert asyncio.run(UserActions.output_url(None, seen)) is None  # type: ignore[arg-type]

@@ -33,8 +33,9 @@ from processor.cli import app as cli_app
 from processor.composition import build_runpod_handler
 from processor.domain import rules
 from processor.domain.errors import EditCancelled, InvalidInput
-from processor.domain.ports import Editor, EditParams, EditResult, PreviewSink, ProgressCallback
-from processor.domain.rules import ReasonCode, reason_for_constraint
+from processor.domain.ports.editor import Editor, EditResult, PreviewSink, ProgressCallback
+from processor.domain.reasons import ReasonCode, reason_for_constraint
+from processor.domain.request import EditParams
 from processor.settings import load_settings
 from tests.conftest import Harness, acting_as, picture, png_bytes
 

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from processor.composition import build_runpod_handler
-from processor.domain.ports import Editor
+from processor.domain.ports.editor import Editor
 from processor.settings import load_settings
 from tests.conftest import Harness, StorageServer, png_bytes
 

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from processor.core.service import ProcessorService, SetupFailed
-from processor.domain.ports import Editor
+from processor.domain.ports.editor import Editor
 from processor.testing import (
     InMemoryJobQueue,
     InMemoryObjectStorage,

@@ -24,7 +24,7 @@ from processor.adapters.diffusers.tiny_model import (
     tiny_lora_state_dict,
 )
 from processor.domain.errors import ConfigurationError, InvalidInput
-from processor.domain.ports import EditParams
+from processor.domain.request import EditParams
 from tests.conftest import fresh_process_digest
 
 REPO = Path(__file__).resolve().parents[1]

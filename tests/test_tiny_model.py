@@ -112,7 +112,7 @@ NO_TORCHVISION = textwrap.dedent(
     assert not is_torchvision_available()
     from PIL import Image
     from processor.adapters.diffusers.engine import DiffusersEditor
-    from processor.domain.ports import EditParams
+    from processor.domain.request import EditParams
     from processor.adapters.diffusers.tiny_model import save_tiny_model
     built = save_tiny_model(sys.argv[1])
     for folder in (built, sys.argv[2]):  # its own folder, and one built with torchvision

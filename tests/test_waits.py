@@ -15,8 +15,8 @@ import pytest
 
 from processor.adapters.postgres.changes import PostgresRowChanges
 from processor.adapters.postgres.requests import EditRequests
-from processor.core import submissions as submissions_module
-from processor.core.submissions import Submissions
+from processor.core import user_actions as user_actions_module
+from processor.core.user_actions import UserActions
 from processor.domain.errors import LimitExceeded
 from processor.domain.images import ImageLimits
 from processor.domain.rules import WAIT_MAX_SECONDS, WAITS_PER_USER
@@ -30,8 +30,8 @@ def owner() -> User:
     return User(OWNER, {"sub": str(OWNER), "role": "authenticated"})
 
 
-def submissions_for(database_url: str, storage: StorageServer, **options: Any) -> Submissions:
-    return Submissions(
+def actions_for(database_url: str, storage: StorageServer, **options: Any) -> UserActions:
+    return UserActions(
         EditRequests(database_url),
         storage.adapter(),
         ImageLimits(),
@@ -50,12 +50,12 @@ def test_a_stream_on_a_row_that_never_finishes_ends_at_its_lifetime(
     request_id = add_request(stored=False)  # awaiting_image: it would never finish
 
     async def main() -> list[Row]:
-        submissions = submissions_for(database_url, storage_server, stream_seconds=0.5)
-        await submissions.open()
+        actions = actions_for(database_url, storage_server, stream_seconds=0.5)
+        await actions.open()
         try:
-            return await asyncio.wait_for(collect(submissions.follow(owner(), request_id)), timeout=10)
+            return await asyncio.wait_for(collect(await actions.follow(owner(), request_id)), timeout=10)
         finally:
-            await submissions.close()
+            await actions.close()
 
     rows = asyncio.run(main())
     assert [row["status"] for row in rows] == ["awaiting_image"]
@@ -68,16 +68,16 @@ def test_a_change_reaches_a_waiter_by_notification_not_by_polling(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # With the fallback re-read an hour away, only the notification can deliver the change in time.
-    monkeypatch.setattr(submissions_module, "CHANGES_FALLBACK_SECONDS", 3600.0)
+    monkeypatch.setattr(user_actions_module, "CHANGES_FALLBACK_SECONDS", 3600.0)
     request_id = add_request()
 
     async def main() -> list[tuple[str, float]]:
-        submissions = submissions_for(database_url, storage_server)
-        await submissions.open()
+        actions = actions_for(database_url, storage_server)
+        await actions.open()
         seen: list[tuple[str, float]] = []
         try:
             async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as worker:
-                stream = submissions.follow(owner(), request_id)
+                stream = await actions.follow(owner(), request_id)
                 first = await anext(stream)
                 seen.append((first["status"], first["progress"]))
                 await worker.execute("select * from public.claim_edit_request('w', 60, %s)", (request_id,))
@@ -88,7 +88,7 @@ def test_a_change_reaches_a_waiter_by_notification_not_by_polling(
                 seen.append((moved["status"], moved["progress"]))
                 await stream.aclose()
         finally:
-            await submissions.close()
+            await actions.close()
         return seen
 
     started = time.monotonic()
@@ -102,23 +102,23 @@ def test_one_user_holds_at_most_a_bounded_number_of_waits(
     request_id = add_request(stored=False)
 
     async def main() -> None:
-        submissions = submissions_for(database_url, storage_server, stream_seconds=60)
-        await submissions.open()
+        actions = actions_for(database_url, storage_server, stream_seconds=60)
+        await actions.open()
         try:
-            streams = [submissions.follow(owner(), request_id) for _ in range(WAITS_PER_USER)]
+            streams = [await actions.follow(owner(), request_id) for _ in range(WAITS_PER_USER)]
             for stream in streams:
                 await anext(stream)
             with pytest.raises(LimitExceeded) as refused:
-                submissions.ensure_can_wait(owner())
+                actions.ensure_can_wait(owner())
             assert refused.value.reason == "too_many_waits"
             other = User(uuid.uuid4(), {})
-            submissions.ensure_can_wait(other)  # other users are not affected
+            actions.ensure_can_wait(other)  # other users are not affected
             await streams[0].aclose()
-            submissions.ensure_can_wait(owner())  # a closed stream gives its place back
+            actions.ensure_can_wait(owner())  # a closed stream gives its place back
             for stream in streams[1:]:
                 await stream.aclose()
         finally:
-            await submissions.close()
+            await actions.close()
 
     asyncio.run(main())
 

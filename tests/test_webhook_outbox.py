@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from processor.domain import rules
+from processor.domain import rules, webhook_urls
 from tests.conftest import OWNER, acting_as
 
 Row = dict[str, Any]
@@ -130,7 +130,7 @@ def test_a_url_off_the_rules_is_refused_with_its_reason(
     with pytest.raises(psycopg.errors.CheckViolation, match=f"webhook URL refused: {refusal}") as caught:
         register(db, OWNER, url)
     assert caught.value.diag.constraint_name == "edit_webhook_endpoints_url_allowed"
-    assert rules.webhook_url_refusal(
+    assert webhook_urls.webhook_url_refusal(
         url,
         allowed_hosts=frozenset({"hooks.example.com", "10.1.2.3", "169.254.169.254", "::1", "::ffff:127.0.0.1",
                                  "localhost", "127.0.0.1"}),
@@ -589,7 +589,7 @@ def test_sql_mirrors_the_webhook_rules(db: psycopg.Connection[Row]) -> None:
         assert nominal * (1 - jitter) <= min(waits) and max(waits) <= nominal * (1 + jitter)
         assert max(waits) - min(waits) > nominal * jitter  # the jitter is there
     source = db.execute("select prosrc from pg_proc where proname = 'edit_webhook_url_host'").fetchone()
-    assert source is not None and rules.WEBHOOK_URL_PATTERN in source["prosrc"]
+    assert source is not None and webhook_urls.WEBHOOK_URL_PATTERN in source["prosrc"]
     events = db.execute(
         "select pg_get_constraintdef(oid) as d from pg_constraint where conname = 'edit_webhook_deliveries_event_known'"
     ).fetchone()
@@ -637,7 +637,7 @@ def test_python_and_sql_refuse_the_same_urls_for_the_same_reason(
     for url in URL_CASES:
         sql = db.execute("select edit_webhook_url_refusal(%s) as r", (url,)).fetchone()
         assert sql is not None
-        python = rules.webhook_url_refusal(
+        python = webhook_urls.webhook_url_refusal(
             url, allowed_hosts=hosts, allow_http=allow_http, allow_private_addresses=allow_private
         )
         assert (sql["r"] or "").partition(":")[0] == (python[0] if python else ""), url

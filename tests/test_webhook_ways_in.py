@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from processor.domain.errors import InvalidInput
-from processor.domain.params import webhook_endpoint_from_mapping
+from processor.domain.params import options_from_mapping
 from tests.conftest import Harness, acting_as, png_bytes
 from tests.test_mcp_tools import call_over_http, text_of
 
@@ -111,11 +111,11 @@ def test_the_mcp_tool_records_the_users_endpoint_and_refuses_anothers(
 
 def test_the_mapping_reads_only_a_uuid() -> None:
     value = uuid.uuid4()
-    assert webhook_endpoint_from_mapping({"webhook_endpoint_id": str(value)}) == value
-    assert webhook_endpoint_from_mapping({}) is None
-    assert webhook_endpoint_from_mapping({"webhook_endpoint_id": None}) is None
-    assert webhook_endpoint_from_mapping({"webhook_endpoint_id": ""}) is None
+    assert options_from_mapping({"webhook_endpoint_id": str(value)}).webhook_endpoint_id == value
+    assert options_from_mapping({}).webhook_endpoint_id is None
+    assert options_from_mapping({"webhook_endpoint_id": None}).webhook_endpoint_id is None
+    assert options_from_mapping({"webhook_endpoint_id": ""}).webhook_endpoint_id is None
     for bad in (5, "not-a-uuid", ["x"]):
         with pytest.raises(InvalidInput) as caught:
-            webhook_endpoint_from_mapping({"webhook_endpoint_id": bad})
+            options_from_mapping({"webhook_endpoint_id": bad})
         assert caught.value.reason == "invalid_parameter"

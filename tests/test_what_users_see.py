@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from processor.domain.rules import REASONS
+from processor.domain.reasons import REASONS
 from tests.conftest import OWNER, acting_as
 
 Row = dict[str, Any]

@@ -26,7 +26,8 @@ from tenacity import (
 )
 
 from processor.domain.errors import InvalidInput, ProcessorError, TransientError
-from processor.domain.rules import STORAGE_DELETE_MAX_OBJECTS, ReasonCode
+from processor.domain.reasons import ReasonCode
+from processor.domain.rules import STORAGE_DELETE_MAX_OBJECTS
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 log = logging.getLogger(__name__)

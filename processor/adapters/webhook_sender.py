@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from processor.domain import rules
-from processor.domain.ports import WebhookAnswer
-from processor.domain.rules import WebhookFailure
+from processor.domain import rules, webhook_urls
+from processor.domain.ports.webhooks import WebhookAnswer
+from processor.domain.webhook_urls import WebhookFailure
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[Address]]]
@@ -38,7 +38,9 @@ async def resolve(host: str, port: int) -> list[Address]:
 
 
 def _failure(kind: WebhookFailure, detail: str, status_code: int | None = None) -> WebhookAnswer:
-    return WebhookAnswer(status_code, f"{kind}: {detail}", permanent=kind in rules.WEBHOOK_PERMANENT_FAILURES)
+    return WebhookAnswer(
+        status_code, f"{kind}: {detail}", permanent=kind in webhook_urls.WEBHOOK_PERMANENT_FAILURES
+    )
 
 
 class HttpWebhookSender:
@@ -89,8 +91,8 @@ class HttpWebhookSender:
             return _failure(WebhookFailure.TIMEOUT, f"no answer within {self._timeout:g} s")
 
     async def _send(self, url: str, headers: Mapping[str, str], body: bytes) -> WebhookAnswer:
-        host = rules.webhook_url_host(url) or ""
-        refusal = rules.webhook_url_refusal(
+        host = webhook_urls.webhook_url_host(url) or ""
+        refusal = webhook_urls.webhook_url_refusal(
             url,
             # Unset: the database's allowlist alone decides (claim_edit_webhook_deliveries checked it).
             allowed_hosts=self._allowed_hosts if self._allowed_hosts is not None else frozenset({host}),
@@ -110,7 +112,7 @@ class HttpWebhookSender:
             return _failure(WebhookFailure.DNS_FAILED, f"{host}: {exc}")
         if not addresses:
             return _failure(WebhookFailure.DNS_FAILED, f"{host}: no address")
-        private = [str(a) for a in addresses if rules.webhook_address_private(a)]
+        private = [str(a) for a in addresses if webhook_urls.webhook_address_private(a)]
         if private and not self._allow_private:
             return _failure(WebhookFailure.PRIVATE_ADDRESS, f"{host} resolves to {', '.join(private)}")
         address = addresses[0]

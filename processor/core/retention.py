@@ -19,7 +19,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from processor.domain.errors import ProcessorError
-from processor.domain.ports import ObjectStorage, RetentionPolicy, RetentionStore
+from processor.domain.ports.retention import RetentionPolicy, RetentionStore
+from processor.domain.ports.storage import ObjectStorage
 from processor.domain.rules import PREVIEW_EXTENSIONS, RetentionKind, preview_path_beside
 from processor.observability.metrics import Metrics
 

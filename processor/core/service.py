@@ -25,8 +25,11 @@ from processor.core.retention import Retention
 from processor.core.webhooks import WebhookDispatcher, run_dispatcher
 from processor.core.worker import Worker, WorkerConfig
 from processor.domain.errors import ProcessorError
-from processor.domain.ports import Editor, JobQueue, ObjectStorage, Wakeups
-from processor.domain.rules import ReasonCode
+from processor.domain.ports.changes import Wakeups
+from processor.domain.ports.editor import Editor
+from processor.domain.ports.queue import JobQueue
+from processor.domain.ports.storage import ObjectStorage
+from processor.domain.reasons import ReasonCode
 from processor.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)

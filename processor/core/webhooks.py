@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 
 from standardwebhooks.webhooks import Webhook
 
-from processor.domain.ports import WebhookAnswer, WebhookDelivery, WebhookOutbox, WebhookSender
-from processor.domain.rules import WebhookFailure
+from processor.domain.ports.webhooks import WebhookAnswer, WebhookDelivery, WebhookOutbox, WebhookSender
+from processor.domain.webhook_urls import WebhookFailure
 from processor.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)

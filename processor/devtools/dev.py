@@ -132,7 +132,7 @@ def run_dev(
                 webhook_secret=settings.webhook_secret,
                 metrics_token=settings.metrics_token,
                 api=api,
-                mcp=build_mcp(settings, api),
+                mcp=build_mcp(api),
             )
         )
         stack.callback(app.stop)

@@ -7,7 +7,7 @@ The worker maps ``retryable`` straight onto ``fail_edit_request(..., p_retryable
 
 from __future__ import annotations
 
-from processor.domain.rules import ReasonCode
+from processor.domain.reasons import ReasonCode
 
 
 class ProcessorError(Exception):
@@ -33,7 +33,7 @@ class ProcessorError(Exception):
 class InvalidInput(ProcessorError):
     """The request itself is bad (image, prompt, parameters). Retrying cannot help.
 
-    Its reason codes are the first group of ``rules.ReasonCode`` (see ``docs/reason-codes.md``).
+    Its reason codes are the first group of ``reasons.ReasonCode`` (see ``docs/reason-codes.md``).
     """
 
     reason = ReasonCode.INVALID_INPUT
@@ -89,3 +89,17 @@ class LimitExceeded(ProcessorError):
 
     reason = ReasonCode.LIMIT_EXCEEDED
     retryable = True
+
+
+class NotFound(ProcessorError):
+    """No such request or batch for this user (another user's is the same answer): HTTP 404."""
+
+    reason = ReasonCode.NOT_FOUND
+    retryable = False
+
+
+class AlreadyFinished(ProcessorError):
+    """The request finished before the action could change it (a cancel): HTTP 409."""
+
+    reason = ReasonCode.ALREADY_FINISHED
+    retryable = False

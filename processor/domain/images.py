@@ -28,7 +28,8 @@ from PIL.PngImagePlugin import PngInfo
 
 from processor.domain import rules
 from processor.domain.errors import InvalidInput
-from processor.domain.rules import JPEG_MAX_PIXEL_SCANS, JPEG_MAX_SCANS, ReasonCode
+from processor.domain.reasons import ReasonCode
+from processor.domain.rules import JPEG_MAX_PIXEL_SCANS, JPEG_MAX_SCANS
 
 OutputFormat = Literal["png", "webp", "jpeg"]
 """Encodings ``encode_image`` can write."""

@@ -1,7 +1,9 @@
-"""What every editor accepts: limits on parameters and images, checked before any model runs.
+"""What every editor accepts: the request's fields read and checked from their declaration
+(``domain.request``), and the limits on images, checked before any model runs.
 
-Shared by the diffusers engine and the ComfyUI engine (and the CLI's early checks), so a
-request is refused with the same reason code whichever engine would have run it.
+Shared by the diffusers engine and the ComfyUI engine (and the ways in's early checks), so a
+request is refused with the same reason code whichever way it came and whichever engine would
+have run it.
 """
 
 from __future__ import annotations
@@ -18,74 +20,33 @@ from typing import Any
 from PIL import Image
 
 from processor.domain.errors import InvalidInput
-from processor.domain.images import base_canvas, decode_base64_image, parse_hex_colour, to_rgb
-from processor.domain.ports import BaseCanvas, EditParams, EditResult
-from processor.domain.rules import (
-    BASES,
-    DRAWN_SEED_BOUND,
-    MAX_BATCH_SIZE,
-    MAX_CFG_SCALE,
-    MAX_IMAGES,
-    MAX_PROMPT_CHARS,
-    MAX_SEED,
-    MAX_STEPS,
-    MIN_STEPS,
-    PROMPT_WHITESPACE,
-    ReasonCode,
+from processor.domain.images import base_canvas, decode_base64_image, to_rgb
+from processor.domain.ports.editor import EditResult
+from processor.domain.reasons import ReasonCode
+from processor.domain.request import (
+    OPTION_FIELDS,
+    PARAM_FIELDS,
+    DeclaredField,
+    EditParams,
+    FieldKind,
+    RequestOptions,
 )
+from processor.domain.rules import DRAWN_SEED_BOUND, MAX_BATCH_SIZE, MAX_IMAGES, Base
 from processor.domain.sizing import ModelSizing, output_size
-from processor.domain.speed import check_speed, parse_loras
+from processor.domain.speed import check_loras, parse_loras
 
 
 def check_params(params: EditParams) -> None:
-    """Raise ``InvalidInput`` (``invalid_prompt`` / ``invalid_parameter``) for parameters the engine refuses."""
-    if not isinstance(params.prompt, str) or not params.prompt.strip(PROMPT_WHITESPACE):
-        raise InvalidInput("the prompt is empty", reason=ReasonCode.INVALID_PROMPT)
-    for name, text in (("prompt", params.prompt), ("negative_prompt", params.negative_prompt)):
-        if not isinstance(text, str):
-            raise InvalidInput(f"{name} must be a string", reason=ReasonCode.INVALID_PROMPT)
-        if len(text) > MAX_PROMPT_CHARS:
-            raise InvalidInput(
-                f"{name} has {len(text)} characters; the limit is {MAX_PROMPT_CHARS}",
-                reason=ReasonCode.INVALID_PROMPT,
-            )
-        if "\x00" in text:
-            # Postgres text cannot hold NUL: refused here so no way in gets further than the row.
-            raise InvalidInput(f"{name} may not contain NUL characters", reason=ReasonCode.INVALID_PROMPT)
-    steps = params.num_inference_steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or not MIN_STEPS <= steps <= MAX_STEPS:
-        raise InvalidInput(
-            f"num_inference_steps must be an integer from {MIN_STEPS} to {MAX_STEPS}, got {steps!r}",
-            reason=ReasonCode.INVALID_PARAMETER,
-        )
-    for name, value in (("true_cfg_scale", params.true_cfg_scale), ("guidance_scale", params.guidance_scale)):
-        if isinstance(value, bool) or not (
-            isinstance(value, int | float) and math.isfinite(value) and 0 <= value <= MAX_CFG_SCALE
-        ):
-            raise InvalidInput(
-                f"{name} must be from 0 to {MAX_CFG_SCALE}, got {value!r}",
-                reason=ReasonCode.INVALID_PARAMETER,
-            )
-    if params.base not in BASES:
-        raise InvalidInput(
-            f"base must be one of {', '.join(BASES)}, got {params.base!r}",
-            reason=ReasonCode.INVALID_PARAMETER,
-        )
-    parse_hex_colour(params.base_color)
-    seed = params.seed
-    if seed is not None and (
-        isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED
-    ):
-        raise InvalidInput(
-            f"seed must be an integer from 0 to 2**63-1 (leave it out to draw one), got {seed!r}",
-            reason=ReasonCode.INVALID_PARAMETER,
-        )
+    """Raise ``InvalidInput`` with the field's reason code for a parameter of the wrong type or out of
+    its declared bounds (``domain.request``); the output size's rules across fields are ``check_request``'s."""
+    for item in PARAM_FIELDS:
+        check_field(item, getattr(params, item.name))
 
 
 def check_request(params: EditParams, image_count: int) -> None:
     """Everything that can be refused before any image is decoded or any model loaded.
 
-    The ways in call this first (REST and MCP through ``Submissions``, RunPod, the CLI), so a
+    The ways in call this first (REST and MCP through ``UserActions``, RunPod, the CLI), so a
     bad request is refused with the reason ``Editor.edit`` (``prepare_edit``) and the schema give.
     """
     check_image_count(image_count)
@@ -114,56 +75,58 @@ def check_image_count(count: int) -> None:
         )
 
 
-_INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,30}")
+# --- Reading fields ---------------------------------------------------------------------------------
 
 
 def params_from_mapping(values: Mapping[str, Any], *, form: bool = False) -> EditParams:
     """The one mapping from a request's fields to ``EditParams``: REST JSON and multipart, MCP
-    tool arguments, RunPod job input and the CLI's options all come through here.
+    tool arguments, RunPod job input, the CLI's options and a claimed row all come through here.
 
-    Field names are ``EditParams``' own; absent fields take its defaults, other keys are ignored.
-    Types are checked, not guessed: a number must be a number (``form=True``: the text of one, as
-    multipart fields are always text), a whole float counts as an integer, booleans are not
-    numbers. ``seed``, ``width`` and ``height`` may be null. Ranges are ``check_request``'s job.
+    Field names are the declaration's (``domain.request``); absent fields take its defaults, other
+    keys are ignored. Types are checked, not guessed: a number must be a number (``form=True``: the
+    text of one, as multipart fields are always text), a whole float counts as an integer, booleans
+    are not numbers; a choice must be one of its choices. Null is absent where the field is nullable.
+    Bounds are ``check_request``'s job.
     """
-    fields: dict[str, Any] = {}
-    for name, convert, reason in _FIELDS:
-        if name not in values:
-            continue
-        value = values[name]
-        if value is None and name in _NULLABLE:
-            fields[name] = None
-            continue
-        converted = convert(value, form)
-        if converted is None:
-            raise InvalidInput(f"{name} has the wrong type: {value!r:.80}", reason=reason)
-        fields[name] = converted
+    fields = _read(PARAM_FIELDS, values, form)
     if "prompt" not in fields:
         raise InvalidInput("prompt is required", reason=ReasonCode.INVALID_PROMPT)
     return EditParams(**fields)
 
 
-def webhook_endpoint_from_mapping(values: Mapping[str, Any]) -> uuid.UUID | None:
-    """``webhook_endpoint_id`` of a request's fields (REST JSON and multipart, MCP): one of the user's
-    completion-webhook endpoints, or None. Whose it is, the schema checks at insert."""
-    value = values.get("webhook_endpoint_id")
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        try:
-            return uuid.UUID(value)
-        except ValueError:
-            pass
-    raise InvalidInput(
-        f"webhook_endpoint_id must be a UUID, got {value!r:.80}", reason=ReasonCode.INVALID_PARAMETER
-    )
+def options_from_mapping(values: Mapping[str, Any], *, form: bool = False) -> RequestOptions:
+    """A request's ``RequestOptions`` (``webhook_endpoint_id``...), read as ``params_from_mapping``
+    reads the parameters; whose endpoint it is, the schema checks at insert."""
+    options = RequestOptions(**_read(OPTION_FIELDS, values, form))
+    for item in OPTION_FIELDS:
+        check_field(item, getattr(options, item.name))
+    return options
 
 
-def _as_text(value: object, _form: bool) -> str | None:
+def _read(declared: Sequence[DeclaredField], values: Mapping[str, Any], form: bool) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for item in declared:
+        if item.name not in values:
+            continue
+        value = values[item.name]
+        # Null is absent where the field is nullable (and so is an empty UUID: a form's empty field).
+        if item.spec.nullable and (value is None or (value == "" and item.spec.kind == "uuid")):
+            continue
+        converted = _READERS[item.spec.kind](item, value, form)
+        if converted is None:
+            raise _refuse(item, _KIND_WORDS[item.spec.kind], value)
+        fields[item.name] = converted
+    return fields
+
+
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,30}")
+
+
+def _as_text(_item: DeclaredField, value: object, _form: bool) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _as_int(value: object, form: bool) -> int | None:
+def _as_int(_item: DeclaredField, value: object, form: bool) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -175,7 +138,7 @@ def _as_int(value: object, form: bool) -> int | None:
     return None
 
 
-def _as_float(value: object, form: bool) -> float | None:
+def _as_float(_item: DeclaredField, value: object, form: bool) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
@@ -190,11 +153,12 @@ def _as_float(value: object, form: bool) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _as_speed(value: object, _form: bool) -> object:
-    return check_speed(value)
+def _as_choice(item: DeclaredField, value: object, _form: bool) -> str | None:
+    _check_choice(item, value)
+    return value if isinstance(value, str) else None
 
 
-def _as_loras(value: object, form: bool) -> object:
+def _as_loras(_item: DeclaredField, value: object, form: bool) -> object:
     # Multipart sends the list as JSON text; everywhere else it is a list already.
     if form and isinstance(value, str):
         try:
@@ -204,21 +168,129 @@ def _as_loras(value: object, form: bool) -> object:
     return parse_loras(value)
 
 
-_NULLABLE = frozenset({"seed", "width", "height", "speed"})
-_FIELDS: tuple[tuple[str, Callable[[object, bool], object], ReasonCode], ...] = (
-    ("prompt", _as_text, ReasonCode.INVALID_PROMPT),
-    ("negative_prompt", _as_text, ReasonCode.INVALID_PROMPT),
-    ("num_inference_steps", _as_int, ReasonCode.INVALID_PARAMETER),
-    ("true_cfg_scale", _as_float, ReasonCode.INVALID_PARAMETER),
-    ("guidance_scale", _as_float, ReasonCode.INVALID_PARAMETER),
-    ("seed", _as_int, ReasonCode.INVALID_PARAMETER),
-    ("width", _as_int, ReasonCode.INVALID_SIZE),
-    ("height", _as_int, ReasonCode.INVALID_SIZE),
-    ("base", _as_text, ReasonCode.INVALID_PARAMETER),
-    ("base_color", _as_text, ReasonCode.INVALID_PARAMETER),
-    ("speed", _as_speed, ReasonCode.INVALID_PARAMETER),
-    ("loras", _as_loras, ReasonCode.INVALID_PARAMETER),
-)
+def _as_uuid(_item: DeclaredField, value: object, _form: bool) -> uuid.UUID | None:
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            return None
+    return None
+
+
+_KIND_WORDS: Mapping[FieldKind, str] = {
+    "text": "a string",
+    "integer": "an integer",
+    "number": "a finite number",
+    "choice": "a string",
+    "loras": "a list of {name, scale}",
+    "uuid": "a UUID",
+}
+_READERS: Mapping[FieldKind, Callable[[DeclaredField, object, bool], object]] = {
+    "text": _as_text,
+    "integer": _as_int,
+    "number": _as_float,
+    "choice": _as_choice,
+    "loras": _as_loras,
+    "uuid": _as_uuid,
+}
+
+
+# --- Checking fields -------------------------------------------------------------------------------
+
+
+def check_field(item: DeclaredField, value: object) -> None:
+    """``InvalidInput`` (the field's reason) when ``value`` is not of the field's kind or out of its bounds."""
+    spec = item.spec
+    if value is None and spec.nullable and item.default is None:
+        return
+    _CHECKS[spec.kind](item, value)
+
+
+def _refuse(item: DeclaredField, should: str, value: object) -> InvalidInput:
+    return InvalidInput(f"{item.name} must be {should}, got {value!r:.80}", reason=item.spec.reason)
+
+
+def _range(item: DeclaredField) -> str:
+    spec = item.spec
+    text = f"from {_number(spec.minimum)} to {_number(spec.maximum)}"
+    return text + (f", a multiple of {spec.multiple_of}" if spec.multiple_of else "")
+
+
+def _number(bound: float | None) -> str:
+    return "2**63-1" if bound == 2**63 - 1 else f"{bound:g}" if isinstance(bound, float) else str(bound)
+
+
+def _within(item: DeclaredField, number: float) -> bool:
+    spec = item.spec
+    return (
+        (spec.minimum is None or number >= spec.minimum)
+        and (spec.maximum is None or number <= spec.maximum)
+        and (spec.multiple_of is None or number % spec.multiple_of == 0)
+    )
+
+
+def _check_text(item: DeclaredField, value: object) -> None:
+    spec = item.spec
+    if not isinstance(value, str):
+        raise _refuse(item, "a string", value)
+    if spec.max_length is not None and len(value) > spec.max_length:
+        raise InvalidInput(
+            f"{item.name} has {len(value)} characters; the limit is {spec.max_length}", reason=spec.reason
+        )
+    if "\x00" in value:
+        # Postgres text cannot hold NUL: refused here so no way in gets further than the row.
+        raise InvalidInput(f"{item.name} may not contain NUL characters", reason=spec.reason)
+    if spec.pattern is not None and not re.search(python_regex(spec.pattern), value):
+        raise _refuse(item, spec.shape or f"a text matching {spec.pattern}", value)
+
+
+def python_regex(pattern: str) -> str:
+    """A declared pattern (ECMA-262, as JSON Schema's and SQL's ``~``, where ``$`` ends the text) for
+    Python's ``re``, whose ``$`` also matches before a final newline."""
+    return pattern[:-1] + r"\Z" if pattern.endswith("$") and not pattern.endswith("\\$") else pattern
+
+
+def _check_integer(item: DeclaredField, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not _within(item, value):
+        raise _refuse(item, f"an integer {_range(item)}", value)
+
+
+def _check_number(item: DeclaredField, value: object) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not _within(item, value)
+    ):
+        raise _refuse(item, f"a number {_range(item)}", value)
+
+
+def _check_choice(item: DeclaredField, value: object) -> None:
+    if value not in item.spec.choices:
+        raise _refuse(item, f"one of {', '.join(item.spec.choices)}", value)
+
+
+def _check_loras(item: DeclaredField, value: object) -> None:
+    if not isinstance(value, tuple):
+        raise _refuse(item, "a list of {name, scale}", value)
+    check_loras(value)
+
+
+def _check_uuid(item: DeclaredField, value: object) -> None:
+    if not isinstance(value, uuid.UUID):
+        raise _refuse(item, "a UUID", value)
+
+
+_CHECKS: Mapping[FieldKind, Callable[[DeclaredField, object], None]] = {
+    "text": _check_text,
+    "integer": _check_integer,
+    "number": _check_number,
+    "choice": _check_choice,
+    "loras": _check_loras,
+    "uuid": _check_uuid,
+}
 
 
 def encoded_images(values: Mapping[str, Any]) -> list[bytes]:
@@ -264,7 +336,7 @@ class PreparedEdit:
     width: int
     height: int
     seed: int
-    base: BaseCanvas | None
+    base: Base | None
 
 
 def prepare_edit(images: Sequence[Image.Image], params: EditParams, sizing: ModelSizing) -> PreparedEdit:

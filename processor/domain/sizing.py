@@ -16,13 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from processor.domain.errors import InvalidInput
-from processor.domain.rules import (
-    MAX_OUTPUT_PIXELS,
-    MAX_OUTPUT_SIDE,
-    MIN_OUTPUT_SIDE,
-    SIZE_MULTIPLE,
-    ReasonCode,
-)
+from processor.domain.reasons import ReasonCode
+from processor.domain.rules import MAX_OUTPUT_PIXELS, MAX_OUTPUT_SIDE, MIN_OUTPUT_SIDE, SIZE_MULTIPLE
 
 SIZING_FILE = "edit_processor.json"
 """Optional file in a model folder with its ``ModelSizing`` (the tiny model has one; the real model not)."""

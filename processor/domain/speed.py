@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from processor.domain.errors import InvalidInput
+from processor.domain.reasons import ReasonCode
 from processor.domain.rules import (
     LORA_NAME,
     MAX_LORA_SCALE,
     MAX_REQUEST_LORAS,
     MIN_LORA_SCALE,
     SPEED_PRESETS,
-    ReasonCode,
     SpeedPreset,
 )
 

@@ -15,7 +15,7 @@ from typing import Any
 import jwt
 
 from processor.domain.errors import ProcessorError
-from processor.domain.rules import ReasonCode
+from processor.domain.reasons import ReasonCode
 from processor.domain.users import User
 
 _ASYMMETRIC = ("RS256", "ES256", "EdDSA")

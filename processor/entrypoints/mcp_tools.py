@@ -1,5 +1,9 @@
-"""MCP tools over the same submissions as the REST API: ``edit_image``, ``get_edit_status``,
-``list_recent_edits``, and for batches ``submit_batch``, ``get_batch`` and ``cancel_batch``.
+"""MCP tools: the user's actions (``core.user_actions``) as tools, beside the same REST API.
+
+``edit_image`` (submit, and wait up to ``timeout_seconds``), ``get_edit_status``, ``list_recent_edits``,
+``cancel_edit``, ``wait_for_edit`` (progress notifications while it runs, then the request), and for
+batches ``submit_batch``, ``get_batch`` and ``cancel_batch``. A refusal is a tool error that starts
+with its reason code (``not_found: ...``, ``already_finished: ...``), as the REST API's ``error.code``.
 
 Served over streamable HTTP at ``/mcp`` inside the app (callers send their Supabase access
 token as ``Authorization: Bearer``), or over stdio with ``edit-processor mcp`` (the token comes
@@ -8,31 +12,42 @@ from ``MCP_ACCESS_TOKEN``). Either way the edits belong to that user and RLS hol
 
 from __future__ import annotations
 
+import inspect
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.utilities.types import Image
-from pydantic import Field
+from pydantic import Field, PlainValidator, WithJsonSchema
 
-from processor.core.submissions import Submissions
-from processor.domain import rules
+from processor.core.user_actions import Action, UserActions
 from processor.domain.errors import ProcessorError
-from processor.domain.params import (
-    check_batch,
-    check_request,
-    decoded_images,
-    encoded_images,
-    params_from_mapping,
-    webhook_endpoint_from_mapping,
-)
-from processor.domain.rules import TERMINAL, WAIT_MAX_SECONDS, ReasonCode
+from processor.domain.params import decoded_images, encoded_images, options_from_mapping, params_from_mapping
+from processor.domain.reasons import ReasonCode
+from processor.domain.request import OPTION_FIELDS, PARAM_FIELDS, DeclaredField
+from processor.domain.request_schema import field_schema
+from processor.domain.rules import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, TERMINAL, WAIT_MAX_SECONDS
 from processor.domain.users import User
 from processor.entrypoints.auth import AuthError, TokenVerifier
+
+ACTIONS: Mapping[Action, str] = {
+    Action.SUBMIT: "edit_image",
+    Action.SUBMIT_BATCH: "submit_batch",
+    Action.GET: "get_edit_status",
+    Action.LIST: "list_recent_edits",
+    Action.CANCEL: "cancel_edit",
+    Action.WAIT: "wait_for_edit",
+    Action.FOLLOW: "wait_for_edit",  # each change is a progress notification
+    Action.GET_BATCH: "get_batch",
+    Action.CANCEL_BATCH: "cancel_batch",
+}
+"""The tool that serves each of the user's actions."""
+
+T = TypeVar("T")
 
 _VIEW_KEYS = (
     "id",
@@ -80,29 +95,70 @@ def _view(row: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(view, default=str))  # type: ignore[no-any-return]
 
 
-async def _submit(
-    submissions: Submissions, user: User, arguments: dict[str, Any], object_path: str | None
-) -> dict[str, Any]:
-    # The tool's arguments go through the one mapping every way in shares.
-    params = params_from_mapping(arguments)
-    images = encoded_images(arguments)
-    endpoint = webhook_endpoint_from_mapping(arguments)
-    if object_path and not images:
-        check_request(params, 1)
-        # RLS refuses paths outside the caller's own folder.
-        return await submissions.requests.insert(
-            user, uuid.uuid4(), [object_path], params, webhook_endpoint_id=endpoint
-        )
-    # No image: create from a base canvas.
-    return await submissions.submit(user, images, params, webhook_endpoint_id=endpoint)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_declared_fields(*declared: Sequence[DeclaredField]) -> Callable[[F], F]:
+    """Give a tool written as ``tool(ctx, *, ..., **fields)`` the request's declared fields as its
+    parameters, each documented by its declared schema (``request_schema.field_schema``).
+
+    The MCP server validates arguments against the signature's types before the tool runs; these
+    accept any value (texts stay texts: a JSON-looking prompt is not parsed), so the request is read
+    and refused by ``params_from_mapping`` and the rules, with their reason codes, as every way in.
+    """
+
+    def add(tool: F) -> F:
+        signature = inspect.signature(tool, eval_str=True)
+        kept = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        added = [
+            inspect.Parameter(
+                item.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=_annotation(item),
+                default=inspect.Parameter.empty if item.required else item.default,
+            )
+            for fields in declared
+            for item in fields
+        ]
+        tool.__signature__ = signature.replace(parameters=[*kept, *added])  # type: ignore[attr-defined]
+        return tool
+
+    return add
+
+
+def _annotation(item: DeclaredField) -> Any:
+    schema = WithJsonSchema(field_schema(item, documented=False))
+    described = Field(description=item.spec.description)
+    if item.spec.kind in ("text", "choice"):
+        # Annotated as str, so the server does not parse a text that looks like JSON; accepted as given.
+        return Annotated[str, PlainValidator(_as_given), schema, described]
+    return Annotated[Any, schema, described]
+
+
+def _as_given(value: object) -> object:
+    return value
+
+
+async def answer(call: Awaitable[T]) -> T:
+    """The core's answer, or its refusal as a tool error led by the reason code (``not_found: ...``)."""
+    try:
+        return await call
+    except ProcessorError as exc:
+        raise ToolError(str(exc)) from exc
+
+
+def _id(text: str, name: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError as exc:
+        raise ToolError(f"{ReasonCode.INVALID_REQUEST}: {name} is not a uuid") from exc
 
 
 def create_mcp_server(
-    submissions: Submissions,
+    actions: UserActions,
     verifier: TokenVerifier,
     *,
     stdio_token: str | None = None,
-    signed_url_seconds: int = 3600,
     open_resources: bool = False,
 ) -> MCPServer:
     """The MCP server; mount ``streamable_http_app()`` in the app, or ``run("stdio")`` with
@@ -110,11 +166,11 @@ def create_mcp_server(
 
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[None]:
-        await submissions.open()
+        await actions.open()
         try:
             yield
         finally:
-            await submissions.close()
+            await actions.close()
 
     mcp = MCPServer(
         lifespan=lifespan if open_resources else None,
@@ -133,164 +189,125 @@ def create_mcp_server(
             raise ToolError(str(exc)) from exc
 
     @mcp.tool(structured_output=False)
+    @with_declared_fields(PARAM_FIELDS, OPTION_FIELDS)
     async def edit_image(
-        prompt: str,
         ctx: Context,
+        *,
         image_base64: str | None = None,
         object_path: str | None = None,
-        negative_prompt: str = rules.DEFAULT_NEGATIVE_PROMPT,
-        num_inference_steps: int = rules.DEFAULT_STEPS,
-        true_cfg_scale: float = rules.DEFAULT_TRUE_CFG_SCALE,
-        seed: int | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        # A plain str, not a Literal: an unknown base is refused by the shared rules, with their reason code.
-        base: str = rules.DEFAULT_BASE,
-        base_color: str = rules.DEFAULT_BASE_COLOR,
         timeout_seconds: Annotated[float, Field(ge=0, le=WAIT_MAX_SECONDS)] = WAIT_MAX_SECONDS,
-        speed: Literal["quality", "fast", "fastest"] | None = None,
-        loras: list[dict[str, Any]] | None = None,
-        webhook_endpoint_id: str | None = None,
+        **fields: Any,
     ) -> list[Any]:
         """Edit an image (base64, or an object path in your `edit-inputs/{your id}/` folder) and return it.
 
         Without an image, creates one: the model edits a `blank` canvas (`base_color`) or seeded
         `noise` at `width` × `height` (multiples of 16; default 1024 × 1024). Waits for the result
-        up to `timeout_seconds`; returns the PNG and its metadata. `speed`: `quality` (40 steps),
-        `fast` (8) or `fastest` (4); `loras`: up to 3 allowlisted `{"name", "scale"}`;
-        `webhook_endpoint_id`: one of your completion-webhook endpoints, told when the edit is final.
+        up to `timeout_seconds` (0: returns at once; follow with `wait_for_edit`); returns the PNG
+        and its metadata. `speed`: `quality` (40 steps), `fast` (8) or `fastest` (4); `loras`: up
+        to 3 allowlisted `{"name", "scale"}`; `webhook_endpoint_id`: one of your completion-webhook
+        endpoints, told when the edit is final.
         """
         user = user_of(ctx)
-        arguments = {
-            "prompt": prompt,
-            "image": image_base64 or None,
-            "negative_prompt": negative_prompt,
-            "num_inference_steps": num_inference_steps,
-            "true_cfg_scale": true_cfg_scale,
-            "seed": seed,
-            "width": width,
-            "height": height,
-            "base": base,
-            "base_color": base_color,
-            "speed": speed,
-            "loras": loras,
-            "webhook_endpoint_id": webhook_endpoint_id,
-        }
-        try:
-            submissions.ensure_can_wait(user)  # refused before anything is stored
-            row = await _submit(submissions, user, arguments, object_path)
-            final = await submissions.wait(user, row["id"], timeout_seconds) or row
+
+        async def submit_and_wait() -> list[Any]:
+            # The tool's arguments go through the one mapping every way in shares.
+            arguments = {**fields, "image": image_base64 or None}
+            params, options, images = (
+                params_from_mapping(arguments),
+                options_from_mapping(arguments),
+                encoded_images(arguments),
+            )
+            actions.ensure_can_wait(user)  # refused before anything is stored
+            row = await actions.submit(
+                user, images, params, options, object_paths=[object_path] if object_path else []
+            )
+            final = await actions.wait(user, row["id"], timeout_seconds)
+            if final["status"] in TERMINAL and final["status"] != "succeeded":
+                code = final["error_code"] or final["status"]
+                raise ToolError(f"{code}: {final['error_message'] or final['status']}")
             if final["status"] != "succeeded":
-                if final["status"] in TERMINAL:
-                    raise ToolError(
-                        f"{final['error_code'] or final['status']}: {final['error_message'] or final['status']}"
-                    )
-                return [json.dumps({**_view(final), "note": "still running; call get_edit_status"})]
-            png = await submissions.output(final)
-        except ProcessorError as exc:
-            raise ToolError(str(exc)) from exc
-        return [Image(data=png, format="png"), json.dumps(_view(final))]
+                return [json.dumps({**_view(final), "note": "still running; call wait_for_edit"})]
+            return [Image(data=await actions.output(final), format="png"), json.dumps(_view(final))]
+
+        return await answer(submit_and_wait())
 
     @mcp.tool()
     async def get_edit_status(edit_id: str, ctx: Context) -> dict[str, Any]:
         """Status, progress, result metadata and a signed URL of the output of one of your edits."""
-        user = user_of(ctx)
-        try:
-            row = await submissions.requests.get(user, uuid.UUID(edit_id))
-        except ValueError as exc:
-            raise ToolError(f"{ReasonCode.INVALID_REQUEST}: edit_id is not a uuid") from exc
-        if row is None:
-            raise ToolError(f"{ReasonCode.NOT_FOUND}: no such edit request")
-        return {**_view(row), "output_url": await submissions.output_url(row, signed_url_seconds)}
+        row = await answer(actions.get(user_of(ctx), _id(edit_id, "edit_id")))
+        return {**_view(row), "output_url": row["output_url"]}
+
+    @mcp.tool(description=f"Your most recent edits, newest first (`limit`: 1 to {MAX_LIST_LIMIT}).")
+    async def list_recent_edits(ctx: Context, limit: int = DEFAULT_LIST_LIMIT) -> list[dict[str, Any]]:
+        return [_view(row) for row in await answer(actions.recent(user_of(ctx), limit))]
 
     @mcp.tool()
-    async def list_recent_edits(ctx: Context, limit: int = 10) -> list[dict[str, Any]]:
-        """Your most recent edits, newest first."""
-        user = user_of(ctx)
-        return [_view(row) for row in await submissions.requests.recent(user, max(1, min(limit, 100)))]
+    async def cancel_edit(edit_id: str, ctx: Context) -> dict[str, Any]:
+        """Cancel one of your edits that is waiting or running (a running edit stops between steps)."""
+        return _view(await answer(actions.cancel(user_of(ctx), _id(edit_id, "edit_id"))))
 
-    _add_batch_tools(mcp, submissions, user_of)
+    @mcp.tool()
+    async def wait_for_edit(
+        edit_id: str,
+        ctx: Context,
+        timeout_seconds: Annotated[float, Field(ge=0, le=WAIT_MAX_SECONDS)] = WAIT_MAX_SECONDS,
+    ) -> dict[str, Any]:
+        """Wait until one of your edits is finished (up to `timeout_seconds`), sending its progress as
+        progress notifications; returns it as `get_edit_status` does."""
+        user = user_of(ctx)
+
+        async def follow() -> dict[str, Any]:
+            rows = await actions.follow(user, _id(edit_id, "edit_id"), seconds=timeout_seconds)
+            async for row in rows:
+                await ctx.report_progress(float(row["progress"]), 1.0, row["status"])
+            final = await actions.get(user, _id(edit_id, "edit_id"))
+            return {**_view(final), "output_url": final["output_url"]}
+
+        return await answer(follow())
+
+    _add_batch_tools(mcp, actions, user_of)
     return mcp
 
 
-def _add_batch_tools(mcp: MCPServer, submissions: Submissions, user_of: Callable[[Context], User]) -> None:
+def _add_batch_tools(mcp: MCPServer, actions: UserActions, user_of: Callable[[Context], User]) -> None:
     @mcp.tool()
+    @with_declared_fields(PARAM_FIELDS)
     async def submit_batch(
-        prompt: str,
         ctx: Context,
+        *,
         images_base64: list[str] | None = None,
         object_paths: list[str] | None = None,
         reference_images_base64: list[str] | None = None,
         reference_paths: list[str] | None = None,
-        negative_prompt: str = rules.DEFAULT_NEGATIVE_PROMPT,
-        num_inference_steps: int = rules.DEFAULT_STEPS,
-        true_cfg_scale: float = rules.DEFAULT_TRUE_CFG_SCALE,
-        seed: int | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        speed: Literal["quality", "fast", "fastest"] | None = None,
-        loras: list[dict[str, Any]] | None = None,
+        **fields: Any,
     ) -> dict[str, Any]:
         """The same edit over many images: one edit per image (base64, or object paths in your
         `edit-inputs/{your id}/` folder), each also given the reference images, at most
         `MAX_BATCH_SIZE` (50) in all. All are created or none. Returns at once; follow with `get_batch`."""
         user = user_of(ctx)
-        arguments = {
-            "prompt": prompt,
-            "negative_prompt": negative_prompt,
-            "num_inference_steps": num_inference_steps,
-            "true_cfg_scale": true_cfg_scale,
-            "seed": seed,
-            "width": width,
-            "height": height,
-            "speed": speed,
-            "loras": loras,
-        }
-        try:
-            params = params_from_mapping(arguments)
-            paths, refs = object_paths or [], reference_paths or []
-            # Counted before any image is decoded, with the same rules as every way in.
-            check_batch(
-                params,
-                len(images_base64 or []) + len(paths),
-                len(reference_images_base64 or []) + len(refs),
-            )
-            batch = await submissions.submit_batch(
+
+        async def submit() -> dict[str, Any]:
+            # The counts are checked (by submit_batch) before any image is stored; decoding base64
+            # first costs no more than the arguments already did.
+            batch = await actions.submit_batch(
                 user,
                 decoded_images(images_base64),
                 decoded_images(reference_images_base64),
-                params,
-                object_paths=paths,
-                reference_paths=refs,
+                params_from_mapping(fields),
+                object_paths=object_paths or [],
+                reference_paths=reference_paths or [],
             )
-        except ProcessorError as exc:
-            raise ToolError(str(exc)) from exc
-        return _batch_view(batch)
+            return _batch_view(batch)
+
+        return await answer(submit())
 
     @mcp.tool()
     async def get_batch(batch_id: str, ctx: Context) -> dict[str, Any]:
         """Counts by status, progress (finished edits count 1) and every edit of one of your batches."""
-        user = user_of(ctx)
-        batch = await submissions.requests.get_batch(user, _batch_id(batch_id))
-        if batch is None:
-            raise ToolError(f"{ReasonCode.NOT_FOUND}: no such batch")
-        return _batch_view(batch)
+        return _batch_view(await answer(actions.get_batch(user_of(ctx), _id(batch_id, "batch_id"))))
 
     @mcp.tool()
     async def cancel_batch(batch_id: str, ctx: Context) -> dict[str, Any]:
         """Cancel every edit of one of your batches that has not finished; returns the batch and `canceled_now`."""
-        user = user_of(ctx)
-        batch_uuid = _batch_id(batch_id)
-        if await submissions.requests.get_batch(user, batch_uuid) is None:
-            raise ToolError(f"{ReasonCode.NOT_FOUND}: no such batch")
-        canceled = await submissions.requests.cancel_batch(user, batch_uuid)
-        batch = await submissions.requests.get_batch(user, batch_uuid)
-        assert batch is not None
-        return {**_batch_view(batch), "canceled_now": canceled}
-
-
-def _batch_id(text: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(text)
-    except ValueError as exc:
-        raise ToolError(f"{ReasonCode.INVALID_REQUEST}: batch_id is not a uuid") from exc
+        batch = await answer(actions.cancel_batch(user_of(ctx), _id(batch_id, "batch_id")))
+        return {**_batch_view(batch), "canceled_now": batch["canceled_now"]}

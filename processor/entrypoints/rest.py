@@ -1,8 +1,9 @@
-"""REST API for apps that would rather not talk to Supabase directly: ``/v1/edits``.
+"""REST API for apps that would rather not talk to Supabase directly: ``/v1/edits`` and ``/v1/batches``.
 
-A thin layer over ``Submissions``: callers authenticate with their Supabase access token,
-rows belong to them and RLS holds. Every error has one JSON shape,
-``{"error": {"code": "<reason>", "message": "..."}}``.
+A thin translation of the user's actions (``core.user_actions``): callers authenticate with their
+Supabase access token, rows belong to them and RLS holds. Every error has one JSON shape,
+``{"error": {"code": "<reason>", "message": "..."}}``; the core's ``NotFound`` is 404,
+``AlreadyFinished`` 409, ``InvalidInput`` 422, ``LimitExceeded`` 429, ``TransientError`` 503.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -18,37 +19,44 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
-from processor.core.submissions import Submissions
-from processor.domain import rules
-from processor.domain.errors import InvalidInput, LimitExceeded, ProcessorError, TransientError
+from processor.core.user_actions import Action, UserActions
+from processor.domain.errors import (
+    AlreadyFinished,
+    InvalidInput,
+    LimitExceeded,
+    NotFound,
+    ProcessorError,
+    TransientError,
+)
 from processor.domain.params import (
     check_batch,
     check_image_count,
     decoded_images,
     encoded_images,
+    options_from_mapping,
     params_from_mapping,
-    webhook_endpoint_from_mapping,
 )
-from processor.domain.ports import EditParams
+from processor.domain.reasons import ReasonCode
+from processor.domain.request import EditParams, RequestOptions
+from processor.domain.request_schema import object_schema, options_properties, params_properties
 from processor.domain.rules import (
+    DEFAULT_LIST_LIMIT,
     EDIT_BODY_FIELDS_BYTES,
     MAX_BATCH_SIZE,
     MAX_IMAGES,
-    MAX_REQUEST_LORAS,
+    MAX_LIST_LIMIT,
     MULTIPART_MAX_FIELDS,
     TERMINAL,
     WAIT_MAX_SECONDS,
-    ReasonCode,
-    SpeedPreset,
     edit_body_bytes,
 )
 from processor.domain.users import User
 from processor.entrypoints.auth import AuthError, TokenVerifier
-from processor.entrypoints.bodies import capped_request, json_body
+from processor.entrypoints.bodies import capped_request
 
 
 class ErrorBody(BaseModel):
@@ -70,77 +78,6 @@ class ApiError(Exception):
         self.status_code = status_code
         self.code = code
         self.message = message
-
-
-class LoraField(BaseModel):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-    scale: float | None = Field(default=None, ge=-4, le=4)
-
-
-class EditCreate(BaseModel):
-    """A new edit, with the original RunPod service's field names.
-
-    Give ``image`` or ``images`` (at most 3 in all) to edit them; give neither to create an
-    image from a base canvas (``base``) at ``width`` × ``height`` (default 1024 × 1024).
-
-    This model is the body's published schema; requests are read by the domain's one mapping
-    (``params.params_from_mapping``, ``params.encoded_images``) and checked by
-    ``params.check_request``, so refusals carry the same reason codes as every other way in.
-    Its bounds come from ``rules``, like the checks themselves.
-    """
-
-    prompt: str = Field(min_length=1, max_length=rules.MAX_PROMPT_CHARS)
-    image: str | None = Field(
-        default=None, description="Base64 image (PNG, JPEG or WebP); a data:image/...;base64, URL works too."
-    )
-    images: list[str] | None = Field(
-        default=None,
-        max_length=rules.MAX_IMAGES,
-        description="Base64 images; with `image`, at most 3 in all.",
-    )
-    negative_prompt: str = Field(default=rules.DEFAULT_NEGATIVE_PROMPT, max_length=rules.MAX_PROMPT_CHARS)
-    num_inference_steps: int = Field(default=rules.DEFAULT_STEPS, ge=rules.MIN_STEPS, le=rules.MAX_STEPS)
-    true_cfg_scale: float = Field(default=rules.DEFAULT_TRUE_CFG_SCALE, ge=0, le=rules.MAX_CFG_SCALE)
-    guidance_scale: float = Field(default=rules.DEFAULT_GUIDANCE_SCALE, ge=0, le=rules.MAX_CFG_SCALE)
-    seed: int | None = Field(default=None, ge=0, le=rules.MAX_SEED)
-    width: int | None = Field(
-        default=None,
-        ge=rules.MIN_OUTPUT_SIDE,
-        le=rules.MAX_OUTPUT_SIDE,
-        multiple_of=rules.SIZE_MULTIPLE,
-        description="Output width; give with height.",
-    )
-    height: int | None = Field(
-        default=None,
-        ge=rules.MIN_OUTPUT_SIDE,
-        le=rules.MAX_OUTPUT_SIDE,
-        multiple_of=rules.SIZE_MULTIPLE,
-        description="Output height; give with width.",
-    )
-    base: rules.Base = Field(
-        default=rules.DEFAULT_BASE, description="Without images: start from a blank canvas or seeded noise."
-    )
-    base_color: str = Field(
-        default=rules.DEFAULT_BASE_COLOR,
-        pattern=rules.HEX_COLOUR_PATTERN,
-        description="Colour of a blank canvas.",
-    )
-    speed: SpeedPreset | None = Field(
-        default=None,
-        description="quality (40 steps, CFG), fast (Lightning 8), fastest (Lightning 4); default: the deployment's.",
-    )
-    loras: list[LoraField] = Field(
-        default_factory=list, max_length=MAX_REQUEST_LORAS, description="Allowlisted LoRAs for this edit."
-    )
-    webhook_endpoint_id: uuid.UUID | None = Field(
-        default=None, description="One of your completion-webhook endpoints, told when the edit is final."
-    )
-
-    @field_validator("loras", mode="before")
-    @classmethod
-    def _loras_from_form(cls, value: object) -> object:
-        """A multipart form sends the list as JSON text."""
-        return json.loads(value) if isinstance(value, str) else value
 
 
 class EditAccepted(BaseModel):
@@ -176,38 +113,6 @@ class EditView(BaseModel):
     output_expired_at: datetime | None = Field(
         default=None, description="When retention deleted the result; `output_url` is null from then on."
     )
-
-
-class BatchCreate(BaseModel):
-    """The same edit over many images: each of ``images`` (base64) and ``object_paths`` (objects already
-    in your ``edit-inputs/{your id}/`` folder) makes one request, each given ``reference_images`` and
-    ``reference_paths`` after its image (at most 3 images a request). The parameters are an edit's
-    (``EditCreate``), read by the same mapping and rules; at most ``MAX_BATCH_SIZE`` images."""
-
-    prompt: str = Field(min_length=1, max_length=rules.MAX_PROMPT_CHARS)
-    images: list[str] = Field(default_factory=list, max_length=MAX_BATCH_SIZE, description="Base64 images.")
-    object_paths: list[str] = Field(
-        default_factory=list, max_length=MAX_BATCH_SIZE, description="Objects in your edit-inputs folder."
-    )
-    reference_images: list[str] = Field(
-        default_factory=list, max_length=MAX_IMAGES - 1, description="Base64 images every request also gets."
-    )
-    reference_paths: list[str] = Field(
-        default_factory=list, max_length=MAX_IMAGES - 1, description="Objects every request also gets."
-    )
-    negative_prompt: str = Field(default=rules.DEFAULT_NEGATIVE_PROMPT, max_length=rules.MAX_PROMPT_CHARS)
-    num_inference_steps: int = Field(default=rules.DEFAULT_STEPS, ge=rules.MIN_STEPS, le=rules.MAX_STEPS)
-    true_cfg_scale: float = Field(default=rules.DEFAULT_TRUE_CFG_SCALE, ge=0, le=rules.MAX_CFG_SCALE)
-    guidance_scale: float = Field(default=rules.DEFAULT_GUIDANCE_SCALE, ge=0, le=rules.MAX_CFG_SCALE)
-    seed: int | None = Field(default=None, ge=0, le=rules.MAX_SEED)
-    width: int | None = Field(
-        default=None, ge=rules.MIN_OUTPUT_SIDE, le=rules.MAX_OUTPUT_SIDE, multiple_of=rules.SIZE_MULTIPLE
-    )
-    height: int | None = Field(
-        default=None, ge=rules.MIN_OUTPUT_SIDE, le=rules.MAX_OUTPUT_SIDE, multiple_of=rules.SIZE_MULTIPLE
-    )
-    speed: SpeedPreset | None = None
-    loras: list[LoraField] = Field(default_factory=list, max_length=MAX_REQUEST_LORAS)
 
 
 class BatchView(BaseModel):
@@ -246,42 +151,96 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 
-_CREATE_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            # Inlined (json_body): no route takes EditCreate as a parameter, so FastAPI would not
-            # put it in components, and a $ref to it would point nowhere.
-            "application/json": json_body(EditCreate)["requestBody"]["content"]["application/json"],
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["prompt"],
-                    "properties": {
-                        "image": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "maxItems": rules.MAX_IMAGES,
-                        },
-                        "prompt": {"type": "string"},
-                        "negative_prompt": {"type": "string"},
-                        "num_inference_steps": {"type": "integer"},
-                        "true_cfg_scale": {"type": "number"},
-                        "guidance_scale": {"type": "number"},
-                        "seed": {"type": "integer"},
-                        "width": {"type": "integer"},
-                        "height": {"type": "integer"},
-                        "base": {"type": "string", "enum": list(rules.BASES)},
-                        "base_color": {"type": "string"},
-                        "speed": {"type": "string", "enum": ["quality", "fast", "fastest"]},
-                        "loras": {"type": "string", "description": 'JSON: [{"name": ..., "scale": ...}]'},
-                        "webhook_endpoint_id": {"type": "string", "format": "uuid"},
-                    },
-                }
+_BASE64_IMAGE = {
+    "type": "string",
+    "description": "Base64 image (PNG, JPEG or WebP); a data:image/...;base64, URL too.",
+}
+_FILES = {"type": "array", "items": {"type": "string", "format": "binary"}}
+
+
+def _body(json_schema: dict[str, Any], form_schema: dict[str, Any]) -> dict[str, Any]:
+    # Inlined, not in components: no route takes the body as a parameter (the bodies are read by
+    # the one mapping), so FastAPI would not put a model there, and a $ref would point nowhere.
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": json_schema},
+                "multipart/form-data": {"schema": form_schema},
+            },
+        }
+    }
+
+
+# The documented bodies are built from the request's declaration (domain/request.py), the same one
+# params_from_mapping and check_request read: what is documented is what is validated.
+_CREATE_BODY = _body(
+    object_schema(
+        {
+            **params_properties(),
+            "image": {
+                "anyOf": [_BASE64_IMAGE, {"type": "null"}],
+                "description": _BASE64_IMAGE["description"],
+            },
+            "images": {
+                "anyOf": [
+                    {"type": "array", "items": _BASE64_IMAGE, "maxItems": MAX_IMAGES},
+                    {"type": "null"},
+                ],
+                "description": f"Base64 images; with `image`, at most {MAX_IMAGES} in all. Give none to "
+                "create an image from a base canvas (`base`) at `width` × `height` (default 1024 × 1024).",
+            },
+            **options_properties(),
+        },
+        description="A new edit, with the original RunPod service's field names.",
+    ),
+    object_schema(
+        {
+            **params_properties(form=True),
+            "image": {**_FILES, "maxItems": MAX_IMAGES, "description": "The images (files or base64 text)."},
+            **options_properties(form=True),
+        }
+    ),
+)
+_BATCH_BODY = _body(
+    object_schema(
+        {
+            **params_properties(),
+            "images": {"type": "array", "items": _BASE64_IMAGE, "maxItems": MAX_BATCH_SIZE},
+            "object_paths": {
+                "type": "array",
+                "items": {"type": "string"},
+                "maxItems": MAX_BATCH_SIZE,
+                "description": "Objects in your edit-inputs folder.",
+            },
+            "reference_images": {
+                "type": "array",
+                "items": _BASE64_IMAGE,
+                "maxItems": MAX_IMAGES - 1,
+                "description": "Base64 images every request also gets.",
+            },
+            "reference_paths": {
+                "type": "array",
+                "items": {"type": "string"},
+                "maxItems": MAX_IMAGES - 1,
+                "description": "Objects every request also gets.",
             },
         },
-    }
-}
+        description="The same edit over many images: each of `images` and `object_paths` makes one "
+        f"request, each given the references after its image; at most {MAX_BATCH_SIZE} images.",
+    ),
+    object_schema(
+        {
+            **params_properties(form=True),
+            "image": {**_FILES, "maxItems": MAX_BATCH_SIZE, "description": "One request per image."},
+            "reference": {
+                **_FILES,
+                "maxItems": MAX_IMAGES - 1,
+                "description": "Images every request also gets.",
+            },
+        }
+    ),
+)
 
 
 async def _capped(request: Request, max_body: int) -> Request:
@@ -316,9 +275,9 @@ async def _json_object(request: Request) -> dict[str, Any]:
     return body
 
 
-async def _read_create(request: Request, max_body: int) -> tuple[EditParams, list[bytes], uuid.UUID | None]:
-    """The body (at most ``max_body`` bytes: 413 past it, before reading on), its images and the
-    webhook endpoint it names."""
+async def _read_create(request: Request, max_body: int) -> tuple[EditParams, list[bytes], RequestOptions]:
+    """The body (at most ``max_body`` bytes: 413 past it, before reading on): its parameters, images
+    and options."""
     content_type = request.headers.get("content-type", "")
     request = await _capped(request, max_body)
     if content_type.startswith("multipart/form-data"):
@@ -330,39 +289,20 @@ async def _read_create(request: Request, max_body: int) -> tuple[EditParams, lis
         texts = [item for key in _IMAGE_KEYS for item in form.getlist(key) if isinstance(item, str)]
         fields = {k: v for k, v in form.items() if isinstance(v, str) and k not in _IMAGE_KEYS}
         params = params_from_mapping(fields, form=True)
-        endpoint = webhook_endpoint_from_mapping(fields)
+        options = options_from_mapping(fields, form=True)
         check_image_count(len(files) + len(texts))
-        return params, [await item.read() for item in files] + encoded_images({"images": texts}), endpoint
+        return params, [await item.read() for item in files] + encoded_images({"images": texts}), options
     body = await _json_object(request)
-    return params_from_mapping(body), encoded_images(body), webhook_endpoint_from_mapping(body)
+    return params_from_mapping(body), encoded_images(body), options_from_mapping(body)
 
 
 _IMAGE_KEYS = ("image", "images")
 _REFERENCE_KEYS = ("reference", "reference_images")
 _BATCH_LISTS = ("images", "object_paths", "reference_images", "reference_paths")
 
-_BATCH_BODY = json_body(BatchCreate)
-_BATCH_BODY["requestBody"]["content"]["multipart/form-data"] = {
-    "schema": {
-        "type": "object",
-        "required": ["prompt"],
-        "properties": {
-            **_CREATE_BODY["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"],
-            "image": {
-                "type": "array",
-                "items": {"type": "string", "format": "binary"},
-                "maxItems": MAX_BATCH_SIZE,
-                "description": "One request per image.",
-            },
-            "reference": {
-                "type": "array",
-                "items": {"type": "string", "format": "binary"},
-                "maxItems": MAX_IMAGES - 1,
-                "description": "Images every request also gets.",
-            },
-        },
-    }
-}
+_IMAGE_KEYS = ("image", "images")
+_REFERENCE_KEYS = ("reference", "reference_images")
+_BATCH_LISTS = ("images", "object_paths", "reference_images", "reference_paths")
 
 
 def _text_list(body: dict[str, Any], key: str) -> list[str]:
@@ -423,36 +363,42 @@ def _batch_view(batch: dict[str, Any], **extra: Any) -> BatchView:
     return BatchView.model_validate({**batch, "items": [_view(row) for row in batch["items"]], **extra})
 
 
-class RestApi:
-    """The ``/v1`` router and what it needs; opened and closed with the app."""
+ACTIONS: Mapping[Action, str] = {
+    Action.SUBMIT: "create_edit",
+    Action.SUBMIT_BATCH: "create_batch",
+    Action.GET: "get_edit",
+    Action.LIST: "list_edits",
+    Action.CANCEL: "cancel_edit",
+    Action.WAIT: "get_edit",  # with ?wait=true (and on create_edit)
+    Action.FOLLOW: "edit_events",
+    Action.GET_BATCH: "get_batch",
+    Action.CANCEL_BATCH: "cancel_batch",
+}
+"""The route (by name) that serves each of the user's actions."""
 
-    def __init__(
-        self, submissions: Submissions, verifier: TokenVerifier, *, signed_url_seconds: int = 3600
-    ) -> None:
-        self.submissions = submissions
+
+class RestApi:
+    """The ``/v1`` router over the user's actions; opened and closed with the app."""
+
+    def __init__(self, actions: UserActions, verifier: TokenVerifier) -> None:
+        self.actions = actions
         self.verifier = verifier
-        self.signed_url_seconds = signed_url_seconds
-        self.max_body_bytes = edit_body_bytes(MAX_IMAGES, submissions.limits.max_bytes)
+        self.max_body_bytes = edit_body_bytes(MAX_IMAGES, actions.limits.max_bytes)
 
     async def open(self) -> None:
-        await self.submissions.open()
+        await self.actions.open()
 
     async def close(self) -> None:
-        await self.submissions.close()
+        await self.actions.close()
 
     def current_user(self, request: Request) -> User:
         return self.verifier.verify(request.headers.get("authorization"))
-
-    async def _owned(self, user: User, request_id: uuid.UUID) -> dict[str, Any]:
-        row = await self.submissions.requests.get(user, request_id)
-        if row is None:
-            raise ApiError(404, ReasonCode.NOT_FOUND, "no such edit request")
-        return row
 
     def router(self) -> APIRouter:
         router = APIRouter(prefix="/v1", tags=["edits"], responses=_ERRORS)
         # A default, not Annotated: with postponed annotations FastAPI resolves names in module scope.
         current_user = Depends(self.current_user)
+        actions = self.actions
 
         @router.post(
             "/edits",
@@ -460,6 +406,7 @@ class RestApi:
             response_model=EditAccepted | EditView,
             openapi_extra=_CREATE_BODY,
             responses={200: {"model": EditView, "description": "Finished (`wait=true`)"}},
+            name="create_edit",
         )
         async def create_edit(
             request: Request,
@@ -469,18 +416,14 @@ class RestApi:
         ) -> JSONResponse:
             """Upload the images, create the request and answer 202, or with `wait=true` the result."""
             if wait:
-                self.submissions.ensure_can_wait(user)  # refused before anything is stored
-            params, images, endpoint = await _read_create(request, self.max_body_bytes)
-            row = await self.submissions.submit(user, images, params, webhook_endpoint_id=endpoint)
+                actions.ensure_can_wait(user)  # refused before anything is stored
+            params, images, options = await _read_create(request, self.max_body_bytes)
+            row = await actions.submit(user, images, params, options)
             if wait:
-                final = await self.submissions.wait(user, row["id"], timeout)
-                if final is not None and final["status"] in TERMINAL:
-                    image = None
-                    if final["status"] == "succeeded":
-                        image = base64.b64encode(await self.submissions.output(final)).decode()
-                    url = await self.submissions.output_url(final, self.signed_url_seconds)
-                    return JSONResponse(_view(final, image=image, output_url=url).model_dump(mode="json"))
-                row = final or row
+                final = await actions.wait(user, row["id"], timeout)
+                if final["status"] in TERMINAL:
+                    return JSONResponse((await self._finished(final)).model_dump(mode="json"))
+                row = final
             accepted = EditAccepted(
                 id=row["id"],
                 status=row["status"],
@@ -489,11 +432,27 @@ class RestApi:
             )
             return JSONResponse(accepted.model_dump(mode="json"), status_code=status.HTTP_202_ACCEPTED)
 
+        @router.get("/edits", response_model=list[EditView], name="list_edits")
+        async def list_edits(
+            user: User = current_user,
+            limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = DEFAULT_LIST_LIMIT,
+        ) -> list[EditView]:
+            """Your most recent edits, newest first."""
+            return [_view(row) for row in await actions.recent(user, limit)]
+
         @router.get("/edits/{request_id}", response_model=EditView, name="get_edit")
-        async def get_edit(request_id: uuid.UUID, user: User = current_user) -> EditView:
-            """Status, progress, result and a signed URL of the output."""
-            row = await self._owned(user, request_id)
-            return _view(row, output_url=await self.submissions.output_url(row, self.signed_url_seconds))
+        async def get_edit(
+            request_id: uuid.UUID,
+            user: User = current_user,
+            wait: Annotated[bool, Query(description="Wait until it is finished (up to `timeout`)")] = False,
+            timeout: Annotated[float, Query(gt=0, le=WAIT_MAX_SECONDS)] = 120,
+        ) -> EditView:
+            """Status, progress, result and a signed URL of the output; with `wait=true`, once finished
+            (or as it stands after `timeout`), with the result as base64 PNG."""
+            if not wait:
+                return _view(await actions.get(user, request_id))
+            final = await actions.wait(user, request_id, timeout)
+            return await self._finished(final) if final["status"] in TERMINAL else _view(final)
 
         @router.get(
             "/edits/{request_id}/events",
@@ -507,11 +466,10 @@ class RestApi:
             """Server-sent events: `progress` on every status or progress change, then `done`.
             A stream lasts at most `STREAM_MAX_SECONDS` (clients reconnect); a user holds at most
             `WAITS_PER_USER` streams and waits at once (429 beyond)."""
-            await self._owned(user, request_id)
-            self.submissions.ensure_can_wait(user)
+            rows = await actions.follow(user, request_id)  # 404 or 429 before the stream starts
 
             async def stream() -> AsyncIterator[str]:
-                async for row in self.submissions.follow(user, request_id):
+                async for row in rows:
                     payload = {"id": str(row["id"]), "status": row["status"], "progress": row["progress"]}
                     if row["status"] in TERMINAL:
                         payload.update(error=row["error_message"], error_code=row["error_code"])
@@ -523,22 +481,24 @@ class RestApi:
                 stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
             )
 
-        @router.delete("/edits/{request_id}", response_model=EditView)
+        @router.delete("/edits/{request_id}", response_model=EditView, name="cancel_edit")
         async def cancel_edit(request_id: uuid.UUID, user: User = current_user) -> EditView:
             """Cancel a waiting or running request (a running edit stops between steps)."""
-            row = await self._owned(user, request_id)
-            if row["status"] in TERMINAL:
-                raise ApiError(409, ReasonCode.ALREADY_FINISHED, f"the request is already {row['status']}")
-            if not await self.submissions.requests.cancel(user, request_id):
-                raise ApiError(
-                    409, ReasonCode.ALREADY_FINISHED, "the request finished before it could be canceled"
-                )
-            return _view(await self._owned(user, request_id))
+            return _view(await actions.cancel(user, request_id))
 
         self._batch_routes(router, current_user)
         return router
 
+    async def _finished(self, row: dict[str, Any]) -> EditView:
+        """A finished request, with its output as base64 PNG when it succeeded."""
+        image = None
+        if row["status"] == "succeeded" and row.get("output_url"):
+            image = base64.b64encode(await self.actions.output(row)).decode()
+        return _view(row, image=image)
+
     def _batch_routes(self, router: APIRouter, current_user: Any) -> None:
+        actions = self.actions
+
         @router.post(
             "/batches",
             status_code=status.HTTP_202_ACCEPTED,
@@ -550,7 +510,7 @@ class RestApi:
             """The same edit over many images: one request per image, all created or none (a batch
             over your limits is refused whole, 429). Follow it with `GET /v1/batches/{id}`."""
             body = await _read_batch(request, self.max_body_bytes)
-            batch = await self.submissions.submit_batch(
+            batch = await actions.submit_batch(
                 user,
                 body.images,
                 body.references,
@@ -565,20 +525,12 @@ class RestApi:
         @router.get("/batches/{batch_id}", response_model=BatchView, name="get_batch")
         async def get_batch(batch_id: uuid.UUID, user: User = current_user) -> BatchView:
             """Counts by status, progress and every request of one of your batches."""
-            return _batch_view(await self._owned_batch(user, batch_id))
+            return _batch_view(await actions.get_batch(user, batch_id))
 
-        @router.delete("/batches/{batch_id}", response_model=BatchView)
+        @router.delete("/batches/{batch_id}", response_model=BatchView, name="cancel_batch")
         async def cancel_batch(batch_id: uuid.UUID, user: User = current_user) -> BatchView:
             """Cancel every request of the batch that has not finished; finished ones stay as they are."""
-            await self._owned_batch(user, batch_id)
-            canceled = await self.submissions.requests.cancel_batch(user, batch_id)
-            return _batch_view(await self._owned_batch(user, batch_id), canceled_now=canceled)
-
-    async def _owned_batch(self, user: User, batch_id: uuid.UUID) -> dict[str, Any]:
-        batch = await self.submissions.requests.get_batch(user, batch_id)
-        if batch is None:
-            raise ApiError(404, ReasonCode.NOT_FOUND, "no such batch")
-        return batch
+            return _batch_view(await actions.cancel_batch(user, batch_id))
 
     def install(self, app: FastAPI) -> None:
         """Mount the router and the error handlers that give every error one shape."""
@@ -595,6 +547,10 @@ class RestApi:
             assert isinstance(exc, ProcessorError)
             if isinstance(exc, AuthError):
                 return error(401, exc.reason, exc.message)
+            if isinstance(exc, NotFound):
+                return error(404, exc.reason, exc.message)
+            if isinstance(exc, AlreadyFinished):
+                return error(409, exc.reason, exc.message)
             if isinstance(exc, InvalidInput):
                 return error(422, exc.reason, exc.message)
             if isinstance(exc, LimitExceeded):

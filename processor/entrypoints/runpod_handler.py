@@ -2,10 +2,10 @@
 
 Two kinds of job input:
 
-- ``{"prompt", "image" (base64) and/or "images" (at most 3 in all), "negative_prompt",
-  "num_inference_steps", "true_cfg_scale", "guidance_scale", "seed", "width", "height", "base",
-  "base_color"}`` (the fields and rules of every way in; no seed, or null, draws one): edit directly and return
-  ``{"image": <base64 PNG>, "seed", "width", "height", "timings"}``, like the original handler;
+- the request's fields (``domain/request.py``: ``prompt``, ``negative_prompt``,
+  ``num_inference_steps``, ..., ``speed``, ``loras``; the fields and rules of every way in) with
+  ``image`` (base64) and/or ``images`` (at most 3 in all; none: a creation): edit directly and return
+  ``{"image": <base64 PNG>, "seed", "width", "height", "timings", ...}``, like the original handler;
 - ``{"edit_request_id": "<uuid>"}``: claim that ``edit_requests`` row and process it exactly as
   the worker does (download, edit, upload, complete, heartbeats). Point the database webhook at the
   endpoint with Vault secret ``edit_processor_webhook_format = 'runpod'``.
@@ -33,8 +33,9 @@ from PIL import Image
 from processor.domain.errors import InvalidInput, ProcessorError
 from processor.domain.images import ImageLimits, decode_image, encode_image
 from processor.domain.params import check_request, encoded_images, params_from_mapping
-from processor.domain.ports import Editor, EditParams, EditResult, PreviewSink, ProgressCallback
-from processor.domain.rules import ReasonCode
+from processor.domain.ports.editor import Editor, EditResult, PreviewSink, ProgressCallback
+from processor.domain.reasons import ReasonCode
+from processor.domain.request import EditParams
 
 log = logging.getLogger(__name__)
 

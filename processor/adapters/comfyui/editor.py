@@ -71,8 +71,9 @@ from processor.domain.errors import (
     WorkflowError,
 )
 from processor.domain.params import prepare_edit
-from processor.domain.ports import EditParams, EditResult, Preview, PreviewSink, ProgressCallback
-from processor.domain.rules import ReasonCode
+from processor.domain.ports.editor import EditResult, Preview, PreviewSink, ProgressCallback
+from processor.domain.reasons import ReasonCode
+from processor.domain.request import EditParams
 from processor.domain.sizing import ModelSizing
 
 log = logging.getLogger(__name__)

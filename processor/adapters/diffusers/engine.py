@@ -72,14 +72,15 @@ from processor.adapters.diffusers.run import (
 )
 from processor.domain.errors import ConfigurationError, EditCancelled, InvalidInput, ModelError
 from processor.domain.params import prepare_edit
-from processor.domain.ports import EditParams, EditResult, PreviewSink, ProgressCallback
+from processor.domain.ports.editor import EditResult, PreviewSink, ProgressCallback
+from processor.domain.reasons import ReasonCode
+from processor.domain.request import EditParams
 from processor.domain.rules import (
     LIGHTNING_STEPS,
     MIN_STEPS,
     DeviceChoice,
     MemoryMode,
     Quantization,
-    ReasonCode,
     SpeedPreset,
 )
 from processor.domain.sizing import ModelSizing, output_size

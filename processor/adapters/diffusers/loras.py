@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from processor.domain.errors import ConfigurationError, InvalidInput
-from processor.domain.rules import ReasonCode
+from processor.domain.reasons import ReasonCode
 from processor.domain.speed import LoraChoice
 
 log = logging.getLogger(__name__)

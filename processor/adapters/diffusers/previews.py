@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from processor.domain.ports import Preview, PreviewSink
+from processor.domain.ports.editor import Preview, PreviewSink
 
 log = logging.getLogger(__name__)
 

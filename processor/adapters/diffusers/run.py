@@ -16,7 +16,7 @@ from diffusers import QwenImageEditPlusPipeline
 from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as _plus_module
 
 from processor.adapters.diffusers.previews import PreviewWorker, project, unpack
-from processor.domain.ports import PreviewSink, ProgressCallback
+from processor.domain.ports.editor import PreviewSink, ProgressCallback
 from processor.domain.sizing import ModelSizing
 
 log = logging.getLogger(__name__)

@@ -32,8 +32,11 @@ from typing import Any, Literal
 from processor.adapters.memory.clock import Clock, wall_clock
 from processor.adapters.memory.faults import Faults
 from processor.adapters.memory.storage import InMemoryObjectStorage
-from processor.domain.ports import BaseCanvas, EditJob, HeartbeatAnswer
-from processor.domain.rules import MAX_BATCH_SIZE, STATUSES, TERMINAL
+from processor.domain.errors import InvalidInput
+from processor.domain.params import check_request, params_from_mapping
+from processor.domain.ports.queue import EditJob, HeartbeatAnswer
+from processor.domain.request import PARAM_FIELDS, EditParams
+from processor.domain.rules import INPUT_BUCKET, MAX_BATCH_SIZE, MAX_IMAGES, OUTPUT_BUCKET, STATUSES, TERMINAL
 
 Status = Literal["awaiting_image", "queued", "processing", "succeeded", "failed", "canceled"]
 
@@ -43,21 +46,17 @@ LEASE_EXPIRED_LAST = "lease expired on the last attempt: the worker stopped answ
 
 @dataclass
 class QueueRow:
-    """One ``edit_requests`` row: the same columns, the same defaults."""
+    """One ``edit_requests`` row: the request whole (``params``, each field a column in SQL), then the
+    row's own columns, with the same defaults."""
 
     id: uuid.UUID
-    prompt: str
+    params: EditParams
     input_paths: tuple[str, ...]
     user_id: uuid.UUID | None = None
     status: Status = "queued"
-    negative_prompt: str = " "
-    input_bucket: str = "edit-inputs"
-    output_bucket: str = "edit-outputs"
+    input_bucket: str = INPUT_BUCKET
+    output_bucket: str = OUTPUT_BUCKET
     output_path: str | None = None
-    num_inference_steps: int = 40
-    true_cfg_scale: float = 4.0
-    guidance_scale: float = 1.0
-    seed: int | None = None
     progress: float = 0.0
     attempts: int = 0
     max_attempts: int = 3
@@ -72,10 +71,6 @@ class QueueRow:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     updated_at: datetime | None = None
-    width: int | None = None
-    height: int | None = None
-    base: BaseCanvas = "blank"
-    base_color: str = "#ffffff"
     batch_id: uuid.UUID | None = None
     preview_path: str | None = None
     preview_step: int | None = None
@@ -95,14 +90,13 @@ class BatchProgress:
 
 def check_constraints(row: QueueRow) -> None:
     """The table's CHECK constraints; ``ValueError`` names the one a row breaks."""
+    # The request's own CHECKs are the request rules (the parity tests prove SQL holds the same).
+    try:
+        check_request(row.params, len(row.input_paths))
+    except InvalidInput as refused:
+        raise ValueError(f"edit_requests row {row.id} violates the request rules: {refused}") from refused
     rules: list[tuple[str, bool]] = [
-        ("edit_requests_prompt_length", 1 <= len(row.prompt) <= 2000),
-        ("edit_requests_negative_prompt_length", len(row.negative_prompt) <= 2000),
         ("edit_requests_input_paths_valid", _paths_valid(row.input_paths)),
-        ("edit_requests_steps_range", 1 <= row.num_inference_steps <= 100),
-        ("edit_requests_true_cfg_range", 0 <= row.true_cfg_scale <= 20),
-        ("edit_requests_guidance_range", 0 <= row.guidance_scale <= 20),
-        ("edit_requests_seed_range", row.seed is None or 0 <= row.seed <= 2**63 - 1),
         ("edit_requests_progress_range", 0 <= row.progress <= 1),
         ("edit_requests_attempts_range", 0 <= row.attempts <= row.max_attempts),
         ("edit_requests_max_attempts_range", 1 <= row.max_attempts <= 20),
@@ -139,7 +133,7 @@ def check_constraints(row: QueueRow) -> None:
 
 
 def _paths_valid(paths: Sequence[str]) -> bool:
-    return 1 <= len(paths) <= 3 and all(
+    return 1 <= len(paths) <= MAX_IMAGES and all(
         1 <= len(path) <= 1024
         and not path.startswith("/")
         and "//" not in path
@@ -421,10 +415,14 @@ class InMemoryJobQueue:
         input_paths: Sequence[str] | None = None,
         *,
         id: uuid.UUID | None = None,
+        params: EditParams | None = None,
         **columns: Any,
     ) -> uuid.UUID:
-        """Insert a request as an app would; returns its id. ``columns`` are ``QueueRow`` fields
-        (``user_id``, ``num_inference_steps``, ``priority``, ``max_attempts``...)."""
+        """Insert a request as an app would; returns its id. The request is ``params`` whole, or
+        ``prompt`` and any of ``EditParams``' fields among ``columns`` (``num_inference_steps``,
+        ``speed``, ``loras``...); the other ``columns`` are ``QueueRow``'s (``user_id``, ``priority``,
+        ``max_attempts``...)."""
+        request = _split(prompt, params, columns)
         request_id = id or uuid.uuid4()
         paths = (
             tuple(input_paths)
@@ -437,7 +435,7 @@ class InMemoryJobQueue:
             now = self._clock()
             row = QueueRow(
                 id=request_id,
-                prompt=prompt,
+                params=request,
                 input_paths=paths,
                 created_at=columns.pop("created_at", now),
                 updated_at=now,
@@ -459,6 +457,7 @@ class InMemoryJobQueue:
         input_paths: Sequence[str] = (),
         *,
         reference_paths: Sequence[str] = (),
+        params: EditParams | None = None,
         **columns: Any,
     ) -> tuple[uuid.UUID, list[uuid.UUID]]:
         """Insert a batch as an app would (``edit_batches``): one request per input path, each with
@@ -467,12 +466,13 @@ class InMemoryJobQueue:
         if not 1 <= len(input_paths) <= MAX_BATCH_SIZE:
             name = "edit_batches_not_empty" if not input_paths else "edit_batches_size"
             raise ValueError(f"edit_batches row violates check constraint {name}")
+        request = _split(prompt, params, columns)
         batch_id = uuid.uuid4()
         now = self._clock()
         rows = [
             QueueRow(
                 id=uuid.uuid4(),
-                prompt=prompt,
+                params=request,
                 input_paths=(path, *reference_paths),
                 batch_id=batch_id,
                 created_at=now,
@@ -485,7 +485,7 @@ class InMemoryJobQueue:
             check_constraints(row)
         for row in rows:
             fields = {name: getattr(row, name) for name in ("created_at", "batch_id", *columns)}
-            self.enqueue(prompt, row.input_paths, id=row.id, **fields)
+            self.enqueue(prompt, row.input_paths, id=row.id, params=request, **fields)
         return batch_id, [row.id for row in rows]
 
     def batch(self, batch_id: uuid.UUID) -> BatchProgress:
@@ -646,20 +646,25 @@ def _job(row: QueueRow) -> EditJob:
     return EditJob(
         id=row.id,
         user_id=row.user_id,
-        prompt=row.prompt,
-        negative_prompt=row.negative_prompt,
+        params=row.params,
         input_bucket=row.input_bucket,
         input_paths=row.input_paths,
         output_bucket=row.output_bucket,
-        num_inference_steps=row.num_inference_steps,
-        true_cfg_scale=row.true_cfg_scale,
-        guidance_scale=row.guidance_scale,
-        seed=row.seed,
         attempts=row.attempts,
         max_attempts=row.max_attempts,
         created_at=row.created_at,
-        width=row.width,
-        height=row.height,
-        base=row.base,
-        base_color=row.base_color,
     )
+
+
+def _split(prompt: str, params: EditParams | None, columns: dict[str, Any]) -> EditParams:
+    """The request of an ``enqueue``: ``params`` whole, or ``prompt`` and the parameters among
+    ``columns`` (taken out of them), read by the one mapping every way in uses."""
+    fields = {name: columns.pop(name) for name in _PARAM_NAMES if name in columns}
+    if params is not None:
+        if fields:
+            raise TypeError(f"enqueue: give params or {', '.join(fields)}, not both")
+        return params
+    return params_from_mapping({"prompt": prompt, **fields})
+
+
+_PARAM_NAMES = frozenset(item.name for item in PARAM_FIELDS) - {"prompt"}

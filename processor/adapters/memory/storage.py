@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from processor.adapters.memory.clock import Clock, wall_clock
 from processor.adapters.memory.faults import Faults
 from processor.domain.errors import InvalidInput
-from processor.domain.rules import ReasonCode
+from processor.domain.reasons import ReasonCode
 
 SIGNED_URL_PREFIX = "memory://storage/"
 

@@ -24,8 +24,8 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from processor.adapters.memory.clock import Clock, wall_clock
-from processor.domain import rules
-from processor.domain.ports import WebhookAnswer, WebhookDelivery
+from processor.domain import rules, webhook_urls
+from processor.domain.ports.webhooks import WebhookAnswer, WebhookDelivery
 
 DeliveryStatus = Literal["pending", "delivering", "delivered", "dead"]
 
@@ -105,9 +105,7 @@ class InMemoryWebhookOutbox:
             for row in lapsed:
                 if row.attempts >= rules.WEBHOOK_MAX_ATTEMPTS:
                     row.status, row.claimed_by, row.claimed_until = "dead", None, None
-                    row.last_error = (
-                        f"{rules.WebhookFailure.LEASE_EXPIRED}: the processor stopped during the last attempt"
-                    )
+                    row.last_error = f"{webhook_urls.WebhookFailure.LEASE_EXPIRED}: the processor stopped during the last attempt"
             due = sorted(
                 (
                     r
@@ -189,4 +187,4 @@ class InMemoryWebhookReceiver:
             return step
         if 200 <= step < 300:
             return WebhookAnswer(step)
-        return WebhookAnswer(step, f"{rules.WebhookFailure.HTTP_STATUS}: {step}")
+        return WebhookAnswer(step, f"{webhook_urls.WebhookFailure.HTTP_STATUS}: {step}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 
 from processor.domain.errors import ConfigurationError, TransientError
-from processor.domain.rules import ReasonCode
+from processor.domain.reasons import ReasonCode
 
 
 def bucket_file_size_limit(dsn: str, bucket: str, *, timeout: float = 10.0) -> int | None:

@@ -14,7 +14,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from processor.domain.errors import TransientError
-from processor.domain.rules import ReasonCode
+from processor.domain.reasons import ReasonCode
 
 _CONNECTION_FAILURES = (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError)
 

@@ -16,32 +16,22 @@ from typing import Any, Self, cast
 from psycopg.types.json import Jsonb
 
 from processor.adapters.postgres.pool import Pool
-from processor.domain.ports import EditJob, HeartbeatAnswer
-from processor.domain.speed import parse_loras
+from processor.domain.params import params_from_mapping
+from processor.domain.ports.queue import EditJob, HeartbeatAnswer
 
 
 def _job_from_row(row: Mapping[str, Any]) -> EditJob:
+    # The request's columns are named as its fields: read whole by the one mapping every way in uses.
     return EditJob(
         id=row["id"],
         user_id=row["user_id"],
-        prompt=row["prompt"],
-        negative_prompt=row["negative_prompt"],
+        params=params_from_mapping(row),
         input_bucket=row["input_bucket"],
         input_paths=tuple(row["input_paths"]),
         output_bucket=row["output_bucket"],
-        num_inference_steps=row["num_inference_steps"],
-        true_cfg_scale=float(row["true_cfg_scale"]),
-        guidance_scale=float(row["guidance_scale"]),
-        seed=row["seed"],
         attempts=row["attempts"],
         max_attempts=row["max_attempts"],
         created_at=row["created_at"],
-        width=row["width"],
-        height=row["height"],
-        base=row["base"],
-        base_color=row["base_color"],
-        speed=row.get("speed"),
-        loras=parse_loras(row.get("loras") or []),
     )
 
 

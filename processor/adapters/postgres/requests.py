@@ -19,45 +19,50 @@ from psycopg.types.json import Jsonb
 
 from processor.adapters.postgres.pool import Pool
 from processor.domain.errors import InvalidInput, LimitExceeded
-from processor.domain.ports import EditParams
-from processor.domain.rules import QUOTA_SQLSTATE, ReasonCode, reason_for_constraint
+from processor.domain.reasons import QUOTA_SQLSTATE, ReasonCode, reason_for_constraint
+from processor.domain.request import (
+    NO_OPTIONS,
+    OPTION_FIELDS,
+    PARAM_FIELDS,
+    DeclaredField,
+    EditParams,
+    RequestOptions,
+)
 from processor.domain.users import User
 
+
+def request_columns(request: EditParams | RequestOptions) -> dict[str, Any]:
+    """A request's fields as the row's columns hold them (named as the fields; LoRAs as a jsonb list
+    of ``{name, scale}``): what an insert writes, and what a claim reads back whole."""
+    declared = PARAM_FIELDS if isinstance(request, EditParams) else OPTION_FIELDS
+    return {item.name: _column_value(item, getattr(request, item.name)) for item in declared}
+
+
+def _column_value(item: DeclaredField, value: Any) -> Any:
+    if item.spec.kind == "loras":
+        return Jsonb([lora.as_json() for lora in value])
+    return value
+
+
+# The request's columns are named as its declared fields (domain/request.py): listed from there.
+_PARAM_COLUMNS = ", ".join(item.name for item in PARAM_FIELDS)
+_PARAM_MARKS = ", ".join(["%s"] * len(PARAM_FIELDS))
+_OPTION_COLUMNS = ", ".join(item.name for item in OPTION_FIELDS)
+_OPTION_MARKS = ", ".join(["%s"] * len(OPTION_FIELDS))
 _VIEW_COLUMNS = (
     # What `authenticated` may select (migration 20261201000700): no lease, attempts or raw error.
-    "id, status, progress, prompt, negative_prompt, num_inference_steps, true_cfg_scale, guidance_scale, seed, "
-    "input_paths, output_bucket, output_path, error_code, error_message, result, created_at, started_at, "
-    "finished_at, updated_at, width, height, base, base_color, speed, loras, batch_id, inputs_expired_at, "
+    f"id, status, progress, {_PARAM_COLUMNS}, input_paths, output_bucket, output_path, error_code, "
+    "error_message, result, created_at, started_at, finished_at, updated_at, batch_id, inputs_expired_at, "
     "output_expired_at"
 )
-
-
-_PARAM_COLUMNS = (
-    "prompt, negative_prompt, num_inference_steps, true_cfg_scale, guidance_scale, seed, width, height, "
-    "base, base_color, speed, loras"
-)
-_PARAM_MARKS = ", ".join(["%s"] * len(_PARAM_COLUMNS.split(",")))
 _BATCH_COLUMNS = (
     "id, prompt, created_at, requests, awaiting_image, queued, processing, succeeded, failed, canceled, "
     "finished, progress, last_finished_at"
 )
 
 
-def _param_values(params: EditParams) -> tuple[Any, ...]:
-    return (
-        params.prompt,
-        params.negative_prompt,
-        params.num_inference_steps,
-        params.true_cfg_scale,
-        params.guidance_scale,
-        params.seed,
-        params.width,
-        params.height,
-        params.base,
-        params.base_color,
-        params.speed,
-        Jsonb([lora.as_json() for lora in params.loras]),
-    )
+def _values(request: EditParams | RequestOptions) -> tuple[Any, ...]:
+    return tuple(request_columns(request).values())
 
 
 async def _batch(conn: psycopg.AsyncConnection[DictRow], batch_id: uuid.UUID) -> dict[str, Any] | None:
@@ -139,14 +144,13 @@ class EditRequests:
         request_id: uuid.UUID,
         paths: Sequence[str],
         params: EditParams,
-        *,
-        webhook_endpoint_id: uuid.UUID | None = None,
+        options: RequestOptions = NO_OPTIONS,
     ) -> dict[str, Any]:
         async with self._refusals(), self._as_user(user) as conn:
             cursor = await conn.execute(
-                f"insert into public.edit_requests (id, input_paths, webhook_endpoint_id, {_PARAM_COLUMNS}) "
-                f"values (%s, %s, %s, {_PARAM_MARKS}) returning {_VIEW_COLUMNS}",
-                (request_id, list(paths), webhook_endpoint_id, *_param_values(params)),
+                f"insert into public.edit_requests (id, input_paths, {_PARAM_COLUMNS}, {_OPTION_COLUMNS}) "
+                f"values (%s, %s, {_PARAM_MARKS}, {_OPTION_MARKS}) returning {_VIEW_COLUMNS}",
+                (request_id, list(paths), *_values(params), *_values(options)),
             )
             row = await cursor.fetchone()
         assert row is not None
@@ -165,7 +169,7 @@ class EditRequests:
             await conn.execute(
                 f"insert into public.edit_batches (id, input_paths, reference_paths, {_PARAM_COLUMNS}) "
                 f"values (%s, %s, %s, {_PARAM_MARKS})",
-                (batch_id, list(paths), list(reference_paths), *_param_values(params)),
+                (batch_id, list(paths), list(reference_paths), *_values(params)),
             )
             batch = await _batch(conn, batch_id)
         assert batch is not None

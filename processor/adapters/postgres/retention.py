@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from processor.adapters.postgres.pool import Pool
-from processor.domain.ports import RetentionCandidate, RetentionPolicy
+from processor.domain.ports.retention import RetentionCandidate, RetentionPolicy
 from processor.domain.rules import RETENTION_LEASE_SECONDS
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 
 from processor.adapters.postgres.pool import Pool
-from processor.domain.ports import WebhookDelivery
+from processor.domain.ports.webhooks import WebhookDelivery
 
 
 class PostgresWebhookOutbox:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from processor.domain.images import ImageLimits
-from processor.domain.ports import EditJob
+from processor.domain.ports.queue import EditJob
 from processor.domain.rules import preview_path_beside
 
 

@@ -15,7 +15,7 @@ import time
 from processor.core.worker.config import WorkerConfig
 from processor.core.worker.job import ActiveJob, StopReason
 from processor.domain.errors import ProcessorError
-from processor.domain.ports import JobQueue
+from processor.domain.ports.queue import JobQueue
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from processor.domain.errors import EditCancelled
-from processor.domain.ports import EditJob
+from processor.domain.ports.queue import EditJob
 
 DENOISING_SHARE = 0.95
 """Share of the row's progress given to denoising; decode and upload take the rest."""

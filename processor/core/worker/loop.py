@@ -22,7 +22,9 @@ from processor.core.worker.runner import JobRunner
 from processor.core.worker.slots import JobSlots
 from processor.core.worker.writes import FinalWrites
 from processor.domain.errors import ProcessorError
-from processor.domain.ports import Editor, JobQueue, ObjectStorage
+from processor.domain.ports.editor import Editor
+from processor.domain.ports.queue import JobQueue
+from processor.domain.ports.storage import ObjectStorage
 from processor.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)

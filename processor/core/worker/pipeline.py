@@ -23,8 +23,10 @@ from processor.core.worker.writes import FinalWrites
 from processor.domain.errors import EditCancelled, ProcessorError, TransientError
 from processor.domain.images import decode_image, encode_image
 from processor.domain.params import generation_text
-from processor.domain.ports import EditJob, Editor, EditResult, JobQueue, ObjectStorage
-from processor.domain.rules import ReasonCode
+from processor.domain.ports.editor import Editor, EditResult
+from processor.domain.ports.queue import EditJob, JobQueue
+from processor.domain.ports.storage import ObjectStorage
+from processor.domain.reasons import ReasonCode
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +134,7 @@ class JobPipeline:
         job = active.job
         if self._preview_every_steps <= 0:
             return await asyncio.to_thread(
-                self._editor.edit, decoded, job.params(), on_progress=active.on_step, cancel=active.cancel
+                self._editor.edit, decoded, job.params, on_progress=active.on_step, cancel=active.cancel
             )
         previews = PreviewUploads(
             job=job,
@@ -149,7 +151,7 @@ class JobPipeline:
             return await asyncio.to_thread(
                 self._editor.edit,
                 decoded,
-                job.params(),
+                job.params,
                 on_progress=active.on_step,
                 cancel=active.cancel,
                 previews=sink,
@@ -191,4 +193,4 @@ class JobPipeline:
 
 
 def _png_text(job: EditJob, result: EditResult) -> dict[str, str]:
-    return {**generation_text(job.params(), result), "request_id": str(job.id)}
+    return {**generation_text(job.params, result), "request_id": str(job.id)}

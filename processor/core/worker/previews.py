@@ -21,7 +21,9 @@ import time
 from processor.core.worker.config import preview_path_for
 from processor.core.worker.recorder import WorkerMetrics
 from processor.domain.errors import ProcessorError
-from processor.domain.ports import EditJob, JobQueue, ObjectStorage, Preview, PreviewSink
+from processor.domain.ports.editor import Preview, PreviewSink
+from processor.domain.ports.queue import EditJob, JobQueue
+from processor.domain.ports.storage import ObjectStorage
 from processor.domain.rules import PREVIEW_EXTENSIONS, PREVIEW_MAX_BYTES
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Mapping
 from typing import TypeVar
 
-from processor.domain.ports import EditJob
+from processor.domain.ports.queue import EditJob
 from processor.observability.metrics import Metrics
 
 T = TypeVar("T")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from processor.core.worker.config import WorkerConfig
 from processor.core.worker.job import ActiveJob, StopReason
 from processor.core.worker.runner import JobRunner
-from processor.domain.ports import EditJob
+from processor.domain.ports.queue import EditJob
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from processor.core.worker.config import WorkerConfig
 from processor.domain.errors import ProcessorError, TransientError
-from processor.domain.ports import EditJob, JobQueue
+from processor.domain.ports.queue import EditJob, JobQueue
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,327 @@
+"""What a signed-in user can do with their edit requests: the use cases every way in translates.
+
+``Action`` lists them; ``UserActions`` carries them out with one set of answers. A request or batch
+that is not the caller's (or does not exist) is ``NotFound``, one already finished cannot be
+canceled (``AlreadyFinished``), too many open waits are ``LimitExceeded``, a refused request
+``InvalidInput``: the REST API turns them into 404, 409, 429 and 422, the MCP tools into tool
+errors led by the same reason code. Neither reaches past this module into the database adapter.
+
+Rows are written and read through the ``UserRequests`` port, which acts *as the user* (the
+Postgres adapter sets the role and JWT claims as PostgREST would), so the schema's RLS policies
+and column grants decide what a caller may see and do; this module adds no access rules of its
+own. Input images are validated before anything is stored, then uploaded under the user's folder
+in ``edit-inputs``; the row's insert trigger sees them and queues the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from enum import StrEnum
+from typing import Any
+
+from processor.domain.errors import AlreadyFinished, LimitExceeded, NotFound
+from processor.domain.images import ImageLimits, decode_image
+from processor.domain.params import check_batch, check_request
+from processor.domain.ports.changes import RowChanges
+from processor.domain.ports.storage import ObjectStorage
+from processor.domain.ports.user_requests import UserRequests
+from processor.domain.reasons import ReasonCode
+from processor.domain.request import NO_OPTIONS, EditParams, RequestOptions
+from processor.domain.rules import (
+    CHANGES_FALLBACK_SECONDS,
+    CREATION_SIZE,
+    DEFAULT_LIST_LIMIT,
+    DEFAULT_SIGNED_URL_SECONDS,
+    INPUT_BUCKET,
+    MAX_LIST_LIMIT,
+    MAX_OUTPUT_BYTES,
+    STREAM_MAX_SECONDS,
+    TERMINAL,
+    VALIDATION_THREADS,
+    WAIT_MAX_SECONDS,
+    WAITS_PER_USER,
+)
+from processor.domain.users import User
+
+Row = dict[str, Any]
+"""A request as its owner sees it (``UserRequests.get``), or a batch (``get_batch``)."""
+
+_FORMATS = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "WEBP": ("webp", "image/webp")}
+
+
+class Action(StrEnum):
+    """Every action a user has; each way in that acts for a user (REST, MCP) offers each one
+    (``tests/test_action_parity.py`` holds them to it)."""
+
+    SUBMIT = "submit"
+    """Validate, store and queue one edit."""
+    SUBMIT_BATCH = "submit_batch"
+    """The same edit over many images, all or none."""
+    GET = "get"
+    """One request: status, progress, result, a signed URL of the output."""
+    LIST = "list"
+    """The user's most recent requests, newest first."""
+    CANCEL = "cancel"
+    """Stop a waiting or running request (a running edit stops between steps)."""
+    WAIT = "wait"
+    """The request once it is finished, or as it stands when the wait runs out."""
+    FOLLOW = "follow"
+    """Each change of status or progress until the request is finished."""
+    GET_BATCH = "get_batch"
+    """A batch's counts by status, progress and requests."""
+    CANCEL_BATCH = "cancel_batch"
+    """Cancel every request of a batch that has not finished."""
+
+
+class UserActions:
+    """The user's actions over the ``UserRequests``, ``ObjectStorage`` and ``RowChanges`` ports."""
+
+    def __init__(
+        self,
+        requests: UserRequests,
+        storage: ObjectStorage,
+        limits: ImageLimits,
+        changes: RowChanges,
+        *,
+        owns_storage: bool = True,
+        signed_url_seconds: int = DEFAULT_SIGNED_URL_SECONDS,
+        stream_seconds: float = STREAM_MAX_SECONDS,
+        waits_per_user: int = WAITS_PER_USER,
+    ) -> None:
+        """``owns_storage=False`` when the storage adapter is shared (the service's): then it is
+        opened and closed by its owner, not here."""
+        self._requests = requests
+        self._storage = storage
+        self._limits = limits
+        self._changes = changes
+        self._owns_storage = owns_storage
+        self._signed_url_seconds = signed_url_seconds
+        self._stream_seconds = stream_seconds
+        self._waits_per_user = waits_per_user
+        self._waits: Counter[uuid.UUID] = Counter()
+        # Validation decodes untrusted images: its own small pool, so neither a flood of uploads
+        # nor slow decodes can take the threads that edits run in (the loop's default executor).
+        self._validation = ThreadPoolExecutor(max_workers=VALIDATION_THREADS, thread_name_prefix="validate")
+
+    @property
+    def limits(self) -> ImageLimits:
+        return self._limits
+
+    async def open(self) -> None:
+        """Open the pool, the change listener and (when this owns it) the storage client."""
+        await self._requests.open()
+        if self._owns_storage:
+            await self._storage.open()
+        await self._changes.open()
+
+    async def close(self) -> None:
+        await self._requests.close()
+        if self._owns_storage:
+            await self._storage.close()
+        await self._changes.close()
+        self._validation.shutdown(wait=False, cancel_futures=True)
+
+    # --- Submit ----------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        user: User,
+        images: Sequence[bytes],
+        params: EditParams,
+        options: RequestOptions = NO_OPTIONS,
+        *,
+        object_paths: Sequence[str] = (),
+    ) -> Row:
+        """``Action.SUBMIT``: validate, upload ``images`` and insert the row; ``object_paths`` are
+        inputs already in the user's folder (after the uploaded ones; RLS refuses others). With no
+        image at all, a creation at ``params``' size (default ``CREATION_SIZE``)."""
+        if not images and not object_paths and params.width is None and params.height is None:
+            params = dataclasses.replace(params, width=CREATION_SIZE[0], height=CREATION_SIZE[1])
+        # The rules the schema and the engine hold, with their reasons, before anything is stored.
+        check_request(params, len(images) + len(object_paths))
+        request_id = uuid.uuid4()
+        paths = await self._upload(user, request_id, images, [str(index) for index in range(len(images))])
+        return await self._requests.insert(user, request_id, [*paths, *object_paths], params, options)
+
+    async def submit_batch(
+        self,
+        user: User,
+        images: Sequence[bytes],
+        references: Sequence[bytes],
+        params: EditParams,
+        *,
+        object_paths: Sequence[str] = (),
+        reference_paths: Sequence[str] = (),
+    ) -> Row:
+        """``Action.SUBMIT_BATCH``: one request per image (uploaded ``images``, then ``object_paths``
+        already in the user's folder), each also given the references. Everything is checked
+        before anything is stored; the batch's insert makes every request or none."""
+        check_batch(params, len(images) + len(object_paths), len(references) + len(reference_paths))
+        batch_id = uuid.uuid4()
+        names = [str(index) for index in range(len(images))] + [f"ref{i}" for i in range(len(references))]
+        uploaded = await self._upload(user, batch_id, [*images, *references], names)
+        paths = [*uploaded[: len(images)], *object_paths]
+        refs = [*uploaded[len(images) :], *reference_paths]
+        return await self._requests.insert_batch(user, batch_id, paths, refs, params)
+
+    async def _upload(
+        self, user: User, folder: uuid.UUID, images: Sequence[bytes], names: Sequence[str]
+    ) -> list[str]:
+        """Validate every image (``InvalidInput`` with its reason), then upload each under the user's folder."""
+        formats = await asyncio.get_running_loop().run_in_executor(self._validation, self._validate, images)
+        paths = []
+        for data, name, (extension, media_type) in zip(images, names, formats, strict=True):
+            path = f"{user.id}/{folder}/{name}.{extension}"
+            await self._storage.upload(INPUT_BUCKET, path, data, content_type=media_type)
+            paths.append(path)
+        return paths
+
+    def _validate(self, images: Sequence[bytes]) -> list[tuple[str, str]]:
+        formats = []
+        for data in images:
+            decoded = decode_image(data, self._limits)  # raises InvalidInput with the reason
+            del decoded
+            formats.append(_FORMATS[_sniff_format(data)])
+        return formats
+
+    # --- Read --------------------------------------------------------------------------------------
+
+    async def get(self, user: User, request_id: uuid.UUID) -> Row:
+        """``Action.GET``: the request with ``output_url`` (signed; None until it succeeded, and once
+        retention deleted the output). ``NotFound`` when it is not the user's."""
+        return await self._with_url(await self._owned(user, request_id))
+
+    async def recent(self, user: User, limit: int = DEFAULT_LIST_LIMIT) -> list[Row]:
+        """``Action.LIST``: the user's most recent requests, newest first (1 to ``MAX_LIST_LIMIT``)."""
+        return await self._requests.recent(user, max(1, min(limit, MAX_LIST_LIMIT)))
+
+    async def get_batch(self, user: User, batch_id: uuid.UUID) -> Row:
+        """``Action.GET_BATCH``: counts by status, ``finished``, ``progress`` and ``items`` (its requests
+        in the batch's order). ``NotFound`` when it is not the user's."""
+        batch = await self._requests.get_batch(user, batch_id)
+        if batch is None:
+            raise NotFound("no such batch", reason=ReasonCode.NOT_FOUND)
+        return batch
+
+    async def output(self, row: Row) -> bytes:
+        """The output image of a succeeded request (``MAX_OUTPUT_BYTES`` at most)."""
+        return await self._storage.download(
+            row["output_bucket"], row["output_path"], max_bytes=MAX_OUTPUT_BYTES
+        )
+
+    async def _owned(self, user: User, request_id: uuid.UUID) -> Row:
+        row = await self._requests.get(user, request_id)
+        if row is None:
+            raise NotFound("no such edit request", reason=ReasonCode.NOT_FOUND)
+        return row
+
+    async def output_url(self, row: Row) -> str | None:
+        """A signed URL of a succeeded request's output; None before, and once retention deleted it."""
+        if row["status"] != "succeeded" or not row["output_path"] or row.get("output_expired_at"):
+            return None
+        return await self._storage.signed_url(
+            row["output_bucket"], row["output_path"], expires_in=self._signed_url_seconds
+        )
+
+    async def _with_url(self, row: Row) -> Row:
+        return {**row, "output_url": await self.output_url(row)}
+
+    # --- Cancel ------------------------------------------------------------------------------------
+
+    async def cancel(self, user: User, request_id: uuid.UUID) -> Row:
+        """``Action.CANCEL``: the request, canceled. ``NotFound`` when it is not the user's,
+        ``AlreadyFinished`` when it finished first (the database's ``cancel_edit_request`` decides)."""
+        row = await self._owned(user, request_id)
+        if row["status"] in TERMINAL:
+            raise AlreadyFinished(
+                f"the request is already {row['status']}", reason=ReasonCode.ALREADY_FINISHED
+            )
+        if not await self._requests.cancel(user, request_id):
+            raise AlreadyFinished(
+                "the request finished before it could be canceled", reason=ReasonCode.ALREADY_FINISHED
+            )
+        return await self.get(user, request_id)
+
+    async def cancel_batch(self, user: User, batch_id: uuid.UUID) -> Row:
+        """``Action.CANCEL_BATCH``: the batch after canceling its unfinished requests, with
+        ``canceled_now`` (how many this call canceled; finished ones stay as they are)."""
+        await self.get_batch(user, batch_id)
+        canceled = await self._requests.cancel_batch(user, batch_id)
+        return {**await self.get_batch(user, batch_id), "canceled_now": canceled}
+
+    # --- Wait and follow ---------------------------------------------------------------------------
+
+    async def wait(self, user: User, request_id: uuid.UUID, timeout: float) -> Row:
+        """``Action.WAIT``: the request once it is finished, or as it stands when ``timeout`` (at most
+        ``WAIT_MAX_SECONDS``) runs out, with ``output_url``. ``NotFound``, or ``LimitExceeded`` when
+        the user already holds ``WAITS_PER_USER`` waits and streams."""
+        last = await self._owned(user, request_id)
+        self.ensure_can_wait(user)
+        async for row in self._follow(user, request_id, min(timeout, WAIT_MAX_SECONDS)):
+            last = row
+        return await self._with_url(last)
+
+    async def follow(
+        self, user: User, request_id: uuid.UUID, *, seconds: float | None = None
+    ) -> AsyncGenerator[Row, None]:
+        """``Action.FOLLOW``: refuse at once (``NotFound``, ``LimitExceeded``), then a stream of the
+        request each time its status or progress changes, until it is finished or the stream's
+        lifetime (``seconds``, at most the configured one) is over."""
+        await self._owned(user, request_id)
+        self.ensure_can_wait(user)
+        lifetime = self._stream_seconds if seconds is None else min(seconds, self._stream_seconds)
+        return self._follow(user, request_id, lifetime)
+
+    async def _follow(self, user: User, request_id: uuid.UUID, lifetime: float) -> AsyncGenerator[Row, None]:
+        # Driven by change notifications: an idle row costs a re-read only every CHANGES_FALLBACK_SECONDS.
+        deadline = time.monotonic() + lifetime
+        async with self._held_by(user), self._changes.watch(request_id) as watch:
+            last: tuple[Any, Any] | None = None
+            while True:
+                row = await self._requests.get(user, request_id)
+                if row is None:
+                    return
+                state = (row["status"], row["progress"])
+                if state != last:
+                    last = state
+                    yield row
+                left = deadline - time.monotonic()
+                if row["status"] in TERMINAL or left <= 0:
+                    return
+                await watch.wait(min(left, CHANGES_FALLBACK_SECONDS))
+
+    def ensure_can_wait(self, user: User) -> None:
+        """``LimitExceeded`` when ``user`` already holds as many waits and streams as allowed (ways in
+        call it before storing a request they will wait on, so the refusal comes first)."""
+        if self._waits[user.id] >= self._waits_per_user:
+            raise LimitExceeded(
+                f"{self._waits_per_user} waits or event streams are already open for this user",
+                reason=ReasonCode.TOO_MANY_WAITS,
+            )
+
+    @asynccontextmanager
+    async def _held_by(self, user: User) -> AsyncIterator[None]:
+        """Count one open wait or stream against ``user``; refuse past the per-user bound."""
+        self.ensure_can_wait(user)
+        self._waits[user.id] += 1
+        try:
+            yield
+        finally:
+            self._waits[user.id] -= 1
+            if not self._waits[user.id]:
+                del self._waits[user.id]
+
+
+def _sniff_format(data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8"):
+        return "JPEG"
+    return "WEBP"

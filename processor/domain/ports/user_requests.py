@@ -1,0 +1,58 @@
+"""The user requests port: ``edit_requests`` and ``edit_batches`` as one user sees them, under RLS."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from processor.domain.request import NO_OPTIONS, EditParams, RequestOptions
+from processor.domain.users import User
+
+
+class UserRequests(Protocol):
+    """``edit_requests`` as one user sees it: every call runs as that user, under RLS."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def insert(
+        self,
+        user: User,
+        request_id: uuid.UUID,
+        paths: Sequence[str],
+        params: EditParams,
+        options: RequestOptions = NO_OPTIONS,
+    ) -> dict[str, Any]:
+        """Insert the row with the request's parameters and options (each in the column of its name);
+        ``InvalidInput`` or ``LimitExceeded`` when the schema refuses it."""
+        ...
+
+    async def get(self, user: User, request_id: uuid.UUID) -> dict[str, Any] | None: ...
+
+    async def recent(self, user: User, limit: int = 20) -> list[dict[str, Any]]: ...
+
+    async def cancel(self, user: User, request_id: uuid.UUID) -> bool: ...
+
+    async def insert_batch(
+        self,
+        user: User,
+        batch_id: uuid.UUID,
+        paths: Sequence[str],
+        reference_paths: Sequence[str],
+        params: EditParams,
+    ) -> dict[str, Any]:
+        """Insert a batch: one request per path, each with ``reference_paths`` after its image, all
+        under the rules and limits of a single insert. ``InvalidInput`` or ``LimitExceeded`` when the
+        schema refuses any of them, and then nothing is created. Returns ``get_batch``'s view."""
+        ...
+
+    async def get_batch(self, user: User, batch_id: uuid.UUID) -> dict[str, Any] | None:
+        """The batch's counts by status, ``finished`` and ``progress`` (``edit_batch_progress``), with
+        ``items``: its requests as ``get`` shows them, in the batch's order; None when not theirs."""
+        ...
+
+    async def cancel_batch(self, user: User, batch_id: uuid.UUID) -> int:
+        """Cancel the batch's requests that have not finished (``cancel_edit_batch``); how many."""
+        ...
