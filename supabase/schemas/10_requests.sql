@@ -324,9 +324,12 @@ grant select (
   preview_path, preview_step
 ) on public.edit_requests to authenticated;
 -- batch_id only of a batch of their own (a policy in 45_batches.sql), webhook_endpoint_id only of an
--- endpoint of their own (a trigger in 40_webhooks.sql).
+-- endpoint of their own (a trigger in 40_webhooks.sql). Not `id`: ids are the server's (random, from
+-- the column default). A user who could name one would learn from a duplicate-key error that a row
+-- with that id exists, whoever owns it; naming it is refused (permission denied) whether or not it
+-- exists. The service role may still name ids (operators' imports and restores).
 grant insert (
-  id, user_id, prompt, negative_prompt, input_paths, num_inference_steps, true_cfg_scale,
+  user_id, prompt, negative_prompt, input_paths, num_inference_steps, true_cfg_scale,
   guidance_scale, seed, width, height, base, base_color, speed, loras, webhook_endpoint_id, batch_id
 ) on public.edit_requests to authenticated;
 
