@@ -238,8 +238,9 @@ comment on column public.edit_requests.speed is
 comment on column public.edit_requests.loras is
   'Up to 3 allowlisted LoRAs (public.edit_loras) as [{"name", "scale"}]; scale null: the operator default. What ran is in result.loras.';
 comment on column public.edit_requests.fair_tag is
-  'Place in the claim order after priority: created_at + fair_share_quantum x the requests its '
-  'owner already had in flight when it was created.';
+  'Place in the claim order after priority: the time the request became queued (at insert, or when '
+  'its last image arrived) + fair_share_quantum x the requests its owner already had queued or '
+  'processing then. Kept by retries; while awaiting_image it is only created_at.';
 comment on column public.edit_requests.error_message is
   'For the request''s owner: what its error_code means. The raw error text stays in `error` (service_role only).';
 comment on column public.edit_requests.webhook_endpoint_id is

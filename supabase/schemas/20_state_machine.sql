@@ -440,8 +440,10 @@ begin
     end loop;
     close c_recheck;
     if cardinality(v_ready) > 0 then
-      update public.edit_requests r set status = 'queued'
-       where r.id = any(v_ready) and r.status = 'awaiting_image';
+      -- Queued now, so placed in line now (edit_request_places, 25_fair_sharing_and_limits.sql).
+      update public.edit_requests r set status = 'queued', fair_tag = p.fair_tag
+        from public.edit_request_places(v_ready) p
+       where r.id = p.id and r.status = 'awaiting_image';
       get diagnostics v_promoted = row_count;
     end if;
     -- A short batch reached the end: the next run starts over.

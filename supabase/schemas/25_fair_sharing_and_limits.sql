@@ -5,12 +5,14 @@
 --    SQLSTATE PT429 (PostgREST answers HTTP 429) and a message naming the limit. The check is in
 --    edit_requests_before_insert below, the hour's charge in edit_requests_after_insert; both are
 --    here and nowhere else. Callers acting as the service role are exempt (by role, never claims).
---  * A fair claim order: priority first (operators), then the request's fair_tag, which is its
---    creation time plus fair_share_quantum (edit_queue_settings) for every request its owner
---    already had in flight when it was created. A user with fewer requests in flight goes first;
---    nothing waits forever (a deep request's tag is a fixed time, so newer requests stop passing
---    it). The claim (20_state_machine.sql) stays one index scan, and no counter row is written by
---    claims or completions: the processor never waits on a row a client transaction holds.
+--  * A fair claim order: priority first (operators), then the request's fair_tag, which is the time
+--    it became claimable (queued: at insert when its images were already stored, else when the
+--    last one arrived) plus fair_share_quantum (edit_queue_settings) for every request its owner
+--    already had queued or processing then. A user with fewer requests ahead goes first; nothing
+--    waits forever (a deep request's tag is a fixed time, so newer requests stop passing it); a row
+--    inserted before its images banks no place (edit_request_places). The claim
+--    (20_state_machine.sql) stays one index scan, and no counter row is written by claims or
+--    completions: the processor never waits on a row a client transaction holds.
 --  * Readiness is decided at insert too, under the slot locks of 15_storage.sql, so RETURNING
 --    (PostgREST's return=representation) shows whether the row is queued or awaiting its images.
 --
@@ -50,9 +52,11 @@ comment on table public.edit_user_usage is
   'Requests and cost charged per clock hour (this and the previous one); the hourly limits use '
   'a sliding estimate: previous x (1 - fraction of this hour gone) + this hour.';
 
--- The in-flight count at admission reads at most limit + 1 entries of this index.
+-- The in-flight count at admission reads at most limit + 1 entries of this index; with the status in
+-- it, edit_request_places counts an owner's queued and processing rows without reading their rows
+-- awaiting images.
 create index edit_requests_in_flight_idx
-  on public.edit_requests (user_id) where status in ('awaiting_image', 'queued', 'processing');
+  on public.edit_requests (user_id, status) where status in ('awaiting_image', 'queued', 'processing');
 
 create function public.edit_request_cost(p_steps integer, p_width integer, p_height integer)
 returns double precision
@@ -60,6 +64,43 @@ language sql immutable parallel safe
 as $$
   -- Steps x megapixels (plain arithmetic on its arguments, so it can be inlined: no SET clause) of the output (1 MP = 1024 x 1024; the model's default area when no size).
   select p_steps * coalesce(p_width::double precision * p_height, 1048576) / 1048576
+$$;
+
+-- Places in line of rows that become claimable after insert -----------------------------------------
+-- A row inserted before its images is not in line: its place is decided when it becomes queued
+-- (edit_requests_on_objects_stored in 15_storage.sql, the sweep's readiness backstop in
+-- 20_state_machine.sql), exactly as an insert places a row queued at once. Otherwise rows inserted
+-- early and uploaded later would carry the places of their insert (a banked day of places, at the
+-- defaults). Retries, releases and lapsed leases keep their place (the row was in line already).
+
+create function public.edit_request_places(p_ids uuid[])
+returns table (id uuid, fair_tag timestamptz)
+language sql stable
+-- A few rows as a rule (one upload completes a request or a few): an estimate that lets the updates
+-- that join it find their rows through the primary key rather than scan the table.
+rows 10
+set search_path = ''
+as $$
+  -- For the rows p_ids, about to become queued in this statement: now() + fair_share_quantum x
+  -- (their owner's requests already queued or processing + the ones placed before them here, in
+  -- creation order). One bounded count per owner, however many rows (1000: as an exempt insert).
+  with owners as (
+    select o.user_id,
+           (select count(*) from (select 1 from public.edit_requests q
+                                   where q.user_id = o.user_id and q.status in ('queued', 'processing')
+                                   limit 1000) c) as ahead
+      from (select distinct w.user_id from public.edit_requests w
+             where w.id = any(p_ids) and w.user_id is not null) o
+  )
+  select w.id,
+         now() + s.fair_share_quantum * case
+           when w.user_id is null then 0
+           else o.ahead + row_number() over (partition by w.user_id order by w.created_at, w.id) - 1
+         end
+    from public.edit_requests w
+    cross join public.edit_queue_settings s
+    left join owners o on o.user_id = w.user_id
+   where w.id = any(p_ids)
 $$;
 
 -- Admission: limits and the fair tag --------------------------------------------------------------
@@ -86,6 +127,7 @@ declare
   v_base_requests double precision := 0;
   v_base_cost double precision := 0;
   v_in_flight integer;
+  v_claimable integer;
 begin
   -- First row of this owner in this transaction: everything the per-row checks need, kept in
   -- a transaction-local setting so that each further row costs O(1), however big the insert.
@@ -116,16 +158,17 @@ begin
     v_base_cost := v_usage.previous_hour_cost * (1 - v_gone) + v_usage.hour_cost;
   end if;
   -- Bounded: no more than one past the limit is ever counted (1000 for exempt callers, whose
-  -- count only places their rows in the fair order).
-  select count(*) into v_in_flight from (
-    select 1 from public.edit_requests r
+  -- count only places their rows in the fair order). In flight counts for the limit; queued or
+  -- processing (ahead in line, or running) for the fair order.
+  select count(*), count(*) filter (where s.status <> 'awaiting_image') into v_in_flight, v_claimable from (
+    select r.status from public.edit_requests r
      where r.user_id = p_owner and r.status in ('awaiting_image', 'queued', 'processing')
      limit coalesce(v_max_in_flight + 1, 1000)
   ) s;
-  -- limited, in_flight, requests, cost, max_in_flight, max_requests, max_cost, quantum (s)
+  -- limited, in_flight, requests, cost, max_in_flight, max_requests, max_cost, quantum (s), claimable
   return concat_ws(',', v_limited::int, v_in_flight, v_base_requests, v_base_cost,
                    coalesce(v_max_in_flight, -1), coalesce(v_max_requests, -1),
-                   coalesce(v_max_cost, -1), v_quantum);
+                   coalesce(v_max_cost, -1), v_quantum, v_claimable);
 end
 $$;
 
@@ -139,6 +182,7 @@ declare
   v_key text;
   v_state text[];
   v_in_flight integer;
+  v_claimable integer;
   v_requests double precision;
   v_cost double precision;
   v_row_cost double precision;
@@ -181,12 +225,13 @@ begin
     return new;
   end if;
 
-  -- limited, in_flight, requests, cost, max_in_flight, max_requests, max_cost, quantum (s):
-  -- written by edit_request_admission_start for the owner's first row in this transaction.
+  -- limited, in_flight, requests, cost, max_in_flight, max_requests, max_cost, quantum (s),
+  -- claimable: written by edit_request_admission_start for the owner's first row in this transaction.
   v_key := 'edit_requests.owner_' || replace(new.user_id::text, '-', '');
   v_state := string_to_array(coalesce(nullif(current_setting(v_key, true), ''),
                                       public.edit_request_admission_start(new.user_id)), ',');
   v_in_flight := v_state[2]::integer;
+  v_claimable := v_state[9]::integer;
   v_requests := v_state[3]::double precision + 1;
   v_row_cost := new.num_inference_steps * coalesce(new.width::double precision * new.height, 1048576) / 1048576;  -- edit_request_cost
   v_cost := v_state[4]::double precision + v_row_cost;
@@ -213,9 +258,18 @@ begin
     end if;
   end if;
 
-  new.fair_tag := new.created_at + make_interval(secs => v_state[8]::double precision * v_in_flight);
+  -- The place in line of a row that is claimable now: one quantum per request of its owner ahead
+  -- of it (queued or processing, this statement's earlier rows included). A row awaiting its
+  -- images gets its place when they arrive (edit_request_places); until then the tag is only its
+  -- creation time, which no claim reads (the claim index holds queued rows only).
+  if new.status = 'queued' then
+    new.fair_tag := new.created_at + make_interval(secs => v_state[8]::double precision * v_claimable);
+    v_claimable := v_claimable + 1;
+  else
+    new.fair_tag := new.created_at;
+  end if;
   perform set_config(v_key, concat_ws(',', v_state[1], v_in_flight + 1, v_requests, v_cost,
-                                      v_state[5], v_state[6], v_state[7], v_state[8]), true);
+                                      v_state[5], v_state[6], v_state[7], v_state[8], v_claimable), true);
   return new;
 end
 $$;
@@ -310,12 +364,14 @@ create policy "users read their usage" on public.edit_user_usage
   using (user_id = (select auth.uid()));
 
 revoke all on function
+  public.edit_request_places(uuid[]),
   public.edit_request_cost(integer, integer, integer),
   public.edit_request_admission_start(uuid),
   public.edit_requests_before_insert(),
   public.edit_requests_after_insert()
   from public, anon, authenticated;
 grant execute on function
+  public.edit_request_places(uuid[]),
   public.edit_request_cost(integer, integer, integer),
   public.edit_request_admission_start(uuid),
   public.edit_requests_before_insert(),
