@@ -145,17 +145,55 @@ def test_requests_per_hour_are_limited_even_when_they_are_canceled(
     assert usage == {"hour_requests": 4}
 
 
-def test_the_cost_budget_counts_steps_times_megapixels(
+def test_the_cost_budget_charges_what_each_row_costs(
     db: psycopg.Connection[Row], make_user: Callable[[], uuid.UUID]
 ) -> None:
     user = make_user()
     set_limits(db, user, max_cost_per_hour=100)
-    insert_one(db, user, num_inference_steps=40)  # 40 x 1 MP (no size: the default area)
-    insert_one(db, user, num_inference_steps=10, width=2048, height=2048)  # 10 x 4 MP: 80 in all
+    first = insert_one(db, user, num_inference_steps=40, speed="quality")  # a default edit: about 40
+    second = insert_one(
+        db, user, num_inference_steps=10, width=2048, height=2048, speed="quality"
+    )  # 4 MP out
+    charged = db.execute(
+        "select coalesce(sum(cost), 0) as total, count(*) filter (where cost > 0) as n from edit_requests "
+        "where id = any(%s)",
+        ([first, second],),
+    ).fetchone()
+    assert charged is not None and charged["n"] == 2 and 75 < charged["total"] < 77  # 40.0 + 35.9
+    usage = db.execute("select hour_cost from edit_user_usage where user_id = %s", (user,)).fetchone()
+    assert usage == {"hour_cost": charged["total"]}
     with limit_error() as caught:
-        insert_one(db, user, num_inference_steps=21, width=1024, height=1024)  # 21 x 1 MP: 101
+        insert_one(db, user, num_inference_steps=40, speed="quality")
     assert "max_cost_per_hour (100)" in str(caught.value.diag.message_primary)
-    insert_one(db, user, num_inference_steps=20, width=512, height=1024)  # 10: 90 in all
+    assert "edit_request_cost" in str(caught.value.diag.message_detail)
+    insert_one(db, user, num_inference_steps=4, speed="quality")  # about 4: still fits
+
+
+def fitting(db: psycopg.Connection[Row], user: uuid.UUID, tries: int, **columns: object) -> int:
+    """How many of ``tries`` identical requests the user's budget admits before the first refusal."""
+    for count in range(tries):
+        try:
+            insert_one(db, user, **columns)
+        except psycopg.Error as exc:
+            assert exc.sqlstate == "PT429" and "max_cost_per_hour" in str(exc), exc
+            return count
+    return tries
+
+
+def test_every_input_image_is_charged_whatever_the_output_size(
+    db: psycopg.Connection[Row], make_user: Callable[[], uuid.UUID]
+) -> None:
+    """Issue 22 item 2: the pipeline encodes each input at about 1 MP and feeds its ~4,096 tokens to
+    every transformer forward, however small the output. Three inputs and a 32x32 output do more work
+    than a default edit (one input, 1 MP), so a budget admits no more of them."""
+    default, hostile = make_user(), make_user()
+    for user in (default, hostile):
+        set_limits(db, user, max_cost_per_hour=100, max_requests_per_hour=1000)
+    edits = fitting(db, default, 10, num_inference_steps=40)
+    assert edits == 2  # a default edit costs 40 (a little more with its prompt)
+    three = [f"{hostile}/{uuid.uuid4()}-{k}.png" for k in range(3)]
+    small = fitting(db, hostile, 10, num_inference_steps=40, input_paths=three, width=32, height=32)
+    assert small < edits, f"{small} three-input 32x32 requests fit where {edits} default edits do"
 
 
 def test_operators_are_exempt_and_the_default_row_applies_to_everyone(

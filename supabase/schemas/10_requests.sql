@@ -164,6 +164,8 @@ create table public.edit_requests (
   output_expired_at timestamptz,
   preview_path text,
   preview_step integer,
+  -- What the request was charged against its owner's max_cost_per_hour (25_fair_sharing_and_limits.sql).
+  cost double precision,
 
   constraint edit_requests_status_known
     check (status in ('awaiting_image', 'queued', 'processing', 'succeeded', 'failed', 'canceled')),
@@ -254,6 +256,10 @@ comment on column public.edit_requests.preview_path is
   'Object (in output_bucket) holding the latest live preview of a running edit; null before the first.';
 comment on column public.edit_requests.preview_step is
   'The denoising step the preview at preview_path shows (1-based); goes up within one attempt.';
+comment on column public.edit_requests.cost is
+  'What the request was charged against max_cost_per_hour, in default steps (edit_request_cost: the '
+  'transformer work of its steps over the output and every input; a default edit is about 40). Set at '
+  'insert; null for rows inserted before costs were recorded.';
 
 -- Users' lists and dashboards. (The claim's, the sweep's and each subject's own indexes are in
 -- their files.)
@@ -322,7 +328,7 @@ grant select (
   guidance_scale, seed, input_bucket, input_paths, output_bucket, output_path, error_code,
   error_message, result, created_at, started_at, finished_at, updated_at, width, height, base,
   base_color, speed, loras, webhook_endpoint_id, batch_id, inputs_expired_at, output_expired_at,
-  preview_path, preview_step
+  preview_path, preview_step, cost
 ) on public.edit_requests to authenticated;
 -- batch_id only of a batch of their own (a policy in 45_batches.sql), webhook_endpoint_id only of an
 -- endpoint of their own (a trigger in 40_webhooks.sql). Not `id`: ids are the server's (random, from

@@ -1,7 +1,7 @@
 -- Fair sharing of one GPU among users who may be hostile, and what an insert goes through.
 --
---  * Per-user limits at insert (requests in flight, requests per hour, steps x megapixels per
---    hour), set by operators in public.edit_user_limits; over a limit the insert fails with
+--  * Per-user limits at insert (requests in flight, requests per hour, cost per hour: the GPU work
+--    of the request, edit_request_cost), set by operators in public.edit_user_limits; over a limit the insert fails with
 --    SQLSTATE PT429 (PostgREST answers HTTP 429) and a message naming the limit. The check is in
 --    edit_requests_before_insert below, the hour's charge in edit_requests_after_insert; both are
 --    here and nowhere else. Callers acting as the service role are exempt (by role, never claims).
@@ -33,7 +33,8 @@ create table public.edit_user_limits (
 comment on table public.edit_user_limits is
   'Per-user limits checked at insert (service_role and postgres are exempt). user_id '
   '00000000-0000-0000-0000-000000000000 is the default for everyone; other rows override it '
-  'column by column. Cost is num_inference_steps x output megapixels (1 MP when no size).';
+  'column by column. Cost is edit_request_cost (the transformer work of the steps over the output '
+  'and every input; a default edit costs about 40); each row''s charge is in edit_requests.cost.';
 insert into public.edit_user_limits (user_id, max_in_flight, max_requests_per_hour, max_cost_per_hour, note)
 values ('00000000-0000-0000-0000-000000000000', 100, 1000, 20000, 'default for every user');
 
@@ -58,13 +59,89 @@ comment on table public.edit_user_usage is
 create index edit_requests_in_flight_idx
   on public.edit_requests (user_id, status) where status in ('awaiting_image', 'queued', 'processing');
 
-create function public.edit_request_cost(p_steps integer, p_width integer, p_height integer)
+-- What a request costs ------------------------------------------------------------------------------
+-- The work the GPU does for it, in default steps (one denoising step of the model card's edit: one
+-- input, about 1 MP out, true CFG), so that a default 40-step edit costs about 40, as when the charge
+-- was steps x output megapixels. QwenImageEditPlusPipeline resizes every input image to a 1024² area
+-- for the VAE and a 384² one for the vision encoder whatever its size (diffusers
+-- src/diffusers/pipelines/qwenimage/pipeline_qwenimage_edit_plus.py, VAE_IMAGE_SIZE and
+-- CONDITION_IMAGE_SIZE), and each one's 4,096 + 196 tokens join every transformer forward, however
+-- small the output; so the charge counts them. processor/domain/cost.py is the same formula in Python
+-- (tests/test_request_cost.py proves them equal), docs/fair-sharing.md explains it with examples, and
+-- benchmarks/edit_cost.py compares it with the FLOPs of the real architecture (within 1 %).
+-- Plain arithmetic on the arguments (no SET clause, no table), so both functions are inlined into the
+-- insert trigger's expression.
+
+create function public.edit_request_run_cost(
+  p_steps integer,
+  p_cfg boolean,
+  p_adapters integer,
+  p_width integer,
+  p_height integer,
+  p_inputs integer,
+  p_prompt_chars integer,
+  p_negative_chars integer,
+  p_loras integer
+)
 returns double precision
 language sql immutable parallel safe
 as $$
-  -- Steps x megapixels (plain arithmetic on its arguments, so it can be inlined: no SET clause) of the output (1 MP = 1024 x 1024; the model's default area when no size).
-  select p_steps * coalesce(p_width::double precision * p_height, 1048576) / 1048576
+  -- One way of running a request: p_steps steps of one forward (two with true CFG, the second over
+  -- the negative prompt); a forward over T tokens does T x (1 + T / 18432) (linear layers, and joint
+  -- attention, quadratic in T; 18,432 = 6 x 3,072 is where the two are equal); T = the output's
+  -- tokens (16 x 16 pixels each; 1 MP when no size) + 4,292 per input + one per prompt character;
+  -- each active LoRA adapter adds 1/16 to every forward, each LoRA named 4 steps for its load;
+  -- 24,410.390625 is the work of one default step (two forwards over 8,388 tokens).
+  select p_steps
+         * ((coalesce(p_width * p_height, 1048576)::double precision / 256 + p_inputs * 4292 + p_prompt_chars)
+              * (1 + (coalesce(p_width * p_height, 1048576)::double precision / 256 + p_inputs * 4292 + p_prompt_chars) / 18432)
+            + case when p_cfg
+                   then (coalesce(p_width * p_height, 1048576)::double precision / 256 + p_inputs * 4292 + p_negative_chars)
+                        * (1 + (coalesce(p_width * p_height, 1048576)::double precision / 256 + p_inputs * 4292 + p_negative_chars) / 18432)
+                   else 0 end)
+         * (1 + p_adapters::double precision / 16) / 24410.390625
+         + 4 * p_loras
 $$;
+
+create function public.edit_request_cost(
+  p_steps integer,
+  p_true_cfg_scale real,
+  p_speed text,
+  p_width integer,
+  p_height integer,
+  p_inputs integer,
+  p_prompt_chars integer,
+  p_negative_chars integer,
+  p_loras integer
+)
+returns double precision
+language sql immutable parallel safe
+as $$
+  -- quality runs the request's steps, with true CFG unless true_cfg_scale is 1 (diffusers also skips
+  -- it below 1, ComfyUI does not: charged as if it ran); fast and fastest run 8 and 4 steps of one
+  -- forward with their Lightning adapter; null (the deployment's default, not known here) is charged
+  -- as the costlier of quality and fast, never less than it runs.
+  select case p_speed
+           when 'quality' then public.edit_request_run_cost(p_steps, p_true_cfg_scale <> 1, p_loras, p_width, p_height,
+                                                            p_inputs, p_prompt_chars, p_negative_chars, p_loras)
+           when 'fast' then public.edit_request_run_cost(8, false, p_loras + 1, p_width, p_height,
+                                                         p_inputs, p_prompt_chars, p_negative_chars, p_loras)
+           when 'fastest' then public.edit_request_run_cost(4, false, p_loras + 1, p_width, p_height,
+                                                            p_inputs, p_prompt_chars, p_negative_chars, p_loras)
+           else greatest(public.edit_request_run_cost(p_steps, p_true_cfg_scale <> 1, p_loras, p_width, p_height,
+                                                      p_inputs, p_prompt_chars, p_negative_chars, p_loras),
+                         public.edit_request_run_cost(8, false, p_loras + 1, p_width, p_height,
+                                                      p_inputs, p_prompt_chars, p_negative_chars, p_loras))
+         end
+$$;
+
+comment on function public.edit_request_cost(integer, real, text, integer, integer, integer, integer, integer, integer) is
+  'What a request is charged against max_cost_per_hour, in default steps (a default edit: about 40): '
+  'steps x the transformer work over the output and every input (4,292 tokens each, whatever the '
+  'output size), x 2 with true CFG, a preset''s steps in place of the request''s, LoRAs. Arguments: '
+  'num_inference_steps, true_cfg_scale, speed (null: the deployment''s default, charged as the '
+  'costlier of quality and fast), width, height (null: 1 MP), input images, characters of prompt and '
+  'negative_prompt, LoRAs named. docs/fair-sharing.md.';
 
 -- Places in line of rows that become claimable after insert -----------------------------------------
 -- A row inserted before its images is not in line: its place is decided when it becomes queued
@@ -118,6 +195,7 @@ declare
   v_zero constant uuid := '00000000-0000-0000-0000-000000000000';
   v_limited boolean := not public.edit_request_caller_is_operator();
   v_quantum double precision;
+  v_default_speed text;
   v_max_in_flight integer;
   v_max_requests integer;
   v_max_cost double precision;
@@ -131,7 +209,8 @@ declare
 begin
   -- First row of this owner in this transaction: everything the per-row checks need, kept in
   -- a transaction-local setting so that each further row costs O(1), however big the insert.
-  select extract(epoch from s.fair_share_quantum) into v_quantum from public.edit_queue_settings s;
+  select extract(epoch from s.fair_share_quantum), s.default_speed into v_quantum, v_default_speed
+    from public.edit_queue_settings s;
   if v_limited then
     select coalesce(u.max_in_flight, d.max_in_flight),
            coalesce(u.max_requests_per_hour, d.max_requests_per_hour),
@@ -165,10 +244,11 @@ begin
      where r.user_id = p_owner and r.status in ('awaiting_image', 'queued', 'processing')
      limit coalesce(v_max_in_flight + 1, 1000)
   ) s;
-  -- limited, in_flight, requests, cost, max_in_flight, max_requests, max_cost, quantum (s), claimable
+  -- limited, in_flight, requests, cost, max_in_flight, max_requests, max_cost, quantum (s), claimable,
+  -- default speed (last: concat_ws leaves out a null)
   return concat_ws(',', v_limited::int, v_in_flight, v_base_requests, v_base_cost,
                    coalesce(v_max_in_flight, -1), coalesce(v_max_requests, -1),
-                   coalesce(v_max_cost, -1), v_quantum, v_claimable);
+                   coalesce(v_max_cost, -1), v_quantum, v_claimable, v_default_speed);
 end
 $$;
 
@@ -222,18 +302,29 @@ begin
 
   if new.user_id is null then
     new.fair_tag := new.created_at;
+    new.cost := public.edit_request_cost(
+      new.num_inference_steps, new.true_cfg_scale, new.speed, new.width, new.height,
+      cardinality(new.input_paths), char_length(new.prompt), char_length(new.negative_prompt),
+      jsonb_array_length(new.loras));
     return new;
   end if;
 
   -- limited, in_flight, requests, cost, max_in_flight, max_requests, max_cost, quantum (s),
-  -- claimable: written by edit_request_admission_start for the owner's first row in this transaction.
+  -- claimable, default speed: written by edit_request_admission_start for the owner's first row in
+  -- this transaction.
   v_key := 'edit_requests.owner_' || replace(new.user_id::text, '-', '');
   v_state := string_to_array(coalesce(nullif(current_setting(v_key, true), ''),
                                       public.edit_request_admission_start(new.user_id)), ',');
   v_in_flight := v_state[2]::integer;
   v_claimable := v_state[9]::integer;
   v_requests := v_state[3]::double precision + 1;
-  v_row_cost := new.num_inference_steps * coalesce(new.width::double precision * new.height, 1048576) / 1048576;  -- edit_request_cost
+  -- The charge (a speed left null is the deployment's default, edit_queue_settings.default_speed);
+  -- kept on the row for its owner to see and for the statement's usage update.
+  v_row_cost := public.edit_request_cost(
+    new.num_inference_steps, new.true_cfg_scale, coalesce(new.speed, v_state[10]), new.width, new.height,
+    cardinality(new.input_paths), char_length(new.prompt), char_length(new.negative_prompt),
+    jsonb_array_length(new.loras));
+  new.cost := v_row_cost;
   v_cost := v_state[4]::double precision + v_row_cost;
 
   if v_state[1] = '1' then
@@ -252,9 +343,9 @@ begin
     if v_state[7]::double precision >= 0 and v_cost > v_state[7]::double precision then
       raise exception 'edit request limit exceeded: max_cost_per_hour (%)', v_state[7]
         using errcode = 'PT429',
-              detail = format('This request costs %s (steps x megapixels); about %s used in the last hour with it.',
+              detail = format('This request costs %s (edit_request_cost); about %s used in the last hour with it.',
                               round(v_row_cost::numeric, 2), round(v_cost::numeric, 2)),
-              hint = 'Use fewer steps or a smaller size, or try again later; operators set limits in public.edit_user_limits.';
+              hint = 'Use fewer steps, input images or LoRAs, a smaller size or a faster speed, or try again later; operators set limits in public.edit_user_limits.';
     end if;
   end if;
 
@@ -269,7 +360,8 @@ begin
     new.fair_tag := new.created_at;
   end if;
   perform set_config(v_key, concat_ws(',', v_state[1], v_in_flight + 1, v_requests, v_cost,
-                                      v_state[5], v_state[6], v_state[7], v_state[8], v_claimable), true);
+                                      v_state[5], v_state[6], v_state[7], v_state[8], v_claimable,
+                                      v_state[10]), true);
   return new;
 end
 $$;
@@ -298,8 +390,7 @@ begin
   if not public.edit_request_caller_is_operator() then
     update public.edit_user_usage u
        set hour_requests = u.hour_requests + s.n, hour_cost = u.hour_cost + s.cost, updated_at = now()
-      from (select n.user_id, count(*) as n,
-                   sum(public.edit_request_cost(n.num_inference_steps, n.width, n.height)) as cost
+      from (select n.user_id, count(*) as n, sum(n.cost) as cost
               from new_rows n where n.user_id is not null group by n.user_id) s
      where u.user_id = s.user_id;
   end if;
@@ -365,17 +456,22 @@ create policy "users read their usage" on public.edit_user_usage
 
 revoke all on function
   public.edit_request_places(uuid[]),
-  public.edit_request_cost(integer, integer, integer),
+  public.edit_request_run_cost(integer, boolean, integer, integer, integer, integer, integer, integer, integer),
+  public.edit_request_cost(integer, real, text, integer, integer, integer, integer, integer, integer),
   public.edit_request_admission_start(uuid),
   public.edit_requests_before_insert(),
   public.edit_requests_after_insert()
   from public, anon, authenticated;
 grant execute on function
   public.edit_request_places(uuid[]),
-  public.edit_request_cost(integer, integer, integer),
+  public.edit_request_run_cost(integer, boolean, integer, integer, integer, integer, integer, integer, integer),
+  public.edit_request_cost(integer, real, text, integer, integer, integer, integer, integer, integer),
   public.edit_request_admission_start(uuid),
   public.edit_requests_before_insert(),
   public.edit_requests_after_insert()
   to service_role;
--- A pure rule (steps x megapixels) apps may price a request with.
-grant execute on function public.edit_request_cost(integer, integer, integer) to authenticated;
+-- A pure rule apps may price a request with before they insert it (POST /rest/v1/rpc/edit_request_cost).
+grant execute on function
+  public.edit_request_run_cost(integer, boolean, integer, integer, integer, integer, integer, integer, integer),
+  public.edit_request_cost(integer, real, text, integer, integer, integer, integer, integer, integer)
+  to authenticated;

@@ -53,7 +53,7 @@ _VIEW_COLUMNS = (
     # What `authenticated` may select (migration 20261201000700): no lease, attempts or raw error.
     f"id, status, progress, {_PARAM_COLUMNS}, input_paths, output_bucket, output_path, error_code, "
     "error_message, result, created_at, started_at, finished_at, updated_at, batch_id, inputs_expired_at, "
-    "output_expired_at"
+    "output_expired_at, cost"
 )
 _BATCH_COLUMNS = (
     "id, prompt, created_at, requests, awaiting_image, queued, processing, succeeded, failed, canceled, "
