@@ -228,7 +228,7 @@ begin
     new.cost := public.edit_request_cost(
       new.num_inference_steps, new.true_cfg_scale, new.speed, new.width, new.height,
       cardinality(new.input_paths), char_length(new.prompt), char_length(new.negative_prompt),
-      jsonb_array_length(new.loras));
+      case when jsonb_typeof(new.loras) = 'array' then jsonb_array_length(new.loras) else 0 end);
     return new;
   end if;
 
@@ -242,11 +242,12 @@ begin
   v_claimable := v_state[9]::integer;
   v_requests := v_state[3]::double precision + 1;
   -- The charge (a speed left null is the deployment's default, edit_queue_settings.default_speed);
-  -- kept on the row for its owner to see and for the statement's usage update.
+  -- kept on the row for its owner to see and for the statement's usage update. (A malformed LoRA
+  -- list counts none here: the CHECKs, after this trigger, refuse it by name.)
   v_row_cost := public.edit_request_cost(
     new.num_inference_steps, new.true_cfg_scale, coalesce(new.speed, v_state[10]), new.width, new.height,
     cardinality(new.input_paths), char_length(new.prompt), char_length(new.negative_prompt),
-    jsonb_array_length(new.loras));
+    case when jsonb_typeof(new.loras) = 'array' then jsonb_array_length(new.loras) else 0 end);
   new.cost := v_row_cost;
   v_cost := v_state[4]::double precision + v_row_cost;
 
