@@ -43,6 +43,8 @@ def test_a_user_creates_a_request_owned_by_them(
         ("priority", 100),
         ("input_bucket", "other"),
         ("max_attempts", 20),
+        ("cost", 0.0),
+        ("fair_tag", "2000-01-01"),
     ],
 )
 def test_users_cannot_set_state_or_bookkeeping(
