@@ -94,7 +94,7 @@ LORA_NAME: Final = re.compile(LORA_NAME_PATTERN)
 # VAE_IMAGE_SIZE = 1024 * 1024 for the VAE (its latents join every forward) and to
 # CONDITION_IMAGE_SIZE = 384 * 384 for Qwen2.5-VL (its vision tokens join the text stream), whatever
 # its size or the output's. Counted with torch's FlopCounterMode over the real architecture
-# (benchmarks/edit_cost.py), the formula below is within 1 % of the transformer's FLOPs.
+# (benchmarks/edit_cost.py), the formula below is within 0.3 % of the transformer's FLOPs.
 
 COST_PIXELS_PER_TOKEN: Final = 256
 """Image pixels per transformer token: the VAE's 8x downsampling, then 2x2 latent packing (16 x 16)."""

@@ -1,8 +1,8 @@
 -- Fair sharing of one GPU among users who may be hostile, and what an insert goes through.
 --
 --  * Per-user limits at insert (requests in flight, requests per hour, cost per hour: the GPU work
---    of the request, edit_request_cost), set by operators in public.edit_user_limits; over a limit the insert fails with
---    SQLSTATE PT429 (PostgREST answers HTTP 429) and a message naming the limit. The check is in
+--    of each request, edit_request_cost), set by operators in public.edit_user_limits; over a limit
+--    the insert fails with SQLSTATE PT429 (PostgREST answers HTTP 429) and a message naming the limit. The check is in
 --    edit_requests_before_insert below, the hour's charge in edit_requests_after_insert; both are
 --    here and nowhere else. Callers acting as the service role are exempt (by role, never claims).
 --  * A fair claim order: priority first (operators), then the request's fair_tag, which is the time
@@ -68,7 +68,7 @@ create index edit_requests_in_flight_idx
 -- CONDITION_IMAGE_SIZE), and each one's 4,096 + 196 tokens join every transformer forward, however
 -- small the output; so the charge counts them. processor/domain/cost.py is the same formula in Python
 -- (tests/test_request_cost.py proves them equal), docs/fair-sharing.md explains it with examples, and
--- benchmarks/edit_cost.py compares it with the FLOPs of the real architecture (within 1 %).
+-- benchmarks/edit_cost.py compares it with the FLOPs of the real architecture (within 0.3 %).
 -- Plain arithmetic on the arguments (no SET clause, no table), so both functions are inlined into the
 -- insert trigger's expression.
 
