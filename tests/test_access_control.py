@@ -43,6 +43,8 @@ def test_a_user_creates_a_request_owned_by_them(
         ("priority", 100),
         ("input_bucket", "other"),
         ("max_attempts", 20),
+        ("cost", 0.0),
+        ("fair_tag", "2000-01-01"),
     ],
 )
 def test_users_cannot_set_state_or_bookkeeping(
@@ -60,6 +62,36 @@ def test_users_cannot_create_requests_for_others_or_from_others_folders(
         insert_as(db, alice, user_id=bob, input_paths=[f"{bob}/a.png"])
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         insert_as(db, alice, input_paths=[f"{bob}/a.png"])
+
+
+def insert_batch_as(db: psycopg.Connection[Row], user: uuid.UUID, **columns: Any) -> Row | None:
+    values = {"prompt": "make it blue", "input_paths": [f"{user}/a.png"], **columns}
+    with acting_as(db, "authenticated", user) as conn:
+        return conn.execute(
+            f"insert into edit_batches ({', '.join(values)}) values ({', '.join(['%s'] * len(values))}) returning id",
+            tuple(values.values()),
+        ).fetchone()
+
+
+@pytest.mark.parametrize("insert", [insert_as, insert_batch_as], ids=["edit_requests", "edit_batches"])
+def test_ids_are_the_servers_so_an_insert_says_nothing_about_other_rows(
+    db: psycopg.Connection[Row], make_user: Callable[[], uuid.UUID], insert: Callable[..., Row | None]
+) -> None:
+    """Issue 22 item 8: a user who names an id learns nothing from the answer (a duplicate key would
+    say that a row with that id exists, whoever owns it)."""
+    alice, bob = make_user(), make_user()
+    bobs = insert(db, bob)
+    assert bobs is not None
+    answers = []
+    for candidate in (bobs["id"], uuid.uuid4()):  # another user's id, and one nobody has
+        with pytest.raises(psycopg.Error) as refused:
+            insert(db, alice, id=candidate)
+        answers.append((refused.value.sqlstate, refused.value.diag.message_primary))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == "42501"  # permission denied: the column is not the user's to name
+    # Left out, the id is the server's: a random (version 4) UUID.
+    mine = insert(db, alice)
+    assert mine is not None and uuid.UUID(str(mine["id"])).version == 4
 
 
 def test_users_read_only_their_own_rows_and_cannot_update_or_delete(

@@ -70,8 +70,11 @@ def test_a_json_batch_runs_every_image_with_the_references(
     )
     assert (final["succeeded"], final["progress"]) == (3, 1.0)
     rows = [api.row(uuid.UUID(item["id"])) for item in final["items"]]
-    assert [row["input_paths"][0] for row in rows] == [f"{user}/{batch['id']}/{i}.png" for i in range(3)]
-    assert {row["input_paths"][1] for row in rows} == {f"{user}/{batch['id']}/ref0.png"}
+    # One upload folder for the batch, a random one: the server chose the batch's id at insert, after it.
+    folder = rows[0]["input_paths"][0].split("/")[1]
+    assert folder != batch["id"] and uuid.UUID(folder).version == 4
+    assert [row["input_paths"][0] for row in rows] == [f"{user}/{folder}/{i}.png" for i in range(3)]
+    assert {row["input_paths"][1] for row in rows} == {f"{user}/{folder}/ref0.png"}
     assert {(str(row["batch_id"]), row["seed"], row["num_inference_steps"]) for row in rows} == {
         (batch["id"], 5, 2)
     }

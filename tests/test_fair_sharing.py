@@ -67,6 +67,13 @@ def insert_one(conn: psycopg.Connection[Row], user: uuid.UUID, **columns: object
     return uuid.UUID(str(row["id"]))
 
 
+def insert_stored(conn: psycopg.Connection[Row], user: uuid.UUID, **columns: object) -> uuid.UUID:
+    """``insert_one`` of a request whose image is already stored: queued, and placed in line, at insert."""
+    path = f"{user}/{uuid.uuid4()}.png"
+    conn.execute("insert into storage.objects (bucket_id, name) values ('edit-inputs', %s)", (path,))
+    return insert_one(conn, user, input_paths=[path], **columns)
+
+
 def table_reads(conn: psycopg.Connection[Row]) -> Row:
     """Rows of edit_requests this backend has read and not yet reported (sequential and by index)."""
     row = conn.execute(
@@ -138,17 +145,55 @@ def test_requests_per_hour_are_limited_even_when_they_are_canceled(
     assert usage == {"hour_requests": 4}
 
 
-def test_the_cost_budget_counts_steps_times_megapixels(
+def test_the_cost_budget_charges_what_each_row_costs(
     db: psycopg.Connection[Row], make_user: Callable[[], uuid.UUID]
 ) -> None:
     user = make_user()
     set_limits(db, user, max_cost_per_hour=100)
-    insert_one(db, user, num_inference_steps=40)  # 40 x 1 MP (no size: the default area)
-    insert_one(db, user, num_inference_steps=10, width=2048, height=2048)  # 10 x 4 MP: 80 in all
+    first = insert_one(db, user, num_inference_steps=40, speed="quality")  # a default edit: about 40
+    second = insert_one(
+        db, user, num_inference_steps=10, width=2048, height=2048, speed="quality"
+    )  # 4 MP out
+    charged = db.execute(
+        "select coalesce(sum(cost), 0) as total, count(*) filter (where cost > 0) as n from edit_requests "
+        "where id = any(%s)",
+        ([first, second],),
+    ).fetchone()
+    assert charged is not None and charged["n"] == 2 and 75 < charged["total"] < 77  # 40.0 + 35.9
+    usage = db.execute("select hour_cost from edit_user_usage where user_id = %s", (user,)).fetchone()
+    assert usage == {"hour_cost": charged["total"]}
     with limit_error() as caught:
-        insert_one(db, user, num_inference_steps=21, width=1024, height=1024)  # 21 x 1 MP: 101
+        insert_one(db, user, num_inference_steps=40, speed="quality")
     assert "max_cost_per_hour (100)" in str(caught.value.diag.message_primary)
-    insert_one(db, user, num_inference_steps=20, width=512, height=1024)  # 10: 90 in all
+    assert "edit_request_cost" in str(caught.value.diag.message_detail)
+    insert_one(db, user, num_inference_steps=4, speed="quality")  # about 4: still fits
+
+
+def fitting(db: psycopg.Connection[Row], user: uuid.UUID, tries: int, **columns: object) -> int:
+    """How many of ``tries`` identical requests the user's budget admits before the first refusal."""
+    for count in range(tries):
+        try:
+            insert_one(db, user, **columns)
+        except psycopg.Error as exc:
+            assert exc.sqlstate == "PT429" and "max_cost_per_hour" in str(exc), exc
+            return count
+    return tries
+
+
+def test_every_input_image_is_charged_whatever_the_output_size(
+    db: psycopg.Connection[Row], make_user: Callable[[], uuid.UUID]
+) -> None:
+    """Issue 22 item 2: the pipeline encodes each input at about 1 MP and feeds its ~4,096 tokens to
+    every transformer forward, however small the output. Three inputs and a 32x32 output do more work
+    than a default edit (one input, 1 MP), so a budget admits no more of them."""
+    default, hostile = make_user(), make_user()
+    for user in (default, hostile):
+        set_limits(db, user, max_cost_per_hour=100, max_requests_per_hour=1000)
+    edits = fitting(db, default, 10, num_inference_steps=40)
+    assert edits == 2  # a default edit costs 40 (a little more with its prompt)
+    three = [f"{hostile}/{uuid.uuid4()}-{k}.png" for k in range(3)]
+    small = fitting(db, hostile, 10, num_inference_steps=40, input_paths=three, width=32, height=32)
+    assert small < edits, f"{small} three-input 32x32 requests fit where {edits} default edits do"
 
 
 def test_operators_are_exempt_and_the_default_row_applies_to_everyone(
@@ -270,10 +315,12 @@ def test_a_users_single_request_goes_before_a_flooders_backlog(
 ) -> None:
     flooder, light = make_user(), make_user()
     set_limits(db, flooder, max_in_flight=1000, max_requests_per_hour=1000)
+    store_objects(db, flooder, 500, 1, "r")  # uploaded first: each row is queued, and placed, at insert
     with acting_as(db, "authenticated", flooder) as conn:
         bulk_insert(conn, flooder, 500)
-    insert_one(db, light)
-    store_all(db)
+    path = f"{light}/one.png"
+    db.execute("insert into storage.objects (bucket_id, name) values ('edit-inputs', %s)", (path,))
+    insert_one(db, light, input_paths=[path])
     # First in, first out would give the flooder the next 500 claims.
     assert [claim_owner(db) for _ in range(3)] == [flooder, light, flooder]
 
@@ -282,9 +329,8 @@ def test_fewer_requests_in_flight_go_first_and_priority_stays_first(
     db: psycopg.Connection[Row], make_user: Callable[[], uuid.UUID]
 ) -> None:
     a, b = make_user(), make_user()
-    a_ids = [insert_one(db, a) for _ in range(3)]
-    insert_one(db, b)
-    store_all(db)
+    a_ids = [insert_stored(db, a) for _ in range(3)]
+    insert_stored(db, b)
     db.execute("update edit_requests set priority = 5 where id = %s", (a_ids[2],))  # an operator's choice
     assert [claim_owner(db) for _ in range(4)] == [a, a, b, a]
     ranks = db.execute(
@@ -292,6 +338,49 @@ def test_fewer_requests_in_flight_go_first_and_priority_stays_first(
         (a,),
     ).fetchall()
     assert [r["s"] for r in ranks] == [0, 600, 1200]  # the default quantum: 10 minutes per request ahead
+
+
+def test_a_place_in_line_is_taken_when_the_request_becomes_claimable_not_at_insert(
+    db: psycopg.Connection[Row], make_user: Callable[[], uuid.UUID]
+) -> None:
+    """Issue 22 item 3: rows inserted before their images must not keep the early places they would
+    have had, to use when the images come (banked places). No sleep: the clock is moved instead."""
+    attacker, victim = make_user(), make_user()
+    db.execute("update edit_queue_settings set fair_share_quantum = '2 seconds'")
+    for _ in range(5):
+        insert_one(db, attacker)  # awaiting their images
+    # 12 s go by (the attacker's rows are that much older) before the victim files one request.
+    db.execute(
+        "update edit_requests set created_at = created_at - interval '12 seconds', "
+        "fair_tag = fair_tag - interval '12 seconds' where user_id = %s",
+        (attacker,),
+    )
+    insert_stored(db, victim)
+    store_all(db)  # then the attacker uploads all five
+    assert [claim_owner(db) for _ in range(6)] == [victim] + [attacker] * 5
+    # The attacker's rows got their places as they became claimable: one quantum apart.
+    gaps = db.execute(
+        "select extract(epoch from fair_tag - min(fair_tag) over ())::int as s from edit_requests "
+        "where user_id = %s order by fair_tag",
+        (attacker,),
+    ).fetchall()
+    assert [row["s"] for row in gaps] == [0, 2, 4, 6, 8]
+
+
+def test_a_retried_or_released_request_keeps_its_place(
+    db: psycopg.Connection[Row], make_user: Callable[[], uuid.UUID]
+) -> None:
+    user = make_user()
+    request = insert_stored(db, user)
+    tag = db.execute("select fair_tag from edit_requests where id = %s", (request,)).fetchone()
+    db.execute("select id from claim_edit_request('w', 120)")
+    assert db.execute("select fail_edit_request(%s, 'w', 'boom') as s", (request,)).fetchone() == {
+        "s": "queued"
+    }
+    db.execute("update edit_requests set next_attempt_at = null where id = %s", (request,))
+    db.execute("select id from claim_edit_request('w', 120)")
+    assert db.execute("select release_edit_request(%s, 'w') as ok", (request,)).fetchone() == {"ok": True}
+    assert db.execute("select fair_tag from edit_requests where id = %s", (request,)).fetchone() == tag
 
 
 def test_the_claim_reads_a_handful_of_rows_with_a_deep_queue_from_many_users(

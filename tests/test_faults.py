@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 from PIL import Image
 
 from processor.domain.errors import ModelError
@@ -24,6 +25,10 @@ Row = dict[str, Any]
 class FailingEditor(EditorWrapper):
     """An editor adapter that fails the way a GPU does for prompts starting with ``fail:``."""
 
+    def __init__(self, inner: Editor) -> None:
+        super().__init__(inner)
+        self.runs: dict[str, int] = {}
+
     def edit(
         self,
         images: Sequence[Image.Image],
@@ -33,8 +38,11 @@ class FailingEditor(EditorWrapper):
         cancel: threading.Event | None = None,
         previews: PreviewSink | None = None,
     ) -> EditResult:
+        self.runs[params.prompt] = self.runs.get(params.prompt, 0) + 1
         if params.prompt == "fail:oom":
             raise ModelError("CUDA out of memory. Tried to allocate 20.00 GiB", reason="out_of_memory")
+        if params.prompt == "fail:nan":
+            raise ModelError("the model produced NaN or infinite values (latents)", reason="nan_output")
         if params.prompt == "fail:bug":
             raise RuntimeError("something nobody expected")
         return super().edit(images, params, on_progress=on_progress, cancel=cancel, previews=previews)
@@ -139,6 +147,25 @@ def test_model_errors_fail_the_request_and_the_worker_stays_healthy(
     assert crashed["error_code"] == "internal_error" and "something nobody expected" in crashed["error"]
     assert harness.wait_status(fine, "succeeded", "failed")["status"] == "succeeded"
     assert httpx.get(f"{harness.served.url}/readyz").status_code == 200
+
+
+@pytest.mark.parametrize("prompt", ["fail:nan", "fail:oom"])
+def test_a_failure_the_same_model_repeats_runs_once_not_once_per_attempt(
+    start_processor: Callable[..., Harness],
+    tiny_editor: Editor,
+    make_user: Callable[[], uuid.UUID],
+    prompt: str,
+) -> None:
+    """Issue 22 (also look at): NaN output and out of memory come back on every attempt with the same
+    weights, sizes and device; retrying them ran the whole edit up to max_attempts times for one
+    charge. They fail for good at once (the user may submit again, and is charged again)."""
+    editor = FailingEditor(tiny_editor)
+    harness = start_processor(editor=editor)
+    user = make_user()
+    request = insert_as_service(harness, user, harness.upload(user, "a.png", png_bytes()), prompt=prompt)
+    assert harness.row(request)["max_attempts"] == 3
+    row = wait_for(lambda: (r := harness.row(request))["error_code"] is not None and r, what="the failure")
+    assert (row["status"], row["attempts"], editor.runs[prompt]) == ("failed", 1, 1)
 
 
 def test_late_and_repeated_webhooks_change_nothing(

@@ -56,6 +56,8 @@ def test_submit_json_then_follow_to_success(api: Harness, make_user: Callable[[]
     assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
     row = api.row(uuid.UUID(accepted["id"]))
     assert row["user_id"] == user and row["input_paths"][0].startswith(f"{user}/")
+    # The server chose the id at insert, after the upload: the upload folder is not the id.
+    assert accepted["id"] not in row["input_paths"][0]
 
 
 def test_wait_returns_the_image_like_the_runpod_handler(

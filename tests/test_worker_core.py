@@ -240,12 +240,12 @@ def test_cancel_mid_edit_stops_the_model_and_writes_nothing(world: World, heard_
 
 def test_failures_are_retried_with_back_off_or_final(world: World) -> None:
     editor = StandInEditor()
-    editor.fail_next(ModelError("CUDA out of memory", reason="out_of_memory"))
+    editor.fail_next(ModelError("CUDA error: an illegal memory access", reason="model_error"))
 
     async def scenario() -> None:
         flaky = world.request()
         async with running_worker(world.queue, world.storage, editor, metrics=world.metrics):
-            await eventually(lambda: world.queue.row(flaky).error_code == "out_of_memory", what="the failure")
+            await eventually(lambda: world.queue.row(flaky).error_code == "model_error", what="the failure")
             row = world.queue.row(flaky)
             assert (row.status, row.attempts) == ("queued", 1)
             # The back-off ends; the sweep makes the row due and the worker runs it again.
@@ -254,7 +254,7 @@ def test_failures_are_retried_with_back_off_or_final(world: World) -> None:
         assert world.queue.row(flaky).attempts == 2
 
     run(scenario)
-    assert world.jobs("retrying", "out_of_memory") == 1
+    assert world.jobs("retrying", "model_error") == 1
     assert world.jobs("succeeded", "ok") == 1
 
 

@@ -146,9 +146,8 @@ class UserActions:
             params = dataclasses.replace(params, width=CREATION_SIZE[0], height=CREATION_SIZE[1])
         # The rules the schema and the engine hold, with their reasons, before anything is stored.
         check_request(params, len(images) + len(object_paths))
-        request_id = uuid.uuid4()
-        paths = await self._upload(user, request_id, images, [str(index) for index in range(len(images))])
-        return await self._requests.insert(user, request_id, [*paths, *object_paths], params, options)
+        paths = await self._upload(user, images, [str(index) for index in range(len(images))])
+        return await self._requests.insert(user, [*paths, *object_paths], params, options)
 
     async def submit_batch(
         self,
@@ -164,18 +163,18 @@ class UserActions:
         already in the user's folder), each also given the references. Everything is checked
         before anything is stored; the batch's insert makes every request or none."""
         check_batch(params, len(images) + len(object_paths), len(references) + len(reference_paths))
-        batch_id = uuid.uuid4()
         names = [str(index) for index in range(len(images))] + [f"ref{i}" for i in range(len(references))]
-        uploaded = await self._upload(user, batch_id, [*images, *references], names)
+        uploaded = await self._upload(user, [*images, *references], names)
         paths = [*uploaded[: len(images)], *object_paths]
         refs = [*uploaded[len(images) :], *reference_paths]
-        return await self._requests.insert_batch(user, batch_id, paths, refs, params)
+        return await self._requests.insert_batch(user, paths, refs, params)
 
-    async def _upload(
-        self, user: User, folder: uuid.UUID, images: Sequence[bytes], names: Sequence[str]
-    ) -> list[str]:
-        """Validate every image (``InvalidInput`` with its reason), then upload each under the user's folder."""
+    async def _upload(self, user: User, images: Sequence[bytes], names: Sequence[str]) -> list[str]:
+        """Validate every image (``InvalidInput`` with its reason), then upload each under the user's
+        folder, in a random folder of its own: the row's id is the server's, chosen at insert, which
+        comes after the uploads (so that the insert finds its images and queues the request)."""
         formats = await self._validate(images)
+        folder = uuid.uuid4()
         paths = []
         for data, name, (extension, media_type) in zip(images, names, formats, strict=True):
             path = f"{user.id}/{folder}/{name}.{extension}"

@@ -50,12 +50,18 @@ class TransientError(ProcessorError):
 class ModelError(ProcessorError):
     """The model failed on this request (out of memory, NaN output, backend error).
 
-    Retryable: another attempt, possibly on another worker, may succeed; the
-    attempts cap in the database keeps a poison request from looping forever.
+    Retried as its reason code says (``reasons.REASONS``): ``model_error`` is (another attempt,
+    possibly on another worker, may succeed; the attempts cap in the database keeps a poison request
+    from looping forever), ``out_of_memory`` and ``nan_output`` are not: the same weights at the same
+    sizes fail the same way, and each attempt would run the edit again for one charge (decision 0073).
     """
 
     reason = ReasonCode.MODEL_ERROR
     retryable = True
+
+    def __init__(self, message: str, *, reason: ReasonCode | str | None = None) -> None:
+        super().__init__(message, reason=reason)
+        self.retryable = self.reason.retryable is not False
 
 
 class WorkflowError(ProcessorError):

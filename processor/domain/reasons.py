@@ -154,8 +154,13 @@ REASONS: Final[Mapping[ReasonCode, Reason]] = {
         "The worker stopped answering; requeued, or failed on the last attempt (SQL sweep).", True
     ),
     ReasonCode.MODEL_ERROR: Reason("The model failed on this request.", True),
-    ReasonCode.OUT_OF_MEMORY: Reason("The GPU ran out of memory for this request.", True),
-    ReasonCode.NAN_OUTPUT: Reason("The model produced NaN or infinite values.", True),
+    ReasonCode.OUT_OF_MEMORY: Reason(
+        "The GPU ran out of memory for this request; not retried: it would again (submit a smaller one).",
+        False,
+    ),
+    ReasonCode.NAN_OUTPUT: Reason(
+        "The model produced NaN or infinite values; not retried: the same request would again.", False
+    ),
     ReasonCode.WORKFLOW_ERROR: Reason("An external engine's workflow failed.", False),
     ReasonCode.COMFYUI_NODE_ERROR: Reason("A ComfyUI node raised, or the workflow produced no image.", False),
     ReasonCode.COMFYUI_INVALID_WORKFLOW: Reason("ComfyUI refused the workflow or an upload.", False),

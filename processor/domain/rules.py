@@ -94,6 +94,35 @@ LORA_NAME_PATTERN: Final = "^[a-z0-9][a-z0-9_.-]{0,63}$"
 """Allowlist names: lower-case, digits, ``_ . -``; at most 64 characters (SQL checks the same)."""
 LORA_NAME: Final = re.compile(LORA_NAME_PATTERN)
 
+# --- What a request is charged (domain/cost.py; SQL: edit_request_cost; docs/fair-sharing.md) ------
+# The transformer's work per denoising step, from QwenImageEditPlusPipeline (diffusers
+# src/diffusers/pipelines/qwenimage/pipeline_qwenimage_edit_plus.py): every input image is resized to
+# VAE_IMAGE_SIZE = 1024 * 1024 for the VAE (its latents join every forward) and to
+# CONDITION_IMAGE_SIZE = 384 * 384 for Qwen2.5-VL (its vision tokens join the text stream), whatever
+# its size or the output's. Counted with torch's FlopCounterMode over the real architecture
+# (benchmarks/edit_cost.py), the formula below is within 0.3 % of the transformer's FLOPs.
+
+COST_PIXELS_PER_TOKEN: Final = 256
+"""Image pixels per transformer token: the VAE's 8x downsampling, then 2x2 latent packing (16 x 16)."""
+COST_DEFAULT_OUTPUT_PIXELS: Final = 1024 * 1024
+"""The output area charged when a request names no size: the model's rule (about 1 MP at the last
+input's aspect ratio; a creation's 1024 x 1024)."""
+COST_INPUT_TOKENS: Final = 1024 * 1024 // COST_PIXELS_PER_TOKEN + 196
+"""Tokens one input image adds to every forward: 4,096 latent tokens at the 1024² VAE area and 196
+vision tokens at the 384² condition area (392 x 392 after Qwen2-VL's 28-pixel rounding, 2x2 merged)."""
+COST_ATTENTION_TOKENS: Final = 6 * 3072
+"""The sequence length at which joint attention costs as much per token as the linear layers: per
+block and token, attention does 2 x 3,072 x tokens multiply-adds, the linear layers 12 x 3,072² (q, k,
+v, out and a 4x MLP at width 3,072). A forward over T tokens does work T x (1 + T / this)."""
+COST_LORA_FORWARD_SHARE: Final = 1 / 16
+"""Work an active, unfused LoRA adapter (a request's, or a Lightning preset's) adds to each forward: a
+rank-128 adapter on every linear layer adds 6.2 % of their multiply-adds (rank 64: 3.1 %)."""
+COST_LORA_LOAD: Final = 4.0
+"""Charged per LoRA a request names, whatever the adapter cache holds (an insert cannot know): about
+the GPU time of loading one from disk when it is not resident (seconds: diffusers' load_lora_weights,
+siliconflow/onediff#465), in default steps (one is about 0.9 s on an H100). Alternating more LoRAs
+than LORA_CACHE_SIZE keeps makes every edit a load (decision 0070)."""
+
 # --- Output size ----------------------------------------------------------------------------------
 
 SIZE_MULTIPLE: Final = 16

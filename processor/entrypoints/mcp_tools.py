@@ -63,6 +63,7 @@ _VIEW_KEYS = (
     "finished_at",
     "inputs_expired_at",
     "output_expired_at",
+    "cost",
 )
 
 

@@ -80,11 +80,18 @@ class ApiError(Exception):
         self.message = message
 
 
+_COST = Field(
+    default=None,
+    description="What the request was charged against your max_cost_per_hour (docs/fair-sharing.md).",
+)
+
+
 class EditAccepted(BaseModel):
     id: uuid.UUID
     status: str
     status_url: str
     events_url: str
+    cost: float | None = _COST
 
 
 class EditView(BaseModel):
@@ -113,6 +120,7 @@ class EditView(BaseModel):
     output_expired_at: datetime | None = Field(
         default=None, description="When retention deleted the result; `output_url` is null from then on."
     )
+    cost: float | None = _COST
 
 
 class BatchView(BaseModel):
@@ -425,6 +433,7 @@ class RestApi:
                 status=row["status"],
                 status_url=str(request.url_for("get_edit", request_id=row["id"])),
                 events_url=str(request.url_for("edit_events", request_id=row["id"])),
+                cost=row.get("cost"),
             )
             return JSONResponse(accepted.model_dump(mode="json"), status_code=status.HTTP_202_ACCEPTED)
 

@@ -164,6 +164,8 @@ create table public.edit_requests (
   output_expired_at timestamptz,
   preview_path text,
   preview_step integer,
+  -- What the request was charged against its owner's max_cost_per_hour (25_fair_sharing_and_limits.sql).
+  cost double precision,
 
   constraint edit_requests_status_known
     check (status in ('awaiting_image', 'queued', 'processing', 'succeeded', 'failed', 'canceled')),
@@ -238,8 +240,9 @@ comment on column public.edit_requests.speed is
 comment on column public.edit_requests.loras is
   'Up to 3 allowlisted LoRAs (public.edit_loras) as [{"name", "scale"}]; scale null: the operator default. What ran is in result.loras.';
 comment on column public.edit_requests.fair_tag is
-  'Place in the claim order after priority: created_at + fair_share_quantum x the requests its '
-  'owner already had in flight when it was created.';
+  'Place in the claim order after priority: the time the request became queued (at insert, or when '
+  'its last image arrived) + fair_share_quantum x the requests its owner already had queued or '
+  'processing then. Kept by retries; while awaiting_image it is only created_at.';
 comment on column public.edit_requests.error_message is
   'For the request''s owner: what its error_code means. The raw error text stays in `error` (service_role only).';
 comment on column public.edit_requests.webhook_endpoint_id is
@@ -253,6 +256,10 @@ comment on column public.edit_requests.preview_path is
   'Object (in output_bucket) holding the latest live preview of a running edit; null before the first.';
 comment on column public.edit_requests.preview_step is
   'The denoising step the preview at preview_path shows (1-based); goes up within one attempt.';
+comment on column public.edit_requests.cost is
+  'What the request was charged against max_cost_per_hour, in default steps (edit_request_cost: the '
+  'transformer work of its steps over the output and every input; a default edit is about 40). Set at '
+  'insert; null for rows inserted before costs were recorded.';
 
 -- Users' lists and dashboards. (The claim's, the sweep's and each subject's own indexes are in
 -- their files.)
@@ -321,12 +328,15 @@ grant select (
   guidance_scale, seed, input_bucket, input_paths, output_bucket, output_path, error_code,
   error_message, result, created_at, started_at, finished_at, updated_at, width, height, base,
   base_color, speed, loras, webhook_endpoint_id, batch_id, inputs_expired_at, output_expired_at,
-  preview_path, preview_step
+  preview_path, preview_step, cost
 ) on public.edit_requests to authenticated;
 -- batch_id only of a batch of their own (a policy in 45_batches.sql), webhook_endpoint_id only of an
--- endpoint of their own (a trigger in 40_webhooks.sql).
+-- endpoint of their own (a trigger in 40_webhooks.sql). Not `id`: ids are the server's (random, from
+-- the column default). A user who could name one would learn from a duplicate-key error that a row
+-- with that id exists, whoever owns it; naming it is refused (permission denied) whether or not it
+-- exists. The service role may still name ids (operators' imports and restores).
 grant insert (
-  id, user_id, prompt, negative_prompt, input_paths, num_inference_steps, true_cfg_scale,
+  user_id, prompt, negative_prompt, input_paths, num_inference_steps, true_cfg_scale,
   guidance_scale, seed, width, height, base, base_color, speed, loras, webhook_endpoint_id, batch_id
 ) on public.edit_requests to authenticated;
 

@@ -97,17 +97,19 @@ begin
     select distinct public.edit_request_lock_slot(o.bucket_id, o.name)
       from new_objects o where o.bucket_id is not null and o.name is not null
      order by 1));
+  -- The rows whose last input this statement stored become queued, each with its place in line
+  -- decided now (edit_request_places, 25_fair_sharing_and_limits.sql), not at its insert.
   update public.edit_requests r
-     set status = 'queued'
-   where r.status = 'awaiting_image'
-     and r.id in (
-       select w.id from new_objects o
-         join public.edit_requests w
-           on w.status = 'awaiting_image' and w.input_bucket = o.bucket_id and w.input_paths @> array[o.name])
-     and not exists (
-       select 1 from unnest(r.input_paths) as p(path)
-        where p.path <> all (array(select o.name from storage.objects o
-                                         where o.bucket_id = r.input_bucket and o.name = any(r.input_paths))));
+     set status = 'queued', fair_tag = p.fair_tag
+    from public.edit_request_places(array(
+           select w.id from new_objects o
+             join public.edit_requests w
+               on w.status = 'awaiting_image' and w.input_bucket = o.bucket_id and w.input_paths @> array[o.name]
+            where not exists (
+                    select 1 from unnest(w.input_paths) as q(path)
+                     where q.path <> all (array(select s.name from storage.objects s
+                                                 where s.bucket_id = w.input_bucket and s.name = any(w.input_paths)))))) p
+   where r.id = p.id and r.status = 'awaiting_image';
   return null;
 end
 $$;

@@ -18,12 +18,15 @@ create table public.edit_queue_settings (
     check (readiness_recheck_batch between 0 and 100000),
   fair_share_quantum interval not null default interval '10 minutes'
     check (fair_share_quantum >= interval '0'),
-  updated_at timestamptz not null default now()
+  updated_at timestamptz not null default now(),
+  -- The processors' SPEED, for charging requests that leave speed null (25_fair_sharing_and_limits.sql).
+  default_speed text check (default_speed in ('quality', 'fast', 'fastest'))
 );
 comment on table public.edit_queue_settings is
   'Operator settings of the queue (one row): awaiting_image_ttl (then failed, input_never_arrived), '
   'readiness_recheck_batch (rows the sweep re-checks per run), fair_share_quantum (the wait one '
-  'request already in flight is worth in the claim order).';
+  'request already queued or processing is worth in the claim order), default_speed (the processors'' SPEED: '
+  'what a request with speed null is charged as; null: the costlier of quality and fast).';
 insert into public.edit_queue_settings (id) values (true);
 
 -- Where the sweep's readiness backstop resumes.
@@ -440,8 +443,10 @@ begin
     end loop;
     close c_recheck;
     if cardinality(v_ready) > 0 then
-      update public.edit_requests r set status = 'queued'
-       where r.id = any(v_ready) and r.status = 'awaiting_image';
+      -- Queued now, so placed in line now (edit_request_places, 25_fair_sharing_and_limits.sql).
+      update public.edit_requests r set status = 'queued', fair_tag = p.fair_tag
+        from public.edit_request_places(v_ready) p
+       where r.id = p.id and r.status = 'awaiting_image';
       get diagnostics v_promoted = row_count;
     end if;
     -- A short batch reached the end: the next run starts over.

@@ -1,16 +1,18 @@
 -- Fair sharing of one GPU among users who may be hostile, and what an insert goes through.
 --
---  * Per-user limits at insert (requests in flight, requests per hour, steps x megapixels per
---    hour), set by operators in public.edit_user_limits; over a limit the insert fails with
---    SQLSTATE PT429 (PostgREST answers HTTP 429) and a message naming the limit. The check is in
+--  * Per-user limits at insert (requests in flight, requests per hour, cost per hour: the GPU work
+--    of each request, edit_request_cost), set by operators in public.edit_user_limits; over a limit
+--    the insert fails with SQLSTATE PT429 (PostgREST answers HTTP 429) and a message naming the limit. The check is in
 --    edit_requests_before_insert below, the hour's charge in edit_requests_after_insert; both are
 --    here and nowhere else. Callers acting as the service role are exempt (by role, never claims).
---  * A fair claim order: priority first (operators), then the request's fair_tag, which is its
---    creation time plus fair_share_quantum (edit_queue_settings) for every request its owner
---    already had in flight when it was created. A user with fewer requests in flight goes first;
---    nothing waits forever (a deep request's tag is a fixed time, so newer requests stop passing
---    it). The claim (20_state_machine.sql) stays one index scan, and no counter row is written by
---    claims or completions: the processor never waits on a row a client transaction holds.
+--  * A fair claim order: priority first (operators), then the request's fair_tag, which is the time
+--    it became claimable (queued: at insert when its images were already stored, else when the
+--    last one arrived) plus fair_share_quantum (edit_queue_settings) for every request its owner
+--    already had queued or processing then. A user with fewer requests ahead goes first; nothing
+--    waits forever (a deep request's tag is a fixed time, so newer requests stop passing it); a row
+--    inserted before its images banks no place (edit_request_places). The claim
+--    (20_state_machine.sql) stays one index scan, and no counter row is written by claims or
+--    completions: the processor never waits on a row a client transaction holds.
 --  * Readiness is decided at insert too, under the slot locks of 15_storage.sql, so RETURNING
 --    (PostgREST's return=representation) shows whether the row is queued or awaiting its images.
 --
@@ -31,7 +33,8 @@ create table public.edit_user_limits (
 comment on table public.edit_user_limits is
   'Per-user limits checked at insert (service_role and postgres are exempt). user_id '
   '00000000-0000-0000-0000-000000000000 is the default for everyone; other rows override it '
-  'column by column. Cost is num_inference_steps x output megapixels (1 MP when no size).';
+  'column by column. Cost is edit_request_cost (the transformer work of the steps over the output '
+  'and every input; a default edit costs about 40); each row''s charge is in edit_requests.cost.';
 insert into public.edit_user_limits (user_id, max_in_flight, max_requests_per_hour, max_cost_per_hour, note)
 values ('00000000-0000-0000-0000-000000000000', 100, 1000, 20000, 'default for every user');
 
@@ -50,16 +53,131 @@ comment on table public.edit_user_usage is
   'Requests and cost charged per clock hour (this and the previous one); the hourly limits use '
   'a sliding estimate: previous x (1 - fraction of this hour gone) + this hour.';
 
--- The in-flight count at admission reads at most limit + 1 entries of this index.
+-- The in-flight count at admission reads at most limit + 1 entries of this index; with the status in
+-- it, edit_request_places counts an owner's queued and processing rows without reading their rows
+-- awaiting images.
 create index edit_requests_in_flight_idx
-  on public.edit_requests (user_id) where status in ('awaiting_image', 'queued', 'processing');
+  on public.edit_requests (user_id, status) where status in ('awaiting_image', 'queued', 'processing');
 
-create function public.edit_request_cost(p_steps integer, p_width integer, p_height integer)
+-- What a request costs ------------------------------------------------------------------------------
+-- The work the GPU does for it, in default steps (one denoising step of the model card's edit: one
+-- input, about 1 MP out, true CFG), so that a default 40-step edit costs about 40, as when the charge
+-- was steps x output megapixels. QwenImageEditPlusPipeline resizes every input image to a 1024² area
+-- for the VAE and a 384² one for the vision encoder whatever its size (diffusers
+-- src/diffusers/pipelines/qwenimage/pipeline_qwenimage_edit_plus.py, VAE_IMAGE_SIZE and
+-- CONDITION_IMAGE_SIZE), and each one's 4,096 + 196 tokens join every transformer forward, however
+-- small the output; so the charge counts them. processor/domain/cost.py is the same formula in Python
+-- (tests/test_request_cost.py proves them equal), docs/fair-sharing.md explains it with examples, and
+-- benchmarks/edit_cost.py compares it with the FLOPs of the real architecture (within 0.3 %).
+-- Plain arithmetic on the arguments (no SET clause, no table), so both functions are inlined into the
+-- insert trigger's expression.
+
+create function public.edit_request_run_cost(
+  p_steps integer,
+  p_cfg boolean,
+  p_adapters integer,
+  p_width integer,
+  p_height integer,
+  p_inputs integer,
+  p_prompt_chars integer,
+  p_negative_chars integer,
+  p_loras integer
+)
 returns double precision
 language sql immutable parallel safe
 as $$
-  -- Steps x megapixels (plain arithmetic on its arguments, so it can be inlined: no SET clause) of the output (1 MP = 1024 x 1024; the model's default area when no size).
-  select p_steps * coalesce(p_width::double precision * p_height, 1048576) / 1048576
+  -- One way of running a request: p_steps steps of one forward (two with true CFG, the second over
+  -- the negative prompt); a forward over T tokens does T x (1 + T / 18432) (linear layers, and joint
+  -- attention, quadratic in T; 18,432 = 6 x 3,072 is where the two are equal); T = the output's
+  -- tokens (16 x 16 pixels each; 1 MP when no size) + 4,292 per input + one per prompt character;
+  -- each active LoRA adapter adds 1/16 to every forward, each LoRA named 4 steps for its load;
+  -- 24,410.390625 is the work of one default step (two forwards over 8,388 tokens).
+  select p_steps
+         * ((coalesce(p_width * p_height, 1048576)::double precision / 256 + p_inputs * 4292 + p_prompt_chars)
+              * (1 + (coalesce(p_width * p_height, 1048576)::double precision / 256 + p_inputs * 4292 + p_prompt_chars) / 18432)
+            + case when p_cfg
+                   then (coalesce(p_width * p_height, 1048576)::double precision / 256 + p_inputs * 4292 + p_negative_chars)
+                        * (1 + (coalesce(p_width * p_height, 1048576)::double precision / 256 + p_inputs * 4292 + p_negative_chars) / 18432)
+                   else 0 end)
+         * (1 + p_adapters::double precision / 16) / 24410.390625
+         + 4 * p_loras
+$$;
+
+create function public.edit_request_cost(
+  p_steps integer,
+  p_true_cfg_scale real,
+  p_speed text,
+  p_width integer,
+  p_height integer,
+  p_inputs integer,
+  p_prompt_chars integer,
+  p_negative_chars integer,
+  p_loras integer
+)
+returns double precision
+language sql immutable parallel safe
+as $$
+  -- quality runs the request's steps, with true CFG unless true_cfg_scale is 1 (diffusers also skips
+  -- it below 1, ComfyUI does not: charged as if it ran); fast and fastest run 8 and 4 steps of one
+  -- forward with their Lightning adapter; null (the deployment's default, not known here) is charged
+  -- as the costlier of quality and fast, never less than it runs.
+  select case p_speed
+           when 'quality' then public.edit_request_run_cost(p_steps, p_true_cfg_scale <> 1, p_loras, p_width, p_height,
+                                                            p_inputs, p_prompt_chars, p_negative_chars, p_loras)
+           when 'fast' then public.edit_request_run_cost(8, false, p_loras + 1, p_width, p_height,
+                                                         p_inputs, p_prompt_chars, p_negative_chars, p_loras)
+           when 'fastest' then public.edit_request_run_cost(4, false, p_loras + 1, p_width, p_height,
+                                                            p_inputs, p_prompt_chars, p_negative_chars, p_loras)
+           else greatest(public.edit_request_run_cost(p_steps, p_true_cfg_scale <> 1, p_loras, p_width, p_height,
+                                                      p_inputs, p_prompt_chars, p_negative_chars, p_loras),
+                         public.edit_request_run_cost(8, false, p_loras + 1, p_width, p_height,
+                                                      p_inputs, p_prompt_chars, p_negative_chars, p_loras))
+         end
+$$;
+
+comment on function public.edit_request_cost(integer, real, text, integer, integer, integer, integer, integer, integer) is
+  'What a request is charged against max_cost_per_hour, in default steps (a default edit: about 40): '
+  'steps x the transformer work over the output and every input (4,292 tokens each, whatever the '
+  'output size), x 2 with true CFG, a preset''s steps in place of the request''s, LoRAs. Arguments: '
+  'num_inference_steps, true_cfg_scale, speed (null: the deployment''s default, charged as the '
+  'costlier of quality and fast), width, height (null: 1 MP), input images, characters of prompt and '
+  'negative_prompt, LoRAs named. docs/fair-sharing.md.';
+
+-- Places in line of rows that become claimable after insert -----------------------------------------
+-- A row inserted before its images is not in line: its place is decided when it becomes queued
+-- (edit_requests_on_objects_stored in 15_storage.sql, the sweep's readiness backstop in
+-- 20_state_machine.sql), exactly as an insert places a row queued at once. Otherwise rows inserted
+-- early and uploaded later would carry the places of their insert (a banked day of places, at the
+-- defaults). Retries, releases and lapsed leases keep their place (the row was in line already).
+
+create function public.edit_request_places(p_ids uuid[])
+returns table (id uuid, fair_tag timestamptz)
+language sql stable
+-- A few rows as a rule (one upload completes a request or a few): an estimate that lets the updates
+-- that join it find their rows through the primary key rather than scan the table.
+rows 10
+set search_path = ''
+as $$
+  -- For the rows p_ids, about to become queued in this statement: now() + fair_share_quantum x
+  -- (their owner's requests already queued or processing + the ones placed before them here, in
+  -- creation order). One bounded count per owner, however many rows (1000: as an exempt insert).
+  with owners as (
+    select o.user_id,
+           (select count(*) from (select 1 from public.edit_requests q
+                                   where q.user_id = o.user_id and q.status in ('queued', 'processing')
+                                   limit 1000) c) as ahead
+      from (select distinct w.user_id from public.edit_requests w
+             where w.id = any(p_ids) and w.user_id is not null) o
+  )
+  select w.id,
+         now() + s.fair_share_quantum * case
+           when w.user_id is null then 0
+           else o.ahead + row_number() over (partition by w.user_id order by w.created_at, w.id) - 1
+         end
+    from public.edit_requests w
+    cross join public.edit_queue_settings s
+    left join owners o on o.user_id = w.user_id
+   where w.id = any(p_ids)
 $$;
 
 -- Admission: limits and the fair tag --------------------------------------------------------------
@@ -77,6 +195,7 @@ declare
   v_zero constant uuid := '00000000-0000-0000-0000-000000000000';
   v_limited boolean := not public.edit_request_caller_is_operator();
   v_quantum double precision;
+  v_default_speed text;
   v_max_in_flight integer;
   v_max_requests integer;
   v_max_cost double precision;
@@ -86,10 +205,12 @@ declare
   v_base_requests double precision := 0;
   v_base_cost double precision := 0;
   v_in_flight integer;
+  v_claimable integer;
 begin
   -- First row of this owner in this transaction: everything the per-row checks need, kept in
   -- a transaction-local setting so that each further row costs O(1), however big the insert.
-  select extract(epoch from s.fair_share_quantum) into v_quantum from public.edit_queue_settings s;
+  select extract(epoch from s.fair_share_quantum), s.default_speed into v_quantum, v_default_speed
+    from public.edit_queue_settings s;
   if v_limited then
     select coalesce(u.max_in_flight, d.max_in_flight),
            coalesce(u.max_requests_per_hour, d.max_requests_per_hour),
@@ -116,16 +237,18 @@ begin
     v_base_cost := v_usage.previous_hour_cost * (1 - v_gone) + v_usage.hour_cost;
   end if;
   -- Bounded: no more than one past the limit is ever counted (1000 for exempt callers, whose
-  -- count only places their rows in the fair order).
-  select count(*) into v_in_flight from (
-    select 1 from public.edit_requests r
+  -- count only places their rows in the fair order). In flight counts for the limit; queued or
+  -- processing (ahead in line, or running) for the fair order.
+  select count(*), count(*) filter (where s.status <> 'awaiting_image') into v_in_flight, v_claimable from (
+    select r.status from public.edit_requests r
      where r.user_id = p_owner and r.status in ('awaiting_image', 'queued', 'processing')
      limit coalesce(v_max_in_flight + 1, 1000)
   ) s;
-  -- limited, in_flight, requests, cost, max_in_flight, max_requests, max_cost, quantum (s)
+  -- limited, in_flight, requests, cost, max_in_flight, max_requests, max_cost, quantum (s), claimable,
+  -- default speed (last: concat_ws leaves out a null)
   return concat_ws(',', v_limited::int, v_in_flight, v_base_requests, v_base_cost,
                    coalesce(v_max_in_flight, -1), coalesce(v_max_requests, -1),
-                   coalesce(v_max_cost, -1), v_quantum);
+                   coalesce(v_max_cost, -1), v_quantum, v_claimable, v_default_speed);
 end
 $$;
 
@@ -139,6 +262,7 @@ declare
   v_key text;
   v_state text[];
   v_in_flight integer;
+  v_claimable integer;
   v_requests double precision;
   v_cost double precision;
   v_row_cost double precision;
@@ -178,17 +302,30 @@ begin
 
   if new.user_id is null then
     new.fair_tag := new.created_at;
+    new.cost := public.edit_request_cost(
+      new.num_inference_steps, new.true_cfg_scale, new.speed, new.width, new.height,
+      cardinality(new.input_paths), char_length(new.prompt), char_length(new.negative_prompt),
+      case when jsonb_typeof(new.loras) = 'array' then jsonb_array_length(new.loras) else 0 end);
     return new;
   end if;
 
-  -- limited, in_flight, requests, cost, max_in_flight, max_requests, max_cost, quantum (s):
-  -- written by edit_request_admission_start for the owner's first row in this transaction.
+  -- limited, in_flight, requests, cost, max_in_flight, max_requests, max_cost, quantum (s),
+  -- claimable, default speed: written by edit_request_admission_start for the owner's first row in
+  -- this transaction.
   v_key := 'edit_requests.owner_' || replace(new.user_id::text, '-', '');
   v_state := string_to_array(coalesce(nullif(current_setting(v_key, true), ''),
                                       public.edit_request_admission_start(new.user_id)), ',');
   v_in_flight := v_state[2]::integer;
+  v_claimable := v_state[9]::integer;
   v_requests := v_state[3]::double precision + 1;
-  v_row_cost := new.num_inference_steps * coalesce(new.width::double precision * new.height, 1048576) / 1048576;  -- edit_request_cost
+  -- The charge (a speed left null is the deployment's default, edit_queue_settings.default_speed);
+  -- kept on the row for its owner to see and for the statement's usage update. (A malformed LoRA
+  -- list counts none here: the CHECKs, after this trigger, refuse it by name.)
+  v_row_cost := public.edit_request_cost(
+    new.num_inference_steps, new.true_cfg_scale, coalesce(new.speed, v_state[10]), new.width, new.height,
+    cardinality(new.input_paths), char_length(new.prompt), char_length(new.negative_prompt),
+    case when jsonb_typeof(new.loras) = 'array' then jsonb_array_length(new.loras) else 0 end);
+  new.cost := v_row_cost;
   v_cost := v_state[4]::double precision + v_row_cost;
 
   if v_state[1] = '1' then
@@ -207,15 +344,25 @@ begin
     if v_state[7]::double precision >= 0 and v_cost > v_state[7]::double precision then
       raise exception 'edit request limit exceeded: max_cost_per_hour (%)', v_state[7]
         using errcode = 'PT429',
-              detail = format('This request costs %s (steps x megapixels); about %s used in the last hour with it.',
+              detail = format('This request costs %s (edit_request_cost); about %s used in the last hour with it.',
                               round(v_row_cost::numeric, 2), round(v_cost::numeric, 2)),
-              hint = 'Use fewer steps or a smaller size, or try again later; operators set limits in public.edit_user_limits.';
+              hint = 'Use fewer steps, input images or LoRAs, a smaller size or a faster speed, or try again later; operators set limits in public.edit_user_limits.';
     end if;
   end if;
 
-  new.fair_tag := new.created_at + make_interval(secs => v_state[8]::double precision * v_in_flight);
+  -- The place in line of a row that is claimable now: one quantum per request of its owner ahead
+  -- of it (queued or processing, this statement's earlier rows included). A row awaiting its
+  -- images gets its place when they arrive (edit_request_places); until then the tag is only its
+  -- creation time, which no claim reads (the claim index holds queued rows only).
+  if new.status = 'queued' then
+    new.fair_tag := new.created_at + make_interval(secs => v_state[8]::double precision * v_claimable);
+    v_claimable := v_claimable + 1;
+  else
+    new.fair_tag := new.created_at;
+  end if;
   perform set_config(v_key, concat_ws(',', v_state[1], v_in_flight + 1, v_requests, v_cost,
-                                      v_state[5], v_state[6], v_state[7], v_state[8]), true);
+                                      v_state[5], v_state[6], v_state[7], v_state[8], v_claimable,
+                                      v_state[10]), true);
   return new;
 end
 $$;
@@ -244,8 +391,7 @@ begin
   if not public.edit_request_caller_is_operator() then
     update public.edit_user_usage u
        set hour_requests = u.hour_requests + s.n, hour_cost = u.hour_cost + s.cost, updated_at = now()
-      from (select n.user_id, count(*) as n,
-                   sum(public.edit_request_cost(n.num_inference_steps, n.width, n.height)) as cost
+      from (select n.user_id, count(*) as n, sum(n.cost) as cost
               from new_rows n where n.user_id is not null group by n.user_id) s
      where u.user_id = s.user_id;
   end if;
@@ -310,16 +456,23 @@ create policy "users read their usage" on public.edit_user_usage
   using (user_id = (select auth.uid()));
 
 revoke all on function
-  public.edit_request_cost(integer, integer, integer),
+  public.edit_request_places(uuid[]),
+  public.edit_request_run_cost(integer, boolean, integer, integer, integer, integer, integer, integer, integer),
+  public.edit_request_cost(integer, real, text, integer, integer, integer, integer, integer, integer),
   public.edit_request_admission_start(uuid),
   public.edit_requests_before_insert(),
   public.edit_requests_after_insert()
   from public, anon, authenticated;
 grant execute on function
-  public.edit_request_cost(integer, integer, integer),
+  public.edit_request_places(uuid[]),
+  public.edit_request_run_cost(integer, boolean, integer, integer, integer, integer, integer, integer, integer),
+  public.edit_request_cost(integer, real, text, integer, integer, integer, integer, integer, integer),
   public.edit_request_admission_start(uuid),
   public.edit_requests_before_insert(),
   public.edit_requests_after_insert()
   to service_role;
--- A pure rule (steps x megapixels) apps may price a request with.
-grant execute on function public.edit_request_cost(integer, integer, integer) to authenticated;
+-- A pure rule apps may price a request with before they insert it (POST /rest/v1/rpc/edit_request_cost).
+grant execute on function
+  public.edit_request_run_cost(integer, boolean, integer, integer, integer, integer, integer, integer, integer),
+  public.edit_request_cost(integer, real, text, integer, integer, integer, integer, integer, integer)
+  to authenticated;

@@ -153,7 +153,8 @@ alter table public.edit_batches enable row level security;
 revoke all on public.edit_batches from public, anon, authenticated;
 grant all on public.edit_batches to service_role;
 grant select on public.edit_batches to authenticated;
-grant insert (id, user_id, prompt, negative_prompt, num_inference_steps, true_cfg_scale, guidance_scale, seed,
+-- Not `id`: the server's, as edit_requests' (10_requests.sql).
+grant insert (user_id, prompt, negative_prompt, num_inference_steps, true_cfg_scale, guidance_scale, seed,
               width, height, base, base_color, speed, loras, input_paths, reference_paths)
   on public.edit_batches to authenticated;
 

@@ -53,7 +53,7 @@ _VIEW_COLUMNS = (
     # What `authenticated` may select (migration 20261201000700): no lease, attempts or raw error.
     f"id, status, progress, {_PARAM_COLUMNS}, input_paths, output_bucket, output_path, error_code, "
     "error_message, result, created_at, started_at, finished_at, updated_at, batch_id, inputs_expired_at, "
-    "output_expired_at"
+    "output_expired_at, cost"
 )
 _BATCH_COLUMNS = (
     "id, prompt, created_at, requests, awaiting_image, queued, processing, succeeded, failed, canceled, "
@@ -141,16 +141,16 @@ class EditRequests:
     async def insert(
         self,
         user: User,
-        request_id: uuid.UUID,
         paths: Sequence[str],
         params: EditParams,
         options: RequestOptions = NO_OPTIONS,
     ) -> dict[str, Any]:
+        # No id: the server chooses it (users may not name one; migration 20261206004000).
         async with self._refusals(), self._as_user(user) as conn:
             cursor = await conn.execute(
-                f"insert into public.edit_requests (id, input_paths, {_PARAM_COLUMNS}, {_OPTION_COLUMNS}) "
-                f"values (%s, %s, {_PARAM_MARKS}, {_OPTION_MARKS}) returning {_VIEW_COLUMNS}",
-                (request_id, list(paths), *_values(params), *_values(options)),
+                f"insert into public.edit_requests (input_paths, {_PARAM_COLUMNS}, {_OPTION_COLUMNS}) "
+                f"values (%s, {_PARAM_MARKS}, {_OPTION_MARKS}) returning {_VIEW_COLUMNS}",
+                (list(paths), *_values(params), *_values(options)),
             )
             row = await cursor.fetchone()
         assert row is not None
@@ -159,19 +159,21 @@ class EditRequests:
     async def insert_batch(
         self,
         user: User,
-        batch_id: uuid.UUID,
         paths: Sequence[str],
         reference_paths: Sequence[str],
         params: EditParams,
     ) -> dict[str, Any]:
-        # One statement: its trigger inserts every request, or the statement fails whole.
+        # One statement: its trigger inserts every request, or the statement fails whole. The server
+        # chooses the id, as for a request.
         async with self._refusals(), self._as_user(user) as conn:
-            await conn.execute(
-                f"insert into public.edit_batches (id, input_paths, reference_paths, {_PARAM_COLUMNS}) "
-                f"values (%s, %s, %s, {_PARAM_MARKS})",
-                (batch_id, list(paths), list(reference_paths), *_values(params)),
+            cursor = await conn.execute(
+                f"insert into public.edit_batches (input_paths, reference_paths, {_PARAM_COLUMNS}) "
+                f"values (%s, %s, {_PARAM_MARKS}) returning id",
+                (list(paths), list(reference_paths), *_values(params)),
             )
-            batch = await _batch(conn, batch_id)
+            inserted = await cursor.fetchone()
+            assert inserted is not None
+            batch = await _batch(conn, inserted["id"])
         assert batch is not None
         return batch
 

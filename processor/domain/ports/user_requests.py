@@ -20,13 +20,13 @@ class UserRequests(Protocol):
     async def insert(
         self,
         user: User,
-        request_id: uuid.UUID,
         paths: Sequence[str],
         params: EditParams,
         options: RequestOptions = NO_OPTIONS,
     ) -> dict[str, Any]:
-        """Insert the row with the request's parameters and options (each in the column of its name);
-        ``InvalidInput`` or ``LimitExceeded`` when the schema refuses it."""
+        """Insert the row with the request's parameters and options (each in the column of its name)
+        and return it as ``get`` shows it; the server chooses its id. ``InvalidInput`` or
+        ``LimitExceeded`` when the schema refuses it."""
         ...
 
     async def get(self, user: User, request_id: uuid.UUID) -> dict[str, Any] | None: ...
@@ -38,14 +38,14 @@ class UserRequests(Protocol):
     async def insert_batch(
         self,
         user: User,
-        batch_id: uuid.UUID,
         paths: Sequence[str],
         reference_paths: Sequence[str],
         params: EditParams,
     ) -> dict[str, Any]:
         """Insert a batch: one request per path, each with ``reference_paths`` after its image, all
         under the rules and limits of a single insert. ``InvalidInput`` or ``LimitExceeded`` when the
-        schema refuses any of them, and then nothing is created. Returns ``get_batch``'s view."""
+        schema refuses any of them, and then nothing is created. The server chooses the batch's id.
+        Returns ``get_batch``'s view."""
         ...
 
     async def get_batch(self, user: User, batch_id: uuid.UUID) -> dict[str, Any] | None:

@@ -1,0 +1,363 @@
+-- The cost budget charges what the GPU does (issue #22 item 2).
+--
+-- max_cost_per_hour charged num_inference_steps x output megapixels, but QwenImageEditPlusPipeline
+-- resizes every input image to a 1024² area for the VAE (and 384² for the vision encoder) whatever
+-- its size, and each adds 4,096 + 196 tokens to every transformer forward, however small the output;
+-- true CFG doubles the forwards; a speed preset's steps replace the request's. A 3-input request with a
+-- 32x32 output was charged 1/1000 of a default edit while doing 1.8x its transformer FLOPs (2.5x its
+-- work on the tiny model). edit_request_cost(steps, true_cfg_scale, speed, width, height, inputs,
+-- prompt characters, negative prompt characters, LoRAs) now charges the work, in default steps (one
+-- step of the model card's edit), so a default 40-step edit still costs about 40 and the default
+-- max_cost_per_hour (20,000) still means about 500 default edits an hour. The formula is
+-- processor/domain/cost.py in Python; decision record 0070 and docs/fair-sharing.md explain it.
+-- * edit_requests.cost: what each row was charged (null for rows inserted before this migration);
+--   users read it, the statement's usage update sums it.
+-- * edit_queue_settings.default_speed: the processors' SPEED, what a request with speed null is
+--   charged as; null: the costlier of quality and fast (never less than it runs).
+-- * edit_request_cost(integer, integer, integer) is replaced by the new signature.
+
+alter table public.edit_requests add column cost double precision;
+comment on column public.edit_requests.cost is
+  'What the request was charged against max_cost_per_hour, in default steps (edit_request_cost: the '
+  'transformer work of its steps over the output and every input; a default edit is about 40). Set at '
+  'insert; null for rows inserted before costs were recorded.';
+grant select (cost) on public.edit_requests to authenticated;
+
+alter table public.edit_queue_settings
+  add column default_speed text check (default_speed in ('quality', 'fast', 'fastest'));
+comment on table public.edit_queue_settings is
+  'Operator settings of the queue (one row): awaiting_image_ttl (then failed, input_never_arrived), '
+  'readiness_recheck_batch (rows the sweep re-checks per run), fair_share_quantum (the wait one '
+  'request already queued or processing is worth in the claim order), default_speed (the processors'' SPEED: '
+  'what a request with speed null is charged as; null: the costlier of quality and fast).';
+
+comment on table public.edit_user_limits is
+  'Per-user limits checked at insert (service_role and postgres are exempt). user_id '
+  '00000000-0000-0000-0000-000000000000 is the default for everyone; other rows override it '
+  'column by column. Cost is edit_request_cost (the transformer work of the steps over the output '
+  'and every input; a default edit costs about 40); each row''s charge is in edit_requests.cost.';
+
+create or replace function public.edit_request_run_cost(
+  p_steps integer,
+  p_cfg boolean,
+  p_adapters integer,
+  p_width integer,
+  p_height integer,
+  p_inputs integer,
+  p_prompt_chars integer,
+  p_negative_chars integer,
+  p_loras integer
+)
+returns double precision
+language sql immutable parallel safe
+as $$
+  -- One way of running a request: p_steps steps of one forward (two with true CFG, the second over
+  -- the negative prompt); a forward over T tokens does T x (1 + T / 18432) (linear layers, and joint
+  -- attention, quadratic in T; 18,432 = 6 x 3,072 is where the two are equal); T = the output's
+  -- tokens (16 x 16 pixels each; 1 MP when no size) + 4,292 per input + one per prompt character;
+  -- each active LoRA adapter adds 1/16 to every forward, each LoRA named 4 steps for its load;
+  -- 24,410.390625 is the work of one default step (two forwards over 8,388 tokens).
+  select p_steps
+         * ((coalesce(p_width * p_height, 1048576)::double precision / 256 + p_inputs * 4292 + p_prompt_chars)
+              * (1 + (coalesce(p_width * p_height, 1048576)::double precision / 256 + p_inputs * 4292 + p_prompt_chars) / 18432)
+            + case when p_cfg
+                   then (coalesce(p_width * p_height, 1048576)::double precision / 256 + p_inputs * 4292 + p_negative_chars)
+                        * (1 + (coalesce(p_width * p_height, 1048576)::double precision / 256 + p_inputs * 4292 + p_negative_chars) / 18432)
+                   else 0 end)
+         * (1 + p_adapters::double precision / 16) / 24410.390625
+         + 4 * p_loras
+$$;
+
+create or replace function public.edit_request_cost(
+  p_steps integer,
+  p_true_cfg_scale real,
+  p_speed text,
+  p_width integer,
+  p_height integer,
+  p_inputs integer,
+  p_prompt_chars integer,
+  p_negative_chars integer,
+  p_loras integer
+)
+returns double precision
+language sql immutable parallel safe
+as $$
+  -- quality runs the request's steps, with true CFG unless true_cfg_scale is 1 (diffusers also skips
+  -- it below 1, ComfyUI does not: charged as if it ran); fast and fastest run 8 and 4 steps of one
+  -- forward with their Lightning adapter; null (the deployment's default, not known here) is charged
+  -- as the costlier of quality and fast, never less than it runs.
+  select case p_speed
+           when 'quality' then public.edit_request_run_cost(p_steps, p_true_cfg_scale <> 1, p_loras, p_width, p_height,
+                                                            p_inputs, p_prompt_chars, p_negative_chars, p_loras)
+           when 'fast' then public.edit_request_run_cost(8, false, p_loras + 1, p_width, p_height,
+                                                         p_inputs, p_prompt_chars, p_negative_chars, p_loras)
+           when 'fastest' then public.edit_request_run_cost(4, false, p_loras + 1, p_width, p_height,
+                                                            p_inputs, p_prompt_chars, p_negative_chars, p_loras)
+           else greatest(public.edit_request_run_cost(p_steps, p_true_cfg_scale <> 1, p_loras, p_width, p_height,
+                                                      p_inputs, p_prompt_chars, p_negative_chars, p_loras),
+                         public.edit_request_run_cost(8, false, p_loras + 1, p_width, p_height,
+                                                      p_inputs, p_prompt_chars, p_negative_chars, p_loras))
+         end
+$$;
+
+comment on function public.edit_request_cost(integer, real, text, integer, integer, integer, integer, integer, integer) is
+  'What a request is charged against max_cost_per_hour, in default steps (a default edit: about 40): '
+  'steps x the transformer work over the output and every input (4,292 tokens each, whatever the '
+  'output size), x 2 with true CFG, a preset''s steps in place of the request''s, LoRAs. Arguments: '
+  'num_inference_steps, true_cfg_scale, speed (null: the deployment''s default, charged as the '
+  'costlier of quality and fast), width, height (null: 1 MP), input images, characters of prompt and '
+  'negative_prompt, LoRAs named. docs/fair-sharing.md.';
+
+create or replace function public.edit_request_admission_start(p_owner uuid)
+returns text
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_zero constant uuid := '00000000-0000-0000-0000-000000000000';
+  v_limited boolean := not public.edit_request_caller_is_operator();
+  v_quantum double precision;
+  v_default_speed text;
+  v_max_in_flight integer;
+  v_max_requests integer;
+  v_max_cost double precision;
+  v_usage public.edit_user_usage;
+  v_hour timestamptz := date_trunc('hour', now());
+  v_gone double precision := extract(epoch from now() - date_trunc('hour', now())) / 3600;
+  v_base_requests double precision := 0;
+  v_base_cost double precision := 0;
+  v_in_flight integer;
+  v_claimable integer;
+begin
+  -- First row of this owner in this transaction: everything the per-row checks need, kept in
+  -- a transaction-local setting so that each further row costs O(1), however big the insert.
+  select extract(epoch from s.fair_share_quantum), s.default_speed into v_quantum, v_default_speed
+    from public.edit_queue_settings s;
+  if v_limited then
+    select coalesce(u.max_in_flight, d.max_in_flight),
+           coalesce(u.max_requests_per_hour, d.max_requests_per_hour),
+           coalesce(u.max_cost_per_hour, d.max_cost_per_hour)
+      into v_max_in_flight, v_max_requests, v_max_cost
+      from (select 1) one
+      left join public.edit_user_limits d on d.user_id = v_zero
+      left join public.edit_user_limits u on u.user_id = p_owner;
+    -- The usage row is the owner's lock: concurrent inserts by one user queue here, so the
+    -- in-flight count below includes whatever the previous one committed.
+    insert into public.edit_user_usage (user_id) values (p_owner) on conflict (user_id) do nothing;
+    select * into v_usage from public.edit_user_usage where user_id = p_owner for update;
+    if v_usage.hour_start is distinct from v_hour then
+      update public.edit_user_usage
+         set previous_hour_requests = case when v_usage.hour_start = v_hour - interval '1 hour'
+                                           then v_usage.hour_requests else 0 end,
+             previous_hour_cost = case when v_usage.hour_start = v_hour - interval '1 hour'
+                                       then v_usage.hour_cost else 0 end,
+             hour_requests = 0, hour_cost = 0, hour_start = v_hour, updated_at = now()
+       where user_id = p_owner
+      returning * into v_usage;
+    end if;
+    v_base_requests := v_usage.previous_hour_requests * (1 - v_gone) + v_usage.hour_requests;
+    v_base_cost := v_usage.previous_hour_cost * (1 - v_gone) + v_usage.hour_cost;
+  end if;
+  -- Bounded: no more than one past the limit is ever counted (1000 for exempt callers, whose
+  -- count only places their rows in the fair order). In flight counts for the limit; queued or
+  -- processing (ahead in line, or running) for the fair order.
+  select count(*), count(*) filter (where s.status <> 'awaiting_image') into v_in_flight, v_claimable from (
+    select r.status from public.edit_requests r
+     where r.user_id = p_owner and r.status in ('awaiting_image', 'queued', 'processing')
+     limit coalesce(v_max_in_flight + 1, 1000)
+  ) s;
+  -- limited, in_flight, requests, cost, max_in_flight, max_requests, max_cost, quantum (s), claimable,
+  -- default speed (last: concat_ws leaves out a null)
+  return concat_ws(',', v_limited::int, v_in_flight, v_base_requests, v_base_cost,
+                   coalesce(v_max_in_flight, -1), coalesce(v_max_requests, -1),
+                   coalesce(v_max_cost, -1), v_quantum, v_claimable, v_default_speed);
+end
+$$;
+
+create or replace function public.edit_requests_before_insert()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_key text;
+  v_state text[];
+  v_in_flight integer;
+  v_claimable integer;
+  v_requests double precision;
+  v_cost double precision;
+  v_row_cost double precision;
+begin
+  -- Readiness under the paths' slot locks: a row whose inputs are all visible is queued, any
+  -- other row waits for its upload (edit_requests_on_objects_stored queues it). Decided here, not later, so that RETURNING (PostgREST's return=representation) shows it.
+  -- The caller cannot pick (authenticated users cannot even name the column).
+  -- (Each presence check is one index probe on (bucket_id, name): a correlated join on name can
+  -- be planned as a scan of the whole bucket when statistics are stale.)
+  if new.status in ('queued', 'awaiting_image') then
+    -- The slot lock first (edit_request_lock_slot, inlined: a SQL function call per row costs
+    -- more than the lock), then the look: an upload or a Storage delete (edit_requests_keep_live_inputs)
+    -- of these paths either committed before (this look sees it: each statement of a volatile
+    -- function takes a new snapshot) or waits for this transaction and then sees this row.
+    -- A user's paths lie in their own folder, one slot, taken once and then found held.
+    -- (`is null`: the lock returns void; an IF is a simple expression, a PERFORM a query.)
+    if cardinality(new.input_paths) = 1 then
+      if pg_advisory_xact_lock(7051, hashtext(new.input_bucket || '/' || split_part(new.input_paths[1], '/', 1)) & 63) is null then
+        null;
+      end if;
+      perform 1 from storage.objects o where o.bucket_id = new.input_bucket and o.name = new.input_paths[1];
+      new.status := case when found then 'queued' else 'awaiting_image' end;
+    else
+      perform public.edit_request_lock_slots(array(
+        select distinct public.edit_request_lock_slot(new.input_bucket, p.path)
+          from unnest(new.input_paths) as p(path) where p.path is not null order by 1));
+      new.status := case
+        when exists (
+          select 1 from unnest(new.input_paths) as p(path)
+           where p.path <> all (array(select o.name from storage.objects o
+                                           where o.bucket_id = new.input_bucket and o.name = any(new.input_paths)))
+        ) then 'awaiting_image'
+        else 'queued'
+      end;
+    end if;
+  end if;
+
+  if new.user_id is null then
+    new.fair_tag := new.created_at;
+    new.cost := public.edit_request_cost(
+      new.num_inference_steps, new.true_cfg_scale, new.speed, new.width, new.height,
+      cardinality(new.input_paths), char_length(new.prompt), char_length(new.negative_prompt),
+      case when jsonb_typeof(new.loras) = 'array' then jsonb_array_length(new.loras) else 0 end);
+    return new;
+  end if;
+
+  -- limited, in_flight, requests, cost, max_in_flight, max_requests, max_cost, quantum (s),
+  -- claimable, default speed: written by edit_request_admission_start for the owner's first row in
+  -- this transaction.
+  v_key := 'edit_requests.owner_' || replace(new.user_id::text, '-', '');
+  v_state := string_to_array(coalesce(nullif(current_setting(v_key, true), ''),
+                                      public.edit_request_admission_start(new.user_id)), ',');
+  v_in_flight := v_state[2]::integer;
+  v_claimable := v_state[9]::integer;
+  v_requests := v_state[3]::double precision + 1;
+  -- The charge (a speed left null is the deployment's default, edit_queue_settings.default_speed);
+  -- kept on the row for its owner to see and for the statement's usage update. (A malformed LoRA
+  -- list counts none here: the CHECKs, after this trigger, refuse it by name.)
+  v_row_cost := public.edit_request_cost(
+    new.num_inference_steps, new.true_cfg_scale, coalesce(new.speed, v_state[10]), new.width, new.height,
+    cardinality(new.input_paths), char_length(new.prompt), char_length(new.negative_prompt),
+    case when jsonb_typeof(new.loras) = 'array' then jsonb_array_length(new.loras) else 0 end);
+  new.cost := v_row_cost;
+  v_cost := v_state[4]::double precision + v_row_cost;
+
+  if v_state[1] = '1' then
+    if v_state[5]::integer >= 0 and v_in_flight + 1 > v_state[5]::integer then
+      raise exception 'edit request limit exceeded: max_in_flight (%)', v_state[5]
+        using errcode = 'PT429',
+              detail = format('%s requests of this user are awaiting an image, queued or processing.', v_in_flight),
+              hint = 'Wait for some to finish (or cancel them); operators set limits in public.edit_user_limits.';
+    end if;
+    if v_state[6]::integer >= 0 and v_requests > v_state[6]::integer then
+      raise exception 'edit request limit exceeded: max_requests_per_hour (%)', v_state[6]
+        using errcode = 'PT429',
+              detail = format('About %s requests of this user in the last hour, this one included.', ceil(v_requests)),
+              hint = 'Try again later; operators set limits in public.edit_user_limits.';
+    end if;
+    if v_state[7]::double precision >= 0 and v_cost > v_state[7]::double precision then
+      raise exception 'edit request limit exceeded: max_cost_per_hour (%)', v_state[7]
+        using errcode = 'PT429',
+              detail = format('This request costs %s (edit_request_cost); about %s used in the last hour with it.',
+                              round(v_row_cost::numeric, 2), round(v_cost::numeric, 2)),
+              hint = 'Use fewer steps, input images or LoRAs, a smaller size or a faster speed, or try again later; operators set limits in public.edit_user_limits.';
+    end if;
+  end if;
+
+  -- The place in line of a row that is claimable now: one quantum per request of its owner ahead
+  -- of it (queued or processing, this statement's earlier rows included). A row awaiting its
+  -- images gets its place when they arrive (edit_request_places); until then the tag is only its
+  -- creation time, which no claim reads (the claim index holds queued rows only).
+  if new.status = 'queued' then
+    new.fair_tag := new.created_at + make_interval(secs => v_state[8]::double precision * v_claimable);
+    v_claimable := v_claimable + 1;
+  else
+    new.fair_tag := new.created_at;
+  end if;
+  perform set_config(v_key, concat_ws(',', v_state[1], v_in_flight + 1, v_requests, v_cost,
+                                      v_state[5], v_state[6], v_state[7], v_state[8], v_claimable,
+                                      v_state[10]), true);
+  return new;
+end
+$$;
+
+create or replace function public.edit_requests_after_insert()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_row public.edit_requests;
+  v_url text;
+  v_secret text;
+  v_format text;
+  v_body jsonb;
+  v_headers jsonb;
+begin
+  -- 1. Charge the hour's usage (limited callers only: their rows passed the per-row checks).
+  if not public.edit_request_caller_is_operator() then
+    update public.edit_user_usage u
+       set hour_requests = u.hour_requests + s.n, hour_cost = u.hour_cost + s.cost, updated_at = now()
+      from (select n.user_id, count(*) as n, sum(n.cost) as cost
+              from new_rows n where n.user_id is not null group by n.user_id) s
+     where u.user_id = s.user_id;
+  end if;
+
+  -- 2. Wake-up, as edit_requests_wake_processor does for one row, for every row inserted queued
+  --    and due: one notification each and, where pg_net and Vault exist, one webhook each (a row
+  --    inserted awaiting its image is woken by that row trigger when the upload queues it).
+  perform pg_notify('edit_requests', n.id::text)
+     from new_rows n
+    where n.status = 'queued' and (n.next_attempt_at is null or n.next_attempt_at <= now());
+  if to_regprocedure('net.http_post(text,jsonb,jsonb,jsonb,integer)') is null
+     or to_regclass('vault.decrypted_secrets') is null then
+    return null;
+  end if;
+  execute 'select decrypted_secret from vault.decrypted_secrets where name = $1 limit 1'
+     into v_url using 'edit_processor_webhook_url';
+  if v_url is null or v_url = '' then
+    return null;
+  end if;
+  execute 'select decrypted_secret from vault.decrypted_secrets where name = $1 limit 1'
+     into v_secret using 'edit_processor_webhook_secret';
+  execute 'select decrypted_secret from vault.decrypted_secrets where name = $1 limit 1'
+     into v_format using 'edit_processor_webhook_format';
+  for v_row in
+    select * from new_rows n
+     where n.status = 'queued' and (n.next_attempt_at is null or n.next_attempt_at <= now())
+  loop
+    if v_format = 'runpod' then
+      v_body := jsonb_build_object('input', jsonb_build_object('edit_request_id', v_row.id));
+      v_headers := jsonb_build_object('Content-Type', 'application/json', 'Authorization', 'Bearer ' || coalesce(v_secret, ''));
+    else
+      v_body := jsonb_build_object('type', 'INSERT', 'table', tg_table_name, 'schema', tg_table_schema,
+                                   'record', to_jsonb(v_row), 'old_record', null);
+      v_headers := jsonb_build_object('Content-Type', 'application/json', 'X-Webhook-Secret', coalesce(v_secret, ''));
+    end if;
+    execute 'select net.http_post(url := $1, body := $2, params := $3, headers := $4, timeout_milliseconds := $5)'
+      using v_url, v_body, '{}'::jsonb, v_headers, 5000;
+  end loop;
+  return null;
+end
+$$;
+
+drop function public.edit_request_cost(integer, integer, integer);
+
+revoke all on function
+  public.edit_request_run_cost(integer, boolean, integer, integer, integer, integer, integer, integer, integer),
+  public.edit_request_cost(integer, real, text, integer, integer, integer, integer, integer, integer)
+  from public, anon, authenticated;
+grant execute on function
+  public.edit_request_run_cost(integer, boolean, integer, integer, integer, integer, integer, integer, integer),
+  public.edit_request_cost(integer, real, text, integer, integer, integer, integer, integer, integer)
+  to service_role, authenticated;
