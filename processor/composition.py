@@ -259,6 +259,7 @@ def build_retention(settings: Settings, storage: ObjectStorage, metrics: Metrics
         retention_policy(settings),
         worker_id=settings.worker_id,
         interval_seconds=settings.retention_interval_seconds,
+        run_seconds=settings.retention_run_seconds,
         metrics=metrics,
     )
 

@@ -177,7 +177,11 @@ class Settings(BaseSettings):
     retention_batch_size: int = Field(
         default=rules.DEFAULT_RETENTION_BATCH_SIZE, ge=1, le=rules.MAX_RETENTION_BATCH_SIZE
     )
-    """Objects one retention run deletes at most (Storage's bulk delete takes 1,000)."""
+    """Objects one retention batch deletes at most (Storage's bulk delete takes 1,000)."""
+    retention_run_seconds: float = Field(
+        default=rules.DEFAULT_RETENTION_RUN_SECONDS, ge=0, le=rules.MAX_RETENTION_RUN_SECONDS
+    )
+    """How long one run keeps taking batches while the last one deleted something; ``0``: one batch a run."""
     retention_interval_seconds: float = Field(
         default=rules.DEFAULT_RETENTION_INTERVAL_SECONDS, ge=rules.MIN_RETENTION_INTERVAL_SECONDS
     )

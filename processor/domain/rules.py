@@ -245,9 +245,19 @@ MAX_RETENTION_BATCH_SIZE: Final = 1000
 """Supabase Storage deletes at most 1,000 objects per bulk request (``MAX_OBJECTS_PER_REQUEST``)."""
 STORAGE_DELETE_MAX_OBJECTS: Final = 1000
 """Names per ``DELETE /object/{bucket}`` call: the real server's cap where hard limits are on."""
+DEFAULT_RETENTION_RUN_SECONDS: Final = 300
+"""How long one run keeps taking batches while the last one deleted something (``0``: one batch a run).
+One batch an hour deleted at most 500 objects an hour, all kinds together, while uploads have no
+such bound; at about a second a batch, five minutes an hour delete a few hundred thousand."""
+MAX_RETENTION_RUN_SECONDS: Final = 3600
 DEFAULT_RETENTION_INTERVAL_SECONDS: Final = 3600
 MIN_RETENTION_INTERVAL_SECONDS: Final = 60
 RETENTION_LEASE_SECONDS: Final = 600
 """How long one run holds the retention lease (another processor takes over after it lapses)."""
+RETENTION_STATEMENT_TIMEOUT_SECONDS: Final = 60
+"""Each retention statement's limit. A call looks at a bounded window (20 x the batch of rows and of
+objects) and takes well under a second at 100,000 due rows (docs/retention.md); a statement that
+runs past this ends the run as failed, with its lease released, instead of holding a connection
+and the row locks of its marks."""
 RetentionKind = Literal["input", "output", "orphan"]
 """What a retention candidate is: an input or output of a finished request, or an orphan upload."""
