@@ -5,6 +5,9 @@ dashboard, and a hostile signed-in user who may do none of what is not theirs.""
 from __future__ import annotations
 
 import base64
+import ipaddress
+import random
+import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -115,6 +118,9 @@ def test_rotating_a_secret_gives_a_new_one_to_its_owner_only(
         ("https://169.254.169.254/latest/meta-data", "private_address"),
         ("https://[::1]/hook", "private_address"),
         ("https://[::ffff:127.0.0.1]/hook", "private_address"),
+        ("https://[::10.0.0.1]/hook", "private_address"),
+        ("https://[fec0::1]/hook", "private_address"),
+        ("https://[2001::a00:1]/hook", "private_address"),
         ("https://localhost/hook", "private_address"),
         ("https://hooks.example.com:99999/", "malformed"),
     ],
@@ -125,7 +131,8 @@ def test_a_url_off_the_rules_is_refused_with_its_reason(
     # Every host of these cases is allowlisted except evil.example: the other rules must refuse them.
     db.execute(
         "insert into edit_webhook_allowed_hosts (host) values ('hooks.example.com'), ('10.1.2.3'), "
-        "('169.254.169.254'), ('::1'), ('::ffff:127.0.0.1'), ('localhost'), ('127.0.0.1')"
+        "('169.254.169.254'), ('::1'), ('::ffff:127.0.0.1'), ('::10.0.0.1'), ('fec0::1'), ('2001::a00:1'), "
+        "('localhost'), ('127.0.0.1')"
     )
     with pytest.raises(psycopg.errors.CheckViolation, match=f"webhook URL refused: {refusal}") as caught:
         register(db, OWNER, url)
@@ -133,7 +140,7 @@ def test_a_url_off_the_rules_is_refused_with_its_reason(
     assert webhook_urls.webhook_url_refusal(
         url,
         allowed_hosts=frozenset({"hooks.example.com", "10.1.2.3", "169.254.169.254", "::1", "::ffff:127.0.0.1",
-                                 "localhost", "127.0.0.1"}),
+                                 "::10.0.0.1", "fec0::1", "2001::a00:1", "localhost", "127.0.0.1"}),
         allow_http=False,
         allow_private_addresses=False,
     ) is not None  # fmt: skip
@@ -611,6 +618,11 @@ URL_CASES = [
     "https://[2606:4700::1111]/",
     "https://[fe80::1]/",
     "https://[::ffff:8.8.8.8]/",
+    "https://[::8.8.8.8]/",
+    "https://[fec0::1]/",
+    "https://[2001::1]/",
+    "https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/",
+    "https://[3fff::1]/",
     "https://localhost/",
     "https://x.localhost/",
     "https://999.1.1.1/",
@@ -627,7 +639,8 @@ def test_python_and_sql_refuse_the_same_urls_for_the_same_reason(
     db: psycopg.Connection[Row], allow_http: bool, allow_private: bool
 ) -> None:
     hosts = frozenset({"hooks.example.com", "*.apps.example", "127.0.0.1", "10.0.0.1", "8.8.8.8", "100.64.1.1",
-                       "::1", "2606:4700::1111", "fe80::1", "::ffff:8.8.8.8", "localhost", "x.localhost",
+                       "::1", "2606:4700::1111", "fe80::1", "::ffff:8.8.8.8", "::8.8.8.8", "fec0::1", "2001::1",
+                       "2001:0:4136:e378:8000:63bf:3fff:fdd2", "3fff::1", "localhost", "x.localhost",
                        "999.1.1.1"})  # fmt: skip
     db.execute("insert into edit_webhook_allowed_hosts (host) select unnest(%s::text[])", (sorted(hosts),))
     db.execute(
@@ -643,3 +656,46 @@ def test_python_and_sql_refuse_the_same_urls_for_the_same_reason(
         assert (sql["r"] or "").partition(":")[0] == (python[0] if python else ""), url
         if python is not None:
             assert sql["r"] == f"{python[0]}: {python[1]}", url
+
+
+def test_sql_and_python_list_the_same_private_networks(db: psycopg.Connection[Row]) -> None:
+    source = db.execute(
+        "select prosrc from pg_proc where proname = 'edit_webhook_address_private'"
+    ).fetchone()
+    assert source is not None
+    listed = re.search(r"array\[(.*?)\]::inet\[\]", source["prosrc"], re.S)
+    assert listed is not None
+    in_sql = {ipaddress.ip_network(network) for network in re.findall(r"'([^']+)'", listed.group(1))}
+    assert in_sql == set(webhook_urls.WEBHOOK_PRIVATE_NETWORKS)
+    edges = [
+        str(a)
+        for n in webhook_urls.WEBHOOK_PRIVATE_NETWORKS
+        for a in (n.network_address, n.broadcast_address)
+    ]
+    verdicts = db.execute(
+        "select a, edit_webhook_address_private(a) as private from unnest(%s::text[]) a", (edges,)
+    ).fetchall()
+    assert all(row["private"] for row in verdicts)
+
+
+def test_every_address_python_calls_not_global_is_refused() -> None:
+    """Python's ``ipaddress`` knows which addresses are not global; the list must cover all of those
+    (it may refuse more: deprecated and special-purpose blocks Python still calls global). Sampled:
+    both ends and random addresses of every special block Python and IANA know of, and random
+    addresses of the whole space."""
+    rng = random.Random(22)
+    blocks = [
+        *ipaddress._IPv4Constants._private_networks,  # type: ignore[attr-defined]
+        *ipaddress._IPv6Constants._private_networks,  # type: ignore[attr-defined]
+        *webhook_urls.WEBHOOK_PRIVATE_NETWORKS,
+    ]
+    samples: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for block in blocks:
+        samples += [block.network_address, block.broadcast_address]
+        samples += [block.network_address + rng.randrange(block.num_addresses) for _ in range(20)]
+    samples += [ipaddress.IPv4Address(rng.getrandbits(32)) for _ in range(20000)]
+    samples += [ipaddress.IPv6Address(rng.getrandbits(128)) for _ in range(20000)]
+    missed = [str(a) for a in samples if not a.is_global and not webhook_urls.webhook_address_private(a)]
+    assert missed == []
+    for deprecated in ("::10.0.0.1", "::8.8.8.8", "fec0::1", "2001::1", "192.88.99.1"):
+        assert webhook_urls.webhook_address_private(ipaddress.ip_address(deprecated)), deprecated

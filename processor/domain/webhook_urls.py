@@ -58,14 +58,20 @@ WEBHOOK_PRIVATE_NETWORKS: Final = tuple(
     ipaddress.ip_network(network)
     for network in (
         # Not public: private, shared (CGNAT), loopback, link-local (cloud metadata 169.254.169.254,
-        # fd00:ec2::254), unspecified, multicast, reserved, documentation, and IPv4 inside IPv6
-        # (mapped, NAT64, 6to4), whose v4 part could be any of these. edit_webhook_address_private
+        # fd00:ec2::254), site-local (fec0::/10, deprecated), unspecified, multicast, reserved,
+        # documentation (2001:db8::/32, 3fff::/20), benchmarking, the IETF protocol block 2001::/23
+        # (Teredo 2001::/32, ORCHID), SRv6 SIDs (5f00::/16), the discard prefixes, and IPv4 inside
+        # IPv6 (compatible ::/96, mapped, NAT64, 6to4 and its relay 192.88.99.0/24), whose v4 part
+        # could be any of these. Every address Python's ipaddress calls not global is here, and
+        # more (IANA's special-purpose registries: https://www.iana.org/assignments/iana-ipv4-special-registry,
+        # https://www.iana.org/assignments/iana-ipv6-special-registry). edit_webhook_address_private
         # lists the same networks.
         "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
-        "192.0.0.0/24", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
-        "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
-        "::/127", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64", "2001:db8::/32",
-        "2002::/16", "fc00::/7", "fe80::/10", "ff00::/8",
+        "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
+        "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+        "::/96", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64", "100:0:0:1::/64",
+        "2001::/23", "2001:db8::/32", "2002::/16", "3fff::/20", "5f00::/16", "fc00::/7", "fe80::/10",
+        "fec0::/10", "ff00::/8",
     )
 )  # fmt: skip
 
