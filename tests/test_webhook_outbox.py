@@ -468,9 +468,7 @@ def test_the_last_attempt_is_dead_with_its_status_and_reason_then_replay_makes_i
         ).fetchone()
         assert status == {"s": "dead" if attempt == rules.WEBHOOK_MAX_ATTEMPTS else "pending"}
     row = delivery(db, pending)
-    assert (row["status"], row["last_status_code"], row["last_error"]) == (
-        "dead", 503, "http_status: 503 Service Unavailable"
-    )  # fmt: skip
+    assert (row["status"], row["last_status_code"], row["last_error"]) == ("dead", 503, "http_status")
     db.execute("update edit_webhook_deliveries set next_attempt_at = now() where id = %s", (pending,))
     assert claim(db) == []
     with acting_as(db, "service_role") as conn:
@@ -511,7 +509,7 @@ def test_a_lease_lapsing_on_the_last_attempt_is_dead(db: psycopg.Connection[Row]
     )
     assert claim(db) == []
     row = delivery(db, pending)
-    assert row["status"] == "dead" and row["last_error"].startswith("lease_expired:")
+    assert row["status"] == "dead" and row["last_error"] == "lease_expired"
 
 
 def test_a_url_refused_since_it_was_registered_is_reported_at_claim(

@@ -21,7 +21,8 @@ WEBHOOK_URL: Final = re.compile(WEBHOOK_URL_PATTERN)
 
 
 class WebhookFailure(StrEnum):
-    """Why an attempt failed: the prefix of ``edit_webhook_deliveries.last_error`` (``kind: detail``)."""
+    """Why an attempt failed: ``edit_webhook_deliveries.last_error``, which the owner reads. An attempt's
+    answer says ``kind: detail``; only the kind is stored (``webhook_failure_kind``), the detail is logged."""
 
     HTTP_STATUS = "http_status"
     """The receiver answered, but not 2xx (3xx included: redirects are never followed)."""
@@ -33,6 +34,17 @@ class WebhookFailure(StrEnum):
     HOST_NOT_ALLOWED = "host_not_allowed"
     PRIVATE_ADDRESS = "private_address"
     LEASE_EXPIRED = "lease_expired"
+
+
+WEBHOOK_FAILURE_KIND: Final = re.compile(r"^([a-z_]{1,40})(?::|$)")
+"""The kind at the start of ``kind: detail`` (``fail_edit_webhook_delivery`` applies the same regex)."""
+
+
+def webhook_failure_kind(error: str | None) -> str:
+    """What the owner may read of a failure: its kind, never the detail (which can name the addresses an
+    allowlisted name resolves to, or tell a closed port from a silent one); ``error`` when there is none."""
+    match = WEBHOOK_FAILURE_KIND.match(error or "")
+    return match.group(1) if match else "error"
 
 
 WEBHOOK_PERMANENT_FAILURES: Final = frozenset(

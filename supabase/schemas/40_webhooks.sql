@@ -374,7 +374,7 @@ as $$
   -- A lease that lapsed on the last attempt: dead, never an attempt past the limit.
   update public.edit_webhook_deliveries d
      set status = 'dead', claimed_by = null, claimed_until = null, updated_at = now(),
-         last_error = 'lease_expired: the processor stopped during the last attempt'
+         last_error = 'lease_expired'  -- the processor stopped during the last attempt
    where d.status = 'delivering' and d.claimed_until < now()
      and d.attempts >= public.edit_webhook_max_attempts();
 
@@ -431,13 +431,16 @@ set search_path = ''
 as $$
   -- Back to pending after the back-off, or dead when the attempts are used up (or retrying cannot
   -- help: a refused URL). Null when this caller no longer holds the delivery.
+  -- last_error, which the owner reads, is the failure's kind only (p_error is `kind: detail`): the
+  -- detail can name the addresses an allowlisted name resolves to and whether a port is closed or
+  -- silent, so it goes to the processor's log, never here.
   update public.edit_webhook_deliveries d
      set status = case when p_permanent or d.attempts >= public.edit_webhook_max_attempts()
                        then 'dead' else 'pending' end,
          next_attempt_at = case when p_permanent or d.attempts >= public.edit_webhook_max_attempts()
                                 then d.next_attempt_at else now() + public.edit_webhook_backoff(d.attempts) end,
          last_status_code = p_status_code,
-         last_error = left(coalesce(nullif(p_error, ''), 'error'), 1000),
+         last_error = coalesce(substring(p_error from '^([a-z_]{1,40})(?::|$)'), 'error'),
          claimed_by = null, claimed_until = null, updated_at = now()
    where d.id = p_id and d.status = 'delivering' and d.claimed_by = p_worker_id
   returning d.status

@@ -105,7 +105,7 @@ class InMemoryWebhookOutbox:
             for row in lapsed:
                 if row.attempts >= rules.WEBHOOK_MAX_ATTEMPTS:
                     row.status, row.claimed_by, row.claimed_until = "dead", None, None
-                    row.last_error = f"{webhook_urls.WebhookFailure.LEASE_EXPIRED}: the processor stopped during the last attempt"
+                    row.last_error = webhook_urls.WebhookFailure.LEASE_EXPIRED
             due = sorted(
                 (
                     r
@@ -151,7 +151,7 @@ class InMemoryWebhookOutbox:
                 jitter = 1 + rules.WEBHOOK_BACKOFF_JITTER * (2 * self._random.random() - 1)
                 wait = rules.webhook_backoff_seconds(row.attempts) * jitter
                 row.status, row.next_attempt_at = "pending", self._clock() + timedelta(seconds=wait)
-            row.last_status_code, row.last_error = status_code, (error or "error")[:1000]
+            row.last_status_code, row.last_error = status_code, webhook_urls.webhook_failure_kind(error)
             row.claimed_by = row.claimed_until = None
             return row.status
 
