@@ -219,6 +219,7 @@ def build_webhooks(settings: Settings, metrics: Metrics | None = None) -> Webhoo
         PostgresWebhookOutbox(settings.database_url),
         HttpWebhookSender(
             allowed_hosts=settings.webhook_hosts(),
+            allowed_ports=settings.webhook_ports(),
             allow_http=settings.webhook_allow_http,
             allow_private_addresses=settings.webhook_allow_private_addresses,
             timeout_seconds=settings.webhook_timeout_seconds,

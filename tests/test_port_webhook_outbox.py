@@ -69,7 +69,10 @@ def memory_case() -> Case:
 def postgres_case(
     db: psycopg.Connection[Row], database_url: str, add_request: Callable[..., uuid.UUID]
 ) -> Case:
-    db.execute("update edit_webhook_settings set allow_http = true, allow_private_addresses = true")
+    db.execute(
+        "update edit_webhook_settings set allow_http = true, allow_private_addresses = true, "
+        "allowed_ports = '{443,80,9}'"
+    )
     db.execute("insert into edit_webhook_allowed_hosts (host) values ('127.0.0.1')")
     with acting_as(db, "authenticated", OWNER) as conn:
         endpoint = conn.execute(

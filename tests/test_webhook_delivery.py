@@ -157,6 +157,7 @@ def dispatch(database_url: str) -> Iterator[Callable[..., RunningDispatcher]]:
     def start(worker_id: str = "hooks-1", metrics: Metrics | None = None, **sender: Any) -> RunningDispatcher:
         options = {
             "allowed_hosts": None,
+            "allowed_ports": None,  # the database's list (the receivers' ports are random)
             "allow_http": True,
             "allow_private_addresses": True,
             "timeout_seconds": 1.0,
@@ -180,7 +181,11 @@ def dispatch(database_url: str) -> Iterator[Callable[..., RunningDispatcher]]:
 
 @pytest.fixture
 def endpoint(db: psycopg.Connection[Row], add_request: Callable[..., uuid.UUID], receiver: Receiver) -> Row:
-    db.execute("update edit_webhook_settings set allow_http = true, allow_private_addresses = true")
+    db.execute(
+        "update edit_webhook_settings set allow_http = true, allow_private_addresses = true, "
+        "allowed_ports = array[443, 80, %s]",
+        (receiver.port,),
+    )
     db.execute("insert into edit_webhook_allowed_hosts (host) values ('127.0.0.1')")
     with acting_as(db, "authenticated", OWNER) as conn:
         row = conn.execute(
@@ -401,6 +406,7 @@ def test_a_processor_killed_mid_delivery_is_replaced_after_the_lease_and_the_dup
     delivery_id = succeed(db, add_request, endpoint)
     doomed = spawn_worker(
         "doomed",
+        webhook_allowed_ports=str(receiver.port),
         webhook_allow_http=True,
         webhook_allow_private_addresses=True,
         webhook_poll_interval_seconds=0.1,
@@ -441,9 +447,14 @@ def test_the_processors_own_rules_refuse_what_the_database_would_allow(
     assert row["last_error"] == "private_address" and row["attempts"] == 1
     running.stop()
     listed = succeed(db, add_request, endpoint)
-    dispatch("hooks-2", allowed_hosts=frozenset({"hooks.example.com"}))
+    second = dispatch("hooks-2", allowed_hosts=frozenset({"hooks.example.com"}))
     wait_delivery(db, listed, lambda r: r["status"] == "dead")
     assert delivery(db, listed)["last_error"] == "host_not_allowed"
+    second.stop()
+    on_a_port_off_the_list = succeed(db, add_request, endpoint)
+    dispatch("hooks-3", allowed_ports=frozenset({443, 80}))  # WEBHOOK_ALLOWED_PORTS' default
+    wait_delivery(db, on_a_port_off_the_list, lambda r: r["status"] == "dead")
+    assert delivery(db, on_a_port_off_the_list)["last_error"] == "port_not_allowed"
     assert receiver.received == []
 
 
@@ -519,6 +530,18 @@ def test_the_owner_reads_the_kind_and_the_status_never_an_address_or_a_ports_sta
 
     caplog.set_level(logging.WARNING, logger="processor.core.webhooks")
     db.execute("insert into edit_webhook_allowed_hosts (host) values ('internal.test')")
+    closed_socket = socket.socket()
+    closed_socket.bind(("127.0.0.1", 0))
+    closed_port = closed_socket.getsockname()[1]
+    closed_socket.close()  # nothing listens: connections are refused
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts connections into its backlog, never answers
+    silent_port = silent.getsockname()[1]
+    db.execute(
+        "update edit_webhook_settings set allowed_ports = allowed_ports || array[%s, %s]",
+        (closed_port, silent_port),
+    )
     internal = succeed(db, add_request, register(db, f"http://internal.test:{receiver.port}/hook"))
 
     async def to_a_private_address(host: str, port: int) -> list[Address]:
@@ -528,14 +551,6 @@ def test_the_owner_reads_the_kind_and_the_status_never_an_address_or_a_ports_sta
     wait_delivery(db, internal, lambda r: r["status"] == "dead")
     first.stop()
 
-    closed_socket = socket.socket()
-    closed_socket.bind(("127.0.0.1", 0))
-    closed_port = closed_socket.getsockname()[1]
-    closed_socket.close()  # nothing listens: connections are refused
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(16)  # accepts connections into its backlog, never answers
-    silent_port = silent.getsockname()[1]
     try:
         closed = succeed(db, add_request, register(db, f"http://127.0.0.1:{closed_port}/hook"))
         quiet = succeed(db, add_request, register(db, f"http://127.0.0.1:{silent_port}/hook"))
@@ -589,6 +604,7 @@ def test_the_name_is_resolved_once_and_the_checked_address_is_the_one_connected_
     async def scenario() -> tuple[Any, Any]:
         sender = HttpWebhookSender(
             allowed_hosts=frozenset({"receiver.test"}),
+            allowed_ports=frozenset({receiver.port}),
             allow_http=True,
             allow_private_addresses=True,
             resolver=resolver,
@@ -638,7 +654,11 @@ def test_an_edit_run_by_the_worker_command_ends_in_a_delivered_webhook(
     spawn_worker: Callable[..., Any],
 ) -> None:
     user = make_user()
-    db.execute("update edit_webhook_settings set allow_http = true, allow_private_addresses = true")
+    db.execute(
+        "update edit_webhook_settings set allow_http = true, allow_private_addresses = true, "
+        "allowed_ports = array[%s]",
+        (receiver.port,),
+    )
     db.execute("insert into edit_webhook_allowed_hosts (host) values ('127.0.0.1')")
     path = upload(storage_server, user)
     with acting_as(db, "authenticated", user) as conn:
@@ -655,6 +675,7 @@ def test_an_edit_run_by_the_worker_command_ends_in_a_delivered_webhook(
         assert request is not None
     spawn_worker(
         "hooks-worker",
+        webhook_allowed_ports=str(receiver.port),
         webhook_allow_http=True,
         webhook_allow_private_addresses=True,
         webhook_allowed_hosts="127.0.0.1",
@@ -720,6 +741,7 @@ def test_https_goes_to_the_checked_address_and_the_certificate_must_match_the_na
     async def scenario() -> tuple[Any, Any]:
         sender = HttpWebhookSender(
             allowed_hosts=frozenset({"receiver.test", "impostor.test"}),
+            allowed_ports=frozenset({receiver.port}),
             allow_private_addresses=True,
             resolver=to_loopback,
             verify=trust,
@@ -761,6 +783,7 @@ def test_the_webhooks_command_delivers_without_a_model_and_stops_on_sigterm(
         **os.environ,
         "DATABASE_URL": database_url,
         "WEBHOOK_ALLOW_HTTP": "true",
+        "WEBHOOK_ALLOWED_PORTS": str(receiver.port),
         "WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "true",
         "WEBHOOK_POLL_INTERVAL_SECONDS": "0.1",
         "WEBHOOK_DELIVERY": "false",  # the command delivers whatever this says: it is all it does

@@ -23,8 +23,11 @@ Row = dict[str, Any]
 
 
 def allow_local(db: psycopg.Connection[Row]) -> None:
-    """What the tests' receivers need: http, loopback, 127.0.0.1 on the allowlist."""
-    db.execute("update edit_webhook_settings set allow_http = true, allow_private_addresses = true")
+    """What the tests' receivers need: http, loopback, 127.0.0.1 on the allowlist, port 9."""
+    db.execute(
+        "update edit_webhook_settings set allow_http = true, allow_private_addresses = true, "
+        "allowed_ports = '{443,80,9}'"
+    )
     db.execute("insert into edit_webhook_allowed_hosts (host) values ('127.0.0.1') on conflict do nothing")
 
 
@@ -153,9 +156,31 @@ def test_an_allowlisted_https_url_and_a_wildcard_are_accepted(
         "insert into edit_webhook_allowed_hosts (host) values ('hooks.example.com'), ('*.apps.example')"
     )
     register(db, OWNER, "https://hooks.example.com/edits?x=1")
-    register(db, OWNER, "https://eu.apps.example:8443/hook")
+    register(db, OWNER, "https://eu.apps.example:443/hook")
     with pytest.raises(psycopg.errors.CheckViolation, match="host_not_allowed"):
         register(db, OWNER, "https://apps.example/hook")
+
+
+def test_only_the_operators_ports_are_accepted(
+    db: psycopg.Connection[Row], add_request: Callable[..., uuid.UUID]
+) -> None:
+    """Any port of an allowlisted host was accepted: a probe of whatever listens there, and a filtered
+    port held a delivery slot for the whole timeout. 443 and 80 unless the operator lists others."""
+    db.execute("insert into edit_webhook_allowed_hosts (host) values ('hooks.example.com')")
+    for url in (
+        "https://hooks.example.com:8443/hook",
+        "https://hooks.example.com:22/",
+        "https://hooks.example.com:6379/",
+    ):
+        with pytest.raises(psycopg.errors.CheckViolation, match="webhook URL refused: port_not_allowed"):
+            register(db, OWNER, url)
+    db.execute("update edit_webhook_settings set allowed_ports = '{443,8443}'")
+    register(db, OWNER, "https://hooks.example.com:8443/hook")
+    with pytest.raises(psycopg.errors.CheckViolation, match="port_not_allowed"):
+        register(db, OWNER, "https://hooks.example.com:80/hook")
+    for bad in ("'{}'", "'{0}'", "'{70000}'", "array[443, null]"):
+        with pytest.raises(psycopg.errors.CheckViolation):
+            db.execute(f"update edit_webhook_settings set allowed_ports = {bad}")
 
 
 def test_changing_the_url_is_checked_again(db: psycopg.Connection[Row], owner_endpoint: Row) -> None:
@@ -593,8 +618,20 @@ def test_sql_mirrors_the_webhook_rules(db: psycopg.Connection[Row]) -> None:
         nominal = rules.webhook_backoff_seconds(attempts)
         assert nominal * (1 - jitter) <= min(waits) and max(waits) <= nominal * (1 + jitter)
         assert max(waits) - min(waits) > nominal * jitter  # the jitter is there
-    source = db.execute("select prosrc from pg_proc where proname = 'edit_webhook_url_host'").fetchone()
-    assert source is not None and webhook_urls.WEBHOOK_URL_PATTERN in source["prosrc"]
+    for function in ("edit_webhook_url_host", "edit_webhook_url_port"):
+        source = db.execute("select prosrc from pg_proc where proname = %s", (function,)).fetchone()
+        assert source is not None and webhook_urls.WEBHOOK_URL_PATTERN in source["prosrc"], function
+    default = db.execute(
+        "select column_default from information_schema.columns "
+        "where table_name = 'edit_webhook_settings' and column_name = 'allowed_ports'"
+    ).fetchone()
+    assert default is not None
+    assert {
+        int(p) for p in re.findall(r"\d+", default["column_default"])
+    } == webhook_urls.WEBHOOK_DEFAULT_PORTS
+    from processor.settings import Settings
+
+    assert Settings(_env_file=None).webhook_ports() == webhook_urls.WEBHOOK_DEFAULT_PORTS  # type: ignore[call-arg]
     events = db.execute(
         "select pg_get_constraintdef(oid) as d from pg_constraint where conname = 'edit_webhook_deliveries_event_known'"
     ).fetchone()
@@ -627,6 +664,11 @@ URL_CASES = [
     "https://u@hooks.example.com/",
     "https://hooks.example.com/a b",
     "https://hooks.example.com:443/?q=1#f",
+    "https://hooks.example.com:80/",
+    "http://hooks.example.com:443/",
+    "https://hooks.example.com:8443/",
+    "http://hooks.example.com:22/",
+    "https://a.b.apps.example:6379/",
     "hooks.example.com",
     "https://" + "a" * 2050 + ".example/",
 ]

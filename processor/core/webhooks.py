@@ -166,7 +166,9 @@ class WebhookDispatcher:
         # The owner reads the kind (and the status); the detail, which can name the addresses an
         # allowlisted name resolves to or tell a closed port from a silent one, is for the log only.
         kind = answer.kind or "error"
-        status = await self.outbox.fail(delivery.id, worker, answer.status_code, kind, permanent=answer.permanent)
+        status = await self.outbox.fail(
+            delivery.id, worker, answer.status_code, kind, permanent=answer.permanent
+        )
         log.warning(
             "webhook attempt failed",
             extra={

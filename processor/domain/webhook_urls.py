@@ -18,6 +18,10 @@ WEBHOOK_URL_PATTERN: Final = (
 )
 """The only URL shape accepted (the same regex as ``edit_webhook_url_host``): no user info, ASCII."""
 WEBHOOK_URL: Final = re.compile(WEBHOOK_URL_PATTERN)
+WEBHOOK_DEFAULT_PORTS: Final = frozenset({443, 80})
+"""The ports a URL may name unless the operator lists others (``edit_webhook_settings.allowed_ports``,
+``WEBHOOK_ALLOWED_PORTS``): on any other port of an allowlisted host an attempt probes whatever listens
+there, and a filtered one holds a delivery slot for the whole timeout."""
 
 
 class WebhookFailure(StrEnum):
@@ -32,6 +36,7 @@ class WebhookFailure(StrEnum):
     MALFORMED = "malformed"
     NOT_HTTPS = "not_https"
     HOST_NOT_ALLOWED = "host_not_allowed"
+    PORT_NOT_ALLOWED = "port_not_allowed"
     PRIVATE_ADDRESS = "private_address"
     LEASE_EXPIRED = "lease_expired"
 
@@ -52,6 +57,7 @@ WEBHOOK_PERMANENT_FAILURES: Final = frozenset(
         WebhookFailure.MALFORMED,
         WebhookFailure.NOT_HTTPS,
         WebhookFailure.HOST_NOT_ALLOWED,
+        WebhookFailure.PORT_NOT_ALLOWED,
         WebhookFailure.PRIVATE_ADDRESS,
     }
 )
@@ -115,8 +121,25 @@ def webhook_url_host(url: str) -> str | None:
     return match.group(1).strip("[]").lower()
 
 
+def webhook_url_port(url: str) -> int | None:
+    """The port an acceptable URL goes to: the one it names, else its scheme's; None when malformed
+    (``edit_webhook_url_port`` says the same)."""
+    if webhook_url_host(url) is None:
+        return None
+    match = WEBHOOK_URL.match(url)
+    assert match is not None
+    if match.group(2) is not None:
+        return int(match.group(2))
+    return 443 if url[:8].lower() == "https://" else 80
+
+
 def webhook_url_refusal(
-    url: str, *, allowed_hosts: frozenset[str], allow_http: bool, allow_private_addresses: bool
+    url: str,
+    *,
+    allowed_hosts: frozenset[str],
+    allow_http: bool,
+    allow_private_addresses: bool,
+    allowed_ports: frozenset[int] = WEBHOOK_DEFAULT_PORTS,
 ) -> tuple[WebhookFailure, str] | None:
     """Why a webhook URL is refused, or None: ``edit_webhook_url_refusal`` in SQL gives the same verdict
     (with the allowlist table and ``edit_webhook_settings`` for the arguments)."""
@@ -130,6 +153,9 @@ def webhook_url_refusal(
         return WebhookFailure.NOT_HTTPS, "only https:// URLs are accepted"
     if not webhook_host_allowed(host, allowed_hosts):
         return WebhookFailure.HOST_NOT_ALLOWED, f"{host} is not on the operator's allowlist"
+    port = webhook_url_port(url)
+    if port not in allowed_ports:
+        return WebhookFailure.PORT_NOT_ALLOWED, f"{port} is not on the operator's port list"
     if webhook_host_private(host) and not allow_private_addresses:
         return WebhookFailure.PRIVATE_ADDRESS, f"{host} is a private, loopback or link-local address"
     return None

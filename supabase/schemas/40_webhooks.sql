@@ -6,7 +6,8 @@
 --  * public.edit_webhook_endpoints: URL, events, owner; the secret (`whsec_<base64>`) is always made
 --    here. Users register, read, change and delete only their own; operators any.
 --  * A URL must be https (http only where edit_webhook_settings.allow_http), its host on the
---    operator's allowlist (public.edit_webhook_allowed_hosts) and, where it is an address, not a
+--    operator's allowlist (public.edit_webhook_allowed_hosts), its port on the operator's list
+--    (edit_webhook_settings.allowed_ports: 443 and 80) and, where the host is an address, not a
 --    private, loopback, link-local or metadata one (unless allow_private_addresses). Checked at
 --    insert and update here, and again at every delivery, where the processor also resolves the
 --    name, refuses private addresses and connects to the address it checked.
@@ -24,11 +25,20 @@ create table public.edit_webhook_settings (
   id boolean primary key default true check (id),
   allow_http boolean not null default false,
   allow_private_addresses boolean not null default false,
-  updated_at timestamptz not null default now()
+  updated_at timestamptz not null default now(),
+  -- Ports a URL may name (its scheme's when it names none): on any other port of an allowlisted
+  -- host, an attempt probes whatever listens there, and a filtered one holds a delivery slot for
+  -- the whole timeout. webhook_urls.WEBHOOK_DEFAULT_PORTS has the default.
+  allowed_ports integer[] not null default '{443,80}',
+  constraint edit_webhook_settings_ports_valid check (
+    cardinality(allowed_ports) between 1 and 64
+    and array_position(allowed_ports, null) is null
+    and 1 <= all (allowed_ports) and 65535 >= all (allowed_ports))
 );
 comment on table public.edit_webhook_settings is
   'Operator settings of completion webhooks (one row): allow_http (accept http:// URLs, e.g. for '
-  'tests), allow_private_addresses (accept private, loopback and link-local addresses).';
+  'tests), allow_private_addresses (accept private, loopback and link-local addresses), '
+  'allowed_ports (the ports a URL may name; default 443 and 80).';
 insert into public.edit_webhook_settings (id) values (true);
 
 create table public.edit_webhook_allowed_hosts (
@@ -72,6 +82,18 @@ as $$
   -- user info, ASCII only (internationalised names in their xn-- form), a port from 1 to 65535.
   -- Null when malformed. rules.WEBHOOK_URL_PATTERN is the same regex.
   select case when m[2] is null or m[2]::integer between 1 and 65535 then lower(trim(both '[]' from m[1])) end
+    from regexp_match(
+      p_url, '^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)(?::([0-9]{1,5}))?(?:[/?#][!-~]*)?$') as m
+$$;
+
+create function public.edit_webhook_url_port(p_url text)
+returns integer
+language sql immutable parallel safe
+set search_path = ''
+as $$
+  -- The port a URL of the accepted shape goes to: the one it names, else its scheme's (443, 80).
+  -- Null when malformed. webhook_urls.webhook_url_port says the same.
+  select case when m[2] is not null then m[2]::integer when p_url ~* '^https://' then 443 else 80 end
     from regexp_match(
       p_url, '^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)(?::([0-9]{1,5}))?(?:[/?#][!-~]*)?$') as m
 $$;
@@ -136,7 +158,7 @@ declare
   v_settings public.edit_webhook_settings;
   v_host text := public.edit_webhook_url_host(p_url);
 begin
-  -- Why a webhook URL is refused (the processor's rules.webhook_url_refusal says the same), or null.
+  -- Why a webhook URL is refused (the processor's webhook_urls.webhook_url_refusal says the same), or null.
   select * into v_settings from public.edit_webhook_settings where id;
   if p_url is null or char_length(p_url) > 2048 or v_host is null then
     return 'malformed: scheme://host[:port]/path, no user info, ASCII, at most 2048 characters';
@@ -146,6 +168,9 @@ begin
   end if;
   if not public.edit_webhook_host_allowed(v_host) then
     return 'host_not_allowed: ' || v_host || ' is not on the operator''s allowlist';
+  end if;
+  if not public.edit_webhook_url_port(p_url) = any (coalesce(v_settings.allowed_ports, '{443,80}')) then
+    return 'port_not_allowed: ' || public.edit_webhook_url_port(p_url) || ' is not on the operator''s port list';
   end if;
   if public.edit_webhook_address_private(v_host) and not coalesce(v_settings.allow_private_addresses, false) then
     return 'private_address: ' || v_host || ' is a private, loopback or link-local address';
@@ -538,6 +563,7 @@ revoke all on function
   public.edit_webhook_max_endpoints(),
   public.edit_webhook_backoff(integer),
   public.edit_webhook_url_host(text),
+  public.edit_webhook_url_port(text),
   public.edit_webhook_address_private(text),
   public.edit_webhook_host_allowed(text),
   public.edit_webhook_url_refusal(text),
@@ -556,6 +582,7 @@ grant execute on function
   public.edit_webhook_max_endpoints(),
   public.edit_webhook_backoff(integer),
   public.edit_webhook_url_host(text),
+  public.edit_webhook_url_port(text),
   public.edit_webhook_address_private(text),
   public.edit_webhook_host_allowed(text),
   public.edit_webhook_url_refusal(text),
