@@ -183,6 +183,27 @@ def test_only_the_operators_ports_are_accepted(
             db.execute(f"update edit_webhook_settings set allowed_ports = {bad}")
 
 
+@pytest.mark.parametrize(
+    "assignment",
+    ["max_in_flight_per_endpoint = 0", "max_in_flight_per_endpoint = 65", "max_in_flight_per_user = 0"],
+)
+def test_the_in_flight_caps_stay_in_their_range(db: psycopg.Connection[Row], assignment: str) -> None:
+    with pytest.raises(psycopg.errors.CheckViolation):
+        db.execute(f"update edit_webhook_settings set {assignment}")
+
+
+def test_sql_defaults_mirror_the_fair_share_rules(db: psycopg.Connection[Row]) -> None:
+    row = db.execute(
+        "select s.max_in_flight_per_endpoint as endpoint, s.max_in_flight_per_user as per_user, "
+        "edit_webhook_circuit_failures() as failures from edit_webhook_settings s"
+    ).fetchone()
+    assert row == {
+        "endpoint": rules.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT,
+        "per_user": rules.WEBHOOK_MAX_IN_FLIGHT_PER_USER,
+        "failures": rules.WEBHOOK_CIRCUIT_FAILURES,
+    }
+
+
 def test_changing_the_url_is_checked_again(db: psycopg.Connection[Row], owner_endpoint: Row) -> None:
     with (
         pytest.raises(psycopg.errors.CheckViolation, match="host_not_allowed"),
@@ -250,7 +271,11 @@ def test_users_cannot_touch_the_allowlist_or_the_settings(
         "insert into edit_webhook_allowed_hosts (host) values ('evil.example')",
         "select * from edit_webhook_allowed_hosts",
         "update edit_webhook_settings set allow_private_addresses = true",
+        "update edit_webhook_settings set max_in_flight_per_user = 256",
         "select * from edit_webhook_delivery_health",
+        "update edit_webhook_circuits set open_until = null",
+        "delete from edit_webhook_circuits",
+        "select updated_at from edit_webhook_circuits",
     ):
         with (
             pytest.raises(psycopg.errors.InsufficientPrivilege),
@@ -485,6 +510,8 @@ def test_the_last_attempt_is_dead_with_its_status_and_reason_then_replay_makes_i
 ) -> None:
     for attempt in range(1, rules.WEBHOOK_MAX_ATTEMPTS + 1):
         db.execute("update edit_webhook_deliveries set next_attempt_at = now() where id = %s", (pending,))
+        # The endpoint's circuit opened after WEBHOOK_CIRCUIT_FAILURES of these: let it half-open.
+        db.execute("update edit_webhook_circuits set open_until = now() - interval '1 second'")
         [claimed] = claim(db)
         assert claimed["attempts"] == attempt
         status = db.execute(
@@ -496,11 +523,14 @@ def test_the_last_attempt_is_dead_with_its_status_and_reason_then_replay_makes_i
     assert (row["status"], row["last_status_code"], row["last_error"]) == ("dead", 503, "http_status")
     db.execute("update edit_webhook_deliveries set next_attempt_at = now() where id = %s", (pending,))
     assert claim(db) == []
+    assert db.execute(
+        "select count(*) as n from edit_webhook_circuits where open_until > now()"
+    ).fetchone() == {"n": 1}
     with acting_as(db, "service_role") as conn:
         assert conn.execute("select replay_edit_webhook_delivery(%s) as ok", (pending,)).fetchone() == {
             "ok": True
         }
-    [again] = claim(db)
+    [again] = claim(db)  # the replay closed the endpoint's circuit: it goes out now
     assert again["id"] == pending and again["attempts"] == 1
 
 
@@ -550,6 +580,10 @@ def test_concurrent_claims_never_take_the_same_delivery(
 ) -> None:
     for _ in range(20):
         finish(db, add_request(webhook_endpoint_id=owner_endpoint["id"]))
+    # Every delivery claimable at once (the caps have tests of their own).
+    db.execute(
+        "update edit_webhook_settings set max_in_flight_per_endpoint = 64, max_in_flight_per_user = 256"
+    )
     taken: list[list[uuid.UUID]] = []
     barrier = threading.Barrier(4)
 
@@ -582,6 +616,7 @@ def test_the_dashboard_counts_by_status_and_gives_the_failure_rate(
         "update edit_webhook_deliveries set created_at = now() - interval '90 seconds' where id = %s",
         (ids[3],),
     )
+    db.execute("update edit_webhook_settings set max_in_flight_per_endpoint = 3")
     claimed = {row["id"] for row in claim(db, limit=3)}
     first, second, third = sorted(claimed)
     db.execute("select complete_edit_webhook_delivery(%s, 'w1', 200)", (first,))
@@ -593,7 +628,7 @@ def test_the_dashboard_counts_by_status_and_gives_the_failure_rate(
         4 - len(claimed), 0, 2, 1
     )  # fmt: skip
     assert health["failure_rate_last_hour"] == pytest.approx(1 / 3)
-    assert health["retried_rate_last_hour"] == 0
+    assert health["retried_rate_last_hour"] == 0 and health["endpoints_backed_off"] == 0
     if ids[3] not in claimed:
         assert health["oldest_pending_age_s"] >= 89
 

@@ -217,6 +217,19 @@ WEBHOOK_MAX_ENDPOINTS_PER_USER: Final = 10
 """Endpoints one user may register (operators are exempt; ``edit_webhook_max_endpoints()``)."""
 WEBHOOK_MAX_RESPONSE_BYTES: Final = 64 * 1024
 """What is read of a receiver's answer before the connection is closed (only the status matters)."""
+WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT: Final = 2
+"""Deliveries of one endpoint in flight at once, across all processes (the default of
+``edit_webhook_settings.max_in_flight_per_endpoint``): a silent endpoint holds no more slots than this,
+each for the whole timeout, and a user's broken endpoint leaves room for their others."""
+WEBHOOK_MAX_IN_FLIGHT_PER_USER: Final = 3
+"""Deliveries of one user in flight at once, whatever their number of endpoints (the default of
+``edit_webhook_settings.max_in_flight_per_user``): below ``WEBHOOK_CONCURRENCY``'s default of 4, so one
+user never holds every slot of a process."""
+WEBHOOK_CIRCUIT_FAILURES: Final = 5
+"""Failed attempts in a row after which an endpoint's circuit opens (``edit_webhook_circuit_failures()``):
+none of its deliveries is claimed until ``webhook_backoff_seconds(failures)`` has passed, then one probe at
+a time; a success closes it. Five timeouts of 10 s, and an endpoint that answers nothing holds slots for
+less than a minute before it is backed off for 4 minutes, then 8, ... at most 3 hours."""
 
 
 def webhook_backoff_seconds(attempts: int) -> float:
