@@ -222,6 +222,7 @@ def build_webhooks(settings: Settings, metrics: Metrics | None = None) -> Webhoo
         PostgresWebhookOutbox(settings.database_url),
         HttpWebhookSender(
             allowed_hosts=settings.webhook_hosts(),
+            allowed_ports=settings.webhook_ports(),
             allow_http=settings.webhook_allow_http,
             allow_private_addresses=settings.webhook_allow_private_addresses,
             timeout_seconds=settings.webhook_timeout_seconds,
@@ -262,6 +263,7 @@ def build_retention(settings: Settings, storage: ObjectStorage, metrics: Metrics
         retention_policy(settings),
         worker_id=settings.worker_id,
         interval_seconds=settings.retention_interval_seconds,
+        run_seconds=settings.retention_run_seconds,
         metrics=metrics,
     )
 

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from processor.domain import rules
+from processor.domain import rules, webhook_urls
 from processor.domain.errors import ConfigurationError
 from processor.domain.rules import LORA_NAME, DeviceChoice, MemoryMode, Quantization, SpeedPreset
 
@@ -163,6 +163,11 @@ class Settings(BaseSettings):
     webhook_allowed_hosts: str | None = None
     """Comma-separated hosts (``*.example.com`` for names under it) this process delivers to, on top of
     the database's ``edit_webhook_allowed_hosts`` (a URL must pass both). Unset: the table alone."""
+    webhook_allowed_ports: str = ",".join(
+        str(port) for port in sorted(webhook_urls.WEBHOOK_DEFAULT_PORTS, reverse=True)
+    )
+    """Comma-separated ports a URL may name (its scheme's when it names none) for this process to deliver
+    to, on top of the database's ``edit_webhook_settings.allowed_ports`` (a URL must pass both)."""
     webhook_allow_http: bool = False
     """Deliver to ``http://`` URLs (tests, private networks); the database's ``allow_http`` must agree."""
     webhook_allow_private_addresses: bool = False
@@ -183,7 +188,11 @@ class Settings(BaseSettings):
     retention_batch_size: int = Field(
         default=rules.DEFAULT_RETENTION_BATCH_SIZE, ge=1, le=rules.MAX_RETENTION_BATCH_SIZE
     )
-    """Objects one retention run deletes at most (Storage's bulk delete takes 1,000)."""
+    """Objects one retention batch deletes at most (Storage's bulk delete takes 1,000)."""
+    retention_run_seconds: float = Field(
+        default=rules.DEFAULT_RETENTION_RUN_SECONDS, ge=0, le=rules.MAX_RETENTION_RUN_SECONDS
+    )
+    """How long one run keeps taking batches while the last one deleted something; ``0``: one batch a run."""
     retention_interval_seconds: float = Field(
         default=rules.DEFAULT_RETENTION_INTERVAL_SECONDS, ge=rules.MIN_RETENTION_INTERVAL_SECONDS
     )
@@ -260,6 +269,18 @@ class Settings(BaseSettings):
                 "so a delivery in flight is never sent again by another process"
             )
         return self
+
+    @field_validator("webhook_allowed_ports")
+    @classmethod
+    def _ports_are_ports(cls, value: str) -> str:
+        ports = [part.strip() for part in value.split(",") if part.strip()]
+        if not ports or not all(port.isdigit() and 1 <= int(port) <= 65535 for port in ports):
+            raise ValueError("must be a comma-separated list of ports from 1 to 65535")
+        return value
+
+    def webhook_ports(self) -> frozenset[int]:
+        """``WEBHOOK_ALLOWED_PORTS`` as a set."""
+        return frozenset(int(port) for port in self.webhook_allowed_ports.split(",") if port.strip())
 
     def webhook_hosts(self) -> frozenset[str] | None:
         """``WEBHOOK_ALLOWED_HOSTS`` as a set (lower case); None when unset."""

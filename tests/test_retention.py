@@ -95,7 +95,12 @@ class World:
         return row
 
     def run(
-        self, policy: RetentionPolicy | None = None, *, worker: str = "retention-test", timeout: float = 60.0
+        self,
+        policy: RetentionPolicy | None = None,
+        *,
+        worker: str = "retention-test",
+        timeout: float = 60.0,
+        run_seconds: float = rules.DEFAULT_RETENTION_RUN_SECONDS,
     ) -> RetentionReport:
         async def main() -> RetentionReport:
             storage = self.server.adapter(attempts=2, timeout=timeout)
@@ -105,6 +110,7 @@ class World:
                 policy or RetentionPolicy(),
                 worker_id=worker,
                 interval_seconds=3600,
+                run_seconds=run_seconds,
                 metrics=Metrics(),
             )
             await storage.open()
@@ -284,12 +290,16 @@ def test_creations_have_no_inputs_to_expire(world: World) -> None:
     assert world.row(creation)["inputs_expired_at"] is None
 
 
-def test_each_run_is_bounded(world: World) -> None:
-    for index in range(7):
+def test_each_batch_is_bounded_and_a_run_takes_batches_while_work_remains(world: World) -> None:
+    """A batch an hour was all a run did: 500 objects an hour, whatever was uploaded. A run now
+    takes batch after batch while the last one deleted something (within its time budget)."""
+    for index in range(14):
         world.request("canceled", [f"{world.user}/c{index}.png"])
     policy = RetentionPolicy(batch_size=3)
-    counts = [world.run(policy).deleted["input"] for _ in range(4)]
-    assert counts == [3, 3, 1, 0]
+    assert [world.run(policy, run_seconds=0).deleted["input"] for _ in range(2)] == [3, 3]
+    report = world.run(policy)
+    assert (report.deleted["input"], report.batches) == (8, 3)  # 3 + 3 + 2, then nothing is due
+    assert not any(world.exists(IN, f"{world.user}/c{index}.png") for index in range(14))
 
 
 def test_the_orphan_scan_is_bounded_and_resumes_where_it_stopped(world: World) -> None:
@@ -298,7 +308,7 @@ def test_the_orphan_scan_is_bounded_and_resumes_where_it_stopped(world: World) -
     for index, name in enumerate(names):
         world.put(IN, name, age=timedelta(days=2) if index % 10 == 0 else timedelta(minutes=5))
     policy = RetentionPolicy(input_age=None, output_age=None, batch_size=1)
-    deleted = [world.run(policy).deleted["orphan"] for _ in range(6)]
+    deleted = [world.run(policy, run_seconds=0).deleted["orphan"] for _ in range(6)]
     assert sum(deleted) == 5 and max(deleted) == 1
     assert [name for index, name in enumerate(names) if world.exists(IN, name)] == [
         name for index, name in enumerate(names) if index % 10
@@ -583,3 +593,121 @@ def test_the_service_sweeps_in_the_background_and_users_see_their_output_expired
     from processor.core.user_actions import UserActions
 
     assert asyncio.run(UserActions.output_url(None, seen)) is None  # type: ignore[arg-type]
+
+
+# --- What one user can make a run cost (issue 22 item 5) ------------------------------------------------
+
+
+def finished_rows_naming(world: World, path: str, count: int, *, finished_ago: timedelta = OLD) -> None:
+    """``count`` canceled requests naming ``path``, as cancel_edit_batch leaves a batch whose shared
+    reference was never uploaded (inserted as finished rows: the constraints hold, the state machine is
+    not run ``count`` times)."""
+    world.db.execute(
+        "insert into edit_requests (user_id, prompt, input_paths, status, finished_at) "
+        "select %s, 'x', array[%s], 'canceled', now() - %s from generate_series(1, %s)",
+        (world.user, path, finished_ago, count),
+    )
+    world.db.execute("analyze edit_requests")
+
+
+def rows_read_by_one_candidates_call(world: World, policy: RetentionPolicy) -> tuple[int, int]:
+    """Rows of ``edit_requests`` one ``edit_retention_candidates`` call reads (sequential and index
+    fetches: the difference of the backend's own counts around the call), and the candidates it returns."""
+    counted = (
+        "select coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) as n "
+        "from pg_stat_xact_user_tables where relid = 'public.edit_requests'::regclass"
+    )
+    with world.db.transaction():
+        before = world.db.execute(counted).fetchone()
+        found = world.db.execute(
+            "select count(*) as n from edit_retention_candidates('w', %s, %s, %s, %s)",
+            (policy.input_age, policy.output_age, policy.orphan_grace, policy.batch_size),
+        ).fetchone()
+        after = world.db.execute(counted).fetchone()
+    world.db.execute("select edit_retention_release('w')")
+    assert before is not None and found is not None and after is not None
+    return int(after["n"]) - int(before["n"]), int(found["n"])
+
+
+@pytest.mark.parametrize("uploaded", [False, True], ids=["never-uploaded", "uploaded"])
+def test_rows_naming_one_blocked_path_cost_each_run_reads_linear_in_them(
+    world: World, uploaded: bool
+) -> None:
+    """The stall: N finished rows name one path a live request also names. Each row used to sum up
+    all N rows naming the path, a run read N² rows, and every run did it again (11.9 s at 4,000
+    rows); now each distinct path is decided once a run (a path Storage does not hold needs no
+    decision at all, and a path found blocked is remembered)."""
+    shared = f"{world.user}/reference.png"
+    if uploaded:
+        world.put(IN, shared)
+    count = 300
+    finished_rows_naming(world, shared, count)
+    world.request("queued" if uploaded else "awaiting_image", [shared])  # live: the path is blocked
+    policy = RetentionPolicy(output_age=None, orphan_grace=None)
+
+    runs = [rows_read_by_one_candidates_call(world, policy) for _ in range(2)]
+
+    assert [found for _, found in runs] == [0, 0]  # nothing a live request names is due
+    assert all(read <= 5 * count for read, _ in runs), f"{runs} rows read for {count} rows naming one path"
+    assert world.exists(IN, shared) is uploaded
+
+
+def test_a_run_looks_at_a_bounded_window_and_the_next_run_carries_on_from_it(world: World) -> None:
+    """1,000 due rows, each path blocked by a request that finished an hour ago: a run with batch size
+    1 looks at 20 of them (20 x the batch), not all 1,000, and the runs that follow walk on until they
+    reach the one row that is due."""
+    u = world.user
+    count = 1000
+    world.db.execute(
+        "insert into storage.objects (bucket_id, name, created_at, updated_at) "
+        "select 'edit-inputs', %s || '/b' || i || '.png', now() - interval '61 days', now() - interval '61 days' "
+        "from generate_series(0, %s - 1) i",
+        (str(u), count),
+    )
+    world.db.execute(
+        "insert into edit_requests (user_id, prompt, input_paths, status, finished_at) "
+        "select %s, 'x', array[%s || '/b' || i || '.png'], 'canceled', now() - interval '60 days' + i * interval '1 second' "
+        "from generate_series(0, %s - 1) i "
+        "union all select %s, 'x', array[%s || '/b' || i || '.png'], 'canceled', now() - interval '1 hour' "
+        "from generate_series(0, %s - 1) i",
+        (u, str(u), count, u, str(u), count),
+    )
+    world.db.execute("analyze edit_requests")
+    due = world.request("failed", [f"{u}/due.png"], finished_ago=timedelta(days=59))
+    policy = RetentionPolicy(output_age=None, orphan_grace=None, batch_size=1)
+
+    reads = []
+    for _ in range(count // 20 + 2):
+        read, found = rows_read_by_one_candidates_call(world, policy)
+        reads.append(read)
+        if found:
+            break
+    assert found == 1 and count // 20 <= len(reads) <= count // 20 + 1, reads
+    assert max(reads) <= 200, reads
+    assert world.row(due)["inputs_expired_at"] is None  # listed, not yet deleted
+
+
+def test_a_stuck_retention_statement_ends_at_its_timeout_and_the_run_reports_it(world: World) -> None:
+    """Whatever makes a call slow (here: another transaction holding the retention state row), the
+    retention connection gives up after its statement timeout, and the run ends as failed."""
+    from processor.domain.errors import TransientError
+
+    world.request("failed", [f"{world.user}/stuck.png"])
+    holder = psycopg.connect(world.db.info.dsn)
+    try:
+        holder.execute("select * from edit_retention_state for update")
+
+        async def scenario() -> None:
+            store = PostgresRetentionStore(world.db.info.dsn, statement_timeout_seconds=0.2)
+            await store.open()
+            try:
+                async with asyncio.timeout(30):
+                    with pytest.raises(TransientError, match="statement timeout"):
+                        await store.candidates("w", RetentionPolicy())
+            finally:
+                await store.close()
+
+        asyncio.run(scenario())
+    finally:
+        holder.close()
+    assert world.exists(IN, f"{world.user}/stuck.png")

@@ -5,6 +5,9 @@ dashboard, and a hostile signed-in user who may do none of what is not theirs.""
 from __future__ import annotations
 
 import base64
+import ipaddress
+import random
+import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -20,8 +23,11 @@ Row = dict[str, Any]
 
 
 def allow_local(db: psycopg.Connection[Row]) -> None:
-    """What the tests' receivers need: http, loopback, 127.0.0.1 on the allowlist."""
-    db.execute("update edit_webhook_settings set allow_http = true, allow_private_addresses = true")
+    """What the tests' receivers need: http, loopback, 127.0.0.1 on the allowlist, port 9."""
+    db.execute(
+        "update edit_webhook_settings set allow_http = true, allow_private_addresses = true, "
+        "allowed_ports = '{443,80,9}'"
+    )
     db.execute("insert into edit_webhook_allowed_hosts (host) values ('127.0.0.1') on conflict do nothing")
 
 
@@ -115,6 +121,9 @@ def test_rotating_a_secret_gives_a_new_one_to_its_owner_only(
         ("https://169.254.169.254/latest/meta-data", "private_address"),
         ("https://[::1]/hook", "private_address"),
         ("https://[::ffff:127.0.0.1]/hook", "private_address"),
+        ("https://[::10.0.0.1]/hook", "private_address"),
+        ("https://[fec0::1]/hook", "private_address"),
+        ("https://[2001::a00:1]/hook", "private_address"),
         ("https://localhost/hook", "private_address"),
         ("https://hooks.example.com:99999/", "malformed"),
     ],
@@ -125,7 +134,8 @@ def test_a_url_off_the_rules_is_refused_with_its_reason(
     # Every host of these cases is allowlisted except evil.example: the other rules must refuse them.
     db.execute(
         "insert into edit_webhook_allowed_hosts (host) values ('hooks.example.com'), ('10.1.2.3'), "
-        "('169.254.169.254'), ('::1'), ('::ffff:127.0.0.1'), ('localhost'), ('127.0.0.1')"
+        "('169.254.169.254'), ('::1'), ('::ffff:127.0.0.1'), ('::10.0.0.1'), ('fec0::1'), ('2001::a00:1'), "
+        "('localhost'), ('127.0.0.1')"
     )
     with pytest.raises(psycopg.errors.CheckViolation, match=f"webhook URL refused: {refusal}") as caught:
         register(db, OWNER, url)
@@ -133,7 +143,7 @@ def test_a_url_off_the_rules_is_refused_with_its_reason(
     assert webhook_urls.webhook_url_refusal(
         url,
         allowed_hosts=frozenset({"hooks.example.com", "10.1.2.3", "169.254.169.254", "::1", "::ffff:127.0.0.1",
-                                 "localhost", "127.0.0.1"}),
+                                 "::10.0.0.1", "fec0::1", "2001::a00:1", "localhost", "127.0.0.1"}),
         allow_http=False,
         allow_private_addresses=False,
     ) is not None  # fmt: skip
@@ -146,9 +156,52 @@ def test_an_allowlisted_https_url_and_a_wildcard_are_accepted(
         "insert into edit_webhook_allowed_hosts (host) values ('hooks.example.com'), ('*.apps.example')"
     )
     register(db, OWNER, "https://hooks.example.com/edits?x=1")
-    register(db, OWNER, "https://eu.apps.example:8443/hook")
+    register(db, OWNER, "https://eu.apps.example:443/hook")
     with pytest.raises(psycopg.errors.CheckViolation, match="host_not_allowed"):
         register(db, OWNER, "https://apps.example/hook")
+
+
+def test_only_the_operators_ports_are_accepted(
+    db: psycopg.Connection[Row], add_request: Callable[..., uuid.UUID]
+) -> None:
+    """Any port of an allowlisted host was accepted: a probe of whatever listens there, and a filtered
+    port held a delivery slot for the whole timeout. 443 and 80 unless the operator lists others."""
+    db.execute("insert into edit_webhook_allowed_hosts (host) values ('hooks.example.com')")
+    for url in (
+        "https://hooks.example.com:8443/hook",
+        "https://hooks.example.com:22/",
+        "https://hooks.example.com:6379/",
+    ):
+        with pytest.raises(psycopg.errors.CheckViolation, match="webhook URL refused: port_not_allowed"):
+            register(db, OWNER, url)
+    db.execute("update edit_webhook_settings set allowed_ports = '{443,8443}'")
+    register(db, OWNER, "https://hooks.example.com:8443/hook")
+    with pytest.raises(psycopg.errors.CheckViolation, match="port_not_allowed"):
+        register(db, OWNER, "https://hooks.example.com:80/hook")
+    for bad in ("'{}'", "'{0}'", "'{70000}'", "array[443, null]"):
+        with pytest.raises(psycopg.errors.CheckViolation):
+            db.execute(f"update edit_webhook_settings set allowed_ports = {bad}")
+
+
+@pytest.mark.parametrize(
+    "assignment",
+    ["max_in_flight_per_endpoint = 0", "max_in_flight_per_endpoint = 65", "max_in_flight_per_user = 0"],
+)
+def test_the_in_flight_caps_stay_in_their_range(db: psycopg.Connection[Row], assignment: str) -> None:
+    with pytest.raises(psycopg.errors.CheckViolation):
+        db.execute(f"update edit_webhook_settings set {assignment}")
+
+
+def test_sql_defaults_mirror_the_fair_share_rules(db: psycopg.Connection[Row]) -> None:
+    row = db.execute(
+        "select s.max_in_flight_per_endpoint as endpoint, s.max_in_flight_per_user as per_user, "
+        "edit_webhook_circuit_failures() as failures from edit_webhook_settings s"
+    ).fetchone()
+    assert row == {
+        "endpoint": rules.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT,
+        "per_user": rules.WEBHOOK_MAX_IN_FLIGHT_PER_USER,
+        "failures": rules.WEBHOOK_CIRCUIT_FAILURES,
+    }
 
 
 def test_changing_the_url_is_checked_again(db: psycopg.Connection[Row], owner_endpoint: Row) -> None:
@@ -218,7 +271,11 @@ def test_users_cannot_touch_the_allowlist_or_the_settings(
         "insert into edit_webhook_allowed_hosts (host) values ('evil.example')",
         "select * from edit_webhook_allowed_hosts",
         "update edit_webhook_settings set allow_private_addresses = true",
+        "update edit_webhook_settings set max_in_flight_per_user = 256",
         "select * from edit_webhook_delivery_health",
+        "update edit_webhook_circuits set open_until = null",
+        "delete from edit_webhook_circuits",
+        "select updated_at from edit_webhook_circuits",
     ):
         with (
             pytest.raises(psycopg.errors.InsufficientPrivilege),
@@ -453,6 +510,8 @@ def test_the_last_attempt_is_dead_with_its_status_and_reason_then_replay_makes_i
 ) -> None:
     for attempt in range(1, rules.WEBHOOK_MAX_ATTEMPTS + 1):
         db.execute("update edit_webhook_deliveries set next_attempt_at = now() where id = %s", (pending,))
+        # The endpoint's circuit opened after WEBHOOK_CIRCUIT_FAILURES of these: let it half-open.
+        db.execute("update edit_webhook_circuits set open_until = now() - interval '1 second'")
         [claimed] = claim(db)
         assert claimed["attempts"] == attempt
         status = db.execute(
@@ -461,16 +520,17 @@ def test_the_last_attempt_is_dead_with_its_status_and_reason_then_replay_makes_i
         ).fetchone()
         assert status == {"s": "dead" if attempt == rules.WEBHOOK_MAX_ATTEMPTS else "pending"}
     row = delivery(db, pending)
-    assert (row["status"], row["last_status_code"], row["last_error"]) == (
-        "dead", 503, "http_status: 503 Service Unavailable"
-    )  # fmt: skip
+    assert (row["status"], row["last_status_code"], row["last_error"]) == ("dead", 503, "http_status")
     db.execute("update edit_webhook_deliveries set next_attempt_at = now() where id = %s", (pending,))
     assert claim(db) == []
+    assert db.execute(
+        "select count(*) as n from edit_webhook_circuits where open_until > now()"
+    ).fetchone() == {"n": 1}
     with acting_as(db, "service_role") as conn:
         assert conn.execute("select replay_edit_webhook_delivery(%s) as ok", (pending,)).fetchone() == {
             "ok": True
         }
-    [again] = claim(db)
+    [again] = claim(db)  # the replay closed the endpoint's circuit: it goes out now
     assert again["id"] == pending and again["attempts"] == 1
 
 
@@ -504,7 +564,7 @@ def test_a_lease_lapsing_on_the_last_attempt_is_dead(db: psycopg.Connection[Row]
     )
     assert claim(db) == []
     row = delivery(db, pending)
-    assert row["status"] == "dead" and row["last_error"].startswith("lease_expired:")
+    assert row["status"] == "dead" and row["last_error"] == "lease_expired"
 
 
 def test_a_url_refused_since_it_was_registered_is_reported_at_claim(
@@ -520,6 +580,10 @@ def test_concurrent_claims_never_take_the_same_delivery(
 ) -> None:
     for _ in range(20):
         finish(db, add_request(webhook_endpoint_id=owner_endpoint["id"]))
+    # Every delivery claimable at once (the caps have tests of their own).
+    db.execute(
+        "update edit_webhook_settings set max_in_flight_per_endpoint = 64, max_in_flight_per_user = 256"
+    )
     taken: list[list[uuid.UUID]] = []
     barrier = threading.Barrier(4)
 
@@ -552,6 +616,7 @@ def test_the_dashboard_counts_by_status_and_gives_the_failure_rate(
         "update edit_webhook_deliveries set created_at = now() - interval '90 seconds' where id = %s",
         (ids[3],),
     )
+    db.execute("update edit_webhook_settings set max_in_flight_per_endpoint = 3")
     claimed = {row["id"] for row in claim(db, limit=3)}
     first, second, third = sorted(claimed)
     db.execute("select complete_edit_webhook_delivery(%s, 'w1', 200)", (first,))
@@ -563,7 +628,7 @@ def test_the_dashboard_counts_by_status_and_gives_the_failure_rate(
         4 - len(claimed), 0, 2, 1
     )  # fmt: skip
     assert health["failure_rate_last_hour"] == pytest.approx(1 / 3)
-    assert health["retried_rate_last_hour"] == 0
+    assert health["retried_rate_last_hour"] == 0 and health["endpoints_backed_off"] == 0
     if ids[3] not in claimed:
         assert health["oldest_pending_age_s"] >= 89
 
@@ -588,8 +653,20 @@ def test_sql_mirrors_the_webhook_rules(db: psycopg.Connection[Row]) -> None:
         nominal = rules.webhook_backoff_seconds(attempts)
         assert nominal * (1 - jitter) <= min(waits) and max(waits) <= nominal * (1 + jitter)
         assert max(waits) - min(waits) > nominal * jitter  # the jitter is there
-    source = db.execute("select prosrc from pg_proc where proname = 'edit_webhook_url_host'").fetchone()
-    assert source is not None and webhook_urls.WEBHOOK_URL_PATTERN in source["prosrc"]
+    for function in ("edit_webhook_url_host", "edit_webhook_url_port"):
+        source = db.execute("select prosrc from pg_proc where proname = %s", (function,)).fetchone()
+        assert source is not None and webhook_urls.WEBHOOK_URL_PATTERN in source["prosrc"], function
+    default = db.execute(
+        "select column_default from information_schema.columns "
+        "where table_name = 'edit_webhook_settings' and column_name = 'allowed_ports'"
+    ).fetchone()
+    assert default is not None
+    assert {
+        int(p) for p in re.findall(r"\d+", default["column_default"])
+    } == webhook_urls.WEBHOOK_DEFAULT_PORTS
+    from processor.settings import Settings
+
+    assert Settings(_env_file=None).webhook_ports() == webhook_urls.WEBHOOK_DEFAULT_PORTS  # type: ignore[call-arg]
     events = db.execute(
         "select pg_get_constraintdef(oid) as d from pg_constraint where conname = 'edit_webhook_deliveries_event_known'"
     ).fetchone()
@@ -611,12 +688,22 @@ URL_CASES = [
     "https://[2606:4700::1111]/",
     "https://[fe80::1]/",
     "https://[::ffff:8.8.8.8]/",
+    "https://[::8.8.8.8]/",
+    "https://[fec0::1]/",
+    "https://[2001::1]/",
+    "https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/",
+    "https://[3fff::1]/",
     "https://localhost/",
     "https://x.localhost/",
     "https://999.1.1.1/",
     "https://u@hooks.example.com/",
     "https://hooks.example.com/a b",
     "https://hooks.example.com:443/?q=1#f",
+    "https://hooks.example.com:80/",
+    "http://hooks.example.com:443/",
+    "https://hooks.example.com:8443/",
+    "http://hooks.example.com:22/",
+    "https://a.b.apps.example:6379/",
     "hooks.example.com",
     "https://" + "a" * 2050 + ".example/",
 ]
@@ -627,7 +714,8 @@ def test_python_and_sql_refuse_the_same_urls_for_the_same_reason(
     db: psycopg.Connection[Row], allow_http: bool, allow_private: bool
 ) -> None:
     hosts = frozenset({"hooks.example.com", "*.apps.example", "127.0.0.1", "10.0.0.1", "8.8.8.8", "100.64.1.1",
-                       "::1", "2606:4700::1111", "fe80::1", "::ffff:8.8.8.8", "localhost", "x.localhost",
+                       "::1", "2606:4700::1111", "fe80::1", "::ffff:8.8.8.8", "::8.8.8.8", "fec0::1", "2001::1",
+                       "2001:0:4136:e378:8000:63bf:3fff:fdd2", "3fff::1", "localhost", "x.localhost",
                        "999.1.1.1"})  # fmt: skip
     db.execute("insert into edit_webhook_allowed_hosts (host) select unnest(%s::text[])", (sorted(hosts),))
     db.execute(
@@ -643,3 +731,46 @@ def test_python_and_sql_refuse_the_same_urls_for_the_same_reason(
         assert (sql["r"] or "").partition(":")[0] == (python[0] if python else ""), url
         if python is not None:
             assert sql["r"] == f"{python[0]}: {python[1]}", url
+
+
+def test_sql_and_python_list_the_same_private_networks(db: psycopg.Connection[Row]) -> None:
+    source = db.execute(
+        "select prosrc from pg_proc where proname = 'edit_webhook_address_private'"
+    ).fetchone()
+    assert source is not None
+    listed = re.search(r"array\[(.*?)\]::inet\[\]", source["prosrc"], re.S)
+    assert listed is not None
+    in_sql = {ipaddress.ip_network(network) for network in re.findall(r"'([^']+)'", listed.group(1))}
+    assert in_sql == set(webhook_urls.WEBHOOK_PRIVATE_NETWORKS)
+    edges = [
+        str(a)
+        for n in webhook_urls.WEBHOOK_PRIVATE_NETWORKS
+        for a in (n.network_address, n.broadcast_address)
+    ]
+    verdicts = db.execute(
+        "select a, edit_webhook_address_private(a) as private from unnest(%s::text[]) a", (edges,)
+    ).fetchall()
+    assert all(row["private"] for row in verdicts)
+
+
+def test_every_address_python_calls_not_global_is_refused() -> None:
+    """Python's ``ipaddress`` knows which addresses are not global; the list must cover all of those
+    (it may refuse more: deprecated and special-purpose blocks Python still calls global). Sampled:
+    both ends and random addresses of every special block Python and IANA know of, and random
+    addresses of the whole space."""
+    rng = random.Random(22)
+    blocks = [
+        *ipaddress._IPv4Constants._private_networks,  # type: ignore[attr-defined]
+        *ipaddress._IPv6Constants._private_networks,  # type: ignore[attr-defined]
+        *webhook_urls.WEBHOOK_PRIVATE_NETWORKS,
+    ]
+    samples: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for block in blocks:
+        samples += [block.network_address, block.broadcast_address]
+        samples += [block.network_address + rng.randrange(block.num_addresses) for _ in range(20)]
+    samples += [ipaddress.IPv4Address(rng.getrandbits(32)) for _ in range(20000)]
+    samples += [ipaddress.IPv6Address(rng.getrandbits(128)) for _ in range(20000)]
+    missed = [str(a) for a in samples if not a.is_global and not webhook_urls.webhook_address_private(a)]
+    assert missed == []
+    for deprecated in ("::10.0.0.1", "::8.8.8.8", "fec0::1", "2001::1", "192.88.99.1"):
+        assert webhook_urls.webhook_address_private(ipaddress.ip_address(deprecated)), deprecated

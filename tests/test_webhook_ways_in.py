@@ -22,7 +22,10 @@ Row = dict[str, Any]
 @pytest.fixture
 def api(start_processor: Callable[..., Harness]) -> Harness:
     harness = start_processor(rest=True)
-    harness.db.execute("update edit_webhook_settings set allow_http = true, allow_private_addresses = true")
+    harness.db.execute(
+        "update edit_webhook_settings set allow_http = true, allow_private_addresses = true, "
+        "allowed_ports = '{443,80,9}'"
+    )
     harness.db.execute("insert into edit_webhook_allowed_hosts (host) values ('127.0.0.1')")
     return harness
 

@@ -1,7 +1,7 @@
 """``WebhookSender`` over HTTP: the URL rules again, DNS pinned, no redirects, bounded everything.
 
-A receiver's URL is user input, so each attempt checks it once more (the allowlist may have changed
-since it was registered), then resolves the name itself and refuses it when any address it resolves
+A receiver's URL is user input, so each attempt checks it once more (the allowlist, and the port
+list, may have changed since it was registered), then resolves the name itself and refuses it when any address it resolves
 to is private, loopback or link-local (unless the operator allows private addresses), and connects
 to the address it checked: the request goes to that IP, with the name in ``Host`` and, over TLS, as
 the SNI and the name the certificate must match. A second resolution (DNS rebinding) cannot
@@ -53,6 +53,7 @@ class HttpWebhookSender:
         allowed_hosts: frozenset[str] | None,
         allow_http: bool = False,
         allow_private_addresses: bool = False,
+        allowed_ports: frozenset[int] | None = webhook_urls.WEBHOOK_DEFAULT_PORTS,
         timeout_seconds: float = DEFAULT_WEBHOOK_TIMEOUT_SECONDS,
         max_response_bytes: int = rules.WEBHOOK_MAX_RESPONSE_BYTES,
         resolver: Resolver = resolve,
@@ -60,6 +61,8 @@ class HttpWebhookSender:
     ) -> None:
         self._allowed_hosts = allowed_hosts
         """None: the database's allowlist alone decides (it is checked at claim time)."""
+        self._allowed_ports = allowed_ports
+        """None: the database's port list alone decides (it is checked at claim time)."""
         self._allow_http = allow_http
         self._allow_private = allow_private_addresses
         self._timeout = timeout_seconds
@@ -99,6 +102,11 @@ class HttpWebhookSender:
             allowed_hosts=self._allowed_hosts if self._allowed_hosts is not None else frozenset({host}),
             allow_http=self._allow_http,
             allow_private_addresses=self._allow_private,
+            allowed_ports=(
+                self._allowed_ports
+                if self._allowed_ports is not None
+                else frozenset({webhook_urls.webhook_url_port(url) or 0})
+            ),
         )
         if refusal is not None:
             return _failure(*refusal)

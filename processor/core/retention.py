@@ -2,7 +2,8 @@
 
 One run: ask the database for a bounded list of due objects (it holds a lease, so one processor
 at a time runs), delete them bucket by bucket with Storage's bulk delete, and mark the finished
-rows whose objects are gone. What is due, and what a live request needs, is decided in SQL, and
+rows whose objects are gone; then again, batch after batch, while the last batch deleted
+something and the run's time budget lasts (uploads are not bounded by a batch an hour). What is due, and what a live request needs, is decided in SQL, and
 decided again inside Storage's delete transaction, so nothing here can delete a live input.
 
 Failures lose nothing: a bucket whose delete failed is not marked, and its objects are still
@@ -15,13 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 from processor.domain.errors import ProcessorError
-from processor.domain.ports.retention import RetentionPolicy, RetentionStore
+from processor.domain.ports.retention import RetentionCandidate, RetentionPolicy, RetentionStore
 from processor.domain.ports.storage import ObjectStorage
-from processor.domain.rules import PREVIEW_EXTENSIONS, RetentionKind, preview_path_beside
+from processor.domain.rules import (
+    DEFAULT_RETENTION_RUN_SECONDS,
+    PREVIEW_EXTENSIONS,
+    RetentionKind,
+    preview_path_beside,
+)
 from processor.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,7 @@ class RetentionReport:
     kept: Counter[RetentionKind] = field(default_factory=Counter)
     failed: Counter[RetentionKind] = field(default_factory=Counter)
     rows_marked: int = 0
+    batches: int = 0
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -52,12 +60,15 @@ class RetentionReport:
             "kept": dict(self.kept),
             "failed": dict(self.failed),
             "rows_marked": self.rows_marked,
+            "batches": self.batches,
             "errors": list(self.errors),
         }
 
 
 class Retention:
-    """Runs retention once (``run_once``) or every ``interval_seconds`` (``run``)."""
+    """Runs retention once (``run_once``) or every ``interval_seconds`` (``run``). A run takes batch
+    after batch until one deletes nothing, one fails, or ``run_seconds`` have passed (``0``: one
+    batch a run)."""
 
     def __init__(
         self,
@@ -67,6 +78,7 @@ class Retention:
         *,
         worker_id: str,
         interval_seconds: float,
+        run_seconds: float = DEFAULT_RETENTION_RUN_SECONDS,
         metrics: Metrics | None = None,
     ) -> None:
         self._store = store
@@ -74,6 +86,7 @@ class Retention:
         self.policy = policy
         self._worker_id = worker_id
         self._interval = interval_seconds
+        self._run_seconds = run_seconds
         self._metrics = metrics
 
     async def open(self) -> None:
@@ -106,32 +119,49 @@ class Retention:
         return report
 
     async def _run(self, report: RetentionReport) -> None:
-        candidates = await self._store.candidates(self._worker_id, self.policy)
+        started = time.monotonic()
         try:
-            by_bucket: dict[str, dict[str, RetentionKind]] = {}
-            for candidate in candidates:
-                by_bucket.setdefault(candidate.bucket, {})[candidate.path] = candidate.kind
-            for bucket, kinds in by_bucket.items():
-                paths = list(kinds)
-                # With an output go the live previews a crashed attempt may have left beside it
-                # (a final row no longer names them; absent names are no error).
-                leftovers = [
-                    name for path in paths if kinds[path] == "output" for name in preview_names_beside(path)
-                ]
-                try:
-                    deleted = set(await self._storage.delete_many(bucket, paths + leftovers))
-                except ProcessorError as exc:
-                    # Some may be gone already: marking below counts what Storage no longer holds.
-                    report.errors.append(f"{bucket}: {exc}")
-                    log.warning("retention: deleting %d objects from %s failed: %s", len(paths), bucket, exc)
-                    for path in paths:
-                        report.failed[kinds[path]] += 1
-                else:
-                    for path in paths:
-                        (report.deleted if path in deleted else report.kept)[kinds[path]] += 1
-                report.rows_marked += await self._store.mark_deleted(bucket, paths)
+            while True:
+                candidates = await self._store.candidates(self._worker_id, self.policy)
+                if not candidates:
+                    return
+                deleted_before = sum(report.deleted.values())
+                errors_before = len(report.errors)
+                await self._batch(candidates, report)
+                report.batches += 1
+                if (
+                    len(report.errors) > errors_before  # Storage is failing: the next run tries again
+                    or sum(report.deleted.values()) == deleted_before  # no progress: nothing to gain
+                    or time.monotonic() - started >= self._run_seconds
+                ):
+                    return
         finally:
             await self._store.release(self._worker_id)
+
+    async def _batch(self, candidates: list[RetentionCandidate], report: RetentionReport) -> None:
+        """Delete one list of candidates bucket by bucket, then mark what is gone."""
+        by_bucket: dict[str, dict[str, RetentionKind]] = {}
+        for candidate in candidates:
+            by_bucket.setdefault(candidate.bucket, {})[candidate.path] = candidate.kind
+        for bucket, kinds in by_bucket.items():
+            paths = list(kinds)
+            # With an output go the live previews a crashed attempt may have left beside it
+            # (a final row no longer names them; absent names are no error).
+            leftovers = [
+                name for path in paths if kinds[path] == "output" for name in preview_names_beside(path)
+            ]
+            try:
+                deleted = set(await self._storage.delete_many(bucket, paths + leftovers))
+            except ProcessorError as exc:
+                # Some may be gone already: marking below counts what Storage no longer holds.
+                report.errors.append(f"{bucket}: {exc}")
+                log.warning("retention: deleting %d objects from %s failed: %s", len(paths), bucket, exc)
+                for path in paths:
+                    report.failed[kinds[path]] += 1
+            else:
+                for path in paths:
+                    (report.deleted if path in deleted else report.kept)[kinds[path]] += 1
+            report.rows_marked += await self._store.mark_deleted(bucket, paths)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Every interval until ``stop``; the first run right away."""

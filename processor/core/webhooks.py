@@ -168,14 +168,19 @@ class WebhookDispatcher:
             await self.outbox.complete(delivery.id, worker, answer.status_code)
             log.info("webhook delivered", extra={"delivery": str(delivery.id), "status": answer.status_code})
             return "delivered"
+        # The owner reads the kind (and the status); the detail, which can name the addresses an
+        # allowlisted name resolves to or tell a closed port from a silent one, is for the log only.
+        kind = answer.kind or "error"
         status = await self.outbox.fail(
-            delivery.id, worker, answer.status_code, answer.error or "error", permanent=answer.permanent
+            delivery.id, worker, answer.status_code, kind, permanent=answer.permanent
         )
         log.warning(
             "webhook attempt failed",
             extra={
                 "delivery": str(delivery.id),
+                "endpoint": str(delivery.endpoint_id) if delivery.endpoint_id else None,
                 "attempt": delivery.attempts,
+                "kind": kind,
                 "error": answer.error,
                 "now": status,
             },

@@ -296,6 +296,19 @@ DEFAULT_WEBHOOK_POLL_SECONDS: Final = 1.0
 """``WEBHOOK_POLL_INTERVAL_SECONDS``: how often due deliveries are looked for when there were none."""
 WEBHOOK_MAX_RESPONSE_BYTES: Final = 64 * 1024
 """What is read of a receiver's answer before the connection is closed (only the status matters)."""
+WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT: Final = 2
+"""Deliveries of one endpoint in flight at once, across all processes (the default of
+``edit_webhook_settings.max_in_flight_per_endpoint``): a silent endpoint holds no more slots than this,
+each for the whole timeout, and a user's broken endpoint leaves room for their others."""
+WEBHOOK_MAX_IN_FLIGHT_PER_USER: Final = 3
+"""Deliveries of one user in flight at once, whatever their number of endpoints (the default of
+``edit_webhook_settings.max_in_flight_per_user``): below ``WEBHOOK_CONCURRENCY``'s default of 4, so one
+user never holds every slot of a process."""
+WEBHOOK_CIRCUIT_FAILURES: Final = 5
+"""Failed attempts in a row after which an endpoint's circuit opens (``edit_webhook_circuit_failures()``):
+none of its deliveries is claimed until ``webhook_backoff_seconds(failures)`` has passed, then one probe at
+a time; a success closes it. Five timeouts of 10 s, and an endpoint that answers nothing holds slots for
+less than a minute before it is backed off for 4 minutes, then 8, ... at most 3 hours."""
 
 
 def webhook_backoff_seconds(attempts: int) -> float:
@@ -324,9 +337,19 @@ MAX_RETENTION_BATCH_SIZE: Final = 1000
 """Supabase Storage deletes at most 1,000 objects per bulk request (``MAX_OBJECTS_PER_REQUEST``)."""
 STORAGE_DELETE_MAX_OBJECTS: Final = 1000
 """Names per ``DELETE /object/{bucket}`` call: the real server's cap where hard limits are on."""
+DEFAULT_RETENTION_RUN_SECONDS: Final = 300
+"""How long one run keeps taking batches while the last one deleted something (``0``: one batch a run).
+One batch an hour deleted at most 500 objects an hour, all kinds together, while uploads have no
+such bound; at about a second a batch, five minutes an hour delete a few hundred thousand."""
+MAX_RETENTION_RUN_SECONDS: Final = 3600
 DEFAULT_RETENTION_INTERVAL_SECONDS: Final = 3600
 MIN_RETENTION_INTERVAL_SECONDS: Final = 60
 RETENTION_LEASE_SECONDS: Final = 600
 """How long one run holds the retention lease (another processor takes over after it lapses)."""
+RETENTION_STATEMENT_TIMEOUT_SECONDS: Final = 60
+"""Each retention statement's limit. A call looks at a bounded window (20 x the batch of rows and of
+objects) and takes well under a second at 100,000 due rows (docs/retention.md); a statement that
+runs past this ends the run as failed, with its lease released, instead of holding a connection
+and the row locks of its marks."""
 RetentionKind = Literal["input", "output", "orphan"]
 """What a retention candidate is: an input or output of a finished request, or an orphan upload."""

@@ -18,10 +18,15 @@ WEBHOOK_URL_PATTERN: Final = (
 )
 """The only URL shape accepted (the same regex as ``edit_webhook_url_host``): no user info, ASCII."""
 WEBHOOK_URL: Final = re.compile(WEBHOOK_URL_PATTERN)
+WEBHOOK_DEFAULT_PORTS: Final = frozenset({443, 80})
+"""The ports a URL may name unless the operator lists others (``edit_webhook_settings.allowed_ports``,
+``WEBHOOK_ALLOWED_PORTS``): on any other port of an allowlisted host an attempt probes whatever listens
+there, and a filtered one holds a delivery slot for the whole timeout."""
 
 
 class WebhookFailure(StrEnum):
-    """Why an attempt failed: the prefix of ``edit_webhook_deliveries.last_error`` (``kind: detail``)."""
+    """Why an attempt failed: ``edit_webhook_deliveries.last_error``, which the owner reads. An attempt's
+    answer says ``kind: detail``; only the kind is stored (``webhook_failure_kind``), the detail is logged."""
 
     HTTP_STATUS = "http_status"
     """The receiver answered, but not 2xx (3xx included: redirects are never followed)."""
@@ -31,8 +36,20 @@ class WebhookFailure(StrEnum):
     MALFORMED = "malformed"
     NOT_HTTPS = "not_https"
     HOST_NOT_ALLOWED = "host_not_allowed"
+    PORT_NOT_ALLOWED = "port_not_allowed"
     PRIVATE_ADDRESS = "private_address"
     LEASE_EXPIRED = "lease_expired"
+
+
+WEBHOOK_FAILURE_KIND: Final = re.compile(r"^([a-z_]{1,40})(?::|$)")
+"""The kind at the start of ``kind: detail`` (``fail_edit_webhook_delivery`` applies the same regex)."""
+
+
+def webhook_failure_kind(error: str | None) -> str:
+    """What the owner may read of a failure: its kind, never the detail (which can name the addresses an
+    allowlisted name resolves to, or tell a closed port from a silent one); ``error`` when there is none."""
+    match = WEBHOOK_FAILURE_KIND.match(error or "")
+    return match.group(1) if match else "error"
 
 
 WEBHOOK_PERMANENT_FAILURES: Final = frozenset(
@@ -40,6 +57,7 @@ WEBHOOK_PERMANENT_FAILURES: Final = frozenset(
         WebhookFailure.MALFORMED,
         WebhookFailure.NOT_HTTPS,
         WebhookFailure.HOST_NOT_ALLOWED,
+        WebhookFailure.PORT_NOT_ALLOWED,
         WebhookFailure.PRIVATE_ADDRESS,
     }
 )
@@ -58,14 +76,20 @@ WEBHOOK_PRIVATE_NETWORKS: Final = tuple(
     ipaddress.ip_network(network)
     for network in (
         # Not public: private, shared (CGNAT), loopback, link-local (cloud metadata 169.254.169.254,
-        # fd00:ec2::254), unspecified, multicast, reserved, documentation, and IPv4 inside IPv6
-        # (mapped, NAT64, 6to4), whose v4 part could be any of these. edit_webhook_address_private
+        # fd00:ec2::254), site-local (fec0::/10, deprecated), unspecified, multicast, reserved,
+        # documentation (2001:db8::/32, 3fff::/20), benchmarking, the IETF protocol block 2001::/23
+        # (Teredo 2001::/32, ORCHID), SRv6 SIDs (5f00::/16), the discard prefixes, and IPv4 inside
+        # IPv6 (compatible ::/96, mapped, NAT64, 6to4 and its relay 192.88.99.0/24), whose v4 part
+        # could be any of these. Every address Python's ipaddress calls not global is here, and
+        # more (IANA's special-purpose registries: https://www.iana.org/assignments/iana-ipv4-special-registry,
+        # https://www.iana.org/assignments/iana-ipv6-special-registry). edit_webhook_address_private
         # lists the same networks.
         "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
-        "192.0.0.0/24", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
-        "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
-        "::/127", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64", "2001:db8::/32",
-        "2002::/16", "fc00::/7", "fe80::/10", "ff00::/8",
+        "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
+        "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+        "::/96", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64", "100:0:0:1::/64",
+        "2001::/23", "2001:db8::/32", "2002::/16", "3fff::/20", "5f00::/16", "fc00::/7", "fe80::/10",
+        "fec0::/10", "ff00::/8",
     )
 )  # fmt: skip
 
@@ -97,8 +121,25 @@ def webhook_url_host(url: str) -> str | None:
     return match.group(1).strip("[]").lower()
 
 
+def webhook_url_port(url: str) -> int | None:
+    """The port an acceptable URL goes to: the one it names, else its scheme's; None when malformed
+    (``edit_webhook_url_port`` says the same)."""
+    if webhook_url_host(url) is None:
+        return None
+    match = WEBHOOK_URL.match(url)
+    assert match is not None
+    if match.group(2) is not None:
+        return int(match.group(2))
+    return 443 if url[:8].lower() == "https://" else 80
+
+
 def webhook_url_refusal(
-    url: str, *, allowed_hosts: frozenset[str], allow_http: bool, allow_private_addresses: bool
+    url: str,
+    *,
+    allowed_hosts: frozenset[str],
+    allow_http: bool,
+    allow_private_addresses: bool,
+    allowed_ports: frozenset[int] = WEBHOOK_DEFAULT_PORTS,
 ) -> tuple[WebhookFailure, str] | None:
     """Why a webhook URL is refused, or None: ``edit_webhook_url_refusal`` in SQL gives the same verdict
     (with the allowlist table and ``edit_webhook_settings`` for the arguments)."""
@@ -112,6 +153,9 @@ def webhook_url_refusal(
         return WebhookFailure.NOT_HTTPS, "only https:// URLs are accepted"
     if not webhook_host_allowed(host, allowed_hosts):
         return WebhookFailure.HOST_NOT_ALLOWED, f"{host} is not on the operator's allowlist"
+    port = webhook_url_port(url)
+    if port not in allowed_ports:
+        return WebhookFailure.PORT_NOT_ALLOWED, f"{port} is not on the operator's port list"
     if webhook_host_private(host) and not allow_private_addresses:
         return WebhookFailure.PRIVATE_ADDRESS, f"{host} is a private, loopback or link-local address"
     return None

@@ -6,13 +6,21 @@
 --  * public.edit_webhook_endpoints: URL, events, owner; the secret (`whsec_<base64>`) is always made
 --    here. Users register, read, change and delete only their own; operators any.
 --  * A URL must be https (http only where edit_webhook_settings.allow_http), its host on the
---    operator's allowlist (public.edit_webhook_allowed_hosts) and, where it is an address, not a
+--    operator's allowlist (public.edit_webhook_allowed_hosts), its port on the operator's list
+--    (edit_webhook_settings.allowed_ports: 443 and 80) and, where the host is an address, not a
 --    private, loopback, link-local or metadata one (unless allow_private_addresses). Checked at
 --    insert and update here, and again at every delivery, where the processor also resolves the
 --    name, refuses private addresses and connects to the address it checked.
 --  * public.edit_webhook_deliveries: the outbox. claim / complete / fail (back-off with jitter,
---    dead after edit_webhook_max_attempts()) / replay (operators only), FOR UPDATE SKIP LOCKED and
---    a lease, so a delivery whose processor died is sent again (at least once, same webhook-id).
+--    dead after edit_webhook_max_attempts()) / replay (operators only), under a lease, so a
+--    delivery whose processor died is sent again (at least once, same webhook-id).
+--  * Shared slots, fairly: one user's silent endpoint must not hold up everyone's webhooks. A claim
+--    takes at most max_in_flight_per_endpoint deliveries of one endpoint and max_in_flight_per_user
+--    of one user in flight (edit_webhook_settings), users with fewer in flight first (round robin,
+--    as the requests' fair claim), and nothing of an endpoint whose circuit is open: after
+--    edit_webhook_circuit_failures() failed attempts in a row it is backed off
+--    (public.edit_webhook_circuits) as a delivery would be after as many, then half-opens to one
+--    probe; a success closes it. Its deliveries wait in the outbox, unclaimed, their attempts unspent.
 --  * public.edit_webhook_delivery_health: the dashboard's figures (service_role only).
 --
 -- The limits mirror processor/domain/rules.py (WEBHOOK_*); tests/test_webhook_outbox.py compares them.
@@ -24,11 +32,28 @@ create table public.edit_webhook_settings (
   id boolean primary key default true check (id),
   allow_http boolean not null default false,
   allow_private_addresses boolean not null default false,
-  updated_at timestamptz not null default now()
+  updated_at timestamptz not null default now(),
+  -- Ports a URL may name (its scheme's when it names none): on any other port of an allowlisted
+  -- host, an attempt probes whatever listens there, and a filtered one holds a delivery slot for
+  -- the whole timeout. webhook_urls.WEBHOOK_DEFAULT_PORTS has the default.
+  allowed_ports integer[] not null default '{443,80}',
+  -- Deliveries in flight at once, whatever the number of processes: of one endpoint (a silent one
+  -- holds no more than this many slots, each for the whole timeout) and of one user (whatever their
+  -- number of endpoints). rules.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT and _PER_USER have the defaults.
+  max_in_flight_per_endpoint integer not null default 2,
+  max_in_flight_per_user integer not null default 3,
+  constraint edit_webhook_settings_ports_valid check (
+    cardinality(allowed_ports) between 1 and 64
+    and array_position(allowed_ports, null) is null
+    and 1 <= all (allowed_ports) and 65535 >= all (allowed_ports)),
+  constraint edit_webhook_settings_in_flight_valid check (
+    max_in_flight_per_endpoint between 1 and 64 and max_in_flight_per_user between 1 and 256)
 );
 comment on table public.edit_webhook_settings is
   'Operator settings of completion webhooks (one row): allow_http (accept http:// URLs, e.g. for '
-  'tests), allow_private_addresses (accept private, loopback and link-local addresses).';
+  'tests), allow_private_addresses (accept private, loopback and link-local addresses), '
+  'allowed_ports (the ports a URL may name; default 443 and 80), max_in_flight_per_endpoint and '
+  'max_in_flight_per_user (deliveries in flight at once, across all processes).';
 insert into public.edit_webhook_settings (id) values (true);
 
 create table public.edit_webhook_allowed_hosts (
@@ -51,6 +76,10 @@ as $$ select 12 $$;  -- rules.WEBHOOK_MAX_ATTEMPTS
 create function public.edit_webhook_max_endpoints()
 returns integer language sql immutable parallel safe set search_path = ''
 as $$ select 10 $$;  -- rules.WEBHOOK_MAX_ENDPOINTS_PER_USER
+
+create function public.edit_webhook_circuit_failures()
+returns integer language sql immutable parallel safe set search_path = ''
+as $$ select 5 $$;  -- rules.WEBHOOK_CIRCUIT_FAILURES
 
 create function public.edit_webhook_backoff(p_attempts integer)
 returns interval
@@ -76,6 +105,18 @@ as $$
       p_url, '^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)(?::([0-9]{1,5}))?(?:[/?#][!-~]*)?$') as m
 $$;
 
+create function public.edit_webhook_url_port(p_url text)
+returns integer
+language sql immutable parallel safe
+set search_path = ''
+as $$
+  -- The port a URL of the accepted shape goes to: the one it names, else its scheme's (443, 80).
+  -- Null when malformed. webhook_urls.webhook_url_port says the same.
+  select case when m[2] is not null then m[2]::integer when p_url ~* '^https://' then 443 else 80 end
+    from regexp_match(
+      p_url, '^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)(?::([0-9]{1,5}))?(?:[/?#][!-~]*)?$') as m
+$$;
+
 create function public.edit_webhook_address_private(p_host text)
 returns boolean
 language plpgsql immutable parallel safe
@@ -85,8 +126,11 @@ declare
   v_address inet;
 begin
   -- True for `localhost` and for addresses that are not public: private, shared (CGNAT), loopback,
-  -- link-local (cloud metadata: 169.254.169.254, fd00:ec2::254), unspecified, multicast, reserved,
-  -- documentation, and IPv4 inside IPv6 (mapped or NAT64), whose v4 part could be any of these.
+  -- link-local (cloud metadata: 169.254.169.254, fd00:ec2::254), site-local (deprecated),
+  -- unspecified, multicast, reserved, documentation, benchmarking, the IETF protocol block
+  -- 2001::/23 (Teredo, ORCHID), SRv6 SIDs, the discard prefixes, and IPv4 inside IPv6 (compatible,
+  -- mapped, NAT64, 6to4 and its relay), whose v4 part could be any of these: IANA's special-purpose
+  -- registries (processor/domain/webhook_urls.py lists the same networks, with the sources).
   -- Names other than localhost are resolved, and checked again, by the processor at delivery.
   if p_host = 'localhost' or p_host like '%.localhost' then
     return true;
@@ -101,10 +145,11 @@ begin
   end;
   return v_address <<= any (array[
     '0.0.0.0/8', '10.0.0.0/8', '100.64.0.0/10', '127.0.0.0/8', '169.254.0.0/16', '172.16.0.0/12',
-    '192.0.0.0/24', '192.0.2.0/24', '192.168.0.0/16', '198.18.0.0/15', '198.51.100.0/24',
-    '203.0.113.0/24', '224.0.0.0/4', '240.0.0.0/4',
-    '::/127', '::ffff:0:0/96', '64:ff9b::/96', '64:ff9b:1::/48', '100::/64', '2001:db8::/32',
-    '2002::/16', 'fc00::/7', 'fe80::/10', 'ff00::/8'
+    '192.0.0.0/24', '192.0.2.0/24', '192.88.99.0/24', '192.168.0.0/16', '198.18.0.0/15',
+    '198.51.100.0/24', '203.0.113.0/24', '224.0.0.0/4', '240.0.0.0/4',
+    '::/96', '::ffff:0:0/96', '64:ff9b::/96', '64:ff9b:1::/48', '100::/64', '100:0:0:1::/64',
+    '2001::/23', '2001:db8::/32', '2002::/16', '3fff::/20', '5f00::/16', 'fc00::/7', 'fe80::/10',
+    'fec0::/10', 'ff00::/8'
   ]::inet[]);
 end
 $$;
@@ -132,7 +177,7 @@ declare
   v_settings public.edit_webhook_settings;
   v_host text := public.edit_webhook_url_host(p_url);
 begin
-  -- Why a webhook URL is refused (the processor's rules.webhook_url_refusal says the same), or null.
+  -- Why a webhook URL is refused (the processor's webhook_urls.webhook_url_refusal says the same), or null.
   select * into v_settings from public.edit_webhook_settings where id;
   if p_url is null or char_length(p_url) > 2048 or v_host is null then
     return 'malformed: scheme://host[:port]/path, no user info, ASCII, at most 2048 characters';
@@ -142,6 +187,9 @@ begin
   end if;
   if not public.edit_webhook_host_allowed(v_host) then
     return 'host_not_allowed: ' || v_host || ' is not on the operator''s allowlist';
+  end if;
+  if not public.edit_webhook_url_port(p_url) = any (coalesce(v_settings.allowed_ports, '{443,80}')) then
+    return 'port_not_allowed: ' || public.edit_webhook_url_port(p_url) || ' is not on the operator''s port list';
   end if;
   if public.edit_webhook_address_private(v_host) and not coalesce(v_settings.allow_private_addresses, false) then
     return 'private_address: ' || v_host || ' is a private, loopback or link-local address';
@@ -304,14 +352,29 @@ create table public.edit_webhook_deliveries (
 comment on table public.edit_webhook_deliveries is
   'Completion webhooks to send (an outbox written with the request''s final status). The id is the '
   'webhook-id header: the same on every attempt and replay, so receivers drop duplicates.';
-create index edit_webhook_deliveries_due_idx
-  on public.edit_webhook_deliveries (next_attempt_at) where status = 'pending';
+-- Pending deliveries by endpoint: the claim walks the endpoints that have any (a skip scan), then
+-- takes each one's oldest due, so an endpoint's backlog costs a claim one probe, however long.
+create index edit_webhook_deliveries_pending_idx
+  on public.edit_webhook_deliveries (endpoint_id, next_attempt_at, id) where status = 'pending';
 create index edit_webhook_deliveries_leases_idx
   on public.edit_webhook_deliveries (claimed_until) where status = 'delivering';
 create index edit_webhook_deliveries_request_idx on public.edit_webhook_deliveries (request_id);
 create index edit_webhook_deliveries_endpoint_idx on public.edit_webhook_deliveries (endpoint_id);
 create index edit_webhook_deliveries_user_idx
   on public.edit_webhook_deliveries (user_id, created_at desc);
+
+-- Circuit breakers: an endpoint whose attempts keep failing is backed off as a whole. A row per
+-- endpoint that failed since its last success, written only by the processor's functions (never
+-- by a user's transaction: the claim never waits on a client).
+create table public.edit_webhook_circuits (
+  endpoint_id uuid primary key references public.edit_webhook_endpoints (id) on delete cascade,
+  consecutive_failures integer not null default 0 check (consecutive_failures >= 0),
+  open_until timestamptz,
+  updated_at timestamptz not null default now()
+);
+comment on table public.edit_webhook_circuits is
+  'Endpoints whose last attempts failed (no row: the last one succeeded). consecutive_failures >= '
+  'edit_webhook_circuit_failures(): open (nothing claimed) until open_until, then one probe at a time.';
 
 create function public.edit_requests_enqueue_webhook()
 returns trigger
@@ -362,39 +425,100 @@ returns table (
   id uuid, request_id uuid, endpoint_id uuid, url text, secret text, payload jsonb,
   attempts integer, refusal text
 )
-language sql
+language plpgsql
 volatile
 security definer
 set search_path = ''
 as $$
+#variable_conflict use_column
+declare
+  v_settings public.edit_webhook_settings;
+  v_ids uuid[];
+begin
+  if coalesce(p_limit, 0) < 1 then
+    return;
+  end if;
+  -- One claim at a time (each takes milliseconds): the caps below count what is in flight, and
+  -- two claims counting at once could both take an endpoint's last place.
+  perform pg_advisory_xact_lock(7053, 0);
+  select * into v_settings from public.edit_webhook_settings s where s.id;
+
   -- A lease that lapsed on the last attempt: dead, never an attempt past the limit.
   update public.edit_webhook_deliveries d
      set status = 'dead', claimed_by = null, claimed_until = null, updated_at = now(),
-         last_error = 'lease_expired: the processor stopped during the last attempt'
+         last_error = 'lease_expired'  -- the processor stopped during the last attempt
    where d.status = 'delivering' and d.claimed_until < now()
      and d.attempts >= public.edit_webhook_max_attempts();
+  -- Any other lapsed lease (a processor died mid-delivery): pending again, due as it was, taken
+  -- below like any other; its old holder no longer holds it (complete and fail are fenced).
+  update public.edit_webhook_deliveries d
+     set status = 'pending', claimed_by = null, claimed_until = null, updated_at = now()
+   where d.status = 'delivering' and d.claimed_until < now();
 
-  -- Due deliveries and lapsed leases (a processor died mid-delivery), each taken by one caller.
-  with due as (
-    select d.id from public.edit_webhook_deliveries d
-     where (d.status = 'pending' and d.next_attempt_at <= now())
-        or (d.status = 'delivering' and d.claimed_until < now())
-     order by d.next_attempt_at, d.id
-     limit greatest(p_limit, 0)
-     for update skip locked
-  ), claimed as (
+  v_ids := array(
+    with recursive endpoints (endpoint_id) as (
+      -- Every endpoint with pending deliveries, one index probe each (a skip scan).
+      (select d.endpoint_id from public.edit_webhook_deliveries d
+        where d.status = 'pending' order by d.endpoint_id limit 1)
+      union all
+      select (select d.endpoint_id from public.edit_webhook_deliveries d
+               where d.status = 'pending' and d.endpoint_id > e.endpoint_id
+               order by d.endpoint_id limit 1)
+        from endpoints e where e.endpoint_id is not null
+    ), in_flight as (
+      select d.endpoint_id, d.user_id from public.edit_webhook_deliveries d where d.status = 'delivering'
+    ), places as (
+      -- What each endpoint may take now: nothing while its circuit is open, one probe once it
+      -- half-opens, else up to the cap; less what it has in flight.
+      select e.endpoint_id,
+             case when c.open_until > now() then 0
+                  when c.consecutive_failures >= public.edit_webhook_circuit_failures() then 1
+                  else coalesce(v_settings.max_in_flight_per_endpoint, 2) end
+             - (select count(*) from in_flight f where f.endpoint_id = e.endpoint_id) as free
+        from endpoints e
+        left join public.edit_webhook_circuits c on c.endpoint_id = e.endpoint_id
+       where e.endpoint_id is not null
+    ), candidates as (
+      select x.id, x.user_id, x.next_attempt_at,
+             row_number() over (partition by x.endpoint_id order by x.next_attempt_at, x.id) as endpoint_turn
+        from places p
+        cross join lateral (
+          select d.id, d.user_id, d.endpoint_id, d.next_attempt_at
+            from public.edit_webhook_deliveries d
+           where d.status = 'pending' and d.endpoint_id = p.endpoint_id and d.next_attempt_at <= now()
+           order by d.next_attempt_at, d.id
+           limit least(p.free, p_limit)
+        ) x
+       where p.free > 0
+    ), turns as (
+      -- Round robin across users: a user's n-th delivery comes after everyone's (n-1)-th, counting
+      -- what they have in flight (their endpoints taking turns), oldest first within a turn.
+      select c.id, c.next_attempt_at,
+             (select count(*) from in_flight f where f.user_id is not distinct from c.user_id)
+             + row_number() over (partition by c.user_id order by c.endpoint_turn, c.next_attempt_at, c.id) as turn
+        from candidates c
+    )
+    select t.id from turns t
+     where t.turn <= coalesce(v_settings.max_in_flight_per_user, 3)
+     order by t.turn, t.next_attempt_at, t.id
+     limit p_limit
+  );
+
+  return query
+  with claimed as (
     update public.edit_webhook_deliveries d
        set status = 'delivering', claimed_by = p_worker_id,
            claimed_until = now() + make_interval(secs => greatest(p_lease_seconds, 1)),
            attempts = d.attempts + 1, last_attempt_at = now(), updated_at = now()
-      from due
-     where d.id = due.id
+     where d.id = any (v_ids) and d.status = 'pending'
     returning d.id, d.request_id, d.endpoint_id, d.payload, d.attempts
   )
   -- The URL is checked again now: the allowlist or the settings may have changed since it was registered.
   select c.id, c.request_id, c.endpoint_id, e.url, e.secret, c.payload, c.attempts,
          public.edit_webhook_url_refusal(e.url)
-    from claimed c join public.edit_webhook_endpoints e on e.id = c.endpoint_id;
+    from claimed c join public.edit_webhook_endpoints e on e.id = c.endpoint_id
+   order by array_position(v_ids, c.id);  -- in the order chosen
+end
 $$;
 
 create function public.complete_edit_webhook_delivery(
@@ -411,7 +535,10 @@ as $$
        set status = 'delivered', delivered_at = now(), last_status_code = p_status_code,
            last_error = null, claimed_by = null, claimed_until = null, updated_at = now()
      where d.id = p_id and d.status = 'delivering' and d.claimed_by = p_worker_id
-    returning 1
+    returning d.endpoint_id
+  ), closed as (
+    -- A success closes the endpoint's circuit.
+    delete from public.edit_webhook_circuits c using done where c.endpoint_id = done.endpoint_id
   )
   select exists (select 1 from done)
 $$;
@@ -427,16 +554,36 @@ set search_path = ''
 as $$
   -- Back to pending after the back-off, or dead when the attempts are used up (or retrying cannot
   -- help: a refused URL). Null when this caller no longer holds the delivery.
-  update public.edit_webhook_deliveries d
-     set status = case when p_permanent or d.attempts >= public.edit_webhook_max_attempts()
-                       then 'dead' else 'pending' end,
-         next_attempt_at = case when p_permanent or d.attempts >= public.edit_webhook_max_attempts()
-                                then d.next_attempt_at else now() + public.edit_webhook_backoff(d.attempts) end,
-         last_status_code = p_status_code,
-         last_error = left(coalesce(nullif(p_error, ''), 'error'), 1000),
-         claimed_by = null, claimed_until = null, updated_at = now()
-   where d.id = p_id and d.status = 'delivering' and d.claimed_by = p_worker_id
-  returning d.status
+  -- last_error, which the owner reads, is the failure's kind only (p_error is `kind: detail`): the
+  -- detail can name the addresses an allowlisted name resolves to and whether a port is closed or
+  -- silent, so it goes to the processor's log, never here.
+  with failed as (
+    update public.edit_webhook_deliveries d
+       set status = case when p_permanent or d.attempts >= public.edit_webhook_max_attempts()
+                         then 'dead' else 'pending' end,
+           next_attempt_at = case when p_permanent or d.attempts >= public.edit_webhook_max_attempts()
+                                  then d.next_attempt_at else now() + public.edit_webhook_backoff(d.attempts) end,
+           last_status_code = p_status_code,
+           last_error = coalesce(substring(p_error from '^([a-z_]{1,40})(?::|$)'), 'error'),
+           claimed_by = null, claimed_until = null, updated_at = now()
+     where d.id = p_id and d.status = 'delivering' and d.claimed_by = p_worker_id
+    returning d.status, d.endpoint_id
+  ), counted as (
+    -- A failed attempt (not a refused URL, which costs no one a slot) counts against the endpoint:
+    -- at edit_webhook_circuit_failures() in a row its circuit opens for as long as a delivery
+    -- would wait after as many failures, and each failed probe reopens it for longer.
+    insert into public.edit_webhook_circuits as c (endpoint_id, consecutive_failures, open_until)
+    select f.endpoint_id, 1,
+           case when 1 >= public.edit_webhook_circuit_failures() then now() + public.edit_webhook_backoff(1) end
+      from failed f
+     where not coalesce(p_permanent, false)
+    on conflict (endpoint_id) do update
+       set consecutive_failures = c.consecutive_failures + 1,
+           open_until = case when c.consecutive_failures + 1 >= public.edit_webhook_circuit_failures()
+                             then now() + public.edit_webhook_backoff(c.consecutive_failures + 1) end,
+           updated_at = now()
+  )
+  select f.status from failed f
 $$;
 
 create function public.replay_edit_webhook_delivery(p_id uuid)
@@ -445,17 +592,25 @@ language plpgsql
 security definer
 set search_path = ''
 as $$
+declare
+  v_endpoint uuid;
 begin
   -- Operators only (the role, never claims). The webhook-id stays: a receiver that already has it
-  -- may drop it, as it would a retry.
+  -- may drop it, as it would a retry. An operator replays when the receiver is back: the
+  -- endpoint's circuit closes, so the replay goes out now rather than after its back-off.
   if not public.edit_request_caller_is_operator() then
     raise exception 'only operators may replay webhook deliveries' using errcode = 'insufficient_privilege';
   end if;
   update public.edit_webhook_deliveries d
      set status = 'pending', attempts = 0, next_attempt_at = now(), claimed_by = null,
          claimed_until = null, delivered_at = null, updated_at = now()
-   where d.id = p_id and d.status in ('dead', 'delivered');
-  return found;
+   where d.id = p_id and d.status in ('dead', 'delivered')
+  returning d.endpoint_id into v_endpoint;
+  if not found then
+    return false;
+  end if;
+  delete from public.edit_webhook_circuits c where c.endpoint_id = v_endpoint;
+  return true;
 end
 $$;
 
@@ -476,11 +631,13 @@ select
     as failure_rate_last_hour,
   (count(*) filter (where d.status = 'delivered' and d.attempts > 1 and d.updated_at > now() - interval '1 hour'))::double precision
     / nullif(count(*) filter (where d.status = 'delivered' and d.updated_at > now() - interval '1 hour'), 0)
-    as retried_rate_last_hour
+    as retried_rate_last_hour,
+  (select count(*) from public.edit_webhook_circuits c where c.open_until > now()) as endpoints_backed_off
 from public.edit_webhook_deliveries d;
 comment on view public.edit_webhook_delivery_health is
-  'Completion webhooks at a glance (service_role): counts by status, the oldest undelivered, and '
-  'over the last hour the share of finished deliveries that died and of delivered ones that needed a retry.';
+  'Completion webhooks at a glance (service_role): counts by status, the oldest undelivered, '
+  'over the last hour the share of finished deliveries that died and of delivered ones that needed a '
+  'retry, and the endpoints whose circuit is open now.';
 
 -- Access ------------------------------------------------------------------------------------------
 
@@ -488,11 +645,12 @@ alter table public.edit_webhook_settings enable row level security;
 alter table public.edit_webhook_allowed_hosts enable row level security;
 alter table public.edit_webhook_endpoints enable row level security;
 alter table public.edit_webhook_deliveries enable row level security;
+alter table public.edit_webhook_circuits enable row level security;
 revoke all on public.edit_webhook_settings, public.edit_webhook_allowed_hosts, public.edit_webhook_endpoints,
-              public.edit_webhook_deliveries, public.edit_webhook_delivery_health
+              public.edit_webhook_deliveries, public.edit_webhook_delivery_health, public.edit_webhook_circuits
   from public, anon, authenticated;
 grant all on public.edit_webhook_settings, public.edit_webhook_allowed_hosts, public.edit_webhook_endpoints,
-             public.edit_webhook_deliveries to service_role;
+             public.edit_webhook_deliveries, public.edit_webhook_circuits to service_role;
 grant select on public.edit_webhook_delivery_health to service_role;
 
 create policy "operators manage webhook settings" on public.edit_webhook_settings
@@ -502,6 +660,8 @@ create policy "operators manage webhook hosts" on public.edit_webhook_allowed_ho
 create policy "operators manage webhook endpoints" on public.edit_webhook_endpoints
   for all to service_role using (true);
 create policy "operators read webhook deliveries" on public.edit_webhook_deliveries
+  for all to service_role using (true);
+create policy "operators manage webhook circuits" on public.edit_webhook_circuits
   for all to service_role using (true);
 
 -- Users: their own endpoints (the secret is theirs to read), and their deliveries' outcome.
@@ -526,11 +686,20 @@ grant select (id, endpoint_id, request_id, user_id, event, payload, status, atte
 create policy "users read their webhook deliveries" on public.edit_webhook_deliveries
   for select to authenticated using (user_id = (select auth.uid()));
 
+-- ... and whether their endpoints are backed off.
+grant select (endpoint_id, consecutive_failures, open_until) on public.edit_webhook_circuits to authenticated;
+create policy "users read their webhook circuits" on public.edit_webhook_circuits
+  for select to authenticated
+  using (exists (select 1 from public.edit_webhook_endpoints e
+                  where e.id = endpoint_id and e.user_id = (select auth.uid())));
+
 revoke all on function
   public.edit_webhook_max_attempts(),
   public.edit_webhook_max_endpoints(),
+  public.edit_webhook_circuit_failures(),
   public.edit_webhook_backoff(integer),
   public.edit_webhook_url_host(text),
+  public.edit_webhook_url_port(text),
   public.edit_webhook_address_private(text),
   public.edit_webhook_host_allowed(text),
   public.edit_webhook_url_refusal(text),
@@ -547,8 +716,10 @@ revoke all on function
 grant execute on function
   public.edit_webhook_max_attempts(),
   public.edit_webhook_max_endpoints(),
+  public.edit_webhook_circuit_failures(),
   public.edit_webhook_backoff(integer),
   public.edit_webhook_url_host(text),
+  public.edit_webhook_url_port(text),
   public.edit_webhook_address_private(text),
   public.edit_webhook_host_allowed(text),
   public.edit_webhook_url_refusal(text),

@@ -4,7 +4,11 @@
 -- supabase/storage migrations/tenant/0050-prevent-direct-deletes.sql).
 --
 --  * edit_retention_candidates: a bounded list of objects due (service_role only). It takes a
---    lease, so one processor at a time runs retention; others get nothing until it lapses.
+--    lease, so one processor at a time runs retention; others get nothing until it lapses. Each
+--    run looks at a bounded window of rows and objects and resumes where the last one stopped
+--    (edit_retention_state), decides each distinct path once, and remembers a path it found
+--    blocked (edit_retention_held_paths) for as long as it must stay: what one user writes can
+--    make a run longer by what it reads once, never by the square of it.
 --  * The processor deletes them with Storage's bulk delete (DELETE /object/{bucket}).
 --  * edit_retention_mark: the rows keep their history and show what is gone
 --    (inputs_expired_at, output_expired_at), decided by what storage.objects no longer holds.
@@ -21,12 +25,13 @@
 -- Operator reference: docs/retention.md.
 
 -- Finished rows still holding objects, oldest first; and who names a path (orphans, live inputs).
+-- (finished_at, id): the order runs resume in, exact even when a batch finished in one statement.
 create index edit_requests_inputs_retention_idx
-  on public.edit_requests (finished_at)
+  on public.edit_requests (finished_at, id)
   where status in ('succeeded', 'failed', 'canceled') and inputs_expired_at is null
     and cardinality(input_paths) > 0;  -- creations have no inputs: never due, never rescanned
 create index edit_requests_output_retention_idx
-  on public.edit_requests (finished_at)
+  on public.edit_requests (finished_at, id)
   where status = 'succeeded' and output_expired_at is null and output_path is not null;
 create index edit_requests_input_paths_idx
   on public.edit_requests using gin (input_paths);
@@ -60,9 +65,32 @@ create table public.edit_retention_state (
   held_by text,
   lease_expires_at timestamptz,
   last_run_at timestamptz,
-  orphans_after text  -- where the bounded orphan scan resumes (object names, in index order)
+  orphans_after text,  -- where the bounded orphan scan resumes (object names, in index order)
+  -- Where the bounded scans of finished rows resume: the first row the next run looks at, in
+  -- (finished_at, id) order; null starts over from the oldest.
+  inputs_from_at timestamptz,
+  inputs_from_id uuid,
+  outputs_from_at timestamptz,
+  outputs_from_id uuid
 );
 insert into public.edit_retention_state (id) values (true);
+
+-- Paths found blocked (a live request names them, or one finished less than the input age ago),
+-- and the latest time a request naming them was live or finished, as then seen: the path stays
+-- blocked at least until that time plus the input age (a live request finishes later than it was
+-- seen live, and a new request naming the path only moves the time on), so runs skip it without
+-- reading the rows that name it. Only ever a reason to keep an object, never to delete one: a
+-- stale entry keeps it longer, then the path is decided again. Entries past the input age are
+-- pruned when the input scan starts over.
+create table public.edit_retention_held_paths (
+  bucket text not null,
+  path text not null,
+  named_until timestamptz not null,
+  primary key (bucket, path)
+);
+comment on table public.edit_retention_held_paths is
+  'Input paths retention found blocked, skipped while named_until is within the input age '
+  '(service_role only; a cache that only ever keeps objects longer).';
 
 -- The guard ---------------------------------------------------------------------------------------
 
@@ -108,16 +136,23 @@ returns table (kind text, bucket text, path text)
 language plpgsql
 security definer
 set search_path = ''
+set enable_seqscan = off
 as $$
 declare
   v_left integer := p_limit;
-  v_done text[] := '{}';
+  v_window integer := 20 * p_limit;
+  v_state public.edit_retention_state;
+  v_cutoff timestamptz;
+  v_chunk integer;
+  v_ids uuid[];
+  v_finished timestamptz[];
+  v_next_at timestamptz;
+  v_next_id uuid;
+  v_path record;
   v_row record;
-  v_name text;
   v_blocked boolean;
-  v_last_finish timestamptz;
-  v_written timestamptz;
-  v_after text;
+  v_named timestamptz;
+  v_seen integer := 0;
   v_scanned integer := 0;
   v_last_name text;
 begin
@@ -141,70 +176,165 @@ begin
   update public.edit_retention_state s
      set held_by = p_worker_id, lease_expires_at = now() + make_interval(secs => p_lease_seconds),
          last_run_at = now()
-   where s.id and (s.held_by is null or s.held_by = p_worker_id or s.lease_expires_at < now());
+   where s.id and (s.held_by is null or s.held_by = p_worker_id or s.lease_expires_at < now())
+  returning * into v_state;
   if not found then
     return;  -- another processor is running retention
   end if;
 
-  -- Loops, not joins: rows are read oldest first through the partial indexes and the run stops
-  -- at p_limit; who else names a path is one probe of edit_requests_input_paths_idx per path (a
-  -- join was planned as a hash on the bucket alone: seconds for 20,000 due rows).
+  -- Each kind looks at no more than 20 x p_limit rows (or objects) a run, in index order from
+  -- where the last run stopped (edit_retention_state), and starts over at the end: a run costs
+  -- what it looks at, however many rows wait, and whatever a user made block, every row is
+  -- looked at again within a cycle. Probes, not joins: who else names a path is one probe of
+  -- edit_requests_input_paths_idx (a join was planned as a hash on the bucket alone: seconds for
+  -- 20,000 due rows). Every statement here is meant as index probes, and `enable_seqscan = off`
+  -- (this function's setting) keeps the planner to them where a small or freshly changed table
+  -- makes a scan look cheaper: a scan per probe is what made this quadratic.
 
   -- Inputs of finished requests. A path is due only when every row naming it finished before
   -- the cutoff (a live row, or one finished since, keeps it), and only the version those rows
   -- used: an object written after the last of them finished is not theirs (the orphan rule).
   if p_input_age is not null then
-    <<inputs>>
-    for v_row in
-      select r.input_bucket as b, r.input_paths as names
-        from public.edit_requests r
-       where r.status in ('succeeded', 'failed', 'canceled')
-         and r.inputs_expired_at is null
-         and cardinality(r.input_paths) > 0
-         and r.finished_at < now() - p_input_age
-       order by r.finished_at, r.id
-    loop
-      foreach v_name in array v_row.names loop
-        continue when v_name is null or (v_row.b || '/' || v_name) = any (v_done);
-        -- An aggregate, not EXISTS: its generic plan is the index probe (EXISTS's was a seq scan).
-        select bool_or(not (x.status in ('succeeded', 'failed', 'canceled') and x.finished_at < now() - p_input_age)),
-               max(x.finished_at)
-          into v_blocked, v_last_finish
-          from public.edit_requests x
-         where x.input_bucket = v_row.b and x.input_paths @> array[v_name];
-        continue when v_blocked;
-        select coalesce(o.updated_at, o.created_at) into v_written
-          from storage.objects o where o.bucket_id = v_row.b and o.name = v_name;
-        continue when v_written > v_last_finish;
-        v_done := v_done || (v_row.b || '/' || v_name);
-        kind := 'input'; bucket := v_row.b; path := v_name;
+    v_cutoff := now() - p_input_age;
+    v_next_at := v_state.inputs_from_at;
+    v_next_id := v_state.inputs_from_id;
+    -- Chunk by chunk (the window's rows are fetched as needed: a run that fills up early reads
+    -- little), each from the first row not yet decided.
+    <<chunks>>
+    while v_left > 0 and v_seen < v_window loop
+      v_chunk := least(greatest(p_limit, 50), v_window - v_seen);
+      select array_agg(w.id order by w.finished_at, w.id), array_agg(w.finished_at order by w.finished_at, w.id)
+        into v_ids, v_finished
+        from (
+          select r.id, r.finished_at
+            from public.edit_requests r
+           where r.status in ('succeeded', 'failed', 'canceled')
+             and r.inputs_expired_at is null
+             and cardinality(r.input_paths) > 0
+             and r.finished_at < v_cutoff
+             and (r.finished_at, r.id) >= (coalesce(v_next_at, '-infinity'),
+                                           coalesce(v_next_id, '00000000-0000-0000-0000-000000000000'))
+           order by r.finished_at, r.id
+           limit v_chunk + 1
+        ) w;
+      if cardinality(v_ids) > v_chunk then
+        v_next_at := v_finished[v_chunk + 1];  -- where the next chunk (or run) starts
+        v_next_id := v_ids[v_chunk + 1];
+        v_ids := v_ids[1:v_chunk];
+      else
+        v_next_at := null;  -- the end: the next run starts over from the oldest
+        v_next_id := null;
+      end if;
+      v_seen := v_seen + coalesce(cardinality(v_ids), 0);
+
+      -- Rows none of whose inputs Storage holds (never uploaded, or gone already) have nothing
+      -- to delete: marked here, as edit_retention_mark would after a delete, instead of listing
+      -- paths that would fill runs with no-ops (a batch naming a reference never uploaded,
+      -- canceled). (Each presence check is one probe of (bucket_id, name) per path: a join on
+      -- name = any(...) was planned as a hash on the bucket alone, every object against every row.)
+      update public.edit_requests r
+         set inputs_expired_at = now()
+       where r.id = any (v_ids)
+         and r.status in ('succeeded', 'failed', 'canceled') and r.inputs_expired_at is null
+         and not exists (select 1 from unnest(r.input_paths) as p(n)
+                          where exists (select 1 from storage.objects o
+                                         where o.bucket_id = r.input_bucket and o.name = p.n));
+
+      -- Each distinct path of the chunk once, in the order of the first row naming it, so that a
+      -- run that fills up can resume at that row knowing every row before it was decided. One
+      -- query per chunk, every lookup a probe of its index (offset 0 keeps each one: a plain join
+      -- was planned as a scan), the rows naming a path summed up (an aggregate: EXISTS's generic
+      -- plan was a seq scan) only for a path Storage holds and no earlier run found blocked.
+      for v_path in
+        select d.b, d.n, d.first_row, o.written, h.named_until as held_until, a.live, a.last_finish
+          from (select r.b, p.n, min(w.ord) as first_row
+                  from unnest(v_ids) with ordinality as w(id, ord)
+                  cross join lateral (select q.input_bucket as b, q.input_paths as names
+                                        from public.edit_requests q
+                                       where q.id = w.id and q.inputs_expired_at is null
+                                      offset 0) r
+                  cross join unnest(r.names) as p(n)
+                 where p.n is not null
+                 group by r.b, p.n) d
+          left join lateral (select coalesce(x.updated_at, x.created_at) as written
+                               from storage.objects x
+                              where x.bucket_id = d.b and x.name = d.n
+                             offset 0) o on true
+          left join lateral (select x.named_until
+                               from public.edit_retention_held_paths x
+                              where x.bucket = d.b and x.path = d.n and x.named_until >= v_cutoff
+                             offset 0) h on true
+          left join lateral (select bool_or(x.status not in ('succeeded', 'failed', 'canceled')) as live,
+                                    max(x.finished_at) as last_finish
+                               from public.edit_requests x
+                              where o.written is not null and h.named_until is null
+                                and x.input_bucket = d.b and x.input_paths @> array[d.n]
+                             offset 0) a on true
+         order by d.first_row, d.n
+      loop
+        continue when v_path.written is null;  -- not in Storage: nothing to delete
+        continue when v_path.held_until is not null;  -- found blocked by an earlier run, and still so
+        v_named := case when v_path.live then now() else v_path.last_finish end;
+        if v_named >= v_cutoff then
+          insert into public.edit_retention_held_paths as h (bucket, path, named_until)
+          values (v_path.b, v_path.n, v_named)
+          on conflict on constraint edit_retention_held_paths_pkey do update set named_until = excluded.named_until;
+          continue;
+        end if;
+        continue when v_path.written > v_path.last_finish;
+        kind := 'input'; bucket := v_path.b; path := v_path.n;
         return next;
         v_left := v_left - 1;
-        exit inputs when v_left = 0;
+        if v_left = 0 then
+          v_next_at := v_finished[v_path.first_row];  -- rows from here on may hold undecided paths
+          v_next_id := v_ids[v_path.first_row];
+          exit chunks;
+        end if;
       end loop;
+      exit chunks when v_next_at is null;
     end loop;
+
+    update public.edit_retention_state s
+       set inputs_from_at = v_next_at, inputs_from_id = v_next_id
+     where s.id;
+    if v_next_at is null then
+      -- Starting over: forget the paths whose time is up (they are decided again when met).
+      delete from public.edit_retention_held_paths h where h.named_until < v_cutoff;
+    end if;
   end if;
 
   -- Outputs of succeeded requests (never one a live request takes as its input).
   if p_output_age is not null and v_left > 0 then
+    v_next_at := null;
+    v_next_id := null;
+    v_seen := 0;
     for v_row in
-      select r.output_bucket as b, r.output_path as n
+      select r.id, r.finished_at, r.output_bucket as b, r.output_path as n
         from public.edit_requests r
        where r.status = 'succeeded' and r.output_expired_at is null and r.output_path is not null
          and r.finished_at < now() - p_output_age
+         and (r.finished_at, r.id) >= (coalesce(v_state.outputs_from_at, '-infinity'),
+                                       coalesce(v_state.outputs_from_id, '00000000-0000-0000-0000-000000000000'))
        order by r.finished_at, r.id
+       limit v_window + 1
     loop
-      continue when (v_row.b || '/' || v_row.n) = any (v_done);
+      v_seen := v_seen + 1;
+      if v_seen > v_window or v_left = 0 then
+        v_next_at := v_row.finished_at;  -- the next run starts here
+        v_next_id := v_row.id;
+        exit;
+      end if;
       select bool_or(l.status in ('awaiting_image', 'queued', 'processing')) into v_blocked
         from public.edit_requests l
        where l.input_bucket = v_row.b and l.input_paths @> array[v_row.n];
       continue when v_blocked;
-      v_done := v_done || (v_row.b || '/' || v_row.n);
       kind := 'output'; bucket := v_row.b; path := v_row.n;
       return next;
       v_left := v_left - 1;
-      exit when v_left = 0;
     end loop;
+    update public.edit_retention_state s
+       set outputs_from_at = v_next_at, outputs_from_id = v_next_id
+     where s.id;
   end if;
 
   -- Orphans: input-bucket objects older than the grace that no row needs (no row names them, or
@@ -212,17 +342,16 @@ begin
   -- at, so each run scans at most 20 x p_limit of them in name order (bucketid_objname),
   -- resuming where the last run stopped, and starts over at the end of the bucket.
   if p_orphan_grace is not null and v_left > 0 then
-    select s.orphans_after into v_after from public.edit_retention_state s where s.id;
     for v_row in
       select o.bucket_id as b, o.name as n, coalesce(o.updated_at, o.created_at) as written
         from storage.objects o
-       where o.bucket_id = 'edit-inputs' and o.name > coalesce(v_after, '')
+       where o.bucket_id = 'edit-inputs' and o.name > coalesce(v_state.orphans_after, '')
        order by o.name
-       limit 20 * p_limit
+       limit v_window
     loop
       v_scanned := v_scanned + 1;
       v_last_name := v_row.n;
-      continue when v_row.written >= now() - p_orphan_grace or (v_row.b || '/' || v_row.n) = any (v_done);
+      continue when v_row.written >= now() - p_orphan_grace;
       select bool_or(r.status not in ('succeeded', 'failed', 'canceled') or r.finished_at >= v_row.written)
         into v_blocked
         from public.edit_requests r
@@ -234,15 +363,17 @@ begin
       exit when v_left = 0;
     end loop;
     update public.edit_retention_state s
-       set orphans_after = case when v_left = 0 or v_scanned = 20 * p_limit then v_last_name end
+       set orphans_after = case when v_left = 0 or v_scanned = v_window then v_last_name end
      where s.id;
   end if;
 end
 $$;
 
 comment on function public.edit_retention_candidates(text, interval, interval, interval, integer, integer) is
-  'Objects due for deletion (kind input, output or orphan), at most p_limit; empty while another '
-  'worker holds the retention lease. Delete them through the Storage API, then edit_retention_mark.';
+  'Objects due for deletion (kind input, output or orphan), at most p_limit, from a window of at most '
+  '20 x p_limit rows or objects of each kind that resumes where the last call stopped; empty while '
+  'another worker holds the retention lease. Delete them through the Storage API, then '
+  'edit_retention_mark (rows none of whose inputs Storage holds are marked here).';
 
 -- Marks -------------------------------------------------------------------------------------------
 
@@ -303,8 +434,9 @@ $$;
 -- Access ------------------------------------------------------------------------------------------
 
 alter table public.edit_retention_state enable row level security;
-revoke all on public.edit_retention_state from public, anon, authenticated;
-grant all on public.edit_retention_state to service_role;
+alter table public.edit_retention_held_paths enable row level security;
+revoke all on public.edit_retention_state, public.edit_retention_held_paths from public, anon, authenticated;
+grant all on public.edit_retention_state, public.edit_retention_held_paths to service_role;
 
 revoke all on function
   public.edit_requests_clear_expiry_on_retry(),

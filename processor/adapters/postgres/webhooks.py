@@ -38,6 +38,7 @@ class PostgresWebhookOutbox:
                 payload=row["payload"],
                 attempts=row["attempts"],
                 refusal=row["refusal"],
+                endpoint_id=row["endpoint_id"],
             )
             for row in rows
         ]

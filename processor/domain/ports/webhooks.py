@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from processor.domain.webhook_urls import webhook_failure_kind
+
 
 @dataclass(frozen=True, slots=True)
 class WebhookDelivery:
@@ -23,6 +25,8 @@ class WebhookDelivery:
     """Attempts so far, this one included."""
     refusal: str | None = None
     """Why the URL is refused now (the database's allowlist and settings), or None."""
+    endpoint_id: uuid.UUID | None = None
+    """The endpoint it goes to (for the log; the database caps and backs off deliveries per endpoint)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,11 @@ class WebhookAnswer:
     @property
     def delivered(self) -> bool:
         return self.error is None
+
+    @property
+    def kind(self) -> str | None:
+        """The failure's kind (what the owner may read); None when delivered."""
+        return None if self.error is None else webhook_failure_kind(self.error)
 
 
 class WebhookOutbox(Protocol):
@@ -59,7 +68,8 @@ class WebhookOutbox(Protocol):
         self, delivery_id: uuid.UUID, worker_id: str, status_code: int | None, error: str, *, permanent: bool
     ) -> str:
         """``pending`` (retried after the back-off), ``dead`` (attempts used up, or ``permanent``),
-        or ``lost`` when ``worker_id`` no longer holds it."""
+        or ``lost`` when ``worker_id`` no longer holds it. Only the kind of ``error`` is stored
+        (``webhook_failure_kind``): ``last_error`` is the owner's to read, the detail is not."""
         ...
 
 
