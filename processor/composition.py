@@ -21,7 +21,7 @@ from processor.core.user_actions import UserActions
 from processor.core.webhooks import WebhookConfig, WebhookDispatcher
 from processor.core.worker import Worker, WorkerConfig
 from processor.domain.errors import ConfigurationError, ProcessorError, TransientError
-from processor.domain.images import ImageLimits
+from processor.domain.images import ImageLimits, OutputEncoding
 from processor.domain.ports.editor import Editor
 from processor.domain.ports.loras import LoraAllowlist
 from processor.domain.ports.queue import JobQueue
@@ -85,6 +85,11 @@ def check_input_limit(settings: Settings) -> None:
         )
 
 
+def output_encoding(settings: Settings) -> OutputEncoding:
+    """How results are encoded when their request names no format or quality."""
+    return OutputEncoding(settings.output_format, settings.output_quality)
+
+
 def worker_config(settings: Settings) -> WorkerConfig:
     return WorkerConfig(
         worker_id=settings.worker_id,
@@ -97,6 +102,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         image_limits=image_limits(settings),
         preview_every_steps=settings.preview_every_steps,
         preview_interval_seconds=settings.preview_interval_seconds,
+        output_encoding=output_encoding(settings),
     )
 
 
@@ -443,5 +449,9 @@ def build_runpod_handler(
     from processor.entrypoints.runpod_handler import make_handler, runpod_progress
 
     return make_handler(
-        editor, image_limits(settings), build_row_runner(settings), report=report or runpod_progress
+        editor,
+        image_limits(settings),
+        output_encoding(settings),
+        build_row_runner(settings),
+        report=report or runpod_progress,
     )

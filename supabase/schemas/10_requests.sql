@@ -164,6 +164,10 @@ create table public.edit_requests (
   output_expired_at timestamptz,
   preview_path text,
   preview_step integer,
+  -- How the result is encoded; null: the deployment's OUTPUT_FORMAT / OUTPUT_QUALITY
+  -- (20261206005000_output_formats.sql). What was used is in result.
+  output_format text,
+  output_quality integer,
 
   constraint edit_requests_status_known
     check (status in ('awaiting_image', 'queued', 'processing', 'succeeded', 'failed', 'canceled')),
@@ -201,6 +205,10 @@ create table public.edit_requests (
   constraint edit_requests_speed_valid check (speed is null or speed in ('quality', 'fast', 'fastest')),
   -- The default '[]' short-circuits the plpgsql loop (~2 µs a row).
   constraint edit_requests_loras_valid check (loras = '[]'::jsonb or public.edit_request_loras_valid(loras)),
+  -- rules.OUTPUT_FORMATS and MIN/MAX_OUTPUT_QUALITY (tests/test_rule_parity.py).
+  constraint edit_requests_output_format_known
+    check (output_format is null or output_format in ('png', 'webp', 'jpeg')),
+  constraint edit_requests_output_quality_range check (output_quality is null or output_quality between 1 and 100),
   constraint edit_requests_progress_range check (progress between 0 and 1),
   constraint edit_requests_attempts_range check (attempts between 0 and max_attempts),
   constraint edit_requests_max_attempts_range check (max_attempts between 1 and 20),
@@ -253,6 +261,10 @@ comment on column public.edit_requests.preview_path is
   'Object (in output_bucket) holding the latest live preview of a running edit; null before the first.';
 comment on column public.edit_requests.preview_step is
   'The denoising step the preview at preview_path shows (1-based); goes up within one attempt.';
+comment on column public.edit_requests.output_format is
+  'png | webp | jpeg: the output object is {id}.png, .webp or .jpg; null: the deployment default (OUTPUT_FORMAT). What was used is in result.output_format.';
+comment on column public.edit_requests.output_quality is
+  'WebP and JPEG quality, 1 to 100 (PNG ignores it); null: the deployment default (OUTPUT_QUALITY). What was used is in result.output_quality.';
 
 -- Users' lists and dashboards. (The claim's, the sweep's and each subject's own indexes are in
 -- their files.)
@@ -321,13 +333,14 @@ grant select (
   guidance_scale, seed, input_bucket, input_paths, output_bucket, output_path, error_code,
   error_message, result, created_at, started_at, finished_at, updated_at, width, height, base,
   base_color, speed, loras, webhook_endpoint_id, batch_id, inputs_expired_at, output_expired_at,
-  preview_path, preview_step
+  preview_path, preview_step, output_format, output_quality
 ) on public.edit_requests to authenticated;
 -- batch_id only of a batch of their own (a policy in 45_batches.sql), webhook_endpoint_id only of an
 -- endpoint of their own (a trigger in 40_webhooks.sql).
 grant insert (
   id, user_id, prompt, negative_prompt, input_paths, num_inference_steps, true_cfg_scale,
-  guidance_scale, seed, width, height, base, base_color, speed, loras, webhook_endpoint_id, batch_id
+  guidance_scale, seed, width, height, base, base_color, speed, loras, webhook_endpoint_id, batch_id,
+  output_format, output_quality
 ) on public.edit_requests to authenticated;
 
 -- The path rules run in users' inserts (a CHECK constraint, the insert policy); trigger functions
