@@ -21,15 +21,18 @@ from dataclasses import dataclass, field
 from processor.domain.errors import ProcessorError
 from processor.domain.ports.retention import RetentionPolicy, RetentionStore
 from processor.domain.ports.storage import ObjectStorage
-from processor.domain.rules import PREVIEW_EXTENSIONS, RetentionKind, preview_path_beside
+from processor.domain.rules import PREVIEW_EXTENSIONS, RetentionKind, output_names_beside, preview_path_beside
 from processor.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
-def preview_names_beside(output_path: str) -> list[str]:
-    """The names a live preview of this output's request may have had (``{id}.preview.{ext}``)."""
-    return [preview_path_beside(output_path, extension) for extension in PREVIEW_EXTENSIONS.values()]
+def leftovers_beside(output_path: str) -> list[str]:
+    """What an attempt of this output's request may have left that its row does not name: a live
+    preview (``{id}.preview.{ext}``), and an output in another format (``{id}.png`` beside
+    ``{id}.webp``: an attempt that uploaded and then lost its lease, under another ``OUTPUT_FORMAT``)."""
+    previews = [preview_path_beside(output_path, extension) for extension in PREVIEW_EXTENSIONS.values()]
+    return [*previews, *output_names_beside(output_path)]
 
 
 @dataclass
@@ -113,10 +116,10 @@ class Retention:
                 by_bucket.setdefault(candidate.bucket, {})[candidate.path] = candidate.kind
             for bucket, kinds in by_bucket.items():
                 paths = list(kinds)
-                # With an output go the live previews a crashed attempt may have left beside it
-                # (a final row no longer names them; absent names are no error).
+                # With an output go the live previews and other-format outputs an attempt may have
+                # left beside it (a final row no longer names them; absent names are no error).
                 leftovers = [
-                    name for path in paths if kinds[path] == "output" for name in preview_names_beside(path)
+                    name for path in paths if kinds[path] == "output" for name in leftovers_beside(path)
                 ]
                 try:
                     deleted = set(await self._storage.delete_many(bucket, paths + leftovers))
