@@ -55,13 +55,20 @@ def serve() -> None:
     """Run the HTTP app (webhook, REST API, health, metrics) and the worker in one process."""
     import uvicorn
 
-    from processor.composition import build_mcp, build_rest_api, build_service, check_input_limit
+    from processor.composition import (
+        build_mcp,
+        build_rest_api,
+        build_service,
+        check_input_limit,
+        check_output_types,
+    )
     from processor.entrypoints.http_app import create_app
 
     settings = _settings_or_exit()
     with exit_on_configuration_error():
         settings.require("webhook_secret")
         check_input_limit(settings)
+        check_output_types(settings)
         assert settings.webhook_secret is not None
         service = build_service(settings)
         api = build_rest_api(settings, service)
@@ -86,12 +93,13 @@ def worker() -> None:
 
     No HTTP, unless WORKER_HEALTH_PORT is set: then only /healthz and /readyz, for probes.
     Exits with code 1 when the model cannot be loaded (so the platform restarts it)."""
-    from processor.composition import build_service, check_input_limit
+    from processor.composition import build_service, check_input_limit, check_output_types
     from processor.core.service import SetupFailed
 
     settings = _settings_or_exit()
     with exit_on_configuration_error():
         check_input_limit(settings)
+        check_output_types(settings)
         service = build_service(settings)
 
     async def main() -> None:

@@ -27,7 +27,7 @@ from processor.domain.ports.loras import LoraAllowlist
 from processor.domain.ports.queue import JobQueue
 from processor.domain.ports.retention import RetentionPolicy
 from processor.domain.ports.storage import ObjectStorage
-from processor.domain.rules import INPUT_BUCKET
+from processor.domain.rules import INPUT_BUCKET, OUTPUT_BUCKET, OUTPUT_MEDIA_TYPES
 from processor.observability.metrics import Metrics
 from processor.settings import Settings
 
@@ -82,6 +82,29 @@ def check_input_limit(settings: Settings) -> None:
             f"file_size_limit ({limit} bytes), so Storage would refuse such uploads: lower "
             f"MAX_IMAGE_BYTES, or raise the bucket's limit (update storage.buckets set "
             f"file_size_limit = {settings.max_image_bytes} where id = '{INPUT_BUCKET}')"
+        )
+
+
+def check_output_types(settings: Settings) -> None:
+    """Refuse to start when the ``edit-outputs`` bucket's ``allowed_mime_types`` leave out a format the
+    processor writes: any request may name any of them, and Storage would refuse its result only after
+    the GPU made it. Like ``check_input_limit``, an unreachable database is left to the service."""
+    from processor.adapters.postgres.buckets import bucket_allowed_mime_types
+
+    if settings.database_url is None:
+        return
+    try:
+        allowed = bucket_allowed_mime_types(settings.database_url, OUTPUT_BUCKET)
+    except TransientError:
+        log.warning("could not read the edit-outputs bucket's allowed_mime_types; not checked")
+        return
+    missing = [] if allowed is None else sorted(set(OUTPUT_MEDIA_TYPES.values()) - set(allowed))
+    if missing:
+        raise ConfigurationError(
+            f"the {OUTPUT_BUCKET} bucket's allowed_mime_types ({', '.join(allowed or [])}) leave out "
+            f"{', '.join(missing)}, which requests may ask for (output_format): allow them (update "
+            f"storage.buckets set allowed_mime_types = allowed_mime_types || array{missing!r} where id = "
+            f"'{OUTPUT_BUCKET}')"
         )
 
 
