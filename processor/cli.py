@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import json
 import signal
@@ -14,10 +15,9 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from processor.domain.errors import ConfigurationError, InvalidInput, ModelError, ProcessorError
-from processor.domain.images import OutputFormat
 from processor.domain.reasons import ReasonCode
-from processor.domain.request import PARAM_FIELDS, FieldKind
-from processor.domain.rules import DeviceChoice
+from processor.domain.request import PARAM_FIELDS, EditParams, FieldKind
+from processor.domain.rules import DeviceChoice, OutputFormat
 from processor.observability.logs import configure_logging
 from processor.settings import Settings, load_settings
 
@@ -55,13 +55,20 @@ def serve() -> None:
     """Run the HTTP app (webhook, REST API, health, metrics) and the worker in one process."""
     import uvicorn
 
-    from processor.composition import build_mcp, build_rest_api, build_service, check_input_limit
+    from processor.composition import (
+        build_mcp,
+        build_rest_api,
+        build_service,
+        check_input_limit,
+        check_output_types,
+    )
     from processor.entrypoints.http_app import create_app
 
     settings = _settings_or_exit()
     with exit_on_configuration_error():
         settings.require("webhook_secret")
         check_input_limit(settings)
+        check_output_types(settings)
         assert settings.webhook_secret is not None
         service = build_service(settings)
         api = build_rest_api(settings, service)
@@ -86,12 +93,13 @@ def worker() -> None:
 
     No HTTP, unless WORKER_HEALTH_PORT is set: then only /healthz and /readyz, for probes.
     Exits with code 1 when the model cannot be loaded (so the platform restarts it)."""
-    from processor.composition import build_service, check_input_limit
+    from processor.composition import build_service, check_input_limit, check_output_types
     from processor.core.service import SetupFailed
 
     settings = _settings_or_exit()
     with exit_on_configuration_error():
         check_input_limit(settings)
+        check_output_types(settings)
         service = build_service(settings)
 
     async def main() -> None:
@@ -198,7 +206,6 @@ def _fail(error: ProcessorError) -> typer.Exit:
     return typer.Exit(code=1 if isinstance(error, ModelError) else 2)
 
 
-_FORMATS: dict[str, OutputFormat] = {"png": "png", "webp": "webp", "jpeg": "jpeg", "jpg": "jpeg"}
 _DEVICES: dict[str, DeviceChoice] = {"auto": "auto", "cuda": "cuda", "cpu": "cpu"}
 
 
@@ -216,7 +223,13 @@ def _lora_option(text: str) -> dict[str, object]:
 
 
 def edit(
-    out: Annotated[Path, typer.Option(help="Where to write the result.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Where to write the result: .png, .webp, .jpg or .jpeg, which sets --output-format "
+            "(without a suffix: --output-format, else OUTPUT_FORMAT)."
+        ),
+    ],
     image: Annotated[
         list[Path] | None,
         typer.Option(
@@ -231,9 +244,6 @@ def edit(
         str | None,
         typer.Option(help="Hub id or local folder (default: MODEL_ID, Qwen/Qwen-Image-Edit-2509)."),
     ] = None,
-    output_format: Annotated[
-        str | None, typer.Option(help="png, webp or jpeg (default: from the --out suffix, else png).")
-    ] = None,
     device: Annotated[
         str | None, typer.Option(help="auto, cuda or cpu (default: DEVICE, else auto).")
     ] = None,
@@ -242,7 +252,7 @@ def edit(
     """Run one edit (or, without --image, create an image), write it and print its metadata as JSON.
 
     Bad input exits with code 2."""
-    from processor.composition import build_editor, image_limits
+    from processor.composition import build_editor, image_limits, output_encoding
     from processor.core.direct_edit import read_images, run_edit
     from processor.domain.params import params_from_mapping
     from processor.domain.sizing import ModelSizing, output_size
@@ -254,13 +264,10 @@ def edit(
         if device is not None:
             overrides["device"] = _choice(device, "--device", _DEVICES)
         settings = load_settings(**overrides)
-        if output_format is None:
-            fmt = _FORMATS.get(out.suffix.lstrip(".").lower(), "png")
-        else:
-            fmt = _choice(output_format, "--output-format", _FORMATS)
-        # The one mapping every way in shares; everything it and the rules refuse is refused
-        # before any image is decoded or the (slow) model loaded. An option left out is absent.
-        params = params_from_mapping(_request_fields(fields))
+        # The one mapping every way in shares (options are text, as a form's fields); everything it
+        # and the rules refuse is refused before any image is decoded or the (slow) model loaded.
+        # An option left out is absent.
+        params = _format_of(out, params_from_mapping(_request_fields(fields), form=True))
         images = read_images(params, [path.read_bytes() for path in image or []], image_limits(settings))
         output_size(
             [decoded.size for decoded in images],
@@ -271,15 +278,44 @@ def edit(
         # One short edit: a warm-up would double its cost.
         editor = build_editor(settings.model_copy(update={"warmup": False}))
         try:
-            output = run_edit(editor, images, params, fmt)  # the direct-edit flow RunPod runs too
+            # The direct-edit flow RunPod runs too.
+            edited = run_edit(editor, images, params, output_encoding(settings))
         finally:
             editor.close()
     except ProcessorError as exc:
         raise _fail(exc) from exc
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(output.data)
-    metadata = {**output.result.metadata(), "output": str(out), "format": fmt, "bytes": len(output.data)}
+    out.write_bytes(edited.output.data)
+    metadata = {
+        **edited.result.metadata(),
+        **edited.output.metadata(),
+        "output": str(out),
+        "bytes": len(edited.output.data),
+    }
     typer.echo(json.dumps(metadata, indent=2))
+
+
+_SUFFIXES: Mapping[str, OutputFormat] = {".png": "png", ".webp": "webp", ".jpg": "jpeg", ".jpeg": "jpeg"}
+
+
+def _format_of(out: Path, params: EditParams) -> EditParams:
+    """The request with the format ``--out``'s suffix names; a suffix that names none, or another
+    than ``--output-format``, is refused (never PNG bytes in ``out.gif``)."""
+    if not out.suffix:
+        return params
+    implied = _SUFFIXES.get(out.suffix.lower())
+    if implied is None:
+        raise InvalidInput(
+            f"--out {out.name}: {out.suffix} is not an output format; name the file {', '.join(_SUFFIXES)}",
+            reason=ReasonCode.INVALID_PARAMETER,
+        )
+    if params.output_format not in (None, implied):
+        raise InvalidInput(
+            f"--output-format {params.output_format} but --out {out.name} names {implied}; "
+            "make them agree, or leave --output-format out",
+            reason=ReasonCode.INVALID_PARAMETER,
+        )
+    return dataclasses.replace(params, output_format=implied)
 
 
 def _request_fields(options: Mapping[str, object]) -> dict[str, object]:
@@ -310,7 +346,8 @@ def _declared_options(command: Callable[..., None]) -> Callable[..., None]:
         help_text = spec.description + default
         if spec.kind == "loras":
             help_text += " An allowlisted LoRA (LORAS) as NAME or NAME=SCALE; repeat for more."
-        option = typer.Option(spec.cli or f"--{item.name.replace('_', '-')}", help=help_text)
+        metavar = "|".join(spec.choices) if spec.kind == "choice" else _METAVARS.get(spec.kind)
+        option = typer.Option(spec.cli or f"--{item.name.replace('_', '-')}", help=help_text, metavar=metavar)
         added.append(
             inspect.Parameter(
                 item.name,
@@ -325,14 +362,17 @@ def _declared_options(command: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
+# Numbers are read as text and converted by the one mapping (as a form's fields are), so a value that
+# is not one is refused with the field's reason code, as through every other way in.
 _OPTION_TYPES: Mapping[FieldKind, type] = {
     "text": str,
     "choice": str,
-    "integer": int,
-    "number": float,
+    "integer": str,
+    "number": str,
     "loras": list[str],
     "uuid": str,
 }
+_METAVARS: Mapping[FieldKind, str] = {"integer": "INTEGER", "number": "NUMBER"}
 app.command()(_declared_options(edit))
 
 

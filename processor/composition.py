@@ -21,13 +21,13 @@ from processor.core.user_actions import UserActions
 from processor.core.webhooks import WebhookConfig, WebhookDispatcher
 from processor.core.worker import Worker, WorkerConfig
 from processor.domain.errors import ConfigurationError, ProcessorError, TransientError
-from processor.domain.images import ImageLimits
+from processor.domain.images import ImageLimits, OutputEncoding
 from processor.domain.ports.editor import Editor
 from processor.domain.ports.loras import LoraAllowlist
 from processor.domain.ports.queue import JobQueue
 from processor.domain.ports.retention import RetentionPolicy
 from processor.domain.ports.storage import ObjectStorage
-from processor.domain.rules import INPUT_BUCKET
+from processor.domain.rules import INPUT_BUCKET, OUTPUT_BUCKET, OUTPUT_MEDIA_TYPES
 from processor.observability.metrics import Metrics
 from processor.settings import Settings
 
@@ -85,6 +85,34 @@ def check_input_limit(settings: Settings) -> None:
         )
 
 
+def check_output_types(settings: Settings) -> None:
+    """Refuse to start when the ``edit-outputs`` bucket's ``allowed_mime_types`` leave out a format the
+    processor writes: any request may name any of them, and Storage would refuse its result only after
+    the GPU made it. Like ``check_input_limit``, an unreachable database is left to the service."""
+    from processor.adapters.postgres.buckets import bucket_allowed_mime_types
+
+    if settings.database_url is None:
+        return
+    try:
+        allowed = bucket_allowed_mime_types(settings.database_url, OUTPUT_BUCKET)
+    except TransientError:
+        log.warning("could not read the edit-outputs bucket's allowed_mime_types; not checked")
+        return
+    missing = [] if allowed is None else sorted(set(OUTPUT_MEDIA_TYPES.values()) - set(allowed))
+    if missing:
+        raise ConfigurationError(
+            f"the {OUTPUT_BUCKET} bucket's allowed_mime_types ({', '.join(allowed or [])}) leave out "
+            f"{', '.join(missing)}, which requests may ask for (output_format): allow them (update "
+            f"storage.buckets set allowed_mime_types = allowed_mime_types || array{missing!r} where id = "
+            f"'{OUTPUT_BUCKET}')"
+        )
+
+
+def output_encoding(settings: Settings) -> OutputEncoding:
+    """How results are encoded when their request names no format or quality."""
+    return OutputEncoding(settings.output_format, settings.output_quality)
+
+
 def worker_config(settings: Settings) -> WorkerConfig:
     return WorkerConfig(
         worker_id=settings.worker_id,
@@ -97,6 +125,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         image_limits=image_limits(settings),
         preview_every_steps=settings.preview_every_steps,
         preview_interval_seconds=settings.preview_interval_seconds,
+        output_encoding=output_encoding(settings),
     )
 
 
@@ -445,5 +474,9 @@ def build_runpod_handler(
     from processor.entrypoints.runpod_handler import make_handler, runpod_progress
 
     return make_handler(
-        editor, image_limits(settings), build_row_runner(settings), report=report or runpod_progress
+        editor,
+        image_limits(settings),
+        output_encoding(settings),
+        build_row_runner(settings),
+        report=report or runpod_progress,
     )

@@ -19,7 +19,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from processor.domain import rules, webhook_urls
 from processor.domain.errors import ConfigurationError
-from processor.domain.rules import LORA_NAME, DeviceChoice, MemoryMode, Quantization, SpeedPreset
+from processor.domain.rules import (
+    LORA_NAME,
+    DeviceChoice,
+    MemoryMode,
+    OutputFormat,
+    Quantization,
+    SpeedPreset,
+)
 
 
 def _default_worker_id() -> str:
@@ -122,6 +129,14 @@ class Settings(BaseSettings):
     step_cache_threshold: float = Field(default=rules.DEFAULT_STEP_CACHE_THRESHOLD, gt=0, lt=1)
     """Relative L1 change below which ``STEP_CACHE`` reuses the cached blocks (higher: faster, worse).
     0.2 is the value of diffusers' own First-Block-Cache example on Qwen-Image."""
+
+    # --- Output (docs/configuration.md#output) ----------------------------------------------------------
+    output_format: OutputFormat = rules.DEFAULT_OUTPUT_FORMAT
+    """Encoding of results whose request names none: ``png`` (lossless), ``webp`` or ``jpeg``."""
+    output_quality: int = Field(
+        default=rules.DEFAULT_OUTPUT_QUALITY, ge=rules.MIN_OUTPUT_QUALITY, le=rules.MAX_OUTPUT_QUALITY
+    )
+    """WebP and JPEG quality of results whose request names none (PNG ignores it)."""
 
     # --- Input limits -----------------------------------------------------------------------------
     max_image_bytes: int = Field(default=rules.MAX_IMAGE_BYTES, gt=0)

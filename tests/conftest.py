@@ -385,6 +385,15 @@ class Harness:
             what=f"{request_id} to reach {statuses}",
         )
 
+    def output(self, row: Row) -> httpx.Response:
+        """A request's output object as its owner downloads it (``content``, ``headers["content-type"]``)."""
+        response = httpx.get(
+            f"{self.storage.url}/storage/v1/object/authenticated/{row['output_bucket']}/{row['output_path']}",
+            headers={"Authorization": f"Bearer {self.storage.token(row['user_id'])}"},
+        )
+        response.raise_for_status()
+        return response
+
     def output_exists(self, row: Row) -> bool:
         found = self.db.execute(
             "select 1 from storage.objects where bucket_id = %s and name = %s",

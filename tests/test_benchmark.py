@@ -76,3 +76,18 @@ def test_the_decode_bound_benchmark_reports_both_decodes_and_the_ratios(
     for row in report["per_image"].values():
         assert row["in_process_ms"] > 0 and row["bounded_decode_ms"] > 0 and row["bounded_check_ms"] > 0
         assert row["decode_ratio"] == pytest.approx(row["bounded_decode_ms"] / row["in_process_ms"], rel=0.05)
+
+
+def test_the_output_encoding_benchmark_measures_every_variant_against_level_6(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = importlib.util.spec_from_file_location("output_encoding", SCRIPT.parent / "output_encoding.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = module.main(["--size", "64", "--pictures", "1", "--rounds", "1", "--json"])
+    assert json.loads(capsys.readouterr().out) == report
+    variants = report["variants"]
+    assert variants["png level 6"]["time_ratio"] == variants["png level 6"]["bytes_ratio"] == 1
+    assert variants["png level 1"]["psnr_db"] == float("inf") and variants["jpeg q90"]["psnr_db"] < 60
+    assert all(row["bytes"] > 0 and row["ms"] > 0 for row in variants.values())

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from processor.cli import app
-from processor.composition import check_input_limit
+from processor.composition import check_input_limit, check_output_types
 from processor.domain import rules
 from processor.domain.errors import ConfigurationError
 from processor.settings import load_settings
@@ -65,3 +65,29 @@ def test_the_worker_command_refuses_to_start(database_url: str, monkeypatch: pyt
     result = CliRunner().invoke(app, ["worker"])
     assert result.exit_code == 2
     assert "MAX_IMAGE_BYTES" in result.stderr and "file_size_limit" in result.stderr
+
+
+# --- The output bucket takes every format a request may ask for -----------------------------------------
+
+
+def test_the_migrated_output_bucket_takes_every_output_format(database_url: str, db: Db) -> None:
+    check_output_types(load_settings(database_url=database_url))
+    db.execute("update storage.buckets set allowed_mime_types = null where id = %s", (rules.OUTPUT_BUCKET,))
+    check_output_types(load_settings(database_url=database_url))  # null: any type
+
+
+def test_an_output_bucket_that_refuses_a_format_is_refused_at_start_up(
+    database_url: str, db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Storage would refuse a WebP result only after the GPU made it (storage_rejected).
+    db.execute(
+        "update storage.buckets set allowed_mime_types = array['image/png'] where id = %s",
+        (rules.OUTPUT_BUCKET,),
+    )
+    with pytest.raises(ConfigurationError, match="leave out image/jpeg, image/webp"):
+        check_output_types(load_settings(database_url=database_url))
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("SUPABASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_unused")
+    result = CliRunner().invoke(app, ["worker"])
+    assert result.exit_code == 2 and "allowed_mime_types" in result.stderr

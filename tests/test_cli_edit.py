@@ -37,7 +37,7 @@ def test_an_edit_writes_the_image_and_prints_its_metadata(
     result = edit(tiny_model_dir, photo, out, "--seed", "42")
     assert result.exit_code == 0, result.stderr
     metadata = json.loads(result.stdout)
-    assert (metadata["seed"], metadata["num_inference_steps"], metadata["format"]) == (42, 2, "png")
+    assert (metadata["seed"], metadata["num_inference_steps"], metadata["output_format"]) == (42, 2, "png")
     assert set(metadata["timings"]) >= {"prompt_encoding", "denoising", "decoding", "total"}
     assert metadata["model"]["model_id"] == f"local:{tiny_model_dir.name}"  # a folder, by name only
     written = Image.open(out)
@@ -54,7 +54,7 @@ def test_several_images_explicit_size_and_webp(tiny_model_dir: Path, photo: Path
     out = tmp_path / "out.webp"
     result = edit(tiny_model_dir, photo, out, "--image", photo, "--width", "48", "--height", "32")
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["format"] == "webp"
+    assert json.loads(result.stdout)["output_format"] == "webp"
     assert Image.open(out).format == "WEBP"
     assert Image.open(out).size == (48, 32)
 
@@ -65,7 +65,17 @@ def test_several_images_explicit_size_and_webp(tiny_model_dir: Path, photo: Path
         (["--steps", "1"], "error: invalid_parameter:"),
         (["--width", "50", "--height", "48"], "error: invalid_size:"),
         (["--prompt", " "], "error: invalid_prompt:"),
-        (["--output-format", "gif"], "error: configuration_error:"),
+        (
+            ["--output-format", "gif"],
+            "error: invalid_parameter: output_format must be one of png, webp, jpeg",
+        ),
+        (["--output-format", "jpeg"], "error: invalid_parameter: --output-format jpeg but --out out.png"),
+        (
+            ["--output-quality", "0"],
+            "error: invalid_parameter: output_quality must be an integer from 1 to 100",
+        ),
+        (["--output-quality", "high"], "error: invalid_parameter: output_quality must be an integer"),
+        (["--steps", "many"], "error: invalid_parameter: num_inference_steps must be an integer"),
     ],
 )
 def test_bad_parameters_exit_2_with_the_reason(
@@ -75,6 +85,34 @@ def test_bad_parameters_exit_2_with_the_reason(
     assert result.exit_code == 2
     assert result.stderr.startswith(message)
     assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "expected"),
+    [
+        ("out.jpg", [], "JPEG"),
+        ("out.JPEG", [], "JPEG"),
+        ("out.webp", ["--output-format", "webp", "--output-quality", "40"], "WEBP"),
+        ("out", ["--output-format", "jpeg"], "JPEG"),  # no suffix: the option says
+        ("out", [], "PNG"),  # neither: the deployment's OUTPUT_FORMAT
+    ],
+)
+def test_the_output_suffix_or_option_picks_the_format(
+    tiny_model_dir: Path, photo: Path, tmp_path: Path, name: str, options: list[str], expected: str
+) -> None:
+    out = tmp_path / name
+    result = edit(tiny_model_dir, photo, out, *options)
+    assert result.exit_code == 0, result.stderr
+    assert Image.open(out).format == expected
+    assert json.loads(result.stdout)["media_type"] == f"image/{expected.lower()}"
+
+
+def test_a_suffix_that_names_no_format_is_refused_before_the_model_loads(photo: Path, tmp_path: Path) -> None:
+    # No model at all: the refusal must come first (it did not: PNG bytes went into out.gif).
+    result = edit(tmp_path / "no-model", photo, tmp_path / "out.gif")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: invalid_parameter: --out out.gif: .gif is not an output format")
+    assert not (tmp_path / "out.gif").exists()
 
 
 def test_a_bad_image_exits_2_with_the_reason(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -13,7 +13,9 @@ from PIL import Image
 from processor.composition import image_limits
 from processor.domain.errors import InvalidInput
 from processor.domain.images import ImageLimits, decode_image, encode_image
+from processor.domain.rules import MAX_PROMPT_CHARS, OutputFormat
 from processor.settings import Settings
+from tests.embedded import PILLOW_FORMATS, embedded, parameters_in
 
 LIMITS = ImageLimits(max_bytes=1_000_000, max_pixels=4_000_000, min_side=32)
 
@@ -205,15 +207,44 @@ def test_png_output_carries_the_parameters_as_text_and_is_deterministic() -> Non
     assert data == encode_image(image, "png", text)
     reopened = Image.open(io.BytesIO(data))
     assert reopened.format == "PNG"
-    assert reopened.text == text  # type: ignore[attr-defined]
+    assert parameters_in(data, "png") == text
     assert np.array_equal(np.asarray(reopened), np.asarray(image))
 
 
-@pytest.mark.parametrize(("fmt", "pillow_name"), [("webp", "WEBP"), ("jpeg", "JPEG")])
-def test_webp_and_jpeg_output_on_request(fmt: str, pillow_name: str) -> None:
-    data = encode_image(noise(), fmt)  # type: ignore[arg-type]
-    reopened = Image.open(io.BytesIO(data))
-    assert (reopened.format, reopened.size) == (pillow_name, (64, 48))
+@pytest.mark.parametrize("fmt", ["png", "webp", "jpeg"])
+def test_every_format_carries_the_parameters_in_text_chunks_or_exif_and_in_xmp(fmt: OutputFormat) -> None:
+    text = {"prompt": 'make it 青い ✓ & <keep> "this"', "negative_prompt": "fog\r\nrain\t", "seed": "42"}
+    found = embedded(encode_image(noise(), fmt, text, source="compositeWithTrainedAlgorithmicMedia"))
+    assert (found.format, found.text, found.xmp) == (PILLOW_FORMATS[fmt], text, text)
+    assert (
+        found.source == "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
+    )
+    assert found.creator == "qwen-edit-processor"
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp", "jpeg"])
+def test_characters_xml_cannot_hold_are_exact_in_the_text_and_replaced_in_xmp(fmt: OutputFormat) -> None:
+    # A prompt may hold any character but NUL; XML 1.0 cannot hold a vertical tab or an unpaired surrogate.
+    text = {"prompt": "a\x0bb\x1fc", "negative_prompt": "ok"}
+    found = embedded(encode_image(noise(), fmt, text))
+    assert found.text == text
+    assert found.xmp == {"prompt": "a\ufffdb\ufffdc", "negative_prompt": "ok"}
+
+
+@pytest.mark.parametrize("fmt", ["webp", "jpeg"])
+def test_the_longest_prompts_fit_the_metadata_of_every_format(fmt: OutputFormat) -> None:
+    # EXIF and XMP each live in one JPEG segment (at most 64 KiB): the longest prompts, in the
+    # characters that grow most (an emoji is 12 bytes of JSON escapes, `&` is 5 of XML), must fit.
+    for char in ("\U0001f600", "&", "\u9752"):
+        text = {"prompt": char * MAX_PROMPT_CHARS, "negative_prompt": char * MAX_PROMPT_CHARS, "seed": "1"}
+        assert parameters_in(encode_image(noise(), fmt, text), fmt) == text
+
+
+def test_quality_changes_webp_and_jpeg_and_png_ignores_it() -> None:
+    image = noise(256, 256)
+    for fmt in ("webp", "jpeg"):
+        assert len(encode_image(image, fmt, quality=30)) < len(encode_image(image, fmt, quality=95))
+    assert encode_image(image, "png", quality=30) == encode_image(image, "png", quality=95)
 
 
 def test_an_unknown_output_format_is_refused() -> None:

@@ -32,6 +32,7 @@ from processor.domain.ports.editor import (
     ProgressCallback,
 )
 from processor.domain.request import EditParams
+from processor.domain.rules import OUTPUT_EXTENSIONS, OutputFormat
 from processor.observability.metrics import Metrics
 from processor.testing import (
     InMemoryJobQueue,
@@ -252,12 +253,12 @@ def counter(metrics: Metrics, outcome: str) -> float:
     return metrics.registry.get_sample_value("edit_processor_previews_total", {"outcome": outcome}) or 0.0
 
 
-async def scenario_previews_reach_the_row_with_increasing_steps() -> None:
+async def scenario_previews_reach_the_row_with_increasing_steps(fmt: OutputFormat) -> None:
     storage = InMemoryObjectStorage()
     queue = InMemoryJobQueue(storage=storage)
     storage.put("edit-inputs", "u/in.png", png_bytes())
     editor = StandInEditor(step_seconds=0.01, size=128)
-    request_id = queue.enqueue("make it blue", ["u/in.png"], num_inference_steps=12)
+    request_id = queue.enqueue("make it blue", ["u/in.png"], num_inference_steps=12, output_format=fmt)
     seen: list[tuple[int | None, str | None, bytes | None]] = []
 
     def watch() -> bool:
@@ -278,11 +279,15 @@ async def scenario_previews_reach_the_row_with_increasing_steps() -> None:
     row = queue.row(request_id)
     assert row.preview_path is None and row.preview_step is None
     assert storage.get("edit-outputs", path) is None
-    assert storage.get("edit-outputs", f"_no_user/{request_id}.png") is not None
+    # The preview's name is the same whatever the output's format, and its clean-up leaves the output
+    # (`{id}.webp` beside `{id}.preview.webp`).
+    assert queue.row(request_id).output_path == f"_no_user/{request_id}.{OUTPUT_EXTENSIONS[fmt]}"
+    assert storage.get("edit-outputs", f"_no_user/{request_id}.{OUTPUT_EXTENSIONS[fmt]}") is not None
 
 
-def test_previews_reach_the_row_with_increasing_steps() -> None:
-    asyncio.run(asyncio.wait_for(scenario_previews_reach_the_row_with_increasing_steps(), timeout=90))
+@pytest.mark.parametrize("fmt", ["png", "webp", "jpeg"])
+def test_previews_reach_the_row_with_increasing_steps(fmt: OutputFormat) -> None:
+    asyncio.run(asyncio.wait_for(scenario_previews_reach_the_row_with_increasing_steps(fmt), timeout=90))
 
 
 async def scenario_previews_are_off_with_k_zero() -> None:

@@ -195,6 +195,20 @@ def test_with_an_output_goes_a_preview_a_crashed_attempt_left_beside_it(world: W
     assert report.deleted["output"] == 1 and not report.errors  # the leftover is not counted as an output
 
 
+def test_with_an_output_goes_one_an_attempt_left_in_another_format(world: World) -> None:
+    # An attempt encoded under another OUTPUT_FORMAT, uploaded, then lost its lease; the next one
+    # finished the request in PNG. Nothing names the first one's object.
+    request_id = world.request("succeeded", [f"{world.user}/in.png"])
+    output = world.row(request_id)["output_path"]
+    leftovers = rules.output_names_beside(output)
+    assert leftovers == [f"{world.user}/{request_id}.webp", f"{world.user}/{request_id}.jpg"]
+    for name in leftovers:
+        world.put(OUT, name)
+    report = world.run()
+    assert not any(world.exists(OUT, name) for name in [output, *leftovers])
+    assert report.deleted["output"] == 1 and not report.errors
+
+
 def test_a_path_a_recently_finished_request_names_is_kept(world: World) -> None:
     path = f"{world.user}/reused.png"
     old = world.request("failed", [path])

@@ -35,7 +35,7 @@ from processor.domain import rules
 from processor.domain.errors import EditCancelled, InvalidInput
 from processor.domain.ports.editor import Editor, EditorWrapper, EditResult, PreviewSink, ProgressCallback
 from processor.domain.reasons import ReasonCode, reason_for_constraint
-from processor.domain.request import EditParams
+from processor.domain.request import PARAM_FIELDS, EditParams
 from processor.settings import load_settings
 from tests.conftest import Harness, acting_as, picture, png_bytes
 
@@ -95,6 +95,23 @@ CASES = [
     Case("seed-max", ACCEPTED, {"seed": rules.MAX_SEED}),
     Case("seed-minus-1", ReasonCode.INVALID_PARAMETER, {"seed": -1}),
     Case("seed-2-63", ReasonCode.INVALID_PARAMETER, {"seed": 2**63}),
+    # Output formats: the choices exactly (not the extension `jpg`, not upper case), quality 1-100 for
+    # any format (PNG ignores it), and values of the wrong type.
+    Case("output-format-webp", ACCEPTED, {"output_format": "webp"}),
+    Case("output-format-jpeg", ACCEPTED, {"output_format": "jpeg"}),
+    Case("output-format-gif", ReasonCode.INVALID_PARAMETER, {"output_format": "gif"}),
+    Case("output-format-jpg", ReasonCode.INVALID_PARAMETER, {"output_format": "jpg"}),
+    Case("output-format-upper-case", ReasonCode.INVALID_PARAMETER, {"output_format": "PNG"}),
+    Case("output-format-number", ReasonCode.INVALID_PARAMETER, {"output_format": 1}),
+    Case("output-quality-0", ReasonCode.INVALID_PARAMETER, {"output_quality": rules.MIN_OUTPUT_QUALITY - 1}),
+    Case("output-quality-1", ACCEPTED, {"output_quality": rules.MIN_OUTPUT_QUALITY}),
+    Case("output-quality-100", ACCEPTED, {"output_quality": rules.MAX_OUTPUT_QUALITY}),
+    Case(
+        "output-quality-101", ReasonCode.INVALID_PARAMETER, {"output_quality": rules.MAX_OUTPUT_QUALITY + 1}
+    ),
+    Case("output-quality-with-png", ACCEPTED, {"output_format": "png", "output_quality": 50}),
+    Case("output-quality-text", ReasonCode.INVALID_PARAMETER, {"output_quality": "high"}),
+    Case("output-quality-boolean", ReasonCode.INVALID_PARAMETER, {"output_quality": True}),
     # The one base64 decoder: a data: URL only with its exact prefix; nothing is cut at a comma.
     Case("data-url", ACCEPTED, {"image": "data:image/png;base64,{png}"}, images=0, ways=BASE64_WAYS),
     Case(
@@ -161,8 +178,9 @@ def via_row(harness: Harness, user: uuid.UUID, case: Case) -> str:
             conn.execute(f"insert into edit_requests ({names}) values ({marks})", tuple(values.values()))
     except psycopg.errors.CheckViolation as exc:
         return str(reason_for_constraint(exc.diag.constraint_name))
-    except psycopg.errors.DataError:
-        return str(ReasonCode.INVALID_PARAMETER)  # a value the column cannot hold (seed 2**63)
+    except (psycopg.errors.DataError, psycopg.errors.DatatypeMismatch):
+        # A value the column cannot hold (seed 2**63, "high" or true for an integer).
+        return str(ReasonCode.INVALID_PARAMETER)
     return ACCEPTED
 
 
@@ -232,11 +250,10 @@ def via_cli(editor: CancelledEditor, case: Case, tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr(composition, "build_editor", build_editor)
     values = request_fields(case)
-    options = {"prompt": "--prompt", "negative_prompt": "--negative-prompt", "num_inference_steps": "--steps",
-               "true_cfg_scale": "--true-cfg-scale", "seed": "--seed", "width": "--width", "height": "--height",
-               "base": "--base", "base_color": "--base-color"}  # fmt: skip
-    # `--option=value`, so values that start with a dash (-0.1, -1) stay values.
-    args = ["edit", "--out", str(tmp_path / "out.png")]
+    options = {item.name: item.spec.cli or f"--{item.name.replace('_', '-')}" for item in PARAM_FIELDS}
+    # `--option=value`, so values that start with a dash (-0.1, -1) stay values. `--out` without a
+    # suffix, so the format is the option's (a suffix would name one).
+    args = ["edit", "--out", str(tmp_path / "out")]
     args += [f"{options[name]}={value}" for name, value in values.items() if value is not None]
     for index in range(case.images):
         path = tmp_path / f"in{index}.png"
@@ -299,7 +316,8 @@ def test_the_cases_cover_every_rule() -> None:
     # A new limit in rules needs its boundary here: the ids name each one on both sides.
     ids = {case.id for case in CASES}
     assert {"prompt-at-max", "prompt-over-max", "steps-1", "steps-101", "cfg-20", "cfg-20.1", "4-images",
-            "size-4096", "size-4112", "size-over-area", "seed-max", "seed-2-63"} <= ids  # fmt: skip
+            "size-4096", "size-4112", "size-over-area", "seed-max", "seed-2-63", "output-format-gif",
+            "output-quality-0", "output-quality-1", "output-quality-100", "output-quality-101"} <= ids  # fmt: skip
 
 
 # --- Batches: the same edit over many images -----------------------------------------------------------
@@ -325,6 +343,9 @@ BATCH_CASES = [
     BatchCase("batch-3-references", ReasonCode.TOO_MANY_IMAGES, 2, references=rules.MAX_IMAGES),
     BatchCase("batch-steps-1", ReasonCode.INVALID_PARAMETER, 2, fields={"num_inference_steps": 1}),
     BatchCase("batch-prompt-blank", ReasonCode.INVALID_PROMPT, 2, fields={"prompt": " \t"}),
+    BatchCase("batch-output-format", ACCEPTED, 2, fields={"output_format": "jpeg", "output_quality": 70}),
+    BatchCase("batch-output-format-gif", ReasonCode.INVALID_PARAMETER, 2, fields={"output_format": "gif"}),
+    BatchCase("batch-output-quality-101", ReasonCode.INVALID_PARAMETER, 2, fields={"output_quality": 101}),
 ]
 
 

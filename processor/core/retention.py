@@ -27,6 +27,7 @@ from processor.domain.rules import (
     DEFAULT_RETENTION_RUN_SECONDS,
     PREVIEW_EXTENSIONS,
     RetentionKind,
+    output_names_beside,
     preview_path_beside,
 )
 from processor.observability.metrics import Metrics
@@ -34,9 +35,12 @@ from processor.observability.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
-def preview_names_beside(output_path: str) -> list[str]:
-    """The names a live preview of this output's request may have had (``{id}.preview.{ext}``)."""
-    return [preview_path_beside(output_path, extension) for extension in PREVIEW_EXTENSIONS.values()]
+def leftovers_beside(output_path: str) -> list[str]:
+    """What an attempt of this output's request may have left that its row does not name: a live
+    preview (``{id}.preview.{ext}``), and an output in another format (``{id}.png`` beside
+    ``{id}.webp``: an attempt that uploaded and then lost its lease, under another ``OUTPUT_FORMAT``)."""
+    previews = [preview_path_beside(output_path, extension) for extension in PREVIEW_EXTENSIONS.values()]
+    return [*previews, *output_names_beside(output_path)]
 
 
 @dataclass
@@ -145,11 +149,9 @@ class Retention:
             by_bucket.setdefault(candidate.bucket, {})[candidate.path] = candidate.kind
         for bucket, kinds in by_bucket.items():
             paths = list(kinds)
-            # With an output go the live previews a crashed attempt may have left beside it
-            # (a final row no longer names them; absent names are no error).
-            leftovers = [
-                name for path in paths if kinds[path] == "output" for name in preview_names_beside(path)
-            ]
+            # With an output go the live previews and other-format outputs an attempt may have
+            # left beside it (a final row no longer names them; absent names are no error).
+            leftovers = [name for path in paths if kinds[path] == "output" for name in leftovers_beside(path)]
             try:
                 deleted = set(await self._storage.delete_many(bucket, paths + leftovers))
             except ProcessorError as exc:

@@ -21,6 +21,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -41,13 +42,29 @@ from processor.domain.rules import (
     INPUT_BUCKET,
     MAX_LIST_LIMIT,
     MAX_OUTPUT_BYTES,
+    OUTPUT_MEDIA_TYPES,
     STREAM_MAX_SECONDS,
     TERMINAL,
     VALIDATION_THREADS,
     WAIT_MAX_SECONDS,
     WAITS_PER_USER,
+    OutputFormat,
+    output_format_of,
 )
 from processor.domain.users import User
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFile:
+    """A request's output image: its bytes and format."""
+
+    data: bytes
+    format: OutputFormat
+
+    @property
+    def media_type(self) -> str:
+        return OUTPUT_MEDIA_TYPES[self.format]
+
 
 Row = dict[str, Any]
 """A request as its owner sees it (``UserRequests.get``), or a batch (``get_batch``)."""
@@ -207,11 +224,12 @@ class UserActions:
             raise NotFound("no such batch", reason=ReasonCode.NOT_FOUND)
         return batch
 
-    async def output(self, row: Row) -> bytes:
-        """The output image of a succeeded request (``MAX_OUTPUT_BYTES`` at most)."""
-        return await self._storage.download(
+    async def output(self, row: Row) -> OutputFile:
+        """The output image of a succeeded request (``MAX_OUTPUT_BYTES`` at most), and its format."""
+        data = await self._storage.download(
             row["output_bucket"], row["output_path"], max_bytes=MAX_OUTPUT_BYTES
         )
+        return OutputFile(data, output_format_of(row["output_path"]))
 
     async def _owned(self, user: User, request_id: uuid.UUID) -> Row:
         row = await self._requests.get(user, request_id)

@@ -20,21 +20,16 @@ import struct
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 from processor.domain import rules
+from processor.domain.embedded_metadata import DigitalSource, exif_block, xmp_packet
 from processor.domain.errors import InvalidInput
 from processor.domain.reasons import ReasonCode
-from processor.domain.rules import JPEG_MAX_PIXEL_SCANS, JPEG_MAX_SCANS
-
-OutputFormat = Literal["png", "webp", "jpeg"]
-"""Encodings ``encode_image`` can write."""
-
-MEDIA_TYPES: Mapping[OutputFormat, str] = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
+from processor.domain.rules import JPEG_MAX_PIXEL_SCANS, JPEG_MAX_SCANS, OutputFormat
 
 # Pillow format names we open. MPO is how Pillow names a JPEG with extra pictures
 # (phone cameras write them): it is a still image, and its first picture is the photo.
@@ -276,33 +271,81 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+@dataclass(frozen=True, slots=True)
+class OutputEncoding:
+    """How a result is encoded: a format and, for WebP and JPEG, a quality."""
+
+    format: OutputFormat = rules.DEFAULT_OUTPUT_FORMAT
+    quality: int = rules.DEFAULT_OUTPUT_QUALITY
+
+    def for_request(self, output_format: OutputFormat | None, output_quality: int | None) -> OutputEncoding:
+        """The request's choices where it made them; this (the deployment's default) where not."""
+        return OutputEncoding(
+            self.format if output_format is None else output_format,
+            self.quality if output_quality is None else output_quality,
+        )
+
+    @property
+    def media_type(self) -> str:
+        return rules.OUTPUT_MEDIA_TYPES[self.format]
+
+    @property
+    def extension(self) -> str:
+        return rules.OUTPUT_EXTENSIONS[self.format]
+
+    @property
+    def lossless(self) -> bool:
+        return self.format == "png"
+
+    def metadata(self) -> dict[str, str | int]:
+        """What a result records of its encoding: ``output_format``, ``media_type`` and, for the lossy
+        formats, ``output_quality``."""
+        quality = {} if self.lossless else {"output_quality": self.quality}
+        return {"output_format": self.format, "media_type": self.media_type, **quality}
+
+
 def encode_image(
     image: Image.Image,
     fmt: OutputFormat = "png",
     text: Mapping[str, str] | None = None,
     *,
-    quality: int = 95,
+    quality: int = rules.DEFAULT_OUTPUT_QUALITY,
+    png_level: int = rules.PNG_COMPRESS_LEVEL,
+    webp_method: int = rules.WEBP_METHOD,
+    source: DigitalSource | None = None,
 ) -> bytes:
-    """Encode ``image`` as PNG (with ``text`` as PNG text chunks), WebP or JPEG (``quality`` 1–100).
+    """Encode ``image`` as PNG (zlib level ``png_level``), WebP (effort ``webp_method``) or JPEG
+    (4:4:4 colour), the lossy two at ``quality`` (1-100),
+    with ``text`` (the generation parameters) and ``source`` inside the file: PNG text chunks, EXIF
+    and XMP (``embedded_metadata``). PNG ignores ``quality``: it is lossless.
 
-    PNG output is deterministic: the same pixels and text give the same bytes. WebP and
-    JPEG carry no text (their metadata lives in EXIF/XMP, which we do not write).
+    PNG output is deterministic: the same pixels and text give the same bytes.
     """
+    metadata = text is not None or source is not None
+    xmp = xmp_packet(text or {}, source) if metadata else None
     buffer = io.BytesIO()
     if fmt == "png":
         info = PngInfo()
         for key, value in (text or {}).items():
             info.add_text(key, value)  # Pillow writes iTXt (UTF-8) where Latin-1 cannot hold the value
-        image.save(buffer, format="PNG", pnginfo=info)
-    elif fmt == "webp":
-        image.save(buffer, format="WEBP", quality=quality, method=4)
-    elif fmt == "jpeg":
-        image.convert("RGB").save(buffer, format="JPEG", quality=quality, subsampling=0)
+        if xmp is not None:
+            info.add_itxt(_PNG_XMP_KEY, xmp.decode())
+        image.save(buffer, format="PNG", pnginfo=info, compress_level=png_level)
+    elif fmt in ("webp", "jpeg"):
+        extra = {"exif": exif_block(text or {}), "xmp": xmp} if metadata else {}
+        if fmt == "webp":
+            image.save(buffer, format="WEBP", quality=quality, method=webp_method, **extra)
+        else:
+            image.convert("RGB").save(buffer, format="JPEG", quality=quality, subsampling=0, **extra)
     else:
         raise InvalidInput(
             f"unknown output format {fmt!r}; use png, webp or jpeg", reason=ReasonCode.INVALID_PARAMETER
         )
     return buffer.getvalue()
+
+
+_PNG_XMP_KEY = "XML:com.adobe.xmp"
+"""The iTXt keyword of an XMP packet in PNG (XMP Specification Part 3, 1.1.5)."""
 
 
 def parse_hex_colour(value: str) -> tuple[int, int, int]:

@@ -24,7 +24,7 @@ from typing import Any, Final, Literal
 
 from processor.domain import rules
 from processor.domain.reasons import ReasonCode
-from processor.domain.rules import Base, SpeedPreset
+from processor.domain.rules import Base, OutputFormat, SpeedPreset
 from processor.domain.speed import LoraChoice
 
 FieldKind = Literal["text", "integer", "number", "choice", "loras", "uuid"]
@@ -101,7 +101,9 @@ TEXT_PATTERN: Final = "^[^\\x00]*$"
 
 @dataclass(frozen=True, slots=True)
 class EditParams:
-    """Generation parameters, with the model card's defaults: what ``Editor.edit`` receives."""
+    """Generation parameters, with the model card's defaults: what ``Editor.edit`` receives; and how
+    its result is encoded (``output_format``, ``output_quality``: editors ignore them, the one encoder,
+    ``core.direct_edit.encode_output``, reads them), so they travel wherever the request does."""
 
     prompt: str = field(
         metadata=declare(
@@ -241,6 +243,31 @@ class EditParams:
             description="Allowlisted LoRAs for this edit only, each {name, scale} (scale null: the "
             "operator's default).",
             example=(LoraChoice("detail", 0.5),),
+        ),
+    )
+    output_format: OutputFormat | None = field(
+        default=None,
+        metadata=declare(
+            kind="choice",
+            reason=ReasonCode.INVALID_PARAMETER,
+            nullable=True,
+            choices=rules.OUTPUT_FORMATS,
+            description="The result's encoding: png (lossless), webp or jpeg (at output_quality); "
+            "default: the deployment's OUTPUT_FORMAT. The output object is {id}.png, .webp or .jpg.",
+            example="webp",
+        ),
+    )
+    output_quality: int | None = field(
+        default=None,
+        metadata=declare(
+            kind="integer",
+            reason=ReasonCode.INVALID_PARAMETER,
+            nullable=True,
+            minimum=rules.MIN_OUTPUT_QUALITY,
+            maximum=rules.MAX_OUTPUT_QUALITY,
+            description="WebP and JPEG quality, 1 to 100 (PNG is lossless and ignores it); "
+            "default: the deployment's OUTPUT_QUALITY.",
+            example=77,
         ),
     )
 

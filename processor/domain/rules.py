@@ -134,6 +134,53 @@ MAX_OUTPUT_PIXELS: Final = 4 * 1024 * 1024
 CREATION_SIZE: Final = (1024, 1024)
 """Size of a creation (no input image) that names none: Qwen-Image-Edit-2509's native square."""
 
+# --- Output encoding (docs/decisions/0080-output-formats.md) ---------------------------------------
+
+OutputFormat = Literal["png", "webp", "jpeg"]
+"""How a result is encoded (``output_format``; the deployment's ``OUTPUT_FORMAT`` when a request names none)."""
+OUTPUT_FORMATS: Final[tuple[OutputFormat, ...]] = ("png", "webp", "jpeg")
+DEFAULT_OUTPUT_FORMAT: Final[OutputFormat] = "png"
+OUTPUT_EXTENSIONS: Final[Mapping[OutputFormat, str]] = {"png": "png", "webp": "webp", "jpeg": "jpg"}
+"""The output object's extension: ``{id}.png``, ``{id}.webp``, ``{id}.jpg``."""
+OUTPUT_MEDIA_TYPES: Final[Mapping[OutputFormat, str]] = {
+    "png": "image/png",
+    "webp": "image/webp",
+    "jpeg": "image/jpeg",
+}
+"""The output object's content type (the ``edit-outputs`` bucket must allow each)."""
+MIN_OUTPUT_QUALITY: Final = 1
+MAX_OUTPUT_QUALITY: Final = 100
+"""``output_quality`` of WebP and JPEG (libwebp's and libjpeg's own 1-100 scales); PNG is lossless and
+ignores it. The SQL check has the same bounds."""
+DEFAULT_OUTPUT_QUALITY: Final = 90
+"""``OUTPUT_QUALITY``: for requests that name none (measured in benchmarks/output_encoding.py)."""
+PNG_COMPRESS_LEVEL: Final = 1
+"""zlib level of PNG outputs: level 1 encodes a 1 MP picture in half the time of Pillow's default 6
+for about 10 % more bytes; 9 is no smaller than 6 (benchmarks/output_encoding.py, decision 0080)."""
+WEBP_METHOD: Final = 2
+"""libwebp's effort (0 fastest to 6 smallest): 2 takes about half the time of libwebp's default 4 for
+1.5 % more bytes at the same fidelity; below it each millisecond saved costs twice the bytes (decision 0080)."""
+
+
+def output_format_of(output_path: str) -> OutputFormat:
+    """The format of an output object, by its name's extension (outputs written before formats were
+    chosen are all ``.png``)."""
+    extension = output_path.rsplit(".", 1)[-1].lower()
+    return next((fmt for fmt, known in OUTPUT_EXTENSIONS.items() if known == extension), "png")
+
+
+def output_names_beside(output_path: str) -> list[str]:
+    """Every name an output of the same request may have had (``{id}.png``, ``{id}.webp``, ``{id}.jpg``):
+    an attempt that uploaded under another format and then lost its row leaves one (retention
+    deletes them with the output)."""
+    stem = output_path.rsplit(".", 1)[0]
+    return [
+        f"{stem}.{extension}"
+        for extension in OUTPUT_EXTENSIONS.values()
+        if f"{stem}.{extension}" != output_path
+    ]
+
+
 # --- Live previews (docs/previews.md) -------------------------------------------------------------
 
 DEFAULT_PREVIEW_EVERY_STEPS: Final = 5
@@ -150,8 +197,9 @@ PREVIEW_EXTENSIONS: Final[Mapping[str, str]] = {"image/webp": "webp", "image/jpe
 
 
 def preview_path_beside(output_path: str, extension: str) -> str:
-    """Where a request's live preview lives: next to its output, ``{id}.png`` → ``{id}.preview.webp``
-    (the worker writes it there; retention looks there for leftovers)."""
+    """Where a request's live preview lives: next to its output, whatever the output's format:
+    ``{id}.png``, ``{id}.webp`` or ``{id}.jpg`` → ``{id}.preview.webp`` (the worker writes it there;
+    retention looks there for leftovers)."""
     return f"{output_path.rsplit('.', 1)[0]}.preview.{extension}"
 
 

@@ -203,10 +203,10 @@ def create_mcp_server(
 
         Without an image, creates one: the model edits a `blank` canvas (`base_color`) or seeded
         `noise` at `width` × `height` (multiples of 16; default 1024 × 1024). Waits for the result
-        up to `timeout_seconds` (0: returns at once; follow with `wait_for_edit`); returns the PNG
-        and its metadata. `speed`: `quality` (40 steps), `fast` (8) or `fastest` (4); `loras`: up
-        to 3 allowlisted `{"name", "scale"}`; `webhook_endpoint_id`: one of your completion-webhook
-        endpoints, told when the edit is final.
+        up to `timeout_seconds` (0: returns at once; follow with `wait_for_edit`); returns the image
+        (in `output_format`: png, webp or jpeg) and its metadata. `speed`: `quality` (40 steps),
+        `fast` (8) or `fastest` (4); `loras`: up to 3 allowlisted `{"name", "scale"}`;
+        `webhook_endpoint_id`: one of your completion-webhook endpoints, told when the edit is final.
         """
         user = user_of(ctx)
 
@@ -228,7 +228,8 @@ def create_mcp_server(
                 raise ToolError(f"{code}: {final['error_message'] or final['status']}")
             if final["status"] != "succeeded":
                 return [json.dumps({**_view(final), "note": "still running; call wait_for_edit"})]
-            return [Image(data=await actions.output(final), format="png"), json.dumps(_view(final))]
+            output = await actions.output(final)
+            return [Image(data=output.data, format=output.format), json.dumps(_view(final))]
 
         return await answer(submit_and_wait())
 

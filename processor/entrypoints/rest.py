@@ -105,7 +105,13 @@ class EditView(BaseModel):
     error_code: str | None = None
     result: dict[str, Any] | None = None
     output_url: str | None = Field(default=None, description="Signed URL of the result, when succeeded.")
-    image: str | None = Field(default=None, description="The result as base64 PNG (`wait=true` only).")
+    image: str | None = Field(
+        default=None,
+        description="The result, base64, in its format (`wait=true` only): see `image_media_type`.",
+    )
+    image_media_type: str | None = Field(
+        default=None, description="`image/png`, `image/webp` or `image/jpeg`: the format of `image`."
+    )
     width: int | None = None
     height: int | None = None
     base: str = "blank"
@@ -453,7 +459,7 @@ class RestApi:
             timeout: Annotated[float, Query(gt=0, le=WAIT_MAX_SECONDS)] = 120,
         ) -> EditView:
             """Status, progress, result and a signed URL of the output; with `wait=true`, once finished
-            (or as it stands after `timeout`), with the result as base64 PNG."""
+            (or as it stands after `timeout`), with the result as base64 in its format (`image_media_type`)."""
             if not wait:
                 return _view(await actions.get(user, request_id))
             final = await actions.wait(user, request_id, timeout)
@@ -495,11 +501,11 @@ class RestApi:
         return router
 
     async def _finished(self, row: dict[str, Any]) -> EditView:
-        """A finished request, with its output as base64 PNG when it succeeded."""
-        image = None
-        if row["status"] == "succeeded" and row.get("output_url"):
-            image = base64.b64encode(await self.actions.output(row)).decode()
-        return _view(row, image=image)
+        """A finished request, with its output as base64 (and its media type) when it succeeded."""
+        if row["status"] != "succeeded" or not row.get("output_url"):
+            return _view(row)
+        output = await self.actions.output(row)
+        return _view(row, image=base64.b64encode(output.data).decode(), image_media_type=output.media_type)
 
     def _batch_routes(self, router: APIRouter, current_user: Any) -> None:
         actions = self.actions

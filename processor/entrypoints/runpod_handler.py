@@ -5,7 +5,9 @@ Two kinds of job input:
 - the request's fields (``domain/request.py``: ``prompt``, ``negative_prompt``,
   ``num_inference_steps``, ..., ``speed``, ``loras``; the fields and rules of every way in) with
   ``image`` (base64) and/or ``images`` (at most 3 in all; none: a creation): edit directly and return
-  ``{"image": <base64 PNG>, "seed", "width", "height", "timings", ...}``, like the original handler;
+  ``{"image": <base64>, "output_format", "media_type", "seed", "width", "height", "timings", ...}``,
+  like the original handler; the image is in the request's ``output_format`` (default: the
+  deployment's ``OUTPUT_FORMAT``), which ``output_format`` and ``media_type`` name;
 - ``{"edit_request_id": "<uuid>"}``: claim that ``edit_requests`` row and process it exactly as
   the worker does (download, edit, upload, complete, heartbeats). Point the database webhook at the
   endpoint with Vault secret ``edit_processor_webhook_format = 'runpod'``.
@@ -32,7 +34,7 @@ from PIL import Image
 
 from processor.core.direct_edit import read_images, run_edit
 from processor.domain.errors import InvalidInput, ProcessorError
-from processor.domain.images import ImageLimits
+from processor.domain.images import ImageLimits, OutputEncoding
 from processor.domain.params import encoded_images, params_from_mapping
 from processor.domain.ports.editor import Editor, EditorWrapper, EditResult, PreviewSink, ProgressCallback
 from processor.domain.reasons import ReasonCode
@@ -92,19 +94,24 @@ def _read_job(job_input: Mapping[str, Any], limits: ImageLimits) -> tuple[EditPa
 def make_handler(
     editor: Editor,
     limits: ImageLimits,
+    encoding: OutputEncoding,
     run_row: RowRunner,
     *,
     report: Reporter = runpod_progress,
 ) -> Callable[[Job], Awaitable[dict[str, Any]]]:
-    """The handler RunPod calls for each job, closed over an editor loaded once."""
+    """The handler RunPod calls for each job, closed over an editor loaded once; ``encoding`` is the
+    deployment's, for direct jobs that name no format or quality."""
 
     async def edit_directly(job: Job, job_input: Mapping[str, Any]) -> dict[str, Any]:
         params, images = await asyncio.to_thread(_read_job, job_input, limits)
-        # The direct-edit flow the CLI runs too: the same PNG metadata as the worker's outputs.
-        output = await asyncio.to_thread(run_edit, _ReportingEditor(editor, job, report), images, params)
+        # The direct-edit flow the CLI runs too: the same encoding and metadata as the worker's outputs.
+        output = await asyncio.to_thread(
+            run_edit, _ReportingEditor(editor, job, report), images, params, encoding
+        )
         result = output.result
         return {
-            "image": base64.b64encode(output.data).decode(),
+            "image": base64.b64encode(output.output.data).decode(),
+            **output.output.metadata(),  # output_format, media_type (and output_quality)
             "seed": result.seed,
             "width": result.width,
             "height": result.height,

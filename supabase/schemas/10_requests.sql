@@ -166,6 +166,10 @@ create table public.edit_requests (
   preview_step integer,
   -- What the request was charged against its owner's max_cost_per_hour (25_fair_sharing_and_limits.sql).
   cost double precision,
+  -- How the result is encoded; null: the deployment's OUTPUT_FORMAT / OUTPUT_QUALITY
+  -- (20261206005000_output_formats.sql). What was used is in result.
+  output_format text,
+  output_quality integer,
 
   constraint edit_requests_status_known
     check (status in ('awaiting_image', 'queued', 'processing', 'succeeded', 'failed', 'canceled')),
@@ -203,6 +207,10 @@ create table public.edit_requests (
   constraint edit_requests_speed_valid check (speed is null or speed in ('quality', 'fast', 'fastest')),
   -- The default '[]' short-circuits the plpgsql loop (~2 µs a row).
   constraint edit_requests_loras_valid check (loras = '[]'::jsonb or public.edit_request_loras_valid(loras)),
+  -- rules.OUTPUT_FORMATS and MIN/MAX_OUTPUT_QUALITY (tests/test_rule_parity.py).
+  constraint edit_requests_output_format_known
+    check (output_format is null or output_format in ('png', 'webp', 'jpeg')),
+  constraint edit_requests_output_quality_range check (output_quality is null or output_quality between 1 and 100),
   constraint edit_requests_progress_range check (progress between 0 and 1),
   constraint edit_requests_attempts_range check (attempts between 0 and max_attempts),
   constraint edit_requests_max_attempts_range check (max_attempts between 1 and 20),
@@ -260,6 +268,10 @@ comment on column public.edit_requests.cost is
   'What the request was charged against max_cost_per_hour, in default steps (edit_request_cost: the '
   'transformer work of its steps over the output and every input; a default edit is about 40). Set at '
   'insert; null for rows inserted before costs were recorded.';
+comment on column public.edit_requests.output_format is
+  'png | webp | jpeg: the output object is {id}.png, .webp or .jpg; null: the deployment default (OUTPUT_FORMAT). What was used is in result.output_format.';
+comment on column public.edit_requests.output_quality is
+  'WebP and JPEG quality, 1 to 100 (PNG ignores it); null: the deployment default (OUTPUT_QUALITY). What was used is in result.output_quality.';
 
 -- Users' lists and dashboards. (The claim's, the sweep's and each subject's own indexes are in
 -- their files.)
@@ -328,7 +340,7 @@ grant select (
   guidance_scale, seed, input_bucket, input_paths, output_bucket, output_path, error_code,
   error_message, result, created_at, started_at, finished_at, updated_at, width, height, base,
   base_color, speed, loras, webhook_endpoint_id, batch_id, inputs_expired_at, output_expired_at,
-  preview_path, preview_step, cost
+  preview_path, preview_step, cost, output_format, output_quality
 ) on public.edit_requests to authenticated;
 -- batch_id only of a batch of their own (a policy in 45_batches.sql), webhook_endpoint_id only of an
 -- endpoint of their own (a trigger in 40_webhooks.sql). Not `id`: ids are the server's (random, from
@@ -337,7 +349,8 @@ grant select (
 -- exists. The service role may still name ids (operators' imports and restores).
 grant insert (
   user_id, prompt, negative_prompt, input_paths, num_inference_steps, true_cfg_scale,
-  guidance_scale, seed, width, height, base, base_color, speed, loras, webhook_endpoint_id, batch_id
+  guidance_scale, seed, width, height, base, base_color, speed, loras, webhook_endpoint_id, batch_id,
+  output_format, output_quality
 ) on public.edit_requests to authenticated;
 
 -- The path rules run in users' inserts (a CHECK constraint, the insert policy); trigger functions

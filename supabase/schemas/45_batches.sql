@@ -38,6 +38,8 @@ create table public.edit_batches (
   input_paths text[] not null,
   reference_paths text[] not null default '{}',
   created_at timestamptz not null default now(),
+  output_format text,
+  output_quality integer,
   -- CHECKs run in name order: an empty list trips _not_empty, a long one _size.
   constraint edit_batches_not_empty check (cardinality(input_paths) >= 1),
   constraint edit_batches_size check (cardinality(input_paths) <= 50)
@@ -72,7 +74,8 @@ begin
          string_agg(format('p.%I', c.name), ', ' order by c.ord)
     into v_names, v_values
     from unnest(array['negative_prompt', 'num_inference_steps', 'true_cfg_scale', 'guidance_scale', 'seed',
-                      'width', 'height', 'base', 'base_color', 'speed', 'loras']) with ordinality as c(name, ord)
+                      'width', 'height', 'base', 'base_color', 'speed', 'loras', 'output_format',
+                      'output_quality']) with ordinality as c(name, ord)
    where jsonb_typeof(v_batch -> c.name) is distinct from 'null';
   execute format(
     'insert into public.edit_requests (user_id, batch_id, prompt, input_paths%s) '
@@ -155,7 +158,8 @@ grant all on public.edit_batches to service_role;
 grant select on public.edit_batches to authenticated;
 -- Not `id`: the server's, as edit_requests' (10_requests.sql).
 grant insert (user_id, prompt, negative_prompt, num_inference_steps, true_cfg_scale, guidance_scale, seed,
-              width, height, base, base_color, speed, loras, input_paths, reference_paths)
+              width, height, base, base_color, speed, loras, input_paths, reference_paths, output_format,
+              output_quality)
   on public.edit_batches to authenticated;
 
 create policy "users read their own batches" on public.edit_batches

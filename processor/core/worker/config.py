@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from processor.domain.images import ImageLimits
+from processor.domain.images import ImageLimits, OutputEncoding
 from processor.domain.ports.queue import EditJob
 from processor.domain.rules import preview_path_beside
 
@@ -25,16 +25,19 @@ class WorkerConfig:
     """A live preview every this many steps; 0: none (docs/previews.md)."""
     preview_interval_seconds: float = 0.0
     """Least time between two preview uploads of one job."""
+    output_encoding: OutputEncoding = field(default_factory=OutputEncoding)
+    """How results are encoded when their request names no format or quality (``OUTPUT_FORMAT``, ``OUTPUT_QUALITY``)."""
 
 
-def output_path_for(job: EditJob) -> str:
-    """Deterministic, so a retried job overwrites instead of leaving orphans."""
-    return f"{_owner_folder(job)}/{job.id}.png"
+def output_path_for(job: EditJob, extension: str) -> str:
+    """``{owner}/{id}.{extension}``: deterministic, so a retried job overwrites instead of leaving orphans."""
+    return f"{_owner_folder(job)}/{job.id}.{extension}"
 
 
 def preview_path_for(job: EditJob, extension: str) -> str:
-    """Next to the output, in the owner's folder (the owner may read it); each preview overwrites it."""
-    return preview_path_beside(output_path_for(job), extension)
+    """Next to the output, in the owner's folder (the owner may read it), whatever the output's format;
+    each preview overwrites it."""
+    return preview_path_beside(output_path_for(job, extension), extension)
 
 
 def _owner_folder(job: EditJob) -> str:

@@ -58,6 +58,7 @@ class JobPipeline:
         self._editor = editor
         self._writes = writes
         self._limits = config.image_limits
+        self._encoding = config.output_encoding
         self._metrics = metrics
 
     async def run(self, active: ActiveJob) -> Outcome:
@@ -105,14 +106,17 @@ class JobPipeline:
         edit_seconds = time.monotonic() - edit_started
         self._metrics.edit(edit_seconds, result.timings)
         encoded = await timed(
-            "encode", asyncio.to_thread(encode_output, job.params, result, "png", request_id=job.id)
+            "encode", asyncio.to_thread(encode_output, job.params, result, self._encoding, request_id=job.id)
         )
-        output_path = output_path_for(job)
+        output_path = output_path_for(job, encoded.encoding.extension)
         await timed(
-            "upload", self._storage.upload(job.output_bucket, output_path, encoded, content_type="image/png")
+            "upload",
+            self._storage.upload(
+                job.output_bucket, output_path, encoded.data, content_type=encoded.encoding.media_type
+            ),
         )
         # No attempt count in the result: the owner reads it, and retries are the operators' business.
-        if not await self._writes.complete(job, output_path, result.metadata()):
+        if not await self._writes.complete(job, output_path, {**result.metadata(), **encoded.metadata()}):
             return "lost", "not_owner"
         self._metrics.overhead(time.monotonic() - active.claimed_at - edit_seconds)
         return "succeeded", "ok"
