@@ -38,6 +38,7 @@ from processor.domain.request import (
     RequestOptions,
     example_params,
 )
+from processor.domain.rules import OUTPUT_EXTENSIONS
 from processor.domain.speed import LoraChoice
 from processor.settings import load_settings
 from processor.testing import (
@@ -48,6 +49,7 @@ from processor.testing import (
     running_worker,
 )
 from tests.conftest import Harness, acting_as, png_bytes, wait_for
+from tests.embedded import parameters_in
 from tests.test_mcp_tools import call_over_http, text_of
 from tests.test_webhook_ways_in import endpoint_of
 
@@ -259,7 +261,10 @@ def test_every_field_arrives_through_every_way_that_makes_a_row(
 ) -> None:
     editor = RecordingEditor()
     harness = start_processor(rest=True, editor=editor)
-    harness.db.execute("update edit_webhook_settings set allow_http = true, allow_private_addresses = true")
+    harness.db.execute(
+        "update edit_webhook_settings set allow_http = true, allow_private_addresses = true, "
+        "allowed_ports = array[443, 80, 9]"  # endpoint_of registers port 9 (discard: never sent to)
+    )
     harness.db.execute("insert into edit_webhook_allowed_hosts (host) values ('127.0.0.1')")
     rows: dict[str, tuple[uuid.UUID, RequestOptions]] = {}
     for way, submit in SINGLE.items():
@@ -275,6 +280,40 @@ def test_every_field_arrives_through_every_way_that_makes_a_row(
     for way, (request_id, options) in rows.items():
         row = harness.row(request_id)
         assert {name: row[name] for name in fields_of(options)} == fields_of(options), way
+    # And the result is encoded as asked, whichever way the request came.
+    done = wait_for(lambda: finished(harness, ways), timeout=120, what="every request to succeed")
+    assert done is not None
+    assert {way: encoded_as(harness, row) for way, row in done.items()} == dict.fromkeys(
+        ways, EXAMPLE_ENCODING
+    )
+
+
+EXAMPLE_ENCODING = (
+    example_params().output_format,
+    example_params().output_quality,
+    f"image/{example_params().output_format}",
+)
+
+
+def finished(harness: Harness, ways: Sequence[str]) -> dict[str, Any] | None:
+    """Each way's row (found by its prompt) once every one has succeeded."""
+    rows = {
+        way: harness.db.execute(
+            "select * from edit_requests where prompt = %s", (sent(way).prompt,)
+        ).fetchone()
+        for way in ways
+    }
+    return rows if all(row is not None and row["status"] == "succeeded" for row in rows.values()) else None
+
+
+def encoded_as(harness: Harness, row: Any) -> tuple[Any, ...]:
+    """The format and quality the result records, and the content type its object was stored with,
+    once the object is checked to be that format (parameters inside, named after its format)."""
+    fmt = row["result"]["output_format"]
+    stored = harness.output(row)
+    assert row["output_path"].endswith(f"/{row['id']}.{OUTPUT_EXTENSIONS[fmt]}")
+    assert parameters_in(stored.content, fmt)["prompt"] == row["prompt"]
+    return fmt, row["result"].get("output_quality"), stored.headers["content-type"]
 
 
 # --- RunPod: its direct input, and a row it claims by id ------------------------------------------------
@@ -297,6 +336,10 @@ def test_every_field_arrives_through_runpod(
     direct = {name: as_json(value) for name, value in fields_of(sent("runpod_direct")).items()}
     output = asyncio.run(handler({"id": "direct", "input": {**direct, "image": b64png()}}))
     assert "error" not in output, output
+    assert (output["output_format"], output["output_quality"], output["media_type"]) == EXAMPLE_ENCODING
+    assert parameters_in(base64.b64decode(output["image"]), output["output_format"])["seed"] == str(
+        output["seed"]
+    )
 
     user = make_user()
     path = f"{user}/in.png"
@@ -316,6 +359,10 @@ def test_every_field_arrives_through_runpod(
     output = asyncio.run(handler({"id": "row", "input": {"edit_request_id": str(row["id"])}}))
     assert output["status"] == "succeeded", output
     assert differences(editor.received, ["runpod_direct", "runpod_row"]) == {}
+    done = db.execute("select output_path, result from edit_requests where id = %s", (row["id"],)).fetchone()
+    result = done["result"]
+    assert (result["output_format"], result.get("output_quality"), result["media_type"]) == EXAMPLE_ENCODING
+    assert done["output_path"] == f"{user}/{row['id']}.{OUTPUT_EXTENSIONS[result['output_format']]}"
 
 
 # --- The CLI: one option per field -----------------------------------------------------------------------
@@ -347,10 +394,16 @@ def test_every_field_arrives_through_the_cli(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(composition, "build_editor", build_editor)
     image = tmp_path / "in.png"
     image.write_bytes(png_bytes())
-    args = ["edit", "--out", str(tmp_path / "out.png"), "--image", str(image), *cli_arguments(sent("cli"))]
+    request = sent("cli")
+    assert request.output_format is not None
+    out = tmp_path / f"out.{OUTPUT_EXTENSIONS[request.output_format]}"  # a suffix that agrees
+    args = ["edit", "--out", str(out), "--image", str(image), *cli_arguments(request)]
     result = CliRunner().invoke(cli_app, args)
     assert result.exit_code == 0, (result.output, result.stderr)
     assert differences(editor.received, ["cli"]) == {}
+    metadata = json.loads(result.stdout)
+    assert (metadata["output_format"], metadata["output_quality"]) == EXAMPLE_ENCODING[:2]
+    assert parameters_in(out.read_bytes(), request.output_format)["prompt"] == request.prompt
 
 
 # --- The in-memory queue, through the worker -----------------------------------------------------------
@@ -370,6 +423,13 @@ def test_every_field_arrives_through_the_in_memory_queue() -> None:
                 timeout=30,
                 what="both edits",
             )
+        for request_id in (by_params, by_fields):
+            row = queue.row(request_id)
+            assert row.output_path is not None and row.result is not None
+            stored = storage.get("edit-outputs", row.output_path)
+            assert stored is not None
+            encoding = (row.result["output_format"], row.result.get("output_quality"), stored.content_type)
+            assert encoding == EXAMPLE_ENCODING
         return editor.received
 
     received = asyncio.run(main())
