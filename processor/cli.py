@@ -419,6 +419,9 @@ def dev(
     from processor.devtools.dev import admin_url_default, run_dev
 
     console = Console(stderr=True)
+    # The one logging set-up every command has (redacted lines, no foreign handlers); warnings only:
+    # the console shows the progress, and library INFO lines (health polls) are noise here.
+    configure_logging("warning", "console")
     try:
         run_dev(
             out=out,
