@@ -33,6 +33,24 @@ app = typer.Typer(
 )
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        import processor
+
+        typer.echo(f"edit-processor {processor.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Qwen-Image-Edit-2509 processor for Supabase."""
+
+
 @contextmanager
 def exit_on_configuration_error() -> Iterator[None]:
     """A missing or malformed setting ends the command with its message and exit code 2."""

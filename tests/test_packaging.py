@@ -29,6 +29,17 @@ def test_one_version_string_from_the_package_metadata() -> None:
     assert create_app(service, webhook_secret=None).version == processor.__version__
 
 
+def test_the_command_prints_that_version() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "processor", "--version"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0,
+        f"edit-processor {processor.__version__}\n",
+        "",
+    )
+
+
 # Packages that only the extras bring. A ComfyUI-only deployment has none of the diffusers engine's,
 # and a deployment without RunPod or MCP has none of theirs.
 DIFFUSERS_EXTRA = ("torch", "torchvision", "diffusers", "transformers", "accelerate", "tokenizers")
