@@ -196,3 +196,15 @@ def test_migration_file_names_sort_in_order() -> None:
     names = [path.name for path in localdb.migration_files()]
     assert names == sorted(names)
     assert all(re.match(r"^\d{14}_[a-z0-9_]+\.sql$", name) for name in names)
+
+
+def test_the_docs_walk_the_local_loop_with_the_seeded_user() -> None:
+    page = (ROOT / "docs" / "local-supabase.md").read_text()
+    for command in ("supabase start", "supabase db reset", "supabase status -o env", "edit-processor serve"):
+        assert command in page, command
+    assert SEED_EMAIL in page and SEED_PASSWORD in page and str(SEED_USER) in page
+    usage = (ROOT / "docs" / "usage.md").read_text()
+    assert (
+        f'EMAIL = "{SEED_EMAIL}", PASSWORD = "{SEED_PASSWORD}"' in usage
+    )  # the supabase-js program signs in as it
+    assert "(docs/local-supabase.md)" in (ROOT / "README.md").read_text()
