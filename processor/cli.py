@@ -33,6 +33,24 @@ app = typer.Typer(
 )
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        import processor
+
+        typer.echo(f"edit-processor {processor.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Qwen-Image-Edit-2509 processor for Supabase."""
+
+
 @contextmanager
 def exit_on_configuration_error() -> Iterator[None]:
     """A missing or malformed setting ends the command with its message and exit code 2."""
@@ -459,6 +477,9 @@ def dev(
     from processor.devtools.dev import admin_url_default, run_dev
 
     console = Console(stderr=True)
+    # The one logging set-up every command has (redacted lines, no foreign handlers); warnings only:
+    # the console shows the progress, and library INFO lines (health polls) are noise here.
+    configure_logging("warning", "console")
     try:
         run_dev(
             out=out,

@@ -20,7 +20,7 @@ from processor.core.service import ProcessorService
 from processor.core.user_actions import UserActions
 from processor.core.webhooks import WebhookConfig, WebhookDispatcher
 from processor.core.worker import Worker, WorkerConfig
-from processor.domain.errors import ConfigurationError, ProcessorError, TransientError
+from processor.domain.errors import ConfigurationError, ProcessorError, TransientError, install_extra
 from processor.domain.images import ImageLimits, OutputEncoding
 from processor.domain.ports.editor import Editor
 from processor.domain.ports.loras import LoraAllowlist
@@ -167,7 +167,7 @@ def missing_extra(error: ModuleNotFoundError, extra: str, packages: set[str]) ->
         return error
     return ConfigurationError(
         f"EDIT_ENGINE={extra} needs the {extra!r} extra ({error.name} is not installed): "
-        f"pip install 'qwen-edit-processor[{extra}]'"
+        + install_extra(extra)
     )
 
 
@@ -399,7 +399,7 @@ def build_mcp(api: RestApi | None) -> MCPServer | None:
     except ModuleNotFoundError as error:
         if error.name is None or error.name.partition(".")[0] != "mcp":
             raise
-        log.warning("MCP is off: the mcp package is not installed (pip install 'qwen-edit-processor[mcp]')")
+        log.warning("MCP is off: the mcp package is not installed (%s)", install_extra("mcp"))
         return None
 
     return None if api is None else create_mcp_server(api.actions, api.verifier)

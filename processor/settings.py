@@ -9,13 +9,14 @@ starts half-configured.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import uuid
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from processor.domain import rules, webhook_urls
 from processor.domain.errors import ConfigurationError
@@ -327,3 +328,10 @@ def load_settings(**overrides: object) -> Settings:
         # ``from None``: pydantic's own message echoes the rejected values, secrets included,
         # and a traceback would print it.
         raise ConfigurationError(f"invalid settings: {problems}") from None
+    except SettingsError as exc:
+        # A structured setting (LORAS) that is not JSON fails before validation, in pydantic-settings,
+        # which says only which field; the JSON error says where (never the value: it may hold a secret).
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = field[1].upper() if field else "settings"
+        reason = exc.__cause__ if isinstance(exc.__cause__, ValueError) else exc
+        raise ConfigurationError(f"invalid settings: {name}: not valid JSON ({reason})") from None

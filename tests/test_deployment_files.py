@@ -13,8 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def compose() -> dict[str, Any]:
+    """The file as written; valid as Compose reads it with nothing set (`${NAME:-default}`: the default)."""
     text = (ROOT / "docker-compose.yml").read_text()
-    PyCompose.from_yaml(text)  # the Compose specification's own validation; raises ValueError
+    # The Compose specification's own validation; raises ValueError. Compose interpolates first.
+    PyCompose.from_yaml(re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", text))
     loaded: dict[str, Any] = yaml.safe_load(text)
     return loaded
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import queue
 import re
@@ -13,17 +15,21 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import httpx2
+import jwt
 import psycopg
 import pytest
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
+from processor.devtools.dev import sample_image
 from tests.conftest import ADMIN_DSN
 
 SCRATCH = re.compile(r"Scratch database\s+(qep_dev_[0-9a-f]{8})")
@@ -56,6 +62,12 @@ def database_exists(name: str) -> bool:
         return conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone() is not None
 
 
+# A JWT (access tokens, Storage's signed-URL tokens) or a credential in a query string.
+SECRET_SHAPES = re.compile(
+    r"eyJ[\w-]{4,}\.[\w-]{4,}\.|[?&](?:token|apikey|key)=(?!\[redacted\])|sb_secret_\w"
+)
+
+
 @pytest.mark.slow
 def test_dev_edits_a_sample_and_drops_its_database(tmp_path: Path) -> None:
     done = subprocess.run(dev_command(tmp_path), env=dev_env(), capture_output=True, text=True, timeout=300)
@@ -66,6 +78,20 @@ def test_dev_edits_a_sample_and_drops_its_database(tmp_path: Path) -> None:
     made = SCRATCH.search(done.stderr)
     assert made is not None, done.stderr
     assert not database_exists(made.group(1))
+
+
+@pytest.mark.slow
+def test_dev_says_what_it_does_and_logs_no_secret_and_no_health_poll(tmp_path: Path) -> None:
+    # One sample edit printed 209 lines: a Rich-formatted INFO line per HTTP request (~35 of them
+    # `GET /readyz 503` while the model loaded) and the output's signed URL with its token.
+    done = subprocess.run(dev_command(tmp_path), env=dev_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    # Rich wraps long lines: a token cut in two must be found too.
+    assert SECRET_SHAPES.search(re.sub(r"\s+", "", output)) is None, output
+    assert re.search(r"GET \S*/readyz", output) is None and "HTTP Request" not in output, output
+    assert "Webhooks" in output and "127.0.0.1" in output  # the banner says loopback receivers work
+    assert len(output.splitlines()) < 25, output
 
 
 class Lines:
@@ -119,6 +145,29 @@ def list_mcp_tools(url: str, token: str) -> list[str]:
     return asyncio.run(main())
 
 
+@contextmanager
+def receiver() -> Iterator[tuple[str, queue.Queue[dict[str, Any]]]]:
+    """An HTTP server on 127.0.0.1 that answers 204 and queues what it was sent."""
+    received: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            received.put({"headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    finally:
+        server.shutdown()
+
+
 def exported(line: str) -> dict[str, Any]:
     words = shlex.split(line)
     assert words[0] == "export", line
@@ -137,7 +186,7 @@ def test_dev_keep_running_prints_every_way_in_ready_to_paste_and_sigterm_cleans_
     env = exported(lines.until(r"^export DATABASE_URL="))
     assert {"DATABASE_URL", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "WEBHOOK_SECRET"} <= env.keys()
     rest = lines.until(r"^curl -s -H .* -F prompt=")
-    mcp = lines.until(r"^npx @modelcontextprotocol/inspector --cli ")
+    mcp = lines.until(r"^npx -y @modelcontextprotocol/inspector@\d+\.\d+\.\d+ --cli ")
     lines.until(r"X-Webhook-Secret")
     lines.until(r"^edit-processor runpod --test_input ")
 
@@ -146,8 +195,32 @@ def test_dev_keep_running_prints_every_way_in_ready_to_paste_and_sigterm_cleans_
     assert url is not None, rest
     view = httpx.get(f"{url.group(1)}/v1/edits/{request_id}", headers={"Authorization": f"Bearer {token}"})
     assert view.status_code == 200 and view.json()["status"] == "succeeded", view.text
-    mcp_url = shlex.split(mcp)[3]
+    mcp_url = shlex.split(mcp)[4]
     assert "edit_image" in list_mcp_tools(mcp_url, token)
+
+    # A completion webhook reaches a receiver on this machine as dev starts (no flags, no SQL).
+    with receiver() as (hook_url, received):
+        user = jwt.decode(token, options={"verify_signature": False})["sub"]
+        with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn:
+            row = conn.execute(
+                "insert into edit_webhook_endpoints (user_id, url) values (%s, %s) returning id",
+                (user, hook_url),
+            ).fetchone()
+        assert row is not None
+        submitted = httpx.post(
+            f"{url.group(1)}/v1/edits",
+            json={
+                "prompt": "make it blue",
+                "image": base64.b64encode(sample_image()).decode(),
+                "num_inference_steps": 2,
+                "webhook_endpoint_id": str(row[0]),
+            },
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert submitted.status_code == 202, submitted.text
+        delivery = received.get(timeout=180)
+        assert delivery["headers"]["webhook-id"]
+        assert json.loads(delivery["body"])["data"]["id"] == submitted.json()["id"]
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0, "".join(lines.seen)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
+import zipfile
 from importlib.metadata import version
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,6 +30,17 @@ def test_one_version_string_from_the_package_metadata() -> None:
     service: Any = SimpleNamespace()
     assert processor.__version__ == version("qwen-edit-processor")
     assert create_app(service, webhook_secret=None).version == processor.__version__
+
+
+def test_the_command_prints_that_version() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "processor", "--version"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0,
+        f"edit-processor {processor.__version__}\n",
+        "",
+    )
 
 
 # Packages that only the extras bring. A ComfyUI-only deployment has none of the diffusers engine's,
@@ -88,7 +102,10 @@ def test_the_diffusers_engine_without_its_extra_names_the_extra() -> None:
         """,
     )
     assert result.returncode == 0, result.stderr
-    assert "pip install 'qwen-edit-processor[diffusers]'" in result.stdout
+    assert (
+        "pip install 'qwen-edit-processor[diffusers]' (from a clone: pip install -e '.[diffusers]')"
+        in result.stdout
+    )
 
 
 def test_an_installed_wheel_carries_the_sql_that_dev_and_the_tests_apply(tmp_path: Path) -> None:
@@ -124,6 +141,40 @@ print(json.dumps({{"platform": localdb.PLATFORM_SQL.read_text(),
     assert shipped["migrations"] == repository and repository
     schemas = {path.name: path.read_text() for path in (ROOT / "supabase" / "schemas").glob("*.sql")}
     assert shipped["schemas"] == schemas and schemas
+
+
+def test_the_release_builds_an_sdist_and_a_wheel_that_carry_the_sql_and_the_licence(tmp_path: Path) -> None:
+    """What .github/workflows/release.yml runs: `python -m build` (the wheel is built from the sdist)."""
+    if importlib.util.find_spec("build") is None:
+        pytest.skip("the build package is not installed (the dev extra brings it)")
+    source = tmp_path / "source"  # a copy: building writes an egg-info into the tree
+    shutil.copytree(
+        ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", ".dev", "node_modules", "*.egg-info")
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(tmp_path / "dist"), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [sdist] = (tmp_path / "dist").glob(f"qwen_edit_processor-{processor.__version__}.tar.gz")
+    [wheel] = (tmp_path / "dist").glob(f"qwen_edit_processor-{processor.__version__}-py3-none-any.whl")
+    migrations = sorted(p.name for p in (ROOT / "supabase" / "migrations").glob("*.sql"))
+    with tarfile.open(sdist) as archive:
+        names = archive.getnames()
+    assert sorted(Path(n).name for n in names if "/processor/devtools/sql/migrations/" in n) == migrations
+    assert any(n.endswith("/LICENSE") for n in names)
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = archive.read(f"qwen_edit_processor-{processor.__version__}.dist-info/METADATA").decode()
+    assert (
+        sorted(Path(n).name for n in names if n.startswith("processor/devtools/sql/migrations/"))
+        == migrations
+    )
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert "License-Expression: Apache-2.0" in metadata
+    assert "Description-Content-Type: text/markdown" in metadata
 
 
 def quiet_run(*args: str) -> subprocess.CompletedProcess[str]:

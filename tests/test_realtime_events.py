@@ -75,7 +75,9 @@ def migrated(logical_server: PrivateServer) -> Iterator[str]:
     name = f"qep_rt_{uuid.uuid4().hex[:12]}"
     dsn = localdb.create_database(logical_server.admin_dsn, name)
     # This PostgreSQL build has no pgcrypto; nothing of ours needs it (gen_random_uuid is core).
-    platform = localdb.PLATFORM_SQL.read_text().replace("create extension if not exists pgcrypto;", "")
+    platform = localdb.PLATFORM_SQL.read_text().replace(
+        "create extension if not exists pgcrypto with schema extensions;", ""
+    )
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(platform)
     localdb.apply_sql_files(dsn, localdb.migration_files())

@@ -7,6 +7,8 @@ working directory, so a developer's ``.env`` or exported ``DATABASE_URL`` change
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,36 @@ def test_malformed_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("LEASE_SECONDS", "soon")
     with pytest.raises(ConfigurationError, match="LEASE_SECONDS"):
         load_settings()
+
+
+@pytest.mark.parametrize("value", ["not json", '{"detail": "loras/detail.safetensors",}', "[1, 2"])
+def test_a_malformed_structured_setting_is_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    # LORAS that was not JSON printed a 147-line traceback from pydantic-settings.
+    monkeypatch.setenv("LORAS", value)
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("configuration_error: invalid settings: LORAS: not valid JSON (")
+    assert "\n" not in message and value not in message
+    assert caught.value.__suppress_context__  # no chained traceback either
+
+
+def test_the_command_prints_that_line_and_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LORAS", "not json")
+    done = subprocess.run(
+        [sys.executable, "-m", "processor", "worker"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "error: configuration_error: invalid settings: LORAS: not valid JSON "
+        "(Expecting value: line 1 column 1 (char 0))"
+    ]
 
 
 def test_heartbeat_must_fit_in_the_lease() -> None:

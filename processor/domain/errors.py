@@ -10,6 +10,11 @@ from __future__ import annotations
 from processor.domain.reasons import ReasonCode
 
 
+def install_extra(extra: str) -> str:
+    """How to install an extra, for messages: by name, and from a clone (the name is not on PyPI yet)."""
+    return f"pip install 'qwen-edit-processor[{extra}]' (from a clone: pip install -e '.[{extra}]')"
+
+
 class ProcessorError(Exception):
     """Base class: a failure with a reason code and a retry verdict."""
 

@@ -175,7 +175,16 @@ def create_app(
     install_health(app, service)
 
     @app.get(
-        "/metrics", response_class=Response, responses={401: {}, 404: {"description": "METRICS_TOKEN unset"}}
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+                "description": "Prometheus text exposition format",
+            },
+            401: {},
+            404: {"description": "METRICS_TOKEN unset"},
+        },
     )
     async def metrics(request: Request) -> Response:
         """Prometheus text format, for the bearer of ``METRICS_TOKEN`` (queue depths and timings are

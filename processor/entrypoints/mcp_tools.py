@@ -33,6 +33,7 @@ from processor.domain.request_schema import field_schema
 from processor.domain.rules import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, TERMINAL, WAIT_MAX_SECONDS
 from processor.domain.users import User
 from processor.entrypoints.auth import AuthError, TokenVerifier
+from processor.observability.logs import keep_root_logging
 
 ACTIONS: Mapping[Action, str] = {
     Action.SUBMIT: "edit_image",
@@ -173,11 +174,14 @@ def create_mcp_server(
         finally:
             await actions.close()
 
-    mcp = MCPServer(
-        lifespan=lifespan if open_resources else None,
-        name="qwen-edit-processor",
-        instructions="Edit images with Qwen-Image-Edit-2509. Edits run on a GPU queue and take seconds to minutes.",
-    )
+    # The SDK's constructor puts a Rich handler on the root logger (logging.basicConfig): the
+    # process keeps the one logging set-up it had (observability/logs.py).
+    with keep_root_logging():
+        mcp = MCPServer(
+            lifespan=lifespan if open_resources else None,
+            name="qwen-edit-processor",
+            instructions="Edit images with Qwen-Image-Edit-2509. Edits run on a GPU queue and take seconds to minutes.",
+        )
 
     def user_of(ctx: Context) -> User:
         headers = ctx.headers

@@ -470,7 +470,11 @@ class RestApi:
             name="edit_events",
             response_class=StreamingResponse,
             responses={
-                200: {"content": {"text/event-stream": {}}, "description": "progress events, then done"}
+                200: {
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    "description": "`event: progress` lines, then `event: done`; each `data:` a JSON object "
+                    "`{id, status, progress}` (`done` adds `error`, `error_code`)",
+                }
             },
         )
         async def edit_events(request_id: uuid.UUID, user: User = current_user) -> StreamingResponse:

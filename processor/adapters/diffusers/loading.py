@@ -15,7 +15,7 @@ from diffusers import QwenImageEditPlusPipeline
 
 from processor.adapters.diffusers.compat import allow_processor_without_torchvision, install_mrope_fix
 from processor.adapters.diffusers.run import InstrumentedPipeline
-from processor.domain.errors import ConfigurationError
+from processor.domain.errors import ConfigurationError, install_extra
 from processor.domain.rules import DeviceChoice, MemoryMode, Quantization
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,4 @@ def _quantization_config(quantization: Quantization, device: torch.device, dtype
     )
 
 
-_MISSING_QUANTIZATION = (
-    "MEMORY_MODE=quantized needs {library}: pip install 'qwen-edit-processor[quantization]'"
-)
+_MISSING_QUANTIZATION = "MEMORY_MODE=quantized needs {library}: " + install_extra("quantization")

@@ -32,12 +32,17 @@ alter default privileges in schema public grant all on tables to anon, authentic
 alter default privileges in schema public grant all on functions to anon, authenticated, service_role;
 alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;
 
--- Supabase has pgcrypto; our SQL needs only core functions (gen_random_uuid), and embedded servers
--- built without OpenSSL have no pgcrypto, so it is created only where it exists.
+-- Supabase keeps extensions in their own schema (so they stay out of public, and out of the types
+-- `supabase gen types` writes for it). Our migrations need only core functions (gen_random_uuid);
+-- supabase/seed.sql hashes the dev user's password with pgcrypto's crypt(), as on Supabase, where it
+-- is extensions.crypt. Embedded servers built without OpenSSL have no pgcrypto, so it is created only
+-- where it exists.
+create schema if not exists extensions;
+grant usage on schema extensions to anon, authenticated, service_role;
 do $$
 begin
   if exists (select 1 from pg_available_extensions where name = 'pgcrypto') then
-    create extension if not exists pgcrypto;
+    create extension if not exists pgcrypto with schema extensions;
   end if;
 end
 $$;
@@ -55,6 +60,45 @@ create table if not exists auth.users (
   raw_user_meta_data jsonb default '{}'::jsonb,
   created_at timestamptz default now(),
   updated_at timestamptz default now()
+);
+-- The columns a password sign-in reads (what supabase/seed.sql writes for its dev user), as GoTrue's
+-- migrations make them (supabase/auth: migrations/00_init_auth_schema.up.sql,
+-- 20210710035447_alter_users.up.sql, 20210730183235_add_email_change_confirmed.up.sql,
+-- 20220323170000_add_user_reauthentication.up.sql, 20240214120130_add_is_anonymous_column.up.sql;
+-- 20221215195500_modify_users_email_unique_index.up.sql). GoTrue finds the user by instance_id (the
+-- zero uuid), lower(email), aud and is_sso_user = false (internal/models/user.go), and reads the
+-- token columns into non-null strings: a NULL there fails every sign-in ("Database error querying
+-- schema"), so the seed writes ''.
+alter table auth.users
+  add column if not exists instance_id uuid,
+  add column if not exists encrypted_password varchar(255),
+  add column if not exists email_confirmed_at timestamptz,
+  add column if not exists last_sign_in_at timestamptz,
+  add column if not exists confirmation_token varchar(255),
+  add column if not exists recovery_token varchar(255),
+  add column if not exists email_change_token_new varchar(255),
+  add column if not exists email_change varchar(255),
+  add column if not exists email_change_token_current varchar(255) default '',
+  add column if not exists phone_change varchar(15) default '',
+  add column if not exists phone_change_token varchar(255) default '',
+  add column if not exists reauthentication_token varchar(255) default '',
+  add column if not exists is_sso_user boolean not null default false,
+  add column if not exists is_anonymous boolean not null default false;
+
+-- An email user's identity (GoTrue signs in through it), as supabase/auth's
+-- migrations/20210909172000_create_identities_table.up.sql leaves it after
+-- 20221215195800_add_identities_email_column.up.sql and 20231117164230_add_id_pkey_identities.up.sql.
+create table if not exists auth.identities (
+  provider_id text not null,
+  user_id uuid not null references auth.users (id) on delete cascade,
+  identity_data jsonb not null,
+  provider text not null,
+  last_sign_in_at timestamptz,
+  created_at timestamptz,
+  updated_at timestamptz,
+  email text generated always as (lower(identity_data ->> 'email')) stored,
+  id uuid primary key default gen_random_uuid(),
+  constraint identities_provider_id_provider_unique unique (provider_id, provider)
 );
 
 create or replace function auth.uid() returns uuid

@@ -1,0 +1,82 @@
+"""The OpenAPI document types every answer of every route, so a client generated from it is complete.
+
+The answers are the pydantic models of processor/entrypoints (EditView, EditAccepted, BatchView,
+ErrorResponse, Readiness, Accepted); no client is generated here: `/openapi.json` is the contract
+(openapi-generator, openapi-typescript or datamodel-code-generator make one from it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Harness
+
+# Error answers outside /v1 still have FastAPI's {"detail": ...} shape and no schema: issue 23 §2
+# (one error shape everywhere) changes them on another branch; the xfail below turns into a failure
+# once they are typed, so this list cannot outlive them.
+UNTYPED_ERRORS = {
+    ("post", "/webhooks/edit-requests", "401"),
+    ("post", "/webhooks/edit-requests", "413"),
+    ("post", "/webhooks/edit-requests", "422"),
+    ("get", "/metrics", "401"),
+    ("get", "/metrics", "404"),
+}
+
+
+@pytest.fixture
+def spec(start_processor: Callable[..., Harness]) -> dict[str, Any]:
+    harness = start_processor(rest=True)
+    document: dict[str, Any] = httpx.get(f"{harness.served.url}/openapi.json").json()
+    return document
+
+
+def untyped(spec: dict[str, Any]) -> set[tuple[str, str, str]]:
+    """(method, path, status) of every answer without a body schema."""
+    found = set()
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            if not any(code.startswith("2") for code in responses):
+                found.add((method, path, "2xx"))
+            for code, response in responses.items():
+                content = response.get("content") or {}
+                if code == "204":
+                    continue
+                if not content or any(not (media.get("schema") or {}) for media in content.values()):
+                    found.add((method, path, code))
+    return found
+
+
+def test_every_success_and_every_v1_error_has_a_schema(spec: dict[str, Any]) -> None:
+    assert untyped(spec) - UNTYPED_ERRORS == set()
+
+
+@pytest.mark.xfail(strict=True, reason="issue 23 §2: /webhooks and /metrics errors get the one error shape")
+def test_the_errors_outside_v1_have_a_schema_too(spec: dict[str, Any]) -> None:
+    assert untyped(spec) & UNTYPED_ERRORS == set()
+
+
+def test_the_answers_of_the_rest_api_are_its_models(spec: dict[str, Any]) -> None:
+    def schema(path: str, method: str, code: str) -> dict[str, Any]:
+        found: dict[str, Any] = spec["paths"][path][method]["responses"][code]["content"]["application/json"][
+            "schema"
+        ]
+        return found
+
+    ref = "#/components/schemas/"
+    assert schema("/v1/edits/{request_id}", "get", "200") == {"$ref": f"{ref}EditView"}
+    assert schema("/v1/edits", "get", "200")["items"] == {"$ref": f"{ref}EditView"}
+    assert schema("/v1/batches", "post", "202") == {"$ref": f"{ref}BatchView"}
+    assert {"$ref": f"{ref}EditAccepted"} in schema("/v1/edits", "post", "202")["anyOf"]
+    for path, operations in spec["paths"].items():
+        for method in operations:
+            if path.startswith("/v1/"):
+                for code in ("401", "404", "422", "429"):
+                    assert schema(path, method, code) == {"$ref": f"{ref}ErrorResponse"}, (method, path, code)
+    view = spec["components"]["schemas"]["EditView"]
+    assert {"id", "status", "progress"} <= set(view["required"])
+    assert all(("type" in p or "anyOf" in p or "$ref" in p) for p in view["properties"].values())
