@@ -183,7 +183,8 @@ class Settings(BaseSettings):
         str(port) for port in sorted(webhook_urls.WEBHOOK_DEFAULT_PORTS, reverse=True)
     )
     """Comma-separated ports a URL may name (its scheme's when it names none) for this process to deliver
-    to, on top of the database's ``edit_webhook_settings.allowed_ports`` (a URL must pass both)."""
+    to, on top of the database's ``edit_webhook_settings.allowed_ports`` (a URL must pass both). ``*``:
+    any port, for local development only (``edit-processor dev``; the database's ``allow_any_port``)."""
     webhook_allow_http: bool = False
     """Deliver to ``http://`` URLs (tests, private networks); the database's ``allow_http`` must agree."""
     webhook_allow_private_addresses: bool = False
@@ -289,13 +290,17 @@ class Settings(BaseSettings):
     @field_validator("webhook_allowed_ports")
     @classmethod
     def _ports_are_ports(cls, value: str) -> str:
+        if value.strip() == "*":
+            return "*"
         ports = [part.strip() for part in value.split(",") if part.strip()]
         if not ports or not all(port.isdigit() and 1 <= int(port) <= 65535 for port in ports):
-            raise ValueError("must be a comma-separated list of ports from 1 to 65535")
+            raise ValueError("must be a comma-separated list of ports from 1 to 65535, or *")
         return value
 
-    def webhook_ports(self) -> frozenset[int]:
-        """``WEBHOOK_ALLOWED_PORTS`` as a set."""
+    def webhook_ports(self) -> frozenset[int] | None:
+        """``WEBHOOK_ALLOWED_PORTS`` as a set; None for ``*`` (any port)."""
+        if self.webhook_allowed_ports == "*":
+            return None
         return frozenset(int(port) for port in self.webhook_allowed_ports.split(",") if port.strip())
 
     def webhook_hosts(self) -> frozenset[str] | None:

@@ -709,9 +709,11 @@ URL_CASES = [
 ]
 
 
-@pytest.mark.parametrize("allow_http, allow_private", [(False, False), (True, True)])
+@pytest.mark.parametrize(
+    "allow_http, allow_private, any_port", [(False, False, False), (True, True, False), (True, True, True)]
+)
 def test_python_and_sql_refuse_the_same_urls_for_the_same_reason(
-    db: psycopg.Connection[Row], allow_http: bool, allow_private: bool
+    db: psycopg.Connection[Row], allow_http: bool, allow_private: bool, any_port: bool
 ) -> None:
     hosts = frozenset({"hooks.example.com", "*.apps.example", "127.0.0.1", "10.0.0.1", "8.8.8.8", "100.64.1.1",
                        "::1", "2606:4700::1111", "fe80::1", "::ffff:8.8.8.8", "::8.8.8.8", "fec0::1", "2001::1",
@@ -719,14 +721,18 @@ def test_python_and_sql_refuse_the_same_urls_for_the_same_reason(
                        "999.1.1.1"})  # fmt: skip
     db.execute("insert into edit_webhook_allowed_hosts (host) select unnest(%s::text[])", (sorted(hosts),))
     db.execute(
-        "update edit_webhook_settings set allow_http = %s, allow_private_addresses = %s",
-        (allow_http, allow_private),
+        "update edit_webhook_settings set allow_http = %s, allow_private_addresses = %s, allow_any_port = %s",
+        (allow_http, allow_private, any_port),
     )
     for url in URL_CASES:
         sql = db.execute("select edit_webhook_url_refusal(%s) as r", (url,)).fetchone()
         assert sql is not None
         python = webhook_urls.webhook_url_refusal(
-            url, allowed_hosts=hosts, allow_http=allow_http, allow_private_addresses=allow_private
+            url,
+            allowed_hosts=hosts,
+            allow_http=allow_http,
+            allow_private_addresses=allow_private,
+            allowed_ports=None if any_port else webhook_urls.WEBHOOK_DEFAULT_PORTS,
         )
         assert (sql["r"] or "").partition(":")[0] == (python[0] if python else ""), url
         if python is not None:

@@ -21,6 +21,8 @@ export type Database = {
           loras: Json | null
           negative_prompt: string | null
           num_inference_steps: number | null
+          output_format: string | null
+          output_quality: number | null
           prompt: string
           reference_paths: string[]
           seed: number | null
@@ -40,6 +42,8 @@ export type Database = {
           loras?: Json | null
           negative_prompt?: string | null
           num_inference_steps?: number | null
+          output_format?: string | null
+          output_quality?: number | null
           prompt: string
           reference_paths?: string[]
           seed?: number | null
@@ -59,6 +63,8 @@ export type Database = {
           loras?: Json | null
           negative_prompt?: string | null
           num_inference_steps?: number | null
+          output_format?: string | null
+          output_quality?: number | null
           prompt?: string
           reference_paths?: string[]
           seed?: number | null
@@ -93,6 +99,7 @@ export type Database = {
       edit_queue_settings: {
         Row: {
           awaiting_image_ttl: string
+          default_speed: string | null
           fair_share_quantum: string
           id: boolean
           readiness_recheck_batch: number
@@ -100,6 +107,7 @@ export type Database = {
         }
         Insert: {
           awaiting_image_ttl?: string
+          default_speed?: string | null
           fair_share_quantum?: string
           id?: boolean
           readiness_recheck_batch?: number
@@ -107,6 +115,7 @@ export type Database = {
         }
         Update: {
           awaiting_image_ttl?: string
+          default_speed?: string | null
           fair_share_quantum?: string
           id?: boolean
           readiness_recheck_batch?: number
@@ -157,6 +166,7 @@ export type Database = {
           base_color: string
           batch_id: string | null
           claimed_by: string | null
+          cost: number | null
           created_at: string
           error: string | null
           error_code: string | null
@@ -177,7 +187,9 @@ export type Database = {
           num_inference_steps: number
           output_bucket: string
           output_expired_at: string | null
+          output_format: string | null
           output_path: string | null
+          output_quality: number | null
           preview_path: string | null
           preview_step: number | null
           priority: number
@@ -200,6 +212,7 @@ export type Database = {
           base_color?: string
           batch_id?: string | null
           claimed_by?: string | null
+          cost?: number | null
           created_at?: string
           error?: string | null
           error_code?: string | null
@@ -220,7 +233,9 @@ export type Database = {
           num_inference_steps?: number
           output_bucket?: string
           output_expired_at?: string | null
+          output_format?: string | null
           output_path?: string | null
+          output_quality?: number | null
           preview_path?: string | null
           preview_step?: number | null
           priority?: number
@@ -243,6 +258,7 @@ export type Database = {
           base_color?: string
           batch_id?: string | null
           claimed_by?: string | null
+          cost?: number | null
           created_at?: string
           error?: string | null
           error_code?: string | null
@@ -263,7 +279,9 @@ export type Database = {
           num_inference_steps?: number
           output_bucket?: string
           output_expired_at?: string | null
+          output_format?: string | null
           output_path?: string | null
+          output_quality?: number | null
           preview_path?: string | null
           preview_step?: number | null
           priority?: number
@@ -304,27 +322,57 @@ export type Database = {
           },
         ]
       }
+      edit_retention_held_paths: {
+        Row: {
+          bucket: string
+          named_until: string
+          path: string
+        }
+        Insert: {
+          bucket: string
+          named_until: string
+          path: string
+        }
+        Update: {
+          bucket?: string
+          named_until?: string
+          path?: string
+        }
+        Relationships: []
+      }
       edit_retention_state: {
         Row: {
           held_by: string | null
           id: boolean
+          inputs_from_at: string | null
+          inputs_from_id: string | null
           last_run_at: string | null
           lease_expires_at: string | null
           orphans_after: string | null
+          outputs_from_at: string | null
+          outputs_from_id: string | null
         }
         Insert: {
           held_by?: string | null
           id?: boolean
+          inputs_from_at?: string | null
+          inputs_from_id?: string | null
           last_run_at?: string | null
           lease_expires_at?: string | null
           orphans_after?: string | null
+          outputs_from_at?: string | null
+          outputs_from_id?: string | null
         }
         Update: {
           held_by?: string | null
           id?: boolean
+          inputs_from_at?: string | null
+          inputs_from_id?: string | null
           last_run_at?: string | null
           lease_expires_at?: string | null
           orphans_after?: string | null
+          outputs_from_at?: string | null
+          outputs_from_id?: string | null
         }
         Relationships: []
       }
@@ -402,6 +450,35 @@ export type Database = {
           note?: string | null
         }
         Relationships: []
+      }
+      edit_webhook_circuits: {
+        Row: {
+          consecutive_failures: number
+          endpoint_id: string
+          open_until: string | null
+          updated_at: string
+        }
+        Insert: {
+          consecutive_failures?: number
+          endpoint_id: string
+          open_until?: string | null
+          updated_at?: string
+        }
+        Update: {
+          consecutive_failures?: number
+          endpoint_id?: string
+          open_until?: string | null
+          updated_at?: string
+        }
+        Relationships: [
+          {
+            foreignKeyName: "edit_webhook_circuits_endpoint_id_fkey"
+            columns: ["endpoint_id"]
+            isOneToOne: true
+            referencedRelation: "edit_webhook_endpoints"
+            referencedColumns: ["id"]
+          },
+        ]
       }
       edit_webhook_deliveries: {
         Row: {
@@ -513,21 +590,33 @@ export type Database = {
       }
       edit_webhook_settings: {
         Row: {
+          allow_any_port: boolean
           allow_http: boolean
           allow_private_addresses: boolean
+          allowed_ports: number[]
           id: boolean
+          max_in_flight_per_endpoint: number
+          max_in_flight_per_user: number
           updated_at: string
         }
         Insert: {
+          allow_any_port?: boolean
           allow_http?: boolean
           allow_private_addresses?: boolean
+          allowed_ports?: number[]
           id?: boolean
+          max_in_flight_per_endpoint?: number
+          max_in_flight_per_user?: number
           updated_at?: string
         }
         Update: {
+          allow_any_port?: boolean
           allow_http?: boolean
           allow_private_addresses?: boolean
+          allowed_ports?: number[]
           id?: boolean
+          max_in_flight_per_endpoint?: number
+          max_in_flight_per_user?: number
           updated_at?: string
         }
         Relationships: []
@@ -578,6 +667,7 @@ export type Database = {
           delivered: number | null
           delivered_last_hour: number | null
           delivering: number | null
+          endpoints_backed_off: number | null
           failure_rate_last_hour: number | null
           oldest_pending_age_s: number | null
           pending: number | null
@@ -601,6 +691,7 @@ export type Database = {
           base_color: string
           batch_id: string | null
           claimed_by: string | null
+          cost: number | null
           created_at: string
           error: string | null
           error_code: string | null
@@ -621,7 +712,9 @@ export type Database = {
           num_inference_steps: number
           output_bucket: string
           output_expired_at: string | null
+          output_format: string | null
           output_path: string | null
+          output_quality: number | null
           preview_path: string | null
           preview_step: number | null
           priority: number
@@ -686,7 +779,17 @@ export type Database = {
       edit_request_backoff: { Args: { p_attempts: number }; Returns: string }
       edit_request_caller_is_operator: { Args: never; Returns: boolean }
       edit_request_cost: {
-        Args: { p_height: number; p_steps: number; p_width: number }
+        Args: {
+          p_height: number
+          p_inputs: number
+          p_loras: number
+          p_negative_chars: number
+          p_prompt_chars: number
+          p_speed: string
+          p_steps: number
+          p_true_cfg_scale: number
+          p_width: number
+        }
         Returns: number
       }
       edit_request_inputs_present: {
@@ -710,9 +813,30 @@ export type Database = {
         Args: { p_paths: string[] }
         Returns: boolean
       }
+      edit_request_places: {
+        Args: { p_ids: string[] }
+        Returns: {
+          fair_tag: string
+          id: string
+        }[]
+      }
       edit_request_queue_stats: { Args: never; Returns: Json }
       edit_request_reason_codes: { Args: never; Returns: string[] }
       edit_request_reason_message: { Args: { p_code: string }; Returns: string }
+      edit_request_run_cost: {
+        Args: {
+          p_adapters: number
+          p_cfg: boolean
+          p_height: number
+          p_inputs: number
+          p_loras: number
+          p_negative_chars: number
+          p_prompt_chars: number
+          p_steps: number
+          p_width: number
+        }
+        Returns: number
+      }
       edit_request_sweep_status: { Args: never; Returns: string }
       edit_retention_candidates: {
         Args: {
@@ -742,11 +866,13 @@ export type Database = {
         Returns: boolean
       }
       edit_webhook_backoff: { Args: { p_attempts: number }; Returns: string }
+      edit_webhook_circuit_failures: { Args: never; Returns: number }
       edit_webhook_host_allowed: { Args: { p_host: string }; Returns: boolean }
       edit_webhook_max_attempts: { Args: never; Returns: number }
       edit_webhook_max_endpoints: { Args: never; Returns: number }
       edit_webhook_new_secret: { Args: never; Returns: string }
       edit_webhook_url_host: { Args: { p_url: string }; Returns: string }
+      edit_webhook_url_port: { Args: { p_url: string }; Returns: number }
       edit_webhook_url_refusal: { Args: { p_url: string }; Returns: string }
       ensure_edit_request_sweep: { Args: never; Returns: string }
       fail_edit_request: {

@@ -132,6 +132,7 @@ def run_dev(
             log_level="warning",
             webhook_allow_http=True,
             webhook_allow_private_addresses=True,
+            webhook_allowed_ports="*",  # a local receiver listens wherever its framework put it
         )
         service = build_service(settings)
         api = build_rest_api(settings, service)
@@ -186,11 +187,13 @@ def run_dev(
 
 
 def allow_loopback_webhooks(dsn: str) -> None:
-    """Let completion webhooks reach a receiver on this machine: http:// and loopback addresses, in the
-    database's policy (the processor's settings say the same). Only ever on dev's scratch database."""
+    """Let completion webhooks reach a receiver on this machine: http://, loopback addresses and any
+    port, in the database's policy (the processor's settings say the same). Only ever on dev's scratch
+    database."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
-            "update public.edit_webhook_settings set allow_http = true, allow_private_addresses = true"
+            "update public.edit_webhook_settings "
+            "set allow_http = true, allow_private_addresses = true, allow_any_port = true"
         )
         for host in LOOPBACK_WEBHOOK_HOSTS:
             conn.execute(

@@ -139,10 +139,11 @@ def webhook_url_refusal(
     allowed_hosts: frozenset[str],
     allow_http: bool,
     allow_private_addresses: bool,
-    allowed_ports: frozenset[int] = WEBHOOK_DEFAULT_PORTS,
+    allowed_ports: frozenset[int] | None = WEBHOOK_DEFAULT_PORTS,
 ) -> tuple[WebhookFailure, str] | None:
     """Why a webhook URL is refused, or None: ``edit_webhook_url_refusal`` in SQL gives the same verdict
-    (with the allowlist table and ``edit_webhook_settings`` for the arguments)."""
+    (with the allowlist table and ``edit_webhook_settings`` for the arguments). ``allowed_ports`` None:
+    any port (``allow_any_port``, local development only)."""
     host = webhook_url_host(url)
     if host is None:
         return (
@@ -154,7 +155,7 @@ def webhook_url_refusal(
     if not webhook_host_allowed(host, allowed_hosts):
         return WebhookFailure.HOST_NOT_ALLOWED, f"{host} is not on the operator's allowlist"
     port = webhook_url_port(url)
-    if port not in allowed_ports:
+    if allowed_ports is not None and port not in allowed_ports:
         return WebhookFailure.PORT_NOT_ALLOWED, f"{port} is not on the operator's port list"
     if webhook_host_private(host) and not allow_private_addresses:
         return WebhookFailure.PRIVATE_ADDRESS, f"{host} is a private, loopback or link-local address"

@@ -42,6 +42,9 @@ create table public.edit_webhook_settings (
   -- number of endpoints). rules.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT and _PER_USER have the defaults.
   max_in_flight_per_endpoint integer not null default 2,
   max_in_flight_per_user integer not null default 3,
+  -- Local development only (`edit-processor dev`): any port, since a receiver on this machine
+  -- listens wherever its framework put it. Off by default.
+  allow_any_port boolean not null default false,
   constraint edit_webhook_settings_ports_valid check (
     cardinality(allowed_ports) between 1 and 64
     and array_position(allowed_ports, null) is null
@@ -54,6 +57,8 @@ comment on table public.edit_webhook_settings is
   'tests), allow_private_addresses (accept private, loopback and link-local addresses), '
   'allowed_ports (the ports a URL may name; default 443 and 80), max_in_flight_per_endpoint and '
   'max_in_flight_per_user (deliveries in flight at once, across all processes).';
+comment on column public.edit_webhook_settings.allow_any_port is
+  'Accept a URL on any port, not only allowed_ports (local development: receivers on this machine).';
 insert into public.edit_webhook_settings (id) values (true);
 
 create table public.edit_webhook_allowed_hosts (
@@ -188,7 +193,8 @@ begin
   if not public.edit_webhook_host_allowed(v_host) then
     return 'host_not_allowed: ' || v_host || ' is not on the operator''s allowlist';
   end if;
-  if not public.edit_webhook_url_port(p_url) = any (coalesce(v_settings.allowed_ports, '{443,80}')) then
+  if not coalesce(v_settings.allow_any_port, false)
+     and not public.edit_webhook_url_port(p_url) = any (coalesce(v_settings.allowed_ports, '{443,80}')) then
     return 'port_not_allowed: ' || public.edit_webhook_url_port(p_url) || ' is not on the operator''s port list';
   end if;
   if public.edit_webhook_address_private(v_host) and not coalesce(v_settings.allow_private_addresses, false) then
