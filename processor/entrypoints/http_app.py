@@ -22,6 +22,7 @@ import processor
 from processor.core.service import ProcessorService
 from processor.domain.rules import WEBHOOK_MAX_BODY_BYTES
 from processor.entrypoints.bodies import json_body, read_capped_body
+from processor.entrypoints.errors import install_error_handlers
 from processor.entrypoints.rest import RestApi
 
 if TYPE_CHECKING:  # the `mcp` extra: imported only when an MCP server is mounted
@@ -101,6 +102,7 @@ def create_health_app(service: ProcessorService) -> FastAPI:
     No lifespan: the worker command starts and stops ``service`` itself, so a model that fails to
     load still ends the process (exit 1) instead of leaving a pod that is alive and never ready."""
     app = FastAPI(title="qwen-edit-processor worker", version=processor.__version__, openapi_url=None)
+    install_error_handlers(app)
     install_health(app, service)
     return app
 
@@ -133,6 +135,7 @@ def create_app(
         summary="Qwen-Image-Edit-2509 image edits behind Supabase",
         lifespan=lifespan,
     )
+    install_error_handlers(app)
     if api is not None:
         api.install(app)
     secret = webhook_secret
@@ -197,6 +200,8 @@ def create_app(
         # Bearer tokens are verified per call, so the DNS-rebinding guard (meant for
         # unauthenticated local servers) would only refuse legitimate Host headers.
         security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
-        # Mounted last: the app's own routes match first; MCP answers at /mcp.
-        app.mount("/", mcp.streamable_http_app(streamable_http_path="/mcp", transport_security=security))
+        # Its route joins the app's (a mount at "/" would answer every unknown path itself, in
+        # Starlette's plain text); the lifespan above runs its session manager.
+        transport = mcp.streamable_http_app(streamable_http_path="/mcp", transport_security=security)
+        app.router.routes.extend(transport.routes)
     return app

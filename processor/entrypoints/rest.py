@@ -1,9 +1,9 @@
 """REST API for apps that would rather not talk to Supabase directly: ``/v1/edits`` and ``/v1/batches``.
 
 A thin translation of the user's actions (``core.user_actions``): callers authenticate with their
-Supabase access token, rows belong to them and RLS holds. Every error has one JSON shape,
-``{"error": {"code": "<reason>", "message": "..."}}``; the core's ``NotFound`` is 404,
-``AlreadyFinished`` 409, ``InvalidInput`` 422, ``LimitExceeded`` 429, ``TransientError`` 503.
+Supabase access token, rows belong to them and RLS holds. Every error has one JSON shape
+(``errors``): the core's ``NotFound`` is 404, ``AlreadyFinished`` 409, ``InvalidInput`` 422,
+``LimitExceeded`` 429 (with ``Retry-After``), ``TransientError`` 503.
 """
 
 from __future__ import annotations
@@ -17,21 +17,13 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, status
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
 from processor.core.user_actions import Action, UserActions
-from processor.domain.errors import (
-    AlreadyFinished,
-    InvalidInput,
-    LimitExceeded,
-    NotFound,
-    ProcessorError,
-    TransientError,
-)
+from processor.domain.errors import InvalidInput
 from processor.domain.params import (
     check_batch,
     check_image_count,
@@ -55,29 +47,9 @@ from processor.domain.rules import (
     edit_body_bytes,
 )
 from processor.domain.users import User
-from processor.entrypoints.auth import AuthError, TokenVerifier
+from processor.entrypoints.auth import TokenVerifier
 from processor.entrypoints.bodies import capped_request
-
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-
-
-class ErrorResponse(BaseModel):
-    """The one error shape of the API."""
-
-    error: ErrorBody
-
-
-class ApiError(Exception):
-    """An answer other than success, with its HTTP status and reason code."""
-
-    def __init__(self, status_code: int, code: ReasonCode, message: str) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.code = code
-        self.message = message
+from processor.entrypoints.errors import ApiError, ErrorResponse
 
 
 class EditAccepted(BaseModel):
@@ -529,40 +501,5 @@ class RestApi:
             return _batch_view(await actions.cancel_batch(user, batch_id))
 
     def install(self, app: FastAPI) -> None:
-        """Mount the router and the error handlers that give every error one shape."""
+        """Mount the router (the app gives its errors the one shape: ``errors.install_error_handlers``)."""
         app.include_router(self.router())
-
-        def error(status_code: int, code: str, message: str) -> JSONResponse:
-            return JSONResponse({"error": {"code": code, "message": message}}, status_code=status_code)
-
-        async def api_error(_: Request, exc: Exception) -> JSONResponse:
-            assert isinstance(exc, ApiError)
-            return error(exc.status_code, exc.code, exc.message)
-
-        async def processor_error(_: Request, exc: Exception) -> JSONResponse:
-            assert isinstance(exc, ProcessorError)
-            if isinstance(exc, AuthError):
-                return error(401, exc.reason, exc.message)
-            if isinstance(exc, NotFound):
-                return error(404, exc.reason, exc.message)
-            if isinstance(exc, AlreadyFinished):
-                return error(409, exc.reason, exc.message)
-            if isinstance(exc, InvalidInput):
-                return error(422, exc.reason, exc.message)
-            if isinstance(exc, LimitExceeded):
-                return error(429, exc.reason, exc.message)
-            if isinstance(exc, TransientError):
-                return error(503, exc.reason, exc.message)
-            return error(500, exc.reason, exc.message)
-
-        async def validation_error(_: Request, exc: Exception) -> JSONResponse:
-            assert isinstance(exc, RequestValidationError)
-            first = exc.errors()[0] if exc.errors() else {}
-            where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-            return error(
-                422, ReasonCode.INVALID_REQUEST, f"{where}: {first.get('msg', 'invalid')}".strip(": ")
-            )
-
-        app.add_exception_handler(ApiError, api_error)
-        app.add_exception_handler(ProcessorError, processor_error)
-        app.add_exception_handler(RequestValidationError, validation_error)
