@@ -15,6 +15,7 @@ in ``edit-inputs``; the row's insert trigger sees them and queues the request.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 import uuid
@@ -260,10 +261,32 @@ class UserActions:
         """``Action.WAIT``: the request once it is finished, or as it stands when ``timeout`` (at most
         ``WAIT_MAX_SECONDS``) runs out, with ``output_url``. ``NotFound``, or ``LimitExceeded`` when
         the user already holds ``WAITS_PER_USER`` waits and streams."""
-        last = await self._owned(user, request_id)
-        self.ensure_can_wait(user)
-        async for row in self._follow(user, request_id, min(timeout, WAIT_MAX_SECONDS)):
-            last = row
+        row = await self._owned(user, request_id)
+        async with self._held_by(user):
+            return await self._wait_held(user, row, timeout)
+
+    async def submit_and_wait(
+        self,
+        user: User,
+        images: Sequence[bytes],
+        params: EditParams,
+        options: RequestOptions = NO_OPTIONS,
+        *,
+        timeout: float,
+        object_paths: Sequence[str] = (),
+    ) -> Row:
+        """``Action.SUBMIT`` then ``Action.WAIT``, holding one of the user's waits from before anything
+        is stored: past ``WAITS_PER_USER`` the refusal (``too_many_waits``) comes first and creates
+        nothing, and a request once created is always waited on and answered with its id."""
+        async with self._held_by(user):
+            row = await self.submit(user, images, params, options, object_paths=object_paths)
+            final = await self._wait_held(user, row, timeout)
+        return {**final, "replayed": row.get("replayed", False)}
+
+    async def _wait_held(self, user: User, row: Row, timeout: float) -> Row:
+        last = row
+        async for changed in self._follow(user, row["id"], min(timeout, WAIT_MAX_SECONDS), held=True):
+            last = changed
         return await self._with_url(last)
 
     async def follow(
@@ -277,10 +300,16 @@ class UserActions:
         lifetime = self._stream_seconds if seconds is None else min(seconds, self._stream_seconds)
         return self._follow(user, request_id, lifetime)
 
-    async def _follow(self, user: User, request_id: uuid.UUID, lifetime: float) -> AsyncGenerator[Row, None]:
+    async def _follow(
+        self, user: User, request_id: uuid.UUID, lifetime: float, *, held: bool = False
+    ) -> AsyncGenerator[Row, None]:
+        """The request at each change; counted against the user's waits unless the caller ``held`` one."""
         # Driven by change notifications: an idle row costs a re-read only every CHANGES_FALLBACK_SECONDS.
         deadline = time.monotonic() + lifetime
-        async with self._held_by(user), self._changes.watch(request_id) as watch:
+        async with (
+            contextlib.nullcontext() if held else self._held_by(user),
+            self._changes.watch(request_id) as watch,
+        ):
             last: tuple[Any, Any] | None = None
             while True:
                 row = await self._requests.get(user, request_id)
@@ -296,8 +325,7 @@ class UserActions:
                 await watch.wait(min(left, CHANGES_FALLBACK_SECONDS))
 
     def ensure_can_wait(self, user: User) -> None:
-        """``LimitExceeded`` when ``user`` already holds as many waits and streams as allowed (ways in
-        call it before storing a request they will wait on, so the refusal comes first)."""
+        """``LimitExceeded`` when ``user`` already holds as many waits and streams as allowed."""
         if self._waits[user.id] >= self._waits_per_user:
             raise LimitExceeded(
                 f"{self._waits_per_user} waits or event streams are already open for this user",

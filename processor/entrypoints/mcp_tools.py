@@ -217,11 +217,15 @@ def create_mcp_server(
                 options_from_mapping(arguments),
                 encoded_images(arguments),
             )
-            actions.ensure_can_wait(user)  # refused before anything is stored
-            row = await actions.submit(
-                user, images, params, options, object_paths=[object_path] if object_path else []
+            # One of the user's waits is held from before the upload: a refusal creates nothing.
+            final = await actions.submit_and_wait(
+                user,
+                images,
+                params,
+                options,
+                timeout=timeout_seconds,
+                object_paths=[object_path] if object_path else [],
             )
-            final = await actions.wait(user, row["id"], timeout_seconds)
             if final["status"] in TERMINAL and final["status"] != "succeeded":
                 code = final["error_code"] or final["status"]
                 raise ToolError(f"{code}: {final['error_message'] or final['status']}")

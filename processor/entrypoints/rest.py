@@ -384,14 +384,15 @@ class RestApi:
         ) -> JSONResponse:
             """Upload the images, create the request and answer 202, or with `wait=true` the result."""
             if wait:
-                actions.ensure_can_wait(user)  # refused before anything is stored
+                actions.ensure_can_wait(user)  # before reading the body: the cheap refusal
             params, images, options = await _read_create(request, self.max_body_bytes)
-            row = await actions.submit(user, images, params, options)
             if wait:
-                final = await actions.wait(user, row["id"], timeout)
-                if final["status"] in TERMINAL:
-                    return JSONResponse((await self._finished(final)).model_dump(mode="json"))
-                row = final
+                # One of the user's waits is held from before the upload: a refusal creates nothing.
+                row = await actions.submit_and_wait(user, images, params, options, timeout=timeout)
+                if row["status"] in TERMINAL:
+                    return JSONResponse((await self._finished(row)).model_dump(mode="json"))
+            else:
+                row = await actions.submit(user, images, params, options)
             accepted = EditAccepted(
                 id=row["id"],
                 status=row["status"],
