@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import time
 import uuid
 from collections import Counter
@@ -26,7 +27,15 @@ from enum import StrEnum
 from typing import Any
 
 from processor.core.decoding import DecodePool
-from processor.domain.errors import AlreadyFinished, LimitExceeded, NotFound
+from processor.domain.errors import (
+    AlreadyFinished,
+    InvalidInput,
+    KeyTaken,
+    LimitExceeded,
+    NotFound,
+    ProcessorError,
+)
+from processor.domain.idempotency import check_same_request, fingerprint
 from processor.domain.images import ImageLimits
 from processor.domain.params import check_batch, check_request
 from processor.domain.ports.changes import RowChanges
@@ -52,6 +61,8 @@ from processor.domain.users import User
 
 Row = dict[str, Any]
 """A request as its owner sees it (``UserRequests.get``), or a batch (``get_batch``)."""
+
+log = logging.getLogger(__name__)
 
 _FORMATS = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "WEBP": ("webp", "image/webp")}
 
@@ -142,14 +153,38 @@ class UserActions:
     ) -> Row:
         """``Action.SUBMIT``: validate, upload ``images`` and insert the row; ``object_paths`` are
         inputs already in the user's folder (after the uploaded ones; RLS refuses others). With no
-        image at all, a creation at ``params``' size (default ``CREATION_SIZE``)."""
+        image at all, a creation at ``params``' size (default ``CREATION_SIZE``).
+
+        With ``options.idempotency_key``, the request that key already names, if any (``replayed``
+        true in the answer; ``idempotency_key_reused`` when its body was another); a concurrent
+        submit with the key that loses the race answers the winner's request and deletes its uploads.
+        """
         if not images and not object_paths and params.width is None and params.height is None:
             params = dataclasses.replace(params, width=CREATION_SIZE[0], height=CREATION_SIZE[1])
         # The rules the schema and the engine hold, with their reasons, before anything is stored.
         check_request(params, len(images) + len(object_paths))
+        key = options.idempotency_key
+        sent = None
+        if key is not None:  # hashing the images costs a little: only where it is compared
+            sent = fingerprint("edit", params, options, images=images, object_paths=object_paths)
+            if (earlier := await self._requests.find(user, key)) is not None:
+                return _replayed(key, earlier, sent)
         request_id = uuid.uuid4()
         paths = await self._upload(user, request_id, images, [str(index) for index in range(len(images))])
-        return await self._requests.insert(user, request_id, [*paths, *object_paths], params, options)
+        try:
+            return await self._requests.insert(
+                user, request_id, [*paths, *object_paths], params, options, fingerprint=sent
+            )
+        except KeyTaken:
+            assert key is not None and sent is not None
+            await self._discard(paths)
+            earlier = await self._requests.find(user, key)
+            if earlier is None:  # the winner's row is gone already (an operator deleted it)
+                raise
+            return _replayed(key, earlier, sent)
+        except (InvalidInput, LimitExceeded):
+            await self._discard(paths)  # refused: no row names them
+            raise
 
     async def submit_batch(
         self,
@@ -160,17 +195,56 @@ class UserActions:
         *,
         object_paths: Sequence[str] = (),
         reference_paths: Sequence[str] = (),
+        idempotency_key: str | None = None,
     ) -> Row:
         """``Action.SUBMIT_BATCH``: one request per image (uploaded ``images``, then ``object_paths``
         already in the user's folder), each also given the references. Everything is checked
-        before anything is stored; the batch's insert makes every request or none."""
+        before anything is stored; the batch's insert makes every request or none. An
+        ``idempotency_key`` works as ``submit``'s."""
         check_batch(params, len(images) + len(object_paths), len(references) + len(reference_paths))
+        sent = None
+        if idempotency_key is not None:
+            sent = fingerprint(
+                "batch",
+                params,
+                NO_OPTIONS,
+                images=images,
+                object_paths=object_paths,
+                references=references,
+                reference_paths=reference_paths,
+            )
+            earlier = await self._requests.find_batch(user, idempotency_key)
+            if earlier is not None:
+                return _replayed(idempotency_key, earlier, sent)
         batch_id = uuid.uuid4()
         names = [str(index) for index in range(len(images))] + [f"ref{i}" for i in range(len(references))]
         uploaded = await self._upload(user, batch_id, [*images, *references], names)
         paths = [*uploaded[: len(images)], *object_paths]
         refs = [*uploaded[len(images) :], *reference_paths]
-        return await self._requests.insert_batch(user, batch_id, paths, refs, params)
+        try:
+            return await self._requests.insert_batch(
+                user, batch_id, paths, refs, params, idempotency_key=idempotency_key, fingerprint=sent
+            )
+        except KeyTaken:
+            assert idempotency_key is not None and sent is not None
+            await self._discard(uploaded)
+            earlier = await self._requests.find_batch(user, idempotency_key)
+            if earlier is None:
+                raise
+            return _replayed(idempotency_key, earlier, sent)
+        except (InvalidInput, LimitExceeded):
+            await self._discard(uploaded)
+            raise
+
+    async def _discard(self, paths: Sequence[str]) -> None:
+        """Delete uploads no request names (a refused insert, a retry that lost the race). A failure is
+        only logged: retention deletes orphaned uploads after ``ORPHAN_GRACE_HOURS``."""
+        if not paths:
+            return
+        try:
+            await self._storage.delete_many(INPUT_BUCKET, paths)
+        except ProcessorError as exc:
+            log.warning("could not delete %d unused upload(s): %s", len(paths), exc)
 
     async def _upload(
         self, user: User, folder: uuid.UUID, images: Sequence[bytes], names: Sequence[str]
@@ -343,6 +417,12 @@ class UserActions:
             self._waits[user.id] -= 1
             if not self._waits[user.id]:
                 del self._waits[user.id]
+
+
+def _replayed(key: str, earlier: Row, sent: str) -> Row:
+    """The earlier request (or batch) a key names, as the answer to a submit that sent it again."""
+    check_same_request(key, earlier.get("idempotency_fingerprint"), sent)
+    return {**earlier, "replayed": True}
 
 
 def _sniff_format(data: bytes) -> str:

@@ -205,7 +205,8 @@ def create_mcp_server(
         up to `timeout_seconds` (0: returns at once; follow with `wait_for_edit`); returns the PNG
         and its metadata. `speed`: `quality` (40 steps), `fast` (8) or `fastest` (4); `loras`: up
         to 3 allowlisted `{"name", "scale"}`; `webhook_endpoint_id`: one of your completion-webhook
-        endpoints, told when the edit is final.
+        endpoints, told when the edit is final; `idempotency_key`: a retry with it gets the edit it
+        made, never a second one.
         """
         user = user_of(ctx)
 
@@ -283,11 +284,13 @@ def _add_batch_tools(mcp: MCPServer, actions: UserActions, user_of: Callable[[Co
         object_paths: list[str] | None = None,
         reference_images_base64: list[str] | None = None,
         reference_paths: list[str] | None = None,
+        idempotency_key: str | None = None,
         **fields: Any,
     ) -> dict[str, Any]:
         """The same edit over many images: one edit per image (base64, or object paths in your
         `edit-inputs/{your id}/` folder), each also given the reference images, at most
-        `MAX_BATCH_SIZE` (50) in all. All are created or none. Returns at once; follow with `get_batch`."""
+        `MAX_BATCH_SIZE` (50) in all. All are created or none. Returns at once; follow with `get_batch`.
+        `idempotency_key`: a retry with it gets the batch it made, never a second one."""
         user = user_of(ctx)
 
         async def submit() -> dict[str, Any]:
@@ -300,6 +303,7 @@ def _add_batch_tools(mcp: MCPServer, actions: UserActions, user_of: Callable[[Co
                 params_from_mapping(fields),
                 object_paths=object_paths or [],
                 reference_paths=reference_paths or [],
+                idempotency_key=options_from_mapping({"idempotency_key": idempotency_key}).idempotency_key,
             )
             return _batch_view(batch)
 

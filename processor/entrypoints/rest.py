@@ -9,14 +9,16 @@ Supabase access token, rows belong to them and RLS holds. Every error has one JS
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, status
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, status
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.datastructures import FormData, UploadFile
@@ -38,6 +40,7 @@ from processor.domain.request_schema import object_schema, options_properties, p
 from processor.domain.rules import (
     DEFAULT_LIST_LIMIT,
     EDIT_BODY_FIELDS_BYTES,
+    IDEMPOTENCY_KEY_MAX_CHARS,
     MAX_BATCH_SIZE,
     MAX_IMAGES,
     MAX_LIST_LIMIT,
@@ -76,6 +79,7 @@ class EditView(BaseModel):
     base: str = "blank"
     input_paths: list[str] = Field(default_factory=list, description="Its input objects in `edit-inputs`.")
     batch_id: uuid.UUID | None = Field(default=None, description="The batch that made it, if any.")
+    idempotency_key: str | None = Field(default=None, description="The key it was submitted with, if any.")
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -197,6 +201,7 @@ _BATCH_BODY = _body(
                 "maxItems": MAX_IMAGES - 1,
                 "description": "Objects every request also gets.",
             },
+            "idempotency_key": options_properties()["idempotency_key"],
         },
         description="The same edit over many images: each of `images` and `object_paths` makes one "
         f"request, each given the references after its image; at most {MAX_BATCH_SIZE} images.",
@@ -210,6 +215,7 @@ _BATCH_BODY = _body(
                 "maxItems": MAX_IMAGES - 1,
                 "description": "Images every request also gets.",
             },
+            "idempotency_key": options_properties(form=True)["idempotency_key"],
         }
     ),
 )
@@ -289,6 +295,28 @@ class _BatchBody:
     references: list[bytes]
     object_paths: list[str]
     reference_paths: list[str]
+    idempotency_key: str | None = None
+
+
+def _batch_key(fields: Mapping[str, Any], *, form: bool = False) -> str | None:
+    """A batch's ``idempotency_key`` field, read and checked as the request option of that name."""
+    return options_from_mapping({"idempotency_key": fields.get("idempotency_key")}, form=form).idempotency_key
+
+
+def _keyed(key: str | None, header: str | None) -> str | None:
+    """The idempotency key: the ``Idempotency-Key`` header's (a structured-field string, quoted or
+    not) or the body's ``idempotency_key``; both given, they must agree."""
+    if header is None:
+        return key
+    text = header.strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = re.sub(r'\\(["\\])', r"\1", text[1:-1])
+    checked = options_from_mapping({"idempotency_key": text}).idempotency_key
+    if key is not None and key != checked:
+        raise InvalidInput(
+            "the Idempotency-Key header and the idempotency_key field differ", reason=ReasonCode.INVALID_REQUEST
+        )
+    return checked
 
 
 async def _read_batch(request: Request, max_body: int) -> _BatchBody:
@@ -307,7 +335,12 @@ async def _read_batch(request: Request, max_body: int) -> _BatchBody:
         refs = [item for key in _REFERENCE_KEYS for item in form.getlist(key) if isinstance(item, UploadFile)]
         check_batch(params, len(files), len(refs))
         return _BatchBody(
-            params, [await item.read() for item in files], [await item.read() for item in refs], [], []
+            params,
+            [await item.read() for item in files],
+            [await item.read() for item in refs],
+            [],
+            [],
+            _batch_key(fields, form=True),
         )
     body = await _json_object(request)
     params = params_from_mapping(body)
@@ -319,6 +352,7 @@ async def _read_batch(request: Request, max_body: int) -> _BatchBody:
         decoded_images(references),
         paths,
         reference_paths,
+        _batch_key(body),
     )
 
 
@@ -329,6 +363,29 @@ def _view(row: dict[str, Any], **extra: Any) -> EditView:
 
 def _batch_view(batch: dict[str, Any], **extra: Any) -> BatchView:
     return BatchView.model_validate({**batch, "items": [_view(row) for row in batch["items"]], **extra})
+
+
+IdempotencyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="A key of yours (visible ASCII, at most "
+        f"{IDEMPOTENCY_KEY_MAX_CHARS} characters; a UUID, say) that makes a retry safe: the request it "
+        "made before is answered again (`Idempotent-Replayed: true`), never made twice. The same key "
+        "with another body is 422 `idempotency_key_reused`. Keys last as long as their request. The "
+        "IETF draft 'The Idempotency-Key HTTP Header Field'.",
+    ),
+]
+
+
+def _replay_header(row: Mapping[str, Any]) -> dict[str, str]:
+    return {"Idempotent-Replayed": "true"} if row.get("replayed") else {}
+
+
+def _created_headers(request: Request, route: str, parameter: str, row: Mapping[str, Any]) -> dict[str, str]:
+    """``Location`` of what a submit made (or found again), and whether it was found again."""
+    location = str(request.url_for(route, **{parameter: row["id"]}))
+    return {"Location": location, **_replay_header(row)}
 
 
 ACTIONS: Mapping[Action, str] = {
@@ -381,16 +438,25 @@ class RestApi:
             user: User = current_user,
             wait: Annotated[bool, Query(description="Wait for the result (up to `timeout`)")] = False,
             timeout: Annotated[float, Query(gt=0, le=WAIT_MAX_SECONDS)] = 120,
+            idempotency_key: IdempotencyHeader = None,
         ) -> JSONResponse:
-            """Upload the images, create the request and answer 202, or with `wait=true` the result."""
+            """Upload the images, create the request and answer 202, or with `wait=true` the result.
+            With an `Idempotency-Key`, a retry gets the request the key made (`Idempotent-Replayed:
+            true`) and nothing runs twice; the same key with another body is 422
+            `idempotency_key_reused`."""
             if wait:
                 actions.ensure_can_wait(user)  # before reading the body: the cheap refusal
             params, images, options = await _read_create(request, self.max_body_bytes)
+            options = dataclasses.replace(
+                options, idempotency_key=_keyed(options.idempotency_key, idempotency_key)
+            )
             if wait:
                 # One of the user's waits is held from before the upload: a refusal creates nothing.
                 row = await actions.submit_and_wait(user, images, params, options, timeout=timeout)
                 if row["status"] in TERMINAL:
-                    return JSONResponse((await self._finished(row)).model_dump(mode="json"))
+                    return JSONResponse(
+                        (await self._finished(row)).model_dump(mode="json"), headers=_replay_header(row)
+                    )
             else:
                 row = await actions.submit(user, images, params, options)
             accepted = EditAccepted(
@@ -399,7 +465,11 @@ class RestApi:
                 status_url=str(request.url_for("get_edit", request_id=row["id"])),
                 events_url=str(request.url_for("edit_events", request_id=row["id"])),
             )
-            return JSONResponse(accepted.model_dump(mode="json"), status_code=status.HTTP_202_ACCEPTED)
+            return JSONResponse(
+                accepted.model_dump(mode="json"),
+                status_code=status.HTTP_202_ACCEPTED,
+                headers=_created_headers(request, "get_edit", "request_id", row),
+            )
 
         @router.get("/edits", response_model=list[EditView], name="list_edits")
         async def list_edits(
@@ -475,9 +545,12 @@ class RestApi:
             openapi_extra=_BATCH_BODY,
             name="create_batch",
         )
-        async def create_batch(request: Request, user: User = current_user) -> JSONResponse:
+        async def create_batch(
+            request: Request, user: User = current_user, idempotency_key: IdempotencyHeader = None
+        ) -> JSONResponse:
             """The same edit over many images: one request per image, all created or none (a batch
-            over your limits is refused whole, 429). Follow it with `GET /v1/batches/{id}`."""
+            over your limits is refused whole, 429). Follow it with `GET /v1/batches/{id}`. With an
+            `Idempotency-Key`, a retry gets the batch the key made (`Idempotent-Replayed: true`)."""
             body = await _read_batch(request, self.max_body_bytes)
             batch = await actions.submit_batch(
                 user,
@@ -486,9 +559,12 @@ class RestApi:
                 body.params,
                 object_paths=body.object_paths,
                 reference_paths=body.reference_paths,
+                idempotency_key=_keyed(body.idempotency_key, idempotency_key),
             )
             return JSONResponse(
-                _batch_view(batch).model_dump(mode="json"), status_code=status.HTTP_202_ACCEPTED
+                _batch_view(batch).model_dump(mode="json"),
+                status_code=status.HTTP_202_ACCEPTED,
+                headers=_created_headers(request, "get_batch", "batch_id", batch),
             )
 
         @router.get("/batches/{batch_id}", response_model=BatchView, name="get_batch")

@@ -18,7 +18,7 @@ from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from processor.adapters.postgres.pool import Pool
-from processor.domain.errors import InvalidInput, LimitExceeded
+from processor.domain.errors import InvalidInput, KeyTaken, LimitExceeded
 from processor.domain.reasons import QUOTA_SQLSTATE, ReasonCode, reason_for_constraint
 from processor.domain.request import (
     NO_OPTIONS,
@@ -53,7 +53,7 @@ _VIEW_COLUMNS = (
     # What `authenticated` may select (migration 20261201000700): no lease, attempts or raw error.
     f"id, status, progress, {_PARAM_COLUMNS}, input_paths, output_bucket, output_path, error_code, "
     "error_message, result, created_at, started_at, finished_at, updated_at, batch_id, inputs_expired_at, "
-    "output_expired_at"
+    "output_expired_at, preview_path, preview_step, idempotency_key, idempotency_fingerprint"
 )
 _BATCH_COLUMNS = (
     "id, prompt, created_at, requests, awaiting_image, queued, processing, succeeded, failed, canceled, "
@@ -80,6 +80,10 @@ async def _batch(conn: psycopg.AsyncConnection[DictRow], batch_id: uuid.UUID) ->
         (batch_id,),
     )
     return {**batch, "items": await cursor.fetchall()}
+
+
+_KEY_INDEXES = frozenset({"edit_requests_idempotency_key_unique", "edit_batches_idempotency_key_unique"})
+"""The unique indexes of the idempotency keys: a violation of one is ``KeyTaken``."""
 
 
 class EditRequests:
@@ -117,6 +121,10 @@ class EditRequests:
                 f"request refused by the schema ({exc.diag.constraint_name}){said}",
                 reason=reason_for_constraint(exc.diag.constraint_name),
             ) from exc
+        except psycopg.errors.UniqueViolation as exc:
+            if exc.diag.constraint_name not in _KEY_INDEXES:
+                raise
+            raise KeyTaken("an earlier request holds this idempotency key") from exc
         except psycopg.errors.InsufficientPrivilege as exc:
             # RLS: a path outside the caller's own folder (or a batch that is not theirs).
             raise InvalidInput(
@@ -145,16 +153,27 @@ class EditRequests:
         paths: Sequence[str],
         params: EditParams,
         options: RequestOptions = NO_OPTIONS,
+        *,
+        fingerprint: str | None = None,
     ) -> dict[str, Any]:
         async with self._refusals(), self._as_user(user) as conn:
             cursor = await conn.execute(
-                f"insert into public.edit_requests (id, input_paths, {_PARAM_COLUMNS}, {_OPTION_COLUMNS}) "
-                f"values (%s, %s, {_PARAM_MARKS}, {_OPTION_MARKS}) returning {_VIEW_COLUMNS}",
-                (request_id, list(paths), *_values(params), *_values(options)),
+                f"insert into public.edit_requests (id, input_paths, {_PARAM_COLUMNS}, {_OPTION_COLUMNS}, "
+                f"idempotency_fingerprint) values (%s, %s, {_PARAM_MARKS}, {_OPTION_MARKS}, %s) "
+                f"returning {_VIEW_COLUMNS}",
+                (request_id, list(paths), *_values(params), *_values(options), fingerprint),
             )
             row = await cursor.fetchone()
         assert row is not None
         return row
+
+    async def find(self, user: User, idempotency_key: str) -> dict[str, Any] | None:
+        async with self._as_user(user) as conn:
+            cursor = await conn.execute(
+                f"select {_VIEW_COLUMNS} from public.edit_requests where idempotency_key = %s",
+                (idempotency_key,),
+            )
+            return await cursor.fetchone()
 
     async def insert_batch(
         self,
@@ -163,17 +182,32 @@ class EditRequests:
         paths: Sequence[str],
         reference_paths: Sequence[str],
         params: EditParams,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
     ) -> dict[str, Any]:
         # One statement: its trigger inserts every request, or the statement fails whole.
         async with self._refusals(), self._as_user(user) as conn:
             await conn.execute(
-                f"insert into public.edit_batches (id, input_paths, reference_paths, {_PARAM_COLUMNS}) "
-                f"values (%s, %s, %s, {_PARAM_MARKS})",
-                (batch_id, list(paths), list(reference_paths), *_values(params)),
+                "insert into public.edit_batches (id, input_paths, reference_paths, idempotency_key, "
+                f"idempotency_fingerprint, {_PARAM_COLUMNS}) values (%s, %s, %s, %s, %s, {_PARAM_MARKS})",
+                (batch_id, list(paths), list(reference_paths), idempotency_key, fingerprint, *_values(params)),
             )
             batch = await _batch(conn, batch_id)
         assert batch is not None
         return batch
+
+    async def find_batch(self, user: User, idempotency_key: str) -> dict[str, Any] | None:
+        async with self._as_user(user) as conn:
+            cursor = await conn.execute(
+                "select id, idempotency_fingerprint from public.edit_batches where idempotency_key = %s",
+                (idempotency_key,),
+            )
+            found = await cursor.fetchone()
+            if found is None:
+                return None
+            batch = await _batch(conn, found["id"])
+        return None if batch is None else {**batch, "idempotency_fingerprint": found["idempotency_fingerprint"]}
 
     async def get_batch(self, user: User, batch_id: uuid.UUID) -> dict[str, Any] | None:
         async with self._as_user(user) as conn:

@@ -24,9 +24,17 @@ class UserRequests(Protocol):
         paths: Sequence[str],
         params: EditParams,
         options: RequestOptions = NO_OPTIONS,
+        *,
+        fingerprint: str | None = None,
     ) -> dict[str, Any]:
-        """Insert the row with the request's parameters and options (each in the column of its name);
-        ``InvalidInput`` or ``LimitExceeded`` when the schema refuses it."""
+        """Insert the row with the request's parameters and options (each in the column of its name)
+        and the body's ``fingerprint`` (``domain.idempotency``); ``InvalidInput`` or ``LimitExceeded``
+        when the schema refuses it, ``KeyTaken`` when an earlier request of the user holds its
+        ``idempotency_key``."""
+        ...
+
+    async def find(self, user: User, idempotency_key: str) -> dict[str, Any] | None:
+        """The user's request holding ``idempotency_key`` (as ``get`` shows it), if any."""
         ...
 
     async def get(self, user: User, request_id: uuid.UUID) -> dict[str, Any] | None: ...
@@ -42,10 +50,19 @@ class UserRequests(Protocol):
         paths: Sequence[str],
         reference_paths: Sequence[str],
         params: EditParams,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
     ) -> dict[str, Any]:
         """Insert a batch: one request per path, each with ``reference_paths`` after its image, all
         under the rules and limits of a single insert. ``InvalidInput`` or ``LimitExceeded`` when the
-        schema refuses any of them, and then nothing is created. Returns ``get_batch``'s view."""
+        schema refuses any of them, and then nothing is created; ``KeyTaken`` as ``insert``. Returns
+        ``get_batch``'s view."""
+        ...
+
+    async def find_batch(self, user: User, idempotency_key: str) -> dict[str, Any] | None:
+        """The user's batch holding ``idempotency_key`` (as ``get_batch`` shows it, with its
+        ``idempotency_fingerprint``), if any."""
         ...
 
     async def get_batch(self, user: User, batch_id: uuid.UUID) -> dict[str, Any] | None:
