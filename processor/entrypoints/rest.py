@@ -314,7 +314,8 @@ def _keyed(key: str | None, header: str | None) -> str | None:
     checked = options_from_mapping({"idempotency_key": text}).idempotency_key
     if key is not None and key != checked:
         raise InvalidInput(
-            "the Idempotency-Key header and the idempotency_key field differ", reason=ReasonCode.INVALID_REQUEST
+            "the Idempotency-Key header and the idempotency_key field differ",
+            reason=ReasonCode.INVALID_REQUEST,
         )
     return checked
 

@@ -191,7 +191,14 @@ class EditRequests:
             await conn.execute(
                 "insert into public.edit_batches (id, input_paths, reference_paths, idempotency_key, "
                 f"idempotency_fingerprint, {_PARAM_COLUMNS}) values (%s, %s, %s, %s, %s, {_PARAM_MARKS})",
-                (batch_id, list(paths), list(reference_paths), idempotency_key, fingerprint, *_values(params)),
+                (
+                    batch_id,
+                    list(paths),
+                    list(reference_paths),
+                    idempotency_key,
+                    fingerprint,
+                    *_values(params),
+                ),
             )
             batch = await _batch(conn, batch_id)
         assert batch is not None
@@ -207,7 +214,9 @@ class EditRequests:
             if found is None:
                 return None
             batch = await _batch(conn, found["id"])
-        return None if batch is None else {**batch, "idempotency_fingerprint": found["idempotency_fingerprint"]}
+        return (
+            None if batch is None else {**batch, "idempotency_fingerprint": found["idempotency_fingerprint"]}
+        )
 
     async def get_batch(self, user: User, batch_id: uuid.UUID) -> dict[str, Any] | None:
         async with self._as_user(user) as conn:
