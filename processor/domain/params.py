@@ -68,6 +68,13 @@ def check_batch(params: EditParams, images: int, references: int) -> None:
     check_request(params, 1 + references)
 
 
+def request_cost(params: EditParams) -> float:
+    """What a request charges against ``max_cost_per_hour``: steps × output megapixels (1 MP = 1024²;
+    the model's default area without a size). SQL's ``edit_request_cost`` is the same rule."""
+    area = params.width * params.height if params.width and params.height else 1024 * 1024
+    return params.num_inference_steps * area / (1024 * 1024)
+
+
 def check_image_count(count: int) -> None:
     if count > MAX_IMAGES:
         raise InvalidInput(

@@ -8,6 +8,7 @@ column grants decide what a caller may do; this adapter adds no access rules of 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from psycopg.types.json import Jsonb
 
 from processor.adapters.postgres.pool import Pool
 from processor.domain.errors import InvalidInput, KeyTaken, LimitExceeded
+from processor.domain.params import request_cost
 from processor.domain.reasons import QUOTA_SQLSTATE, ReasonCode, reason_for_constraint
 from processor.domain.request import (
     NO_OPTIONS,
@@ -108,8 +110,9 @@ class EditRequests:
             yield conn
 
     @asynccontextmanager
-    async def _refusals(self) -> AsyncIterator[None]:
-        """What the schema's refusal of an insert means, as the domain's errors."""
+    async def _refusals(self, user: User, requests: int, cost: float) -> AsyncIterator[None]:
+        """What the schema's refusal of an insert of ``requests`` requests costing ``cost`` in all
+        means, as the domain's errors."""
         try:
             yield
         except psycopg.errors.CheckViolation as exc:
@@ -141,10 +144,29 @@ class EditRequests:
             if exc.sqlstate != QUOTA_SQLSTATE:
                 raise
             # The per-user limits of edit_user_limits (migration 20261201000500): HTTP 429, not 500.
+            message = str(exc.diag.message_primary or "a per-user limit is reached")
             raise LimitExceeded(
-                str(exc.diag.message_primary or "a per-user limit is reached"),
+                message,
                 reason=ReasonCode.QUOTA_EXCEEDED,
+                retry_after=await self._retry_after(user, message, requests, cost),
             ) from exc
+
+    async def _retry_after(self, user: User, message: str, requests: int, cost: float) -> float | None:
+        """When the refused insert would pass (``edit_request_retry_after``), if the database can tell;
+        the refusal's message names the limit ("... limit exceeded: max_cost_per_hour (20000)")."""
+        named = re.search(r"exceeded: ([a-z_]+)", message)
+        if named is None:
+            return None
+        try:
+            async with self._as_user(user) as conn:
+                cursor = await conn.execute(
+                    "select public.edit_request_retry_after(%s, %s, %s) as seconds",
+                    (named.group(1), requests, cost),
+                )
+                row = await cursor.fetchone()
+        except psycopg.Error:
+            return None  # the refusal stands; only the hint is lost
+        return None if row is None or row["seconds"] is None else float(row["seconds"])
 
     async def insert(
         self,
@@ -156,7 +178,7 @@ class EditRequests:
         *,
         fingerprint: str | None = None,
     ) -> dict[str, Any]:
-        async with self._refusals(), self._as_user(user) as conn:
+        async with self._refusals(user, 1, request_cost(params)), self._as_user(user) as conn:
             cursor = await conn.execute(
                 f"insert into public.edit_requests (id, input_paths, {_PARAM_COLUMNS}, {_OPTION_COLUMNS}, "
                 f"idempotency_fingerprint) values (%s, %s, {_PARAM_MARKS}, {_OPTION_MARKS}, %s) "
@@ -187,7 +209,8 @@ class EditRequests:
         fingerprint: str | None = None,
     ) -> dict[str, Any]:
         # One statement: its trigger inserts every request, or the statement fails whole.
-        async with self._refusals(), self._as_user(user) as conn:
+        count = len(paths)
+        async with self._refusals(user, count, count * request_cost(params)), self._as_user(user) as conn:
             await conn.execute(
                 "insert into public.edit_batches (id, input_paths, reference_paths, idempotency_key, "
                 f"idempotency_fingerprint, {_PARAM_COLUMNS}) values (%s, %s, %s, %s, %s, {_PARAM_MARKS})",
