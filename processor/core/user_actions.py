@@ -15,6 +15,7 @@ in ``edit-inputs``; the row's insert trigger sees them and queues the request.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -51,6 +52,7 @@ from processor.domain.rules import (
     INPUT_BUCKET,
     MAX_LIST_LIMIT,
     MAX_OUTPUT_BYTES,
+    STATUSES,
     STREAM_MAX_SECONDS,
     TERMINAL,
     VALIDATION_THREADS,
@@ -63,6 +65,9 @@ Row = dict[str, Any]
 """A request as its owner sees it (``UserRequests.get``), or a batch (``get_batch``)."""
 
 log = logging.getLogger(__name__)
+
+SIGNING_CONCURRENCY = 8
+"""Signed URLs one list asks Storage for at once."""
 
 _FORMATS = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "WEBP": ("webp", "image/webp")}
 
@@ -84,7 +89,7 @@ class Action(StrEnum):
     WAIT = "wait"
     """The request once it is finished, or as it stands when the wait runs out."""
     FOLLOW = "follow"
-    """Each change of status or progress until the request is finished."""
+    """Each change of status, progress or live preview until the request is finished."""
     GET_BATCH = "get_batch"
     """A batch's counts by status, progress and requests."""
     CANCEL_BATCH = "cancel_batch"
@@ -271,9 +276,35 @@ class UserActions:
         retention deleted the output). ``NotFound`` when it is not the user's."""
         return await self._with_url(await self._owned(user, request_id))
 
-    async def recent(self, user: User, limit: int = DEFAULT_LIST_LIMIT) -> list[Row]:
-        """``Action.LIST``: the user's most recent requests, newest first (1 to ``MAX_LIST_LIMIT``)."""
-        return await self._requests.recent(user, max(1, min(limit, MAX_LIST_LIMIT)))
+    async def recent(
+        self,
+        user: User,
+        limit: int = DEFAULT_LIST_LIMIT,
+        *,
+        before: uuid.UUID | None = None,
+        statuses: Sequence[str] = (),
+    ) -> list[Row]:
+        """``Action.LIST``: the user's requests, newest first (1 to ``MAX_LIST_LIMIT``), each with its
+        signed URLs: those created before the request ``before`` (the last of the previous page),
+        and of ``statuses`` only if given."""
+        unknown = set(statuses) - set(STATUSES)
+        if unknown:
+            raise InvalidInput(
+                f"unknown status {sorted(unknown)[0]!r}; one of {', '.join(STATUSES)}",
+                reason=ReasonCode.INVALID_PARAMETER,
+            )
+        if before is not None:
+            await self._owned(user, before)  # a cursor of another user's is no cursor
+        rows = await self._requests.recent(
+            user, max(1, min(limit, MAX_LIST_LIMIT)), before=before, statuses=tuple(statuses)
+        )
+        signing = asyncio.Semaphore(SIGNING_CONCURRENCY)
+
+        async def signed(row: Row) -> Row:
+            async with signing:
+                return await self._with_url(row)
+
+        return list(await asyncio.gather(*(signed(row) for row in rows)))
 
     async def get_batch(self, user: User, batch_id: uuid.UUID) -> Row:
         """``Action.GET_BATCH``: counts by status, ``finished``, ``progress`` and ``items`` (its requests
@@ -303,8 +334,22 @@ class UserActions:
             row["output_bucket"], row["output_path"], expires_in=self._signed_url_seconds
         )
 
+    async def preview_url(self, row: Row) -> str | None:
+        """A signed URL of a running request's latest live preview (docs/previews.md); None when it has
+        none. Best effort: the preview is replaced and deleted as the edit goes on."""
+        if row["status"] != "processing" or not row.get("preview_path"):
+            return None
+        try:
+            return await self._storage.signed_url(
+                row["output_bucket"], row["preview_path"], expires_in=self._signed_url_seconds
+            )
+        except ProcessorError as exc:  # gone between the read and the signing, or Storage is down
+            log.info("no preview URL for %s: %s", row["id"], exc)
+            return None
+
     async def _with_url(self, row: Row) -> Row:
-        return {**row, "output_url": await self.output_url(row)}
+        """The row with ``output_url`` and ``preview_url``."""
+        return {**row, "output_url": await self.output_url(row), "preview_url": await self.preview_url(row)}
 
     # --- Cancel ------------------------------------------------------------------------------------
 
@@ -367,7 +412,7 @@ class UserActions:
         self, user: User, request_id: uuid.UUID, *, seconds: float | None = None
     ) -> AsyncGenerator[Row, None]:
         """``Action.FOLLOW``: refuse at once (``NotFound``, ``LimitExceeded``), then a stream of the
-        request each time its status or progress changes, until it is finished or the stream's
+        request each time its status, progress or preview changes, until it is finished or the stream's
         lifetime (``seconds``, at most the configured one) is over."""
         await self._owned(user, request_id)
         self.ensure_can_wait(user)
@@ -384,12 +429,12 @@ class UserActions:
             contextlib.nullcontext() if held else self._held_by(user),
             self._changes.watch(request_id) as watch,
         ):
-            last: tuple[Any, Any] | None = None
+            last: tuple[Any, Any, Any] | None = None
             while True:
                 row = await self._requests.get(user, request_id)
                 if row is None:
                     return
-                state = (row["status"], row["progress"])
+                state = (row["status"], row["progress"], row.get("preview_step"))
                 if state != last:
                     last = state
                     yield row

@@ -8,14 +8,18 @@ the table). Duplicates and late deliveries are harmless.
 from __future__ import annotations
 
 import hmac
+import logging
+import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 import processor
@@ -69,6 +73,27 @@ class Readiness(BaseModel):
     lease_sweep: str | None = None
 
 
+class _RedactStreamTokens(logging.Filter):
+    """Access log lines show ``?token=[redacted]``: a stream token in a URL opens a stream until it
+    expires, and logs are read by more people than the user."""
+
+    _TOKEN = re.compile(r"([?&]token=)[^&\s\"]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self._TOKEN.sub(r"\1[redacted]", arg) if isinstance(arg, str) else arg for arg in record.args
+            )
+        return True
+
+
+def redact_stream_tokens_in_access_logs() -> None:
+    """Once per process, whatever the logging set-up: uvicorn logs each request to ``uvicorn.access``."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(item, _RedactStreamTokens) for item in access.filters):
+        access.addFilter(_RedactStreamTokens())
+
+
 def install_health(app: FastAPI, service: ProcessorService) -> None:
     """``/healthz`` and ``/readyz``: on the full app, and alone on the worker's health server."""
 
@@ -107,6 +132,13 @@ def create_health_app(service: ProcessorService) -> FastAPI:
     return app
 
 
+CORS_ALLOWED_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID",
+                        "Mcp-Session-Id", "Mcp-Protocol-Version")  # fmt: skip
+"""What a browser app sends besides the CORS-safelisted headers (MCP's are for browser MCP clients)."""
+CORS_EXPOSED_HEADERS = ("Retry-After", "Location", "Idempotent-Replayed", "Link", "Mcp-Session-Id")
+"""What a browser app reads from an answer (a page may read only the safelisted ones unless told)."""
+
+
 def create_app(
     service: ProcessorService,
     *,
@@ -114,8 +146,14 @@ def create_app(
     metrics_token: SecretStr | None = None,
     api: RestApi | None = None,
     mcp: MCPServer | None = None,
+    cors_origins: Sequence[str] = (),
+    cors_origin_regex: str | None = None,
 ) -> FastAPI:
-    """The app; its lifespan starts and drains ``service`` (and opens the REST API and MCP)."""
+    """The app; its lifespan starts and drains ``service`` (and opens the REST API and MCP).
+
+    ``cors_origins`` (``CORS_ORIGINS``) and ``cors_origin_regex`` (``dev``'s loopback pages): the
+    origins whose pages may call it from a browser. Credentials are a bearer header, never a cookie,
+    so no answer allows credentials."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -129,13 +167,26 @@ def create_app(
             stack.push_async_callback(service.stop)
             yield
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc with Swagger UI's and ReDoc's files from the package, not a CDN.
+    app = FastAPIOffline(
         title="qwen-edit-processor",
         version=processor.__version__,
         summary="Qwen-Image-Edit-2509 image edits behind Supabase",
         lifespan=lifespan,
+        swagger_ui_parameters={"persistAuthorization": True},
     )
     install_error_handlers(app)
+    redact_stream_tokens_in_access_logs()
+    if cors_origins or cors_origin_regex:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_origin_regex=cors_origin_regex,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=list(CORS_ALLOWED_HEADERS),
+            expose_headers=list(CORS_EXPOSED_HEADERS),
+            max_age=600,
+        )
     if api is not None:
         api.install(app)
     secret = webhook_secret

@@ -63,7 +63,11 @@ _VIEW_KEYS = (
     "finished_at",
     "inputs_expired_at",
     "output_expired_at",
+    "preview_step",
+    "idempotency_key",
 )
+_URL_KEYS = ("output_url", "preview_url")
+"""Signed URLs, where the action signed them (get, wait, list)."""
 
 
 _BATCH_KEYS = (
@@ -92,6 +96,7 @@ def _batch_view(batch: dict[str, Any]) -> dict[str, Any]:
 def _view(row: dict[str, Any]) -> dict[str, Any]:
     # `error` is the message written for users (the row's raw `error` is not theirs to read).
     view = {key: row["error_message"] if key == "error" else row[key] for key in _VIEW_KEYS}
+    view.update({key: row[key] for key in _URL_KEYS if key in row})
     return json.loads(json.dumps(view, default=str))  # type: ignore[no-any-return]
 
 
@@ -238,11 +243,14 @@ def create_mcp_server(
 
     @mcp.tool()
     async def get_edit_status(edit_id: str, ctx: Context) -> dict[str, Any]:
-        """Status, progress, result metadata and a signed URL of the output of one of your edits."""
-        row = await answer(actions.get(user_of(ctx), _id(edit_id, "edit_id")))
-        return {**_view(row), "output_url": row["output_url"]}
+        """Status, progress, result metadata and signed URLs of one of your edits: `output_url` once it
+        succeeded, `preview_url` (a live preview at `preview_step`) while it runs."""
+        return _view(await answer(actions.get(user_of(ctx), _id(edit_id, "edit_id"))))
 
-    @mcp.tool(description=f"Your most recent edits, newest first (`limit`: 1 to {MAX_LIST_LIMIT}).")
+    @mcp.tool(
+        description=f"Your most recent edits, newest first (`limit`: 1 to {MAX_LIST_LIMIT}), with their "
+        "signed URLs."
+    )
     async def list_recent_edits(ctx: Context, limit: int = DEFAULT_LIST_LIMIT) -> list[dict[str, Any]]:
         return [_view(row) for row in await answer(actions.recent(user_of(ctx), limit))]
 
@@ -258,15 +266,17 @@ def create_mcp_server(
         timeout_seconds: Annotated[float, Field(ge=0, le=WAIT_MAX_SECONDS)] = WAIT_MAX_SECONDS,
     ) -> dict[str, Any]:
         """Wait until one of your edits is finished (up to `timeout_seconds`), sending its progress as
-        progress notifications; returns it as `get_edit_status` does."""
+        progress notifications (the message names the live preview's step, when there is one);
+        returns it as `get_edit_status` does."""
         user = user_of(ctx)
 
         async def follow() -> dict[str, Any]:
             rows = await actions.follow(user, _id(edit_id, "edit_id"), seconds=timeout_seconds)
             async for row in rows:
-                await ctx.report_progress(float(row["progress"]), 1.0, row["status"])
-            final = await actions.get(user, _id(edit_id, "edit_id"))
-            return {**_view(final), "output_url": final["output_url"]}
+                step = row.get("preview_step")
+                message = row["status"] if step is None else f"{row['status']} (preview at step {step})"
+                await ctx.report_progress(float(row["progress"]), 1.0, message)
+            return _view(await actions.get(user, _id(edit_id, "edit_id")))
 
         return await answer(follow())
 

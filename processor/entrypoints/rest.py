@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, status
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response, Security, status
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
@@ -45,6 +46,7 @@ from processor.domain.rules import (
     MAX_IMAGES,
     MAX_LIST_LIMIT,
     MULTIPART_MAX_FIELDS,
+    STATUSES,
     TERMINAL,
     WAIT_MAX_SECONDS,
     edit_body_bytes,
@@ -53,6 +55,23 @@ from processor.domain.users import User
 from processor.entrypoints.auth import TokenVerifier
 from processor.entrypoints.bodies import capped_request
 from processor.entrypoints.errors import ApiError, ErrorResponse
+from processor.entrypoints.stream_tokens import StreamTokens
+
+_BEARER = HTTPBearer(
+    bearerFormat="JWT",
+    scheme_name="bearerAuth",
+    description="The user's Supabase access token (`session.access_token`); never the anon or service key.",
+    auto_error=False,
+)
+_STREAM_TOKEN = APIKeyQuery(
+    name="token",
+    scheme_name="streamToken",
+    description="A stream token from `POST /v1/edits/{id}/stream-token`: opens that request's events only.",
+    auto_error=False,
+)
+# Security dependencies: they document the schemes in the OpenAPI document ("Authorize" in /docs).
+_BEARER_HEADER = Security(_BEARER)
+_STREAM_TOKEN_QUERY = Security(_STREAM_TOKEN)
 
 
 class EditAccepted(BaseModel):
@@ -60,6 +79,14 @@ class EditAccepted(BaseModel):
     status: str
     status_url: str
     events_url: str
+
+
+class StreamTokenView(BaseModel):
+    """What opens one request's event stream from a browser (``EventSource`` sends no headers)."""
+
+    token: str = Field(description="Pass it as `?token=`; it opens this request's stream only.")
+    expires_at: datetime = Field(description="Open the stream before then; ask again for a new one.")
+    events_url: str = Field(description="The stream's URL with the token: `new EventSource(events_url)`.")
 
 
 class EditView(BaseModel):
@@ -73,6 +100,10 @@ class EditView(BaseModel):
     error_code: str | None = None
     result: dict[str, Any] | None = None
     output_url: str | None = Field(default=None, description="Signed URL of the result, when succeeded.")
+    preview_url: str | None = Field(
+        default=None, description="Signed URL of the latest live preview while it runs (docs/previews.md)."
+    )
+    preview_step: int | None = Field(default=None, description="The denoising step the preview shows.")
     image: str | None = Field(default=None, description="The result as base64 PNG (`wait=true` only).")
     width: int | None = None
     height: int | None = None
@@ -406,9 +437,10 @@ ACTIONS: Mapping[Action, str] = {
 class RestApi:
     """The ``/v1`` router over the user's actions; opened and closed with the app."""
 
-    def __init__(self, actions: UserActions, verifier: TokenVerifier) -> None:
+    def __init__(self, actions: UserActions, verifier: TokenVerifier, stream_tokens: StreamTokens) -> None:
         self.actions = actions
         self.verifier = verifier
+        self.stream_tokens = stream_tokens
         self.max_body_bytes = edit_body_bytes(MAX_IMAGES, actions.limits.max_bytes)
 
     async def open(self) -> None:
@@ -417,13 +449,27 @@ class RestApi:
     async def close(self) -> None:
         await self.actions.close()
 
-    def current_user(self, request: Request) -> User:
+    def current_user(self, request: Request, _: HTTPAuthorizationCredentials | None = _BEARER_HEADER) -> User:
+        # The header is read whole (the verifier refuses other schemes); the dependency documents it.
+        return self.verifier.verify(request.headers.get("authorization"))
+
+    def stream_user(
+        self,
+        request: Request,
+        request_id: uuid.UUID,
+        token: str | None = _STREAM_TOKEN_QUERY,
+        _: HTTPAuthorizationCredentials | None = _BEARER_HEADER,
+    ) -> User:
+        """The bearer of the access token, or of a stream token minted for this request."""
+        if token is not None:
+            return self.stream_tokens.verify(token, request_id)
         return self.verifier.verify(request.headers.get("authorization"))
 
     def router(self) -> APIRouter:
         router = APIRouter(prefix="/v1", tags=["edits"], responses=_ERRORS)
         # A default, not Annotated: with postponed annotations FastAPI resolves names in module scope.
         current_user = Depends(self.current_user)
+        stream_user = Depends(self.stream_user)
         actions = self.actions
 
         @router.post(
@@ -472,13 +518,33 @@ class RestApi:
                 headers=_created_headers(request, "get_edit", "request_id", row),
             )
 
-        @router.get("/edits", response_model=list[EditView], name="list_edits")
+        @router.get(
+            "/edits",
+            response_model=list[EditView],
+            name="list_edits",
+            responses={200: {"headers": {"Link": {"description": 'The next page: `<url>; rel="next"`'}}}},
+        )
         async def list_edits(
+            request: Request,
+            response: Response,
             user: User = current_user,
             limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = DEFAULT_LIST_LIMIT,
+            before: Annotated[
+                uuid.UUID | None,
+                Query(description="The next page: the edits created before this one (the last you got)."),
+            ] = None,
+            status_: Annotated[
+                list[str] | None,
+                Query(alias="status", description=f"Only these statuses (repeat it): {', '.join(STATUSES)}."),
+            ] = None,
         ) -> list[EditView]:
-            """Your most recent edits, newest first."""
-            return [_view(row) for row in await actions.recent(user, limit)]
+            """Your edits, newest first, with their signed URLs (output, live preview). A full page
+            has a `Link: <...>; rel="next"` header (and the next page starts `before` its last edit)."""
+            rows = await actions.recent(user, limit, before=before, statuses=status_ or ())
+            if len(rows) == limit:
+                following = request.url.include_query_params(before=str(rows[-1]["id"]))
+                response.headers["Link"] = f'<{following}>; rel="next"'
+            return [_view(row) for row in rows]
 
         @router.get("/edits/{request_id}", response_model=EditView, name="get_edit")
         async def get_edit(
@@ -494,6 +560,27 @@ class RestApi:
             final = await actions.wait(user, request_id, timeout)
             return await self._finished(final) if final["status"] in TERMINAL else _view(final)
 
+        @router.post(
+            "/edits/{request_id}/stream-token",
+            response_model=StreamTokenView,
+            name="create_stream_token",
+        )
+        async def create_stream_token(
+            request: Request, request_id: uuid.UUID, user: User = current_user
+        ) -> StreamTokenView:
+            """A short-lived token that opens this request's event stream without a header (for a
+            browser's `EventSource`): `new EventSource(events_url)`. It lasts `STREAM_TOKEN_SECONDS`
+            (60 s; never past your access token) and opens this request's stream only; once the
+            stream ends or fails, ask for a new one."""
+            await actions.get(user, request_id)  # 404 unless it is the caller's
+            minted = self.stream_tokens.mint(user, request_id)
+            events_url = request.url_for("edit_events", request_id=request_id).include_query_params(
+                token=minted.token
+            )
+            return StreamTokenView(
+                token=minted.token, expires_at=minted.expires_at, events_url=str(events_url)
+            )
+
         @router.get(
             "/edits/{request_id}/events",
             name="edit_events",
@@ -502,23 +589,23 @@ class RestApi:
                 200: {"content": {"text/event-stream": {}}, "description": "progress events, then done"}
             },
         )
-        async def edit_events(request_id: uuid.UUID, user: User = current_user) -> StreamingResponse:
-            """Server-sent events: `progress` on every status or progress change, then `done`.
-            A stream lasts at most `STREAM_MAX_SECONDS` (clients reconnect); a user holds at most
-            `WAITS_PER_USER` streams and waits at once (429 beyond)."""
+        async def edit_events(request_id: uuid.UUID, user: User = stream_user) -> StreamingResponse:
+            """Server-sent events: `progress` on every change of status, progress or live preview
+            (`preview_url`, `preview_step`), then `done` (with `output_url` when it succeeded).
+            Authenticate with the bearer header, or from a browser with `?token=` from
+            `POST /v1/edits/{id}/stream-token`. A stream lasts at most `STREAM_MAX_SECONDS`; a user
+            holds at most `WAITS_PER_USER` streams and waits at once (429 beyond)."""
             rows = await actions.follow(user, request_id)  # 404 or 429 before the stream starts
 
             async def stream() -> AsyncIterator[str]:
                 async for row in rows:
-                    payload = {"id": str(row["id"]), "status": row["status"], "progress": row["progress"]}
-                    if row["status"] in TERMINAL:
-                        payload.update(error=row["error_message"], error_code=row["error_code"])
-                        yield f"event: done\ndata: {json.dumps(payload)}\n\n"
-                    else:
-                        yield f"event: progress\ndata: {json.dumps(payload)}\n\n"
+                    yield await self._event(row)
 
             return StreamingResponse(
-                stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
+                stream(),
+                media_type="text/event-stream",
+                # no-transform and X-Accel-Buffering: proxies pass each event on as it comes.
+                headers={"cache-control": "no-cache, no-transform", "x-accel-buffering": "no"},
             )
 
         @router.delete("/edits/{request_id}", response_model=EditView, name="cancel_edit")
@@ -528,6 +615,19 @@ class RestApi:
 
         self._batch_routes(router, current_user)
         return router
+
+    async def _event(self, row: dict[str, Any]) -> str:
+        """One server-sent event: ``progress`` (with the live preview), or ``done`` once finished."""
+        payload: dict[str, Any] = {"id": str(row["id"]), "status": row["status"], "progress": row["progress"]}
+        if row["status"] in TERMINAL:
+            payload.update(
+                error=row["error_message"],
+                error_code=row["error_code"],
+                output_url=await self.actions.output_url(row),
+            )
+            return f"event: done\ndata: {json.dumps(payload)}\n\n"
+        payload.update(preview_step=row.get("preview_step"), preview_url=await self.actions.preview_url(row))
+        return f"event: progress\ndata: {json.dumps(payload)}\n\n"
 
     async def _finished(self, row: dict[str, Any]) -> EditView:
         """A finished request, with its output as base64 PNG when it succeeded."""

@@ -258,11 +258,32 @@ class EditRequests:
             )
             return await cursor.fetchone()
 
-    async def recent(self, user: User, limit: int = 20) -> list[dict[str, Any]]:
+    async def recent(
+        self,
+        user: User,
+        limit: int = 20,
+        *,
+        before: uuid.UUID | None = None,
+        statuses: Sequence[str] = (),
+    ) -> list[dict[str, Any]]:
+        # Keyset paging on (created_at, id), newest first: the owner's (user_id, created_at) index
+        # (RLS adds the user) finds the page however deep it is.
+        conditions: list[str] = []
+        values: list[Any] = []
+        if before is not None:
+            conditions.append(
+                "(created_at, id) < (select b.created_at, b.id from public.edit_requests b where b.id = %s)"
+            )
+            values.append(before)
+        if statuses:
+            conditions.append("status = any(%s)")
+            values.append(list(statuses))
+        where = f"where {' and '.join(conditions)} " if conditions else ""
         async with self._as_user(user) as conn:
             cursor = await conn.execute(
-                f"select {_VIEW_COLUMNS} from public.edit_requests order by created_at desc limit %s",
-                (limit,),
+                f"select {_VIEW_COLUMNS} from public.edit_requests {where}"
+                "order by created_at desc, id desc limit %s",
+                (*values, limit),
             )
             return await cursor.fetchall()
 

@@ -39,7 +39,17 @@ class UserRequests(Protocol):
 
     async def get(self, user: User, request_id: uuid.UUID) -> dict[str, Any] | None: ...
 
-    async def recent(self, user: User, limit: int = 20) -> list[dict[str, Any]]: ...
+    async def recent(
+        self,
+        user: User,
+        limit: int = 20,
+        *,
+        before: uuid.UUID | None = None,
+        statuses: Sequence[str] = (),
+    ) -> list[dict[str, Any]]:
+        """The user's requests, newest first (by ``created_at``, then id): at most ``limit``, created
+        before the request ``before`` if given, of ``statuses`` if given."""
+        ...
 
     async def cancel(self, user: User, request_id: uuid.UUID) -> bool: ...
 
