@@ -186,3 +186,34 @@ def test_concurrent_waiting_submits_past_the_bound_create_nothing_they_refuse(
     assert all(r.json()["error"]["code"] == "too_many_waits" for r in refused)
     rows = harness.db.execute("select id from edit_requests where user_id = %s", (user,)).fetchall()
     assert sorted(str(row["id"]) for row in rows) == sorted(answered)
+
+
+def test_a_new_live_preview_reaches_a_waiter_by_notification(
+    database_url: str,
+    storage_server: StorageServer,
+    add_request: Callable[..., uuid.UUID],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Event streams send each preview (preview_url, preview_step) as it comes, not at the next progress.
+    monkeypatch.setattr(user_actions_module, "CHANGES_FALLBACK_SECONDS", 3600.0)
+    request_id = add_request()
+
+    async def main() -> list[Any]:
+        actions = actions_for(database_url, storage_server)
+        await actions.open()
+        try:
+            async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as worker:
+                stream = await actions.follow(owner(), request_id)
+                await anext(stream)
+                await worker.execute("select * from public.claim_edit_request('w', 60, %s)", (request_id,))
+                await asyncio.wait_for(anext(stream), timeout=10)
+                await worker.execute(
+                    "select public.preview_edit_request(%s, 'w', %s, 3)", (request_id, f"{OWNER}/p.webp")
+                )
+                previewed = await asyncio.wait_for(anext(stream), timeout=10)
+                await stream.aclose()
+        finally:
+            await actions.close()
+        return [previewed["status"], previewed["preview_step"]]
+
+    assert asyncio.run(main()) == ["processing", 3]
