@@ -16,7 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
+from processor.domain.rules import WAITS_PER_USER
 from processor.domain.users import User
+from processor.entrypoints import rest as rest_module
 from processor.entrypoints.http_app import redact_stream_tokens_in_access_logs
 from processor.entrypoints.stream_tokens import StreamTokens
 from tests.conftest import GatedEditor, Harness, png_bytes, wait_for
@@ -270,3 +272,29 @@ def test_the_list_pages_newest_first_and_filters_by_status(
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_parameter"
     stranger = httpx.get(url, params={"before": made[0]}, headers=auth(harness, make_user()))
     assert stranger.status_code == 404
+
+
+def test_a_quiet_stream_sends_keepalives_and_gives_its_place_back(
+    start_processor: Callable[..., Harness],
+    make_user: Callable[[], uuid.UUID],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A queued request may sit for minutes; proxies close a connection that stays silent that long.
+    monkeypatch.setattr(rest_module, "SSE_KEEPALIVE_SECONDS", 0.2)
+    harness = start_processor(rest=True)
+    user = make_user()
+    request_id = harness.insert(user, [f"{user}/never-uploaded.png"])  # awaiting_image forever
+    url = f"{harness.served.url}/v1/edits/{request_id}/events"
+
+    def keepalive_seen() -> bool:
+        with httpx.stream("GET", url, headers=auth(harness, user), timeout=30) as stream:
+            if stream.status_code == 429:  # the last stream's place is not given back yet
+                return False
+            lines = stream.iter_lines()
+            assert next(lines) == "event: progress"
+            assert next(line for line in lines if line.startswith(":")) == ": keep-alive"
+            return True
+
+    # One more than a user may hold at once: each closed stream gives its place back.
+    for _ in range(WAITS_PER_USER + 1):
+        wait_for(keepalive_seen, what="a stream with a keep-alive")

@@ -221,6 +221,8 @@ WAIT_MAX_SECONDS = 600
 """Longest a caller may wait for one request (REST ``wait=true``, the MCP tool)."""
 STREAM_MAX_SECONDS = 900
 """Longest one event stream stays open; SSE clients reconnect and carry on."""
+SSE_KEEPALIVE_SECONDS = 15.0
+"""An event stream with nothing to say sends a comment this often, so proxies keep it open."""
 WAITS_PER_USER = 4
 """Waits and event streams one user may hold open at once in one process."""
 DEFAULT_LIST_LIMIT: Final = 20

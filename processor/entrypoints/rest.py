@@ -8,12 +8,14 @@ Supabase access token, rows belong to them and RLS holds. Every error has one JS
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -46,6 +48,7 @@ from processor.domain.rules import (
     MAX_IMAGES,
     MAX_LIST_LIMIT,
     MULTIPART_MAX_FIELDS,
+    SSE_KEEPALIVE_SECONDS,
     STATUSES,
     TERMINAL,
     WAIT_MAX_SECONDS,
@@ -410,6 +413,38 @@ IdempotencyHeader = Annotated[
 ]
 
 
+_KEEPALIVE = ": keep-alive\n\n"
+"""An SSE comment: clients ignore it, proxies see a stream that is alive."""
+
+
+async def _with_keepalives(
+    rows: AsyncGenerator[dict[str, Any], None], seconds: float
+) -> AsyncIterator[dict[str, Any] | None]:
+    """``rows``, with a None whenever ``seconds`` pass without one (a queued request may sit for minutes,
+    and proxies cut a connection that stays silent for one or two)."""
+    pending: asyncio.Task[dict[str, Any]] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(rows))
+            done, _ = await asyncio.wait({pending}, timeout=seconds)
+            if not done:
+                yield None
+                continue
+            try:
+                row = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            yield row
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await pending
+        await rows.aclose()
+
+
 def _replay_header(row: Mapping[str, Any]) -> dict[str, str]:
     return {"Idempotent-Replayed": "true"} if row.get("replayed") else {}
 
@@ -596,10 +631,14 @@ class RestApi:
             `POST /v1/edits/{id}/stream-token`. A stream lasts at most `STREAM_MAX_SECONDS`; a user
             holds at most `WAITS_PER_USER` streams and waits at once (429 beyond)."""
             rows = await actions.follow(user, request_id)  # 404 or 429 before the stream starts
+            # The first row takes the user's place among their streams: a second stream racing this one
+            # past the bound is refused here, with a status code, not cut short after its 200.
+            first = await anext(rows)
 
             async def stream() -> AsyncIterator[str]:
-                async for row in rows:
-                    yield await self._event(row)
+                yield await self._event(first)
+                async for item in _with_keepalives(rows, SSE_KEEPALIVE_SECONDS):
+                    yield _KEEPALIVE if item is None else await self._event(item)
 
             return StreamingResponse(
                 stream(),
