@@ -97,6 +97,7 @@ def serve() -> None:
             metrics_token=settings.metrics_token,
             api=api,
             mcp=build_mcp(api),
+            cors_origins=settings.cors_origin_list(),
         ),
         host=settings.host,
         port=settings.port,

@@ -387,8 +387,13 @@ def build_user_actions(settings: Settings, storage: ObjectStorage | None = None)
 def build_rest_api(settings: Settings, service: ProcessorService) -> RestApi:
     """The REST API over the service's storage adapter and a pool of its own (rows as the user)."""
     from processor.entrypoints.rest import RestApi
+    from processor.entrypoints.stream_tokens import StreamTokens
 
-    return RestApi(build_user_actions(settings, service.storage), build_verifier(settings))
+    settings.require("supabase_service_role_key")
+    assert settings.supabase_service_role_key is not None
+    # Every replica has the service key: a stream token one mints, any other verifies.
+    tokens = StreamTokens.derived_from(settings.supabase_service_role_key.get_secret_value())
+    return RestApi(build_user_actions(settings, service.storage), build_verifier(settings), tokens)
 
 
 def build_mcp(api: RestApi | None) -> MCPServer | None:

@@ -29,6 +29,9 @@ from processor.domain.rules import (
     SpeedPreset,
 )
 
+_ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[^/\s:\[\]]+)(:[0-9]{1,5})?")
+"""A web origin as browsers send it in ``Origin``."""
+
 
 def _default_worker_id() -> str:
     # Unique per process: host, pid and a random suffix (a restarted pid must not reuse an old lease).
@@ -221,6 +224,9 @@ class Settings(BaseSettings):
     worker_health_port: int | None = Field(default=None, ge=1, le=65535)
     """``edit-processor worker`` answers ``/healthz`` and ``/readyz`` (nothing else) on ``HOST`` and this
     port, for platform probes (Kubernetes); unset, the worker serves no HTTP."""
+    cors_origins: str | None = None
+    """Comma-separated origins (``https://app.example.com``) whose pages may call the REST API from a
+    browser (CORS); ``*`` for any. Unset: none (a page served by the processor itself needs none)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
@@ -308,6 +314,20 @@ class Settings(BaseSettings):
         if self.webhook_allowed_hosts is None:
             return None
         return frozenset(h.strip().lower() for h in self.webhook_allowed_hosts.split(",") if h.strip())
+
+    def cors_origin_list(self) -> tuple[str, ...]:
+        """``CORS_ORIGINS`` as a tuple, without trailing slashes (browsers send none)."""
+        if self.cors_origins is None:
+            return ()
+        return tuple(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_are_origins(cls, value: str | None) -> str | None:
+        for origin in (o.strip().rstrip("/") for o in (value or "").split(",") if o.strip()):
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], no path")
+        return value
 
     def jwks_url(self) -> str | None:
         if self.supabase_jwks_url:

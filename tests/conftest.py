@@ -453,6 +453,7 @@ def start_processor(
                 metrics_token=settings.metrics_token,
                 api=api,
                 mcp=mcp,
+                cors_origins=settings.cors_origin_list(),
             )
         )
         running.append(served)

@@ -174,7 +174,8 @@ def test_the_supabase_js_program_type_checks_against_supabase_js_and_our_types(t
     tsc = CLIENT / "node_modules" / ".bin" / "tsc"
     if not tsc.exists() or shutil.which("node") is None:
         pytest.skip("tsc is not installed: npm ci --prefix clients/typescript")
-    [program] = samples("js", "usage.md")
+    # The complete program (the page's other JavaScript is a browser fragment: parsed, not compiled).
+    [program] = [sample for sample in samples("js", "usage.md") if sample.code.startswith("// edit.mjs")]
     (tmp_path / "edit.mjs").write_text(program.code)
     shutil.copy(CLIENT / "database.types.ts", tmp_path)  # what the program's JSDoc names
     (tmp_path / "node_modules").symlink_to(CLIENT / "node_modules")

@@ -127,6 +127,7 @@ def differences(received: Mapping[str, EditParams], ways: Sequence[str]) -> dict
 # What a valid value of each option is for a given user: an example cannot name the user's own rows.
 OPTION_VALUES: dict[str, Callable[[Harness, uuid.UUID], Any]] = {
     "webhook_endpoint_id": endpoint_of,
+    "idempotency_key": lambda harness, user: f"key-{uuid.uuid4()}",
 }
 
 

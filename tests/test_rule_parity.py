@@ -44,6 +44,7 @@ WAYS = ("row", "rest_json", "rest_multipart", "mcp", "runpod", "cli", "editor")
 ONE_IMAGE_WAYS = frozenset({"mcp"})
 """The MCP tool takes one image (``image_base64``): image-count cases skip it."""
 BASE64_WAYS = ("rest_json", "mcp", "runpod")
+ROW_WAYS = ("row", "rest_json", "rest_multipart", "mcp")
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,15 @@ CASES = [
     Case(
         "text-before-a-comma", ReasonCode.INVALID_BASE64, {"image": "hello,{png}"}, images=0, ways=BASE64_WAYS
     ),
+    # A request option: the ways that make rows take it (RunPod, the CLI and the editor make none).
+    Case("key-at-max", ACCEPTED, {"idempotency_key": "k" * rules.IDEMPOTENCY_KEY_MAX_CHARS}, ways=ROW_WAYS),
+    Case(
+        "key-over-max",
+        ReasonCode.INVALID_PARAMETER,
+        {"idempotency_key": "k" * (rules.IDEMPOTENCY_KEY_MAX_CHARS + 1)},
+        ways=ROW_WAYS,
+    ),
+    Case("key-with-a-space", ReasonCode.INVALID_PARAMETER, {"idempotency_key": "a key"}, ways=ROW_WAYS),
 ]
 BASE: dict[str, Any] = {"prompt": "make it blue", "num_inference_steps": rules.MIN_STEPS}
 
@@ -317,7 +327,8 @@ def test_the_cases_cover_every_rule() -> None:
     ids = {case.id for case in CASES}
     assert {"prompt-at-max", "prompt-over-max", "steps-1", "steps-101", "cfg-20", "cfg-20.1", "4-images",
             "size-4096", "size-4112", "size-over-area", "seed-max", "seed-2-63", "output-format-gif",
-            "output-quality-0", "output-quality-1", "output-quality-100", "output-quality-101"} <= ids  # fmt: skip
+            "output-quality-0", "output-quality-1", "output-quality-100", "output-quality-101", "key-at-max",
+            "key-over-max"} <= ids  # fmt: skip
 
 
 # --- Batches: the same edit over many images -----------------------------------------------------------

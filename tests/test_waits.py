@@ -4,9 +4,11 @@ a bounded time, and one user holds a bounded number of waits."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -21,7 +23,7 @@ from processor.domain.errors import LimitExceeded
 from processor.domain.images import ImageLimits
 from processor.domain.rules import WAIT_MAX_SECONDS, WAITS_PER_USER
 from processor.domain.users import User
-from tests.conftest import OWNER, Harness, StorageServer, wait_for
+from tests.conftest import OWNER, GatedEditor, Harness, StorageServer, png_bytes, wait_for
 
 Row = dict[str, Any]
 
@@ -151,3 +153,67 @@ def test_the_rest_api_answers_429_past_the_bound_and_refuses_long_waits(
             f"{harness.served.url}/v1/edits?wait=true&timeout={WAIT_MAX_SECONDS + 1}", json={"prompt": "x"}
         )
         assert too_long.status_code == 422
+
+
+def test_concurrent_waiting_submits_past_the_bound_create_nothing_they_refuse(
+    start_processor: Callable[..., Harness], tiny_editor: Any, make_user: Callable[[], uuid.UUID]
+) -> None:
+    # Reported: six concurrent `?wait=true` submits of one user; two got 429 with no id, and all six
+    # edits ran. Now a refused submit creates nothing, and every created request is answered with its id.
+    gated = GatedEditor(tiny_editor)  # edits hold, so every accepted wait stays open to its timeout
+    harness = start_processor(rest=True, editor=gated)
+    user = make_user()
+    headers = {"Authorization": f"Bearer {harness.storage.token(user)}"}
+    body = {
+        "prompt": "make it blue",
+        "image": base64.b64encode(png_bytes()).decode(),
+        "num_inference_steps": 2,
+    }
+
+    def submit(_: int) -> httpx.Response:
+        return httpx.post(
+            f"{harness.served.url}/v1/edits?wait=true&timeout=20", json=body, headers=headers, timeout=120
+        )
+
+    try:
+        with ThreadPoolExecutor(WAITS_PER_USER + 2) as pool:
+            responses = list(pool.map(submit, range(WAITS_PER_USER + 2)))
+    finally:
+        gated.release.set()
+    answered = [r.json()["id"] for r in responses if r.status_code in (200, 202)]
+    refused = [r for r in responses if r.status_code == 429]
+    assert len(answered) + len(refused) == len(responses), [r.text for r in responses]
+    assert all(r.json()["error"]["code"] == "too_many_waits" for r in refused)
+    rows = harness.db.execute("select id from edit_requests where user_id = %s", (user,)).fetchall()
+    assert sorted(str(row["id"]) for row in rows) == sorted(answered)
+
+
+def test_a_new_live_preview_reaches_a_waiter_by_notification(
+    database_url: str,
+    storage_server: StorageServer,
+    add_request: Callable[..., uuid.UUID],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Event streams send each preview (preview_url, preview_step) as it comes, not at the next progress.
+    monkeypatch.setattr(user_actions_module, "CHANGES_FALLBACK_SECONDS", 3600.0)
+    request_id = add_request()
+
+    async def main() -> list[Any]:
+        actions = actions_for(database_url, storage_server)
+        await actions.open()
+        try:
+            async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as worker:
+                stream = await actions.follow(owner(), request_id)
+                await anext(stream)
+                await worker.execute("select * from public.claim_edit_request('w', 60, %s)", (request_id,))
+                await asyncio.wait_for(anext(stream), timeout=10)
+                await worker.execute(
+                    "select public.preview_edit_request(%s, 'w', %s, 3)", (request_id, f"{OWNER}/p.webp")
+                )
+                previewed = await asyncio.wait_for(anext(stream), timeout=10)
+                await stream.aclose()
+        finally:
+            await actions.close()
+        return [previewed["status"], previewed["preview_step"]]
+
+    assert asyncio.run(main()) == ["processing", 3]

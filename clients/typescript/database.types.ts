@@ -17,6 +17,8 @@ export type Database = {
           guidance_scale: number | null
           height: number | null
           id: string
+          idempotency_fingerprint: string | null
+          idempotency_key: string | null
           input_paths: string[]
           loras: Json | null
           negative_prompt: string | null
@@ -38,6 +40,8 @@ export type Database = {
           guidance_scale?: number | null
           height?: number | null
           id?: string
+          idempotency_fingerprint?: string | null
+          idempotency_key?: string | null
           input_paths: string[]
           loras?: Json | null
           negative_prompt?: string | null
@@ -59,6 +63,8 @@ export type Database = {
           guidance_scale?: number | null
           height?: number | null
           id?: string
+          idempotency_fingerprint?: string | null
+          idempotency_key?: string | null
           input_paths?: string[]
           loras?: Json | null
           negative_prompt?: string | null
@@ -176,6 +182,8 @@ export type Database = {
           guidance_scale: number
           height: number | null
           id: string
+          idempotency_fingerprint: string | null
+          idempotency_key: string | null
           input_bucket: string
           input_paths: string[]
           inputs_expired_at: string | null
@@ -222,6 +230,8 @@ export type Database = {
           guidance_scale?: number
           height?: number | null
           id?: string
+          idempotency_fingerprint?: string | null
+          idempotency_key?: string | null
           input_bucket?: string
           input_paths: string[]
           inputs_expired_at?: string | null
@@ -268,6 +278,8 @@ export type Database = {
           guidance_scale?: number
           height?: number | null
           id?: string
+          idempotency_fingerprint?: string | null
+          idempotency_key?: string | null
           input_bucket?: string
           input_paths?: string[]
           inputs_expired_at?: string | null
@@ -701,6 +713,8 @@ export type Database = {
           guidance_scale: number
           height: number | null
           id: string
+          idempotency_fingerprint: string | null
+          idempotency_key: string | null
           input_bucket: string
           input_paths: string[]
           inputs_expired_at: string | null
@@ -823,6 +837,10 @@ export type Database = {
       edit_request_queue_stats: { Args: never; Returns: Json }
       edit_request_reason_codes: { Args: never; Returns: string[] }
       edit_request_reason_message: { Args: { p_code: string }; Returns: string }
+      edit_request_retry_after: {
+        Args: { p_cost: number; p_limit: string; p_requests: number }
+        Returns: number
+      }
       edit_request_run_cost: {
         Args: {
           p_adapters: number

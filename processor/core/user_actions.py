@@ -15,7 +15,10 @@ in ``edit-inputs``; the row's insert trigger sees them and queues the request.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import logging
 import time
 import uuid
 from collections import Counter
@@ -26,7 +29,15 @@ from enum import StrEnum
 from typing import Any
 
 from processor.core.decoding import DecodePool
-from processor.domain.errors import AlreadyFinished, LimitExceeded, NotFound
+from processor.domain.errors import (
+    AlreadyFinished,
+    InvalidInput,
+    KeyTaken,
+    LimitExceeded,
+    NotFound,
+    ProcessorError,
+)
+from processor.domain.idempotency import check_same_request, fingerprint
 from processor.domain.images import ImageLimits
 from processor.domain.params import check_batch, check_request
 from processor.domain.ports.changes import RowChanges
@@ -43,6 +54,7 @@ from processor.domain.rules import (
     MAX_LIST_LIMIT,
     MAX_OUTPUT_BYTES,
     OUTPUT_MEDIA_TYPES,
+    STATUSES,
     STREAM_MAX_SECONDS,
     TERMINAL,
     VALIDATION_THREADS,
@@ -69,6 +81,11 @@ class OutputFile:
 Row = dict[str, Any]
 """A request as its owner sees it (``UserRequests.get``), or a batch (``get_batch``)."""
 
+log = logging.getLogger(__name__)
+
+SIGNING_CONCURRENCY = 8
+"""Signed URLs one list asks Storage for at once."""
+
 _FORMATS = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "WEBP": ("webp", "image/webp")}
 
 
@@ -89,7 +106,7 @@ class Action(StrEnum):
     WAIT = "wait"
     """The request once it is finished, or as it stands when the wait runs out."""
     FOLLOW = "follow"
-    """Each change of status or progress until the request is finished."""
+    """Each change of status, progress or live preview until the request is finished."""
     GET_BATCH = "get_batch"
     """A batch's counts by status, progress and requests."""
     CANCEL_BATCH = "cancel_batch"
@@ -158,13 +175,37 @@ class UserActions:
     ) -> Row:
         """``Action.SUBMIT``: validate, upload ``images`` and insert the row; ``object_paths`` are
         inputs already in the user's folder (after the uploaded ones; RLS refuses others). With no
-        image at all, a creation at ``params``' size (default ``CREATION_SIZE``)."""
+        image at all, a creation at ``params``' size (default ``CREATION_SIZE``).
+
+        With ``options.idempotency_key``, the request that key already names, if any (``replayed``
+        true in the answer; ``idempotency_key_reused`` when its body was another); a concurrent
+        submit with the key that loses the race answers the winner's request and deletes its uploads.
+        """
         if not images and not object_paths and params.width is None and params.height is None:
             params = dataclasses.replace(params, width=CREATION_SIZE[0], height=CREATION_SIZE[1])
         # The rules the schema and the engine hold, with their reasons, before anything is stored.
         check_request(params, len(images) + len(object_paths))
+        key = options.idempotency_key
+        sent = None
+        if key is not None:  # hashing the images costs a little: only where it is compared
+            sent = fingerprint("edit", params, options, images=images, object_paths=object_paths)
+            if (earlier := await self._requests.find(user, key)) is not None:
+                return _replayed(key, earlier, sent)
         paths = await self._upload(user, images, [str(index) for index in range(len(images))])
-        return await self._requests.insert(user, [*paths, *object_paths], params, options)
+        try:
+            return await self._requests.insert(
+                user, [*paths, *object_paths], params, options, fingerprint=sent
+            )
+        except KeyTaken:
+            assert key is not None and sent is not None
+            await self._discard(paths)
+            earlier = await self._requests.find(user, key)
+            if earlier is None:  # the winner's row is gone already (an operator deleted it)
+                raise
+            return _replayed(key, earlier, sent)
+        except (InvalidInput, LimitExceeded):
+            await self._discard(paths)  # refused: no row names them
+            raise
 
     async def submit_batch(
         self,
@@ -175,16 +216,55 @@ class UserActions:
         *,
         object_paths: Sequence[str] = (),
         reference_paths: Sequence[str] = (),
+        idempotency_key: str | None = None,
     ) -> Row:
         """``Action.SUBMIT_BATCH``: one request per image (uploaded ``images``, then ``object_paths``
         already in the user's folder), each also given the references. Everything is checked
-        before anything is stored; the batch's insert makes every request or none."""
+        before anything is stored; the batch's insert makes every request or none. An
+        ``idempotency_key`` works as ``submit``'s."""
         check_batch(params, len(images) + len(object_paths), len(references) + len(reference_paths))
+        sent = None
+        if idempotency_key is not None:
+            sent = fingerprint(
+                "batch",
+                params,
+                NO_OPTIONS,
+                images=images,
+                object_paths=object_paths,
+                references=references,
+                reference_paths=reference_paths,
+            )
+            earlier = await self._requests.find_batch(user, idempotency_key)
+            if earlier is not None:
+                return _replayed(idempotency_key, earlier, sent)
         names = [str(index) for index in range(len(images))] + [f"ref{i}" for i in range(len(references))]
         uploaded = await self._upload(user, [*images, *references], names)
         paths = [*uploaded[: len(images)], *object_paths]
         refs = [*uploaded[len(images) :], *reference_paths]
-        return await self._requests.insert_batch(user, paths, refs, params)
+        try:
+            return await self._requests.insert_batch(
+                user, paths, refs, params, idempotency_key=idempotency_key, fingerprint=sent
+            )
+        except KeyTaken:
+            assert idempotency_key is not None and sent is not None
+            await self._discard(uploaded)
+            earlier = await self._requests.find_batch(user, idempotency_key)
+            if earlier is None:
+                raise
+            return _replayed(idempotency_key, earlier, sent)
+        except (InvalidInput, LimitExceeded):
+            await self._discard(uploaded)
+            raise
+
+    async def _discard(self, paths: Sequence[str]) -> None:
+        """Delete uploads no request names (a refused insert, a retry that lost the race). A failure is
+        only logged: retention deletes orphaned uploads after ``ORPHAN_GRACE_HOURS``."""
+        if not paths:
+            return
+        try:
+            await self._storage.delete_many(INPUT_BUCKET, paths)
+        except ProcessorError as exc:
+            log.warning("could not delete %d unused upload(s): %s", len(paths), exc)
 
     async def _upload(self, user: User, images: Sequence[bytes], names: Sequence[str]) -> list[str]:
         """Validate every image (``InvalidInput`` with its reason), then upload each under the user's
@@ -212,9 +292,35 @@ class UserActions:
         retention deleted the output). ``NotFound`` when it is not the user's."""
         return await self._with_url(await self._owned(user, request_id))
 
-    async def recent(self, user: User, limit: int = DEFAULT_LIST_LIMIT) -> list[Row]:
-        """``Action.LIST``: the user's most recent requests, newest first (1 to ``MAX_LIST_LIMIT``)."""
-        return await self._requests.recent(user, max(1, min(limit, MAX_LIST_LIMIT)))
+    async def recent(
+        self,
+        user: User,
+        limit: int = DEFAULT_LIST_LIMIT,
+        *,
+        before: uuid.UUID | None = None,
+        statuses: Sequence[str] = (),
+    ) -> list[Row]:
+        """``Action.LIST``: the user's requests, newest first (1 to ``MAX_LIST_LIMIT``), each with its
+        signed URLs: those created before the request ``before`` (the last of the previous page),
+        and of ``statuses`` only if given."""
+        unknown = set(statuses) - set(STATUSES)
+        if unknown:
+            raise InvalidInput(
+                f"unknown status {sorted(unknown)[0]!r}; one of {', '.join(STATUSES)}",
+                reason=ReasonCode.INVALID_PARAMETER,
+            )
+        if before is not None:
+            await self._owned(user, before)  # a cursor of another user's is no cursor
+        rows = await self._requests.recent(
+            user, max(1, min(limit, MAX_LIST_LIMIT)), before=before, statuses=tuple(statuses)
+        )
+        signing = asyncio.Semaphore(SIGNING_CONCURRENCY)
+
+        async def signed(row: Row) -> Row:
+            async with signing:
+                return await self._with_url(row)
+
+        return list(await asyncio.gather(*(signed(row) for row in rows)))
 
     async def get_batch(self, user: User, batch_id: uuid.UUID) -> Row:
         """``Action.GET_BATCH``: counts by status, ``finished``, ``progress`` and ``items`` (its requests
@@ -245,8 +351,22 @@ class UserActions:
             row["output_bucket"], row["output_path"], expires_in=self._signed_url_seconds
         )
 
+    async def preview_url(self, row: Row) -> str | None:
+        """A signed URL of a running request's latest live preview (docs/previews.md); None when it has
+        none. Best effort: the preview is replaced and deleted as the edit goes on."""
+        if row["status"] != "processing" or not row.get("preview_path"):
+            return None
+        try:
+            return await self._storage.signed_url(
+                row["output_bucket"], row["preview_path"], expires_in=self._signed_url_seconds
+            )
+        except ProcessorError as exc:  # gone between the read and the signing, or Storage is down
+            log.info("no preview URL for %s: %s", row["id"], exc)
+            return None
+
     async def _with_url(self, row: Row) -> Row:
-        return {**row, "output_url": await self.output_url(row)}
+        """The row with ``output_url`` and ``preview_url``."""
+        return {**row, "output_url": await self.output_url(row), "preview_url": await self.preview_url(row)}
 
     # --- Cancel ------------------------------------------------------------------------------------
 
@@ -277,33 +397,61 @@ class UserActions:
         """``Action.WAIT``: the request once it is finished, or as it stands when ``timeout`` (at most
         ``WAIT_MAX_SECONDS``) runs out, with ``output_url``. ``NotFound``, or ``LimitExceeded`` when
         the user already holds ``WAITS_PER_USER`` waits and streams."""
-        last = await self._owned(user, request_id)
-        self.ensure_can_wait(user)
-        async for row in self._follow(user, request_id, min(timeout, WAIT_MAX_SECONDS)):
-            last = row
+        row = await self._owned(user, request_id)
+        async with self._held_by(user):
+            return await self._wait_held(user, row, timeout)
+
+    async def submit_and_wait(
+        self,
+        user: User,
+        images: Sequence[bytes],
+        params: EditParams,
+        options: RequestOptions = NO_OPTIONS,
+        *,
+        timeout: float,
+        object_paths: Sequence[str] = (),
+    ) -> Row:
+        """``Action.SUBMIT`` then ``Action.WAIT``, holding one of the user's waits from before anything
+        is stored: past ``WAITS_PER_USER`` the refusal (``too_many_waits``) comes first and creates
+        nothing, and a request once created is always waited on and answered with its id."""
+        async with self._held_by(user):
+            row = await self.submit(user, images, params, options, object_paths=object_paths)
+            final = await self._wait_held(user, row, timeout)
+        return {**final, "replayed": row.get("replayed", False)}
+
+    async def _wait_held(self, user: User, row: Row, timeout: float) -> Row:
+        last = row
+        async for changed in self._follow(user, row["id"], min(timeout, WAIT_MAX_SECONDS), held=True):
+            last = changed
         return await self._with_url(last)
 
     async def follow(
         self, user: User, request_id: uuid.UUID, *, seconds: float | None = None
     ) -> AsyncGenerator[Row, None]:
         """``Action.FOLLOW``: refuse at once (``NotFound``, ``LimitExceeded``), then a stream of the
-        request each time its status or progress changes, until it is finished or the stream's
+        request each time its status, progress or preview changes, until it is finished or the stream's
         lifetime (``seconds``, at most the configured one) is over."""
         await self._owned(user, request_id)
         self.ensure_can_wait(user)
         lifetime = self._stream_seconds if seconds is None else min(seconds, self._stream_seconds)
         return self._follow(user, request_id, lifetime)
 
-    async def _follow(self, user: User, request_id: uuid.UUID, lifetime: float) -> AsyncGenerator[Row, None]:
+    async def _follow(
+        self, user: User, request_id: uuid.UUID, lifetime: float, *, held: bool = False
+    ) -> AsyncGenerator[Row, None]:
+        """The request at each change; counted against the user's waits unless the caller ``held`` one."""
         # Driven by change notifications: an idle row costs a re-read only every CHANGES_FALLBACK_SECONDS.
         deadline = time.monotonic() + lifetime
-        async with self._held_by(user), self._changes.watch(request_id) as watch:
-            last: tuple[Any, Any] | None = None
+        async with (
+            contextlib.nullcontext() if held else self._held_by(user),
+            self._changes.watch(request_id) as watch,
+        ):
+            last: tuple[Any, Any, Any] | None = None
             while True:
                 row = await self._requests.get(user, request_id)
                 if row is None:
                     return
-                state = (row["status"], row["progress"])
+                state = (row["status"], row["progress"], row.get("preview_step"))
                 if state != last:
                     last = state
                     yield row
@@ -313,8 +461,7 @@ class UserActions:
                 await watch.wait(min(left, CHANGES_FALLBACK_SECONDS))
 
     def ensure_can_wait(self, user: User) -> None:
-        """``LimitExceeded`` when ``user`` already holds as many waits and streams as allowed (ways in
-        call it before storing a request they will wait on, so the refusal comes first)."""
+        """``LimitExceeded`` when ``user`` already holds as many waits and streams as allowed."""
         if self._waits[user.id] >= self._waits_per_user:
             raise LimitExceeded(
                 f"{self._waits_per_user} waits or event streams are already open for this user",
@@ -332,6 +479,12 @@ class UserActions:
             self._waits[user.id] -= 1
             if not self._waits[user.id]:
                 del self._waits[user.id]
+
+
+def _replayed(key: str, earlier: Row, sent: str) -> Row:
+    """The earlier request (or batch) a key names, as the answer to a submit that sent it again."""
+    check_same_request(key, earlier.get("idempotency_fingerprint"), sent)
+    return {**earlier, "replayed": True}
 
 
 def _sniff_format(data: bytes) -> str:

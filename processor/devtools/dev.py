@@ -46,6 +46,8 @@ KEEP_RUNNING_TOKEN_SECONDS = 24 * 3600
 MCP_INSPECTOR = "@modelcontextprotocol/inspector@2.12.0"
 # Completion webhooks to a receiver on this machine: what production refuses (docs/webhooks.md).
 LOOPBACK_WEBHOOK_HOSTS = ("127.0.0.1", "localhost", "::1")
+LOOPBACK_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?"
+"""Pages on this machine, which ``dev`` lets call its API from a browser."""
 
 
 class Terminated(Exception):
@@ -143,6 +145,10 @@ def run_dev(
                 metrics_token=settings.metrics_token,
                 api=api,
                 mcp=build_mcp(api),
+                # Its own page is same-origin; any page on this machine (a dev server on localhost:5173)
+                # may call it too, and so may CORS_ORIGINS.
+                cors_origins=base.cors_origin_list(),
+                cors_origin_regex=LOOPBACK_ORIGINS,
             )
         )
         stack.callback(app.stop)

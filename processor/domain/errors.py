@@ -96,16 +96,32 @@ class ConfigurationError(ProcessorError):
 
 
 class LimitExceeded(ProcessorError):
-    """The caller holds as much of something as one user may (open waits, for example): HTTP 429."""
+    """The caller holds as much of something as one user may (open waits, for example): HTTP 429.
+
+    ``retry_after``: seconds until the refused request would pass, where the limit can tell."""
 
     reason = ReasonCode.LIMIT_EXCEEDED
     retryable = True
+
+    def __init__(
+        self, message: str, *, reason: ReasonCode | str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after = retry_after
 
 
 class NotFound(ProcessorError):
     """No such request or batch for this user (another user's is the same answer): HTTP 404."""
 
     reason = ReasonCode.NOT_FOUND
+    retryable = False
+
+
+class KeyTaken(ProcessorError):
+    """An insert named an idempotency key the user's earlier request already holds. Internal: the
+    use case answers with that request, or refuses with ``idempotency_key_reused``."""
+
+    reason = ReasonCode.IDEMPOTENCY_KEY_REUSED
     retryable = False
 
 

@@ -46,6 +46,8 @@ class ReasonCode(StrEnum):
     UNAUTHORIZED = "unauthorized"
     NOT_FOUND = "not_found"
     ALREADY_FINISHED = "already_finished"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
     BODY_TOO_LARGE = "body_too_large"
     TOO_MANY_WAITS = "too_many_waits"
     LIMIT_EXCEEDED = "limit_exceeded"
@@ -134,6 +136,10 @@ REASONS: Final[Mapping[ReasonCode, Reason]] = {
     ReasonCode.UNAUTHORIZED: Reason("Missing, invalid or expired user token.", None),
     ReasonCode.NOT_FOUND: Reason("No such request for this user.", None),
     ReasonCode.ALREADY_FINISHED: Reason("The request finished before it could be canceled.", None),
+    ReasonCode.IDEMPOTENCY_KEY_REUSED: Reason(
+        "The idempotency key was used before for a request with another body.", None
+    ),
+    ReasonCode.METHOD_NOT_ALLOWED: Reason("The route does not take this HTTP method.", None),
     ReasonCode.BODY_TOO_LARGE: Reason(
         "The HTTP body is larger than three images at the byte limit need.", None
     ),

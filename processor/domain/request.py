@@ -286,6 +286,21 @@ class RequestOptions:
             example=uuid.UUID("00000000-0000-4000-8000-00000000cafe"),
         ),
     )
+    idempotency_key: str | None = field(
+        default=None,
+        metadata=declare(
+            kind="text",
+            reason=ReasonCode.INVALID_PARAMETER,
+            nullable=True,
+            max_length=rules.IDEMPOTENCY_KEY_MAX_CHARS,
+            pattern=rules.IDEMPOTENCY_KEY_PATTERN,
+            shape="visible ASCII characters (a UUID, say)",
+            description="Makes retries safe: a request with a key you used before is not made again; "
+            "you get the first one back (the same key with another body is refused: "
+            "idempotency_key_reused). Unique per user for as long as the request exists.",
+            example="3f0c2a9e-order-1234",
+        ),
+    )
 
 
 NO_OPTIONS: Final = RequestOptions()

@@ -31,6 +31,12 @@ MAX_BATCH_SIZE: Final = 50
 """Images in one batch (``edit_batches.input_paths``; each makes one request). The SQL check
 ``edit_batches_size`` has the same bound; a longer batch is ``too_many_images`` everywhere."""
 
+IDEMPOTENCY_KEY_MAX_CHARS: Final = 255
+"""Characters of an idempotency key (``Idempotency-Key``; Stripe's bound), visible ASCII only
+(``IDEMPOTENCY_KEY_PATTERN``). The SQL check ``edit_requests_idempotency_key_valid`` holds the same."""
+IDEMPOTENCY_KEY_PATTERN: Final = "^[\\x21-\\x7E]+$"
+"""Visible ASCII, no spaces (ECMA-262 and SQL ``~``): a UUID, or any token a client makes."""
+
 MIN_STEPS: Final = 2
 MAX_STEPS: Final = 100
 """One step is refused: with Qwen-Image's scheduler config (``shift_terminal``) it yields NaN sigmas."""
@@ -292,6 +298,8 @@ WAIT_MAX_SECONDS = 600
 """Longest a caller may wait for one request (REST ``wait=true``, the MCP tool)."""
 STREAM_MAX_SECONDS = 900
 """Longest one event stream stays open; SSE clients reconnect and carry on."""
+SSE_KEEPALIVE_SECONDS = 15.0
+"""An event stream with nothing to say sends a comment this often, so proxies keep it open."""
 WAITS_PER_USER = 4
 """Waits and event streams one user may hold open at once in one process."""
 DEFAULT_LIST_LIMIT: Final = 20
@@ -300,6 +308,15 @@ MAX_LIST_LIMIT: Final = 100
 """Requests one list shows at most."""
 DEFAULT_SIGNED_URL_SECONDS: Final = 3600
 """Lifetime of the signed output URLs handed to users (``SIGNED_URL_SECONDS``)."""
+STREAM_TOKEN_SECONDS: Final = 60
+"""Lifetime of a stream token (``POST /v1/edits/{id}/stream-token``): long enough to open the stream."""
+TOO_MANY_WAITS_RETRY_SECONDS: Final = 5
+"""``Retry-After`` of a ``too_many_waits`` refusal: a wait or stream of the user's may end any moment."""
+QUOTA_RETRY_SECONDS: Final = 30
+"""``Retry-After`` of a ``quota_exceeded`` refusal whose end the database cannot tell (``max_in_flight``:
+when one of the user's requests finishes)."""
+LIMIT_RETRY_SECONDS: Final = 10
+"""``Retry-After`` of any other 429."""
 CHANGES_FALLBACK_SECONDS = 5.0
 """Waits re-read the row at least this often, in case a notification was lost (a reconnect)."""
 WATCH_RENEW_SECONDS = 60

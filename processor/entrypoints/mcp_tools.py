@@ -65,7 +65,11 @@ _VIEW_KEYS = (
     "inputs_expired_at",
     "output_expired_at",
     "cost",
+    "preview_step",
+    "idempotency_key",
 )
+_URL_KEYS = ("output_url", "preview_url")
+"""Signed URLs, where the action signed them (get, wait, list)."""
 
 
 _BATCH_KEYS = (
@@ -94,6 +98,7 @@ def _batch_view(batch: dict[str, Any]) -> dict[str, Any]:
 def _view(row: dict[str, Any]) -> dict[str, Any]:
     # `error` is the message written for users (the row's raw `error` is not theirs to read).
     view = {key: row["error_message"] if key == "error" else row[key] for key in _VIEW_KEYS}
+    view.update({key: row[key] for key in _URL_KEYS if key in row})
     return json.loads(json.dumps(view, default=str))  # type: ignore[no-any-return]
 
 
@@ -210,7 +215,8 @@ def create_mcp_server(
         up to `timeout_seconds` (0: returns at once; follow with `wait_for_edit`); returns the image
         (in `output_format`: png, webp or jpeg) and its metadata. `speed`: `quality` (40 steps),
         `fast` (8) or `fastest` (4); `loras`: up to 3 allowlisted `{"name", "scale"}`;
-        `webhook_endpoint_id`: one of your completion-webhook endpoints, told when the edit is final.
+        `webhook_endpoint_id`: one of your completion-webhook endpoints, told when the edit is final;
+        `idempotency_key`: a retry with it gets the edit it made, never a second one.
         """
         user = user_of(ctx)
 
@@ -222,11 +228,15 @@ def create_mcp_server(
                 options_from_mapping(arguments),
                 encoded_images(arguments),
             )
-            actions.ensure_can_wait(user)  # refused before anything is stored
-            row = await actions.submit(
-                user, images, params, options, object_paths=[object_path] if object_path else []
+            # One of the user's waits is held from before the upload: a refusal creates nothing.
+            final = await actions.submit_and_wait(
+                user,
+                images,
+                params,
+                options,
+                timeout=timeout_seconds,
+                object_paths=[object_path] if object_path else [],
             )
-            final = await actions.wait(user, row["id"], timeout_seconds)
             if final["status"] in TERMINAL and final["status"] != "succeeded":
                 code = final["error_code"] or final["status"]
                 raise ToolError(f"{code}: {final['error_message'] or final['status']}")
@@ -239,11 +249,14 @@ def create_mcp_server(
 
     @mcp.tool()
     async def get_edit_status(edit_id: str, ctx: Context) -> dict[str, Any]:
-        """Status, progress, result metadata and a signed URL of the output of one of your edits."""
-        row = await answer(actions.get(user_of(ctx), _id(edit_id, "edit_id")))
-        return {**_view(row), "output_url": row["output_url"]}
+        """Status, progress, result metadata and signed URLs of one of your edits: `output_url` once it
+        succeeded, `preview_url` (a live preview at `preview_step`) while it runs."""
+        return _view(await answer(actions.get(user_of(ctx), _id(edit_id, "edit_id"))))
 
-    @mcp.tool(description=f"Your most recent edits, newest first (`limit`: 1 to {MAX_LIST_LIMIT}).")
+    @mcp.tool(
+        description=f"Your most recent edits, newest first (`limit`: 1 to {MAX_LIST_LIMIT}), with their "
+        "signed URLs."
+    )
     async def list_recent_edits(ctx: Context, limit: int = DEFAULT_LIST_LIMIT) -> list[dict[str, Any]]:
         return [_view(row) for row in await answer(actions.recent(user_of(ctx), limit))]
 
@@ -259,15 +272,17 @@ def create_mcp_server(
         timeout_seconds: Annotated[float, Field(ge=0, le=WAIT_MAX_SECONDS)] = WAIT_MAX_SECONDS,
     ) -> dict[str, Any]:
         """Wait until one of your edits is finished (up to `timeout_seconds`), sending its progress as
-        progress notifications; returns it as `get_edit_status` does."""
+        progress notifications (the message names the live preview's step, when there is one);
+        returns it as `get_edit_status` does."""
         user = user_of(ctx)
 
         async def follow() -> dict[str, Any]:
             rows = await actions.follow(user, _id(edit_id, "edit_id"), seconds=timeout_seconds)
             async for row in rows:
-                await ctx.report_progress(float(row["progress"]), 1.0, row["status"])
-            final = await actions.get(user, _id(edit_id, "edit_id"))
-            return {**_view(final), "output_url": final["output_url"]}
+                step = row.get("preview_step")
+                message = row["status"] if step is None else f"{row['status']} (preview at step {step})"
+                await ctx.report_progress(float(row["progress"]), 1.0, message)
+            return _view(await actions.get(user, _id(edit_id, "edit_id")))
 
         return await answer(follow())
 
@@ -285,11 +300,13 @@ def _add_batch_tools(mcp: MCPServer, actions: UserActions, user_of: Callable[[Co
         object_paths: list[str] | None = None,
         reference_images_base64: list[str] | None = None,
         reference_paths: list[str] | None = None,
+        idempotency_key: str | None = None,
         **fields: Any,
     ) -> dict[str, Any]:
         """The same edit over many images: one edit per image (base64, or object paths in your
         `edit-inputs/{your id}/` folder), each also given the reference images, at most
-        `MAX_BATCH_SIZE` (50) in all. All are created or none. Returns at once; follow with `get_batch`."""
+        `MAX_BATCH_SIZE` (50) in all. All are created or none. Returns at once; follow with `get_batch`.
+        `idempotency_key`: a retry with it gets the batch it made, never a second one."""
         user = user_of(ctx)
 
         async def submit() -> dict[str, Any]:
@@ -302,6 +319,7 @@ def _add_batch_tools(mcp: MCPServer, actions: UserActions, user_of: Callable[[Co
                 params_from_mapping(fields),
                 object_paths=object_paths or [],
                 reference_paths=reference_paths or [],
+                idempotency_key=options_from_mapping({"idempotency_key": idempotency_key}).idempotency_key,
             )
             return _batch_view(batch)
 

@@ -1,37 +1,34 @@
 """REST API for apps that would rather not talk to Supabase directly: ``/v1/edits`` and ``/v1/batches``.
 
 A thin translation of the user's actions (``core.user_actions``): callers authenticate with their
-Supabase access token, rows belong to them and RLS holds. Every error has one JSON shape,
-``{"error": {"code": "<reason>", "message": "..."}}``; the core's ``NotFound`` is 404,
-``AlreadyFinished`` 409, ``InvalidInput`` 422, ``LimitExceeded`` 429, ``TransientError`` 503.
+Supabase access token, rows belong to them and RLS holds. Every error has one JSON shape
+(``errors``): the core's ``NotFound`` is 404, ``AlreadyFinished`` 409, ``InvalidInput`` 422,
+``LimitExceeded`` 429 (with ``Retry-After``), ``TransientError`` 503.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import dataclasses
 import json
+import re
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, status
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response, Security, status
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
 from processor.core.user_actions import Action, UserActions
-from processor.domain.errors import (
-    AlreadyFinished,
-    InvalidInput,
-    LimitExceeded,
-    NotFound,
-    ProcessorError,
-    TransientError,
-)
+from processor.domain.errors import InvalidInput
 from processor.domain.params import (
     check_batch,
     check_image_count,
@@ -46,38 +43,38 @@ from processor.domain.request_schema import object_schema, options_properties, p
 from processor.domain.rules import (
     DEFAULT_LIST_LIMIT,
     EDIT_BODY_FIELDS_BYTES,
+    IDEMPOTENCY_KEY_MAX_CHARS,
     MAX_BATCH_SIZE,
     MAX_IMAGES,
     MAX_LIST_LIMIT,
     MULTIPART_MAX_FIELDS,
+    SSE_KEEPALIVE_SECONDS,
+    STATUSES,
     TERMINAL,
     WAIT_MAX_SECONDS,
     edit_body_bytes,
 )
 from processor.domain.users import User
-from processor.entrypoints.auth import AuthError, TokenVerifier
+from processor.entrypoints.auth import TokenVerifier
 from processor.entrypoints.bodies import capped_request
+from processor.entrypoints.errors import ApiError, ErrorResponse
+from processor.entrypoints.stream_tokens import StreamTokens
 
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-
-
-class ErrorResponse(BaseModel):
-    """The one error shape of the API."""
-
-    error: ErrorBody
-
-
-class ApiError(Exception):
-    """An answer other than success, with its HTTP status and reason code."""
-
-    def __init__(self, status_code: int, code: ReasonCode, message: str) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.code = code
-        self.message = message
+_BEARER = HTTPBearer(
+    bearerFormat="JWT",
+    scheme_name="bearerAuth",
+    description="The user's Supabase access token (`session.access_token`); never the anon or service key.",
+    auto_error=False,
+)
+_STREAM_TOKEN = APIKeyQuery(
+    name="token",
+    scheme_name="streamToken",
+    description="A stream token from `POST /v1/edits/{id}/stream-token`: opens that request's events only.",
+    auto_error=False,
+)
+# Security dependencies: they document the schemes in the OpenAPI document ("Authorize" in /docs).
+_BEARER_HEADER = Security(_BEARER)
+_STREAM_TOKEN_QUERY = Security(_STREAM_TOKEN)
 
 
 _COST = Field(
@@ -94,6 +91,14 @@ class EditAccepted(BaseModel):
     cost: float | None = _COST
 
 
+class StreamTokenView(BaseModel):
+    """What opens one request's event stream from a browser (``EventSource`` sends no headers)."""
+
+    token: str = Field(description="Pass it as `?token=`; it opens this request's stream only.")
+    expires_at: datetime = Field(description="Open the stream before then; ask again for a new one.")
+    events_url: str = Field(description="The stream's URL with the token: `new EventSource(events_url)`.")
+
+
 class EditView(BaseModel):
     """A request as its owner sees it."""
 
@@ -105,6 +110,10 @@ class EditView(BaseModel):
     error_code: str | None = None
     result: dict[str, Any] | None = None
     output_url: str | None = Field(default=None, description="Signed URL of the result, when succeeded.")
+    preview_url: str | None = Field(
+        default=None, description="Signed URL of the latest live preview while it runs (docs/previews.md)."
+    )
+    preview_step: int | None = Field(default=None, description="The denoising step the preview shows.")
     image: str | None = Field(
         default=None,
         description="The result, base64, in its format (`wait=true` only): see `image_media_type`.",
@@ -117,6 +126,7 @@ class EditView(BaseModel):
     base: str = "blank"
     input_paths: list[str] = Field(default_factory=list, description="Its input objects in `edit-inputs`.")
     batch_id: uuid.UUID | None = Field(default=None, description="The batch that made it, if any.")
+    idempotency_key: str | None = Field(default=None, description="The key it was submitted with, if any.")
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -239,6 +249,7 @@ _BATCH_BODY = _body(
                 "maxItems": MAX_IMAGES - 1,
                 "description": "Objects every request also gets.",
             },
+            "idempotency_key": options_properties()["idempotency_key"],
         },
         description="The same edit over many images: each of `images` and `object_paths` makes one "
         f"request, each given the references after its image; at most {MAX_BATCH_SIZE} images.",
@@ -252,6 +263,7 @@ _BATCH_BODY = _body(
                 "maxItems": MAX_IMAGES - 1,
                 "description": "Images every request also gets.",
             },
+            "idempotency_key": options_properties(form=True)["idempotency_key"],
         }
     ),
 )
@@ -331,6 +343,29 @@ class _BatchBody:
     references: list[bytes]
     object_paths: list[str]
     reference_paths: list[str]
+    idempotency_key: str | None = None
+
+
+def _batch_key(fields: Mapping[str, Any], *, form: bool = False) -> str | None:
+    """A batch's ``idempotency_key`` field, read and checked as the request option of that name."""
+    return options_from_mapping({"idempotency_key": fields.get("idempotency_key")}, form=form).idempotency_key
+
+
+def _keyed(key: str | None, header: str | None) -> str | None:
+    """The idempotency key: the ``Idempotency-Key`` header's (a structured-field string, quoted or
+    not) or the body's ``idempotency_key``; both given, they must agree."""
+    if header is None:
+        return key
+    text = header.strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = re.sub(r'\\(["\\])', r"\1", text[1:-1])
+    checked = options_from_mapping({"idempotency_key": text}).idempotency_key
+    if key is not None and key != checked:
+        raise InvalidInput(
+            "the Idempotency-Key header and the idempotency_key field differ",
+            reason=ReasonCode.INVALID_REQUEST,
+        )
+    return checked
 
 
 async def _read_batch(request: Request, max_body: int) -> _BatchBody:
@@ -349,7 +384,12 @@ async def _read_batch(request: Request, max_body: int) -> _BatchBody:
         refs = [item for key in _REFERENCE_KEYS for item in form.getlist(key) if isinstance(item, UploadFile)]
         check_batch(params, len(files), len(refs))
         return _BatchBody(
-            params, [await item.read() for item in files], [await item.read() for item in refs], [], []
+            params,
+            [await item.read() for item in files],
+            [await item.read() for item in refs],
+            [],
+            [],
+            _batch_key(fields, form=True),
         )
     body = await _json_object(request)
     params = params_from_mapping(body)
@@ -361,6 +401,7 @@ async def _read_batch(request: Request, max_body: int) -> _BatchBody:
         decoded_images(references),
         paths,
         reference_paths,
+        _batch_key(body),
     )
 
 
@@ -371,6 +412,61 @@ def _view(row: dict[str, Any], **extra: Any) -> EditView:
 
 def _batch_view(batch: dict[str, Any], **extra: Any) -> BatchView:
     return BatchView.model_validate({**batch, "items": [_view(row) for row in batch["items"]], **extra})
+
+
+IdempotencyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="A key of yours (visible ASCII, at most "
+        f"{IDEMPOTENCY_KEY_MAX_CHARS} characters; a UUID, say) that makes a retry safe: the request it "
+        "made before is answered again (`Idempotent-Replayed: true`), never made twice. The same key "
+        "with another body is 422 `idempotency_key_reused`. Keys last as long as their request. The "
+        "IETF draft 'The Idempotency-Key HTTP Header Field'.",
+    ),
+]
+
+
+_KEEPALIVE = ": keep-alive\n\n"
+"""An SSE comment: clients ignore it, proxies see a stream that is alive."""
+
+
+async def _with_keepalives(
+    rows: AsyncGenerator[dict[str, Any], None], seconds: float
+) -> AsyncIterator[dict[str, Any] | None]:
+    """``rows``, with a None whenever ``seconds`` pass without one (a queued request may sit for minutes,
+    and proxies cut a connection that stays silent for one or two)."""
+    pending: asyncio.Task[dict[str, Any]] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(rows))
+            done, _ = await asyncio.wait({pending}, timeout=seconds)
+            if not done:
+                yield None
+                continue
+            try:
+                row = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            yield row
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await pending
+        await rows.aclose()
+
+
+def _replay_header(row: Mapping[str, Any]) -> dict[str, str]:
+    return {"Idempotent-Replayed": "true"} if row.get("replayed") else {}
+
+
+def _created_headers(request: Request, route: str, parameter: str, row: Mapping[str, Any]) -> dict[str, str]:
+    """``Location`` of what a submit made (or found again), and whether it was found again."""
+    location = str(request.url_for(route, **{parameter: row["id"]}))
+    return {"Location": location, **_replay_header(row)}
 
 
 ACTIONS: Mapping[Action, str] = {
@@ -390,9 +486,10 @@ ACTIONS: Mapping[Action, str] = {
 class RestApi:
     """The ``/v1`` router over the user's actions; opened and closed with the app."""
 
-    def __init__(self, actions: UserActions, verifier: TokenVerifier) -> None:
+    def __init__(self, actions: UserActions, verifier: TokenVerifier, stream_tokens: StreamTokens) -> None:
         self.actions = actions
         self.verifier = verifier
+        self.stream_tokens = stream_tokens
         self.max_body_bytes = edit_body_bytes(MAX_IMAGES, actions.limits.max_bytes)
 
     async def open(self) -> None:
@@ -401,13 +498,27 @@ class RestApi:
     async def close(self) -> None:
         await self.actions.close()
 
-    def current_user(self, request: Request) -> User:
+    def current_user(self, request: Request, _: HTTPAuthorizationCredentials | None = _BEARER_HEADER) -> User:
+        # The header is read whole (the verifier refuses other schemes); the dependency documents it.
+        return self.verifier.verify(request.headers.get("authorization"))
+
+    def stream_user(
+        self,
+        request: Request,
+        request_id: uuid.UUID,
+        token: str | None = _STREAM_TOKEN_QUERY,
+        _: HTTPAuthorizationCredentials | None = _BEARER_HEADER,
+    ) -> User:
+        """The bearer of the access token, or of a stream token minted for this request."""
+        if token is not None:
+            return self.stream_tokens.verify(token, request_id)
         return self.verifier.verify(request.headers.get("authorization"))
 
     def router(self) -> APIRouter:
         router = APIRouter(prefix="/v1", tags=["edits"], responses=_ERRORS)
         # A default, not Annotated: with postponed annotations FastAPI resolves names in module scope.
         current_user = Depends(self.current_user)
+        stream_user = Depends(self.stream_user)
         actions = self.actions
 
         @router.post(
@@ -423,17 +534,27 @@ class RestApi:
             user: User = current_user,
             wait: Annotated[bool, Query(description="Wait for the result (up to `timeout`)")] = False,
             timeout: Annotated[float, Query(gt=0, le=WAIT_MAX_SECONDS)] = 120,
+            idempotency_key: IdempotencyHeader = None,
         ) -> JSONResponse:
-            """Upload the images, create the request and answer 202, or with `wait=true` the result."""
+            """Upload the images, create the request and answer 202, or with `wait=true` the result.
+            With an `Idempotency-Key`, a retry gets the request the key made (`Idempotent-Replayed:
+            true`) and nothing runs twice; the same key with another body is 422
+            `idempotency_key_reused`."""
             if wait:
-                actions.ensure_can_wait(user)  # refused before anything is stored
+                actions.ensure_can_wait(user)  # before reading the body: the cheap refusal
             params, images, options = await _read_create(request, self.max_body_bytes)
-            row = await actions.submit(user, images, params, options)
+            options = dataclasses.replace(
+                options, idempotency_key=_keyed(options.idempotency_key, idempotency_key)
+            )
             if wait:
-                final = await actions.wait(user, row["id"], timeout)
-                if final["status"] in TERMINAL:
-                    return JSONResponse((await self._finished(final)).model_dump(mode="json"))
-                row = final
+                # One of the user's waits is held from before the upload: a refusal creates nothing.
+                row = await actions.submit_and_wait(user, images, params, options, timeout=timeout)
+                if row["status"] in TERMINAL:
+                    return JSONResponse(
+                        (await self._finished(row)).model_dump(mode="json"), headers=_replay_header(row)
+                    )
+            else:
+                row = await actions.submit(user, images, params, options)
             accepted = EditAccepted(
                 id=row["id"],
                 status=row["status"],
@@ -441,15 +562,39 @@ class RestApi:
                 events_url=str(request.url_for("edit_events", request_id=row["id"])),
                 cost=row.get("cost"),
             )
-            return JSONResponse(accepted.model_dump(mode="json"), status_code=status.HTTP_202_ACCEPTED)
+            return JSONResponse(
+                accepted.model_dump(mode="json"),
+                status_code=status.HTTP_202_ACCEPTED,
+                headers=_created_headers(request, "get_edit", "request_id", row),
+            )
 
-        @router.get("/edits", response_model=list[EditView], name="list_edits")
+        @router.get(
+            "/edits",
+            response_model=list[EditView],
+            name="list_edits",
+            responses={200: {"headers": {"Link": {"description": 'The next page: `<url>; rel="next"`'}}}},
+        )
         async def list_edits(
+            request: Request,
+            response: Response,
             user: User = current_user,
             limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = DEFAULT_LIST_LIMIT,
+            before: Annotated[
+                uuid.UUID | None,
+                Query(description="The next page: the edits created before this one (the last you got)."),
+            ] = None,
+            status_: Annotated[
+                list[str] | None,
+                Query(alias="status", description=f"Only these statuses (repeat it): {', '.join(STATUSES)}."),
+            ] = None,
         ) -> list[EditView]:
-            """Your most recent edits, newest first."""
-            return [_view(row) for row in await actions.recent(user, limit)]
+            """Your edits, newest first, with their signed URLs (output, live preview). A full page
+            has a `Link: <...>; rel="next"` header (and the next page starts `before` its last edit)."""
+            rows = await actions.recent(user, limit, before=before, statuses=status_ or ())
+            if len(rows) == limit:
+                following = request.url.include_query_params(before=str(rows[-1]["id"]))
+                response.headers["Link"] = f'<{following}>; rel="next"'
+            return [_view(row) for row in rows]
 
         @router.get("/edits/{request_id}", response_model=EditView, name="get_edit")
         async def get_edit(
@@ -465,6 +610,27 @@ class RestApi:
             final = await actions.wait(user, request_id, timeout)
             return await self._finished(final) if final["status"] in TERMINAL else _view(final)
 
+        @router.post(
+            "/edits/{request_id}/stream-token",
+            response_model=StreamTokenView,
+            name="create_stream_token",
+        )
+        async def create_stream_token(
+            request: Request, request_id: uuid.UUID, user: User = current_user
+        ) -> StreamTokenView:
+            """A short-lived token that opens this request's event stream without a header (for a
+            browser's `EventSource`): `new EventSource(events_url)`. It lasts `STREAM_TOKEN_SECONDS`
+            (60 s; never past your access token) and opens this request's stream only; once the
+            stream ends or fails, ask for a new one."""
+            await actions.get(user, request_id)  # 404 unless it is the caller's
+            minted = self.stream_tokens.mint(user, request_id)
+            events_url = request.url_for("edit_events", request_id=request_id).include_query_params(
+                token=minted.token
+            )
+            return StreamTokenView(
+                token=minted.token, expires_at=minted.expires_at, events_url=str(events_url)
+            )
+
         @router.get(
             "/edits/{request_id}/events",
             name="edit_events",
@@ -477,23 +643,27 @@ class RestApi:
                 }
             },
         )
-        async def edit_events(request_id: uuid.UUID, user: User = current_user) -> StreamingResponse:
-            """Server-sent events: `progress` on every status or progress change, then `done`.
-            A stream lasts at most `STREAM_MAX_SECONDS` (clients reconnect); a user holds at most
-            `WAITS_PER_USER` streams and waits at once (429 beyond)."""
+        async def edit_events(request_id: uuid.UUID, user: User = stream_user) -> StreamingResponse:
+            """Server-sent events: `progress` on every change of status, progress or live preview
+            (`preview_url`, `preview_step`), then `done` (with `output_url` when it succeeded).
+            Authenticate with the bearer header, or from a browser with `?token=` from
+            `POST /v1/edits/{id}/stream-token`. A stream lasts at most `STREAM_MAX_SECONDS`; a user
+            holds at most `WAITS_PER_USER` streams and waits at once (429 beyond)."""
             rows = await actions.follow(user, request_id)  # 404 or 429 before the stream starts
+            # The first row takes the user's place among their streams: a second stream racing this one
+            # past the bound is refused here, with a status code, not cut short after its 200.
+            first = await anext(rows)
 
             async def stream() -> AsyncIterator[str]:
-                async for row in rows:
-                    payload = {"id": str(row["id"]), "status": row["status"], "progress": row["progress"]}
-                    if row["status"] in TERMINAL:
-                        payload.update(error=row["error_message"], error_code=row["error_code"])
-                        yield f"event: done\ndata: {json.dumps(payload)}\n\n"
-                    else:
-                        yield f"event: progress\ndata: {json.dumps(payload)}\n\n"
+                yield await self._event(first)
+                async for item in _with_keepalives(rows, SSE_KEEPALIVE_SECONDS):
+                    yield _KEEPALIVE if item is None else await self._event(item)
 
             return StreamingResponse(
-                stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
+                stream(),
+                media_type="text/event-stream",
+                # no-transform and X-Accel-Buffering: proxies pass each event on as it comes.
+                headers={"cache-control": "no-cache, no-transform", "x-accel-buffering": "no"},
             )
 
         @router.delete("/edits/{request_id}", response_model=EditView, name="cancel_edit")
@@ -503,6 +673,19 @@ class RestApi:
 
         self._batch_routes(router, current_user)
         return router
+
+    async def _event(self, row: dict[str, Any]) -> str:
+        """One server-sent event: ``progress`` (with the live preview), or ``done`` once finished."""
+        payload: dict[str, Any] = {"id": str(row["id"]), "status": row["status"], "progress": row["progress"]}
+        if row["status"] in TERMINAL:
+            payload.update(
+                error=row["error_message"],
+                error_code=row["error_code"],
+                output_url=await self.actions.output_url(row),
+            )
+            return f"event: done\ndata: {json.dumps(payload)}\n\n"
+        payload.update(preview_step=row.get("preview_step"), preview_url=await self.actions.preview_url(row))
+        return f"event: progress\ndata: {json.dumps(payload)}\n\n"
 
     async def _finished(self, row: dict[str, Any]) -> EditView:
         """A finished request, with its output as base64 (and its media type) when it succeeded."""
@@ -521,9 +704,12 @@ class RestApi:
             openapi_extra=_BATCH_BODY,
             name="create_batch",
         )
-        async def create_batch(request: Request, user: User = current_user) -> JSONResponse:
+        async def create_batch(
+            request: Request, user: User = current_user, idempotency_key: IdempotencyHeader = None
+        ) -> JSONResponse:
             """The same edit over many images: one request per image, all created or none (a batch
-            over your limits is refused whole, 429). Follow it with `GET /v1/batches/{id}`."""
+            over your limits is refused whole, 429). Follow it with `GET /v1/batches/{id}`. With an
+            `Idempotency-Key`, a retry gets the batch the key made (`Idempotent-Replayed: true`)."""
             body = await _read_batch(request, self.max_body_bytes)
             batch = await actions.submit_batch(
                 user,
@@ -532,9 +718,12 @@ class RestApi:
                 body.params,
                 object_paths=body.object_paths,
                 reference_paths=body.reference_paths,
+                idempotency_key=_keyed(body.idempotency_key, idempotency_key),
             )
             return JSONResponse(
-                _batch_view(batch).model_dump(mode="json"), status_code=status.HTTP_202_ACCEPTED
+                _batch_view(batch).model_dump(mode="json"),
+                status_code=status.HTTP_202_ACCEPTED,
+                headers=_created_headers(request, "get_batch", "batch_id", batch),
             )
 
         @router.get("/batches/{batch_id}", response_model=BatchView, name="get_batch")
@@ -548,40 +737,5 @@ class RestApi:
             return _batch_view(await actions.cancel_batch(user, batch_id))
 
     def install(self, app: FastAPI) -> None:
-        """Mount the router and the error handlers that give every error one shape."""
+        """Mount the router (the app gives its errors the one shape: ``errors.install_error_handlers``)."""
         app.include_router(self.router())
-
-        def error(status_code: int, code: str, message: str) -> JSONResponse:
-            return JSONResponse({"error": {"code": code, "message": message}}, status_code=status_code)
-
-        async def api_error(_: Request, exc: Exception) -> JSONResponse:
-            assert isinstance(exc, ApiError)
-            return error(exc.status_code, exc.code, exc.message)
-
-        async def processor_error(_: Request, exc: Exception) -> JSONResponse:
-            assert isinstance(exc, ProcessorError)
-            if isinstance(exc, AuthError):
-                return error(401, exc.reason, exc.message)
-            if isinstance(exc, NotFound):
-                return error(404, exc.reason, exc.message)
-            if isinstance(exc, AlreadyFinished):
-                return error(409, exc.reason, exc.message)
-            if isinstance(exc, InvalidInput):
-                return error(422, exc.reason, exc.message)
-            if isinstance(exc, LimitExceeded):
-                return error(429, exc.reason, exc.message)
-            if isinstance(exc, TransientError):
-                return error(503, exc.reason, exc.message)
-            return error(500, exc.reason, exc.message)
-
-        async def validation_error(_: Request, exc: Exception) -> JSONResponse:
-            assert isinstance(exc, RequestValidationError)
-            first = exc.errors()[0] if exc.errors() else {}
-            where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-            return error(
-                422, ReasonCode.INVALID_REQUEST, f"{where}: {first.get('msg', 'invalid')}".strip(": ")
-            )
-
-        app.add_exception_handler(ApiError, api_error)
-        app.add_exception_handler(ProcessorError, processor_error)
-        app.add_exception_handler(RequestValidationError, validation_error)

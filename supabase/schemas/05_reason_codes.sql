@@ -38,6 +38,8 @@ as $$
     'unauthorized',
     'not_found',
     'already_finished',
+    'idempotency_key_reused',
+    'method_not_allowed',
     'body_too_large',
     'too_many_waits',
     'limit_exceeded',
@@ -103,6 +105,8 @@ as $$
     when 'unauthorized' then 'Missing, invalid or expired user token.'
     when 'not_found' then 'No such request for this user.'
     when 'already_finished' then 'The request finished before it could be canceled.'
+    when 'idempotency_key_reused' then 'The idempotency key was used before for a request with another body.'
+    when 'method_not_allowed' then 'The route does not take this HTTP method.'
     when 'body_too_large' then 'The HTTP body is larger than three images at the byte limit need.'
     when 'too_many_waits' then 'The user already holds as many waits and event streams as allowed.'
     when 'limit_exceeded' then 'The caller is over a limit no narrower code names.'

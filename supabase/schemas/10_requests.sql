@@ -231,7 +231,17 @@ create table public.edit_requests (
   constraint edit_requests_failed_has_reason
     check (status <> 'failed' or (error is not null and finished_at is not null)),
   constraint edit_requests_canceled_is_finished check (status <> 'canceled' or finished_at is not null),
-  constraint edit_requests_only_success_has_output check (output_path is null or status = 'succeeded')
+  constraint edit_requests_only_success_has_output check (output_path is null or status = 'succeeded'),
+  -- Idempotent submits (docs/contract.md): a retry that names the key of an earlier request of the
+  -- same user is that request, never a second one (the unique index below; PostgREST answers 409).
+  -- The fingerprint is a hash of the body the REST API and MCP made the request from, so a key sent
+  -- again with another body is refused there (idempotency_key_reused); an app that inserts rows
+  -- itself may leave it null. rules.IDEMPOTENCY_KEY_MAX_CHARS / _PATTERN bound the key.
+  idempotency_key text,
+  idempotency_fingerprint text,
+  constraint edit_requests_idempotency_key_valid
+    check (char_length(idempotency_key) <= 255 and idempotency_key ~ '^[\x21-\x7E]+$'),
+  constraint edit_requests_idempotency_fingerprint_length check (char_length(idempotency_fingerprint) <= 100)
 );
 
 comment on table public.edit_requests is
@@ -272,11 +282,18 @@ comment on column public.edit_requests.output_format is
   'png | webp | jpeg: the output object is {id}.png, .webp or .jpg; null: the deployment default (OUTPUT_FORMAT). What was used is in result.output_format.';
 comment on column public.edit_requests.output_quality is
   'WebP and JPEG quality, 1 to 100 (PNG ignores it); null: the deployment default (OUTPUT_QUALITY). What was used is in result.output_quality.';
+comment on column public.edit_requests.idempotency_key is
+  'The client''s key for safe retries (Idempotency-Key): unique per user; a retry with it gets this request.';
+comment on column public.edit_requests.idempotency_fingerprint is
+  'A hash of the body the REST API or MCP made this request from; another body with the same key is refused.';
 
 -- Users' lists and dashboards. (The claim's, the sweep's and each subject's own indexes are in
 -- their files.)
 create index edit_requests_user_idx on public.edit_requests (user_id, created_at desc);
 create index edit_requests_created_idx on public.edit_requests (created_at);
+-- Partial: requests without a key (most) cost no entry. Apps find a request again by its key.
+create unique index edit_requests_idempotency_key_unique
+  on public.edit_requests (user_id, idempotency_key) where idempotency_key is not null;
 
 -- Bookkeeping -------------------------------------------------------------------------------------
 
@@ -340,7 +357,7 @@ grant select (
   guidance_scale, seed, input_bucket, input_paths, output_bucket, output_path, error_code,
   error_message, result, created_at, started_at, finished_at, updated_at, width, height, base,
   base_color, speed, loras, webhook_endpoint_id, batch_id, inputs_expired_at, output_expired_at,
-  preview_path, preview_step, cost, output_format, output_quality
+  preview_path, preview_step, cost, output_format, output_quality, idempotency_key, idempotency_fingerprint
 ) on public.edit_requests to authenticated;
 -- batch_id only of a batch of their own (a policy in 45_batches.sql), webhook_endpoint_id only of an
 -- endpoint of their own (a trigger in 40_webhooks.sql). Not `id`: ids are the server's (random, from
@@ -350,7 +367,7 @@ grant select (
 grant insert (
   user_id, prompt, negative_prompt, input_paths, num_inference_steps, true_cfg_scale,
   guidance_scale, seed, width, height, base, base_color, speed, loras, webhook_endpoint_id, batch_id,
-  output_format, output_quality
+  output_format, output_quality, idempotency_key, idempotency_fingerprint
 ) on public.edit_requests to authenticated;
 
 -- The path rules run in users' inserts (a CHECK constraint, the insert policy); trigger functions

@@ -138,7 +138,7 @@ $$;
 comment on function public.set_edit_request_watches(text, uuid[], integer) is
   'The rows the processor''s LISTEN session p_watcher follows now, for p_seconds (it renews them).';
 
--- Every change a client can see (status, progress, output, reason) of a watched row. NOTIFY is
+-- Every change a client can see (status, progress, live preview, output, reason) of a watched row. NOTIFY is
 -- transactional and folds duplicates within one transaction, so a heartbeat costs one small message
 -- and a lease-only renewal none. Definer: it reads the watches, which whoever runs the update (a
 -- definer function, or an operator) may not.
@@ -149,8 +149,8 @@ security definer
 set search_path = ''
 as $$
 begin
-  if (new.status, new.progress, new.output_path, new.error_code)
-       is distinct from (old.status, old.progress, old.output_path, old.error_code)
+  if (new.status, new.progress, new.preview_step, new.output_path, new.error_code)
+       is distinct from (old.status, old.progress, old.preview_step, old.output_path, old.error_code)
      and exists (select 1 from public.edit_request_watches w
                   where w.request_id = new.id and w.expires_at > now()) then
     perform pg_notify('edit_request_changes', new.id::text);

@@ -42,7 +42,14 @@ create table public.edit_batches (
   output_quality integer,
   -- CHECKs run in name order: an empty list trips _not_empty, a long one _size.
   constraint edit_batches_not_empty check (cardinality(input_paths) >= 1),
-  constraint edit_batches_size check (cardinality(input_paths) <= 50)
+  constraint edit_batches_size check (cardinality(input_paths) <= 50),
+  -- Idempotent submits, as edit_requests' (10_requests.sql): the key is the batch's; its requests
+  -- hold none.
+  idempotency_key text,
+  idempotency_fingerprint text,
+  constraint edit_batches_idempotency_key_valid
+    check (char_length(idempotency_key) <= 255 and idempotency_key ~ '^[\x21-\x7E]+$'),
+  constraint edit_batches_idempotency_fingerprint_length check (char_length(idempotency_fingerprint) <= 100)
 );
 
 comment on table public.edit_batches is
@@ -50,6 +57,8 @@ comment on table public.edit_batches is
   'reference_paths after it), made by the insert trigger under the same rules and limits. docs/batches.md.';
 
 create index edit_batches_user_idx on public.edit_batches (user_id, created_at desc);
+create unique index edit_batches_idempotency_key_unique
+  on public.edit_batches (user_id, idempotency_key) where idempotency_key is not null;
 
 alter table public.edit_requests
   add constraint edit_requests_batch_id_fkey foreign key (batch_id)
@@ -159,7 +168,7 @@ grant select on public.edit_batches to authenticated;
 -- Not `id`: the server's, as edit_requests' (10_requests.sql).
 grant insert (user_id, prompt, negative_prompt, num_inference_steps, true_cfg_scale, guidance_scale, seed,
               width, height, base, base_color, speed, loras, input_paths, reference_paths, output_format,
-              output_quality)
+              output_quality, idempotency_key, idempotency_fingerprint)
   on public.edit_batches to authenticated;
 
 create policy "users read their own batches" on public.edit_batches

@@ -8,6 +8,7 @@ column grants decide what a caller may do; this adapter adds no access rules of 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -18,7 +19,8 @@ from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from processor.adapters.postgres.pool import Pool
-from processor.domain.errors import InvalidInput, LimitExceeded
+from processor.domain.cost import cost_of
+from processor.domain.errors import InvalidInput, KeyTaken, LimitExceeded
 from processor.domain.reasons import QUOTA_SQLSTATE, ReasonCode, reason_for_constraint
 from processor.domain.request import (
     NO_OPTIONS,
@@ -53,7 +55,7 @@ _VIEW_COLUMNS = (
     # What `authenticated` may select (migration 20261201000700): no lease, attempts or raw error.
     f"id, status, progress, {_PARAM_COLUMNS}, input_paths, output_bucket, output_path, error_code, "
     "error_message, result, created_at, started_at, finished_at, updated_at, batch_id, inputs_expired_at, "
-    "output_expired_at, cost"
+    "output_expired_at, cost, preview_path, preview_step, idempotency_key, idempotency_fingerprint"
 )
 _BATCH_COLUMNS = (
     "id, prompt, created_at, requests, awaiting_image, queued, processing, succeeded, failed, canceled, "
@@ -82,6 +84,10 @@ async def _batch(conn: psycopg.AsyncConnection[DictRow], batch_id: uuid.UUID) ->
     return {**batch, "items": await cursor.fetchall()}
 
 
+_KEY_INDEXES = frozenset({"edit_requests_idempotency_key_unique", "edit_batches_idempotency_key_unique"})
+"""The unique indexes of the idempotency keys: a violation of one is ``KeyTaken``."""
+
+
 class EditRequests:
     """``edit_requests`` as one user sees it, through a pooled direct connection."""
 
@@ -104,8 +110,9 @@ class EditRequests:
             yield conn
 
     @asynccontextmanager
-    async def _refusals(self) -> AsyncIterator[None]:
-        """What the schema's refusal of an insert means, as the domain's errors."""
+    async def _refusals(self, user: User, requests: int, cost: float) -> AsyncIterator[None]:
+        """What the schema's refusal of an insert of ``requests`` requests costing ``cost`` in all
+        means, as the domain's errors."""
         try:
             yield
         except psycopg.errors.CheckViolation as exc:
@@ -117,6 +124,10 @@ class EditRequests:
                 f"request refused by the schema ({exc.diag.constraint_name}){said}",
                 reason=reason_for_constraint(exc.diag.constraint_name),
             ) from exc
+        except psycopg.errors.UniqueViolation as exc:
+            if exc.diag.constraint_name not in _KEY_INDEXES:
+                raise
+            raise KeyTaken("an earlier request holds this idempotency key") from exc
         except psycopg.errors.InsufficientPrivilege as exc:
             # RLS: a path outside the caller's own folder (or a batch that is not theirs).
             raise InvalidInput(
@@ -133,10 +144,29 @@ class EditRequests:
             if exc.sqlstate != QUOTA_SQLSTATE:
                 raise
             # The per-user limits of edit_user_limits (migration 20261201000500): HTTP 429, not 500.
+            message = str(exc.diag.message_primary or "a per-user limit is reached")
             raise LimitExceeded(
-                str(exc.diag.message_primary or "a per-user limit is reached"),
+                message,
                 reason=ReasonCode.QUOTA_EXCEEDED,
+                retry_after=await self._retry_after(user, message, requests, cost),
             ) from exc
+
+    async def _retry_after(self, user: User, message: str, requests: int, cost: float) -> float | None:
+        """When the refused insert would pass (``edit_request_retry_after``), if the database can tell;
+        the refusal's message names the limit ("... limit exceeded: max_cost_per_hour (20000)")."""
+        named = re.search(r"exceeded: ([a-z_]+)", message)
+        if named is None:
+            return None
+        try:
+            async with self._as_user(user) as conn:
+                cursor = await conn.execute(
+                    "select public.edit_request_retry_after(%s, %s, %s) as seconds",
+                    (named.group(1), requests, cost),
+                )
+                row = await cursor.fetchone()
+        except psycopg.Error:
+            return None  # the refusal stands; only the hint is lost
+        return None if row is None or row["seconds"] is None else float(row["seconds"])
 
     async def insert(
         self,
@@ -144,17 +174,29 @@ class EditRequests:
         paths: Sequence[str],
         params: EditParams,
         options: RequestOptions = NO_OPTIONS,
+        *,
+        fingerprint: str | None = None,
     ) -> dict[str, Any]:
         # No id: the server chooses it (users may not name one; migration 20261206004000).
-        async with self._refusals(), self._as_user(user) as conn:
+        cost = cost_of(params, len(paths))
+        async with self._refusals(user, 1, cost), self._as_user(user) as conn:
             cursor = await conn.execute(
-                f"insert into public.edit_requests (input_paths, {_PARAM_COLUMNS}, {_OPTION_COLUMNS}) "
-                f"values (%s, {_PARAM_MARKS}, {_OPTION_MARKS}) returning {_VIEW_COLUMNS}",
-                (list(paths), *_values(params), *_values(options)),
+                f"insert into public.edit_requests (input_paths, {_PARAM_COLUMNS}, {_OPTION_COLUMNS}, "
+                f"idempotency_fingerprint) values (%s, {_PARAM_MARKS}, {_OPTION_MARKS}, %s) "
+                f"returning {_VIEW_COLUMNS}",
+                (list(paths), *_values(params), *_values(options), fingerprint),
             )
             row = await cursor.fetchone()
         assert row is not None
         return row
+
+    async def find(self, user: User, idempotency_key: str) -> dict[str, Any] | None:
+        async with self._as_user(user) as conn:
+            cursor = await conn.execute(
+                f"select {_VIEW_COLUMNS} from public.edit_requests where idempotency_key = %s",
+                (idempotency_key,),
+            )
+            return await cursor.fetchone()
 
     async def insert_batch(
         self,
@@ -162,20 +204,40 @@ class EditRequests:
         paths: Sequence[str],
         reference_paths: Sequence[str],
         params: EditParams,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
     ) -> dict[str, Any]:
         # One statement: its trigger inserts every request, or the statement fails whole. The server
         # chooses the id, as for a request.
-        async with self._refusals(), self._as_user(user) as conn:
+        count = len(paths)
+        cost = count * cost_of(params, 1 + len(reference_paths))
+        async with self._refusals(user, count, cost), self._as_user(user) as conn:
             cursor = await conn.execute(
-                f"insert into public.edit_batches (input_paths, reference_paths, {_PARAM_COLUMNS}) "
-                f"values (%s, %s, {_PARAM_MARKS}) returning id",
-                (list(paths), list(reference_paths), *_values(params)),
+                "insert into public.edit_batches (input_paths, reference_paths, idempotency_key, "
+                f"idempotency_fingerprint, {_PARAM_COLUMNS}) values (%s, %s, %s, %s, {_PARAM_MARKS}) "
+                "returning id",
+                (list(paths), list(reference_paths), idempotency_key, fingerprint, *_values(params)),
             )
             inserted = await cursor.fetchone()
             assert inserted is not None
             batch = await _batch(conn, inserted["id"])
         assert batch is not None
         return batch
+
+    async def find_batch(self, user: User, idempotency_key: str) -> dict[str, Any] | None:
+        async with self._as_user(user) as conn:
+            cursor = await conn.execute(
+                "select id, idempotency_fingerprint from public.edit_batches where idempotency_key = %s",
+                (idempotency_key,),
+            )
+            found = await cursor.fetchone()
+            if found is None:
+                return None
+            batch = await _batch(conn, found["id"])
+        return (
+            None if batch is None else {**batch, "idempotency_fingerprint": found["idempotency_fingerprint"]}
+        )
 
     async def get_batch(self, user: User, batch_id: uuid.UUID) -> dict[str, Any] | None:
         async with self._as_user(user) as conn:
@@ -194,11 +256,32 @@ class EditRequests:
             )
             return await cursor.fetchone()
 
-    async def recent(self, user: User, limit: int = 20) -> list[dict[str, Any]]:
+    async def recent(
+        self,
+        user: User,
+        limit: int = 20,
+        *,
+        before: uuid.UUID | None = None,
+        statuses: Sequence[str] = (),
+    ) -> list[dict[str, Any]]:
+        # Keyset paging on (created_at, id), newest first: the owner's (user_id, created_at) index
+        # (RLS adds the user) finds the page however deep it is.
+        conditions: list[str] = []
+        values: list[Any] = []
+        if before is not None:
+            conditions.append(
+                "(created_at, id) < (select b.created_at, b.id from public.edit_requests b where b.id = %s)"
+            )
+            values.append(before)
+        if statuses:
+            conditions.append("status = any(%s)")
+            values.append(list(statuses))
+        where = f"where {' and '.join(conditions)} " if conditions else ""
         async with self._as_user(user) as conn:
             cursor = await conn.execute(
-                f"select {_VIEW_COLUMNS} from public.edit_requests order by created_at desc limit %s",
-                (limit,),
+                f"select {_VIEW_COLUMNS} from public.edit_requests {where}"
+                "order by created_at desc, id desc limit %s",
+                (*values, limit),
             )
             return await cursor.fetchall()
 

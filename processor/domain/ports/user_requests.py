@@ -23,15 +23,32 @@ class UserRequests(Protocol):
         paths: Sequence[str],
         params: EditParams,
         options: RequestOptions = NO_OPTIONS,
+        *,
+        fingerprint: str | None = None,
     ) -> dict[str, Any]:
         """Insert the row with the request's parameters and options (each in the column of its name)
-        and return it as ``get`` shows it; the server chooses its id. ``InvalidInput`` or
-        ``LimitExceeded`` when the schema refuses it."""
+        and the body's ``fingerprint`` (``domain.idempotency``), and return it as ``get`` shows it; the
+        server chooses its id. ``InvalidInput`` or ``LimitExceeded`` when the schema refuses it,
+        ``KeyTaken`` when an earlier request of the user holds its ``idempotency_key``."""
+        ...
+
+    async def find(self, user: User, idempotency_key: str) -> dict[str, Any] | None:
+        """The user's request holding ``idempotency_key`` (as ``get`` shows it), if any."""
         ...
 
     async def get(self, user: User, request_id: uuid.UUID) -> dict[str, Any] | None: ...
 
-    async def recent(self, user: User, limit: int = 20) -> list[dict[str, Any]]: ...
+    async def recent(
+        self,
+        user: User,
+        limit: int = 20,
+        *,
+        before: uuid.UUID | None = None,
+        statuses: Sequence[str] = (),
+    ) -> list[dict[str, Any]]:
+        """The user's requests, newest first (by ``created_at``, then id): at most ``limit``, created
+        before the request ``before`` if given, of ``statuses`` if given."""
+        ...
 
     async def cancel(self, user: User, request_id: uuid.UUID) -> bool: ...
 
@@ -41,11 +58,19 @@ class UserRequests(Protocol):
         paths: Sequence[str],
         reference_paths: Sequence[str],
         params: EditParams,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
     ) -> dict[str, Any]:
         """Insert a batch: one request per path, each with ``reference_paths`` after its image, all
         under the rules and limits of a single insert. ``InvalidInput`` or ``LimitExceeded`` when the
-        schema refuses any of them, and then nothing is created. The server chooses the batch's id.
-        Returns ``get_batch``'s view."""
+        schema refuses any of them, and then nothing is created; ``KeyTaken`` as ``insert``. The server
+        chooses the batch's id. Returns ``get_batch``'s view."""
+        ...
+
+    async def find_batch(self, user: User, idempotency_key: str) -> dict[str, Any] | None:
+        """The user's batch holding ``idempotency_key`` (as ``get_batch`` shows it, with its
+        ``idempotency_fingerprint``), if any."""
         ...
 
     async def get_batch(self, user: User, batch_id: uuid.UUID) -> dict[str, Any] | None:
