@@ -15,17 +15,6 @@ import pytest
 
 from tests.conftest import Harness
 
-# Error answers outside /v1 still have FastAPI's {"detail": ...} shape and no schema: issue 23 §2
-# (one error shape everywhere) changes them on another branch; the xfail below turns into a failure
-# once they are typed, so this list cannot outlive them.
-UNTYPED_ERRORS = {
-    ("post", "/webhooks/edit-requests", "401"),
-    ("post", "/webhooks/edit-requests", "413"),
-    ("post", "/webhooks/edit-requests", "422"),
-    ("get", "/metrics", "401"),
-    ("get", "/metrics", "404"),
-}
-
 
 @pytest.fixture
 def spec(start_processor: Callable[..., Harness]) -> dict[str, Any]:
@@ -51,13 +40,9 @@ def untyped(spec: dict[str, Any]) -> set[tuple[str, str, str]]:
     return found
 
 
-def test_every_success_and_every_v1_error_has_a_schema(spec: dict[str, Any]) -> None:
-    assert untyped(spec) - UNTYPED_ERRORS == set()
-
-
-@pytest.mark.xfail(strict=True, reason="issue 23 §2: /webhooks and /metrics errors get the one error shape")
-def test_the_errors_outside_v1_have_a_schema_too(spec: dict[str, Any]) -> None:
-    assert untyped(spec) & UNTYPED_ERRORS == set()
+def test_every_answer_has_a_schema(spec: dict[str, Any]) -> None:
+    # /webhooks and /metrics included: their errors have the one error shape too.
+    assert untyped(spec) == set()
 
 
 def test_the_answers_of_the_rest_api_are_its_models(spec: dict[str, Any]) -> None:

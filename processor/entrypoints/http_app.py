@@ -8,20 +8,25 @@ the table). Duplicates and late deliveries are harmless.
 from __future__ import annotations
 
 import hmac
+import logging
+import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 import processor
 from processor.core.service import ProcessorService
 from processor.domain.rules import WEBHOOK_MAX_BODY_BYTES
 from processor.entrypoints.bodies import json_body, read_capped_body
+from processor.entrypoints.errors import ErrorResponse, install_error_handlers
 from processor.entrypoints.rest import RestApi
 
 if TYPE_CHECKING:  # the `mcp` extra: imported only when an MCP server is mounted
@@ -68,6 +73,27 @@ class Readiness(BaseModel):
     lease_sweep: str | None = None
 
 
+class _RedactStreamTokens(logging.Filter):
+    """Access log lines show ``?token=[redacted]``: a stream token in a URL opens a stream until it
+    expires, and logs are read by more people than the user."""
+
+    _TOKEN = re.compile(r"([?&]token=)[^&\s\"]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self._TOKEN.sub(r"\1[redacted]", arg) if isinstance(arg, str) else arg for arg in record.args
+            )
+        return True
+
+
+def redact_stream_tokens_in_access_logs() -> None:
+    """Once per process, whatever the logging set-up: uvicorn logs each request to ``uvicorn.access``."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(item, _RedactStreamTokens) for item in access.filters):
+        access.addFilter(_RedactStreamTokens())
+
+
 def install_health(app: FastAPI, service: ProcessorService) -> None:
     """``/healthz`` and ``/readyz``: on the full app, and alone on the worker's health server."""
 
@@ -101,8 +127,16 @@ def create_health_app(service: ProcessorService) -> FastAPI:
     No lifespan: the worker command starts and stops ``service`` itself, so a model that fails to
     load still ends the process (exit 1) instead of leaving a pod that is alive and never ready."""
     app = FastAPI(title="qwen-edit-processor worker", version=processor.__version__, openapi_url=None)
+    install_error_handlers(app)
     install_health(app, service)
     return app
+
+
+CORS_ALLOWED_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID",
+                        "Mcp-Session-Id", "Mcp-Protocol-Version")  # fmt: skip
+"""What a browser app sends besides the CORS-safelisted headers (MCP's are for browser MCP clients)."""
+CORS_EXPOSED_HEADERS = ("Retry-After", "Location", "Idempotent-Replayed", "Link", "Mcp-Session-Id")
+"""What a browser app reads from an answer (a page may read only the safelisted ones unless told)."""
 
 
 def create_app(
@@ -112,8 +146,14 @@ def create_app(
     metrics_token: SecretStr | None = None,
     api: RestApi | None = None,
     mcp: MCPServer | None = None,
+    cors_origins: Sequence[str] = (),
+    cors_origin_regex: str | None = None,
 ) -> FastAPI:
-    """The app; its lifespan starts and drains ``service`` (and opens the REST API and MCP)."""
+    """The app; its lifespan starts and drains ``service`` (and opens the REST API and MCP).
+
+    ``cors_origins`` (``CORS_ORIGINS``) and ``cors_origin_regex`` (``dev``'s loopback pages): the
+    origins whose pages may call it from a browser. Credentials are a bearer header, never a cookie,
+    so no answer allows credentials."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -127,12 +167,26 @@ def create_app(
             stack.push_async_callback(service.stop)
             yield
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc with Swagger UI's and ReDoc's files from the package, not a CDN.
+    app = FastAPIOffline(
         title="qwen-edit-processor",
         version=processor.__version__,
         summary="Qwen-Image-Edit-2509 image edits behind Supabase",
         lifespan=lifespan,
+        swagger_ui_parameters={"persistAuthorization": True},
     )
+    install_error_handlers(app)
+    redact_stream_tokens_in_access_logs()
+    if cors_origins or cors_origin_regex:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_origin_regex=cors_origin_regex,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=list(CORS_ALLOWED_HEADERS),
+            expose_headers=list(CORS_EXPOSED_HEADERS),
+            max_age=600,
+        )
     if api is not None:
         api.install(app)
     secret = webhook_secret
@@ -155,9 +209,12 @@ def create_app(
         dependencies=[Depends(require_webhook_secret)],
         openapi_extra=_WEBHOOK_BODY,
         responses={
-            401: {"description": "Missing or wrong shared secret"},
-            413: {"description": f"The body is over {WEBHOOK_MAX_BODY_BYTES:,} bytes"},
-            422: {"description": "The body is not a database webhook"},
+            401: {"model": ErrorResponse, "description": "Missing or wrong shared secret"},
+            413: {
+                "model": ErrorResponse,
+                "description": f"The body is over {WEBHOOK_MAX_BODY_BYTES:,} bytes",
+            },
+            422: {"model": ErrorResponse, "description": "The body is not a database webhook"},
         },
     )
     async def edit_request_webhook(request: Request) -> Accepted:
@@ -182,8 +239,8 @@ def create_app(
                 "content": {"text/plain": {"schema": {"type": "string"}}},
                 "description": "Prometheus text exposition format",
             },
-            401: {},
-            404: {"description": "METRICS_TOKEN unset"},
+            401: {"model": ErrorResponse, "description": "Missing or wrong METRICS_TOKEN"},
+            404: {"model": ErrorResponse, "description": "METRICS_TOKEN unset"},
         },
     )
     async def metrics(request: Request) -> Response:
@@ -206,6 +263,8 @@ def create_app(
         # Bearer tokens are verified per call, so the DNS-rebinding guard (meant for
         # unauthenticated local servers) would only refuse legitimate Host headers.
         security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
-        # Mounted last: the app's own routes match first; MCP answers at /mcp.
-        app.mount("/", mcp.streamable_http_app(streamable_http_path="/mcp", transport_security=security))
+        # Its route joins the app's (a mount at "/" would answer every unknown path itself, in
+        # Starlette's plain text); the lifespan above runs its session manager.
+        transport = mcp.streamable_http_app(streamable_http_path="/mcp", transport_security=security)
+        app.router.routes.extend(transport.routes)
     return app
