@@ -42,6 +42,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ from processor.adapters.diffusers.run import (
     using,
 )
 from processor.domain.errors import ConfigurationError, EditCancelled, InvalidInput, ModelError
-from processor.domain.params import prepare_edit
+from processor.domain.params import PreparedEdit, prepare_edit
 from processor.domain.ports.editor import EditResult, PreviewSink, ProgressCallback
 from processor.domain.reasons import ReasonCode
 from processor.domain.request import EditParams
@@ -116,6 +117,17 @@ _LIGHTNING_SETTING: Mapping[SpeedPreset, str] = {
     "fast": "LIGHTNING_8STEP_LORA",
     "fastest": "LIGHTNING_4STEP_LORA",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRun:
+    """``DiffusersEditor.prepare``'s answer: the checked edit, its preset and its prepared inputs."""
+
+    edit: PreparedEdit
+    speed: SpeedPreset
+    inputs: PreparedInputs
+    seconds: float
+    """How long the preparation took (the result's ``preprocessing``)."""
 
 
 class DiffusersEditor:
@@ -323,23 +335,11 @@ class DiffusersEditor:
         log.info("warm-up done", extra={"seconds": round(seconds, 3)})
         return seconds
 
-    def edit(
-        self,
-        images: Sequence[Image.Image],
-        params: EditParams,
-        *,
-        on_progress: ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-        previews: PreviewSink | None = None,
-    ) -> EditResult:
-        """Edit 0 to 3 images (none: a base canvas); see the class docstring for what it raises.
-
-        Only device work runs under the lock: the inputs are resized, preprocessed and run through
-        the Qwen2-VL processor before it (``run.prepare_inputs``), and the output leaves it as
-        8-bit pixels, made into a picture after it."""
+    def prepare(self, images: Sequence[Image.Image], params: EditParams) -> PreparedRun:
+        """The edit's CPU work, without the lock: checks (``InvalidInput``), size, seed, canvas, and the
+        pipeline's preprocessing of the inputs and prompts. Hand it to ``edit(..., prepared=)``."""
         prepared = prepare_edit(images, params, self._sizing)
         speed = self._check_speed(params)
-        _raise_if_cancelled(cancel, "before it started")
         pipe = self._pipe
         if pipe is None:
             raise ConfigurationError("the editor was closed")
@@ -351,21 +351,32 @@ class DiffusersEditor:
             vae_image_area=self._sizing.vae_image_area,
             condition_image_area=self._sizing.condition_image_area,
         )
-        preprocessing = time.perf_counter() - started
+        return PreparedRun(prepared, speed, inputs, time.perf_counter() - started)
+
+    def edit(
+        self,
+        images: Sequence[Image.Image],
+        params: EditParams,
+        *,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        previews: PreviewSink | None = None,
+        prepared: PreparedRun | None = None,
+    ) -> EditResult:
+        """Edit 0 to 3 images (none: a base canvas); see the class docstring for what it raises.
+
+        Only device work runs under the lock: the inputs are resized, preprocessed and run through
+        the Qwen2-VL processor before it (``prepare``, or ``prepared`` when the caller did it already
+        for these images and parameters), and the output leaves it as 8-bit pixels, made into a
+        picture after it."""
+        run = prepared if prepared is not None else self.prepare(images, params)
+        edit, speed, inputs, preprocessing = run.edit, run.speed, run.inputs, run.seconds
         _raise_if_cancelled(cancel, "before it started")
         with self._lock:
             _raise_if_cancelled(cancel, "while it waited for the model")
             plan = self._plan(speed, params)
             pixels, timings = self._run(
-                inputs,
-                params,
-                plan,
-                prepared.seed,
-                prepared.width,
-                prepared.height,
-                on_progress,
-                cancel,
-                previews,
+                inputs, params, plan, edit.seed, edit.width, edit.height, on_progress, cancel, previews
             )
         started = time.perf_counter()
         image = Image.fromarray(pixels.numpy())
@@ -376,13 +387,13 @@ class DiffusersEditor:
             log.warning("inputs not prepared before the lock: %s", ", ".join(sorted(set(inputs.misses))))
         return EditResult(
             image=image,
-            seed=prepared.seed,
+            seed=edit.seed,
             width=image.width,
             height=image.height,
             num_inference_steps=plan.steps,
             timings=timings,
             model=self.describe(),
-            base=prepared.base,
+            base=edit.base,
             run=plan.record(),
         )
 
