@@ -209,7 +209,7 @@ class DiffusersEditor:
         *,
         revision: str | None = None,
         cache_dir: str | Path | None = None,
-        device: DeviceChoice = "auto",
+        device: DeviceChoice | torch.device = "auto",
         memory: MemoryMode = "full",
         quantization: Quantization = "nf4",
         warmup: bool = False,

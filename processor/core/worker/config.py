@@ -18,8 +18,8 @@ class WorkerConfig:
     heartbeat_interval_seconds: float
     progress_interval_seconds: float
     sweep_interval_seconds: float
-    worker_concurrency: int
-    """GPU turns: edits on the editor at once (one per engine)."""
+    worker_concurrency: int | None
+    """GPU turns: edits on the editor at once; None: one per engine (``ports.editor.engine_count``)."""
     shutdown_grace_seconds: float
     image_limits: ImageLimits
     preview_every_steps: int = 0

@@ -26,7 +26,7 @@ from processor.core.worker.slots import JobSlots
 from processor.core.worker.turns import GpuTurns
 from processor.core.worker.writes import FinalWrites
 from processor.domain.errors import ProcessorError
-from processor.domain.ports.editor import Editor
+from processor.domain.ports.editor import Editor, engine_count
 from processor.domain.ports.queue import JobQueue
 from processor.domain.ports.storage import ObjectStorage
 from processor.observability.metrics import Metrics
@@ -50,7 +50,8 @@ class Worker:
         self._config = config
         self._metrics = WorkerMetrics(metrics or Metrics())
         self._wakeup = asyncio.Event()
-        self._pacing = Pacing(turns=config.worker_concurrency, prefetch=config.worker_prefetch)
+        turns = config.worker_concurrency or engine_count(editor)
+        self._pacing = Pacing(turns=turns, prefetch=config.worker_prefetch)
         self._ahead_found_none = False
         """The last claim ahead found nothing: try again after a wake-up, not at every step."""
         writes = FinalWrites(queue, config)
@@ -61,7 +62,7 @@ class Worker:
             writes=writes,
             config=config,
             metrics=self._metrics,
-            turns=GpuTurns(config.worker_concurrency),
+            turns=GpuTurns(turns),
         )
         runner = JobRunner(
             pipeline=pipeline,

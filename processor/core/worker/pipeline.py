@@ -28,7 +28,7 @@ from processor.core.worker.recorder import WorkerMetrics
 from processor.core.worker.turns import GpuTurns
 from processor.core.worker.writes import FinalWrites
 from processor.domain.errors import EditCancelled, ProcessorError, TransientError
-from processor.domain.ports.editor import Editor, EditResult, takes_prepared, takes_previews
+from processor.domain.ports.editor import Editor, EditResult, engine_count, takes_prepared, takes_previews
 from processor.domain.ports.queue import EditJob, JobQueue
 from processor.domain.ports.storage import ObjectStorage
 from processor.domain.reasons import ReasonCode
@@ -55,7 +55,7 @@ class JobPipeline:
         turns: GpuTurns | None = None,
     ) -> None:
         self._storage = storage
-        self._turns = turns or GpuTurns(config.worker_concurrency)
+        self._turns = turns or GpuTurns(config.worker_concurrency or engine_count(editor))
         self._prepares = takes_prepared(editor)
         self._queue = queue
         self._worker_id = config.worker_id

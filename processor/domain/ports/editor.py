@@ -117,6 +117,12 @@ class Editor(Protocol):
         ...
 
 
+def engine_count(editor: Editor) -> int:
+    """How many edits the editor runs at once (``engines``: one per GPU of an ``EditorPool``); 1 without."""
+    engines = getattr(editor, "engines", 1)
+    return engines if isinstance(engines, int) and engines >= 1 else 1
+
+
 def takes_prepared(editor: Editor) -> bool:
     """Whether the editor can do its CPU work ahead of its device (``prepare``): ``prepare(images, params)``
     returns what ``edit(images, params, prepared=...)`` then starts from. The worker prepares a job before
