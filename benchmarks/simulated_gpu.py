@@ -208,6 +208,35 @@ def busy_seconds(intervals: Iterable[tuple[float, float, str]], start: float, en
     return busy
 
 
+def idle_by_next_call(
+    intervals: Iterable[tuple[float, float, str]], start: float, end: float
+) -> dict[str, float]:
+    """The idle time inside [start, end], by what ended it: ``between edits`` (the next call is an
+    edit's first, its text encoder), ``between steps`` (a transformer forward after one), ``before
+    decode`` (the VAE decode), ``other`` (the rest: text encoder to VAE encode, VAE encode to the first
+    forward). Where the GPU waits, and so what to fix."""
+    idle = {"between edits": 0.0, "between steps": 0.0, "before decode": 0.0, "other": 0.0}
+    covered_to, previous = start, ""
+    for began, ended, kind in sorted(intervals):
+        if ended <= start or began >= end:
+            if began < start:
+                previous = kind
+            continue
+        gap = max(0.0, min(began, end) - covered_to)
+        if gap > 0:
+            if kind == "text_encoder":
+                idle["between edits"] += gap
+            elif kind == "transformer" and previous == "transformer":
+                idle["between steps"] += gap
+            elif kind == "vae_decode":
+                idle["before decode"] += gap
+            else:
+                idle["other"] += gap
+        covered_to, previous = max(covered_to, min(ended, end)), kind
+    idle["other"] += max(0.0, end - covered_to)
+    return idle
+
+
 # --- a worker process ----------------------------------------------------------------------------------------
 
 
