@@ -41,7 +41,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,13 @@ from processor.adapters.diffusers.loading import (
     public_model_id,
     resolve_device,
 )
-from processor.adapters.diffusers.loras import AdapterCache, AllowedLora, LoraSource, apply_adapters
+from processor.adapters.diffusers.loras import (
+    AdapterCache,
+    AllowedLora,
+    LoraSource,
+    apply_adapters,
+    forget_applied,
+)
 from processor.adapters.diffusers.presets import LIGHTNING_ADAPTERS, RunPlan, preset_plan
 from processor.adapters.diffusers.previews import PreviewWorker, fit_projection
 from processor.adapters.diffusers.run import (
@@ -183,6 +189,7 @@ class DiffusersEditor:
             if preset not in LIGHTNING_STEPS:
                 raise ConfigurationError(f"no Lightning LoRA for the {preset!r} preset")
             if LIGHTNING_ADAPTERS[preset] not in getattr(pipeline.transformer, "peft_config", {}):
+                forget_applied(pipeline)
                 source.load_into(pipeline, LIGHTNING_ADAPTERS[preset])
             self._lightning[preset] = source
         if self._speed != "quality" and self._speed not in self._lightning:
@@ -201,6 +208,7 @@ class DiffusersEditor:
         install_prepared_inputs(pipeline)
         apply_adapters(pipeline, ())  # the base model until an edit asks for more
         apply_accelerations(pipeline, self._accelerations, self._device)
+        pipeline.pin_placement(stateful_hooks=self._accelerations.step_cache)
 
     @classmethod
     def load(
@@ -574,19 +582,24 @@ class DiffusersEditor:
             )
             latents = latents / inverse_std + mean  # written as the pipeline writes it, for identical bits
             decoded = vae.decode(latents, return_dict=False)[0][:, :, 0]
-            run.check_finite(decoded, "decoded image")
-            return to_pixels(pipe.image_processor, decoded)
+            return to_pixels(
+                pipe.image_processor, decoded, check=lambda t: run.check_finite(t, "decoded image")
+            )
 
     def _synchronize(self) -> None:
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
 
 
-def to_pixels(image_processor: Any, decoded: torch.Tensor) -> torch.Tensor:
+def to_pixels(
+    image_processor: Any, decoded: torch.Tensor, check: Callable[[torch.Tensor], None] | None = None
+) -> torch.Tensor:
     """``image_processor.postprocess(decoded, output_type="pil")``'s pixels of the first image, made on
     the tensor's device and copied to the CPU as uint8 (a quarter of float32's bytes): the same
     de-normalisation, then ``round(x * 255)`` in float32, as ``numpy_to_pil`` does (both round half to
-    even)."""
+    even). ``check`` sees the decoded tensor first (the NaN check). All of it is device work."""
+    if check is not None:
+        check(decoded)
     denormalized: torch.Tensor = image_processor.postprocess(decoded, output_type="pt")
     scaled = denormalized[0].permute(1, 2, 0).float() * 255
     return scaled.round().to(torch.uint8).cpu()

@@ -182,9 +182,38 @@ class InstrumentedPipeline(QwenImageEditPlusPipeline):  # type: ignore[misc]
     """
 
     _edit_run: Run | None = None
+    _pinned_device: torch.device | None = None
+    _stateful_hooks = True
 
     def attach_run(self, run: Run | None) -> None:
         self._edit_run = run
+
+    def pin_placement(self, *, stateful_hooks: bool) -> None:
+        """The pipeline is placed for good (the engine calls it once it is built): its execution device is
+        worked out once, not on every call, and ``stateful_hooks`` says whether any hook keeps state
+        between calls (the step cache). diffusers walks every module of every component for both on
+        every call, CPU time the GPU waits for (issue #21)."""
+        self._pinned_device = None
+        self._pinned_device = self._execution_device
+        self._stateful_hooks = stateful_hooks
+
+    @property
+    def _execution_device(self) -> torch.device:
+        if self._pinned_device is not None:
+            return self._pinned_device
+        device: torch.device = super()._execution_device
+        return device
+
+    def maybe_free_model_hooks(self) -> None:
+        # Without offload hooks and without stateful hooks, diffusers' version resets nothing and
+        # offloads nothing; it only walks the modules to find that out.
+        if (
+            self._pinned_device is not None
+            and not self._stateful_hooks
+            and not getattr(self, "_all_hooks", None)
+        ):
+            return
+        super().maybe_free_model_hooks()
 
     def encode_prompt(self, *args: Any, **kwargs: Any) -> Any:
         run = self._edit_run
