@@ -42,7 +42,10 @@ def test_the_processor_uses_every_gpu_or_one_worker_per_gpu() -> None:
     for name in ("worker-gpu0", "worker-gpu1"):
         service = services[name]
         [device] = service["deploy"]["resources"]["reservations"]["devices"]
-        assert service["profiles"] == ["worker-per-gpu"] and service["command"] == ["edit-processor", "worker"]
+        assert service["profiles"] == ["worker-per-gpu"] and service["command"] == [
+            "edit-processor",
+            "worker",
+        ]
         seen += device["device_ids"]
     assert seen == ["0", "1"]
 

@@ -38,14 +38,22 @@ class RecordingLock:
         self._spans = spans
         self._acquired = 0.0
 
-    def __enter__(self) -> RecordingLock:
-        self._lock.acquire()
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not self._lock.acquire(blocking, timeout):
+            return False
         self._acquired = time.perf_counter()
+        return True
+
+    def release(self) -> None:
+        self._spans.append(("lock", self._acquired, time.perf_counter()))
+        self._lock.release()
+
+    def __enter__(self) -> RecordingLock:
+        self.acquire()
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._spans.append(("lock", self._acquired, time.perf_counter()))
-        self._lock.release()
+        self.release()
 
 
 class Recorded:

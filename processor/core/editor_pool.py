@@ -26,9 +26,9 @@ from processor.domain.ports.editor import (
 )
 from processor.domain.request import EditParams
 
-_CANCEL_POLL_SECONDS = 0.05
-"""How often an edit waiting for a busy pool looks at its cancel event (the worker's turns mean it
-never waits: it has as many turns as engines)."""
+_CANCEL_POLL_SECONDS = 0.01
+"""How often an edit waiting for a busy pool looks at its cancel event (a job prepared ahead waits here
+for an engine to free, and may be cancelled meanwhile)."""
 
 
 class EditorPool:

@@ -41,7 +41,8 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,9 @@ __all__ = [
     "public_model_id",
     "resolve_device",
 ]
+
+LOCK_POLL_SECONDS = 0.01
+"""How often an edit waiting for the lock looks at its cancel event."""
 
 _LIGHTNING_SETTING: Mapping[SpeedPreset, str] = {
     "quality": "",
@@ -380,8 +384,7 @@ class DiffusersEditor:
         run = prepared if prepared is not None else self.prepare(images, params)
         edit, speed, inputs, preprocessing = run.edit, run.speed, run.inputs, run.seconds
         _raise_if_cancelled(cancel, "before it started")
-        with self._lock:
-            _raise_if_cancelled(cancel, "while it waited for the model")
+        with self._locked(cancel):
             plan = self._plan(speed, params)
             pixels, timings = self._run(
                 inputs, params, plan, edit.seed, edit.width, edit.height, on_progress, cancel, previews
@@ -404,6 +407,18 @@ class DiffusersEditor:
             base=edit.base,
             run=plan.record(),
         )
+
+    @contextmanager
+    def _locked(self, cancel: threading.Event | None) -> Iterator[None]:
+        """The lock, for an edit: a cancel while it waits ends the wait within ``LOCK_POLL_SECONDS``
+        (an edit prepared ahead waits here for the one before it, and may be cancelled meanwhile)."""
+        while not self._lock.acquire(timeout=LOCK_POLL_SECONDS):
+            _raise_if_cancelled(cancel, "while it waited for the model")
+        try:
+            _raise_if_cancelled(cancel, "while it waited for the model")
+            yield
+        finally:
+            self._lock.release()
 
     def _uses_cfg(self, speed: SpeedPreset, params: EditParams) -> bool:
         """Whether this edit runs true CFG (and so encodes a negative prompt too)."""

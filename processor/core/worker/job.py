@@ -44,7 +44,7 @@ class ActiveJob:
     ready_at: float | None = None
     """When it was downloaded, decoded and prepared, ready for the GPU."""
     has_turn: bool = False
-    """It holds one of the worker's GPU turns (its edit runs)."""
+    """Its edit runs on the GPU (it has reported a step)."""
     edit_done: bool = False
     """Its edit has returned (or it will not run one): the GPU is no longer its."""
     step: int = 0
@@ -53,8 +53,8 @@ class ActiveJob:
     """The last step reported, of how many, and when (``time.monotonic()`` in the model's thread)."""
     first_step_at: float = 0.0
     notify: Callable[[ActiveJob, str], None] | None = None
-    """Told of every change the claim loop paces itself by: ``ready``, ``turn``, ``step``, ``edit_done``;
-    on the event loop."""
+    """Told of every change the claim loop paces itself by: ``ready``, ``step``, ``edit_done``; on the
+    event loop."""
 
     def stop(self, reason: StopReason) -> None:
         if self.stop_reason is None:
@@ -77,10 +77,11 @@ class ActiveJob:
         self.loop.call_soon_threadsafe(self._stepped, step, total, time.monotonic())
 
     def _stepped(self, step: int, total: int, at: float) -> None:
-        if step > self.step:
+        if step > self.step and not self.edit_done:
             if self.step == 0 or step == 1:
                 self.first_step_at = at
             self.step, self.total_steps, self.step_at = step, total, at
+            self.has_turn = True
             self._changed("step")
         self.report_progress(DENOISING_SHARE * step / total)
 
@@ -94,14 +95,12 @@ class ActiveJob:
         self.ready_at = time.monotonic()
         self._changed("ready")
 
-    def turn_taken(self) -> None:
-        self.has_turn = True
-        self._changed("turn")
-
-    def turn_given_back(self) -> None:
-        self.has_turn = False
-        self.edit_done = True
-        self._changed("edit_done")
+    def edit_finished(self) -> None:
+        """Its edit returned (or will not run): the GPU is no longer its."""
+        if not self.edit_done:
+            self.has_turn = False
+            self.edit_done = True
+            self._changed("edit_done")
 
     def _changed(self, event: str) -> None:
         if self.notify is not None:

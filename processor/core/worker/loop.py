@@ -23,7 +23,6 @@ from processor.core.worker.pipeline import JobPipeline
 from processor.core.worker.recorder import WorkerMetrics
 from processor.core.worker.runner import JobRunner
 from processor.core.worker.slots import JobSlots
-from processor.core.worker.turns import GpuTurns
 from processor.core.worker.writes import FinalWrites
 from processor.domain.errors import ProcessorError
 from processor.domain.ports.editor import Editor, engine_count
@@ -62,7 +61,6 @@ class Worker:
             writes=writes,
             config=config,
             metrics=self._metrics,
-            turns=GpuTurns(turns),
         )
         runner = JobRunner(
             pipeline=pipeline,

@@ -1,5 +1,8 @@
 """When the worker claims: at once while a GPU turn is free, and ahead, just in time, while it is not.
 
+A GPU turn is one edit at a time on the editor (``WORKER_CONCURRENCY``, one per engine by default): a job
+holds one from its claim until its edit returns; its encode and upload hold none.
+
 Claiming ahead (``WORKER_PREFETCH``, docs/worker.md#prefetch, decision 0140): while an edit's last
 steps run, the next job is claimed, downloaded, decoded and prepared, so the next edit starts the
 moment the GPU frees. Not earlier than needed: a job claimed ahead waits for this worker's GPU,

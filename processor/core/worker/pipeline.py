@@ -1,8 +1,10 @@
 """The job pipeline: download, decode, prepare, edit, encode, upload, complete; failures mapped to the row.
 
-Only the edit holds one of the worker's GPU turns (``GpuTurns``): the job takes it once its inputs
-are downloaded, decoded and prepared (``Editor.prepare``, where the editor has one), and gives it
-back when the edit returns, so the output's encode, upload and completion overlap the next edit.
+A job calls the editor once its inputs are downloaded, decoded and prepared (``Editor.prepare``, where
+the editor has one): a job claimed ahead then waits in the editor's own queue (its lock, or a free
+engine of a pool) and starts the moment the edit before it releases the GPU, with no hop through the
+event loop. The job's claim on the GPU ends when its edit returns, so its output's encode, upload and
+completion overlap the next edit.
 
 Outcomes (for metrics and logs): ``succeeded``; ``retrying`` or ``failed`` after ``fail``;
 ``canceled`` (the row is already canceled: nothing written); ``lost`` (another worker owns
@@ -25,10 +27,9 @@ from processor.core.worker.config import WorkerConfig, output_path_for
 from processor.core.worker.job import ActiveJob, StopReason
 from processor.core.worker.previews import PreviewUploads
 from processor.core.worker.recorder import WorkerMetrics
-from processor.core.worker.turns import GpuTurns
 from processor.core.worker.writes import FinalWrites
 from processor.domain.errors import EditCancelled, ProcessorError, TransientError
-from processor.domain.ports.editor import Editor, EditResult, engine_count, takes_prepared, takes_previews
+from processor.domain.ports.editor import Editor, EditResult, takes_prepared, takes_previews
 from processor.domain.ports.queue import EditJob, JobQueue
 from processor.domain.ports.storage import ObjectStorage
 from processor.domain.reasons import ReasonCode
@@ -52,10 +53,8 @@ class JobPipeline:
         writes: FinalWrites,
         config: WorkerConfig,
         metrics: WorkerMetrics,
-        turns: GpuTurns | None = None,
     ) -> None:
         self._storage = storage
-        self._turns = turns or GpuTurns(config.worker_concurrency or engine_count(editor))
         self._prepares = takes_prepared(editor)
         self._queue = queue
         self._worker_id = config.worker_id
@@ -93,7 +92,7 @@ class JobPipeline:
         try:
             return await self._stages(active)
         except BaseException:
-            active.edit_done = True  # it will not run an edit (any more): the next may be claimed
+            active.edit_finished()  # it will not run an edit (any more): the next may be claimed
             raise
 
     async def _ended(self, active: ActiveJob) -> Outcome:
@@ -117,15 +116,14 @@ class JobPipeline:
         inputs = await timed("download", self._download(job))
         decoded = await timed("decode", self._decode(active, inputs))
         prepared = await self._prepare(job, decoded)
+        active.raise_if_stopped()
         active.mark_ready()
         try:
-            async with self._turns.turn(active):
-                self._metrics.stage("gpu_wait", time.monotonic() - (active.ready_at or time.monotonic()))
-                edit_started = time.monotonic()
-                result = await self._edit(active, decoded, prepared)
-                edit_seconds = time.monotonic() - edit_started
+            edit_started = time.monotonic()
+            result = await self._edit(active, decoded, prepared)
+            edit_seconds = time.monotonic() - edit_started
         finally:
-            active.edit_done = True  # whatever happened, this job's GPU work is over
+            active.edit_finished()  # whatever happened, this job's GPU work is over
         self._metrics.edit(edit_seconds, result.timings)
         encoded = await timed(
             "encode", asyncio.to_thread(encode_output, job.params, result, self._encoding, request_id=job.id)
