@@ -368,6 +368,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             parts["feeder"].wait_idle(timeout=60 + 4 * gpu_seconds * config.count)
                     finally:
                         workers.close()
+                        if args.device_logs:
+                            keep = args.device_logs / f"{gpu_seconds:g}s-{config}-{label}".replace(" ", "_")
+                            shutil.copytree(log_dir, keep, dirs_exist_ok=True)
     load_at_end = os.getloadavg()[0]
     print(
         f"# load average at the end {load_at_end:.1f} (a quiet machine: below its CPU count, {os.cpu_count()})"
@@ -419,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
         help="LABEL [KEY=VALUE ...]: measure every configuration with these settings too (repeat it)",
     )
     parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument(
+        "--device-logs", type=Path, help="keep each cell's device call log (start end kind per line) here"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.gpu_seconds, args.latency_ms, args.configs, args.jobs, args.skip = [0.5], [0.0, 20.0], "1c", 4, 2

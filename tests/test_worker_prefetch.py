@@ -300,23 +300,28 @@ def test_with_two_workers_and_one_queued_job_the_idle_worker_gets_it(
         b = Worker(
             queue=queue_b, storage=storage, editor=idle_editor, config=replace(config, worker_id="worker-b")
         )
-        stop = asyncio.Event()
+        stop, stop_b = asyncio.Event(), asyncio.Event()
         first = add_with_input(add_request, storage)
-        tasks = [asyncio.create_task(a.run(stop))]
-        await eventually(lambda: status(db, first)["claimed_by"] == "worker-a", what="A's edit", timeout=10)
-        await asyncio.to_thread(busy_editor.held.wait, 10)
-        tasks.append(asyncio.create_task(b.run(stop)))  # its first sweep claims nothing: idle
-        await eventually(lambda: _idle(db) == ["worker-b"], what="B idle", timeout=10)
-        second = add_with_input(add_request, storage)
-        a.wake()
-        b.wake()
+        task_a = asyncio.create_task(a.run(stop))
+        task_b: asyncio.Task[None] | None = None
         try:
+            await eventually(
+                lambda: status(db, first)["claimed_by"] == "worker-a", what="A's edit", timeout=10
+            )
+            await asyncio.to_thread(busy_editor.held.wait, 10)
+            task_b = asyncio.create_task(b.run(stop_b))  # its first sweep claims nothing: idle
+            await eventually(lambda: _idle(db) == ["worker-b"], what="B idle", timeout=10)
+            second = add_with_input(add_request, storage)
+            a.wake()
+            b.wake()
             await eventually(
                 lambda: status(db, second)["status"] == "succeeded", what="the second", timeout=15
             )
             assert status(db, second)["claimed_by"] == "worker-b"
             assert idle_editor.calls == 1 and busy_editor.calls == 1
-            # With B busy or gone and nobody idle, A claims ahead what comes next.
+            # B gone (its idle mark with it) and nobody idle: A claims ahead what comes next.
+            stop_b.set()
+            await task_b
             db.execute("delete from edit_idle_workers")
             third = add_with_input(add_request, storage)
             a.wake()
@@ -329,7 +334,8 @@ def test_with_two_workers_and_one_queued_job_the_idle_worker_gets_it(
         finally:
             busy_editor.proceed.set()
             stop.set()
-            await asyncio.gather(*tasks)
+            stop_b.set()
+            await asyncio.gather(task_a, *([task_b] if task_b else []))
             await queue_a.close()
             await queue_b.close()
         assert status(db, first)["status"] == "succeeded"

@@ -136,6 +136,8 @@ class PreparedRun:
     edit: PreparedEdit
     speed: SpeedPreset
     inputs: PreparedInputs
+    scheduler: Any
+    """A fresh scheduler of the preset's config, for this edit alone."""
     seconds: float
     """How long the preparation took (the result's ``preprocessing``)."""
 
@@ -356,14 +358,22 @@ class DiffusersEditor:
         if pipe is None:
             raise ConfigurationError("the editor was closed")
         started = time.perf_counter()
+        _, cfg_scale, scheduler_config, _ = preset_plan(
+            speed,
+            steps=params.num_inference_steps,
+            true_cfg_scale=params.true_cfg_scale,
+            model_scheduler_config=self._model_scheduler_config,
+        )
         inputs = prepare_inputs(
             pipe,
             prepared.images,
-            [params.prompt, *([params.negative_prompt or " "] if self._uses_cfg(speed, params) else [])],
+            [params.prompt, *([params.negative_prompt or " "] if cfg_scale > 1 else [])],
             vae_image_area=self._sizing.vae_image_area,
             condition_image_area=self._sizing.condition_image_area,
         )
-        return PreparedRun(prepared, speed, inputs, time.perf_counter() - started)
+        # A new scheduler per edit, from a frozen config: no state crosses requests.
+        scheduler = self._scheduler_class.from_config(scheduler_config)
+        return PreparedRun(prepared, speed, inputs, scheduler, time.perf_counter() - started)
 
     def edit(
         self,
@@ -387,7 +397,16 @@ class DiffusersEditor:
         with self._locked(cancel):
             plan = self._plan(speed, params)
             pixels, timings = self._run(
-                inputs, params, plan, edit.seed, edit.width, edit.height, on_progress, cancel, previews
+                inputs,
+                run.scheduler,
+                params,
+                plan,
+                edit.seed,
+                edit.width,
+                edit.height,
+                on_progress,
+                cancel,
+                previews,
             )
         started = time.perf_counter()
         image = Image.fromarray(pixels.numpy())
@@ -419,16 +438,6 @@ class DiffusersEditor:
             yield
         finally:
             self._lock.release()
-
-    def _uses_cfg(self, speed: SpeedPreset, params: EditParams) -> bool:
-        """Whether this edit runs true CFG (and so encodes a negative prompt too)."""
-        _, cfg_scale, _, _ = preset_plan(
-            speed,
-            steps=params.num_inference_steps,
-            true_cfg_scale=params.true_cfg_scale,
-            model_scheduler_config=self._model_scheduler_config,
-        )
-        return cfg_scale > 1
 
     def _check_speed(self, params: EditParams) -> SpeedPreset:
         """The preset this edit runs; ``InvalidInput`` for an unavailable preset or LoRA (before the lock)."""
@@ -497,6 +506,7 @@ class DiffusersEditor:
     def _run(
         self,
         inputs: PreparedInputs,
+        scheduler: Any,
         params: EditParams,
         plan: RunPlan,
         seed: int,
@@ -528,8 +538,7 @@ class DiffusersEditor:
         started = time.perf_counter()
         try:
             with sizing_gate.applied(self._sizing), torch.inference_mode(), using(inputs):
-                # A new scheduler per edit, from a frozen config: no state crosses requests.
-                pipe.scheduler = self._scheduler_class.from_config(plan.scheduler_config)
+                pipe.scheduler = scheduler  # made for this edit alone (``prepare``)
                 apply_adapters(pipe, plan.adapters)
                 reset_step_cache(pipe, self._accelerations)
                 pipe.attach_run(run)

@@ -89,7 +89,15 @@ class Worker:
 
     def _job_changed(self, active: ActiveJob, event: str) -> None:
         self._pacing.observe(active, event)
-        self._wakeup.set()
+        # A step wakes the loop only while the job's pace is being learnt (its first two steps) or when a
+        # claim is due now: the loop's timer covers the rest, and every wake-up takes the GIL from the
+        # thread that feeds the GPU.
+        if event != "step" or active.step <= 2:
+            self._wakeup.set()
+            return
+        claim = self._pacing.next_claim(self._slots.jobs)
+        if claim == "now" or (claim == "ahead" and not self._ahead_found_none):
+            self._wakeup.set()
 
     def cancel(self, request_id: uuid.UUID) -> None:
         """A cancel notification: stop that job now if it runs here (its heartbeat would too)."""
