@@ -22,7 +22,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -203,8 +203,9 @@ class UserActions:
             if earlier is None:  # the winner's row is gone already (an operator deleted it)
                 raise
             return _replayed(key, earlier, sent)
-        except (InvalidInput, LimitExceeded):
-            await self._discard(paths)  # refused: no row names them
+        except BaseException:
+            # Refused (or failed, or the caller went away): no row names them.
+            await _shielded(self._discard(paths))
             raise
 
     async def submit_batch(
@@ -252,8 +253,8 @@ class UserActions:
             if earlier is None:
                 raise
             return _replayed(idempotency_key, earlier, sent)
-        except (InvalidInput, LimitExceeded):
-            await self._discard(uploaded)
+        except BaseException:
+            await _shielded(self._discard(uploaded))
             raise
 
     async def _discard(self, paths: Sequence[str]) -> None:
@@ -272,11 +273,15 @@ class UserActions:
         comes after the uploads (so that the insert finds its images and queues the request)."""
         formats = await self._validate(images)
         folder = uuid.uuid4()
-        paths = []
-        for data, name, (extension, media_type) in zip(images, names, formats, strict=True):
-            path = f"{user.id}/{folder}/{name}.{extension}"
-            await self._storage.upload(INPUT_BUCKET, path, data, content_type=media_type)
-            paths.append(path)
+        paths: list[str] = []
+        try:
+            for data, name, (extension, media_type) in zip(images, names, formats, strict=True):
+                path = f"{user.id}/{folder}/{name}.{extension}"
+                paths.append(path)  # before the upload: one cut short may have been stored
+                await self._storage.upload(INPUT_BUCKET, path, data, content_type=media_type)
+        except BaseException:
+            await _shielded(self._discard(paths))
+            raise
         return paths
 
     async def _validate(self, images: Sequence[bytes]) -> list[tuple[str, str]]:
@@ -479,6 +484,17 @@ class UserActions:
             self._waits[user.id] -= 1
             if not self._waits[user.id]:
                 del self._waits[user.id]
+
+
+async def _shielded(cleanup: Awaitable[None]) -> None:
+    """Run ``cleanup`` to its end even when the task running it is canceled (a client that went
+    away mid-submit): the uploads it deletes would otherwise wait for retention."""
+    task = asyncio.ensure_future(cleanup)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 def _replayed(key: str, earlier: Row, sent: str) -> Row:

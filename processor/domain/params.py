@@ -163,7 +163,7 @@ def _as_loras(_item: DeclaredField, value: object, form: bool) -> object:
     if form and isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, an over-long integer, too deep
             return None
     return parse_loras(value)
 
@@ -242,8 +242,14 @@ def _check_text(item: DeclaredField, value: object) -> None:
     if "\x00" in value:
         # Postgres text cannot hold NUL: refused here so no way in gets further than the row.
         raise InvalidInput(f"{item.name} may not contain NUL characters", reason=spec.reason)
+    if not value.isascii() and _SURROGATE.search(value):
+        # A lone surrogate (JSON's "\ud800") is no character: UTF-8, Postgres and tokenizers refuse it.
+        raise InvalidInput(f"{item.name} holds a lone surrogate (not Unicode text)", reason=spec.reason)
     if spec.pattern is not None and not re.search(python_regex(spec.pattern), value):
         raise _refuse(item, spec.shape or f"a text matching {spec.pattern}", value)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def python_regex(pattern: str) -> str:

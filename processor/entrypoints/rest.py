@@ -296,6 +296,10 @@ async def _json_object(request: Request) -> dict[str, Any]:
         raise ApiError(400, ReasonCode.INVALID_JSON, "the body is not valid JSON") from exc
     except UnicodeDecodeError as exc:
         raise ApiError(400, ReasonCode.INVALID_JSON, "the body is not UTF-8 JSON") from exc
+    except ValueError as exc:  # an integer of more digits than int() converts (sys.int_info)
+        raise ApiError(400, ReasonCode.INVALID_JSON, f"the body cannot be read: {exc}") from exc
+    except RecursionError as exc:  # nesting deeper than the parser goes
+        raise ApiError(400, ReasonCode.INVALID_JSON, "the body is nested too deeply") from exc
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object", reason=ReasonCode.INVALID_REQUEST)
     return body

@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 
 from processor.adapters.postgres.pool import Pool
 from processor.domain.cost import cost_of
-from processor.domain.errors import InvalidInput, KeyTaken, LimitExceeded
+from processor.domain.errors import InvalidInput, KeyTaken, LimitExceeded, Unauthorized
 from processor.domain.reasons import QUOTA_SQLSTATE, ReasonCode, reason_for_constraint
 from processor.domain.request import (
     NO_OPTIONS,
@@ -86,6 +86,8 @@ async def _batch(conn: psycopg.AsyncConnection[DictRow], batch_id: uuid.UUID) ->
 
 _KEY_INDEXES = frozenset({"edit_requests_idempotency_key_unique", "edit_batches_idempotency_key_unique"})
 """The unique indexes of the idempotency keys: a violation of one is ``KeyTaken``."""
+_OWNER_KEYS = frozenset({"edit_requests_user_id_fkey", "edit_batches_user_id_fkey"})
+"""The rows' references to ``auth.users``: a violation of one is a user who is gone (``Unauthorized``)."""
 
 
 class EditRequests:
@@ -128,6 +130,11 @@ class EditRequests:
             if exc.diag.constraint_name not in _KEY_INDEXES:
                 raise
             raise KeyTaken("an earlier request holds this idempotency key") from exc
+        except psycopg.errors.ForeignKeyViolation as exc:
+            if exc.diag.constraint_name not in _OWNER_KEYS:
+                raise
+            # A valid token of a user deleted since it was issued: no one the rows could belong to.
+            raise Unauthorized("the token's user does not exist (deleted?); sign in again") from exc
         except psycopg.errors.InsufficientPrivilege as exc:
             # RLS: a path outside the caller's own folder (or a batch that is not theirs).
             raise InvalidInput(
