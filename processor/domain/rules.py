@@ -291,6 +291,18 @@ DECODE_PROCESSES = 2
 VALIDATION_THREADS = 2
 """Uploads validated at once per process (each in a decoding process of its own pool); more wait their
 turn instead of taking the processes the worker decodes in."""
+VALIDATIONS_PER_USER: Final = 1
+"""Images of one user validated at once per process; users take turns for the validation processes
+(one image each, round robin), so another user's submission waits for one image, not a queue of them."""
+SUBMISSIONS_PER_USER: Final = 2
+"""Submissions (REST ``POST /v1/edits`` and ``/v1/batches``, MCP's ``edit_image`` and ``submit_batch``)
+one user may have in flight at once per process, from before the body is read to the insert; more are
+refused (429 ``too_many_submissions``) before their body is read."""
+SUBMISSIONS_IN_FLIGHT: Final = 16
+"""Submissions of all users in flight at once per process: each may hold a body of up to
+``edit_body_bytes`` (about 84 MB at the default image limit) while it is read and checked."""
+TOO_MANY_SUBMISSIONS_RETRY_SECONDS: Final = 2
+"""``Retry-After`` of a ``too_many_submissions`` refusal: a submission takes seconds."""
 
 CHANGES_CHANNEL = "edit_request_changes"
 """NOTIFY channel: a request's client-visible state changed (payload: its id)."""

@@ -29,7 +29,12 @@ from processor.domain.errors import (
     Unauthorized,
 )
 from processor.domain.reasons import ReasonCode
-from processor.domain.rules import LIMIT_RETRY_SECONDS, QUOTA_RETRY_SECONDS, TOO_MANY_WAITS_RETRY_SECONDS
+from processor.domain.rules import (
+    LIMIT_RETRY_SECONDS,
+    QUOTA_RETRY_SECONDS,
+    TOO_MANY_SUBMISSIONS_RETRY_SECONDS,
+    TOO_MANY_WAITS_RETRY_SECONDS,
+)
 
 
 class ErrorBody(BaseModel):
@@ -76,6 +81,7 @@ _STATUS_CODES: Mapping[int, ReasonCode] = {
 
 RETRY_AFTER_SECONDS: Mapping[str, int] = {
     ReasonCode.TOO_MANY_WAITS: TOO_MANY_WAITS_RETRY_SECONDS,
+    ReasonCode.TOO_MANY_SUBMISSIONS: TOO_MANY_SUBMISSIONS_RETRY_SECONDS,
     ReasonCode.QUOTA_EXCEEDED: QUOTA_RETRY_SECONDS,
     ReasonCode.LIMIT_EXCEEDED: LIMIT_RETRY_SECONDS,
 }

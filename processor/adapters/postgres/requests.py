@@ -175,6 +175,41 @@ class EditRequests:
             return None  # the refusal stands; only the hint is lost
         return None if row is None or row["seconds"] is None else float(row["seconds"])
 
+    async def admit(self, user: User, params: EditParams, inputs: int, *, requests: int = 1) -> None:
+        # The cost's arguments as the insert trigger gives them to edit_request_cost (the speed's
+        # default is the database's); the limits and the refusal's text are the insert's. A value
+        # the insert could not store is refused here as the insert would (``_refusals``).
+        cost = requests * cost_of(params, inputs)
+        async with self._refusals(user, requests, cost), self._as_user(user) as conn:
+            cursor = await conn.execute(
+                "select refused, message from public.edit_request_admission_check(%s::integer, "
+                "%s::integer, %s::real, %s::text, %s::integer, %s::integer, %s::integer, %s::integer, "
+                "%s::integer, %s::integer)",
+                (
+                    requests,
+                    params.num_inference_steps,
+                    params.true_cfg_scale,
+                    params.speed,
+                    params.width,
+                    params.height,
+                    inputs,
+                    len(params.prompt),
+                    len(params.negative_prompt),
+                    len(params.loras),
+                ),
+            )
+            row = await cursor.fetchone()
+        if row is None or row["refused"] is None:
+            return
+        if row["refused"] == "no_such_user":
+            raise Unauthorized("the token's user does not exist (deleted?); sign in again")
+        message = str(row["message"])
+        raise LimitExceeded(
+            message,
+            reason=ReasonCode.QUOTA_EXCEEDED,
+            retry_after=await self._retry_after(user, message, requests, cost),
+        )
+
     async def insert(
         self,
         user: User,
