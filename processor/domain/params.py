@@ -30,6 +30,7 @@ from processor.domain.request import (
     EditParams,
     FieldKind,
     RequestOptions,
+    text_bytes,
 )
 from processor.domain.rules import DRAWN_SEED_BOUND, MAX_BATCH_SIZE, MAX_IMAGES, Base
 from processor.domain.sizing import ModelSizing, output_size
@@ -245,6 +246,12 @@ def _check_text(item: DeclaredField, value: object) -> None:
     if not value.isascii() and _SURROGATE.search(value):
         # A lone surrogate (JSON's "\ud800") is no character: UTF-8, Postgres and tokenizers refuse it.
         raise InvalidInput(f"{item.name} holds a lone surrogate (not Unicode text)", reason=spec.reason)
+    if spec.max_bytes is not None and text_bytes(value) > spec.max_bytes:
+        # Tokens, not characters, are the work: at most one per byte of the NFC form (rules).
+        raise InvalidInput(
+            f"{item.name} is {text_bytes(value)} bytes in UTF-8 (NFC form); the limit is {spec.max_bytes}",
+            reason=spec.reason,
+        )
     if spec.pattern is not None and not re.search(python_regex(spec.pattern), value):
         raise _refuse(item, spec.shape or f"a text matching {spec.pattern}", value)
 

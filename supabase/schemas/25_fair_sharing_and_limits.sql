@@ -89,7 +89,8 @@ as $$
   -- One way of running a request: p_steps steps of one forward (two with true CFG, the second over
   -- the negative prompt); a forward over T tokens does T x (1 + T / 18432) (linear layers, and joint
   -- attention, quadratic in T; 18,432 = 6 x 3,072 is where the two are equal); T = the output's
-  -- tokens (16 x 16 pixels each; 1 MP when no size) + 4,292 per input + one per prompt character;
+  -- tokens (16 x 16 pixels each; 1 MP when no size) + 4,292 per input + one per byte of the prompt
+  -- (p_prompt_chars: UTF-8 bytes of its NFC form, the most tokens the tokenizer makes of it);
   -- each active LoRA adapter adds 1/16 to every forward, each LoRA named 4 steps for its load;
   -- 24,410.390625 is the work of one default step (two forwards over 8,388 tokens).
   select p_steps
@@ -140,8 +141,9 @@ comment on function public.edit_request_cost(integer, real, text, integer, integ
   'steps x the transformer work over the output and every input (4,292 tokens each, whatever the '
   'output size), x 2 with true CFG, a preset''s steps in place of the request''s, LoRAs. Arguments: '
   'num_inference_steps, true_cfg_scale, speed (null: the deployment''s default, charged as the '
-  'costlier of quality and fast), width, height (null: 1 MP), input images, characters of prompt and '
-  'negative_prompt, LoRAs named. docs/fair-sharing.md.';
+  'costlier of quality and fast), width, height (null: 1 MP), input images, UTF-8 bytes of the NFC form '
+  'of prompt and of negative_prompt (octet_length(normalize(prompt, NFC)): at least a byte a token), '
+  'LoRAs named. docs/fair-sharing.md.';
 
 -- Places in line of rows that become claimable after insert -----------------------------------------
 -- A row inserted before its images is not in line: its place is decided when it becomes queued
@@ -304,7 +306,7 @@ begin
     new.fair_tag := new.created_at;
     new.cost := public.edit_request_cost(
       new.num_inference_steps, new.true_cfg_scale, new.speed, new.width, new.height,
-      cardinality(new.input_paths), char_length(new.prompt), char_length(new.negative_prompt),
+      cardinality(new.input_paths), octet_length(normalize(new.prompt, NFC)), octet_length(normalize(new.negative_prompt, NFC)),
       case when jsonb_typeof(new.loras) = 'array' then jsonb_array_length(new.loras) else 0 end);
     return new;
   end if;
@@ -323,7 +325,7 @@ begin
   -- list counts none here: the CHECKs, after this trigger, refuse it by name.)
   v_row_cost := public.edit_request_cost(
     new.num_inference_steps, new.true_cfg_scale, coalesce(new.speed, v_state[10]), new.width, new.height,
-    cardinality(new.input_paths), char_length(new.prompt), char_length(new.negative_prompt),
+    cardinality(new.input_paths), octet_length(normalize(new.prompt, NFC)), octet_length(normalize(new.negative_prompt, NFC)),
     case when jsonb_typeof(new.loras) = 'array' then jsonb_array_length(new.loras) else 0 end);
   new.cost := v_row_cost;
   v_cost := v_state[4]::double precision + v_row_cost;

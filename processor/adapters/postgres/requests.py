@@ -29,6 +29,7 @@ from processor.domain.request import (
     DeclaredField,
     EditParams,
     RequestOptions,
+    text_bytes,
 )
 from processor.domain.users import User
 
@@ -193,8 +194,8 @@ class EditRequests:
                     params.width,
                     params.height,
                     inputs,
-                    len(params.prompt),
-                    len(params.negative_prompt),
+                    text_bytes(params.prompt),
+                    text_bytes(params.negative_prompt),
                     len(params.loras),
                 ),
             )
