@@ -289,3 +289,28 @@ def test_one_users_submissions_take_no_more_than_their_turn_at_validation(
         finally:
             gated.release.set()
         assert [future.result().status_code for future in held] == [202, 202]
+
+
+def test_a_row_that_breaks_a_rule_is_refused_for_the_rule_not_the_limits(
+    db: psycopg.Connection[dict[str, Any]], make_user: Callable[[], uuid.UUID]
+) -> None:
+    # Found by tests/test_adversary.py: the limits were checked before the CHECK constraints, so a
+    # 4096 x 4096 output (invalid_size, charged as 16 MP) was a PT429 telling the app to wait.
+    user = make_user()
+    limit(db, user, max_in_flight=0)
+    for columns, constraint in (
+        ({"width": 4096, "height": 4096}, "edit_requests_size_valid"),
+        ({"num_inference_steps": 1}, "edit_requests_steps_within_rules"),
+    ):
+        with (
+            pytest.raises(psycopg.errors.CheckViolation) as refused,
+            acting_as(db, "authenticated", user) as conn,
+        ):
+            _insert(conn, user, columns)
+        assert refused.value.diag.constraint_name == constraint
+    # A valid row over the limit is still refused for the limit, with its message, detail and hint.
+    with pytest.raises(psycopg.Error) as over, acting_as(db, "authenticated", user) as conn:
+        _insert(conn, user, {"num_inference_steps": 2})
+    assert over.value.sqlstate == "PT429"
+    assert over.value.diag.message_primary == "edit request limit exceeded: max_in_flight (0)"
+    assert over.value.diag.message_detail and over.value.diag.message_hint

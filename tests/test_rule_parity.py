@@ -90,6 +90,10 @@ CASES = [
     Case("cfg-0", ACCEPTED, {"true_cfg_scale": 0.0}),
     Case("cfg-20", ACCEPTED, {"true_cfg_scale": rules.MAX_CFG_SCALE}),
     Case("cfg-20.1", ReasonCode.INVALID_PARAMETER, {"true_cfg_scale": 20.1}),
+    # Within 0..20 but 0 once a 4-byte float (the column's real): found by tests/test_adversary.py,
+    # where RunPod and the CLI accepted what the database refused.
+    Case("cfg-underflows-a-real", ReasonCode.INVALID_PARAMETER, {"true_cfg_scale": 1e-300}),
+    Case("cfg-smallest-real", ACCEPTED, {"guidance_scale": 1e-45}),
     Case("3-images", ACCEPTED, images=rules.MAX_IMAGES, ways=[w for w in WAYS if w not in ONE_IMAGE_WAYS]),
     Case(
         "4-images",

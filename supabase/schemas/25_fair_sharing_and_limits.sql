@@ -268,6 +268,7 @@ declare
   v_requests double precision;
   v_cost double precision;
   v_row_cost double precision;
+  v_refusal jsonb;
 begin
   -- Readiness under the paths' slot locks: a row whose inputs are all visible is queued, any
   -- other row waits for its upload (edit_requests_on_objects_stored queues it). Decided here, not later, so that RETURNING (PostgREST's return=representation) shows it.
@@ -330,25 +331,30 @@ begin
   new.cost := v_row_cost;
   v_cost := v_state[4]::double precision + v_row_cost;
 
-  if v_state[1] = '1' then
+  -- Over a limit, the statement is refused, but by edit_requests_after_insert, once every row has
+  -- passed the CHECK constraints (which run after this trigger): a request that breaks a rule is
+  -- refused for that rule (invalid_size, ...), never as over a limit that waiting would lift. The
+  -- first refusal of the statement is kept in a transaction-local setting.
+  if v_state[1] = '1' and coalesce(current_setting('edit_requests.refusal', true), '') = '' then
     if v_state[5]::integer >= 0 and v_in_flight + 1 > v_state[5]::integer then
-      raise exception 'edit request limit exceeded: max_in_flight (%)', v_state[5]
-        using errcode = 'PT429',
-              detail = format('%s requests of this user are awaiting an image, queued or processing.', v_in_flight),
-              hint = 'Wait for some to finish (or cancel them); operators set limits in public.edit_user_limits.';
+      v_refusal := jsonb_build_object(
+        'message', format('edit request limit exceeded: max_in_flight (%s)', v_state[5]),
+        'detail', format('%s requests of this user are awaiting an image, queued or processing.', v_in_flight),
+        'hint', 'Wait for some to finish (or cancel them); operators set limits in public.edit_user_limits.');
+    elsif v_state[6]::integer >= 0 and v_requests > v_state[6]::integer then
+      v_refusal := jsonb_build_object(
+        'message', format('edit request limit exceeded: max_requests_per_hour (%s)', v_state[6]),
+        'detail', format('About %s requests of this user in the last hour, this one included.', ceil(v_requests)),
+        'hint', 'Try again later; operators set limits in public.edit_user_limits.');
+    elsif v_state[7]::double precision >= 0 and v_cost > v_state[7]::double precision then
+      v_refusal := jsonb_build_object(
+        'message', format('edit request limit exceeded: max_cost_per_hour (%s)', v_state[7]),
+        'detail', format('This request costs %s (edit_request_cost); about %s used in the last hour with it.',
+                         round(v_row_cost::numeric, 2), round(v_cost::numeric, 2)),
+        'hint', 'Use fewer steps, input images or LoRAs, a smaller size or a faster speed, or try again later; operators set limits in public.edit_user_limits.');
     end if;
-    if v_state[6]::integer >= 0 and v_requests > v_state[6]::integer then
-      raise exception 'edit request limit exceeded: max_requests_per_hour (%)', v_state[6]
-        using errcode = 'PT429',
-              detail = format('About %s requests of this user in the last hour, this one included.', ceil(v_requests)),
-              hint = 'Try again later; operators set limits in public.edit_user_limits.';
-    end if;
-    if v_state[7]::double precision >= 0 and v_cost > v_state[7]::double precision then
-      raise exception 'edit request limit exceeded: max_cost_per_hour (%)', v_state[7]
-        using errcode = 'PT429',
-              detail = format('This request costs %s (edit_request_cost); about %s used in the last hour with it.',
-                              round(v_row_cost::numeric, 2), round(v_cost::numeric, 2)),
-              hint = 'Use fewer steps, input images or LoRAs, a smaller size or a faster speed, or try again later; operators set limits in public.edit_user_limits.';
+    if v_refusal is not null then
+      perform set_config('edit_requests.refusal', v_refusal::text, true);
     end if;
   end if;
 
@@ -388,7 +394,16 @@ declare
   v_format text;
   v_body jsonb;
   v_headers jsonb;
+  v_refusal jsonb := nullif(current_setting('edit_requests.refusal', true), '')::jsonb;
 begin
+  -- 0. A row over its owner's limits (edit_requests_before_insert kept the first refusal): every row
+  --    passed the CHECK constraints, so the statement is refused for the limit, SQLSTATE PT429.
+  if v_refusal is not null then
+    perform set_config('edit_requests.refusal', '', true);
+    raise exception '%', v_refusal->>'message'
+      using errcode = 'PT429', detail = v_refusal->>'detail', hint = v_refusal->>'hint';
+  end if;
+
   -- 1. Charge the hour's usage (limited callers only: their rows passed the per-row checks).
   if not public.edit_request_caller_is_operator() then
     update public.edit_user_usage u
