@@ -282,7 +282,9 @@ def _check_number(item: DeclaredField, value: object) -> None:
     if value != 0 and struct.unpack("f", struct.pack("f", value))[0] == 0:
         # Numbers are stored as 4-byte floats (SQL real, what every engine runs in): one that would
         # become 0 there (1e-300) is refused by every way in, not by the database alone.
-        raise _refuse(item, f"a number {_range(item)} that a 4-byte float holds (0, or at least 1e-45)", value)
+        raise _refuse(
+            item, f"a number {_range(item)} that a 4-byte float holds (0, or at least 1e-45)", value
+        )
 
 
 def _check_choice(item: DeclaredField, value: object) -> None:
