@@ -22,6 +22,7 @@ import base64
 import json
 import os
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -90,13 +91,13 @@ def faults(body: dict[str, Any]) -> set[str]:
     return codes
 
 
-def agree(verdicts: dict[str, Verdict], body: dict[str, Any]) -> bool:
+def agree(verdicts: dict[str, Verdict], body: dict[str, Any], also: set[str] | None = None) -> bool:
     """One verdict: all accepted, or all refused with one code (a way that names no code agrees with
-    any); where several fields are wrong, each code one of theirs."""
+    any); where several things are wrong (the fields, and ``also``), each code one of theirs."""
     if len({v.accepted for v in verdicts.values()}) > 1:
         return False
     codes = {v.code for v in verdicts.values() if v.code is not None}
-    wrong = faults(body)
+    wrong = faults(body) | (also or set())
     return len(codes) <= 1 if len(wrong) <= 1 else codes <= wrong
 
 
@@ -175,7 +176,10 @@ WELL_TYPED = st.fixed_dictionaries(
     {"prompt": typed(FIELDS[0]) | st.just("make it blue")},
     optional={item.name: typed(item) for item in FIELDS[1:]},
 )
-ILL_TYPED = st.fixed_dictionaries({}, optional={item.name: typed(item) | JSON_VALUES for item in FIELDS})
+ILL_TYPED = st.fixed_dictionaries(
+    {"prompt": st.just("make it blue") | JSON_VALUES},
+    optional={item.name: typed(item) | JSON_VALUES for item in FIELDS[1:]},
+)
 
 
 # --- The ways in -------------------------------------------------------------------------------------
@@ -273,8 +277,11 @@ def test_every_way_in_gives_one_verdict_for_any_request(
             "runpod": via_runpod(runpod, body),
         }
         assert agree(verdicts, body), (body, {way: str(v) for way, v in verdicts.items()})
+        seen[str(next(iter(verdicts.values()))).split(":")[0]] += 1
 
+    seen: Counter[str] = Counter()
     check()
+    assert seen["accepted"] and seen["refused"], seen  # both sides of the rules were exercised
 
 
 def test_the_ways_that_read_json_agree_on_values_of_any_type(
@@ -292,8 +299,94 @@ def test_the_ways_that_read_json_agree_on_values_of_any_type(
             "runpod": via_runpod(runpod, body),
         }
         assert agree(verdicts, body), (body, {way: str(v) for way, v in verdicts.items()})
+        seen[str(next(iter(verdicts.values()))).split(":")[0]] += 1
 
+    seen: Counter[str] = Counter()
     check()
+    assert seen["accepted"] and seen["refused"], seen  # both sides of the rules were exercised
+
+
+def batch_via_row(
+    db: psycopg.Connection[dict[str, Any]], user: uuid.UUID, body: dict[str, Any], shape: tuple[int, int]
+) -> Verdict:
+    images, references = shape
+    values = {
+        **body,
+        "input_paths": [f"{user}/in{i}.png" for i in range(images)],
+        "reference_paths": [f"{user}/ref{i}.png" for i in range(references)],
+    }
+    names = ", ".join(values)
+    try:
+        with acting_as(db, "authenticated", user) as conn:
+            conn.execute(
+                f"insert into edit_batches ({names}) "
+                f"select {names} from json_populate_record(null::public.edit_batches, %s::json)",
+                (json.dumps(values),),
+            )
+    except psycopg.errors.CheckViolation as exc:
+        return Verdict(False, str(reason_for_constraint(exc.diag.constraint_name)))
+    except (psycopg.errors.DataError, psycopg.errors.NotNullViolation):
+        return Verdict(False)
+    except psycopg.Error as exc:
+        if exc.sqlstate != QUOTA_SQLSTATE:
+            raise
+        return Verdict(False, str(ReasonCode.QUOTA_EXCEEDED))
+    return ACCEPTED
+
+
+def batch_via_rest(api: Harness, token: str, body: dict[str, Any], shape: tuple[int, int]) -> Verdict:
+    images, references = shape
+    response = httpx.post(
+        f"{api.served.url}/v1/batches",
+        content=json.dumps({**body, "images": [IMAGE] * images, "reference_images": [IMAGE] * references}),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code < 500, response.text
+    if response.status_code == 202:
+        return ACCEPTED
+    error = response.json()["error"]
+    assert set(error) == {"code", "message"} and error["code"] in KNOWN_CODES, response.text
+    return Verdict(False, error["code"])
+
+
+def batch_via_mcp(api: Harness, token: str, body: dict[str, Any], shape: tuple[int, int]) -> Verdict:
+    images, references = shape
+    arguments = {**body, "images_base64": [IMAGE] * images, "reference_images_base64": [IMAGE] * references}
+    answer = call_tool(api, token, "submit_batch", json.dumps(arguments))
+    if answer == "accepted":
+        return ACCEPTED
+    assert answer in KNOWN_CODES, answer
+    return Verdict(False, answer)
+
+
+BATCH_SHAPES = st.sampled_from([(1, 0), (2, 0), (1, 2), (2, rules.MAX_IMAGES), (0, 0)])
+"""Images and references: within the rules, too many references, and none at all."""
+
+
+def test_every_way_in_gives_one_verdict_for_any_batch(
+    api: Harness, make_user: Callable[[], uuid.UUID]
+) -> None:
+    @settings(ADVERSARY, max_examples=max(5, ADVERSARY.max_examples // 2))
+    @given(body=WELL_TYPED, shape=BATCH_SHAPES)
+    def check(body: dict[str, Any], shape: tuple[int, int]) -> None:
+        row_user, rest_user, mcp_user = make_user(), make_user(), make_user()
+        verdicts = {
+            "row": batch_via_row(api.db, row_user, body, shape),
+            "rest": batch_via_rest(api, api.storage.token(rest_user), body, shape),
+            "mcp": batch_via_mcp(api, api.storage.token(mcp_user), body, shape),
+        }
+        wrong = set()
+        if shape[0] == 0:
+            wrong.add(str(ReasonCode.INVALID_INPUT))
+        if shape[1] >= rules.MAX_IMAGES:
+            wrong.add(str(ReasonCode.TOO_MANY_IMAGES))
+        assert agree(verdicts, body, wrong), (body, shape, {way: str(v) for way, v in verdicts.items()})
+        seen[str(next(iter(verdicts.values()))).split(":")[0]] += 1
+
+    seen: Counter[str] = Counter()
+    check()
+    assert seen["accepted"] and seen["refused"], seen
 
 
 TOOLS = {
