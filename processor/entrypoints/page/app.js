@@ -305,7 +305,7 @@
 
   // --- Following one edit --------------------------------------------------------------------------
 
-  let current = null; // {id, before, prompt, source, finished, retries, lastLine}
+  let current = null; // {id, before, prompt, source, finished, retries, lastLine, previewStep}
 
   function log(state, line) {
     if (state !== current || line === state.lastLine) return;
@@ -321,7 +321,7 @@
 
   function follow(id, { before = null, prompt = "", view = null } = {}) {
     stopFollowing();
-    const state = { id, before, prompt, source: null, finished: false, retries: 0, lastLine: "" };
+    const state = { id, before, prompt, source: null, finished: false, retries: 0, lastLine: "", previewStep: null };
     current = state;
     $("current").hidden = false;
     $("current-id").textContent = id;
@@ -400,7 +400,8 @@
   function onProgress(state, row) {
     if (state !== current || state.finished) return;
     setStatus(state, row);
-    if (row.preview_url) {
+    if (row.preview_url && row.preview_step !== state.previewStep) {
+      state.previewStep = row.preview_step;
       $("preview").src = row.preview_url;
       $("preview-caption").textContent = `Live preview at step ${row.preview_step}`;
       $("preview-figure").hidden = false;
