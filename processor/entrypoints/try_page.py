@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from processor.domain import rules
 
 PATH = "/try/"
-_ASSETS = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
+ASSETS = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 _CONFIG_SLOT = "<!--config-->"
 
 
@@ -96,7 +96,7 @@ def _origin(url: str | None) -> str | None:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _asset(name: str) -> str:
+def asset(name: str) -> str:
     return (files("processor.entrypoints") / "page" / name).read_text(encoding="utf-8")
 
 
@@ -104,13 +104,13 @@ def render_index(page: TryPage) -> str:
     """``index.html`` with the page's settings in its JSON block (``<`` escaped: the JSON cannot end
     the script element, whatever a setting holds)."""
     data = json.dumps(page.config()).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return _asset("index.html").replace(_CONFIG_SLOT, data, 1)
+    return asset("index.html").replace(_CONFIG_SLOT, data, 1)
 
 
 def install_try_page(app: FastAPI, page: TryPage) -> None:
     """``/try/`` and its two assets, with headers that keep the page to itself."""
     index = render_index(page)
-    assets = {name: _asset(name) for name in _ASSETS}
+    assets = {name: asset(name) for name in ASSETS}
     headers = {
         "Content-Security-Policy": page.content_security_policy(),
         "X-Content-Type-Options": "nosniff",
@@ -133,4 +133,4 @@ def install_try_page(app: FastAPI, page: TryPage) -> None:
         if name not in assets:
             # The app's one error shape for unknown paths.
             raise HTTPException(status_code=404, detail="Not Found")
-        return Response(assets[name], media_type=_ASSETS[name], headers=headers)
+        return Response(assets[name], media_type=ASSETS[name], headers=headers)
