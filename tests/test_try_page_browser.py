@@ -50,8 +50,11 @@ def browser() -> Iterator[Browser]:
     else:
         sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     with sync_playwright() as playwright:
-        # --no-sandbox: CI and containers run as root, where Chromium's sandbox refuses to start.
-        launched = playwright.chromium.launch(executable_path=path, args=["--no-sandbox"])
+        # --no-sandbox: CI and containers run as root, where Chromium's sandbox refuses to start;
+        # --disable-dev-shm-usage: a container's small /dev/shm would crash it.
+        launched = playwright.chromium.launch(
+            executable_path=path, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
         try:
             yield launched
         finally:

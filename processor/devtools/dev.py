@@ -282,9 +282,14 @@ def ways_in(url: str, token: str, env: dict[str, str], sample: Path, user: uuid.
     q = shlex.quote
     auth = '-H "Authorization: Bearer $TOKEN"'
     webhook_body = '{"type":"INSERT","table":"edit_requests","schema":"public","record":{"id":"<id>"}}'
+    sign_in = json.dumps({"email": DEV_EMAIL, "password": DEV_PASSWORD})
     return [
         f"export TOKEN={q(token)}",
         "export " + " ".join(f"{name}={q(value)}" for name, value in env.items()),
+        f"# In a browser: {url}{TRY_PATH} (sign in as {DEV_EMAIL} / {DEV_PASSWORD}, filled in)",
+        "# Sign in as that user, as against Supabase Auth (its access_token is a $TOKEN too):",
+        f'curl -s "$SUPABASE_URL/auth/v1/token?grant_type=password" -H "apikey: $SUPABASE_ANON_KEY" '
+        f"-H 'content-type: application/json' -d {q(sign_in)}",
         "# REST, JSON or multipart (add ?wait=true to get the image back):",
         f"curl -s {auth} -F prompt='make it blue' -F image=@{q(str(sample))} {url}/v1/edits",
         f"curl -s {auth} {url}/v1/edits/<id>",
