@@ -132,3 +132,16 @@ def test_the_page_calls_only_the_public_api(start_processor: Callable[..., Harne
         script.count("fetch(") == 2 and "fetch(url, {" in script and "fetch(new URL(path, api), {" in script
     )
     assert "/token?grant_type=password" in script
+
+
+def test_every_control_has_a_label_and_every_section_a_heading() -> None:
+    """Accessible markup: each input, select and textarea is named by a ``<label for>``, each region by
+    its heading, and live updates are announced (``role=status``/``alert``)."""
+    html = (PAGE / "index.html").read_text()
+    controls = set(re.findall(r"<(?:input|select|textarea)[^>]*\bid=\"([^\"]+)\"", html))
+    labels = set(re.findall(r'<label for="([^"]+)"', html))
+    assert controls and controls <= labels, controls - labels
+    for section in re.findall(r'<section id="[^"]+" aria-labelledby="([^"]+)"', html):
+        assert re.search(rf'<h2 id="{section}">', html), section
+    assert 'role="status" aria-live="polite"' in html and 'role="alert"' in html
+    assert '<html lang="en">' in html and "<main" in html

@@ -93,6 +93,13 @@ def page(browser: Browser, stack: DevStack) -> Iterator[Page]:
     assert problems == []
 
 
+DROP = """(zone, bytes) => {
+  const data = new DataTransfer();
+  data.items.add(new File([new Uint8Array(bytes)], "dropped.png", { type: "image/png" }));
+  zone.dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+}"""
+
+
 def row(stack: DevStack, request_id: str) -> dict[str, Any]:
     with psycopg.connect(stack.dsn, row_factory=psycopg.rows.dict_row) as conn:
         found = conn.execute("select * from edit_requests where id = %s", (request_id,)).fetchone()
@@ -132,6 +139,7 @@ def test_sign_in_upload_watch_progress_and_see_the_result(
     page.get_by_label("Pick an image, or drop one here").set_input_files(picture)
     page.locator("#picked img").wait_for()
 
+    page.get_by_label("Output format").select_option("webp")
     request_id = submit(page, "make the sky a warm sunset", steps=30)
     # A real upload: the row names the object the page sent, in the user's folder.
     assert row(stack, request_id)["input_paths"][0].startswith(f"{stack.user}/")
@@ -148,12 +156,12 @@ def test_sign_in_upload_watch_progress_and_see_the_result(
     assert page.locator("#before").evaluate(loaded) and page.locator("#after").evaluate(loaded)
     assert row(stack, request_id)["status"] == "succeeded"
 
-    # The download link is an attachment of the PNG itself.
+    # The download link is an attachment of the result itself, in the format asked for.
     href = page.get_by_role("link", name="Download the result").get_attribute("href")
     assert href is not None
     answer = httpx.get(href, timeout=60)
     assert answer.status_code == 200 and answer.headers["content-disposition"].startswith("attachment")
-    assert Image.open(io.BytesIO(answer.content)).format == "PNG"
+    assert Image.open(io.BytesIO(answer.content)).format == "WEBP"
 
     # The recent list (GET /v1/edits) shows it, with its result.
     item = page.locator(f'#recent-list li[data-id="{request_id}"]')
@@ -163,6 +171,11 @@ def test_sign_in_upload_watch_progress_and_see_the_result(
 
 def test_cancel_a_running_edit_from_the_page(page: Page, stack: DevStack) -> None:
     sign_in(page)
+    # A picture dropped on the drop zone is picked (and removed again: this one is a creation).
+    page.locator("#drop-zone").evaluate(DROP, list(sample_image()))
+    page.locator("#picked img").wait_for()
+    page.get_by_role("button", name="Remove the images").click()
+    assert page.locator("#picked li").count() == 0
     # No image: a creation, long enough (100 steps at 1024 × 1024) to be canceled while it runs.
     request_id = submit(page, "a lighthouse at dusk", steps=100, size=1024)
     page.locator("#current-status", has_text="Processing").wait_for()
