@@ -186,6 +186,7 @@ def test_dev_keep_running_prints_every_way_in_ready_to_paste_and_sigterm_cleans_
     env = exported(lines.until(r"^export DATABASE_URL="))
     assert {"DATABASE_URL", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "WEBHOOK_SECRET"} <= env.keys()
     rest = lines.until(r"^curl -s -H .* -F prompt=")
+    stream_token = lines.until(r"^curl -s -X POST -H .*/stream-token$")
     mcp = lines.until(r"^npx -y @modelcontextprotocol/inspector@\d+\.\d+\.\d+ --cli ")
     lines.until(r"X-Webhook-Secret")
     lines.until(r"^edit-processor runpod --test_input ")
@@ -195,6 +196,17 @@ def test_dev_keep_running_prints_every_way_in_ready_to_paste_and_sigterm_cleans_
     assert url is not None, rest
     view = httpx.get(f"{url.group(1)}/v1/edits/{request_id}", headers={"Authorization": f"Bearer {token}"})
     assert view.status_code == 200 and view.json()["status"] == "succeeded", view.text
+    minted = httpx.post(
+        shlex.split(stream_token)[-1].replace("<id>", request_id),
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert minted.status_code == 200, minted.text
+    with httpx.stream(
+        "GET", minted.json()["events_url"], timeout=60
+    ) as events:  # no header: the URL opens it
+        assert events.status_code == 200 and any(
+            line.startswith("event: done") for line in events.iter_lines()
+        )
     mcp_url = shlex.split(mcp)[4]
     assert "edit_image" in list_mcp_tools(mcp_url, token)
 

@@ -57,9 +57,9 @@ def report(change: AllowlistChange, loras: Mapping[str, str]) -> None:
         )
     else:
         log.info("LoRA allowlist published", extra={"loras": len(loras)})
-    if change.speed_changed:
-        # Expected once per deployment (null until a processor first starts); again means processors
-        # of one database disagree on SPEED, and requests without a speed are charged by the last one.
-        log.warning(
-            "edit_queue_settings.default_speed was %s and now follows SPEED", change.speed_before or "null"
-        )
+    if change.speed_changed and change.speed_before is None:
+        log.info("default speed published for the charge of requests without one")  # a first start
+    elif change.speed_changed:
+        # Processors of one database disagree on SPEED: requests without a speed are charged as the
+        # last one to start runs them.
+        log.warning("edit_queue_settings.default_speed was %s and now follows SPEED", change.speed_before)
