@@ -27,7 +27,7 @@ from processor.domain.ports.loras import LoraAllowlist
 from processor.domain.ports.queue import JobQueue
 from processor.domain.ports.retention import RetentionPolicy
 from processor.domain.ports.storage import ObjectStorage
-from processor.domain.rules import INPUT_BUCKET, OUTPUT_BUCKET, OUTPUT_MEDIA_TYPES
+from processor.domain.rules import INPUT_BUCKET, OUTPUT_BUCKET, OUTPUT_MEDIA_TYPES, SpeedPreset
 from processor.observability.metrics import Metrics
 from processor.settings import Settings
 
@@ -342,6 +342,7 @@ def build_service(settings: Settings, *, listen_for_notifications: bool = True) 
         retention=None if policy.keeps_everything else build_retention(settings, storage, metrics),
         allowlist=build_lora_allowlist(settings),
         loras=lora_descriptions(settings),
+        default_speed=default_speed(settings),
     )
 
 
@@ -360,6 +361,12 @@ def lora_descriptions(settings: Settings) -> dict[str, str]:
     if settings.edit_engine == "comfyui":
         return {}
     return {name: lora.description for name, lora in settings.loras.items()}
+
+
+def default_speed(settings: Settings) -> SpeedPreset:
+    """What a request naming no speed runs at, as the allowlist publishes it for the charge: ``SPEED``;
+    ``quality`` with ``EDIT_ENGINE=comfyui``, whose workflow runs its own steps with CFG."""
+    return "quality" if settings.edit_engine == "comfyui" else settings.speed
 
 
 def build_verifier(settings: Settings) -> TokenVerifier:
@@ -455,7 +462,10 @@ def build_row_runner(settings: Settings) -> Callable[[Editor, uuid.UUID], Awaita
             # What a processor does at start-up, on the first row job of a worker: the database
             # checks requests against this worker's LORAS (once published; else on the next job).
             try:
-                report_allowlist(await build_lora_allowlist(settings).publish(loras), loras)
+                change = await build_lora_allowlist(settings).publish(
+                    loras, default_speed=default_speed(settings)
+                )
+                report_allowlist(change, loras)
                 published = True
             except TransientError as exc:
                 log.warning("the LoRA allowlist is not published yet (%s)", exc)

@@ -188,6 +188,7 @@ def test_dev_keep_running_prints_every_way_in_ready_to_paste_and_sigterm_cleans_
     page = re.search(r"(http://127\.0\.0\.1:\d+/try/)", lines.until(r"^# In a browser: "))
     sign_in = shlex.split(lines.until(r"^curl -s .*/auth/v1/token\?grant_type=password"))
     rest = lines.until(r"^curl -s -H .* -F prompt=")
+    stream_token = lines.until(r"^curl -s -X POST -H .*/stream-token$")
     mcp = lines.until(r"^npx -y @modelcontextprotocol/inspector@\d+\.\d+\.\d+ --cli ")
     lines.until(r"X-Webhook-Secret")
     lines.until(r"^edit-processor runpod --test_input ")
@@ -209,6 +210,17 @@ def test_dev_keep_running_prints_every_way_in_ready_to_paste_and_sigterm_cleans_
     access = signed_in.json()["access_token"]
     mine = httpx.get(f"{url.group(1)}/v1/edits/{request_id}", headers={"Authorization": f"Bearer {access}"})
     assert mine.status_code == 200, mine.text
+    minted = httpx.post(
+        shlex.split(stream_token)[-1].replace("<id>", request_id),
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert minted.status_code == 200, minted.text
+    with httpx.stream(
+        "GET", minted.json()["events_url"], timeout=60
+    ) as events:  # no header: the URL opens it
+        assert events.status_code == 200 and any(
+            line.startswith("event: done") for line in events.iter_lines()
+        )
     mcp_url = shlex.split(mcp)[4]
     assert "edit_image" in list_mcp_tools(mcp_url, token)
 

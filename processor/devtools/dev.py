@@ -294,6 +294,8 @@ def ways_in(url: str, token: str, env: dict[str, str], sample: Path, user: uuid.
         f"curl -s {auth} -F prompt='make it blue' -F image=@{q(str(sample))} {url}/v1/edits",
         f"curl -s {auth} {url}/v1/edits/<id>",
         f"curl -sN {auth} {url}/v1/edits/<id>/events",
+        "# A browser's EventSource cannot send the header: it opens the events_url of a stream token",
+        f"curl -s -X POST {auth} {url}/v1/edits/<id>/stream-token",
         "# MCP (streamable HTTP), with the official inspector, pinned (it asks for Node 22.19+; runs on Node 20.20 too):",
         f"npx -y {MCP_INSPECTOR} --cli {url}/mcp --transport http {auth.replace('-H', '--header')} --method tools/list",
         "# MCP over stdio for a desktop client: edit-processor mcp (with MCP_ACCESS_TOKEN=$TOKEN and the exports above)",
