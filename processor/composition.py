@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from processor.entrypoints.auth import TokenVerifier
     from processor.entrypoints.rest import RestApi
     from processor.entrypoints.runpod_handler import Job, Reporter
+    from processor.entrypoints.try_page import TryPage
 
 
 # Top-level modules of the `diffusers` extra (see pyproject.toml) that the engine imports or needs.
@@ -401,6 +402,24 @@ def build_rest_api(settings: Settings, service: ProcessorService) -> RestApi:
     # Every replica has the service key: a stream token one mints, any other verifies.
     tokens = StreamTokens.derived_from(settings.supabase_service_role_key.get_secret_value())
     return RestApi(build_user_actions(settings, service.storage), build_verifier(settings), tokens)
+
+
+def try_page(settings: Settings) -> TryPage | None:
+    """The page to try an edit (``TRY_PAGE``): Auth at ``{SUPABASE_URL}/auth/v1`` when the publishable
+    key is set (else the page takes a pasted access token), images from ``SUPABASE_URL``."""
+    from processor.entrypoints.try_page import TryPage
+
+    if not settings.try_page:
+        return None
+    signs_in = settings.supabase_url is not None and settings.supabase_anon_key is not None
+    return TryPage(
+        auth_url=f"{settings.supabase_url}/auth/v1" if signs_in else None,
+        anon_key=settings.supabase_anon_key if signs_in else None,
+        storage_url=settings.supabase_url,
+        default_speed=settings.speed,
+        default_format=settings.output_format,
+        max_image_bytes=settings.max_image_bytes,
+    )
 
 
 def build_mcp(api: RestApi | None) -> MCPServer | None:
