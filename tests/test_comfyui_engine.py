@@ -29,6 +29,7 @@ from processor.domain.errors import (
 from processor.domain.request import EditParams
 from processor.domain.sizing import ModelSizing, default_output_size
 from processor.settings import load_settings
+from tests import tiers
 from tests.conftest import Harness, acting_as, picture, png_bytes, wait_for
 
 
@@ -42,6 +43,7 @@ class Comfy:
 
 
 @pytest.fixture
+@tiers.needs("service")
 def comfy() -> Iterator[Comfy]:
     state = ComfyState()
     served = serve_in_thread(create_comfyui_app(state))

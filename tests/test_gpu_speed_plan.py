@@ -27,6 +27,8 @@ import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_speed.py"
 EVERY_VARIANT = ["stock", "fast", "fast+compile", "fastest+compile", "quality+compile", "fast fused"]
+pytestmark = pytest.mark.benchmark
+
 CPU_CHECK = ["--tiny", "--device", "cpu", "--compile-backend", "eager", "--runs", "1", "--quality-steps", "4"]
 
 

@@ -276,7 +276,6 @@ def answers(url: str) -> int | None:
         return None
 
 
-@pytest.mark.slow
 def test_the_worker_serves_its_probes_and_drains_on_sigterm(
     spawn_worker: Callable[..., subprocess.Popen[bytes]],
 ) -> None:
@@ -290,7 +289,6 @@ def test_the_worker_serves_its_probes_and_drains_on_sigterm(
     assert process.wait(60) == 0
 
 
-@pytest.mark.slow
 def test_a_worker_whose_model_cannot_load_exits_instead_of_staying_unready(
     spawn_worker: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:

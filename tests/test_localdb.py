@@ -24,6 +24,7 @@ def test_the_named_admin_url_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.service
 def test_with_no_server_answering_an_embedded_one_starts_and_takes_the_migrations(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -49,6 +50,7 @@ def test_with_no_server_answering_an_embedded_one_starts_and_takes_the_migration
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.database
 def test_databases_migrated_at_the_same_moment_on_one_server_all_succeed() -> None:
     admin_url = admin_server().url
     # Roles are cluster-wide: before the server-wide lock, about one build in three of sixteen

@@ -138,7 +138,7 @@ class MemoryBackend:
         self.clock.advance(REQUEST_BACKOFF_MAX_SECONDS * (1 + REQUEST_BACKOFF_JITTER) + 1)
 
 
-@pytest.fixture(params=["postgres", "memory"])
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.database), "memory"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if request.param == "postgres":
         db = request.getfixturevalue("db")
@@ -523,6 +523,7 @@ def test_stats_count_rows_by_status(backend: Backend) -> None:
     assert oldest >= 0.0
 
 
+@pytest.mark.database
 def test_a_fault_is_a_transient_error() -> None:
     """The real queue's outage (nothing listening), and the stand-in's injected one."""
 

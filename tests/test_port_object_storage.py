@@ -62,7 +62,7 @@ class MemoryBackend:
         self.storage.faults.fail_next(calls)
 
 
-@pytest.fixture(params=["supabase", "memory"])
+@pytest.fixture(params=[pytest.param("supabase", marks=pytest.mark.service), "memory"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if request.param == "supabase":
         server: StorageServer = request.getfixturevalue("storage_server")

@@ -59,7 +59,7 @@ class MemoryBackend:
         return self.queue.cancel(request_id)
 
 
-@pytest.fixture(params=["postgres", "memory"])
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.database), "memory"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if request.param == "postgres":
         url = request.getfixturevalue("database_url")

@@ -154,7 +154,7 @@ def postgres_case(
     )
 
 
-@pytest.fixture(params=["postgres", "memory"])
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.database), "memory"])
 def case(request: pytest.FixtureRequest) -> Iterator[Case]:
     if request.param == "memory":
         yield memory_case()

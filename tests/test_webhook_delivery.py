@@ -700,6 +700,7 @@ def test_a_silent_endpoint_is_backed_off_after_failures_in_a_row_and_holds_no_sl
         assert conn.execute("select endpoint_id from edit_webhook_circuits").fetchall() == []
 
 
+@pytest.mark.service
 def test_the_name_is_resolved_once_and_the_checked_address_is_the_one_connected_to(
     receiver: Receiver,
 ) -> None:
@@ -756,7 +757,6 @@ def test_an_unresolvable_name_is_retried_not_dead() -> None:
     assert answer.error.startswith("dns_failed:") and not answer.permanent
 
 
-@pytest.mark.slow
 def test_an_edit_run_by_the_worker_command_ends_in_a_delivered_webhook(
     db: psycopg.Connection[Row],
     storage_server: StorageServer,
@@ -835,6 +835,7 @@ def self_signed(tmp_path: Any, name: str) -> tuple[str, str]:
     return str(cert_file), str(key_file)
 
 
+@pytest.mark.service
 def test_https_goes_to_the_checked_address_and_the_certificate_must_match_the_name(tmp_path: Any) -> None:
     import ssl
 

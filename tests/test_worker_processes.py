@@ -7,12 +7,10 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-import pytest
 
 from tests.conftest import Harness, StorageServer, insert_requests, upload, wait_for
 
 Row = dict[str, Any]
-pytestmark = pytest.mark.slow
 
 
 def output_objects(db: psycopg.Connection[Row]) -> int:
