@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -158,11 +159,20 @@ def make_user(db: psycopg.Connection[dict[str, object]]) -> Callable[[], uuid.UU
 # --- Polling and editors for service tests -----------------------------------------------------------
 T = TypeVar("T")
 
+# How long a test waits for something that should happen before it fails. Generous, because a
+# developer's machine is shared (a second suite, a build, a browser): a wait ends as soon as what it
+# waits for happens, so only a failing test pays for the margin. TEST_DEADLINE_SCALE=2 doubles every
+# deadline (and pytest's per-test timeout should follow: ``--timeout``).
+DEADLINE_SCALE = float(os.environ.get("TEST_DEADLINE_SCALE", "1"))
+DEADLINE = 180.0 * DEADLINE_SCALE
+
 
 def wait_for(
-    predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.02, what: str = ""
+    predicate: Callable[[], T], *, timeout: float | None = None, interval: float = 0.02, what: str = ""
 ) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds
+    (``DEADLINE`` unless given; a given one is scaled by ``TEST_DEADLINE_SCALE`` too)."""
+    timeout = DEADLINE if timeout is None else timeout * DEADLINE_SCALE
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -398,7 +408,7 @@ class Harness:
         assert row is not None
         return row
 
-    def wait_status(self, request_id: uuid.UUID, *statuses: str, timeout: float = 30.0) -> Row:
+    def wait_status(self, request_id: uuid.UUID, *statuses: str, timeout: float | None = None) -> Row:
         return wait_for(
             lambda: (r := self.row(request_id))["status"] in statuses and r,
             timeout=timeout,
@@ -522,6 +532,14 @@ def spawn_worker(
         if process.poll() is None:
             process.kill()
         process.wait(30)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a process's own server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def insert_requests(

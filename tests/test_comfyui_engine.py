@@ -449,4 +449,4 @@ def test_a_frozen_server_is_noticed_by_the_websocket_keepalive(comfy: Comfy) -> 
 
 def test_a_client_that_leaves_is_let_go_at_once(comfy: Comfy) -> None:
     comfy.editor().edit([picture()], PARAMS)
-    wait_for(lambda: not comfy.state.sockets, timeout=5, what="the server to notice the client left")
+    wait_for(lambda: not comfy.state.sockets, what="the server to notice the client left")

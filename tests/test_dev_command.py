@@ -30,7 +30,7 @@ from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
 from processor.devtools.dev import sample_image
-from tests.conftest import ADMIN_DSN
+from tests.conftest import ADMIN_DSN, DEADLINE
 
 SCRATCH = re.compile(r"Scratch database\s+(qep_dev_[0-9a-f]{8})")
 
@@ -223,5 +223,5 @@ def test_dev_keep_running_prints_every_way_in_ready_to_paste_and_sigterm_cleans_
         assert json.loads(delivery["body"])["data"]["id"] == submitted.json()["id"]
 
     process.send_signal(signal.SIGTERM)
-    assert process.wait(60) == 0, "".join(lines.seen)
+    assert process.wait(DEADLINE) == 0, "".join(lines.seen)
     assert not database_exists(name.group(1))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import signal
-import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,7 +32,7 @@ from processor.core.service import ProcessorService
 from processor.domain.errors import ConfigurationError
 from processor.entrypoints.http_app import create_health_app
 from processor.settings import Settings, load_settings
-from tests.conftest import admin_server, wait_for
+from tests.conftest import DEADLINE, admin_server, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -262,13 +261,6 @@ def test_the_configuration_is_accepted_and_needs_exactly_the_secret(
 # --- The worker's health server, for real -------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def answers(url: str) -> int | None:
     try:
         return httpx.get(url, timeout=2).status_code
@@ -282,11 +274,11 @@ def test_the_worker_serves_its_probes_and_drains_on_sigterm(
     port = free_port()
     process = spawn_worker("probed", worker_health_port=port, host="127.0.0.1")
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: answers(f"{base}/readyz") == 200, timeout=120, what="/readyz 200 (model loaded)")
+    wait_for(lambda: answers(f"{base}/readyz") == 200, what="/readyz 200 (model loaded)")
     assert answers(f"{base}/healthz") == 200
     assert answers(f"{base}/webhooks/edit-requests") == 404  # the probes, nothing else
     process.send_signal(signal.SIGTERM)
-    assert process.wait(60) == 0
+    assert process.wait(DEADLINE) == 0
 
 
 def test_a_worker_whose_model_cannot_load_exits_instead_of_staying_unready(

@@ -23,7 +23,7 @@ from processor.testing import (
     eventually,
     fast_config,
 )
-from tests.conftest import StorageServer, png_bytes
+from tests.conftest import DEADLINE, StorageServer, png_bytes
 
 DEADLINE_SECONDS = 90.0
 
@@ -70,7 +70,7 @@ def test_the_service_stops_and_raises_when_the_model_cannot_load() -> None:
     async def scenario() -> ProcessorService:
         service = ProcessorService(fast_config(), queue=queue, storage=storage, editor_factory=broken)
         with pytest.raises(SetupFailed) as caught:
-            await asyncio.wait_for(service.run_until(asyncio.Event()), timeout=10)
+            await asyncio.wait_for(service.run_until(asyncio.Event()), timeout=DEADLINE)
         assert caught.value.reason == "setup_failed"
         assert "no-such-model" in str(caught.value)
         return service
@@ -97,11 +97,11 @@ def test_the_service_runs_requests_on_the_in_memory_adapters() -> None:
         )
         stop = asyncio.Event()
         running = asyncio.create_task(service.run_until(stop))
-        await eventually(lambda: service.state == "ready")
+        await eventually(lambda: service.state == "ready", timeout=DEADLINE)
         request_id = queue.enqueue("make it blue", ["u/in.png"], num_inference_steps=2)
-        await eventually(lambda: queue.row(request_id).status == "succeeded")
+        await eventually(lambda: queue.row(request_id).status == "succeeded", timeout=DEADLINE)
         stop.set()
-        await asyncio.wait_for(running, timeout=10)
+        await asyncio.wait_for(running, timeout=DEADLINE)
 
     asyncio.run(scenario())
     assert editor.closed
