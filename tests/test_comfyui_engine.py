@@ -17,7 +17,6 @@ from websockets.sync.client import connect as ws_connect
 
 from processor.adapters.comfyui.editor import ComfyUIEditor, fill_workflow, load_workflow
 from processor.composition import build_editor
-from processor.devtools.comfyui_server import ComfyState, create_comfyui_app, run_foreign_prompt
 from processor.devtools.serving import serve_in_thread
 from processor.domain.errors import (
     ConfigurationError,
@@ -30,6 +29,7 @@ from processor.domain.request import EditParams
 from processor.domain.sizing import ModelSizing, default_output_size
 from processor.settings import load_settings
 from tests import tiers
+from tests.comfyui_server import ComfyState, create_comfyui_app, run_foreign_prompt
 from tests.conftest import Harness, acting_as, picture, png_bytes, wait_for
 
 

@@ -25,13 +25,12 @@ import yaml
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from processor.adapters.memory.queue import InMemoryJobQueue
-from processor.adapters.memory.storage import InMemoryObjectStorage
 from processor.composition import worker_config
 from processor.core.service import ProcessorService
 from processor.domain.errors import ConfigurationError
 from processor.entrypoints.http_app import create_health_app
 from processor.settings import Settings, load_settings
+from processor.testing import InMemoryJobQueue, InMemoryObjectStorage
 from tests.conftest import DEADLINE, admin_server, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]

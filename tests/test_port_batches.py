@@ -13,9 +13,9 @@ from typing import Any, Protocol
 import psycopg
 import pytest
 
-from processor.adapters.memory import InMemoryJobQueue
 from processor.adapters.postgres.queue import PostgresJobQueue
 from processor.domain.ports.queue import JobQueue
+from processor.testing import InMemoryJobQueue
 from tests.conftest import OWNER
 
 Row = dict[str, Any]

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import psycopg
 import pytest
 
-from processor.adapters.memory import InMemoryJobQueue, ManualClock, backoff_seconds
+from processor.adapters.memory.queue import backoff_seconds
 from processor.adapters.postgres.queue import PostgresJobQueue
 from processor.adapters.postgres.requests import request_columns
 from processor.domain.errors import TransientError
@@ -29,6 +29,7 @@ from processor.domain.rules import (
     request_backoff_seconds,
 )
 from processor.domain.speed import LoraChoice
+from processor.testing import InMemoryJobQueue, ManualClock
 from tests.conftest import OWNER
 
 Row = dict[str, Any]

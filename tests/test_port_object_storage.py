@@ -15,10 +15,10 @@ from typing import Any, Protocol
 import httpx
 import pytest
 
-from processor.adapters.memory import InMemoryObjectStorage
 from processor.adapters.supabase_storage import SupabaseObjectStorage
 from processor.domain.errors import InvalidInput, TransientError
 from processor.domain.ports.storage import ObjectStorage
+from processor.testing import InMemoryObjectStorage
 from tests.conftest import StorageServer
 
 BUCKET = "edit-outputs"

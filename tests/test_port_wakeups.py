@@ -13,11 +13,11 @@ from typing import Any, Protocol
 
 import pytest
 
-from processor.adapters.memory import InMemoryJobQueue, InMemoryWakeups, ManualClock
 from processor.adapters.postgres.notifications import PostgresNotifications
 from processor.adapters.postgres.queue import PostgresJobQueue
 from processor.domain.ports.changes import Wakeups
 from processor.domain.ports.queue import JobQueue
+from processor.testing import InMemoryJobQueue, InMemoryWakeups, ManualClock
 from tests.conftest import DEADLINE
 
 Event = tuple[str, uuid.UUID | None]

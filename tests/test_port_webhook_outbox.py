@@ -17,11 +17,11 @@ import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from processor.adapters.memory import InMemoryWebhookOutbox, InMemoryWebhookReceiver, ManualClock
 from processor.adapters.postgres.webhooks import PostgresWebhookOutbox
 from processor.core.webhooks import WebhookConfig, WebhookDispatcher
 from processor.domain import rules
 from processor.domain.ports.webhooks import WebhookAnswer, WebhookOutbox
+from processor.testing import InMemoryWebhookOutbox, InMemoryWebhookReceiver, ManualClock
 from tests.conftest import OWNER, acting_as
 
 Row = dict[str, Any]

@@ -20,7 +20,6 @@ from PIL import Image
 
 from processor.adapters.comfyui.editor import ComfyUIEditor, parse_preview_frame
 from processor.adapters.diffusers.previews import fit_projection, fitting_images, project, unpack
-from processor.devtools.comfyui_server import ComfyState, create_comfyui_app
 from processor.devtools.serving import serve_in_thread
 from processor.domain import rules
 from processor.domain.ports.editor import (
@@ -42,6 +41,7 @@ from processor.testing import (
     fast_config,
     running_worker,
 )
+from tests.comfyui_server import ComfyState, create_comfyui_app
 from tests.conftest import DEADLINE, GatedEditor, Harness, acting_as, picture, png_bytes, wait_for
 
 if TYPE_CHECKING:
