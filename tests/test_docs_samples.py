@@ -250,6 +250,7 @@ def test_the_contract_states_the_rules_bounds() -> None:
     assert missing == [], f"docs/contract.md no longer says: {missing}"
 
 
+@pytest.mark.model  # speed_options reads the diffusers adapter's presets: torch
 def test_the_samples_ask_only_for_speeds_a_default_set_up_runs() -> None:
     # batches.md's sample asked for speed 'fast', which needs LIGHTNING_8STEP_LORA: on a default
     # set-up every request of the batch failed with speed_unavailable.
