@@ -16,10 +16,11 @@ import argparse
 import json
 import statistics
 import time
+import uuid
 from typing import Any
 
 import psycopg
-from scratch import ADMIN, ScratchDatabases
+from scratch import ScratchDatabases
 
 from processor.devtools import localdb
 
@@ -28,7 +29,7 @@ FAIR_DELIVERY_MIGRATION = "20261206003400_webhook_fair_delivery.sql"
 
 def _claims_ms(scratch: ScratchDatabases, *, before: bool, endpoints: int, backlog: int) -> list[float]:
     migrations = [m for m in localdb.migration_files() if not before or m.name < FAIR_DELIVERY_MIGRATION]
-    label = f"claims_{'before' if before else 'now'}_{backlog}"
+    label = f"claims_{uuid.uuid4().hex[:8]}"
     dsn = scratch.migrated(label, migrations)
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -85,22 +86,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     backlogs = [int(size) for size in args.backlogs.split(",") if size]
     report: dict[str, Any] = {"endpoints": args.endpoints}
-    with ScratchDatabases(ADMIN) as scratch:
+    with ScratchDatabases() as scratch:
         for before in (False, True):
-            label = "before" if before else "now"
-            measured = {}
-            for backlog in backlogs:
-                times = _claims_ms(scratch, before=before, endpoints=args.endpoints, backlog=backlog)
-                measured[backlog] = {
-                    "median_ms": round(statistics.median(times), 1),
-                    "max_ms": round(max(times), 1),
-                }
-            smallest = measured[min(measured)]["median_ms"]
-            for values in measured.values():
-                values["over_smallest"] = round(values["median_ms"] / smallest, 1)
-            report[label] = {str(backlog): values for backlog, values in measured.items()}
+            _measure(scratch, report, before=before, endpoints=args.endpoints, backlogs=backlogs)
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _measure(
+    scratch: ScratchDatabases, report: dict[str, Any], *, before: bool, endpoints: int, backlogs: list[int]
+) -> None:
+    label = "before" if before else "now"
+    measured = {}
+    for backlog in backlogs:
+        times = _claims_ms(scratch, before=before, endpoints=endpoints, backlog=backlog)
+        measured[backlog] = {
+            "median_ms": round(statistics.median(times), 1),
+            "max_ms": round(max(times), 1),
+        }
+    smallest = measured[min(measured)]["median_ms"]
+    for values in measured.values():
+        values["over_smallest"] = round(values["median_ms"] / smallest, 1)
+    report[label] = {str(backlog): values for backlog, values in measured.items()}
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from psycopg.rows import dict_row
 from processor.adapters.postgres.notifications import PostgresNotifications
 from processor.adapters.postgres.queue import PostgresJobQueue
 from processor.adapters.supabase_storage import SupabaseObjectStorage
-from processor.composition import build_mcp, build_rest_api, worker_config
+from processor.composition import build_mcp, build_rest_api, try_page, worker_config
 from processor.core.service import ProcessorService
 from processor.devtools import localdb
 from processor.devtools.serving import ServedApp, serve_in_thread
@@ -485,6 +485,7 @@ def start_processor(
                 api=api,
                 mcp=mcp,
                 cors_origins=settings.cors_origin_list(),
+                page=try_page(settings) if rest else None,
             )
         )
         running.append(served)

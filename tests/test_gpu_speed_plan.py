@@ -144,8 +144,8 @@ def test_the_tiny_model_runs_through_every_variant_and_each_line_is_written_as_i
     assert results["fastest+compile"]["compile"]["recompile_reasons"]
     assert all(results[name]["frames_compiled_in_timed_runs"] == 0 for name in EVERY_VARIANT[1:])
     # Lossless variants against their references, same seed: the engine's quality is stock's edit.
-    # Dynamo's eager backend runs the same kernels, but not always in the same order of float
-    # additions (8.8e-08 was seen on a loaded machine): equal to float rounding, not bit for bit.
+    # Dynamo's eager backend runs the same operations; a traced graph may still order a reduction
+    # differently (CI saw 8e-08), so "lossless" is float32 rounding, not bit equality.
     assert results["fast+compile"]["error_vs_reference"]["relative_l1"] < 1e-6
     assert results["quality+compile"]["error_vs_reference"]["relative_l1"] < 1e-6
     assert results["fast fused"]["error_vs_reference"]["relative_l1"] < 1e-5  # float32 fusion rounding
@@ -321,8 +321,10 @@ def test_fp8_with_torchaos_hardware_check_lifted_converts_the_chosen_layers_and_
     fp8 = results["fast+compile+fp8"]
     # 2 blocks × 11 linears, every one of them really float8 (torchao skips odd shapes silently).
     assert fp8["fp8"]["converted_layers"] == fp8["fp8"]["float8_layers"] == 22
-    # Compiled before it was timed, whether Dynamo recompiled for the float8 weights or found them
-    # in its cache (which depends on what the process compiled before): nothing compiles while timed.
+    # Whether the float8 weights recompile a graph or land in a fresh one depends on what Dynamo
+    # already cached (this module resets it before each test); that the compiled variant really ran,
+    # and compiled nothing while it was timed, is what is promised.
+    assert fp8["compile"]["frames_compiled"] >= 1
     assert fp8["frames_compiled_in_timed_runs"] == 0
     error = fp8["error_vs_reference"]["relative_l1"]
     assert 0 < error < 0.1, error  # lossy, but the same edit

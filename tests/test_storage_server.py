@@ -143,6 +143,33 @@ def test_downloads_and_info_answer_as_the_real_server(storage_server: StorageSer
     assert (info["content_type"], info["size"], info["cache_control"]) == ("image/png", 6, "max-age=3600")
 
 
+def test_download_query_makes_an_attachment_as_the_real_server(
+    storage_server: StorageServer, make_user: Any
+) -> None:
+    # supabase/storage src/storage/renderer/renderer.ts (handleDownload): ?download names the file,
+    # an empty one leaves the name to the browser (the object's), no ?download is no attachment.
+    user = make_user()
+    token = storage_server.token(user)
+    assert upload(storage_server, token, f"{user}/a.png").status_code == 200
+    signed = httpx.post(
+        f"{storage_server.url}/storage/v1/object/sign/edit-inputs/{user}/a.png",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"expiresIn": 60},
+    ).json()["signedURL"]
+    url = f"{storage_server.url}/storage/v1{signed}"
+    assert "content-disposition" not in httpx.get(url).headers
+    assert httpx.get(url + "&download=").headers["content-disposition"] == "attachment;"
+    named = httpx.get(url, params={**dict(httpx.URL(url).params), "download": "my photo.png"})
+    assert named.headers["content-disposition"] == (
+        "attachment; filename=my%20photo.png; filename*=UTF-8''my%20photo.png;"
+    )
+    authenticated = httpx.get(
+        f"{storage_server.url}/storage/v1/object/authenticated/edit-inputs/{user}/a.png?download=",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert authenticated.headers["content-disposition"] == "attachment;"
+
+
 def test_insert_trigger_commits_once_and_an_upsert_is_an_update(
     storage_server: StorageServer, firings: psycopg.Connection[Row], make_user: Any
 ) -> None:
