@@ -257,7 +257,7 @@ def test_the_list_pages_newest_first_and_filters_by_status(
     user = make_user()
     made = [submit(harness, user) for _ in range(5)]
     for request_id in made:
-        harness.wait_status(uuid.UUID(request_id), "succeeded", timeout=60)
+        harness.wait_status(uuid.UUID(request_id), "succeeded")
     url = f"{harness.served.url}/v1/edits"
     first = httpx.get(url, params={"limit": 2}, headers=auth(harness, user))
     assert first.status_code == 200
