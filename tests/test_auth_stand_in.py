@@ -27,6 +27,7 @@ from processor.devtools.serving import serve_in_thread
 from processor.devtools.storage_server import StorageConfig, create_storage_app
 from processor.devtools.tokens import mint_token
 from processor.entrypoints.auth import TokenVerifier
+from tests import tiers
 from tests.conftest import JWT_SECRET, SERVICE_KEY
 from tests.test_supabase_project import SEED, SEED_EMAIL, SEED_PASSWORD, SEED_USER
 
@@ -35,6 +36,7 @@ Row = dict[str, Any]
 
 
 @pytest.fixture
+@tiers.needs("service")
 def supabase(database_url: str, tmp_path: Path) -> Iterator[str]:
     """Storage and the Auth stand-in at one address, as dev runs them, with dev's user."""
     create_password_user(database_url, DEV_USER_ID, DEV_EMAIL, DEV_PASSWORD)

@@ -10,6 +10,8 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "edit_stages.py"
 
+pytestmark = pytest.mark.benchmark
+
 
 def test_the_stage_benchmark_reports_timings_and_memory(
     tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
@@ -28,7 +30,6 @@ def test_the_stage_benchmark_reports_timings_and_memory(
     assert "seconds per image" in capsys.readouterr().out
 
 
-@pytest.mark.slow
 def test_the_load_benchmark_checks_exactly_once_with_bad_inputs_mixed_in() -> None:
     import subprocess
     import sys

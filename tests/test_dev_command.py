@@ -30,7 +30,7 @@ from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
 from processor.devtools.dev import sample_image
-from tests.conftest import ADMIN_DSN
+from tests.conftest import ADMIN_DSN, DEADLINE
 
 SCRATCH = re.compile(r"Scratch database\s+(qep_dev_[0-9a-f]{8})")
 
@@ -68,7 +68,7 @@ SECRET_SHAPES = re.compile(
 )
 
 
-@pytest.mark.slow
+@pytest.mark.model  # the command builds and runs the tiny model in its own process
 def test_dev_edits_a_sample_and_drops_its_database(tmp_path: Path) -> None:
     done = subprocess.run(dev_command(tmp_path), env=dev_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -80,7 +80,7 @@ def test_dev_edits_a_sample_and_drops_its_database(tmp_path: Path) -> None:
     assert not database_exists(made.group(1))
 
 
-@pytest.mark.slow
+@pytest.mark.model  # the command builds and runs the tiny model in its own process
 def test_dev_says_what_it_does_and_logs_no_secret_and_no_health_poll(tmp_path: Path) -> None:
     # One sample edit printed 209 lines: a Rich-formatted INFO line per HTTP request (~35 of them
     # `GET /readyz 503` while the model loaded) and the output's signed URL with its token.
@@ -174,7 +174,7 @@ def exported(line: str) -> dict[str, Any]:
     return dict(word.split("=", 1) for word in words[1:])
 
 
-@pytest.mark.slow
+@pytest.mark.model  # the command builds and runs the tiny model in its own process
 def test_dev_keep_running_prints_every_way_in_ready_to_paste_and_sigterm_cleans_up(
     kept_running: tuple[subprocess.Popen[str], Lines],
 ) -> None:
@@ -249,5 +249,5 @@ def test_dev_keep_running_prints_every_way_in_ready_to_paste_and_sigterm_cleans_
         assert json.loads(delivery["body"])["data"]["id"] == submitted.json()["id"]
 
     process.send_signal(signal.SIGTERM)
-    assert process.wait(60) == 0, "".join(lines.seen)
+    assert process.wait(DEADLINE) == 0, "".join(lines.seen)
     assert not database_exists(name.group(1))

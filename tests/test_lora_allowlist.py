@@ -25,7 +25,7 @@ from processor.domain.reasons import ReasonCode
 from processor.domain.rules import SpeedPreset
 from processor.settings import load_settings
 from processor.testing import InMemoryJobQueue, InMemoryObjectStorage, StandInEditor, eventually, fast_config
-from tests.conftest import StorageServer, acting_as
+from tests.conftest import DEADLINE, StorageServer, acting_as
 
 Db = psycopg.Connection[dict[str, Any]]
 
@@ -148,7 +148,7 @@ def test_a_starting_processor_publishes_through_outages(monkeypatch: pytest.Monk
         service = service_with(allowlist)
         await service.start()
         try:
-            await asyncio.wait_for(asyncio.shield(allowlist.published.wait()), timeout=60)
+            await asyncio.wait_for(asyncio.shield(allowlist.published.wait()), timeout=DEADLINE)
         finally:
             await service.stop()
         assert allowlist.calls == 3 and service.setup_error is None
@@ -161,7 +161,7 @@ def test_a_processor_that_cannot_publish_does_not_go_on() -> None:
         service = service_with(Flaky(error=PermissionError("permission denied for table edit_loras")))
         await service.start()
         try:
-            await eventually(lambda: service.state == "setup_failed", timeout=30, what="setup_failed")
+            await eventually(lambda: service.state == "setup_failed", what="setup_failed", timeout=DEADLINE)
         finally:
             await service.stop()
         return service.setup_error

@@ -13,9 +13,9 @@ from typing import Any, Protocol
 import psycopg
 import pytest
 
-from processor.adapters.memory import InMemoryJobQueue
 from processor.adapters.postgres.queue import PostgresJobQueue
 from processor.domain.ports.queue import JobQueue
+from processor.testing import InMemoryJobQueue
 from tests.conftest import OWNER
 
 Row = dict[str, Any]
@@ -100,7 +100,7 @@ class MemoryBackend:
         return [self.queue.row(request_id).status for request_id in ids]
 
 
-@pytest.fixture(params=["postgres", "memory"])
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.database), "memory"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if request.param == "postgres":
         request.getfixturevalue("add_request")  # makes the OWNER user

