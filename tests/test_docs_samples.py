@@ -171,6 +171,7 @@ def test_every_javascript_sample_parses(sample: Sample, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.service  # tsc or prettier, in a process of its own
 def test_the_supabase_js_program_type_checks_against_supabase_js_and_our_types(tmp_path: Path) -> None:
     tsc = CLIENT / "node_modules" / ".bin" / "tsc"
     if not tsc.exists() or shutil.which("node") is None:
