@@ -20,8 +20,8 @@ seconds (``simulated_gpu.py``): 1024² photo-like inputs (``photos.py``), PNG an
   and WebP, as ``processor.domain.images.encode_image`` does: time and size.
 
 Stage times come from the worker's own ``edit_processor_stage_seconds`` (its change over each job, one
-job at a time) and from timers around the adapters' calls and the engine's preprocessing classes,
-installed here; nothing in ``processor/`` changes. Service overhead per job = claim-to-complete minus
+job at a time; the engine's ``preprocessing`` before its lock and ``postprocessing`` after it among
+them) and from timers around the adapters' calls, installed here; nothing in ``processor/`` changes. Service overhead per job = claim-to-complete minus
 the engine call: download, decode, encode, upload, heartbeats and the SQL calls.
 """
 
@@ -103,20 +103,6 @@ class Probe:
 
             setattr(target, name, timed)
 
-    def wrap_class(self, cls: type, names: tuple[str, ...], label: str) -> None:
-        for name in names:
-            method = getattr(cls, name)
-
-            @functools.wraps(method)
-            def timed(*args: Any, _method: Any = method, **kwargs: Any) -> Any:
-                started = time.perf_counter()
-                try:
-                    return _method(*args, **kwargs)
-                finally:
-                    self._calls.append((label, time.perf_counter() - started))
-
-            setattr(cls, name, timed)
-
     def _stage_sums(self, suffix: str = "_sum") -> dict[str, float]:
         for metric in self._registry.collect():
             if metric.name == "edit_processor_stage_seconds":
@@ -171,10 +157,10 @@ ROWS: list[tuple[str, Callable[[dict[str, float]], float | None]]] = [
     ("webhook -> claim", lambda c: c.get("webhook->claim")),
     ("download", lambda c: c.get("storage.download")),
     ("decode", lambda c: c.get("stage decode")),
-    ("preprocess (in the engine)", lambda c: c.get("engine preprocess")),
+    ("preprocess (engine, before its lock)", lambda c: c.get("stage preprocessing")),
     ("engine call (device simulated at 0 s)", lambda c: c.get("stage edit")),
     ("  of which text encoder (tiny, real)", lambda c: c.get("stage prompt_encoding")),
-    ("postprocess (tensor -> picture)", lambda c: c.get("engine postprocess")),
+    ("pixels -> picture (after the lock)", lambda c: c.get("stage postprocessing")),
     ("encode (the worker's PNG)", lambda c: c.get("stage encode")),
     ("upload", lambda c: c.get("storage.upload")),
     ("preview clean-up (Storage delete)", lambda c: c.get("storage.delete_many")),
@@ -188,8 +174,8 @@ ROWS: list[tuple[str, Callable[[dict[str, float]], float | None]]] = [
         lambda c: None if "stage total" not in c else c["stage total"] - c.get("stage edit", 0.0),
     ),
     (
-        "CPU work inside the engine",
-        lambda c: c.get("engine preprocess", 0.0) + c.get("engine postprocess", 0.0),
+        "engine CPU work outside its lock",
+        lambda c: c.get("stage preprocessing", 0.0) + c.get("stage postprocessing", 0.0),
     ),
 ]
 
@@ -238,10 +224,6 @@ def run(args: argparse.Namespace, stop: ExitStack) -> dict[str, Any]:  # noqa: C
     probe = Probe(service.metrics.registry)
     probe.wrap_async(queue, "queue.", QUEUE_CALLS)
     probe.wrap_async(object_storage, "storage.", STORAGE_CALLS)
-    pipe = editor.pipeline
-    probe.wrap_class(type(pipe.image_processor), ("resize", "preprocess"), "engine preprocess")
-    probe.wrap_class(type(pipe.processor), ("__call__",), "engine preprocess")
-    probe.wrap_class(type(pipe.image_processor), ("postprocess",), "engine postprocess")
 
     app = serve_in_thread(create_app(service, webhook_secret=settings.webhook_secret))
     stop.callback(app.stop)

@@ -13,7 +13,8 @@ through: its "latents" are the input averaged over 8×8 blocks, and its "decode"
 picture, so the output is photo-like and costs what a photo costs to encode.
 
 The clock ("GPU busy"): every call that would run on the GPU (the transformer's forward, the VAE's
-encode and decode, the text encoder's forward) appends ``start end kind`` (wall clock, seconds) to a
+encode and decode, the text encoder's forward, and the engine's ``to_pixels``: the decoded picture's NaN
+check and its 8-bit conversion, done on the device since issue #21) appends ``start end kind`` (wall clock, seconds) to a
 file per process, and holds a lock meanwhile: one lock file for all processes, so two worker
 processes share one simulated GPU as two processes share one real one (their calls take turns).
 ``busy_seconds`` merges those intervals inside a window.
@@ -184,6 +185,20 @@ def install(times: DeviceTimes, clock: DeviceClock) -> None:
     AutoencoderKLQwenImage.decode = vae_decode
     Qwen2_5_VLForConditionalGeneration.forward = text_encoder_forward
 
+    # The decoded picture's NaN check and its conversion to 8-bit pixels run on the device (a few kernels
+    # and a 3 MB copy): clocked as device work, as the text encoder is, for what they take on this CPU.
+    # An engine without it (before issue #21) converts on the CPU after the device is done: not clocked.
+    from processor.adapters.diffusers import engine
+
+    if hasattr(engine, "to_pixels"):
+        pixels = engine.to_pixels
+
+        def to_pixels(*args: Any, **kwargs: Any) -> Any:
+            with clock.held("to_pixels"):
+                return pixels(*args, **kwargs)
+
+        engine.to_pixels = to_pixels
+
 
 # --- reading the clock -------------------------------------------------------------------------------------
 
@@ -206,6 +221,35 @@ def busy_seconds(intervals: Iterable[tuple[float, float, str]], start: float, en
             busy += ended - began
             covered_to = ended
     return busy
+
+
+def idle_by_next_call(
+    intervals: Iterable[tuple[float, float, str]], start: float, end: float
+) -> dict[str, float]:
+    """The idle time inside [start, end], by what ended it: ``between edits`` (the next call is an
+    edit's first, its text encoder), ``between steps`` (a transformer forward after one), ``before
+    decode`` (the VAE decode), ``other`` (the rest: text encoder to VAE encode, VAE encode to the first
+    forward). Where the GPU waits, and so what to fix."""
+    idle = {"between edits": 0.0, "between steps": 0.0, "before decode": 0.0, "other": 0.0}
+    covered_to, previous = start, ""
+    for began, ended, kind in sorted(intervals):
+        if ended <= start or began >= end:
+            if began < start:
+                previous = kind
+            continue
+        gap = max(0.0, min(began, end) - covered_to)
+        if gap > 0:
+            if kind == "text_encoder":
+                idle["between edits"] += gap
+            elif kind == "transformer" and previous == "transformer":
+                idle["between steps"] += gap
+            elif kind == "vae_decode":
+                idle["before decode"] += gap
+            else:
+                idle["other"] += gap
+        covered_to, previous = max(covered_to, min(ended, end)), kind
+    idle["other"] += max(0.0, end - covered_to)
+    return idle
 
 
 # --- a worker process ----------------------------------------------------------------------------------------

@@ -15,7 +15,10 @@ pictures (``photos.py``; ``--input-format``), outputs 1 MP.
 
 Worker configurations (``--configs``): ``Nc`` is one process at ``WORKER_CONCURRENCY=N``; ``Np`` is N
 processes at ``WORKER_CONCURRENCY=1`` sharing the one simulated GPU (their device calls take turns).
-``--worker-env KEY=VALUE`` passes settings to the workers (a prefetch setting, say).
+``--worker-env KEY=VALUE`` passes settings to every worker. ``--variant LABEL [KEY=VALUE ...]`` (repeat
+it) measures each configuration once per variant, in turn, in the same run: a baseline beside the
+default (``--variant "prefetch off" WORKER_PREFETCH=0 --variant default``), or another checkout of the
+processor (``--variant before PYTHONPATH=/path/to/old/checkout``: its ``processor`` package is run).
 
 The load: a feeder keeps ``--queued`` requests waiting (status ``queued``) at all times, inserting one
 as soon as one is claimed, so the GPU never lacks work and a request waits for about ``--queued``
@@ -31,7 +34,9 @@ Reported per cell:
 * edits an hour: completions in the window / its length;
 * insert -> succeeded and claim -> succeeded, p50 and p95 (``created_at``, ``started_at`` and
   ``finished_at`` of the rows, the database's clock);
-* device s/edit: the GPU busy time per job (the simulated seconds plus the real text encoder).
+* device s/edit: the GPU busy time per job (the simulated seconds plus the real text encoder);
+* where the idle time falls, ms per job (``simulated_gpu.idle_by_next_call``): between edits (before an
+  edit's first device call), between denoising steps, and the rest (before the VAE's calls).
 
 The goal (issue #21): GPU busy >= 99 % at 3 s and >= 98 % at 1.5 s per edit, at every latency.
 """
@@ -222,7 +227,9 @@ def run_cell(
     in_window = done[skip:]
     succeeded = [r for r in in_window if r["status"] == "succeeded"]
     window = end - start
-    busy = simulated_gpu.busy_seconds(simulated_gpu.read_intervals(log_dir), start, end)
+    intervals = _covering(log_dir, end, timeout=30 + 2 * gpu_seconds)
+    busy = simulated_gpu.busy_seconds(intervals, start, end)
+    idle = simulated_gpu.idle_by_next_call(intervals, start, end)
     waits = [(r["finished_at"] - r["created_at"]).total_seconds() for r in succeeded]
     runs = [(r["finished_at"] - r["started_at"]).total_seconds() for r in succeeded]
     return {
@@ -230,10 +237,14 @@ def run_cell(
         "jobs": len(in_window),
         "failed": [f"{r['status']} {r['error_code']}" for r in in_window if r["status"] != "succeeded"],
         "window_seconds": window,
+        "window": [start, end],
         "gpu_busy": busy / window,
         "idle_ms_per_job": 1000 * (window - busy) / len(in_window),
         "edits_per_hour": 3600 * len(succeeded) / window,
         "device_seconds_per_edit": busy / len(in_window),
+        "idle_ms_per_job_by_place": {
+            place: 1000 * seconds / len(in_window) for place, seconds in idle.items()
+        },
         "insert_to_succeeded_p50": statistics.median(waits) if waits else None,
         "insert_to_succeeded_p95": percentile(waits, 0.95) if waits else None,
         "claim_to_succeeded_p50": statistics.median(runs) if runs else None,
@@ -241,25 +252,44 @@ def run_cell(
     }
 
 
+def _covering(log_dir: Path, end: float, timeout: float) -> list[tuple[float, float, str]]:
+    """The device calls, once the log reaches past ``end``: a call is written when it ends, so the one
+    running at the window's end (a forward: up to an eighth of an edit) is not in the log yet, and
+    reading at once would count it as idle. Whatever is there after ``timeout`` (the GPU had stopped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        intervals = simulated_gpu.read_intervals(log_dir)
+        if any(ended >= end for _, ended, _ in intervals) or time.monotonic() > deadline:
+            return intervals
+        time.sleep(0.05)
+
+
 def print_row(cell: dict[str, Any]) -> None:
     def seconds(p50: float | None, p95: float | None) -> str:
         return "n/a" if p50 is None or p95 is None else f"{p50:5.2f} / {p95:5.2f}"
 
+    places = cell["idle_ms_per_job_by_place"]
     print(
-        f"{cell['gpu_seconds_per_edit']:5.1f} {cell['latency_ms']:6.0f} {cell['config']:>24s} "
-        f"{100 * cell['gpu_busy']:7.1f}% {cell['idle_ms_per_job']:8.0f} {cell['edits_per_hour']:8.0f} "
+        f"{cell['gpu_seconds_per_edit']:5.1f} {cell['latency_ms']:6.0f} {cell['config']:>17s} "
+        f"{cell['variant']:>14s} "
+        f"{100 * cell['gpu_busy']:7.1f}% {cell['idle_ms_per_job']:7.0f} "
+        f"{places['between edits']:6.0f} {places['between steps']:5.0f} "
+        f"{places['before decode'] + places['other']:5.0f} {cell['edits_per_hour']:7.0f} "
         f"{seconds(cell['insert_to_succeeded_p50'], cell['insert_to_succeeded_p95']):>15s} "
         f"{seconds(cell['claim_to_succeeded_p50'], cell['claim_to_succeeded_p95']):>15s} "
-        f"{cell['device_seconds_per_edit']:6.2f} {cell['jobs']:4d}"
+        f"{cell['device_seconds_per_edit']:5.2f} {cell['jobs']:4d}"
         + (f"  FAILED: {cell['failed']}" if cell["failed"] else ""),
         flush=True,
     )
 
 
 HEADER = (
-    f"{'GPU s':>5s} {'lat ms':>6s} {'workers':>24s} {'GPU busy':>8s} {'idle ms':>8s} {'edits/h':>8s} "
-    f"{'insert->done s':>15s} {'claim->done s':>15s} {'dev s':>6s} {'jobs':>4s}"
+    f"{'GPU s':>5s} {'lat ms':>6s} {'workers':>17s} {'variant':>14s} {'GPU busy':>8s} {'idle ms':>7s} "
+    f"{'edits':>6s} {'steps':>5s} {'rest':>5s} {'edits/h':>7s} "
+    f"{'insert->done s':>15s} {'claim->done s':>15s} {'dev s':>5s} {'jobs':>4s}"
 )
+"""idle ms: per job, then split by where it falls: before an edit's first device call (edits), between
+denoising steps (steps), and the rest."""
 
 
 @contextmanager
@@ -318,46 +348,62 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(HEADER)
         for gpu_seconds in args.gpu_seconds:
             for config in args.configs:
-                log_dir = Path(tempfile.mkdtemp(prefix="device-", dir=workdir))
-                times = simulated_gpu.DeviceTimes.per_edit(gpu_seconds)
-                env = {**parts["env"], **simulated_gpu.environment(times, log_dir, workdir / "gpu.lock")}
-                # The first latency before the workers start: their connections see it from the first.
-                parts["proxy"].latency = args.latency_ms[0] / 1000
-                parts["storage"].set_latency(args.latency_ms[0] / 1000)
-                workers = Workers(config, env, log_dir)
-                try:
-                    for latency_ms in args.latency_ms:
-                        parts["proxy"].latency = latency_ms / 1000
-                        parts["storage"].set_latency(latency_ms / 1000)
-                        timeout = 120 + 6 * (args.skip + args.jobs) * (gpu_seconds + 1)
-                        cell = run_cell(parts["feeder"], log_dir, gpu_seconds, args.skip, args.jobs, timeout)
-                        cell.update(
-                            latency_ms=latency_ms,
-                            config=str(config),
-                            processes=config.processes,
-                            worker_concurrency=config.concurrency,
-                        )
-                        print_row(cell)
-                        cells.append(cell)
-                        parts["feeder"].wait_idle(timeout=60 + 4 * gpu_seconds * config.count)
-                finally:
-                    workers.close()
+                for label, variant_env in args.variants:
+                    log_dir = Path(tempfile.mkdtemp(prefix="device-", dir=workdir))
+                    times = simulated_gpu.DeviceTimes.per_edit(gpu_seconds)
+                    env = {
+                        **parts["env"],
+                        **variant_env,
+                        **simulated_gpu.environment(times, log_dir, workdir / "gpu.lock"),
+                    }
+                    # The first latency before the workers start: their connections see it from the first.
+                    parts["proxy"].latency = args.latency_ms[0] / 1000
+                    parts["storage"].set_latency(args.latency_ms[0] / 1000)
+                    workers = Workers(config, env, log_dir)
+                    try:
+                        for latency_ms in args.latency_ms:
+                            parts["proxy"].latency = latency_ms / 1000
+                            parts["storage"].set_latency(latency_ms / 1000)
+                            timeout = 120 + 6 * (args.skip + args.jobs) * (gpu_seconds + 1)
+                            cell = run_cell(
+                                parts["feeder"], log_dir, gpu_seconds, args.skip, args.jobs, timeout
+                            )
+                            cell.update(
+                                latency_ms=latency_ms,
+                                config=str(config),
+                                variant=label,
+                                variant_env=variant_env,
+                                processes=config.processes,
+                                worker_concurrency=config.concurrency,
+                            )
+                            print_row(cell)
+                            cells.append(cell)
+                            parts["feeder"].wait_idle(timeout=60 + 4 * gpu_seconds * config.count)
+                    finally:
+                        workers.close()
+                        if args.device_logs:
+                            keep = args.device_logs / f"{gpu_seconds:g}s-{config}-{label}".replace(" ", "_")
+                            shutil.copytree(log_dir, keep, dirs_exist_ok=True)
     load_at_end = os.getloadavg()[0]
     print(
         f"# load average at the end {load_at_end:.1f} (a quiet machine: below its CPU count, {os.cpu_count()})"
     )
     goals = [c for c in cells if c["gpu_seconds_per_edit"] in GOALS]
     met = [c for c in goals if c["gpu_busy"] >= GOALS[c["gpu_seconds_per_edit"]]]
-    if goals:
-        print(
-            f"goal (GPU busy >= 99 % at 3 s, >= 98 % at 1.5 s per edit): met in {len(met)} of {len(goals)} cells"
-        )
+    for label, _ in args.variants:
+        mine = [c for c in goals if c["variant"] == label]
+        if mine:
+            print(
+                f"goal (GPU busy >= 99 % at 3 s, >= 98 % at 1.5 s per edit), {label}: met in "
+                f"{sum(1 for c in mine if c in met)} of {len(mine)} cells"
+            )
     return {
         "input_format": args.input_format,
         "queued": args.queued,
         "jobs_per_cell": args.jobs,
         "skip": args.skip,
         "cpus": os.cpu_count(),
+        "variants": [{"label": label, "env": env} for label, env in args.variants],
         "load_average_at_end": load_at_end,
         "cells": cells,
         "goal_cells": len(goals),
@@ -380,11 +426,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queued", type=int, default=2, help="requests kept waiting in the queue")
     parser.add_argument("--input-format", choices=("png", "jpeg"), default="png")
     parser.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        nargs="+",
+        dest="variants",
+        metavar=("LABEL", "KEY=VALUE"),
+        help="LABEL [KEY=VALUE ...]: measure every configuration with these settings too (repeat it)",
+    )
     parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument(
+        "--device-logs", type=Path, help="keep each cell's device call log (start end kind per line) here"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.gpu_seconds, args.latency_ms, args.configs, args.jobs, args.skip = [0.5], [0.0, 20.0], "1c", 4, 2
     args.configs = [Config.parse(text) for text in args.configs.split(",") if text.strip()]
+    args.variants = [
+        (words[0], dict(word.split("=", 1) for word in words[1:]))
+        for words in (args.variants or [["default"]])
+    ]
     if args.skip < 1 or args.jobs < 1 or args.queued < 1:
         parser.error("--skip, --jobs and --queued must be at least 1")
     report = run(args)

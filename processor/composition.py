@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from processor.core.editor_pool import EditorPool
 from processor.core.lora_allowlist import report as report_allowlist
 from processor.core.retention import Retention, RetentionReport
 from processor.core.service import ProcessorService
@@ -122,6 +123,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         progress_interval_seconds=settings.progress_interval_seconds,
         sweep_interval_seconds=settings.sweep_interval_seconds,
         worker_concurrency=settings.worker_concurrency,
+        worker_prefetch=settings.worker_prefetch,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         image_limits=image_limits(settings),
         preview_every_steps=settings.preview_every_steps,
@@ -130,8 +132,12 @@ def worker_config(settings: Settings) -> WorkerConfig:
     )
 
 
-def build_editor(settings: Settings) -> Editor:
-    """The editor ``EDIT_ENGINE`` names, loaded and ready; ``ConfigurationError`` when it cannot be."""
+def build_editor(settings: Settings, *, every_device: bool = False) -> Editor:
+    """The editor ``EDIT_ENGINE`` names, loaded and ready; ``ConfigurationError`` when it cannot be.
+
+    ``every_device`` (the worker and ``serve``): the diffusers engine once per device ``DEVICE`` gives
+    (every visible GPU: ``engine_devices``), several as one ``EditorPool``; otherwise (the CLI, RunPod)
+    one engine, on the first."""
     if settings.edit_engine == "comfyui":
         try:
             from processor.adapters.comfyui.editor import editor_from_settings
@@ -144,19 +150,34 @@ def build_editor(settings: Settings) -> Editor:
         )
     try:
         from processor.adapters.diffusers.engine import DiffusersEditor
+        from processor.adapters.diffusers.loading import engine_devices, resolve_device
     except ModuleNotFoundError as error:
         raise missing_extra(error, "diffusers", DIFFUSERS_EXTRA) from error
 
-    return DiffusersEditor.load(
-        settings.model_id,
-        revision=settings.model_revision,
-        cache_dir=settings.model_cache_dir,
-        device=settings.device,
-        memory=settings.memory_mode,
-        quantization=settings.quantization,
-        warmup=settings.warmup,
-        **speed_options(settings),
-    )
+    devices = engine_devices(settings.device) if every_device else [resolve_device(settings.device)]
+    editors: list[Editor] = []
+    try:
+        for device in devices:
+            editors.append(
+                DiffusersEditor.load(
+                    settings.model_id,
+                    revision=settings.model_revision,
+                    cache_dir=settings.model_cache_dir,
+                    device=device,
+                    memory=settings.memory_mode,
+                    quantization=settings.quantization,
+                    warmup=settings.warmup,
+                    **speed_options(settings),
+                )
+            )
+    except BaseException:
+        for editor in editors:
+            editor.close()
+        raise
+    if len(editors) > 1:
+        log.info("one engine per device", extra={"devices": [str(device) for device in devices]})
+        return EditorPool(editors)
+    return editors[0]
 
 
 def missing_extra(error: ModuleNotFoundError, extra: str, packages: set[str]) -> Exception:
@@ -335,7 +356,7 @@ def build_service(settings: Settings, *, listen_for_notifications: bool = True) 
         worker_config(settings),
         queue=build_queue(settings),
         storage=storage,
-        editor_factory=lambda: build_editor(settings),
+        editor_factory=lambda: build_editor(settings, every_device=True),
         wakeups=PostgresNotifications(settings.database_url) if listen_for_notifications else None,
         webhooks=build_webhooks(settings, metrics),
         metrics=metrics,

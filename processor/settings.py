@@ -165,8 +165,11 @@ class Settings(BaseSettings):
     """A live preview after every this many denoising steps (docs/previews.md); 0 turns them off."""
     preview_interval_seconds: float = Field(default=rules.DEFAULT_PREVIEW_INTERVAL_SECONDS, ge=0)
     """Least time between two preview uploads of one job; newer previews replace one that waits."""
-    worker_concurrency: int = Field(default=1, ge=1, le=16)
-    """Jobs in flight per process. GPU work stays serial; above 1, I/O overlaps the GPU."""
+    worker_concurrency: int | None = Field(default=None, ge=1, le=16)
+    """Edits on the model at once per process (GPU turns); unset: one per engine, i.e. per GPU (docs/worker.md)."""
+    worker_prefetch: int = Field(default=1, ge=0, le=4)
+    """Jobs claimed ahead, just in time, per edit about to end, so the next edit starts the moment the GPU
+    frees (docs/worker.md#prefetch); 0: claim only when a GPU turn is free."""
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     storage_timeout_seconds: float = Field(default=rules.DEFAULT_STORAGE_TIMEOUT_SECONDS, gt=0)
     storage_retry_attempts: int = Field(default=rules.DEFAULT_STORAGE_ATTEMPTS, ge=1)

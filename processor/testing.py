@@ -85,6 +85,9 @@ class StandInEditor:
     ``fail_next(error)`` makes the next edit raise ``error`` (``ModelError``, ``RuntimeError``...).
     ``step_seconds`` stands for the model's time per step (the wait ends early on cancel);
     ``canceled`` is set when an edit ends with ``EditCancelled``.
+
+    Like a real editor it runs one edit at a time (its "device"): a second caller waits, and a cancel
+    ends that wait. ``calls`` and ``started`` count edits that began on the device.
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class StandInEditor:
         self.closed = False
         self._failures: list[BaseException] = []
         self._lock = threading.Lock()
+        self._device = threading.Lock()
 
     def fail_next(self, error: BaseException) -> None:
         with self._lock:
@@ -128,17 +132,25 @@ class StandInEditor:
         previews: PreviewSink | None = None,
     ) -> EditResult:
         started = time.perf_counter()
-        with self._lock:
-            self.calls += 1
-            failure = self._failures.pop(0) if self._failures else None
-        self.started.set()
-        if failure is not None:
-            raise failure
+        stop = cancel or threading.Event()
+        while not self._device.acquire(timeout=0.002):
+            if stop.is_set():
+                self.canceled.set()
+                raise EditCancelled("canceled while it waited for the device")
         try:
-            self._steps(params.num_inference_steps, on_progress, cancel or threading.Event(), previews)
-        except EditCancelled:
-            self.canceled.set()
-            raise
+            with self._lock:
+                self.calls += 1
+                failure = self._failures.pop(0) if self._failures else None
+            self.started.set()
+            if failure is not None:
+                raise failure
+            try:
+                self._steps(params.num_inference_steps, on_progress, stop, previews)
+            except EditCancelled:
+                self.canceled.set()
+                raise
+        finally:
+            self._device.release()
         total = params.num_inference_steps
         width = params.width or (images[0].width if images else self.size)
         height = params.height or (images[0].height if images else self.size)

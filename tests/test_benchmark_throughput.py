@@ -95,7 +95,7 @@ def test_the_service_overhead_benchmark_measures_every_stage_for_png_and_jpeg(tm
         for stage in (
             "download",
             "decode",
-            "preprocess (in the engine)",
+            "preprocess (engine, before its lock)",
             "encode (the worker's PNG)",
             "upload",
         ):

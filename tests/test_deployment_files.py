@@ -22,7 +22,32 @@ def compose() -> dict[str, Any]:
 
 
 def test_compose_file_is_valid_compose() -> None:
-    assert set(compose()["services"]) == {"processor", "worker", "processor-comfyui"}
+    assert set(compose()["services"]) == {
+        "processor",
+        "worker",
+        "processor-comfyui",
+        "worker-gpu0",
+        "worker-gpu1",
+    }
+
+
+def test_the_processor_uses_every_gpu_or_one_worker_per_gpu() -> None:
+    """Several GPUs on one host (docs/worker.md): one process with an engine on each GPU, or, in the
+    worker-per-gpu profile, one process per GPU, each seeing its own."""
+    services = compose()["services"]
+    for name in ("processor", "worker"):
+        [device] = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert device["count"] == "all"
+    seen = []
+    for name in ("worker-gpu0", "worker-gpu1"):
+        service = services[name]
+        [device] = service["deploy"]["resources"]["reservations"]["devices"]
+        assert service["profiles"] == ["worker-per-gpu"] and service["command"] == [
+            "edit-processor",
+            "worker",
+        ]
+        seen += device["device_ids"]
+    assert seen == ["0", "1"]
 
 
 def test_the_comfyui_profile_is_opt_in_needs_no_gpu_and_joins_comfyuis_network() -> None:

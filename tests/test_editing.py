@@ -58,7 +58,15 @@ def test_an_edit_returns_an_rgb_image_and_its_metadata(tiny_editor: DiffusersEdi
     result = tiny_editor.edit([picture()], params())
     assert (result.image.mode, result.image.size) == ("RGB", (result.width, result.height))
     assert (result.seed, result.num_inference_steps) == (7, 2)
-    assert set(result.timings) == {"prompt_encoding", "image_encoding", "denoising", "decoding", "total"}
+    assert set(result.timings) == {
+        "preprocessing",
+        "prompt_encoding",
+        "image_encoding",
+        "denoising",
+        "decoding",
+        "postprocessing",
+        "total",
+    }
     assert all(seconds > 0 for seconds in result.timings.values())
     stages = sum(seconds for stage, seconds in result.timings.items() if stage != "total")
     assert stages <= result.timings["total"]

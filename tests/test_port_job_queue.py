@@ -250,6 +250,57 @@ def test_claim_by_id_takes_only_that_request(backend: Backend) -> None:
     assert run(backend, scenario) == [wanted, None]
 
 
+def test_claiming_ahead_leaves_the_front_of_the_queue_to_idle_workers(backend: Backend) -> None:
+    """A busy worker claims its next job ahead only past one due row per idle worker (issue #21: a
+    prefetched job must not wait behind a busy worker while another worker is idle)."""
+
+    async def scenario(queue: JobQueue) -> list[Any]:
+        assert await queue.claim("idle", LEASE) is None  # found nothing: idle
+        first, second = backend.enqueue(), backend.enqueue()
+        ahead = await queue.claim_ahead("busy", LEASE, 60)
+        again = await queue.claim_ahead("busy", LEASE, 60)  # the first is still the idle worker's
+        taken = await queue.claim("idle", LEASE)  # busy again: it no longer counts
+        third = backend.enqueue()
+        later = await queue.claim_ahead("busy", LEASE, 60)
+        return [first, second, third, ahead and ahead.id, again, taken and taken.id, later and later.id]
+
+    first, second, third, ahead, again, taken, later = run(backend, scenario)
+    assert (ahead, again, taken, later) == (second, None, first, third)
+    state = backend.state(second)
+    assert (state["status"], state["claimed_by"], state["attempts"]) == ("processing", "busy", 1)
+    assert LEASE - 5 < state["lease_left"] <= LEASE
+
+
+def test_claiming_ahead_counts_only_recently_idle_workers_other_than_itself(backend: Backend) -> None:
+    async def scenario(queue: JobQueue) -> list[Any]:
+        assert await queue.claim("gone", LEASE) is None
+        assert await queue.claim("busy", LEASE) is None  # its own idleness never holds it back
+        request_id = backend.enqueue()
+        # "gone" was idle, but not within the last 0 seconds: it may have stopped since.
+        job = await queue.claim_ahead("busy", LEASE, 0)
+        return [request_id, job and job.id]
+
+    request_id, claimed = run(backend, scenario)
+    assert claimed == request_id
+
+
+def test_a_job_claimed_ahead_is_fenced_and_canceled_like_any_other(backend: Backend) -> None:
+    request_id = backend.enqueue()
+
+    async def scenario(queue: JobQueue) -> list[Any]:
+        job = await queue.claim_ahead("w1", LEASE, 60)
+        assert job is not None
+        answers: list[Any] = [await queue.heartbeat(request_id, "w1", 0.1, LEASE)]
+        answers.append(await queue.heartbeat(request_id, "w2", 0.1, LEASE))
+        backend.cancel(request_id)
+        answers.append(await queue.heartbeat(request_id, "w1", 0.2, LEASE))
+        answers.append(await queue.complete(request_id, "w1", "u/x.png", {}))
+        return answers
+
+    assert run(backend, scenario) == ["ok", "lost", "canceled", False]
+    assert backend.state(request_id)["status"] == "canceled"
+
+
 # --- Heartbeat and fencing ----------------------------------------------------------------------------
 def test_heartbeat_extends_the_lease_and_keeps_progress_monotonic(backend: Backend) -> None:
     request_id = backend.enqueue()

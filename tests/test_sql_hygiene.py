@@ -24,6 +24,7 @@ Row = dict[str, Any]
 # or from the database's own uses of functions.
 ENTRY_POINTS = {
     "claim_edit_request": "the processor (queue adapter)",
+    "claim_edit_request_ahead": "the processor (queue adapter: claiming ahead, docs/worker.md)",
     "heartbeat_edit_request": "the processor",
     "complete_edit_request": "the processor",
     "fail_edit_request": "the processor",

@@ -75,13 +75,16 @@ class _ReportingEditor(EditorWrapper):
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
         previews: PreviewSink | None = None,
+        prepared: object | None = None,
     ) -> EditResult:
         def progress(step: int, total: int) -> None:
             if on_progress is not None:
                 on_progress(step, total)
             self._report(self._job, {"step": step, "total": total, "percent": round(100 * step / total)})
 
-        return super().edit(images, params, on_progress=progress, cancel=cancel, previews=previews)
+        return super().edit(
+            images, params, on_progress=progress, cancel=cancel, previews=previews, prepared=prepared
+        )
 
 
 def _read_job(job_input: Mapping[str, Any], limits: ImageLimits) -> tuple[EditParams, list[Image.Image]]:

@@ -39,6 +39,15 @@ insert into public.edit_queue_sweep_state (id) values (true);
 
 -- Claim -------------------------------------------------------------------------------------------
 
+-- Workers whose last claim found nothing (claim_edit_request_ahead leaves them the front of the queue).
+create table public.edit_idle_workers (
+  worker_id text primary key,
+  seen_at timestamptz not null default now()
+);
+comment on table public.edit_idle_workers is
+  'Workers whose last claim found nothing, and when: claim_edit_request keeps it, '
+  'claim_edit_request_ahead leaves them the front of the queue. The processor''s alone.';
+
 create function public.claim_edit_request(
   p_worker_id text,
   p_lease_seconds integer default 120,
@@ -90,11 +99,92 @@ begin
     end if;
   end if;
 
+  if p_request_id is null then
+    -- A worker that asked for any row and got none is idle: workers claiming ahead leave it the
+    -- front of the queue (claim_edit_request_ahead). One that got a row is busy again.
+    if v_id is null then
+      insert into public.edit_idle_workers as w (worker_id, seen_at) values (p_worker_id, now())
+      on conflict (worker_id) do update set seen_at = excluded.seen_at;
+      delete from public.edit_idle_workers w where w.seen_at < now() - interval '1 hour';
+    else
+      delete from public.edit_idle_workers w where w.worker_id = p_worker_id;
+    end if;
+  end if;
+
   if v_id is null then
     return;  -- nothing to do: a duplicate wake-up is harmless
   end if;
 
   -- The attempt is counted at claim, so a request that kills its worker cannot loop forever.
+  return query
+  update public.edit_requests r
+     set status = 'processing',
+         claimed_by = p_worker_id,
+         lease_expires_at = now() + make_interval(secs => p_lease_seconds),
+         attempts = r.attempts + 1,
+         started_at = coalesce(r.started_at, now()),
+         next_attempt_at = null,
+         progress = 0
+   where r.id = v_id
+  returning r.*;
+end
+$$;
+
+-- Claiming ahead (docs/worker.md#prefetch): a worker whose GPU is about to free claims its next job
+-- while the current edit's last steps run, so the next edit starts at once. It must not take a job
+-- that an idle worker could start now: it leaves one due row, in claim order, to each worker idle in
+-- the last p_idle_seconds (one whose last claim found nothing) and claims the next one, if any.
+create function public.claim_edit_request_ahead(
+  p_worker_id text,
+  p_lease_seconds integer default 120,
+  p_idle_seconds real default 15
+)
+returns setof public.edit_requests
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_idle integer;
+  v_candidate uuid;
+  v_id uuid;
+begin
+  if p_worker_id is null or p_worker_id = '' then
+    raise exception 'claim_edit_request_ahead: p_worker_id is required' using errcode = '22023';
+  end if;
+  if p_lease_seconds is null or p_lease_seconds < 1 then
+    raise exception 'claim_edit_request_ahead: p_lease_seconds must be positive' using errcode = '22023';
+  end if;
+
+  select count(*) into v_idle
+    from public.edit_idle_workers w
+   where w.worker_id <> p_worker_id
+     and w.seen_at > now() - make_interval(secs => greatest(coalesce(p_idle_seconds, 0), 0));
+
+  -- The rows in front are read without a lock: locking them would hide them from the idle workers'
+  -- own claims (SKIP LOCKED) for as long as this runs. Only the one taken is locked.
+  for v_candidate in
+    select r.id
+      from public.edit_requests r
+     where r.status = 'queued'
+       and (r.next_attempt_at is null or r.next_attempt_at <= now())
+     order by r.priority desc, r.fair_tag, r.id
+    offset v_idle
+     limit 8
+  loop
+    select r.id into v_id
+      from public.edit_requests r
+     where r.id = v_candidate
+       and r.status = 'queued'
+       and (r.next_attempt_at is null or r.next_attempt_at <= now())
+       for update skip locked;
+    exit when v_id is not null;
+  end loop;
+
+  if v_id is null then
+    return;
+  end if;
+
   return query
   update public.edit_requests r
      set status = 'processing',
@@ -545,13 +635,16 @@ $$;
 
 alter table public.edit_queue_settings enable row level security;
 alter table public.edit_queue_sweep_state enable row level security;
-revoke all on public.edit_queue_settings, public.edit_queue_sweep_state from public, anon, authenticated;
-grant all on public.edit_queue_settings, public.edit_queue_sweep_state to service_role;
+alter table public.edit_idle_workers enable row level security;
+revoke all on public.edit_queue_settings, public.edit_queue_sweep_state, public.edit_idle_workers
+  from public, anon, authenticated;
+grant all on public.edit_queue_settings, public.edit_queue_sweep_state, public.edit_idle_workers to service_role;
 create policy "operators manage settings" on public.edit_queue_settings for all to service_role using (true);
 
 -- The service role runs everything; signed-in users cancel their own requests.
 revoke all on function
   public.claim_edit_request(text, integer, uuid),
+  public.claim_edit_request_ahead(text, integer, real),
   public.heartbeat_edit_request(uuid, text, real, integer),
   public.complete_edit_request(uuid, text, text, jsonb),
   public.edit_request_backoff(integer),
@@ -567,6 +660,7 @@ revoke all on function
   from public, anon, authenticated;
 grant execute on function
   public.claim_edit_request(text, integer, uuid),
+  public.claim_edit_request_ahead(text, integer, real),
   public.heartbeat_edit_request(uuid, text, real, integer),
   public.complete_edit_request(uuid, text, text, jsonb),
   public.edit_request_backoff(integer),

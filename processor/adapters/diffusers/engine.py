@@ -7,6 +7,12 @@ front, and returns the image with its seed, size and per-stage timings.
 
 How an edit runs, and why:
 
+* Only device work runs under the lock. Before it, the inputs are resized and preprocessed and the
+  Qwen2-VL processor runs (``run.prepare_inputs``, the pipeline's own functions, answered from during
+  the call); the decoded output is de-normalised and made 8-bit on the device, and the picture is
+  built after the lock is released (``to_pixels``: the bits the pipeline's ``postprocess`` gives).
+  Another edit's CPU work (and the worker's encode and upload) overlaps this one's device work.
+
 * The pipeline is called with ``output_type="latent"`` and the engine decodes the
   latents itself, exactly as the pipeline would. That gives the VAE decode its own
   timing and lets a cancelled or failed run end before the decode.
@@ -35,7 +41,9 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,19 +67,30 @@ from processor.adapters.diffusers.loading import (
     public_model_id,
     resolve_device,
 )
-from processor.adapters.diffusers.loras import AdapterCache, AllowedLora, LoraSource, apply_adapters
+from processor.adapters.diffusers.loras import (
+    AdapterCache,
+    AllowedLora,
+    LoraSource,
+    apply_adapters,
+    forget_applied,
+)
 from processor.adapters.diffusers.presets import LIGHTNING_ADAPTERS, RunPlan, preset_plan
 from processor.adapters.diffusers.previews import PreviewWorker, fit_projection
 from processor.adapters.diffusers.run import (
     Cancelled,
     InstrumentedPipeline,
     NonFinite,
+    PreparedInputs,
     Run,
     RunPreviews,
+    install_prepared_inputs,
+    prepare_inputs,
     sizing_gate,
+    unwrapped,
+    using,
 )
 from processor.domain.errors import ConfigurationError, EditCancelled, InvalidInput, ModelError
-from processor.domain.params import prepare_edit
+from processor.domain.params import PreparedEdit, prepare_edit
 from processor.domain.ports.editor import EditResult, PreviewSink, ProgressCallback
 from processor.domain.reasons import ReasonCode
 from processor.domain.request import EditParams
@@ -100,11 +119,27 @@ __all__ = [
     "resolve_device",
 ]
 
+LOCK_POLL_SECONDS = 0.01
+"""How often an edit waiting for the lock looks at its cancel event."""
+
 _LIGHTNING_SETTING: Mapping[SpeedPreset, str] = {
     "quality": "",
     "fast": "LIGHTNING_8STEP_LORA",
     "fastest": "LIGHTNING_4STEP_LORA",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRun:
+    """``DiffusersEditor.prepare``'s answer: the checked edit, its preset and its prepared inputs."""
+
+    edit: PreparedEdit
+    speed: SpeedPreset
+    inputs: PreparedInputs
+    scheduler: Any
+    """A fresh scheduler of the preset's config, for this edit alone."""
+    seconds: float
+    """How long the preparation took (the result's ``preprocessing``)."""
 
 
 class DiffusersEditor:
@@ -160,6 +195,7 @@ class DiffusersEditor:
             if preset not in LIGHTNING_STEPS:
                 raise ConfigurationError(f"no Lightning LoRA for the {preset!r} preset")
             if LIGHTNING_ADAPTERS[preset] not in getattr(pipeline.transformer, "peft_config", {}):
+                forget_applied(pipeline)
                 source.load_into(pipeline, LIGHTNING_ADAPTERS[preset])
             self._lightning[preset] = source
         if self._speed != "quality" and self._speed not in self._lightning:
@@ -175,8 +211,10 @@ class DiffusersEditor:
                 "FP8=true with request LORAS is not supported (LoRA layers on float8 weights)"
             )
         self._preview_weights: torch.Tensor | None = None
+        install_prepared_inputs(pipeline)
         apply_adapters(pipeline, ())  # the base model until an edit asks for more
         apply_accelerations(pipeline, self._accelerations, self._device)
+        pipeline.pin_placement(stateful_hooks=self._accelerations.step_cache)
 
     @classmethod
     def load(
@@ -185,7 +223,7 @@ class DiffusersEditor:
         *,
         revision: str | None = None,
         cache_dir: str | Path | None = None,
-        device: DeviceChoice = "auto",
+        device: DeviceChoice | torch.device = "auto",
         memory: MemoryMode = "full",
         quantization: Quantization = "nf4",
         warmup: bool = False,
@@ -246,7 +284,10 @@ class DiffusersEditor:
         """An editor over already built components (benchmarks build random full-size weights on the
         GPU); the engine's fixes are installed as ``load_pipeline`` installs them. Editors built from
         the same components share their weights (and their loaded adapters)."""
-        pipeline = InstrumentedPipeline(**components)
+        # Components of another editor's pipeline come with its answering processor.
+        pipeline = InstrumentedPipeline(
+            **{name: unwrapped(component) for name, component in components.items()}
+        )
         install_mrope_fix(pipeline.text_encoder)
         pipeline.set_progress_bar_config(disable=True)
         return cls(pipeline, model_id=model_id, sizing=sizing, **options)
@@ -308,6 +349,32 @@ class DiffusersEditor:
         log.info("warm-up done", extra={"seconds": round(seconds, 3)})
         return seconds
 
+    def prepare(self, images: Sequence[Image.Image], params: EditParams) -> PreparedRun:
+        """The edit's CPU work, without the lock: checks (``InvalidInput``), size, seed, canvas, and the
+        pipeline's preprocessing of the inputs and prompts. Hand it to ``edit(..., prepared=)``."""
+        prepared = prepare_edit(images, params, self._sizing)
+        speed = self._check_speed(params)
+        pipe = self._pipe
+        if pipe is None:
+            raise ConfigurationError("the editor was closed")
+        started = time.perf_counter()
+        _, cfg_scale, scheduler_config, _ = preset_plan(
+            speed,
+            steps=params.num_inference_steps,
+            true_cfg_scale=params.true_cfg_scale,
+            model_scheduler_config=self._model_scheduler_config,
+        )
+        inputs = prepare_inputs(
+            pipe,
+            prepared.images,
+            [params.prompt, *([params.negative_prompt or " "] if cfg_scale > 1 else [])],
+            vae_image_area=self._sizing.vae_image_area,
+            condition_image_area=self._sizing.condition_image_area,
+        )
+        # A new scheduler per edit, from a frozen config: no state crosses requests.
+        scheduler = self._scheduler_class.from_config(scheduler_config)
+        return PreparedRun(prepared, speed, inputs, scheduler, time.perf_counter() - started)
+
     def edit(
         self,
         images: Sequence[Image.Image],
@@ -316,36 +383,61 @@ class DiffusersEditor:
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
         previews: PreviewSink | None = None,
+        prepared: PreparedRun | None = None,
     ) -> EditResult:
-        """Edit 0 to 3 images (none: a base canvas); see the class docstring for what it raises."""
-        prepared = prepare_edit(images, params, self._sizing)
-        speed = self._check_speed(params)
+        """Edit 0 to 3 images (none: a base canvas); see the class docstring for what it raises.
+
+        Only device work runs under the lock: the inputs are resized, preprocessed and run through
+        the Qwen2-VL processor before it (``prepare``, or ``prepared`` when the caller did it already
+        for these images and parameters), and the output leaves it as 8-bit pixels, made into a
+        picture after it."""
+        run = prepared if prepared is not None else self.prepare(images, params)
+        edit, speed, inputs, preprocessing = run.edit, run.speed, run.inputs, run.seconds
         _raise_if_cancelled(cancel, "before it started")
-        with self._lock:
-            _raise_if_cancelled(cancel, "while it waited for the model")
+        with self._locked(cancel):
             plan = self._plan(speed, params)
-            image, timings = self._run(
-                prepared.images,
+            pixels, timings = self._run(
+                inputs,
+                run.scheduler,
                 params,
                 plan,
-                prepared.seed,
-                prepared.width,
-                prepared.height,
+                edit.seed,
+                edit.width,
+                edit.height,
                 on_progress,
                 cancel,
                 previews,
             )
+        started = time.perf_counter()
+        image = Image.fromarray(pixels.numpy())
+        timings["preprocessing"] = preprocessing
+        timings["postprocessing"] = time.perf_counter() - started
+        timings["total"] += preprocessing + timings["postprocessing"]
+        if inputs.misses:
+            log.warning("inputs not prepared before the lock: %s", ", ".join(sorted(set(inputs.misses))))
         return EditResult(
             image=image,
-            seed=prepared.seed,
+            seed=edit.seed,
             width=image.width,
             height=image.height,
             num_inference_steps=plan.steps,
             timings=timings,
             model=self.describe(),
-            base=prepared.base,
+            base=edit.base,
             run=plan.record(),
         )
+
+    @contextmanager
+    def _locked(self, cancel: threading.Event | None) -> Iterator[None]:
+        """The lock, for an edit: a cancel while it waits ends the wait within ``LOCK_POLL_SECONDS``
+        (an edit prepared ahead waits here for the one before it, and may be cancelled meanwhile)."""
+        while not self._lock.acquire(timeout=LOCK_POLL_SECONDS):
+            _raise_if_cancelled(cancel, "while it waited for the model")
+        try:
+            _raise_if_cancelled(cancel, "while it waited for the model")
+            yield
+        finally:
+            self._lock.release()
 
     def _check_speed(self, params: EditParams) -> SpeedPreset:
         """The preset this edit runs; ``InvalidInput`` for an unavailable preset or LoRA (before the lock)."""
@@ -413,7 +505,8 @@ class DiffusersEditor:
 
     def _run(
         self,
-        inputs: list[Image.Image],
+        inputs: PreparedInputs,
+        scheduler: Any,
         params: EditParams,
         plan: RunPlan,
         seed: int,
@@ -422,7 +515,8 @@ class DiffusersEditor:
         on_progress: ProgressCallback | None,
         cancel: threading.Event | None,
         previews: PreviewSink | None,
-    ) -> tuple[Image.Image, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Under the lock: the pipeline call and the decode; the output as 8-bit pixels on the CPU."""
         pipe = self._pipe
         if pipe is None:
             raise ConfigurationError("the editor was closed")
@@ -443,14 +537,13 @@ class DiffusersEditor:
         out_of_memory = False
         started = time.perf_counter()
         try:
-            with sizing_gate.applied(self._sizing), torch.inference_mode():
-                # A new scheduler per edit, from a frozen config: no state crosses requests.
-                pipe.scheduler = self._scheduler_class.from_config(plan.scheduler_config)
+            with sizing_gate.applied(self._sizing), torch.inference_mode(), using(inputs):
+                pipe.scheduler = scheduler  # made for this edit alone (``prepare``)
                 apply_adapters(pipe, plan.adapters)
                 reset_step_cache(pipe, self._accelerations)
                 pipe.attach_run(run)
                 latents = pipe(
-                    image=inputs,
+                    image=inputs.images,
                     prompt=params.prompt,
                     # Always a negative prompt with CFG: without one the pipeline silently skips CFG.
                     negative_prompt=(params.negative_prompt or " ") if cfg else None,
@@ -464,7 +557,7 @@ class DiffusersEditor:
                     output_type="latent",
                     callback_on_step_end=run.on_step_end,
                 ).images
-                image = self._decode(latents, width, height, run)
+                pixels = self._decode(latents, width, height, run)
         except Cancelled as exc:
             when = f"after step {exc.step} of {plan.steps}" if exc.step else "before denoising"
             failure = EditCancelled(f"cancelled {when}")
@@ -489,16 +582,18 @@ class DiffusersEditor:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             raise ModelError(
-                f"out of GPU memory for {len(inputs)} image(s) at {width}×{height}",
+                f"out of GPU memory for {len(inputs.images)} image(s) at {width}×{height}",
                 reason=ReasonCode.OUT_OF_MEMORY,
             )
         if failure is not None:
             raise failure
         run.timings["total"] = time.perf_counter() - started
-        return image, run.timings
+        return pixels, run.timings
 
-    def _decode(self, latents: torch.Tensor, width: int, height: int, run: Run) -> Image.Image:
-        """The pipeline's own final block (unpack, de-normalise, VAE decode, postprocess), timed."""
+    def _decode(self, latents: torch.Tensor, width: int, height: int, run: Run) -> torch.Tensor:
+        """The pipeline's own final block (unpack, de-normalise, VAE decode), timed, and its
+        postprocessing up to 8-bit pixels, on the device: ``(height, width, 3)`` uint8 on the CPU,
+        the bits ``image_processor.postprocess(..., "pil")`` would give (``to_pixels``)."""
         pipe = self._pipe
         assert pipe is not None  # under the lock, after ``_run`` checked it
         vae = pipe.vae
@@ -511,13 +606,27 @@ class DiffusersEditor:
             )
             latents = latents / inverse_std + mean  # written as the pipeline writes it, for identical bits
             decoded = vae.decode(latents, return_dict=False)[0][:, :, 0]
-            run.check_finite(decoded, "decoded image")
-            images: list[Image.Image] = pipe.image_processor.postprocess(decoded, output_type="pil")
-        return images[0]
+            return to_pixels(
+                pipe.image_processor, decoded, check=lambda t: run.check_finite(t, "decoded image")
+            )
 
     def _synchronize(self) -> None:
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
+
+
+def to_pixels(
+    image_processor: Any, decoded: torch.Tensor, check: Callable[[torch.Tensor], None] | None = None
+) -> torch.Tensor:
+    """``image_processor.postprocess(decoded, output_type="pil")``'s pixels of the first image, made on
+    the tensor's device and copied to the CPU as uint8 (a quarter of float32's bytes): the same
+    de-normalisation, then ``round(x * 255)`` in float32, as ``numpy_to_pil`` does (both round half to
+    even). ``check`` sees the decoded tensor first (the NaN check). All of it is device work."""
+    if check is not None:
+        check(decoded)
+    denormalized: torch.Tensor = image_processor.postprocess(decoded, output_type="pt")
+    scaled = denormalized[0].permute(1, 2, 0).float() * 255
+    return scaled.round().to(torch.uint8).cpu()
 
 
 def _raise_if_cancelled(cancel: threading.Event | None, when: str) -> None:

@@ -31,7 +31,7 @@ SUPPORTED_MODELS = {
 """Hub ids known to run through ``QwenImageEditPlusPipeline`` (docs/speed.md says how each was verified)."""
 
 
-def resolve_device(choice: DeviceChoice | str) -> torch.device:
+def resolve_device(choice: DeviceChoice | str | torch.device) -> torch.device:
     """``auto`` → CUDA when available, else CPU. Asking for CUDA without one is a configuration error."""
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -39,6 +39,18 @@ def resolve_device(choice: DeviceChoice | str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigurationError("DEVICE=cuda but no CUDA device is available")
     return device
+
+
+def engine_devices(choice: DeviceChoice | str, cuda_devices: int | None = None) -> list[torch.device]:
+    """The devices the worker and ``serve`` load one engine on each: every visible GPU for ``auto`` and
+    ``cuda`` (``CUDA_VISIBLE_DEVICES`` decides which are visible), the CPU for ``cpu`` or ``auto``
+    without one. ``cuda_devices``: the visible count (tests stand one in)."""
+    count = torch.cuda.device_count() if cuda_devices is None else cuda_devices
+    if choice == "cpu" or (choice == "auto" and count == 0):
+        return [torch.device("cpu")]
+    if count == 0:
+        raise ConfigurationError(f"DEVICE={choice} but no CUDA device is available")
+    return [torch.device("cuda", index) for index in range(count)]
 
 
 def public_model_id(model_id: str) -> str:

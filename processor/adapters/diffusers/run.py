@@ -1,19 +1,30 @@
 """What runs inside one pipeline call: the stage clock, progress, cancellation and NaN checks from
-the step callback, previews handed off, and the pipeline subclass whose encoding stages report to
-the run (engine.py's docstring says why the engine runs the pipeline this way)."""
+the step callback, previews handed off, the pipeline subclass whose encoding stages report to
+the run (engine.py's docstring says why the engine runs the pipeline this way), and the inputs
+prepared before the engine's lock (``PreparedInputs``).
+
+Prepared inputs: the pipeline resizes and preprocesses its inputs and runs the Qwen2-VL processor
+inside its ``__call__``, all CPU work. ``prepare_inputs`` does that work first, outside the lock,
+with the pipeline's own functions, and keeps each result under the arguments the pipeline will pass;
+during the call (``using``) the pipeline's image processor and processor answer from it. Anything
+not prepared (a future diffusers that asks differently) is computed as before and counted as a miss,
+so the output never depends on the preparation.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from diffusers import QwenImageEditPlusPipeline
 from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as _plus_module
+from PIL import Image
 
 from processor.adapters.diffusers.previews import PreviewWorker, project, unpack
 from processor.domain.ports.editor import PreviewSink, ProgressCallback
@@ -171,9 +182,38 @@ class InstrumentedPipeline(QwenImageEditPlusPipeline):  # type: ignore[misc]
     """
 
     _edit_run: Run | None = None
+    _pinned_device: torch.device | None = None
+    _stateful_hooks = True
 
     def attach_run(self, run: Run | None) -> None:
         self._edit_run = run
+
+    def pin_placement(self, *, stateful_hooks: bool) -> None:
+        """The pipeline is placed for good (the engine calls it once it is built): its execution device is
+        worked out once, not on every call, and ``stateful_hooks`` says whether any hook keeps state
+        between calls (the step cache). diffusers walks every module of every component for both on
+        every call, CPU time the GPU waits for (issue #21)."""
+        self._pinned_device = None
+        self._pinned_device = self._execution_device
+        self._stateful_hooks = stateful_hooks
+
+    @property
+    def _execution_device(self) -> torch.device:
+        if self._pinned_device is not None:
+            return self._pinned_device
+        device: torch.device = super()._execution_device
+        return device
+
+    def maybe_free_model_hooks(self) -> None:
+        # Without offload hooks and without stateful hooks, diffusers' version resets nothing and
+        # offloads nothing; it only walks the modules to find that out.
+        if (
+            self._pinned_device is not None
+            and not self._stateful_hooks
+            and not getattr(self, "_all_hooks", None)
+        ):
+            return
+        super().maybe_free_model_hooks()
 
     def encode_prompt(self, *args: Any, **kwargs: Any) -> Any:
         run = self._edit_run
@@ -192,3 +232,177 @@ class InstrumentedPipeline(QwenImageEditPlusPipeline):  # type: ignore[misc]
             prepared = super().prepare_latents(*args, **kwargs)
         run.denoising_starts()
         return prepared
+
+
+# --- inputs prepared before the lock ---------------------------------------------------------------
+
+_current = threading.local()
+"""Per thread: the ``PreparedInputs`` the pipeline call running in it answers from (``using``), or
+the one ``prepare_inputs`` is recording into. Thread-local, so a preparation never sees the call
+that holds the lock in another thread, nor the other way round."""
+
+
+class _Recorded(Exception):
+    """Raised by the processor once it has recorded its output during a preparation."""
+
+
+class PreparedInputs:
+    """One edit's CPU work, done before the lock: condition images, VAE images, processor outputs."""
+
+    def __init__(self, images: Sequence[Image.Image]) -> None:
+        self.images = list(images)  # keeps the keys' objects alive, so their ids stay theirs
+        self.resized: dict[Hashable, Image.Image] = {}
+        self.preprocessed: dict[Hashable, torch.Tensor] = {}
+        self.processed: dict[Hashable, Any] = {}
+        self.misses: list[str] = []
+        """What the pipeline asked for that was not prepared (computed then, under the lock)."""
+        self.recording = False
+
+
+def _image_key(image: Any, height: int, width: int) -> Hashable:
+    return (id(image), height, width)
+
+
+def _processor_key(text: Any, images: Any, options: dict[str, Any]) -> Hashable | None:
+    if isinstance(text, str):
+        text = [text]
+    if images is None:
+        images = []
+    elif not isinstance(images, (list, tuple)):
+        images = [images]
+    try:
+        return (tuple(text), tuple(id(image) for image in images), tuple(sorted(options.items())))
+    except TypeError:  # an unhashable option: not a call the pipeline makes
+        return None
+
+
+def _prepared() -> PreparedInputs | None:
+    prepared: PreparedInputs | None = getattr(_current, "prepared", None)
+    return prepared
+
+
+@contextmanager
+def using(prepared: PreparedInputs | None) -> Iterator[None]:
+    """The pipeline call in this thread answers from ``prepared``."""
+    previous = _prepared()
+    _current.prepared = prepared
+    try:
+        yield
+    finally:
+        _current.prepared = previous
+
+
+class PreparedImageProcessor:
+    """The pipeline's ``VaeImageProcessor``, answering ``resize`` and ``preprocess`` from the prepared
+    inputs where it can; everything else is the processor's own."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def resize(self, image: Any, height: int, width: int, *args: Any, **kwargs: Any) -> Any:
+        prepared = _prepared()
+        if prepared is not None and not prepared.recording and not args and not kwargs:
+            hit = prepared.resized.get(_image_key(image, height, width))
+            if hit is not None:
+                return hit
+            prepared.misses.append("resize")
+        return self.inner.resize(image, height, width, *args, **kwargs)
+
+    def preprocess(
+        self, image: Any, height: int | None = None, width: int | None = None, *args: Any, **kwargs: Any
+    ) -> Any:
+        prepared = _prepared()
+        if prepared is not None and not prepared.recording and not args and not kwargs:
+            hit = prepared.preprocessed.get(_image_key(image, height or 0, width or 0))
+            if hit is not None:
+                return hit
+            prepared.misses.append("preprocess")
+        return self.inner.preprocess(image, height, width, *args, **kwargs)
+
+
+class PreparedProcessor:
+    """The pipeline's Qwen2-VL processor, answering from the prepared inputs where it can; while a
+    preparation records, it computes, keeps the output and stops the caller (``_Recorded``)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __call__(self, *args: Any, text: Any = None, images: Any = None, **options: Any) -> Any:
+        prepared = _prepared()
+        key = None if args or prepared is None else _processor_key(text, images, options)
+        if prepared is not None and key is not None:
+            if prepared.recording:
+                prepared.processed[key] = self.inner(text=text, images=images, **options)
+                raise _Recorded
+            hit = prepared.processed.get(key)
+            if hit is not None:
+                return hit
+        if prepared is not None and not prepared.recording:
+            prepared.misses.append("processor")
+        return self.inner(*args, text=text, images=images, **options)
+
+
+def unwrapped(component: Any) -> Any:
+    """A pipeline component without the answering wrapper ``install_prepared_inputs`` put around it."""
+    return (
+        component.inner if isinstance(component, (PreparedProcessor, PreparedImageProcessor)) else component
+    )
+
+
+def install_prepared_inputs(pipe: Any) -> None:
+    """Put the answering processors in place (idempotent). The processor goes straight into the
+    instance's ``__dict__``: ``DiffusionPipeline.__setattr__`` would rewrite the pipeline's config."""
+    if not isinstance(pipe.image_processor, PreparedImageProcessor):
+        pipe.image_processor = PreparedImageProcessor(pipe.image_processor)
+    processor = getattr(pipe, "processor", None)
+    if processor is not None and not isinstance(processor, PreparedProcessor):
+        pipe.__dict__["processor"] = PreparedProcessor(processor)
+
+
+def prepare_inputs(
+    pipe: Any,
+    images: Sequence[Image.Image],
+    prompts: Sequence[str],
+    *,
+    vae_image_area: int,
+    condition_image_area: int,
+) -> PreparedInputs:
+    """The CPU work of ``QwenImageEditPlusPipeline.__call__`` for ``images`` and each prompt (the
+    prompt, and the negative one with CFG), done here, with the pipeline's own functions and
+    template, as the call will ask for it. Thread-safe: touches nothing the running call uses."""
+    prepared = PreparedInputs(images)
+    image_processor = pipe.image_processor
+    inner = image_processor.inner if isinstance(image_processor, PreparedImageProcessor) else image_processor
+    condition_images = []
+    for image in prepared.images:
+        ratio = image.width / image.height
+        condition_width, condition_height = _plus_module.calculate_dimensions(condition_image_area, ratio)
+        vae_width, vae_height = _plus_module.calculate_dimensions(vae_image_area, ratio)
+        condition = inner.resize(image, condition_height, condition_width)
+        condition_images.append(condition)
+        prepared.resized[_image_key(image, condition_height, condition_width)] = condition
+        prepared.preprocessed[_image_key(image, vae_height, vae_width)] = inner.preprocess(
+            image, vae_height, vae_width
+        )
+    prepared.recording = True
+    try:
+        with using(prepared):
+            for prompt in prompts:
+                # The pipeline's own method builds the text from its template; the processor
+                # records its output and stops it before the text encoder runs.
+                with contextlib.suppress(_Recorded):
+                    pipe._get_qwen_prompt_embeds(
+                        [prompt], condition_images, torch.device("cpu"), torch.float32
+                    )
+    except Exception:
+        # Not prepared is only slower: the call computes it under the lock, as it always did.
+        log.warning("the prompt could not be prepared before the lock", exc_info=True)
+    finally:
+        prepared.recording = False
+    return prepared

@@ -24,7 +24,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -200,6 +200,8 @@ class InMemoryJobQueue:
         self._on_queued: list[QueuedListener] = []
         self._on_cancel: list[CancelListener] = []
         self._order: dict[uuid.UUID, int] = {}
+        self._idle_workers: dict[str, datetime] = {}
+        """``edit_idle_workers``: workers whose last claim for any row found none, and when."""
         self.faults = Faults("database_unavailable")
         self.calls: list[QueueCall] = []
         if storage is not None:
@@ -253,27 +255,64 @@ class InMemoryJobQueue:
                 and row.attempts < row.max_attempts
             ]
             if lapsed:
-                row = min(lapsed, key=lambda r: r.lease_expires_at or now)
+                row: QueueRow | None = min(lapsed, key=lambda r: r.lease_expires_at or now)
             else:
                 # ...then the next due queued row, by priority then age.
-                due = [row for row in candidates if self._due(row, now)]
-                if not due:
-                    return None
-                row = min(due, key=lambda r: (-r.priority, r.created_at or now, self._order[r.id]))
-            self._update(
-                row,
-                status="processing",
-                claimed_by=worker_id,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                attempts=row.attempts + 1,
-                started_at=row.started_at or now,
-                next_attempt_at=None,
-                progress=0.0,
-                # edit_requests_reset_preview: each attempt's previews start afresh.
-                preview_path=None,
-                preview_step=None,
-            )
-            return _job(row)
+                due = self._due_in_order(candidates, now)
+                row = due[0] if due else None
+            if request_id is None:
+                # Idle when nothing was found, busy again when something was (claim_ahead reads it).
+                if row is None:
+                    self._idle_workers[worker_id] = now
+                else:
+                    self._idle_workers.pop(worker_id, None)
+            if row is None:
+                return None
+            return self._take(row, worker_id, lease_seconds, now)
+
+    async def claim_ahead(self, worker_id: str, lease_seconds: int, idle_seconds: float) -> EditJob | None:
+        self._call("claim_ahead", None, worker_id, lease_seconds=lease_seconds, idle_seconds=idle_seconds)
+        if not worker_id:
+            raise ValueError("claim_edit_request_ahead: p_worker_id is required")
+        if lease_seconds < 1:
+            raise ValueError("claim_edit_request_ahead: p_lease_seconds must be positive")
+        with self._lock:
+            now = self._clock()
+            fresh = now - timedelta(seconds=max(idle_seconds, 0.0))
+            idle = sum(1 for other, seen in self._idle_workers.items() if other != worker_id and seen > fresh)
+            due = self._due_in_order(self._rows.values(), now)
+            # One due row, in claim order, left to each idle worker; the next one is this worker's.
+            if len(due) <= idle:
+                return None
+            return self._take(due[idle], worker_id, lease_seconds, now)
+
+    def idle_workers(self) -> list[str]:
+        """The workers the queue counts as idle (their last claim for any row found none)."""
+        with self._lock:
+            return sorted(self._idle_workers)
+
+    def _due_in_order(self, rows: Iterable[QueueRow], now: datetime) -> list[QueueRow]:
+        return sorted(
+            (row for row in rows if self._due(row, now)),
+            key=lambda r: (-r.priority, r.created_at or now, self._order[r.id]),
+        )
+
+    def _take(self, row: QueueRow, worker_id: str, lease_seconds: int, now: datetime) -> EditJob:
+        """The claim's update: the attempt counted, the lease started. Under the lock."""
+        self._update(
+            row,
+            status="processing",
+            claimed_by=worker_id,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            attempts=row.attempts + 1,
+            started_at=row.started_at or now,
+            next_attempt_at=None,
+            progress=0.0,
+            # edit_requests_reset_preview: each attempt's previews start afresh.
+            preview_path=None,
+            preview_step=None,
+        )
+        return _job(row)
 
     async def heartbeat(
         self, job_id: uuid.UUID, worker_id: str, progress: float | None, lease_seconds: int

@@ -68,6 +68,13 @@ class PostgresJobQueue:
         )
         return None if row is None else _job_from_row(row)
 
+    async def claim_ahead(self, worker_id: str, lease_seconds: int, idle_seconds: float) -> EditJob | None:
+        row = await self._pool.fetchone(
+            "select * from public.claim_edit_request_ahead(%s::text, %s::int, %s::real)",
+            (worker_id, lease_seconds, idle_seconds),
+        )
+        return None if row is None else _job_from_row(row)
+
     async def heartbeat(
         self, job_id: uuid.UUID, worker_id: str, progress: float | None, lease_seconds: int
     ) -> HeartbeatAnswer:

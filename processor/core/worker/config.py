@@ -18,13 +18,16 @@ class WorkerConfig:
     heartbeat_interval_seconds: float
     progress_interval_seconds: float
     sweep_interval_seconds: float
-    worker_concurrency: int
+    worker_concurrency: int | None
+    """GPU turns: edits on the editor at once; None: one per engine (``ports.editor.engine_count``)."""
     shutdown_grace_seconds: float
     image_limits: ImageLimits
     preview_every_steps: int = 0
     """A live preview every this many steps; 0: none (docs/previews.md)."""
     preview_interval_seconds: float = 0.0
     """Least time between two preview uploads of one job."""
+    worker_prefetch: int = 1
+    """Jobs claimed ahead, just in time, per running edit about to end (docs/worker.md#prefetch); 0: none."""
     output_encoding: OutputEncoding = field(default_factory=OutputEncoding)
     """How results are encoded when their request names no format or quality (``OUTPUT_FORMAT``, ``OUTPUT_QUALITY``)."""
 

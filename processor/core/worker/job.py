@@ -6,6 +6,7 @@ import asyncio
 import enum
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from processor.domain.errors import EditCancelled
@@ -38,6 +39,22 @@ class ActiveJob:
     progress_changed: asyncio.Event = field(default_factory=asyncio.Event)
     preview_paths: set[str] = field(default_factory=set)
     """Objects this job's live previews were uploaded to (deleted when the job ends)."""
+    claim_started: float | None = None
+    """When the claim that returned it was sent (``time.monotonic()``); None: not known."""
+    ready_at: float | None = None
+    """When it was downloaded, decoded and prepared, ready for the GPU."""
+    has_turn: bool = False
+    """Its edit runs on the GPU (it has reported a step)."""
+    edit_done: bool = False
+    """Its edit has returned (or it will not run one): the GPU is no longer its."""
+    step: int = 0
+    total_steps: int = 0
+    step_at: float = 0.0
+    """The last step reported, of how many, and when (``time.monotonic()`` in the model's thread)."""
+    first_step_at: float = 0.0
+    notify: Callable[[ActiveJob, str], None] | None = None
+    """Told of every change the claim loop paces itself by: ``ready``, ``step``, ``edit_done``; on the
+    event loop."""
 
     def stop(self, reason: StopReason) -> None:
         if self.stop_reason is None:
@@ -57,4 +74,34 @@ class ActiveJob:
 
     def on_step(self, step: int, total: int) -> None:
         """The editor's progress callback; runs in the model thread."""
-        self.loop.call_soon_threadsafe(self.report_progress, DENOISING_SHARE * step / total)
+        self.loop.call_soon_threadsafe(self._stepped, step, total, time.monotonic())
+
+    def _stepped(self, step: int, total: int, at: float) -> None:
+        if step > self.step and not self.edit_done:
+            if self.step == 0 or step == 1:
+                self.first_step_at = at
+            self.step, self.total_steps, self.step_at = step, total, at
+            self.has_turn = True
+            self._changed("step")
+        self.report_progress(DENOISING_SHARE * step / total)
+
+    def seconds_per_step(self) -> float | None:
+        """This edit's own pace, once two steps were seen."""
+        if self.step < 2 or self.step_at <= self.first_step_at:
+            return None
+        return (self.step_at - self.first_step_at) / (self.step - 1)
+
+    def mark_ready(self) -> None:
+        self.ready_at = time.monotonic()
+        self._changed("ready")
+
+    def edit_finished(self) -> None:
+        """Its edit returned (or will not run): the GPU is no longer its."""
+        if not self.edit_done:
+            self.has_turn = False
+            self.edit_done = True
+            self._changed("edit_done")
+
+    def _changed(self, event: str) -> None:
+        if self.notify is not None:
+            self.notify(self, event)

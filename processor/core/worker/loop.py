@@ -1,7 +1,9 @@
 """The claim loop: wake-ups and the sweep timer lead to one claim path that fills free slots.
 
 Wake-ups (webhook, LISTEN, sweep) all call ``Worker.wake`` and lead to the same claim, so a
-lost or duplicated wake-up costs at most one sweep interval.
+lost or duplicated wake-up costs at most one sweep interval. ``Pacing`` says which claim: at once
+while a GPU turn is free, ahead (``claim_ahead``) when a running edit is about to end; the jobs'
+progress wakes the loop too, and it sleeps no longer than until the next claim ahead falls due.
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ from typing import Any
 
 from processor.core.worker.config import WorkerConfig
 from processor.core.worker.heartbeat import Heartbeat
-from processor.core.worker.job import StopReason
+from processor.core.worker.job import ActiveJob, StopReason
+from processor.core.worker.pacing import Pacing
 from processor.core.worker.pipeline import JobPipeline
 from processor.core.worker.recorder import WorkerMetrics
 from processor.core.worker.runner import JobRunner
 from processor.core.worker.slots import JobSlots
 from processor.core.worker.writes import FinalWrites
 from processor.domain.errors import ProcessorError
-from processor.domain.ports.editor import Editor
+from processor.domain.ports.editor import Editor, engine_count
 from processor.domain.ports.queue import JobQueue
 from processor.domain.ports.storage import ObjectStorage
 from processor.observability.metrics import Metrics
@@ -46,6 +49,10 @@ class Worker:
         self._config = config
         self._metrics = WorkerMetrics(metrics or Metrics())
         self._wakeup = asyncio.Event()
+        turns = config.worker_concurrency or engine_count(editor)
+        self._pacing = Pacing(turns=turns, prefetch=config.worker_prefetch)
+        self._ahead_found_none = False
+        """The last claim ahead found nothing: try again after a wake-up, not at every step."""
         writes = FinalWrites(queue, config)
         pipeline = JobPipeline(
             storage=storage,
@@ -62,8 +69,9 @@ class Worker:
             metrics=self._metrics,
             worker_id=config.worker_id,
         )
-        # A slot that frees up is a reason to claim again, but not a wake-up to time.
-        self._slots = JobSlots(runner, config, on_free=self._wakeup.set)
+        # A slot that frees up, or an edit that moves on, is a reason to claim again, but not a
+        # wake-up to time.
+        self._slots = JobSlots(runner, config, on_free=self._wakeup.set, on_change=self._job_changed)
 
     @property
     def worker_id(self) -> str:
@@ -76,7 +84,20 @@ class Worker:
     def wake(self) -> None:
         """Ask the loop to claim now (webhook, notification). Call from the event loop."""
         self._metrics.woken()
+        self._ahead_found_none = False
         self._wakeup.set()
+
+    def _job_changed(self, active: ActiveJob, event: str) -> None:
+        self._pacing.observe(active, event)
+        # A step wakes the loop only while the job's pace is being learnt (its first two steps) or when a
+        # claim is due now: the loop's timer covers the rest, and every wake-up takes the GIL from the
+        # thread that feeds the GPU.
+        if event != "step" or active.step <= 2:
+            self._wakeup.set()
+            return
+        claim = self._pacing.next_claim(self._slots.jobs)
+        if claim == "now" or (claim == "ahead" and not self._ahead_found_none):
+            self._wakeup.set()
 
     def cancel(self, request_id: uuid.UUID) -> None:
         """A cancel notification: stop that job now if it runs here (its heartbeat would too)."""
@@ -95,9 +116,14 @@ class Worker:
             if self._wakeup.is_set():
                 self._wakeup.clear()
                 await self._fill_slots()
-            await _wait_any(
-                [self._wakeup.wait(), stop.wait()], timeout=max(0.0, next_sweep - time.monotonic())
-            )
+            now = time.monotonic()
+            until = next_sweep
+            due = None if self._ahead_found_none else self._pacing.due_in(self._slots.jobs, now)
+            if due is not None:
+                until = min(until, now + due)
+            await _wait_any([self._wakeup.wait(), stop.wait()], timeout=max(0.0, until - now))
+            if due is not None and time.monotonic() >= now + due:
+                self._wakeup.set()  # a running edit came within the lead: claim ahead
         await self._slots.drain()
         log.info("worker stopped", extra={"worker_id": self.worker_id})
 
@@ -122,16 +148,28 @@ class Worker:
             log.warning("sweep failed: %s", exc)
 
     async def _fill_slots(self) -> None:
-        while self._slots.free > 0:
+        config = self._config
+        while not self._slots.closed:
+            kind = self._pacing.next_claim(self._slots.jobs)
+            if kind is None or (kind == "ahead" and self._ahead_found_none):
+                return
+            claim_started = time.monotonic()
             try:
-                job = await self._queue.claim(self.worker_id, self._config.lease_seconds)
+                if kind == "now":
+                    job = await self._queue.claim(self.worker_id, config.lease_seconds)
+                else:
+                    # Idle workers count as such for three of their sweeps.
+                    job = await self._queue.claim_ahead(
+                        self.worker_id, config.lease_seconds, 3 * config.sweep_interval_seconds
+                    )
             except ProcessorError as exc:
                 log.warning("claim failed: %s", exc)
                 return
             self._metrics.claim_answered(job)
             if job is None:
+                self._ahead_found_none = kind == "ahead"
                 return
-            self._slots.spawn(job)
+            self._slots.spawn(job, claim_started=claim_started)
 
 
 async def _wait_any(waits: list[Awaitable[Any]], timeout: float) -> None:

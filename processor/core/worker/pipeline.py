@@ -1,4 +1,10 @@
-"""The job pipeline: download, decode, edit, encode, upload, complete; failures mapped to the row.
+"""The job pipeline: download, decode, prepare, edit, encode, upload, complete; failures mapped to the row.
+
+A job calls the editor once its inputs are downloaded, decoded and prepared (``Editor.prepare``, where
+the editor has one): a job claimed ahead then waits in the editor's own queue (its lock, or a free
+engine of a pool) and starts the moment the edit before it releases the GPU, with no hop through the
+event loop. The job's claim on the GPU ends when its edit returns, so its output's encode, upload and
+completion overlap the next edit.
 
 Outcomes (for metrics and logs): ``succeeded``; ``retrying`` or ``failed`` after ``fail``;
 ``canceled`` (the row is already canceled: nothing written); ``lost`` (another worker owns
@@ -23,7 +29,7 @@ from processor.core.worker.previews import PreviewUploads
 from processor.core.worker.recorder import WorkerMetrics
 from processor.core.worker.writes import FinalWrites
 from processor.domain.errors import EditCancelled, ProcessorError, TransientError
-from processor.domain.ports.editor import Editor, EditResult, takes_previews
+from processor.domain.ports.editor import Editor, EditResult, takes_prepared, takes_previews
 from processor.domain.ports.queue import EditJob, JobQueue
 from processor.domain.ports.storage import ObjectStorage
 from processor.domain.reasons import ReasonCode
@@ -49,6 +55,7 @@ class JobPipeline:
         metrics: WorkerMetrics,
     ) -> None:
         self._storage = storage
+        self._prepares = takes_prepared(editor)
         self._queue = queue
         self._worker_id = config.worker_id
         # An Editor written before live previews (its ``edit`` takes no ``previews``) still works:
@@ -62,7 +69,7 @@ class JobPipeline:
         self._metrics = metrics
 
     async def run(self, active: ActiveJob) -> Outcome:
-        outcome = await self._run(active)
+        outcome = await self._ended(active)
         # Only once the request is final: the row no longer points at its previews
         # (edit_requests_reset_preview clears the columns). A job given back, retried or lost keeps
         # them: the path is the request's, and the next attempt (maybe another worker's, already
@@ -84,6 +91,13 @@ class JobPipeline:
     async def _run(self, active: ActiveJob) -> Outcome:
         try:
             return await self._stages(active)
+        except BaseException:
+            active.edit_finished()  # it will not run an edit (any more): the next may be claimed
+            raise
+
+    async def _ended(self, active: ActiveJob) -> Outcome:
+        try:
+            return await self._run(active)
         except EditCancelled:
             return await self.after_stop(active)
         except ProcessorError as exc:
@@ -101,9 +115,15 @@ class JobPipeline:
         job, timed = active.job, self._metrics.timed
         inputs = await timed("download", self._download(job))
         decoded = await timed("decode", self._decode(active, inputs))
-        edit_started = time.monotonic()
-        result = await self._edit(active, decoded)
-        edit_seconds = time.monotonic() - edit_started
+        prepared = await self._prepare(job, decoded)
+        active.raise_if_stopped()
+        active.mark_ready()
+        try:
+            edit_started = time.monotonic()
+            result = await self._edit(active, decoded, prepared)
+            edit_seconds = time.monotonic() - edit_started
+        finally:
+            active.edit_finished()  # whatever happened, this job's GPU work is over
         self._metrics.edit(edit_seconds, result.timings)
         encoded = await timed(
             "encode", asyncio.to_thread(encode_output, job.params, result, self._encoding, request_id=job.id)
@@ -139,13 +159,29 @@ class JobPipeline:
         active.raise_if_stopped()
         return decoding.result()
 
-    async def _edit(self, active: ActiveJob, decoded: list[Image.Image]) -> EditResult:
+    async def _prepare(self, job: EditJob, decoded: list[Image.Image]) -> object | None:
+        """The editor's CPU work ahead of the GPU (``takes_prepared``), in a thread; None without it."""
+        if not self._prepares:
+            return None
+        prepare = self._editor.prepare  # type: ignore[attr-defined]  # takes_prepared checked it
+        prepared: object | None = await asyncio.to_thread(prepare, decoded, job.params)
+        return prepared
+
+    async def _edit(
+        self, active: ActiveJob, decoded: list[Image.Image], prepared: object | None
+    ) -> EditResult:
         """The editor call, in a thread; with previews on, their uploads run beside it and stop
         when it returns (before the output is uploaded: no preview after the job's end)."""
         job = active.job
+        options: dict[str, Any] = {} if prepared is None else {"prepared": prepared}
         if self._preview_every_steps <= 0:
             return await asyncio.to_thread(
-                self._editor.edit, decoded, job.params, on_progress=active.on_step, cancel=active.cancel
+                self._editor.edit,
+                decoded,
+                job.params,
+                on_progress=active.on_step,
+                cancel=active.cancel,
+                **options,
             )
         previews = PreviewUploads(
             job=job,
@@ -166,6 +202,7 @@ class JobPipeline:
                 on_progress=active.on_step,
                 cancel=active.cancel,
                 previews=sink,
+                **options,
             )
         finally:
             await previews.stop()

@@ -1,4 +1,4 @@
-"""The jobs in flight: at most ``worker_concurrency`` tasks, stopped by id, drained on shutdown."""
+"""The jobs in flight (as many as ``Pacing`` lets the loop claim), stopped by id, drained on shutdown."""
 
 from __future__ import annotations
 
@@ -21,10 +21,19 @@ HARD_STOP_MIN_SECONDS = 5.0
 class JobSlots:
     """Owns the running jobs; ``on_free`` is called whenever one ends (a slot to refill)."""
 
-    def __init__(self, runner: JobRunner, config: WorkerConfig, *, on_free: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        runner: JobRunner,
+        config: WorkerConfig,
+        *,
+        on_free: Callable[[], None],
+        on_change: Callable[[ActiveJob, str], None] | None = None,
+    ) -> None:
+        """``on_change`` hears each job's pacing events (``ActiveJob.notify``)."""
         self._runner = runner
         self._config = config
         self._on_free = on_free
+        self._on_change = on_change
         self._active: dict[uuid.UUID, ActiveJob] = {}
         self._tasks: set[asyncio.Task[str]] = set()
         self.closed = False
@@ -33,27 +42,30 @@ class JobSlots:
         return len(self._active)
 
     @property
-    def free(self) -> int:
-        return 0 if self.closed else max(0, self._config.worker_concurrency - len(self._active))
+    def jobs(self) -> list[ActiveJob]:
+        """The jobs in flight, in the order they were claimed."""
+        return list(self._active.values())
 
     def stop(self, request_id: uuid.UUID, reason: StopReason) -> None:
         active = self._active.get(request_id)
         if active is not None:
             active.stop(reason)
 
-    def spawn(self, job: EditJob) -> None:
+    def spawn(self, job: EditJob, *, claim_started: float | None = None) -> None:
         """Run ``job`` in a task of its own; its slot is taken at once, before the task starts."""
-        active = self._take_slot(job)
+        active = self._take_slot(job, claim_started)
         task = asyncio.create_task(self._run(active), name=f"edit-{job.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def run(self, job: EditJob) -> str:
         """Run ``job`` here and return its outcome."""
-        return await self._run(self._take_slot(job))
+        return await self._run(self._take_slot(job, None))
 
-    def _take_slot(self, job: EditJob) -> ActiveJob:
-        active = ActiveJob(job=job, loop=asyncio.get_running_loop())
+    def _take_slot(self, job: EditJob, claim_started: float | None) -> ActiveJob:
+        active = ActiveJob(
+            job=job, loop=asyncio.get_running_loop(), claim_started=claim_started, notify=self._on_change
+        )
         self._active[job.id] = active
         return active
 

@@ -94,6 +94,8 @@ class Editor(Protocol):
     ``errors.EditCancelled`` without decoding. Bad input raises ``errors.InvalidInput``.
     With ``previews``, the editor sends a small picture every ``previews.every_steps`` steps
     without slowing the steps (docs/previews.md); an editor that cannot may send none.
+    An editor may also offer ``prepare`` (``takes_prepared``): its CPU work, done before its device
+    is free.
     """
 
     def edit(
@@ -113,6 +115,26 @@ class Editor(Protocol):
     def close(self) -> None:
         """Release the model or the connection to the engine. Idempotent."""
         ...
+
+
+def engine_count(editor: Editor) -> int:
+    """How many edits the editor runs at once (``engines``: one per GPU of an ``EditorPool``); 1 without."""
+    engines = getattr(editor, "engines", 1)
+    return engines if isinstance(engines, int) and engines >= 1 else 1
+
+
+def takes_prepared(editor: Editor) -> bool:
+    """Whether the editor can do its CPU work ahead of its device (``prepare``): ``prepare(images, params)``
+    returns what ``edit(images, params, prepared=...)`` then starts from. The worker prepares a job before
+    the GPU is free; an editor without ``prepare`` does it all inside ``edit``."""
+    prepare = getattr(editor, "prepare", None)
+    if not callable(prepare):
+        return False
+    try:
+        parameters = inspect.signature(editor.edit).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "prepared" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def takes_previews(editor: Editor) -> bool:
@@ -144,6 +166,10 @@ class EditorWrapper:
         if self._owns_inner:
             self.inner.close()
 
+    def prepare(self, images: Sequence[Image.Image], params: EditParams) -> object | None:
+        """The inner editor's preparation (``takes_prepared``); None when it has none."""
+        return self.inner.prepare(images, params) if takes_prepared(self.inner) else None  # type: ignore[attr-defined]
+
     def edit(
         self,
         images: Sequence[Image.Image],
@@ -152,7 +178,11 @@ class EditorWrapper:
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
         previews: PreviewSink | None = None,
+        prepared: object | None = None,
     ) -> EditResult:
-        if previews is None or not takes_previews(self.inner):
-            return self.inner.edit(images, params, on_progress=on_progress, cancel=cancel)
-        return self.inner.edit(images, params, on_progress=on_progress, cancel=cancel, previews=previews)
+        options: dict[str, Any] = {}
+        if previews is not None and takes_previews(self.inner):
+            options["previews"] = previews
+        if prepared is not None and takes_prepared(self.inner):
+            options["prepared"] = prepared
+        return self.inner.edit(images, params, on_progress=on_progress, cancel=cancel, **options)

@@ -52,7 +52,15 @@ class JobQueue(Protocol):
 
     async def claim(
         self, worker_id: str, lease_seconds: int, request_id: uuid.UUID | None = None
-    ) -> EditJob | None: ...
+    ) -> EditJob | None:
+        """The next due row (or that row), or None. A claim for any row that finds none marks the worker
+        idle; one that finds a row marks it busy again (``claim_ahead`` reads that)."""
+        ...
+
+    async def claim_ahead(self, worker_id: str, lease_seconds: int, idle_seconds: float) -> EditJob | None:
+        """A busy worker's next job, claimed while its current edit ends (``claim_edit_request_ahead``):
+        the due row after the first one for each other worker idle within ``idle_seconds``, or None."""
+        ...
 
     async def heartbeat(
         self, job_id: uuid.UUID, worker_id: str, progress: float | None, lease_seconds: int
