@@ -7,9 +7,9 @@ with the processor's own ``encode_image``, the generation parameters included, a
 1, 3, 6 (Pillow's default, the baseline) and 9, WebP and JPEG at a few qualities, and WebP at other
 efforts. Two kinds of picture, ``--pictures`` of each:
 
-* ``natural``: an amplitude spectrum falling as 1/f (the statistics of natural scenes; D. J. Field,
-  JOSA A 4(12), 1987), colour channels sharing most structure, hard-edged objects, a little noise:
-  what a diffusion model's output looks like to a compressor;
+* ``natural``: ``photos.photo``, the other benchmarks' photo-like pictures (an amplitude spectrum
+  falling as 1/f, shared colour structure, hard-edged objects, a little noise): what a diffusion
+  model's output looks like to a compressor;
 * ``noisy``: ``devtools.hostile_images.photo_like``, smooth shapes under ±12 of uniform noise, the
   hard case for PNG (noise does not compress).
 
@@ -30,7 +30,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from photos import photo
+from PIL import Image
 
 from processor.devtools.hostile_images import photo_like
 from processor.domain.images import encode_image
@@ -73,37 +74,6 @@ TEXT = {
 """What a real output carries (``params.generation_text``)."""
 
 
-def natural(seed: int, size: int) -> Image.Image:
-    """A picture with natural-image statistics (see the module docstring)."""
-    rng = np.random.default_rng(seed)
-    fy, fx = np.fft.fftfreq(size)[:, None], np.fft.rfftfreq(size)[None, :]
-    radius = np.hypot(fx, fy)
-    radius[0, 0] = 1.0
-    amplitude = radius**-1.2 * np.exp(-((radius / 0.25) ** 2))
-
-    def plane() -> np.ndarray:
-        field = np.fft.irfft2(
-            amplitude * np.exp(1j * rng.uniform(0, 2 * np.pi, amplitude.shape)), s=(size, size)
-        )
-        return (field - field.mean()) / field.std()
-
-    luminance = plane()
-    pixels = np.stack(
-        [118 + 38 * (0.85 * luminance + 0.35 * plane()) + rng.uniform(-25, 25) for _ in range(3)], -1
-    )
-    picture = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(picture)
-    for _ in range(6):
-        x, y, w, h = (
-            int(v) for v in rng.integers((0, 0, size // 16, size // 16), (size, size, size // 4, size // 4))
-        )
-        colour = tuple(int(v) for v in rng.integers(30, 225, 3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x, y, x + w, y + h), fill=colour)
-    shaded = np.asarray(picture, dtype=np.float32) * (1 + 0.12 * luminance[..., None])
-    shaded += rng.normal(0, 2.0, shaded.shape)
-    return Image.fromarray(np.clip(shaded, 0, 255).astype(np.uint8))
-
-
 def psnr(picture: Image.Image, data: bytes) -> float:
     import io
 
@@ -119,7 +89,7 @@ def encoder(picture: Image.Image, variant: Variant) -> Callable[[], bytes]:
 
 
 def measure(size: int, pictures: int, rounds: int) -> dict[str, Any]:
-    pics = {f"natural {seed}": natural(seed, size) for seed in range(pictures)}
+    pics = {f"natural {seed}": photo(seed, size, size) for seed in range(pictures)}
     pics |= {f"noisy {seed}": photo_like(size, size, seed) for seed in range(pictures)}
     times: dict[tuple[str, str], list[float]] = {(p, v): [] for p in pics for v in VARIANTS}
     sizes: dict[tuple[str, str], int] = {}

@@ -14,25 +14,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 import uuid
 from typing import Any
 
 import psycopg
+from scratch import ScratchDatabases
 
 from processor.devtools import localdb
 
-ADMIN = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 FAIR_DELIVERY_MIGRATION = "20261206003400_webhook_fair_delivery.sql"
 
 
-def _claims_ms(*, before: bool, endpoints: int, backlog: int) -> list[float]:
+def _claims_ms(scratch: ScratchDatabases, *, before: bool, endpoints: int, backlog: int) -> list[float]:
     migrations = [m for m in localdb.migration_files() if not before or m.name < FAIR_DELIVERY_MIGRATION]
-    dsn = localdb.create_database(ADMIN, f"qep_claims_{uuid.uuid4().hex[:8]}")
+    label = f"claims_{uuid.uuid4().hex[:8]}"
+    dsn = scratch.migrated(label, migrations)
     try:
-        localdb.apply_sql_files(dsn, [localdb.PLATFORM_SQL, *migrations])
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("update edit_webhook_settings set allowed_ports = '{443}'")
             conn.execute("insert into edit_webhook_allowed_hosts (host) values ('hooks.example.com')")
@@ -77,7 +76,7 @@ def _claims_ms(*, before: bool, endpoints: int, backlog: int) -> list[float]:
                 )
             return times
     finally:
-        localdb.drop_database(ADMIN, dsn.rsplit("/", 1)[-1])
+        scratch.drop(label)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,21 +86,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     backlogs = [int(size) for size in args.backlogs.split(",") if size]
     report: dict[str, Any] = {"endpoints": args.endpoints}
-    for before in (False, True):
-        label = "before" if before else "now"
-        measured = {}
-        for backlog in backlogs:
-            times = _claims_ms(before=before, endpoints=args.endpoints, backlog=backlog)
-            measured[backlog] = {
-                "median_ms": round(statistics.median(times), 1),
-                "max_ms": round(max(times), 1),
-            }
-        smallest = measured[min(measured)]["median_ms"]
-        for values in measured.values():
-            values["over_smallest"] = round(values["median_ms"] / smallest, 1)
-        report[label] = {str(backlog): values for backlog, values in measured.items()}
+    with ScratchDatabases() as scratch:
+        for before in (False, True):
+            _measure(scratch, report, before=before, endpoints=args.endpoints, backlogs=backlogs)
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _measure(
+    scratch: ScratchDatabases, report: dict[str, Any], *, before: bool, endpoints: int, backlogs: list[int]
+) -> None:
+    label = "before" if before else "now"
+    measured = {}
+    for backlog in backlogs:
+        times = _claims_ms(scratch, before=before, endpoints=endpoints, backlog=backlog)
+        measured[backlog] = {
+            "median_ms": round(statistics.median(times), 1),
+            "max_ms": round(max(times), 1),
+        }
+    smallest = measured[min(measured)]["median_ms"]
+    for values in measured.values():
+        values["over_smallest"] = round(values["median_ms"] / smallest, 1)
+    report[label] = {str(backlog): values for backlog, values in measured.items()}
 
 
 if __name__ == "__main__":

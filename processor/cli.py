@@ -79,6 +79,7 @@ def serve() -> None:
         build_service,
         check_input_limit,
         check_output_types,
+        try_page,
     )
     from processor.entrypoints.http_app import create_app
 
@@ -98,6 +99,7 @@ def serve() -> None:
             api=api,
             mcp=build_mcp(api),
             cors_origins=settings.cors_origin_list(),
+            page=try_page(settings),
         ),
         host=settings.host,
         port=settings.port,

@@ -28,7 +28,7 @@ from processor.domain.ports.loras import LoraAllowlist
 from processor.domain.ports.queue import JobQueue
 from processor.domain.ports.retention import RetentionPolicy
 from processor.domain.ports.storage import ObjectStorage
-from processor.domain.rules import INPUT_BUCKET, OUTPUT_BUCKET, OUTPUT_MEDIA_TYPES
+from processor.domain.rules import INPUT_BUCKET, OUTPUT_BUCKET, OUTPUT_MEDIA_TYPES, SpeedPreset
 from processor.observability.metrics import Metrics
 from processor.settings import Settings
 
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from processor.entrypoints.auth import TokenVerifier
     from processor.entrypoints.rest import RestApi
     from processor.entrypoints.runpod_handler import Job, Reporter
+    from processor.entrypoints.try_page import TryPage
 
 
 # Top-level modules of the `diffusers` extra (see pyproject.toml) that the engine imports or needs.
@@ -362,6 +363,7 @@ def build_service(settings: Settings, *, listen_for_notifications: bool = True) 
         retention=None if policy.keeps_everything else build_retention(settings, storage, metrics),
         allowlist=build_lora_allowlist(settings),
         loras=lora_descriptions(settings),
+        default_speed=default_speed(settings),
     )
 
 
@@ -380,6 +382,12 @@ def lora_descriptions(settings: Settings) -> dict[str, str]:
     if settings.edit_engine == "comfyui":
         return {}
     return {name: lora.description for name, lora in settings.loras.items()}
+
+
+def default_speed(settings: Settings) -> SpeedPreset:
+    """What a request naming no speed runs at, as the allowlist publishes it for the charge: ``SPEED``;
+    ``quality`` with ``EDIT_ENGINE=comfyui``, whose workflow runs its own steps with CFG."""
+    return "quality" if settings.edit_engine == "comfyui" else settings.speed
 
 
 def build_verifier(settings: Settings) -> TokenVerifier:
@@ -415,6 +423,24 @@ def build_rest_api(settings: Settings, service: ProcessorService) -> RestApi:
     # Every replica has the service key: a stream token one mints, any other verifies.
     tokens = StreamTokens.derived_from(settings.supabase_service_role_key.get_secret_value())
     return RestApi(build_user_actions(settings, service.storage), build_verifier(settings), tokens)
+
+
+def try_page(settings: Settings) -> TryPage | None:
+    """The page to try an edit (``TRY_PAGE``): Auth at ``{SUPABASE_URL}/auth/v1`` when the publishable
+    key is set (else the page takes a pasted access token), images from ``SUPABASE_URL``."""
+    from processor.entrypoints.try_page import TryPage
+
+    if not settings.try_page:
+        return None
+    signs_in = settings.supabase_url is not None and settings.supabase_anon_key is not None
+    return TryPage(
+        auth_url=f"{settings.supabase_url}/auth/v1" if signs_in else None,
+        anon_key=settings.supabase_anon_key if signs_in else None,
+        storage_url=settings.supabase_url,
+        default_speed=settings.speed,
+        default_format=settings.output_format,
+        max_image_bytes=settings.max_image_bytes,
+    )
 
 
 def build_mcp(api: RestApi | None) -> MCPServer | None:
@@ -457,7 +483,10 @@ def build_row_runner(settings: Settings) -> Callable[[Editor, uuid.UUID], Awaita
             # What a processor does at start-up, on the first row job of a worker: the database
             # checks requests against this worker's LORAS (once published; else on the next job).
             try:
-                report_allowlist(await build_lora_allowlist(settings).publish(loras), loras)
+                change = await build_lora_allowlist(settings).publish(
+                    loras, default_speed=default_speed(settings)
+                )
+                report_allowlist(change, loras)
                 published = True
             except TransientError as exc:
                 log.warning("the LoRA allowlist is not published yet (%s)", exc)

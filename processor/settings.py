@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     """Lifetime of the signed output URLs the REST API hands out."""
     mcp_access_token: SecretStr | None = None
     """A user's access token for ``edit-processor mcp`` (stdio): the edits belong to that user."""
+    supabase_anon_key: str | None = None
+    """The project's publishable (anon) key, public by design: the try page (``TRY_PAGE``) sends it to
+    Supabase Auth to sign users in with email and password. Unset: the page takes a pasted access token."""
 
     # --- Engine -----------------------------------------------------------------------------------
     edit_engine: Literal["diffusers", "comfyui"] = "diffusers"
@@ -230,6 +233,9 @@ class Settings(BaseSettings):
     cors_origins: str | None = None
     """Comma-separated origins (``https://app.example.com``) whose pages may call the REST API from a
     browser (CORS); ``*`` for any. Unset: none (a page served by the processor itself needs none)."""
+    try_page: bool = True
+    """Serve the page to try an edit at ``/try/`` (static files that use the public REST API and event
+    streams only; docs/usage.md#the-try-page). ``false``: ``/try/`` answers 404."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 

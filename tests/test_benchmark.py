@@ -10,6 +10,8 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "edit_stages.py"
 
+pytestmark = pytest.mark.benchmark
+
 
 def test_the_stage_benchmark_reports_timings_and_memory(
     tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
@@ -28,7 +30,6 @@ def test_the_stage_benchmark_reports_timings_and_memory(
     assert "seconds per image" in capsys.readouterr().out
 
 
-@pytest.mark.slow
 def test_the_load_benchmark_checks_exactly_once_with_bad_inputs_mixed_in() -> None:
     import subprocess
     import sys
@@ -79,8 +80,9 @@ def test_the_decode_bound_benchmark_reports_both_decodes_and_the_ratios(
 
 
 def test_the_output_encoding_benchmark_measures_every_variant_against_level_6(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # as `python benchmarks/x.py` has it: photos.py
     spec = importlib.util.spec_from_file_location("output_encoding", SCRIPT.parent / "output_encoding.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

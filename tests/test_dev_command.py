@@ -30,7 +30,7 @@ from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
 from processor.devtools.dev import sample_image
-from tests.conftest import ADMIN_DSN
+from tests.conftest import ADMIN_DSN, DEADLINE
 
 SCRATCH = re.compile(r"Scratch database\s+(qep_dev_[0-9a-f]{8})")
 
@@ -68,7 +68,7 @@ SECRET_SHAPES = re.compile(
 )
 
 
-@pytest.mark.slow
+@pytest.mark.model  # the command builds and runs the tiny model in its own process
 def test_dev_edits_a_sample_and_drops_its_database(tmp_path: Path) -> None:
     done = subprocess.run(dev_command(tmp_path), env=dev_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -80,7 +80,7 @@ def test_dev_edits_a_sample_and_drops_its_database(tmp_path: Path) -> None:
     assert not database_exists(made.group(1))
 
 
-@pytest.mark.slow
+@pytest.mark.model  # the command builds and runs the tiny model in its own process
 def test_dev_says_what_it_does_and_logs_no_secret_and_no_health_poll(tmp_path: Path) -> None:
     # One sample edit printed 209 lines: a Rich-formatted INFO line per HTTP request (~35 of them
     # `GET /readyz 503` while the model loaded) and the output's signed URL with its token.
@@ -174,7 +174,7 @@ def exported(line: str) -> dict[str, Any]:
     return dict(word.split("=", 1) for word in words[1:])
 
 
-@pytest.mark.slow
+@pytest.mark.model  # the command builds and runs the tiny model in its own process
 def test_dev_keep_running_prints_every_way_in_ready_to_paste_and_sigterm_cleans_up(
     kept_running: tuple[subprocess.Popen[str], Lines],
 ) -> None:
@@ -185,7 +185,10 @@ def test_dev_keep_running_prints_every_way_in_ready_to_paste_and_sigterm_cleans_
     token = exported(lines.until(r"^export TOKEN="))["TOKEN"]
     env = exported(lines.until(r"^export DATABASE_URL="))
     assert {"DATABASE_URL", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "WEBHOOK_SECRET"} <= env.keys()
+    page = re.search(r"(http://127\.0\.0\.1:\d+/try/)", lines.until(r"^# In a browser: "))
+    sign_in = shlex.split(lines.until(r"^curl -s .*/auth/v1/token\?grant_type=password"))
     rest = lines.until(r"^curl -s -H .* -F prompt=")
+    stream_token = lines.until(r"^curl -s -X POST -H .*/stream-token$")
     mcp = lines.until(r"^npx -y @modelcontextprotocol/inspector@\d+\.\d+\.\d+ --cli ")
     lines.until(r"X-Webhook-Secret")
     lines.until(r"^edit-processor runpod --test_input ")
@@ -195,6 +198,29 @@ def test_dev_keep_running_prints_every_way_in_ready_to_paste_and_sigterm_cleans_
     assert url is not None, rest
     view = httpx.get(f"{url.group(1)}/v1/edits/{request_id}", headers={"Authorization": f"Bearer {token}"})
     assert view.status_code == 200 and view.json()["status"] == "succeeded", view.text
+    # The try page is up, and its user signs in as the printed line does, as against Supabase Auth;
+    # the sample edit is that user's.
+    assert page is not None and httpx.get(page.group(1)).status_code == 200
+    signed_in = httpx.post(
+        f"{env['SUPABASE_URL']}/auth/v1/token?grant_type=password",
+        headers={"apikey": env["SUPABASE_ANON_KEY"]},
+        json=json.loads(sign_in[sign_in.index("-d") + 1]),
+    )
+    assert signed_in.status_code == 200, signed_in.text
+    access = signed_in.json()["access_token"]
+    mine = httpx.get(f"{url.group(1)}/v1/edits/{request_id}", headers={"Authorization": f"Bearer {access}"})
+    assert mine.status_code == 200, mine.text
+    minted = httpx.post(
+        shlex.split(stream_token)[-1].replace("<id>", request_id),
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert minted.status_code == 200, minted.text
+    with httpx.stream(
+        "GET", minted.json()["events_url"], timeout=60
+    ) as events:  # no header: the URL opens it
+        assert events.status_code == 200 and any(
+            line.startswith("event: done") for line in events.iter_lines()
+        )
     mcp_url = shlex.split(mcp)[4]
     assert "edit_image" in list_mcp_tools(mcp_url, token)
 
@@ -223,5 +249,5 @@ def test_dev_keep_running_prints_every_way_in_ready_to_paste_and_sigterm_cleans_
         assert json.loads(delivery["body"])["data"]["id"] == submitted.json()["id"]
 
     process.send_signal(signal.SIGTERM)
-    assert process.wait(60) == 0, "".join(lines.seen)
+    assert process.wait(DEADLINE) == 0, "".join(lines.seen)
     assert not database_exists(name.group(1))

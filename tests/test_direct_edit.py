@@ -24,7 +24,7 @@ from processor.testing import (
     eventually,
     running_worker,
 )
-from tests.conftest import png_bytes
+from tests.conftest import DEADLINE, png_bytes
 from tests.embedded import embedded, parameters_in
 
 REQUEST = {"prompt": "make it blue", "negative_prompt": "fog", "num_inference_steps": 3, "seed": 7}
@@ -59,7 +59,9 @@ def via_worker(fmt: OutputFormat) -> dict[str, str]:
         storage.put("edit-inputs", "u/in.png", png_bytes())
         request_id = queue.enqueue(input_paths=["u/in.png"], output_format=fmt, **REQUEST)
         async with running_worker(queue, storage, StandInEditor()):
-            await eventually(lambda: queue.row(request_id).status == "succeeded", timeout=30, what="the edit")
+            await eventually(
+                lambda: queue.row(request_id).status == "succeeded", what="the edit", timeout=DEADLINE
+            )
             row = queue.row(request_id)
             assert row.output_path is not None and row.output_path.endswith(f"/{request_id}.{SUFFIXES[fmt]}")
             stored = storage.get("edit-outputs", row.output_path)

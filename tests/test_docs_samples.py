@@ -160,6 +160,7 @@ def split_sql(code: str) -> Iterator[str]:
 
 
 # --- JavaScript and Python ---------------------------------------------------------------------------------
+@pytest.mark.service  # node, in a process
 @pytest.mark.parametrize("sample", samples("js"), ids=lambda s: s.name)
 def test_every_javascript_sample_parses(sample: Sample, tmp_path: Path) -> None:
     if shutil.which("node") is None:
@@ -170,6 +171,7 @@ def test_every_javascript_sample_parses(sample: Sample, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.service  # tsc or prettier, in a process of its own
 def test_the_supabase_js_program_type_checks_against_supabase_js_and_our_types(tmp_path: Path) -> None:
     tsc = CLIENT / "node_modules" / ".bin" / "tsc"
     if not tsc.exists() or shutil.which("node") is None:
@@ -206,6 +208,7 @@ def test_every_python_sample_compiles(sample: Sample) -> None:
     compile(sample.code, sample.name, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
 
 
+@pytest.mark.service  # mypy, in a process
 def test_the_supabase_py_program_type_checks_against_supabase_py(tmp_path: Path) -> None:
     [program] = samples("python", "usage.md")
     path = tmp_path / "edit.py"
@@ -234,7 +237,7 @@ def test_the_contract_states_the_rules_bounds() -> None:
     contract = (DOCS / "contract.md").read_text()
     stated = [
         f"`num_inference_steps` ({rules.DEFAULT_STEPS}, {rules.MIN_STEPS}–{rules.MAX_STEPS})",
-        f"`prompt` (1–{rules.MAX_PROMPT_CHARS:,} chars)",
+        f"`prompt` (1–{rules.MAX_PROMPT_BYTES:,} bytes of UTF-8 in NFC form)",
         f"`input_paths` (1–{rules.MAX_IMAGES} object paths",
         f"multiples of {rules.SIZE_MULTIPLE}, {rules.MIN_OUTPUT_SIDE}–{rules.MAX_OUTPUT_SIDE}, "
         f"at most {rules.MAX_OUTPUT_PIXELS // 2**20} MP",
@@ -248,6 +251,7 @@ def test_the_contract_states_the_rules_bounds() -> None:
     assert missing == [], f"docs/contract.md no longer says: {missing}"
 
 
+@pytest.mark.model  # speed_options reads the diffusers adapter's presets: torch
 def test_the_samples_ask_only_for_speeds_a_default_set_up_runs() -> None:
     # batches.md's sample asked for speed 'fast', which needs LIGHTNING_8STEP_LORA: on a default
     # set-up every request of the batch failed with speed_unavailable.

@@ -22,6 +22,7 @@ from processor.domain.images import encode_image
 from processor.domain.ports.editor import Editor
 from processor.domain.request import EditParams
 from processor.domain.rules import MAX_IMAGES
+from tests.conftest import DEADLINE
 
 
 def picture(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
@@ -328,7 +329,7 @@ def test_concurrent_edits_run_one_at_a_time_with_unchanged_results(tiny_editor: 
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=60)
+        thread.join(timeout=DEADLINE)
     assert results == expected  # the pipeline's per-call state was never shared between edits
     # The denoising spans (first to last step) of different edits never overlap.
     spans = sorted((times[0], times[-1]) for times in step_times.values())

@@ -15,11 +15,11 @@ from PIL import Image
 
 from processor.adapters.comfyui.editor import ComfyUIEditor
 from processor.adapters.diffusers.tiny_model import TINY_SIZING
-from processor.devtools.comfyui_server import ComfyState, create_comfyui_app
 from processor.devtools.serving import serve_in_thread
 from processor.domain.errors import EditCancelled, InvalidInput
 from processor.domain.ports.editor import Editor
 from processor.domain.request import EditParams
+from tests.comfyui_server import ComfyState, create_comfyui_app
 from tests.conftest import picture
 
 

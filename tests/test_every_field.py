@@ -48,7 +48,7 @@ from processor.testing import (
     eventually,
     running_worker,
 )
-from tests.conftest import Harness, acting_as, png_bytes, wait_for
+from tests.conftest import DEADLINE, Harness, acting_as, png_bytes, wait_for
 from tests.embedded import parameters_in
 from tests.test_mcp_tools import call_over_http, text_of
 from tests.test_webhook_ways_in import endpoint_of
@@ -275,14 +275,14 @@ def test_every_field_arrives_through_every_way_that_makes_a_row(
     for submit_batch in BATCHES.values():
         submit_batch(harness, make_user())
     ways = [*SINGLE, *BATCHES]
-    wait_for(lambda: all(sent(way).prompt in editor.received for way in ways), timeout=120, what="every edit")
+    wait_for(lambda: all(sent(way).prompt in editor.received for way in ways), what="every edit")
     assert differences(editor.received, ways) == {}
     # The options are the row's, as sent.
     for way, (request_id, options) in rows.items():
         row = harness.row(request_id)
         assert {name: row[name] for name in fields_of(options)} == fields_of(options), way
     # And the result is encoded as asked, whichever way the request came.
-    done = wait_for(lambda: finished(harness, ways), timeout=120, what="every request to succeed")
+    done = wait_for(lambda: finished(harness, ways), what="every request to succeed")
     assert done is not None
     assert {way: encoded_as(harness, row) for way, row in done.items()} == dict.fromkeys(
         ways, EXAMPLE_ENCODING
@@ -421,8 +421,8 @@ def test_every_field_arrives_through_the_in_memory_queue() -> None:
         async with running_worker(queue, storage, editor):
             await eventually(
                 lambda: {queue.row(by_params).status, queue.row(by_fields).status} == {"succeeded"},
-                timeout=30,
                 what="both edits",
+                timeout=DEADLINE,
             )
         for request_id in (by_params, by_fields):
             row = queue.row(request_id)

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.conftest import Harness, acting_as, wait_for
+from tests.conftest import DEADLINE, Harness, acting_as, wait_for
 
 Row = dict[str, Any]
 DEFAULT = uuid.UUID(int=0)
@@ -244,7 +244,7 @@ def test_concurrent_inserts_of_one_user_cannot_pass_the_limit_together(
                 ).fetchone(),
                 what="the second insert to wait for the first",
             )
-        thread.join(30)
+        thread.join(DEADLINE)
     assert len(errors) == 1 and getattr(errors[0], "sqlstate", None) == "PT429"
     assert db.execute("select count(*) as n from edit_requests").fetchone() == {"n": 2}
 
@@ -552,7 +552,7 @@ def test_bulk_inserts_of_thousands_of_paths_take_bounded_locks_and_leave_others_
     for thread in threads:
         thread.join(300)
     done.set()
-    neighbour_thread.join(60)
+    neighbour_thread.join(DEADLINE)
 
     assert not failures, failures
     assert held and max(held) <= 64

@@ -78,15 +78,15 @@ def test_worker_killed_between_upload_and_complete_is_finished_once_by_another(
     doomed = spawn_worker("doomed")
     wait_for(
         lambda: db.execute("select 1 from storage.objects where bucket_id = 'edit-outputs'").fetchone(),
-        timeout=60,
         what="the output to be stored",
     )
     doomed.send_signal(signal.SIGKILL)
     doomed.wait(10)
     assert db.execute("select status from edit_requests").fetchone() == {"status": "processing"}
 
-    rescuer = start_processor(lease_seconds=3, heartbeat_interval_seconds=0.5, sweep_interval_seconds=0.3)
-    row = rescuer.wait_status(request_id, "succeeded", "failed", timeout=60)
+    # The killed worker's lease is 3 s (spawn_worker); the rescuer's own is the long default.
+    rescuer = start_processor(heartbeat_interval_seconds=0.5, sweep_interval_seconds=0.3)
+    row = rescuer.wait_status(request_id, "succeeded", "failed")
 
     assert (row["status"], row["attempts"]) == ("succeeded", 2)
     assert db.execute(

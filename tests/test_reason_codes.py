@@ -148,8 +148,14 @@ def test_the_schema_spells_the_rules_constants(db: Db) -> None:
         ).fetchall()
     }
     assert rules.HEX_COLOUR_PATTERN in definitions["edit_requests_base_color_hex"]
-    assert f"<= {rules.MAX_PROMPT_CHARS}" in definitions["edit_requests_prompt_length"]
-    assert f"<= {rules.MAX_PROMPT_CHARS}" in definitions["edit_requests_negative_prompt_length"]
+    assert (
+        f"octet_length(NORMALIZE(prompt, NFC)) <= {rules.MAX_PROMPT_BYTES}"
+        in definitions["edit_requests_prompt_length"]
+    )
+    assert (
+        f"octet_length(NORMALIZE(negative_prompt, NFC)) <= {rules.MAX_PROMPT_BYTES}"
+        in definitions["edit_requests_negative_prompt_length"]
+    )
     assert f">= {rules.MIN_STEPS}" in definitions["edit_requests_steps_within_rules"]
     assert f"<= {rules.MAX_STEPS}" in definitions["edit_requests_steps_within_rules"]
     assert f"<= {rules.MAX_IMAGES}" in definitions["edit_requests_input_count"]

@@ -113,6 +113,13 @@ def test_the_insert_charges_the_formula_and_a_null_speed_as_the_deployments_defa
             0,
         ),
         ({"speed": "fastest"}, EditParams(prompt="make it blue", speed="fastest"), 1),
+        # Texts count in UTF-8 bytes of their NFC form (the most tokens they can be), not characters:
+        # U+FB2C is 3 bytes, 6 in NFC; e + a combining acute is 3 bytes, é (2) in NFC.
+        (
+            {"prompt": "\ufb2c" * 300, "negative_prompt": "e\u0301" * 500},
+            EditParams(prompt="\ufb2c" * 300, negative_prompt="e\u0301" * 500),
+            1,
+        ),
         (
             {"loras": Jsonb([{"name": "ink"}, {"name": "pixel", "scale": 0.5}]), "num_inference_steps": 20},
             EditParams(
@@ -134,6 +141,14 @@ def test_the_insert_charges_the_formula_and_a_null_speed_as_the_deployments_defa
     usage = db.execute("select hour_cost from edit_user_usage where user_id = %s", (user,)).fetchone()
     total = db.execute("select sum(cost) as total from edit_requests where user_id = %s", (user,)).fetchone()
     assert usage is not None and total is not None and usage["hour_cost"] == pytest.approx(total["total"])
+
+
+def test_a_text_is_charged_its_bytes_in_nfc_form_the_most_tokens_it_can_be() -> None:
+    # 300 characters that the tokenizer may make 1,500 tokens of (measured: 5 a character) are not
+    # charged as 300: as 1,800, the UTF-8 bytes of their NFC form.
+    rare = cost_of(EditParams(prompt="\ufb2c" * 300, true_cfg_scale=1.0), 1)
+    ascii_ = cost_of(EditParams(prompt="x" * 1800, true_cfg_scale=1.0), 1)
+    assert rare == ascii_ > cost_of(EditParams(prompt="x" * 300, true_cfg_scale=1.0), 1)
 
 
 def test_a_speed_left_to_the_deployment_is_never_charged_less_than_it_runs() -> None:

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from processor.adapters.diffusers.engine import DiffusersEditor
-from processor.adapters.diffusers.loras import AllowedLora, LoraSource, adapter_name, lora_parameter_count
+from processor.adapters.diffusers.loras import (
+    AdapterCache,
+    AllowedLora,
+    LoraSource,
+    adapter_name,
+    lora_parameter_count,
+)
 from processor.adapters.diffusers.tiny_model import save_tiny_lora
+from processor.domain.cost import cost_of
 from processor.domain.errors import InvalidInput
 from processor.domain.request import EditParams
+from processor.domain.rules import COST_LORA_LOAD
 from processor.domain.speed import LoraChoice, parse_loras
 from tests.conftest import fresh_process_digest
 
@@ -92,6 +101,23 @@ def test_adapters_beyond_the_bound_are_evicted_not_leaked(editor: DiffusersEdito
     assert editor.adapters.resident() == ["watercolor", "ink"]
     assert (editor.adapters.loads, editor.adapters.evictions) == (4, 2)
     assert lora_parameter_count(transformer) == 2 * one
+
+
+def test_more_allowlisted_loras_than_the_cache_keeps_are_charged_and_said(
+    allowlist: dict[str, AllowedLora], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 22: LoRAs named in turn past the cache load on every edit. Each request is charged a load
+    # for every LoRA it names, resident or not (the charge cannot depend on others' requests)...
+    one = cost_of(params(LoraChoice("ink")), 1)
+    assert one - cost_of(params(), 1) > COST_LORA_LOAD
+    # ...and the operator is told at start-up when the allowlist is larger than the cache.
+    with caplog.at_level(logging.WARNING, logger="processor.adapters.diffusers.loras"):
+        AdapterCache(None, allowlist, max_resident=len(allowlist) - 1)
+    assert "load one on every edit" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="processor.adapters.diffusers.loras"):
+        AdapterCache(None, allowlist, max_resident=len(allowlist))
+    assert caplog.text == ""
 
 
 def test_a_request_may_not_need_more_adapters_than_the_cache_keeps(editor: DiffusersEditor) -> None:

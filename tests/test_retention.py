@@ -24,7 +24,7 @@ from processor.domain import rules
 from processor.domain.ports.retention import RetentionPolicy
 from processor.observability.metrics import Metrics
 from processor.settings import load_settings
-from tests.conftest import StorageServer, acting_as, wait_for
+from tests.conftest import DEADLINE, StorageServer, acting_as, wait_for
 
 Row = dict[str, Any]
 IN, OUT = rules.INPUT_BUCKET, rules.OUTPUT_BUCKET
@@ -388,7 +388,7 @@ def test_an_insert_racing_a_delete_waits_and_then_finds_its_input_gone(world: Wo
             what="the insert waiting for the slot lock",
         )
         deleting.commit()
-        thread.join(30)
+        thread.join(DEADLINE)
     finally:
         deleting.close()
     assert world.row(outcome["row"]["id"])["status"] == "awaiting_image"
@@ -545,7 +545,7 @@ def test_the_service_sweeps_in_the_background_and_users_see_their_output_expired
     loaded = threading.Event()
 
     def slow_model() -> Any:
-        loaded.wait(30)
+        loaded.wait(DEADLINE)
         raise RuntimeError("no model in this test")
 
     async def scenario() -> dict[str, Any] | None:

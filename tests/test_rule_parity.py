@@ -37,7 +37,7 @@ from processor.domain.ports.editor import Editor, EditorWrapper, EditResult, Pre
 from processor.domain.reasons import ReasonCode, reason_for_constraint
 from processor.domain.request import PARAM_FIELDS, EditParams
 from processor.settings import load_settings
-from tests.conftest import Harness, acting_as, picture, png_bytes
+from tests.conftest import DEADLINE, Harness, acting_as, picture, png_bytes
 
 ACCEPTED = "accepted"
 WAYS = ("row", "rest_json", "rest_multipart", "mcp", "runpod", "cli", "editor")
@@ -61,6 +61,7 @@ def size(width: int | None, height: int | None) -> dict[str, Any]:
 
 
 MAX = rules.MAX_PROMPT_CHARS
+BYTES = rules.MAX_PROMPT_BYTES
 CASES = [
     Case("plain", ACCEPTED),
     Case("prompt-empty", ReasonCode.INVALID_PROMPT, {"prompt": ""}),
@@ -68,6 +69,19 @@ CASES = [
     Case("prompt-at-max", ACCEPTED, {"prompt": "x" * MAX}),
     Case("prompt-over-max", ReasonCode.INVALID_PROMPT, {"prompt": "x" * (MAX + 1)}),
     Case("negative-prompt-over-max", ReasonCode.INVALID_PROMPT, {"negative_prompt": "x" * (MAX + 1)}),
+    # Bytes of the NFC form, not characters (issue 22): what bounds the tokenizer's tokens.
+    Case("prompt-bytes-at-max", ACCEPTED, {"prompt": "é" * (BYTES // 2)}),
+    Case("prompt-bytes-over-max", ReasonCode.INVALID_PROMPT, {"prompt": "é" * (BYTES // 2) + "x"}),
+    Case("prompt-4-byte-characters", ReasonCode.INVALID_PROMPT, {"prompt": "\U00020000" * (BYTES // 4 + 1)}),
+    # U+FB2C is 3 bytes, 6 once normalized: under the bound as sent, over it as the tokenizer sees it.
+    Case("prompt-over-max-in-nfc", ReasonCode.INVALID_PROMPT, {"prompt": "\ufb2c" * (BYTES // 6 + 1)}),
+    # e + combining acute (3 bytes) is é (2 bytes) in NFC: over the bound as sent, under it normalized.
+    Case("prompt-under-max-in-nfc", ACCEPTED, {"prompt": "e\u0301" * (BYTES // 2)}),
+    Case(
+        "negative-prompt-bytes-over-max",
+        ReasonCode.INVALID_PROMPT,
+        {"negative_prompt": "é" * (BYTES // 2 + 1)},
+    ),
     Case("steps-1", ReasonCode.INVALID_PARAMETER, {"num_inference_steps": 1}),
     Case("steps-2", ACCEPTED, {"num_inference_steps": rules.MIN_STEPS}),
     Case("steps-100", ACCEPTED, {"num_inference_steps": rules.MAX_STEPS}),
@@ -76,6 +90,10 @@ CASES = [
     Case("cfg-0", ACCEPTED, {"true_cfg_scale": 0.0}),
     Case("cfg-20", ACCEPTED, {"true_cfg_scale": rules.MAX_CFG_SCALE}),
     Case("cfg-20.1", ReasonCode.INVALID_PARAMETER, {"true_cfg_scale": 20.1}),
+    # Within 0..20 but 0 once a 4-byte float (the column's real): found by tests/test_adversary.py,
+    # where RunPod and the CLI accepted what the database refused.
+    Case("cfg-underflows-a-real", ReasonCode.INVALID_PARAMETER, {"true_cfg_scale": 1e-300}),
+    Case("cfg-smallest-real", ACCEPTED, {"guidance_scale": 1e-45}),
     Case("3-images", ACCEPTED, images=rules.MAX_IMAGES, ways=[w for w in WAYS if w not in ONE_IMAGE_WAYS]),
     Case(
         "4-images",
@@ -207,7 +225,9 @@ def via_rest_json(harness: Harness, token: str, case: Case) -> str:
         body["images"] = [b64png()] * case.images
     body = {k: v for k, v in body.items() if v is not None}
     headers = {"Authorization": f"Bearer {token}"}
-    return rest_verdict(httpx.post(f"{harness.served.url}/v1/edits", json=body, headers=headers, timeout=60))
+    return rest_verdict(
+        httpx.post(f"{harness.served.url}/v1/edits", json=body, headers=headers, timeout=DEADLINE)
+    )
 
 
 def via_rest_multipart(harness: Harness, token: str, case: Case) -> str:
@@ -215,7 +235,7 @@ def via_rest_multipart(harness: Harness, token: str, case: Case) -> str:
     files = [("image", (f"{index}.png", png_bytes(), "image/png")) for index in range(case.images)]
     headers = {"Authorization": f"Bearer {token}"}
     response = httpx.post(
-        f"{harness.served.url}/v1/edits", data=data, files=files, headers=headers, timeout=60
+        f"{harness.served.url}/v1/edits", data=data, files=files, headers=headers, timeout=DEADLINE
     )
     return rest_verdict(response)
 
@@ -228,7 +248,7 @@ def via_mcp(harness: Harness, token: str, case: Case) -> str:
 
     async def main() -> Any:
         async with (
-            httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=DEADLINE) as http,
             Client(streamable_http_client(f"{harness.served.url}/mcp", http_client=http)) as client,
         ):
             return await client.call_tool("edit_image", arguments)
@@ -325,7 +345,8 @@ def test_every_way_in_gives_the_same_verdict(
 def test_the_cases_cover_every_rule() -> None:
     # A new limit in rules needs its boundary here: the ids name each one on both sides.
     ids = {case.id for case in CASES}
-    assert {"prompt-at-max", "prompt-over-max", "steps-1", "steps-101", "cfg-20", "cfg-20.1", "4-images",
+    assert {"prompt-at-max", "prompt-over-max", "prompt-bytes-at-max", "prompt-bytes-over-max",
+            "prompt-over-max-in-nfc", "prompt-under-max-in-nfc", "steps-1", "steps-101", "cfg-20", "cfg-20.1", "4-images",
             "size-4096", "size-4112", "size-over-area", "seed-max", "seed-2-63", "output-format-gif",
             "output-quality-0", "output-quality-1", "output-quality-100", "output-quality-101", "key-at-max",
             "key-over-max"} <= ids  # fmt: skip
@@ -384,7 +405,7 @@ def batch_rest_json(harness: Harness, token: str, case: BatchCase) -> str:
     }
     headers = {"Authorization": f"Bearer {token}"}
     return rest_verdict(
-        httpx.post(f"{harness.served.url}/v1/batches", json=body, headers=headers, timeout=60)
+        httpx.post(f"{harness.served.url}/v1/batches", json=body, headers=headers, timeout=DEADLINE)
     )
 
 
@@ -394,7 +415,7 @@ def batch_rest_multipart(harness: Harness, token: str, case: BatchCase) -> str:
     files += [("reference", (f"r{i}.png", png_bytes(), "image/png")) for i in range(case.references)]
     headers = {"Authorization": f"Bearer {token}"}
     response = httpx.post(
-        f"{harness.served.url}/v1/batches", data=data, files=files or None, headers=headers, timeout=60
+        f"{harness.served.url}/v1/batches", data=data, files=files or None, headers=headers, timeout=DEADLINE
     )
     return rest_verdict(response)
 
@@ -409,7 +430,7 @@ def batch_mcp(harness: Harness, token: str, case: BatchCase) -> str:
 
     async def main() -> Any:
         async with (
-            httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=DEADLINE) as http,
             Client(streamable_http_client(f"{harness.served.url}/mcp", http_client=http)) as client,
         ):
             return await client.call_tool("submit_batch", arguments)

@@ -146,7 +146,6 @@ def sdk_local_test(tiny_model_dir: Path, job_input: dict[str, Any]) -> subproces
     )
 
 
-@pytest.mark.slow
 def test_the_sdks_local_test_mode_runs_the_handler(tiny_model_dir: Path) -> None:
     ok = sdk_local_test(
         tiny_model_dir, {"prompt": "make it blue", "image": b64(png_bytes()), "num_inference_steps": 2}

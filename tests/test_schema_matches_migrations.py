@@ -22,6 +22,7 @@ import psycopg
 import pytest
 
 from processor.devtools import localdb
+from tests import tiers
 from tests.conftest import ADMIN_DSN
 from tests.schema_catalog import Catalog, differences, snapshot
 from tests.test_sweep_schedule import STAND_IN_PG_CRON
@@ -59,11 +60,13 @@ def built(*, pg_cron: bool) -> Iterator[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
+@tiers.needs("database")
 def without_pg_cron() -> Iterator[tuple[str, str]]:
     yield from built(pg_cron=False)
 
 
 @pytest.fixture(scope="module")
+@tiers.needs("database")
 def with_pg_cron() -> Iterator[tuple[str, str]]:
     """pg_cron enabled before the schema: both schedule the lease sweep, and cron.job is compared."""
     yield from built(pg_cron=True)
@@ -73,6 +76,7 @@ def catalog(name: str) -> Catalog:
     return snapshot(localdb.with_database(ADMIN_DSN, name))
 
 
+@pytest.mark.database  # the fixture is chosen by name
 @pytest.mark.parametrize("databases", ["without_pg_cron", "with_pg_cron"])
 def test_the_schema_files_build_what_the_migrations_build(
     databases: str, request: pytest.FixtureRequest

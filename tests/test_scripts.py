@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -26,6 +28,7 @@ def install(project: Path) -> list[str]:
     return log.read_text().splitlines()
 
 
+@pytest.mark.service
 def test_pip_runs_only_when_pyproject_or_constraints_change(tmp_path: Path) -> None:
     for name in ("pyproject.toml", "constraints.txt"):
         shutil.copy(ROOT / name, tmp_path / name)

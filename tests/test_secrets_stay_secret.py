@@ -76,8 +76,8 @@ def test_secrets_stay_out_of_logs_and_answers(
     harness.storage.faults.fail_next(1, 403, method="GET")
     failed = harness.insert(user, [harness.upload(user, "a.png", png_bytes())])
     bad = harness.insert(user, [harness.upload(user, "b.png", b"not an image")])
-    assert harness.wait_status(failed, "failed", timeout=60)["error"]
-    assert harness.wait_status(bad, "failed", timeout=60)["error"]
+    assert harness.wait_status(failed, "failed")["error"]
+    assert harness.wait_status(bad, "failed")["error"]
     answers += [httpx.get(f"{url}/readyz"), httpx.get(f"{url}/metrics")]
 
     assert {answer.status_code for answer in answers[:9]} >= {401, 422}

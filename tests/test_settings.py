@@ -71,6 +71,7 @@ def test_a_malformed_structured_setting_is_one_clear_line(
     assert caught.value.__suppress_context__  # no chained traceback either
 
 
+@pytest.mark.service
 def test_the_command_prints_that_line_and_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LORAS", "not json")
     done = subprocess.run(

@@ -213,9 +213,9 @@ def test_quality_after_fast_and_fastest_is_byte_identical_to_a_fresh_process(
 
 def test_the_comfyui_engine_refuses_presets_and_loras_instead_of_ignoring_them() -> None:
     from processor.adapters.comfyui.editor import ComfyUIEditor
-    from processor.devtools.comfyui_server import ComfyState, create_comfyui_app
     from processor.devtools.serving import serve_in_thread
     from processor.domain.speed import LoraChoice
+    from tests.comfyui_server import ComfyState, create_comfyui_app
 
     served = serve_in_thread(create_comfyui_app(ComfyState()))
     try:

@@ -130,6 +130,7 @@ def test_no_authorization_is_refused(storage_server: StorageServer) -> None:
     assert answer.status_code == 400 and answer.json()["code"] == "InvalidRequest"
 
 
+@pytest.mark.service  # two Storage servers of its own
 def test_more_than_1000_names_only_with_hard_limits(database_url: str, tmp_path: Path) -> None:
     names = [f"u/too-many-{i}" for i in range(1001)]
     for hard_limits, expected in ((False, 200), (True, 400)):

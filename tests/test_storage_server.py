@@ -1,5 +1,6 @@
 """The Storage-compatible server behaves like Supabase Storage where our product depends on it
-(``../shared/research/supabase.md`` §10 and §11, the real server v1.70.6): owners, trigger firings,
+(observed against the real server v1.70.6, https://github.com/supabase/storage; docs/supabase-fidelity.md):
+owners, trigger firings,
 upserts, policies, errors. Errors are HTTP 400 with the real code only in the body."""
 
 from __future__ import annotations
@@ -140,6 +141,33 @@ def test_downloads_and_info_answer_as_the_real_server(storage_server: StorageSer
     # ``metadata`` here is the user metadata, empty for a plain upload; the system fields are spread out.
     assert info["metadata"] == {}
     assert (info["content_type"], info["size"], info["cache_control"]) == ("image/png", 6, "max-age=3600")
+
+
+def test_download_query_makes_an_attachment_as_the_real_server(
+    storage_server: StorageServer, make_user: Any
+) -> None:
+    # supabase/storage src/storage/renderer/renderer.ts (handleDownload): ?download names the file,
+    # an empty one leaves the name to the browser (the object's), no ?download is no attachment.
+    user = make_user()
+    token = storage_server.token(user)
+    assert upload(storage_server, token, f"{user}/a.png").status_code == 200
+    signed = httpx.post(
+        f"{storage_server.url}/storage/v1/object/sign/edit-inputs/{user}/a.png",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"expiresIn": 60},
+    ).json()["signedURL"]
+    url = f"{storage_server.url}/storage/v1{signed}"
+    assert "content-disposition" not in httpx.get(url).headers
+    assert httpx.get(url + "&download=").headers["content-disposition"] == "attachment;"
+    named = httpx.get(url, params={**dict(httpx.URL(url).params), "download": "my photo.png"})
+    assert named.headers["content-disposition"] == (
+        "attachment; filename=my%20photo.png; filename*=UTF-8''my%20photo.png;"
+    )
+    authenticated = httpx.get(
+        f"{storage_server.url}/storage/v1/object/authenticated/edit-inputs/{user}/a.png?download=",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert authenticated.headers["content-disposition"] == "attachment;"
 
 
 def test_insert_trigger_commits_once_and_an_upsert_is_an_update(

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from processor.devtools.serving import serve_in_thread
 from processor.devtools.tokens import mint_token
 from processor.entrypoints.auth import AuthError, TokenVerifier
+from tests import tiers
 
 SECRET = "s" * 40
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -28,6 +29,7 @@ def public_jwk(key: Any, kid: str, alg: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
+@tiers.needs("service")
 def jwks_url() -> Iterator[str]:
     app = FastAPI()
     keys = {"keys": [public_jwk(RSA_KEY, "rsa-1", "RS256"), public_jwk(EC_KEY, "ec-1", "ES256")]}

@@ -87,6 +87,7 @@ def node_tool(name: str) -> Path:
     return tool
 
 
+@pytest.mark.service  # tsc or prettier, in a process of its own
 def test_the_types_compile_with_supabase_js_and_refuse_what_the_database_refuses() -> None:
     # typed-client.ts inserts, selects and calls functions through createClient<Database>; its
     # @ts-expect-error lines (a missing prompt, an unknown column, a wrong argument) must fail to compile.
@@ -96,6 +97,7 @@ def test_the_types_compile_with_supabase_js_and_refuse_what_the_database_refuses
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.service  # tsc or prettier, in a process of its own
 def test_the_types_are_laid_out_as_the_supabase_cli_lays_them_out() -> None:
     # postgres-meta formats its output with prettier (semi: false); package.json pins the version its
     # lockfile holds, so the committed file and `supabase gen types` output differ only where the

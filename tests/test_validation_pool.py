@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.conftest import Harness, png_bytes, wait_for
+from tests.conftest import DEADLINE, Harness, png_bytes, wait_for
 
 
 def test_a_submission_is_validated_while_every_default_thread_is_busy(
@@ -27,7 +27,7 @@ def test_a_submission_is_validated_while_every_default_thread_is_busy(
         nonlocal started
         with lock:
             started += 1
-        release.wait(60)
+        release.wait(DEADLINE)
 
     # asyncio's default executor: min(32, cores + 4) threads, all held (as long edits would hold them).
     size = min(32, (os.cpu_count() or 1) + 4)

@@ -23,7 +23,7 @@ from processor.domain.errors import LimitExceeded
 from processor.domain.images import ImageLimits
 from processor.domain.rules import WAIT_MAX_SECONDS, WAITS_PER_USER
 from processor.domain.users import User
-from tests.conftest import OWNER, GatedEditor, Harness, StorageServer, png_bytes, wait_for
+from tests.conftest import DEADLINE, OWNER, GatedEditor, Harness, StorageServer, png_bytes, wait_for
 
 Row = dict[str, Any]
 
@@ -55,7 +55,9 @@ def test_a_stream_on_a_row_that_never_finishes_ends_at_its_lifetime(
         actions = actions_for(database_url, storage_server, stream_seconds=0.5)
         await actions.open()
         try:
-            return await asyncio.wait_for(collect(await actions.follow(owner(), request_id)), timeout=10)
+            return await asyncio.wait_for(
+                collect(await actions.follow(owner(), request_id)), timeout=DEADLINE
+            )
         finally:
             await actions.close()
 
@@ -83,10 +85,10 @@ def test_a_change_reaches_a_waiter_by_notification_not_by_polling(
                 first = await anext(stream)
                 seen.append((first["status"], first["progress"]))
                 await worker.execute("select * from public.claim_edit_request('w', 60, %s)", (request_id,))
-                claimed = await asyncio.wait_for(anext(stream), timeout=10)
+                claimed = await asyncio.wait_for(anext(stream), timeout=DEADLINE)
                 seen.append((claimed["status"], claimed["progress"]))
                 await worker.execute("select public.heartbeat_edit_request(%s, 'w', 0.5, 60)", (request_id,))
-                moved = await asyncio.wait_for(anext(stream), timeout=10)
+                moved = await asyncio.wait_for(anext(stream), timeout=DEADLINE)
                 seen.append((moved["status"], moved["progress"]))
                 await stream.aclose()
         finally:
@@ -183,7 +185,9 @@ def test_concurrent_waiting_submits_past_the_bound_create_nothing_they_refuse(
     answered = [r.json()["id"] for r in responses if r.status_code in (200, 202)]
     refused = [r for r in responses if r.status_code == 429]
     assert len(answered) + len(refused) == len(responses), [r.text for r in responses]
-    assert all(r.json()["error"]["code"] == "too_many_waits" for r in refused)
+    # Past the user's waits, or (while the others' bodies are read) past their submissions in flight.
+    codes = {r.json()["error"]["code"] for r in refused}
+    assert codes <= {"too_many_waits", "too_many_submissions"}, codes
     rows = harness.db.execute("select id from edit_requests where user_id = %s", (user,)).fetchall()
     assert sorted(str(row["id"]) for row in rows) == sorted(answered)
 
@@ -206,11 +210,11 @@ def test_a_new_live_preview_reaches_a_waiter_by_notification(
                 stream = await actions.follow(owner(), request_id)
                 await anext(stream)
                 await worker.execute("select * from public.claim_edit_request('w', 60, %s)", (request_id,))
-                await asyncio.wait_for(anext(stream), timeout=10)
+                await asyncio.wait_for(anext(stream), timeout=DEADLINE)
                 await worker.execute(
                     "select public.preview_edit_request(%s, 'w', %s, 3)", (request_id, f"{OWNER}/p.webp")
                 )
-                previewed = await asyncio.wait_for(anext(stream), timeout=10)
+                previewed = await asyncio.wait_for(anext(stream), timeout=DEADLINE)
                 await stream.aclose()
         finally:
             await actions.close()

@@ -151,7 +151,7 @@ def test_the_listener_holds_a_watch_while_anyone_waits_on_the_row_and_then_drops
                     pass
                 await asyncio.sleep(0)  # let the syncer run; one waiter is still there
                 assert watches(db) == [(request_id, changes.watcher)]
-            await asyncio.to_thread(wait_for, lambda: watches(db) == [], timeout=10, what="the watch removed")
+            await asyncio.to_thread(wait_for, lambda: watches(db) == [], what="the watch removed")
         finally:
             await changes.close()
 
@@ -179,7 +179,7 @@ def test_a_waiter_that_is_cancelled_leaves_no_watch_behind(
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            await asyncio.to_thread(wait_for, lambda: watches(db) == [], timeout=10, what="the watch removed")
+            await asyncio.to_thread(wait_for, lambda: watches(db) == [], what="the watch removed")
         finally:
             await changes.close()
 
@@ -201,7 +201,7 @@ def test_the_listener_renews_its_watches_and_closing_removes_them(
         changes = PostgresRowChanges(database_url, renew_seconds=0.1, watch_seconds=60)
         async with changes.watch(request_id):
             first = expiry()
-            await asyncio.to_thread(wait_for, lambda: expiry() != first, timeout=10, what="a renewal")
+            await asyncio.to_thread(wait_for, lambda: expiry() != first, what="a renewal")
             await changes.close()
         assert watches(db) == []
 

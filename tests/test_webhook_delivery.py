@@ -29,7 +29,8 @@ from processor.adapters.webhook_sender import Address, HttpWebhookSender
 from processor.core.webhooks import WebhookConfig, WebhookDispatcher, run_dispatcher
 from processor.domain import rules
 from processor.observability.metrics import Metrics
-from tests.conftest import OWNER, StorageServer, acting_as, upload, wait_for
+from tests import tiers
+from tests.conftest import DEADLINE, OWNER, StorageServer, acting_as, upload, wait_for
 
 Row = dict[str, Any]
 
@@ -75,7 +76,7 @@ class Receiver:
                         time.sleep(step[1])
                         self._answer(200)
                     elif step[0] == "hold":
-                        step[1].wait(60)
+                        step[1].wait(DEADLINE)
                         self._answer(200)
                     elif step[0] == "redirect":
                         self.send_response(302)
@@ -115,6 +116,7 @@ class Receiver:
 
 
 @pytest.fixture
+@tiers.needs("service")
 def receiver() -> Iterator[Receiver]:
     running = Receiver().start()
     yield running
@@ -132,7 +134,7 @@ class RunningDispatcher:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, daemon=True)
         self._thread.start()
-        self._ready.wait(10)
+        self._ready.wait(DEADLINE)
 
     def _main(self) -> None:
         async def main() -> None:
@@ -412,7 +414,7 @@ def test_a_processor_killed_mid_delivery_is_replaced_after_the_lease_and_the_dup
         webhook_poll_interval_seconds=0.1,
     )
     try:
-        wait_for(lambda: receiver.received, timeout=60, what="the first attempt to arrive")
+        wait_for(lambda: receiver.received, what="the first attempt to arrive")
         doomed.send_signal(signal.SIGKILL)
         doomed.wait(10)
     finally:
@@ -500,7 +502,7 @@ def test_each_attempt_is_counted_by_its_outcome(
     refused = succeed(db, add_request, endpoint)
     wait_delivery(db, refused, lambda r: r["status"] == "dead")
     expected = {"delivered": 1.0, "retrying": 1.0, "dead": 1.0, "lost": 0.0, "unrecorded": 0.0}
-    wait_for(lambda: counts() == expected, timeout=10, what=f"the counts {expected}, not {counts()}")
+    wait_for(lambda: counts() == expected, what=f"the counts {expected}, not {counts()}")
     # Two attempts were sent (the refused one never was), each timed.
     assert metrics.registry.get_sample_value("edit_processor_webhook_attempt_seconds_count") == 2.0
 
@@ -651,7 +653,7 @@ def test_a_users_silent_endpoint_does_not_hold_up_another_users_delivery(
     victim = succeed(db, add_request, endpoint)
     dispatch(timeout_seconds=1.0)
 
-    row = wait_delivery(db, victim, delivered, timeout=60)
+    row = wait_delivery(db, victim, delivered)
 
     claimed_first = db.execute(
         "select count(*) as n from edit_webhook_deliveries where id = any(%s) and last_attempt_at <= %s",
@@ -685,11 +687,11 @@ def test_a_silent_endpoint_is_backed_off_after_failures_in_a_row_and_holds_no_sl
         ).fetchone()
         return bool(row and row["open"])
 
-    wait_for(circuit_open, timeout=60, what="the silent endpoint's circuit to open")
+    wait_for(circuit_open, what="the silent endpoint's circuit to open")
     most = rules.WEBHOOK_CIRCUIT_FAILURES + rules.WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT - 1
     assert attempts() <= most
     victim = succeed(db, add_request, endpoint)
-    wait_delivery(db, victim, delivered, timeout=60)
+    wait_delivery(db, victim, delivered)
     assert attempts() <= most and circuit_open()  # nothing of it was claimed meanwhile
     with acting_as(db, "authenticated", attacker) as conn:
         [circuit] = conn.execute(
@@ -700,6 +702,7 @@ def test_a_silent_endpoint_is_backed_off_after_failures_in_a_row_and_holds_no_sl
         assert conn.execute("select endpoint_id from edit_webhook_circuits").fetchall() == []
 
 
+@pytest.mark.service
 def test_the_name_is_resolved_once_and_the_checked_address_is_the_one_connected_to(
     receiver: Receiver,
 ) -> None:
@@ -756,7 +759,6 @@ def test_an_unresolvable_name_is_retried_not_dead() -> None:
     assert answer.error.startswith("dns_failed:") and not answer.permanent
 
 
-@pytest.mark.slow
 def test_an_edit_run_by_the_worker_command_ends_in_a_delivered_webhook(
     db: psycopg.Connection[Row],
     storage_server: StorageServer,
@@ -792,7 +794,7 @@ def test_an_edit_run_by_the_worker_command_ends_in_a_delivered_webhook(
         webhook_allowed_hosts="127.0.0.1",
         webhook_poll_interval_seconds=0.1,
     )
-    wait_for(lambda: receiver.received, timeout=120, what="the webhook")
+    wait_for(lambda: receiver.received, what="the webhook")
     [got] = receiver.received
     payload = Webhook(endpoint["secret"]).verify(got.body, got.headers)
     assert payload["type"] == "edit_request.succeeded" and payload["data"]["id"] == str(request["id"])
@@ -835,6 +837,7 @@ def self_signed(tmp_path: Any, name: str) -> tuple[str, str]:
     return str(cert_file), str(key_file)
 
 
+@pytest.mark.service
 def test_https_goes_to_the_checked_address_and_the_certificate_must_match_the_name(tmp_path: Any) -> None:
     import ssl
 
@@ -902,9 +905,9 @@ def test_the_webhooks_command_delivers_without_a_model_and_stops_on_sigterm(
     }
     process = subprocess.Popen([sys.executable, "-m", "processor", "webhooks"], env=env)
     try:
-        wait_delivery(db, delivery_id, delivered, timeout=60)
+        wait_delivery(db, delivery_id, delivered)
         process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == 0
+        assert process.wait(DEADLINE) == 0
     finally:
         if process.poll() is None:
             process.kill()

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from processor.domain import rules, webhook_urls
-from tests.conftest import OWNER, acting_as
+from tests.conftest import DEADLINE, OWNER, acting_as
 
 Row = dict[str, Any]
 
@@ -599,7 +599,7 @@ def test_concurrent_claims_never_take_the_same_delivery(
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(60)
+        thread.join(DEADLINE)
     everything = [delivery_id for mine in taken for delivery_id in mine]
     assert len(everything) == len(set(everything)) == 20
 

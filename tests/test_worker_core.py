@@ -31,6 +31,7 @@ from processor.testing import (
     fast_config,
     running_worker,
 )
+from tests.conftest import DEADLINE
 
 T = TypeVar("T")
 INPUTS = "edit-inputs"
@@ -65,7 +66,9 @@ class World:
 
     async def reaches(self, request_id: uuid.UUID, *statuses: str) -> None:
         await eventually(
-            lambda: self.status(request_id) in statuses, what=f"{request_id} to reach {statuses}"
+            lambda: self.status(request_id) in statuses,
+            what=f"{request_id} to reach {statuses}",
+            timeout=DEADLINE,
         )
 
     def jobs(self, outcome: str, reason: str) -> float:
@@ -93,7 +96,7 @@ def sample(metric: Any, name: str, **labels: str) -> float:
 
 
 def run(scenario: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(asyncio.wait_for(scenario(), timeout=20))
+    return asyncio.run(asyncio.wait_for(scenario(), timeout=DEADLINE))
 
 
 @pytest.fixture
@@ -136,7 +139,7 @@ def test_drain_lets_a_job_finish_within_the_grace_period(world: World) -> None:
         )
         running = asyncio.create_task(worker.run(stop))
         await world.reaches(request_id, "processing")
-        await asyncio.to_thread(editor.held.wait, 5)
+        assert await asyncio.to_thread(editor.held.wait, DEADLINE)
         stop.set()
         # Draining: no new claims, the lease still kept.
         later = world.request()
@@ -144,6 +147,7 @@ def test_drain_lets_a_job_finish_within_the_grace_period(world: World) -> None:
         await eventually(
             lambda: len(world.queue.calls_to("heartbeat", request_id)) > beats,
             what="a heartbeat while draining",
+            timeout=DEADLINE,
         )
         editor.proceed.set()
         await running
@@ -165,7 +169,7 @@ def test_drain_past_the_grace_period_releases_the_job(world: World) -> None:
             fast_config(shutdown_grace_seconds=0.02),
             metrics=world.metrics,
         ):
-            await asyncio.to_thread(editor.held.wait, 5)
+            assert await asyncio.to_thread(editor.held.wait, DEADLINE)
         row = world.queue.row(request_id)
         assert (row.status, row.attempts, row.claimed_by) == ("queued", 0, None)
         assert editor.canceled.is_set()
@@ -201,12 +205,14 @@ def test_a_lost_lease_is_abandoned_without_writing(world: World) -> None:
     async def scenario() -> None:
         request_id = world.request()
         async with running_worker(world.queue, world.storage, editor, metrics=world.metrics):
-            await asyncio.to_thread(editor.held.wait, 5)
+            assert await asyncio.to_thread(editor.held.wait, DEADLINE)
             # The worker looked dead for a lease: another one took the row.
             world.clock.advance(fast_config().lease_seconds + 1)
             await world.queue.claim("other-worker", 60, request_id)
-            await asyncio.to_thread(editor.canceled.wait, 5)
-            await eventually(lambda: world.jobs("lost", "lease_lost") == 1, what="the job to end lost")
+            assert await asyncio.to_thread(editor.canceled.wait, DEADLINE)
+            await eventually(
+                lambda: world.jobs("lost", "lease_lost") == 1, what="the job to end lost", timeout=DEADLINE
+            )
         row = world.queue.row(request_id)
         assert (row.status, row.claimed_by, row.attempts) == ("processing", "other-worker", 2)
         assert world.writes_by("test-worker") == []
@@ -227,10 +233,14 @@ def test_cancel_mid_edit_stops_the_model_and_writes_nothing(world: World, heard_
         async with running_worker(
             world.queue, world.storage, editor, config, metrics=world.metrics, wakeups=listening
         ):
-            await asyncio.to_thread(editor.held.wait, 5)
+            assert await asyncio.to_thread(editor.held.wait, DEADLINE)
             assert world.queue.cancel(request_id)
-            await asyncio.to_thread(editor.canceled.wait, 5)
-            await eventually(lambda: world.jobs("canceled", "canceled") == 1, what="the job to end canceled")
+            assert await asyncio.to_thread(editor.canceled.wait, DEADLINE)
+            await eventually(
+                lambda: world.jobs("canceled", "canceled") == 1,
+                what="the job to end canceled",
+                timeout=DEADLINE,
+            )
         assert world.status(request_id) == "canceled"
         assert world.writes_by("test-worker") == []
         assert not world.storage.paths(OUTPUTS)
@@ -245,7 +255,11 @@ def test_failures_are_retried_with_back_off_or_final(world: World) -> None:
     async def scenario() -> None:
         flaky = world.request()
         async with running_worker(world.queue, world.storage, editor, metrics=world.metrics):
-            await eventually(lambda: world.queue.row(flaky).error_code == "model_error", what="the failure")
+            await eventually(
+                lambda: world.queue.row(flaky).error_code == "model_error",
+                what="the failure",
+                timeout=DEADLINE,
+            )
             row = world.queue.row(flaky)
             assert (row.status, row.attempts) == ("queued", 1)
             # The back-off ends; the sweep makes the row due and the worker runs it again.
@@ -275,7 +289,9 @@ def test_a_storage_outage_on_upload_is_retried_later(world: World) -> None:
         request_id = world.request()
         world.storage.faults.fail_next(1, "upload")
         async with running_worker(world.queue, world.storage, StandInEditor(), metrics=world.metrics):
-            await eventually(lambda: world.queue.row(request_id).error_code == "storage_unavailable")
+            await eventually(
+                lambda: world.queue.row(request_id).error_code == "storage_unavailable", timeout=DEADLINE
+            )
         assert world.status(request_id) == "queued"
 
     run(scenario)
@@ -292,7 +308,8 @@ def test_slots_run_jobs_side_by_side_up_to_the_concurrency(world: World) -> None
                 lambda: (
                     [world.status(r) for r in (first, second, third)]
                     == ["processing", "processing", "queued"]
-                )
+                ),
+                timeout=DEADLINE,
             )
             editor.proceed.set()
             for request_id in (first, second, third):
@@ -336,7 +353,7 @@ def test_each_job_records_stage_total_once(world: World) -> None:
         async with running_worker(world.queue, world.storage, StandInEditor(), metrics=world.metrics):
             await world.reaches(first, "succeeded")
             await world.reaches(second, "succeeded")
-        await eventually(lambda: world.jobs("succeeded", "ok") == 2)
+        await eventually(lambda: world.jobs("succeeded", "ok") == 2, timeout=DEADLINE)
 
     run(scenario)
     # "total" is the job's wall time from claim to end; the editor call is "edit", once each.
@@ -363,7 +380,7 @@ def test_a_cancelled_job_releases_its_row_and_lets_the_cancellation_through(worl
         )
         task = asyncio.create_task(worker.run_one(request_id))
         try:
-            await asyncio.to_thread(editor.held.wait, 5)
+            assert await asyncio.to_thread(editor.held.wait, DEADLINE)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -373,7 +390,7 @@ def test_a_cancelled_job_releases_its_row_and_lets_the_cancellation_through(worl
         assert (row.status, row.attempts, row.claimed_by) == ("queued", 0, None)
         assert not worker.busy
         # The model is told to stop too, rather than running on for a row given back.
-        await asyncio.to_thread(editor.canceled.wait, 5)
+        assert await asyncio.to_thread(editor.canceled.wait, DEADLINE)
         assert editor.canceled.is_set()
 
     run(scenario)

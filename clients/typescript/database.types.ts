@@ -782,6 +782,24 @@ export type Database = {
         Args: { p_id: string; p_status_code: number; p_worker_id: string }
         Returns: boolean
       }
+      edit_request_admission_check: {
+        Args: {
+          p_height: number
+          p_inputs: number
+          p_loras: number
+          p_negative_chars: number
+          p_prompt_chars: number
+          p_requests: number
+          p_speed: string
+          p_steps: number
+          p_true_cfg_scale: number
+          p_width: number
+        }
+        Returns: {
+          message: string
+          refused: string
+        }[]
+      }
       edit_request_admission_start: {
         Args: { p_owner: string }
         Returns: string

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from processor.domain.errors import TransientError
 from processor.domain.ports.loras import AllowlistChange, LoraAllowlist
+from processor.domain.rules import SpeedPreset
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +24,17 @@ async def publish_allowlist(
     loras: Mapping[str, str],
     stop: asyncio.Event,
     *,
+    default_speed: SpeedPreset | None = None,
     retry_seconds: float | None = None,
 ) -> AllowlistChange | None:
-    """Publish ``loras`` (name to description), again every ``retry_seconds`` while the database does
-    not answer (default ``RETRY_SECONDS``), until it is done or ``stop`` is set (then None). Any other
-    failure is raised."""
+    """Publish ``loras`` (name to description) and ``default_speed`` (the ``SPEED`` setting; None
+    leaves the database's as it is), again every ``retry_seconds`` while the database does not answer
+    (default ``RETRY_SECONDS``), until it is done or ``stop`` is set (then None). Any other failure
+    is raised."""
     pause = RETRY_SECONDS if retry_seconds is None else retry_seconds
     while not stop.is_set():
         try:
-            change = await allowlist.publish(loras)
+            change = await allowlist.publish(loras, default_speed=default_speed)
         except TransientError as exc:
             log.warning("the LoRA allowlist is not published yet (%s); trying again", exc)
             with contextlib.suppress(TimeoutError):
@@ -54,3 +57,9 @@ def report(change: AllowlistChange, loras: Mapping[str, str]) -> None:
         )
     else:
         log.info("LoRA allowlist published", extra={"loras": len(loras)})
+    if change.speed_changed and change.speed_before is None:
+        log.info("default speed published for the charge of requests without one")  # a first start
+    elif change.speed_changed:
+        # Processors of one database disagree on SPEED: requests without a speed are charged as the
+        # last one to start runs them.
+        log.warning("edit_queue_settings.default_speed was %s and now follows SPEED", change.speed_before)

@@ -32,6 +32,7 @@ from processor.domain.ports.loras import LoraAllowlist
 from processor.domain.ports.queue import JobQueue
 from processor.domain.ports.storage import ObjectStorage
 from processor.domain.reasons import ReasonCode
+from processor.domain.rules import SpeedPreset
 from processor.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,11 @@ class ProcessorService:
         retention: Retention | None = None,
         allowlist: LoraAllowlist | None = None,
         loras: Mapping[str, str] | None = None,
+        default_speed: SpeedPreset | None = None,
     ) -> None:
         """``allowlist``: where the LoRA allowlist ``loras`` (name to description, the ``LORAS`` setting)
-        is published at start-up, so the database refuses exactly the LoRAs this processor cannot run."""
+        and ``default_speed`` (the ``SPEED`` setting) are published at start-up, so the database refuses
+        exactly the LoRAs this processor cannot run and charges a request without a speed what it runs."""
         self.config = config
         self.metrics = metrics or Metrics()
         self._queue = queue
@@ -78,6 +81,7 @@ class ProcessorService:
         self._retention = retention
         self._allowlist = allowlist
         self._loras = dict(loras or {})
+        self._default_speed = default_speed
         self._editor: Editor | None = None
         self._stop = asyncio.Event()
         self._worker: Worker | None = None
@@ -139,7 +143,7 @@ class ProcessorService:
 
     async def _publish_allowlist(self, allowlist: LoraAllowlist) -> None:
         try:
-            await publish_allowlist(allowlist, self._loras, self._stop)
+            await publish_allowlist(allowlist, self._loras, self._stop, default_speed=self._default_speed)
         except Exception as exc:
             # Not a passing fault (a role that may not write edit_loras): the database would check
             # requests against another list than this processor's, so the service does not go on.

@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from processor.core.decoding import DecodePool
+from processor.core.turns import FairTurns
 from processor.domain.errors import (
     AlreadyFinished,
     InvalidInput,
@@ -56,8 +58,11 @@ from processor.domain.rules import (
     OUTPUT_MEDIA_TYPES,
     STATUSES,
     STREAM_MAX_SECONDS,
+    SUBMISSIONS_IN_FLIGHT,
+    SUBMISSIONS_PER_USER,
     TERMINAL,
     VALIDATION_THREADS,
+    VALIDATIONS_PER_USER,
     WAIT_MAX_SECONDS,
     WAITS_PER_USER,
     OutputFormat,
@@ -127,9 +132,13 @@ class UserActions:
         signed_url_seconds: int = DEFAULT_SIGNED_URL_SECONDS,
         stream_seconds: float = STREAM_MAX_SECONDS,
         waits_per_user: int = WAITS_PER_USER,
+        submissions_per_user: int = SUBMISSIONS_PER_USER,
+        submissions_in_flight: int = SUBMISSIONS_IN_FLIGHT,
+        validation: DecodePool | None = None,
     ) -> None:
         """``owns_storage=False`` when the storage adapter is shared (the service's): then it is
-        opened and closed by its owner, not here."""
+        opened and closed by its owner, not here. ``validation``: the pool uploads are decoded in
+        (by default one of ``VALIDATION_THREADS`` processes of its own)."""
         self._requests = requests
         self._storage = storage
         self._limits = limits
@@ -139,14 +148,24 @@ class UserActions:
         self._stream_seconds = stream_seconds
         self._waits_per_user = waits_per_user
         self._waits: Counter[uuid.UUID] = Counter()
+        self._submissions_per_user = submissions_per_user
+        self._submissions_in_flight = submissions_in_flight
+        self._submissions: Counter[uuid.UUID] = Counter()
         # Validation decodes untrusted images: its own small pool of decoding processes (each image
         # within its CPU time), so neither a flood of uploads nor slow decodes can take the threads
-        # edits run in (the loop's default executor) or the processes the worker decodes in.
-        self._validation = DecodePool(VALIDATION_THREADS)
+        # edits run in (the loop's default executor) or the processes the worker decodes in. Users
+        # take turns at it, one image at a time (``VALIDATIONS_PER_USER``), round robin.
+        self._validation = validation or DecodePool(VALIDATION_THREADS)
+        self._turns = FairTurns(VALIDATION_THREADS, VALIDATIONS_PER_USER)
 
     @property
     def limits(self) -> ImageLimits:
         return self._limits
+
+    @property
+    def validations_waiting(self) -> int:
+        """Images waiting for their user's turn at the validation processes."""
+        return self._turns.waiting
 
     async def open(self) -> None:
         """Open the pool, the change listener and (when this owns it) the storage client."""
@@ -181,6 +200,17 @@ class UserActions:
         true in the answer; ``idempotency_key_reused`` when its body was another); a concurrent
         submit with the key that loses the race answers the winner's request and deletes its uploads.
         """
+        async with self.submission(user):
+            return await self._submit(user, images, params, options, object_paths)
+
+    async def _submit(
+        self,
+        user: User,
+        images: Sequence[bytes],
+        params: EditParams,
+        options: RequestOptions,
+        object_paths: Sequence[str],
+    ) -> Row:
         if not images and not object_paths and params.width is None and params.height is None:
             params = dataclasses.replace(params, width=CREATION_SIZE[0], height=CREATION_SIZE[1])
         # The rules the schema and the engine hold, with their reasons, before anything is stored.
@@ -191,6 +221,8 @@ class UserActions:
             sent = fingerprint("edit", params, options, images=images, object_paths=object_paths)
             if (earlier := await self._requests.find(user, key)) is not None:
                 return _replayed(key, earlier, sent)
+        # The user's limits before any image is decoded or stored: a refusal costs one query.
+        await self._requests.admit(user, params, len(images) + len(object_paths))
         paths = await self._upload(user, images, [str(index) for index in range(len(images))])
         try:
             return await self._requests.insert(
@@ -203,8 +235,9 @@ class UserActions:
             if earlier is None:  # the winner's row is gone already (an operator deleted it)
                 raise
             return _replayed(key, earlier, sent)
-        except (InvalidInput, LimitExceeded):
-            await self._discard(paths)  # refused: no row names them
+        except BaseException:
+            # Refused (or failed, or the caller went away): no row names them.
+            await _shielded(self._discard(paths))
             raise
 
     async def submit_batch(
@@ -222,7 +255,23 @@ class UserActions:
         already in the user's folder), each also given the references. Everything is checked
         before anything is stored; the batch's insert makes every request or none. An
         ``idempotency_key`` works as ``submit``'s."""
-        check_batch(params, len(images) + len(object_paths), len(references) + len(reference_paths))
+        async with self.submission(user):
+            return await self._submit_batch(
+                user, images, references, params, object_paths, reference_paths, idempotency_key
+            )
+
+    async def _submit_batch(
+        self,
+        user: User,
+        images: Sequence[bytes],
+        references: Sequence[bytes],
+        params: EditParams,
+        object_paths: Sequence[str],
+        reference_paths: Sequence[str],
+        idempotency_key: str | None,
+    ) -> Row:
+        count = len(images) + len(object_paths)
+        check_batch(params, count, len(references) + len(reference_paths))
         sent = None
         if idempotency_key is not None:
             sent = fingerprint(
@@ -237,6 +286,7 @@ class UserActions:
             earlier = await self._requests.find_batch(user, idempotency_key)
             if earlier is not None:
                 return _replayed(idempotency_key, earlier, sent)
+        await self._requests.admit(user, params, 1 + len(references) + len(reference_paths), requests=count)
         names = [str(index) for index in range(len(images))] + [f"ref{i}" for i in range(len(references))]
         uploaded = await self._upload(user, [*images, *references], names)
         paths = [*uploaded[: len(images)], *object_paths]
@@ -252,8 +302,8 @@ class UserActions:
             if earlier is None:
                 raise
             return _replayed(idempotency_key, earlier, sent)
-        except (InvalidInput, LimitExceeded):
-            await self._discard(uploaded)
+        except BaseException:
+            await _shielded(self._discard(uploaded))
             raise
 
     async def _discard(self, paths: Sequence[str]) -> None:
@@ -270,20 +320,69 @@ class UserActions:
         """Validate every image (``InvalidInput`` with its reason), then upload each under the user's
         folder, in a random folder of its own: the row's id is the server's, chosen at insert, which
         comes after the uploads (so that the insert finds its images and queues the request)."""
-        formats = await self._validate(images)
+        formats = await self._validate(user, images)
         folder = uuid.uuid4()
-        paths = []
-        for data, name, (extension, media_type) in zip(images, names, formats, strict=True):
-            path = f"{user.id}/{folder}/{name}.{extension}"
-            await self._storage.upload(INPUT_BUCKET, path, data, content_type=media_type)
-            paths.append(path)
+        paths: list[str] = []
+        try:
+            for data, name, (extension, media_type) in zip(images, names, formats, strict=True):
+                path = f"{user.id}/{folder}/{name}.{extension}"
+                paths.append(path)  # before the upload: one cut short may have been stored
+                await self._storage.upload(INPUT_BUCKET, path, data, content_type=media_type)
+        except BaseException:
+            await _shielded(self._discard(paths))
+            raise
         return paths
 
-    async def _validate(self, images: Sequence[bytes]) -> list[tuple[str, str]]:
-        """Each image decoded (in a decoding process, one after the other); their formats."""
+    async def _validate(self, user: User, images: Sequence[bytes]) -> list[tuple[str, str]]:
+        """Each image decoded (in a decoding process, one after the other, each in the user's turn);
+        their formats."""
         for data in images:
-            await self._validation.check(data, self._limits)  # raises InvalidInput with the reason
+            async with self._turns.turn(user.id):
+                await self._validation.check(data, self._limits)  # raises InvalidInput with the reason
         return [_FORMATS[_sniff_format(data)] for data in images]
+
+    # --- Submissions in flight ----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def submission(self, user: User) -> AsyncIterator[None]:
+        """Count one submission of ``user`` in flight while the block runs (a way in holds it from
+        before it reads the body; ``submit`` within it counts no second one): ``LimitExceeded``
+        (``too_many_submissions``) past ``SUBMISSIONS_PER_USER`` of theirs or
+        ``SUBMISSIONS_IN_FLIGHT`` of everyone's in this process."""
+        held = _SUBMISSION.get()
+        if held is not None and held.user == user.id and not held.over:
+            yield
+            return
+        if self._submissions[user.id] >= self._submissions_per_user:
+            raise LimitExceeded(
+                f"{self._submissions_per_user} submissions of this user are already being read and "
+                "checked; send the next when one is answered",
+                reason=ReasonCode.TOO_MANY_SUBMISSIONS,
+            )
+        if self._submissions.total() >= self._submissions_in_flight:
+            raise LimitExceeded(
+                f"{self._submissions_in_flight} submissions are already being read and checked here; "
+                "try again in a moment",
+                reason=ReasonCode.TOO_MANY_SUBMISSIONS,
+            )
+        ticket = _Submission(user.id)
+        self._submissions[user.id] += 1
+        reset = _SUBMISSION.set(ticket)
+        try:
+            yield
+        finally:
+            _SUBMISSION.reset(reset)
+            self._end_submission(ticket)
+
+    def _end_submission(self, ticket: _Submission | None) -> None:
+        """The submission is over (its row inserted or refused): it no longer counts, even while
+        the way in that holds it goes on waiting for the request."""
+        if ticket is None or ticket.over:
+            return
+        ticket.over = True
+        self._submissions[ticket.user] -= 1
+        if not self._submissions[ticket.user]:
+            del self._submissions[ticket.user]
 
     # --- Read --------------------------------------------------------------------------------------
 
@@ -416,6 +515,7 @@ class UserActions:
         nothing, and a request once created is always waited on and answered with its id."""
         async with self._held_by(user):
             row = await self.submit(user, images, params, options, object_paths=object_paths)
+            self._end_submission(_SUBMISSION.get())  # a submission the caller holds ends with its insert
             final = await self._wait_held(user, row, timeout)
         return {**final, "replayed": row.get("replayed", False)}
 
@@ -479,6 +579,29 @@ class UserActions:
             self._waits[user.id] -= 1
             if not self._waits[user.id]:
                 del self._waits[user.id]
+
+
+@dataclass(slots=True)
+class _Submission:
+    """One submission in flight (``UserActions.submission``)."""
+
+    user: uuid.UUID
+    over: bool = False
+
+
+_SUBMISSION: contextvars.ContextVar[_Submission | None] = contextvars.ContextVar("submission", default=None)
+"""The submission the running task holds, so that ``submit`` within it counts no second one."""
+
+
+async def _shielded(cleanup: Awaitable[None]) -> None:
+    """Run ``cleanup`` to its end even when the task running it is canceled (a client that went
+    away mid-submit): the uploads it deletes would otherwise wait for retention."""
+    task = asyncio.ensure_future(cleanup)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 def _replayed(key: str, earlier: Row, sent: str) -> Row:

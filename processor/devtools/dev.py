@@ -1,9 +1,10 @@
 """``edit-processor dev``: the whole product on one machine with PostgreSQL and nothing else.
 
-Creates a scratch database (platform bootstrap + migrations), starts the Storage-compatible
-server and the processor (HTTP app with the REST API, worker, LISTEN, sweep), submits a
-sample edit through the REST API as a development user, follows it with a progress bar and
-writes the result. The tiny model is used unless ``MODEL_ID`` names a real model and CUDA is
+Creates a scratch database (platform bootstrap + migrations) with the development user of
+supabase/seed.sql, starts the Storage-compatible server (with a stand-in for Auth's password
+sign-in beside it) and the processor (HTTP app with the REST API and the try page, worker,
+LISTEN, sweep), submits a sample edit through the REST API as that user, follows it with a
+progress bar and writes the result. The tiny model is used unless ``MODEL_ID`` names a real model and CUDA is
 there. ``--keep-running`` leaves everything up for manual testing and prints every way in,
 ready to paste. Ctrl-C or SIGTERM (``docker stop``, systemd, a supervisor) stops it, and either
 way the scratch database is dropped.
@@ -12,6 +13,7 @@ way the scratch database is dropped.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -22,6 +24,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -31,12 +34,22 @@ from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from processor.composition import build_mcp, build_rest_api, build_service
+from processor.composition import build_mcp, build_rest_api, build_service, try_page
 from processor.devtools import localdb
-from processor.devtools.serving import serve_in_thread
+from processor.devtools.auth_server import (
+    DEV_EMAIL,
+    DEV_PASSWORD,
+    DEV_USER_ID,
+    AuthConfig,
+    auth_mount,
+    create_password_user,
+)
+from processor.devtools.serving import ServedApp, serve_in_thread
 from processor.devtools.storage_server import StorageConfig, create_storage_app
 from processor.devtools.tokens import mint_token
 from processor.entrypoints.http_app import create_app
+from processor.entrypoints.try_page import PATH as TRY_PATH
+from processor.entrypoints.try_page import DevUser
 from processor.settings import Settings, load_settings
 
 KEEP_RUNNING_TOKEN_SECONDS = 24 * 3600
@@ -100,44 +113,102 @@ def _model(settings: Settings, workdir: Path, console: Console) -> tuple[str, st
     return str(folder), "cpu"
 
 
-def run_dev(
-    *, out: Path, prompt: str, steps: int, admin_url: str, workdir: Path, keep_running: bool, console: Console
-) -> None:
-    """Bring everything up, run one edit through the REST API, write ``out``."""
+@dataclass
+class DevStack:
+    """What ``dev_stack`` brings up: the scratch database, "Supabase" (Storage and the Auth stand-in at
+    one address) and the processor with its REST API, MCP and try page."""
+
+    dsn: str
+    supabase: ServedApp
+    app: ServedApp
+    settings: Settings
+    service_key: str
+    jwt_secret: str
+    anon_key: str
+    model_id: str
+    device: str
+    user: uuid.UUID = DEV_USER_ID
+
+    @property
+    def page_url(self) -> str:
+        return f"{self.app.url}{TRY_PATH}"
+
+    def env(self) -> dict[str, str]:
+        """The settings another process needs to work on this stack (``edit-processor serve``, ``mcp``)."""
+        settings = self.settings
+        return {
+            "DATABASE_URL": self.dsn,
+            "SUPABASE_URL": self.supabase.url,
+            "SUPABASE_SERVICE_ROLE_KEY": self.service_key,
+            "SUPABASE_JWT_SECRET": self.jwt_secret,
+            "SUPABASE_ANON_KEY": self.anon_key,
+            "METRICS_TOKEN": settings.metrics_token.get_secret_value() if settings.metrics_token else "",
+            "WEBHOOK_SECRET": settings.webhook_secret.get_secret_value() if settings.webhook_secret else "",
+            "MODEL_ID": self.model_id,
+            "DEVICE": self.device,
+        }
+
+
+@contextmanager
+def dev_stack(
+    admin_url: str,
+    workdir: Path,
+    console: Console,
+    *,
+    model: tuple[str, str] | None = None,
+    **overrides: object,
+) -> Iterator[DevStack]:
+    """Bring everything up (and down again, the scratch database dropped): ``run_dev``'s stack, and
+    the browser test's. ``model``: (model id, device), else ``_model``'s choice; ``overrides``: settings."""
     workdir.mkdir(parents=True, exist_ok=True)
     name = f"qep_dev_{uuid.uuid4().hex[:8]}"
     service_key = f"sb_secret_dev_{secrets.token_hex(8)}"
     jwt_secret = secrets.token_hex(32)
-    with _terminate_by_unwinding(), ExitStack() as stack:
+    # A legacy-style anon key (a JWT with role anon), as `supabase start` prints one.
+    anon_key = mint_token(jwt_secret, role="anon", expires_in=10 * 365 * 24 * 3600)
+    with ExitStack() as stack:
         console.print(f"[bold]Scratch database[/] {name} (platform bootstrap + migrations)")
         dsn = localdb.build_migrated_database(admin_url, name)
         stack.callback(localdb.drop_database, admin_url, name)
         allow_loopback_webhooks(dsn)
-        storage = serve_in_thread(
-            create_storage_app(StorageConfig(dsn, workdir / "objects", service_key, jwt_secret))
+        # The user supabase/seed.sql adds, with the same email and password.
+        create_password_user(dsn, DEV_USER_ID, DEV_EMAIL, DEV_PASSWORD)
+        auth = AuthConfig(dsn, jwt_secret, frozenset({anon_key, service_key}))
+        supabase = serve_in_thread(
+            create_storage_app(
+                StorageConfig(dsn, workdir / "objects", service_key, jwt_secret), beside=[auth_mount(auth)]
+            )
         )
-        stack.callback(storage.stop)
-        console.print(f"[bold]Storage[/] {storage.url}/storage/v1")
+        stack.callback(supabase.stop)
+        console.print(
+            f"[bold]Supabase stand-ins[/] {supabase.url}: Storage at /storage/v1, "
+            "Auth's password sign-in at /auth/v1/token"
+        )
 
         base = load_settings()
-        model_id, device = _model(base, workdir, console)
+        model_id, device = model or _model(base, workdir, console)
         settings = load_settings(
-            database_url=dsn,
-            supabase_url=storage.url,
-            supabase_service_role_key=service_key,
-            supabase_jwt_secret=jwt_secret,
-            webhook_secret=secrets.token_hex(16),
-            metrics_token=secrets.token_hex(16),
-            model_id=model_id,
-            device=device,
-            warmup=device == "cuda",
-            log_level="warning",
-            webhook_allow_http=True,
-            webhook_allow_private_addresses=True,
-            webhook_allowed_ports="*",  # a local receiver listens wherever its framework put it
+            **{
+                "database_url": dsn,
+                "supabase_url": supabase.url,
+                "supabase_service_role_key": service_key,
+                "supabase_jwt_secret": jwt_secret,
+                "supabase_anon_key": anon_key,
+                "webhook_secret": secrets.token_hex(16),
+                "metrics_token": secrets.token_hex(16),
+                "model_id": model_id,
+                "device": device,
+                "warmup": device == "cuda",
+                "log_level": "warning",
+                "webhook_allow_http": True,
+                "webhook_allow_private_addresses": True,
+                "webhook_allowed_ports": "*",  # a local receiver listens wherever its framework put it
+                **overrides,
+            }
         )
         service = build_service(settings)
         api = build_rest_api(settings, service)
+        page = try_page(settings)
         app = serve_in_thread(
             create_app(
                 service,
@@ -149,41 +220,39 @@ def run_dev(
                 # may call it too, and so may CORS_ORIGINS.
                 cors_origins=base.cors_origin_list(),
                 cors_origin_regex=LOOPBACK_ORIGINS,
+                # dev fills its user in on the page (never a production page: `serve` has no DevUser).
+                page=dataclasses.replace(page, dev_user=DevUser(DEV_EMAIL, DEV_PASSWORD)) if page else None,
             )
         )
         stack.callback(app.stop)
         console.print(f"[bold]Processor[/] {app.url} (REST /v1/edits, /readyz, /metrics, /docs)")
+        if page is not None:
+            console.print(
+                f"[bold]Try it in a browser[/] {app.url}{TRY_PATH} (signed in as {DEV_EMAIL} / {DEV_PASSWORD})"
+            )
         console.print(
             "[bold]Webhooks[/] completion webhooks may go to http:// receivers on this machine "
             f"({', '.join(LOOPBACK_WEBHOOK_HOSTS)}): dev only, production refuses them"
         )
+        yield DevStack(dsn, supabase, app, settings, service_key, jwt_secret, anon_key, model_id, device)
 
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            user = uuid.uuid4()
-            conn.execute("insert into auth.users (id, email) values (%s, 'dev@example.test')", (user,))
-        token = mint_token(jwt_secret, sub=user)
-        _submit_and_follow(app.url, token, prompt, steps, out, console)
+
+def run_dev(
+    *, out: Path, prompt: str, steps: int, admin_url: str, workdir: Path, keep_running: bool, console: Console
+) -> None:
+    """Bring everything up, run one edit through the REST API, write ``out``."""
+    with _terminate_by_unwinding(), dev_stack(admin_url, workdir, console) as stack:
+        token = mint_token(stack.jwt_secret, sub=stack.user)
+        _submit_and_follow(stack.app.url, token, prompt, steps, out, console)
 
         if keep_running:
             sample = workdir / "sample.png"
             sample.write_bytes(sample_image())
-            env = {
-                "DATABASE_URL": dsn,
-                "SUPABASE_URL": storage.url,
-                "SUPABASE_SERVICE_ROLE_KEY": service_key,
-                "SUPABASE_JWT_SECRET": jwt_secret,
-                "METRICS_TOKEN": settings.metrics_token.get_secret_value() if settings.metrics_token else "",
-                "WEBHOOK_SECRET": settings.webhook_secret.get_secret_value()
-                if settings.webhook_secret
-                else "",
-                "MODEL_ID": model_id,
-                "DEVICE": device,
-            }
-            token = mint_token(jwt_secret, sub=user, expires_in=KEEP_RUNNING_TOKEN_SECONDS)
+            token = mint_token(stack.jwt_secret, sub=stack.user, expires_in=KEEP_RUNNING_TOKEN_SECONDS)
             console.print(
                 "\n[bold]Running.[/] Every way in, ready to paste (Ctrl-C or SIGTERM stops and cleans up):"
             )
-            for line in ways_in(app.url, token, env, sample, user):
+            for line in ways_in(stack.app.url, token, stack.env(), sample, stack.user):
                 # soft_wrap: a wrapped token cannot be pasted; markup off: the lines hold brackets.
                 console.print(line, soft_wrap=True, markup=False, highlight=False)
             try:
@@ -213,13 +282,20 @@ def ways_in(url: str, token: str, env: dict[str, str], sample: Path, user: uuid.
     q = shlex.quote
     auth = '-H "Authorization: Bearer $TOKEN"'
     webhook_body = '{"type":"INSERT","table":"edit_requests","schema":"public","record":{"id":"<id>"}}'
+    sign_in = json.dumps({"email": DEV_EMAIL, "password": DEV_PASSWORD})
     return [
         f"export TOKEN={q(token)}",
         "export " + " ".join(f"{name}={q(value)}" for name, value in env.items()),
+        f"# In a browser: {url}{TRY_PATH} (sign in as {DEV_EMAIL} / {DEV_PASSWORD}, filled in)",
+        "# Sign in as that user, as against Supabase Auth (its access_token is a $TOKEN too):",
+        f'curl -s "$SUPABASE_URL/auth/v1/token?grant_type=password" -H "apikey: $SUPABASE_ANON_KEY" '
+        f"-H 'content-type: application/json' -d {q(sign_in)}",
         "# REST, JSON or multipart (add ?wait=true to get the image back):",
         f"curl -s {auth} -F prompt='make it blue' -F image=@{q(str(sample))} {url}/v1/edits",
         f"curl -s {auth} {url}/v1/edits/<id>",
         f"curl -sN {auth} {url}/v1/edits/<id>/events",
+        "# A browser's EventSource cannot send the header: it opens the events_url of a stream token",
+        f"curl -s -X POST {auth} {url}/v1/edits/<id>/stream-token",
         "# MCP (streamable HTTP), with the official inspector, pinned (it asks for Node 22.19+; runs on Node 20.20 too):",
         f"npx -y {MCP_INSPECTOR} --cli {url}/mcp --transport http {auth.replace('-H', '--header')} --method tools/list",
         "# MCP over stdio for a desktop client: edit-processor mcp (with MCP_ACCESS_TOKEN=$TOKEN and the exports above)",

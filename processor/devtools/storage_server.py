@@ -5,9 +5,9 @@ on disk, and writes ``storage.objects`` in the same PostgreSQL the way Supabase 
 does, so triggers on ``storage.objects`` run for real. It never stands in for Supabase in
 production.
 
-Behaviour reproduced (``../shared/research/supabase.md`` §3, §10 and §11, observed against the real
-server v1.70.6; supabase/storage ``src/storage/uploader.ts``, ``src/storage/database/knex.ts``,
-``src/internal/errors/codes.ts`` and ``storage-error.ts``):
+Behaviour reproduced (observed against the real Storage server v1.70.6, docs/supabase-fidelity.md,
+and read from its source, https://github.com/supabase/storage ``src/storage/uploader.ts``,
+``src/storage/database/knex.ts``, ``src/internal/errors/codes.ts`` and ``storage-error.ts``):
 - served under ``/storage/v1`` (the API gateway's prefix, stripped on the real platform);
 - auth from ``apikey`` / ``Authorization: Bearer``: the service key (or a service_role JWT)
   is ``service_role``; a user JWT (HS256, the project's JWT secret) acts as its role and sub;
@@ -31,7 +31,8 @@ server v1.70.6; supabase/storage ``src/storage/uploader.ts``, ``src/storage/data
   0055 does), the deleted rows in ``objectSchema``, Fastify's validation errors, the 1,000-name cap
   only with ``request_hard_limits``;
 - downloads send ``cache-control``, ``last-modified``, ``etag``, ``accept-ranges`` and
-  ``x-robots-tag`` as the real server does; ``/object/info`` returns the user metadata (``{}``).
+  ``x-robots-tag`` as the real server does, and ``?download[=name]`` makes them attachments
+  (``src/storage/renderer/renderer.ts``); ``/object/info`` returns the user metadata (``{}``).
 Not covered: TUS/S3 uploads, image transforms, move/copy, public bucket caching, versions.
 
 Faults for tests: added latency, 5xx answers, cut-off download bodies and stalls, set
@@ -46,13 +47,14 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import jwt
@@ -66,7 +68,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 PREFIX = "/storage/v1"
 _VALID_NAME = re.compile(r"^[\w\-.'\s,!*&$@=;:+?/()]+$")
@@ -619,8 +621,11 @@ def _object_name(raw: str) -> str:
 # --- The app --------------------------------------------------------------------------------------------
 
 
-def create_storage_app(config: StorageConfig) -> Starlette:  # noqa: C901 - one small closure per route
-    """The Storage-compatible ASGI app, mounted under ``/storage/v1``."""
+def create_storage_app(  # noqa: C901 - one small closure per route
+    config: StorageConfig, *, beside: Sequence[BaseRoute] = ()
+) -> Starlette:
+    """The Storage-compatible ASGI app, mounted under ``/storage/v1``; ``beside``: more of the platform
+    at the same address (``edit-processor dev`` mounts its Auth stand-in at ``/auth/v1``)."""
     store = _Store(config)
     faults = config.faults
 
@@ -647,9 +652,9 @@ def create_storage_app(config: StorageConfig) -> Starlette:  # noqa: C901 - one 
     async def download(request: Request) -> Response:
         caller = _caller(request, config)
         data, metadata = await store.read(caller, request.path_params["bucket"], request.path_params["name"])
-        return _object_response(data, metadata)
+        return _object_response(data, metadata, request.query_params.get("download"))
 
-    def _object_response(data: bytes, metadata: dict[str, Any]) -> Response:
+    def _object_response(data: bytes, metadata: dict[str, Any], download: str | None = None) -> Response:
         # The headers the real server sends with an object (research §11).
         headers = {
             "content-length": str(len(data)),
@@ -659,6 +664,12 @@ def create_storage_app(config: StorageConfig) -> Starlette:  # noqa: C901 - one 
             "accept-ranges": "bytes",
             "x-robots-tag": "none",
         }
+        if download is not None:
+            # ?download[=name]: an attachment, as supabase/storage's renderer.ts handleDownload says it.
+            name = quote(download, safe="!*'()")  # encodeURIComponent's set
+            headers["content-disposition"] = (
+                f"attachment; filename={name}; filename*=UTF-8''{name};" if download else "attachment;"
+            )
         media_type = str(metadata.get("mimetype", "application/octet-stream"))
         if faults._take_cut():
 
@@ -755,7 +766,7 @@ def create_storage_app(config: StorageConfig) -> Starlette:  # noqa: C901 - one 
         if claims.get("url") != f"{bucket}/{name}":
             raise StorageError(400, "InvalidSignature", "The url do not match the signature")
         data, metadata = await store.read(Caller("service_role", {"role": "service_role"}), bucket, name)
-        return _object_response(data, metadata)
+        return _object_response(data, metadata, request.query_params.get("download"))
 
     async def list_buckets(request: Request) -> Response:
         _caller(request, config)
@@ -824,7 +835,7 @@ def create_storage_app(config: StorageConfig) -> Starlette:  # noqa: C901 - one 
         return exc.response()
 
     return Starlette(
-        routes=[Route("/__faults", set_faults, methods=["POST"]), Mount(PREFIX, routes=routes)],
+        routes=[Route("/__faults", set_faults, methods=["POST"]), Mount(PREFIX, routes=routes), *beside],
         middleware=[Middleware(BaseHTTPMiddleware, dispatch=inject_faults)],
         exception_handlers={StorageError: storage_error},
         lifespan=lifespan,

@@ -12,9 +12,11 @@ edit costs 40 (plus a little for its prompt), as it did when the charge was step
 * A forward over ``T`` tokens does work ``T x (1 + T / COST_ATTENTION_TOKENS)`` (linear layers, and
   joint attention, quadratic in ``T``). ``T`` is the output's tokens (``width x height / 256``;
   1 MP when no size is named) + ``COST_INPUT_TOKENS`` per input image (each is resized to the
-  pipeline's own areas whatever its size) + one token per character of the prompt (the negative
-  prompt for CFG's second forward). One token a character over-counts English text about fourfold;
-  the text is a small part of every request that has an image.
+  pipeline's own areas whatever its size) + one token per byte of the prompt's NFC form in UTF-8
+  (``text_bytes``; the negative prompt for CFG's second forward): the most tokens the tokenizer can
+  make of it, whatever its script (``prompt_chars`` and SQL's ``p_prompt_chars`` count these bytes).
+  It over-counts English and Chinese text about fourfold; the text is a small part of every request
+  that has an image.
 * Each step runs one forward, two with true CFG (``true_cfg_scale`` other than 1).
 * A speed preset other than ``quality`` replaces the steps (``LIGHTNING_STEPS``), turns CFG off and
   activates its Lightning adapter. ``speed`` null is the deployment's default: the caller says which it
@@ -29,7 +31,7 @@ fixed part of the text template.
 
 from __future__ import annotations
 
-from processor.domain.request import EditParams
+from processor.domain.request import EditParams, text_bytes
 from processor.domain.rules import (
     COST_ATTENTION_TOKENS,
     COST_DEFAULT_OUTPUT_PIXELS,
@@ -121,7 +123,7 @@ def cost_of(params: EditParams, inputs: int, *, default_speed: SpeedPreset | Non
         width=params.width,
         height=params.height,
         inputs=inputs,
-        prompt_chars=len(params.prompt),
-        negative_chars=len(params.negative_prompt),
+        prompt_chars=text_bytes(params.prompt),
+        negative_chars=text_bytes(params.negative_prompt),
         loras=len(params.loras),
     )

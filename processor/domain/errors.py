@@ -110,6 +110,13 @@ class LimitExceeded(ProcessorError):
         self.retry_after = retry_after
 
 
+class Unauthorized(ProcessorError):
+    """The caller is no user the database knows (no token, a bad one, or one whose user is gone): HTTP 401."""
+
+    reason = ReasonCode.UNAUTHORIZED
+    retryable = False
+
+
 class NotFound(ProcessorError):
     """No such request or batch for this user (another user's is the same answer): HTTP 404."""
 

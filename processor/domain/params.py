@@ -12,6 +12,7 @@ import json
 import math
 import re
 import secrets
+import struct
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from processor.domain.request import (
     EditParams,
     FieldKind,
     RequestOptions,
+    text_bytes,
 )
 from processor.domain.rules import DRAWN_SEED_BOUND, MAX_BATCH_SIZE, MAX_IMAGES, Base
 from processor.domain.sizing import ModelSizing, output_size
@@ -163,7 +165,7 @@ def _as_loras(_item: DeclaredField, value: object, form: bool) -> object:
     if form and isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, an over-long integer, too deep
             return None
     return parse_loras(value)
 
@@ -242,8 +244,20 @@ def _check_text(item: DeclaredField, value: object) -> None:
     if "\x00" in value:
         # Postgres text cannot hold NUL: refused here so no way in gets further than the row.
         raise InvalidInput(f"{item.name} may not contain NUL characters", reason=spec.reason)
+    if not value.isascii() and _SURROGATE.search(value):
+        # A lone surrogate (JSON's "\ud800") is no character: UTF-8, Postgres and tokenizers refuse it.
+        raise InvalidInput(f"{item.name} holds a lone surrogate (not Unicode text)", reason=spec.reason)
+    if spec.max_bytes is not None and text_bytes(value) > spec.max_bytes:
+        # Tokens, not characters, are the work: at most one per byte of the NFC form (rules).
+        raise InvalidInput(
+            f"{item.name} is {text_bytes(value)} bytes in UTF-8 (NFC form); the limit is {spec.max_bytes}",
+            reason=spec.reason,
+        )
     if spec.pattern is not None and not re.search(python_regex(spec.pattern), value):
         raise _refuse(item, spec.shape or f"a text matching {spec.pattern}", value)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def python_regex(pattern: str) -> str:
@@ -265,6 +279,12 @@ def _check_number(item: DeclaredField, value: object) -> None:
         or not _within(item, value)
     ):
         raise _refuse(item, f"a number {_range(item)}", value)
+    if value != 0 and struct.unpack("f", struct.pack("f", value))[0] == 0:
+        # Numbers are stored as 4-byte floats (SQL real, what every engine runs in): one that would
+        # become 0 there (1e-300) is refused by every way in, not by the database alone.
+        raise _refuse(
+            item, f"a number {_range(item)} that a 4-byte float holds (0, or at least 1e-45)", value
+        )
 
 
 def _check_choice(item: DeclaredField, value: object) -> None:

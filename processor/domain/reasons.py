@@ -50,6 +50,7 @@ class ReasonCode(StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     BODY_TOO_LARGE = "body_too_large"
     TOO_MANY_WAITS = "too_many_waits"
+    TOO_MANY_SUBMISSIONS = "too_many_submissions"
     LIMIT_EXCEEDED = "limit_exceeded"
     QUOTA_EXCEEDED = "quota_exceeded"
     # Faults outside the request (retried)
@@ -145,6 +146,10 @@ REASONS: Final[Mapping[ReasonCode, Reason]] = {
     ),
     ReasonCode.TOO_MANY_WAITS: Reason(
         "The user already holds as many waits and event streams as allowed.", None
+    ),
+    ReasonCode.TOO_MANY_SUBMISSIONS: Reason(
+        "The user, or the whole process, already has as many submissions being read and checked as allowed.",
+        None,
     ),
     ReasonCode.LIMIT_EXCEEDED: Reason("The caller is over a limit no narrower code names.", None),
     ReasonCode.QUOTA_EXCEEDED: Reason(

@@ -18,6 +18,7 @@ fails until every way in and every queue adapter carries it to ``Editor.edit`` u
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -52,6 +53,8 @@ class FieldSpec:
     multiple_of: int | None = None
     max_length: int | None = None
     """Characters of a text, items of a list."""
+    max_bytes: int | None = None
+    """UTF-8 bytes of a text's NFC form (``text_bytes``)."""
     pattern: str | None = None
     """A regular expression (ECMA-262, as JSON Schema's) the text must match; anchor it to match the whole."""
     shape: str | None = None
@@ -59,6 +62,14 @@ class FieldSpec:
     choices: tuple[str, ...] = ()
     cli: str | None = None
     """The CLI option, when it is not ``--`` and the name with dashes."""
+
+
+def text_bytes(text: str) -> int:
+    """UTF-8 bytes of ``text``'s NFC form: what the tokenizer sees (it normalizes to NFC), at least
+    one byte per token it makes. SQL: ``octet_length(normalize(text, NFC))``."""
+    if text.isascii():  # NFC already, one byte a character
+        return len(text)
+    return len(unicodedata.normalize("NFC", text).encode("utf-8", "surrogatepass"))
 
 
 def declare(**spec: Any) -> dict[str, FieldSpec]:
@@ -110,6 +121,7 @@ class EditParams:
             kind="text",
             reason=ReasonCode.INVALID_PROMPT,
             max_length=rules.MAX_PROMPT_CHARS,
+            max_bytes=rules.MAX_PROMPT_BYTES,
             pattern=PROMPT_PATTERN,
             shape="a text with a character that is not blank",
             description="What to change (or, without images, what to create).",
@@ -122,6 +134,7 @@ class EditParams:
             kind="text",
             reason=ReasonCode.INVALID_PROMPT,
             max_length=rules.MAX_PROMPT_CHARS,
+            max_bytes=rules.MAX_PROMPT_BYTES,
             pattern=TEXT_PATTERN,
             description="What to avoid (used when true_cfg_scale > 1).",
             example="blurry, low quality",

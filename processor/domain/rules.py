@@ -48,17 +48,21 @@ DEFAULT_TRUE_CFG_SCALE: Final = 4.0
 DEFAULT_GUIDANCE_SCALE: Final = 1.0
 DEFAULT_NEGATIVE_PROMPT: Final = " "
 
-MAX_PROMPT_CHARS: Final = 2000
-"""Characters in ``prompt`` and in ``negative_prompt``.
+MAX_PROMPT_BYTES: Final = 2000
+"""UTF-8 bytes of the NFC form of ``prompt``, and of ``negative_prompt``: what bounds their tokens.
 
-Why 2,000 (the engine said 4,000; SQL and REST said 2,000): QwenImageEditPlusPipeline truncates
-nothing (``max_sequence_length`` is only checked to be at most 1024), so this limit is what keeps
-the text part of the transformer's sequence, and its memory, bounded. 2,000 characters are about
-500 tokens of English (byte-level BPE, about 4 characters a token), the 512 that Qwen-Image's
-``max_sequence_length`` defaults to, and well under the 1024 the pipeline allows. It was already
-the public contract (the schema and the REST API), so every stored row still satisfies it;
-raising SQL to 4,000 instead would have loosened a promise to apps for no use the model card makes.
+QwenImageEditPlusPipeline truncates nothing (``max_sequence_length`` is only checked to be at most
+1024), so this limit is what keeps the text part of the transformer's sequence, and its memory and
+work, bounded. The tokenizer (Qwen2's byte-level BPE) normalizes to NFC and gives at most one token
+per byte of what it then sees, so the bytes of the NFC form bound the tokens whatever the script:
+2,000 of them are at most 2,000 tokens, and about 460 of English or of common Chinese (0.23 tokens a
+byte for both, measured with the Qwen tokenizer). A bound in characters (2,000 until issue 22) let
+rare characters through at up to five tokens each: 2,000 of U+FB2C were 10,000 tokens, 2,000 from
+CJK extension B 6,066 (docs/limits.md). The charge counts the same bytes (``domain.cost``).
 """
+MAX_PROMPT_CHARS: Final = MAX_PROMPT_BYTES
+"""Characters in ``prompt`` and ``negative_prompt``: implied by ``MAX_PROMPT_BYTES`` (a character is at
+least one byte); JSON Schema's ``maxLength``, which cannot count bytes."""
 
 PROMPT_WHITESPACE: Final = " \t\n\r\f\v"
 """A prompt of only these characters is blank, and refused. ASCII only, spelled out, so Python
@@ -291,6 +295,18 @@ DECODE_PROCESSES = 2
 VALIDATION_THREADS = 2
 """Uploads validated at once per process (each in a decoding process of its own pool); more wait their
 turn instead of taking the processes the worker decodes in."""
+VALIDATIONS_PER_USER: Final = 1
+"""Images of one user validated at once per process; users take turns for the validation processes
+(one image each, round robin), so another user's submission waits for one image, not a queue of them."""
+SUBMISSIONS_PER_USER: Final = 2
+"""Submissions (REST ``POST /v1/edits`` and ``/v1/batches``, MCP's ``edit_image`` and ``submit_batch``)
+one user may have in flight at once per process, from before the body is read to the insert; more are
+refused (429 ``too_many_submissions``) before their body is read."""
+SUBMISSIONS_IN_FLIGHT: Final = 16
+"""Submissions of all users in flight at once per process: each may hold a body of up to
+``edit_body_bytes`` (about 84 MB at the default image limit) while it is read and checked."""
+TOO_MANY_SUBMISSIONS_RETRY_SECONDS: Final = 2
+"""``Retry-After`` of a ``too_many_submissions`` refusal: a submission takes seconds."""
 
 CHANGES_CHANNEL = "edit_request_changes"
 """NOTIFY channel: a request's client-visible state changed (payload: its id)."""

@@ -14,18 +14,14 @@ from typing import Any
 
 import jwt
 
-from processor.domain.errors import ProcessorError
-from processor.domain.reasons import ReasonCode
+from processor.domain.errors import Unauthorized
 from processor.domain.users import User
 
 _ASYMMETRIC = ("RS256", "ES256", "EdDSA")
 
 
-class AuthError(ProcessorError):
+class AuthError(Unauthorized):
     """The caller is not an authenticated Supabase user (HTTP 401)."""
-
-    reason = ReasonCode.UNAUTHORIZED
-    retryable = False
 
 
 class TokenVerifier:

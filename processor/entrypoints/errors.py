@@ -26,10 +26,15 @@ from processor.domain.errors import (
     NotFound,
     ProcessorError,
     TransientError,
+    Unauthorized,
 )
 from processor.domain.reasons import ReasonCode
-from processor.domain.rules import LIMIT_RETRY_SECONDS, QUOTA_RETRY_SECONDS, TOO_MANY_WAITS_RETRY_SECONDS
-from processor.entrypoints.auth import AuthError
+from processor.domain.rules import (
+    LIMIT_RETRY_SECONDS,
+    QUOTA_RETRY_SECONDS,
+    TOO_MANY_SUBMISSIONS_RETRY_SECONDS,
+    TOO_MANY_WAITS_RETRY_SECONDS,
+)
 
 
 class ErrorBody(BaseModel):
@@ -76,6 +81,7 @@ _STATUS_CODES: Mapping[int, ReasonCode] = {
 
 RETRY_AFTER_SECONDS: Mapping[str, int] = {
     ReasonCode.TOO_MANY_WAITS: TOO_MANY_WAITS_RETRY_SECONDS,
+    ReasonCode.TOO_MANY_SUBMISSIONS: TOO_MANY_SUBMISSIONS_RETRY_SECONDS,
     ReasonCode.QUOTA_EXCEEDED: QUOTA_RETRY_SECONDS,
     ReasonCode.LIMIT_EXCEEDED: LIMIT_RETRY_SECONDS,
 }
@@ -104,8 +110,6 @@ def retry_after(code: str, estimate: float | None) -> int:
 
 def status_of(exc: ProcessorError) -> int:
     """The HTTP status of the core's refusal, by its class."""
-    if isinstance(exc, AuthError):
-        return 401
     for kind, status_code in _STATUSES:
         if isinstance(exc, kind):
             return status_code
@@ -113,6 +117,7 @@ def status_of(exc: ProcessorError) -> int:
 
 
 _STATUSES: tuple[tuple[type[ProcessorError], int], ...] = (
+    (Unauthorized, 401),
     (NotFound, 404),
     (AlreadyFinished, 409),
     (InvalidInput, 422),

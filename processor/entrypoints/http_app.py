@@ -28,6 +28,7 @@ from processor.domain.rules import WEBHOOK_MAX_BODY_BYTES
 from processor.entrypoints.bodies import json_body, read_capped_body
 from processor.entrypoints.errors import ErrorResponse, install_error_handlers
 from processor.entrypoints.rest import RestApi
+from processor.entrypoints.try_page import TryPage, install_try_page
 
 if TYPE_CHECKING:  # the `mcp` extra: imported only when an MCP server is mounted
     from mcp.server.mcpserver import MCPServer
@@ -148,12 +149,14 @@ def create_app(
     mcp: MCPServer | None = None,
     cors_origins: Sequence[str] = (),
     cors_origin_regex: str | None = None,
+    page: TryPage | None = None,
 ) -> FastAPI:
     """The app; its lifespan starts and drains ``service`` (and opens the REST API and MCP).
 
     ``cors_origins`` (``CORS_ORIGINS``) and ``cors_origin_regex`` (``dev``'s loopback pages): the
     origins whose pages may call it from a browser. Credentials are a bearer header, never a cookie,
-    so no answer allows credentials."""
+    so no answer allows credentials. ``page``: the page to try an edit at ``/try/`` (``TRY_PAGE``);
+    it needs the REST API, so it is served only with one."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -189,6 +192,8 @@ def create_app(
         )
     if api is not None:
         api.install(app)
+        if page is not None:
+            install_try_page(app, page)
     secret = webhook_secret
 
     async def require_webhook_secret(

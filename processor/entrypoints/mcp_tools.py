@@ -20,9 +20,9 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.server.mcpserver.utilities.types import Image
-from pydantic import Field, PlainValidator, WithJsonSchema
+from pydantic import Field, PlainValidator, ValidationError, WithJsonSchema
 
 from processor.core.user_actions import Action, UserActions
 from processor.domain.errors import ProcessorError
@@ -161,6 +161,37 @@ def _id(text: str, name: str) -> uuid.UUID:
         raise ToolError(f"{ReasonCode.INVALID_REQUEST}: {name} is not a uuid") from exc
 
 
+_DECLARED: Mapping[str, DeclaredField] = {item.name: item for item in (*PARAM_FIELDS, *OPTION_FIELDS)}
+
+
+class _CodedServer(MCPServer):
+    """The SDK's server, with every tool error led by a reason code as the tools' own are: arguments
+    that fail a tool's schema (a required one missing, a number that is text) are the field's reason
+    (``invalid_prompt`` for a missing prompt, as REST's ``prompt is required``) or
+    ``invalid_request``; an unknown tool is ``not_found``. (The SDK says pydantic's text.)"""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except UnexpectedToolError:
+            raise  # a crash: the SDK logs it and tells the caller only the tool's name
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ValidationError):
+                errors = cause.errors()
+                loc = tuple(errors[0]["loc"]) if errors else ()
+                field = _DECLARED.get(str(loc[0])) if loc else None
+                code = field.spec.reason if field is not None else ReasonCode.INVALID_REQUEST
+                where = ".".join(str(part) for part in loc)
+                message = f"{where}: {errors[0]['msg'] if errors else 'invalid'}".strip(": ")
+                raise ToolError(f"Error executing tool {name}: {code}: {message}") from cause
+            if self._tool_manager.get_tool(name) is None:
+                raise ToolError(f"{ReasonCode.NOT_FOUND}: no tool named {name!r}") from exc
+            raise
+
+
 def create_mcp_server(
     actions: UserActions,
     verifier: TokenVerifier,
@@ -182,7 +213,7 @@ def create_mcp_server(
     # The SDK's constructor puts a Rich handler on the root logger (logging.basicConfig): the
     # process keeps the one logging set-up it had (observability/logs.py).
     with keep_root_logging():
-        mcp = MCPServer(
+        mcp = _CodedServer(
             lifespan=lifespan if open_resources else None,
             name="qwen-edit-processor",
             instructions="Edit images with Qwen-Image-Edit-2509. Edits run on a GPU queue and take seconds to minutes.",

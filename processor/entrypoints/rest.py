@@ -170,7 +170,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         409: "The request has already finished",
         413: "The body is larger than three images at the byte limit need",
         422: "Invalid input (reason code in error.code)",
-        429: "Too many waits or event streams open for this user",
+        429: "Over a limit: waits or streams open, submissions in flight, the user's quota (error.code)",
         503: "Database or Storage unavailable; retry",
     }.items()
 }
@@ -296,6 +296,10 @@ async def _json_object(request: Request) -> dict[str, Any]:
         raise ApiError(400, ReasonCode.INVALID_JSON, "the body is not valid JSON") from exc
     except UnicodeDecodeError as exc:
         raise ApiError(400, ReasonCode.INVALID_JSON, "the body is not UTF-8 JSON") from exc
+    except ValueError as exc:  # an integer of more digits than int() converts (sys.int_info)
+        raise ApiError(400, ReasonCode.INVALID_JSON, f"the body cannot be read: {exc}") from exc
+    except RecursionError as exc:  # nesting deeper than the parser goes
+        raise ApiError(400, ReasonCode.INVALID_JSON, "the body is nested too deeply") from exc
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object", reason=ReasonCode.INVALID_REQUEST)
     return body
@@ -542,19 +546,22 @@ class RestApi:
             `idempotency_key_reused`."""
             if wait:
                 actions.ensure_can_wait(user)  # before reading the body: the cheap refusal
-            params, images, options = await _read_create(request, self.max_body_bytes)
-            options = dataclasses.replace(
-                options, idempotency_key=_keyed(options.idempotency_key, idempotency_key)
-            )
-            if wait:
-                # One of the user's waits is held from before the upload: a refusal creates nothing.
-                row = await actions.submit_and_wait(user, images, params, options, timeout=timeout)
-                if row["status"] in TERMINAL:
-                    return JSONResponse(
-                        (await self._finished(row)).model_dump(mode="json"), headers=_replay_header(row)
-                    )
-            else:
-                row = await actions.submit(user, images, params, options)
+            # One of the user's submissions in flight from before the body is read (a body may be
+            # 84 MB): past their share, 429 too_many_submissions and nothing read.
+            async with actions.submission(user):
+                params, images, options = await _read_create(request, self.max_body_bytes)
+                options = dataclasses.replace(
+                    options, idempotency_key=_keyed(options.idempotency_key, idempotency_key)
+                )
+                if wait:
+                    # One of the user's waits is held from before the upload: a refusal creates nothing.
+                    row = await actions.submit_and_wait(user, images, params, options, timeout=timeout)
+                else:
+                    row = await actions.submit(user, images, params, options)
+            if wait and row["status"] in TERMINAL:
+                return JSONResponse(
+                    (await self._finished(row)).model_dump(mode="json"), headers=_replay_header(row)
+                )
             accepted = EditAccepted(
                 id=row["id"],
                 status=row["status"],
@@ -710,16 +717,17 @@ class RestApi:
             """The same edit over many images: one request per image, all created or none (a batch
             over your limits is refused whole, 429). Follow it with `GET /v1/batches/{id}`. With an
             `Idempotency-Key`, a retry gets the batch the key made (`Idempotent-Replayed: true`)."""
-            body = await _read_batch(request, self.max_body_bytes)
-            batch = await actions.submit_batch(
-                user,
-                body.images,
-                body.references,
-                body.params,
-                object_paths=body.object_paths,
-                reference_paths=body.reference_paths,
-                idempotency_key=_keyed(body.idempotency_key, idempotency_key),
-            )
+            async with actions.submission(user):  # from before the body is read, as for one edit
+                body = await _read_batch(request, self.max_body_bytes)
+                batch = await actions.submit_batch(
+                    user,
+                    body.images,
+                    body.references,
+                    body.params,
+                    object_paths=body.object_paths,
+                    reference_paths=body.reference_paths,
+                    idempotency_key=_keyed(body.idempotency_key, idempotency_key),
+                )
             return JSONResponse(
                 _batch_view(batch).model_dump(mode="json"),
                 status_code=status.HTTP_202_ACCEPTED,

@@ -27,7 +27,9 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("req
 
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
+        record.request_id = request_id = request_id_var.get()
+        # The text format shows the request only on lines written for one (not "[None]" on the rest).
+        record.request_tag = f" [{request_id}]" if request_id else ""
         return True
 
 
@@ -104,7 +106,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         )
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s%(request_tag)s %(message)s")
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]

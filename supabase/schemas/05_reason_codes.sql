@@ -42,6 +42,7 @@ as $$
     'method_not_allowed',
     'body_too_large',
     'too_many_waits',
+    'too_many_submissions',
     'limit_exceeded',
     'quota_exceeded',
     'transient_error',
@@ -109,6 +110,7 @@ as $$
     when 'method_not_allowed' then 'The route does not take this HTTP method.'
     when 'body_too_large' then 'The HTTP body is larger than three images at the byte limit need.'
     when 'too_many_waits' then 'The user already holds as many waits and event streams as allowed.'
+    when 'too_many_submissions' then 'The user, or the whole process, already has as many submissions being read and checked as allowed.'
     when 'limit_exceeded' then 'The caller is over a limit no narrower code names.'
     when 'quota_exceeded' then 'The user has as many requests in flight, or in the last hour, or as much cost as edit_user_limits allows.'
     when 'transient_error' then 'A fault outside the request that may pass.'

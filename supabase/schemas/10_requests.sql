@@ -173,14 +173,22 @@ create table public.edit_requests (
 
   constraint edit_requests_status_known
     check (status in ('awaiting_image', 'queued', 'processing', 'succeeded', 'failed', 'canceled')),
-  constraint edit_requests_prompt_length check (char_length(prompt) between 1 and 2000),
+  -- Prompts are bounded in what the tokenizer sees (rules.MAX_PROMPT_BYTES): UTF-8 bytes of their
+  -- NFC form, at most one token each, whatever the script; finished rows are history (before issue
+  -- 22 the bound was 2,000 characters, up to five tokens each).
+  constraint edit_requests_prompt_length check (
+    char_length(prompt) >= 1
+    and (status in ('succeeded', 'failed', 'canceled') or octet_length(normalize(prompt, NFC)) <= 2000)
+  ),
   -- A prompt needs something besides ASCII whitespace (rules.PROMPT_WHITESPACE: the same six
   -- characters in both languages, so no locale decides what counts as blank). Finished rows are
   -- history: the rule holds for every row that is not finished (every new request, and any row an
   -- operator retries); so does steps_within_rules (2 to 100), while steps_range holds for all rows.
   constraint edit_requests_prompt_not_blank
     check (status in ('succeeded', 'failed', 'canceled') or prompt ~ '[^ \t\n\r\f\v]'),
-  constraint edit_requests_negative_prompt_length check (char_length(negative_prompt) <= 2000),
+  constraint edit_requests_negative_prompt_length check (
+    status in ('succeeded', 'failed', 'canceled') or octet_length(normalize(negative_prompt, NFC)) <= 2000
+  ),
   -- CHECKs run in name order: input_count comes before input_paths_valid, so a fourth path trips
   -- it and the refusal reads too_many_images, as in every other way in.
   constraint edit_requests_input_count check (cardinality(input_paths) <= 3),

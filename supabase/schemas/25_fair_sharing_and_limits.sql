@@ -89,7 +89,8 @@ as $$
   -- One way of running a request: p_steps steps of one forward (two with true CFG, the second over
   -- the negative prompt); a forward over T tokens does T x (1 + T / 18432) (linear layers, and joint
   -- attention, quadratic in T; 18,432 = 6 x 3,072 is where the two are equal); T = the output's
-  -- tokens (16 x 16 pixels each; 1 MP when no size) + 4,292 per input + one per prompt character;
+  -- tokens (16 x 16 pixels each; 1 MP when no size) + 4,292 per input + one per byte of the prompt
+  -- (p_prompt_chars: UTF-8 bytes of its NFC form, the most tokens the tokenizer makes of it);
   -- each active LoRA adapter adds 1/16 to every forward, each LoRA named 4 steps for its load;
   -- 24,410.390625 is the work of one default step (two forwards over 8,388 tokens).
   select p_steps
@@ -140,8 +141,9 @@ comment on function public.edit_request_cost(integer, real, text, integer, integ
   'steps x the transformer work over the output and every input (4,292 tokens each, whatever the '
   'output size), x 2 with true CFG, a preset''s steps in place of the request''s, LoRAs. Arguments: '
   'num_inference_steps, true_cfg_scale, speed (null: the deployment''s default, charged as the '
-  'costlier of quality and fast), width, height (null: 1 MP), input images, characters of prompt and '
-  'negative_prompt, LoRAs named. docs/fair-sharing.md.';
+  'costlier of quality and fast), width, height (null: 1 MP), input images, UTF-8 bytes of the NFC form '
+  'of prompt and of negative_prompt (octet_length(normalize(prompt, NFC)): at least a byte a token), '
+  'LoRAs named. docs/fair-sharing.md.';
 
 -- Places in line of rows that become claimable after insert -----------------------------------------
 -- A row inserted before its images is not in line: its place is decided when it becomes queued
@@ -266,6 +268,7 @@ declare
   v_requests double precision;
   v_cost double precision;
   v_row_cost double precision;
+  v_refusal jsonb;
 begin
   -- Readiness under the paths' slot locks: a row whose inputs are all visible is queued, any
   -- other row waits for its upload (edit_requests_on_objects_stored queues it). Decided here, not later, so that RETURNING (PostgREST's return=representation) shows it.
@@ -304,7 +307,7 @@ begin
     new.fair_tag := new.created_at;
     new.cost := public.edit_request_cost(
       new.num_inference_steps, new.true_cfg_scale, new.speed, new.width, new.height,
-      cardinality(new.input_paths), char_length(new.prompt), char_length(new.negative_prompt),
+      cardinality(new.input_paths), octet_length(normalize(new.prompt, NFC)), octet_length(normalize(new.negative_prompt, NFC)),
       case when jsonb_typeof(new.loras) = 'array' then jsonb_array_length(new.loras) else 0 end);
     return new;
   end if;
@@ -323,30 +326,35 @@ begin
   -- list counts none here: the CHECKs, after this trigger, refuse it by name.)
   v_row_cost := public.edit_request_cost(
     new.num_inference_steps, new.true_cfg_scale, coalesce(new.speed, v_state[10]), new.width, new.height,
-    cardinality(new.input_paths), char_length(new.prompt), char_length(new.negative_prompt),
+    cardinality(new.input_paths), octet_length(normalize(new.prompt, NFC)), octet_length(normalize(new.negative_prompt, NFC)),
     case when jsonb_typeof(new.loras) = 'array' then jsonb_array_length(new.loras) else 0 end);
   new.cost := v_row_cost;
   v_cost := v_state[4]::double precision + v_row_cost;
 
-  if v_state[1] = '1' then
+  -- Over a limit, the statement is refused, but by edit_requests_after_insert, once every row has
+  -- passed the CHECK constraints (which run after this trigger): a request that breaks a rule is
+  -- refused for that rule (invalid_size, ...), never as over a limit that waiting would lift. The
+  -- first refusal of the statement is kept in a transaction-local setting.
+  if v_state[1] = '1' and coalesce(current_setting('edit_requests.refusal', true), '') = '' then
     if v_state[5]::integer >= 0 and v_in_flight + 1 > v_state[5]::integer then
-      raise exception 'edit request limit exceeded: max_in_flight (%)', v_state[5]
-        using errcode = 'PT429',
-              detail = format('%s requests of this user are awaiting an image, queued or processing.', v_in_flight),
-              hint = 'Wait for some to finish (or cancel them); operators set limits in public.edit_user_limits.';
+      v_refusal := jsonb_build_object(
+        'message', format('edit request limit exceeded: max_in_flight (%s)', v_state[5]),
+        'detail', format('%s requests of this user are awaiting an image, queued or processing.', v_in_flight),
+        'hint', 'Wait for some to finish (or cancel them); operators set limits in public.edit_user_limits.');
+    elsif v_state[6]::integer >= 0 and v_requests > v_state[6]::integer then
+      v_refusal := jsonb_build_object(
+        'message', format('edit request limit exceeded: max_requests_per_hour (%s)', v_state[6]),
+        'detail', format('About %s requests of this user in the last hour, this one included.', ceil(v_requests)),
+        'hint', 'Try again later; operators set limits in public.edit_user_limits.');
+    elsif v_state[7]::double precision >= 0 and v_cost > v_state[7]::double precision then
+      v_refusal := jsonb_build_object(
+        'message', format('edit request limit exceeded: max_cost_per_hour (%s)', v_state[7]),
+        'detail', format('This request costs %s (edit_request_cost); about %s used in the last hour with it.',
+                         round(v_row_cost::numeric, 2), round(v_cost::numeric, 2)),
+        'hint', 'Use fewer steps, input images or LoRAs, a smaller size or a faster speed, or try again later; operators set limits in public.edit_user_limits.');
     end if;
-    if v_state[6]::integer >= 0 and v_requests > v_state[6]::integer then
-      raise exception 'edit request limit exceeded: max_requests_per_hour (%)', v_state[6]
-        using errcode = 'PT429',
-              detail = format('About %s requests of this user in the last hour, this one included.', ceil(v_requests)),
-              hint = 'Try again later; operators set limits in public.edit_user_limits.';
-    end if;
-    if v_state[7]::double precision >= 0 and v_cost > v_state[7]::double precision then
-      raise exception 'edit request limit exceeded: max_cost_per_hour (%)', v_state[7]
-        using errcode = 'PT429',
-              detail = format('This request costs %s (edit_request_cost); about %s used in the last hour with it.',
-                              round(v_row_cost::numeric, 2), round(v_cost::numeric, 2)),
-              hint = 'Use fewer steps, input images or LoRAs, a smaller size or a faster speed, or try again later; operators set limits in public.edit_user_limits.';
+    if v_refusal is not null then
+      perform set_config('edit_requests.refusal', v_refusal::text, true);
     end if;
   end if;
 
@@ -386,7 +394,16 @@ declare
   v_format text;
   v_body jsonb;
   v_headers jsonb;
+  v_refusal jsonb := nullif(current_setting('edit_requests.refusal', true), '')::jsonb;
 begin
+  -- 0. A row over its owner's limits (edit_requests_before_insert kept the first refusal): every row
+  --    passed the CHECK constraints, so the statement is refused for the limit, SQLSTATE PT429.
+  if v_refusal is not null then
+    perform set_config('edit_requests.refusal', '', true);
+    raise exception '%', v_refusal->>'message'
+      using errcode = 'PT429', detail = v_refusal->>'detail', hint = v_refusal->>'hint';
+  end if;
+
   -- 1. Charge the hour's usage (limited callers only: their rows passed the per-row checks).
   if not public.edit_request_caller_is_operator() then
     update public.edit_user_usage u
@@ -548,4 +565,106 @@ comment on function public.edit_request_retry_after(text, integer, double precis
 revoke all on function public.edit_request_retry_after(text, integer, double precision)
   from public, anon, authenticated;
 grant execute on function public.edit_request_retry_after(text, integer, double precision)
+  to authenticated, service_role;
+
+-- Admission before the work ------------------------------------------------------------------------
+-- What the insert would answer about the caller's limits, asked before anything costly: the REST API
+-- and MCP call it before they decode and upload a single image (issue 22 item 4), so a user over a
+-- limit costs a query, not validation and Storage. The insert still decides (this takes no lock: a
+-- concurrent insert of the same user may pass it first); the same numbers as
+-- edit_request_admission_start and edit_requests_before_insert, read without writing or locking:
+-- the limits (a user's row over the default), the sliding hourly estimate, the requests in flight
+-- (at most max_in_flight + 1 read), the cost by edit_request_cost with the deployment's default
+-- speed; the insert's refusal text (a batch over two limits may be told either). Security definer, for the
+-- default speed (edit_queue_settings) and whether the caller's user still exists (a deleted user's
+-- token is still valid until it expires); it reads the caller's own rows only, as auth.uid().
+-- tests/test_admission.py proves its verdicts equal to the insert's.
+
+create function public.edit_request_admission_check(
+  p_requests integer,
+  p_steps integer,
+  p_true_cfg_scale real,
+  p_speed text,
+  p_width integer,
+  p_height integer,
+  p_inputs integer,
+  p_prompt_chars integer,
+  p_negative_chars integer,
+  p_loras integer
+)
+returns table (refused text, message text)
+language plpgsql stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_zero constant uuid := '00000000-0000-0000-0000-000000000000';
+  v_user uuid := auth.uid();
+  v_hour timestamptz := date_trunc('hour', now());
+  v_gone double precision := extract(epoch from now() - date_trunc('hour', now())) / 3600;
+  v_max_in_flight integer;
+  v_max_requests integer;
+  v_max_cost double precision;
+  v_usage public.edit_user_usage;
+  v_requests double precision := 0;
+  v_cost double precision := 0;
+  v_in_flight integer;
+  v_row_cost double precision;
+begin
+  if public.edit_request_caller_is_operator() then
+    return query select null::text, null::text;
+    return;
+  end if;
+  if v_user is null or not exists (select 1 from auth.users u where u.id = v_user) then
+    return query select 'no_such_user'::text, 'the caller is no user of this project'::text;
+    return;
+  end if;
+  select coalesce(u.max_in_flight, d.max_in_flight),
+         coalesce(u.max_requests_per_hour, d.max_requests_per_hour),
+         coalesce(u.max_cost_per_hour, d.max_cost_per_hour)
+    into v_max_in_flight, v_max_requests, v_max_cost
+    from (select 1) one
+    left join public.edit_user_limits d on d.user_id = v_zero
+    left join public.edit_user_limits u on u.user_id = v_user;
+  select * into v_usage from public.edit_user_usage where user_id = v_user;
+  if v_usage.hour_start = v_hour then
+    v_requests := v_usage.previous_hour_requests * (1 - v_gone) + v_usage.hour_requests;
+    v_cost := v_usage.previous_hour_cost * (1 - v_gone) + v_usage.hour_cost;
+  elsif v_usage.hour_start = v_hour - interval '1 hour' then
+    v_requests := v_usage.hour_requests * (1 - v_gone);
+    v_cost := v_usage.hour_cost * (1 - v_gone);
+  end if;
+  select count(*) into v_in_flight from (
+    select 1 from public.edit_requests r
+     where r.user_id = v_user and r.status in ('awaiting_image', 'queued', 'processing')
+     limit coalesce(v_max_in_flight + 1, 0)
+  ) s;
+  select public.edit_request_cost(p_steps, p_true_cfg_scale, coalesce(p_speed, s.default_speed), p_width,
+                                  p_height, p_inputs, p_prompt_chars, p_negative_chars, p_loras)
+    into v_row_cost
+    from public.edit_queue_settings s;
+  if v_max_in_flight is not null and v_in_flight + p_requests > v_max_in_flight then
+    return query select 'max_in_flight'::text,
+                        format('edit request limit exceeded: max_in_flight (%s)', v_max_in_flight);
+  elsif v_max_requests is not null and v_requests + p_requests > v_max_requests then
+    return query select 'max_requests_per_hour'::text,
+                        format('edit request limit exceeded: max_requests_per_hour (%s)', v_max_requests);
+  elsif v_max_cost is not null and v_cost + p_requests * v_row_cost > v_max_cost then
+    return query select 'max_cost_per_hour'::text,
+                        format('edit request limit exceeded: max_cost_per_hour (%s)', v_max_cost);
+  else
+    return query select null::text, null::text;
+  end if;
+end
+$$;
+
+comment on function public.edit_request_admission_check(integer, integer, real, text, integer, integer, integer, integer, integer, integer) is
+  'Whether p_requests requests with these cost arguments (edit_request_cost''s) would pass the caller''s '
+  'limits now: refused is null, or the limit (max_in_flight, max_requests_per_hour, max_cost_per_hour) '
+  'or no_such_user, with the insert''s message. Advisory: the insert decides. Called before any image '
+  'is decoded or uploaded (issue 22 item 4).';
+
+revoke all on function public.edit_request_admission_check(integer, integer, real, text, integer, integer, integer, integer, integer, integer)
+  from public, anon, authenticated;
+grant execute on function public.edit_request_admission_check(integer, integer, real, text, integer, integer, integer, integer, integer, integer)
   to authenticated, service_role;

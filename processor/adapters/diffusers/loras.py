@@ -26,7 +26,7 @@ from typing import Any
 
 from processor.domain.errors import ConfigurationError, InvalidInput
 from processor.domain.reasons import ReasonCode
-from processor.domain.rules import DEFAULT_LORA_CACHE_SIZE, DEFAULT_LORA_SCALE
+from processor.domain.rules import COST_LORA_LOAD, DEFAULT_LORA_CACHE_SIZE, DEFAULT_LORA_SCALE
 from processor.domain.speed import LoraChoice
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,18 @@ class AdapterCache:
         self._resident: OrderedDict[str, str] = OrderedDict()  # allowlist name -> adapter name
         self.loads = 0
         self.evictions = 0
+        if len(self._allowlist) > max_resident:
+            # Not refused (an operator may allow many rarely used ones), but said: requests naming
+            # more of them in turn than the cache keeps load one on every edit. Each LoRA a request
+            # names is charged a load (COST_LORA_LOAD default steps) whether or not it is resident.
+            log.warning(
+                "%d request LoRAs are allowlisted and %d are kept loaded (LORA_CACHE_SIZE): requests "
+                "naming more of them in turn load one on every edit (each charged %g default steps for "
+                "its load); raise LORA_CACHE_SIZE if the GPU's memory allows",
+                len(self._allowlist),
+                max_resident,
+                COST_LORA_LOAD,
+            )
 
     @property
     def allowlist(self) -> Mapping[str, AllowedLora]:

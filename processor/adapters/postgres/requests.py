@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 
 from processor.adapters.postgres.pool import Pool
 from processor.domain.cost import cost_of
-from processor.domain.errors import InvalidInput, KeyTaken, LimitExceeded
+from processor.domain.errors import InvalidInput, KeyTaken, LimitExceeded, Unauthorized
 from processor.domain.reasons import QUOTA_SQLSTATE, ReasonCode, reason_for_constraint
 from processor.domain.request import (
     NO_OPTIONS,
@@ -29,6 +29,7 @@ from processor.domain.request import (
     DeclaredField,
     EditParams,
     RequestOptions,
+    text_bytes,
 )
 from processor.domain.users import User
 
@@ -86,6 +87,8 @@ async def _batch(conn: psycopg.AsyncConnection[DictRow], batch_id: uuid.UUID) ->
 
 _KEY_INDEXES = frozenset({"edit_requests_idempotency_key_unique", "edit_batches_idempotency_key_unique"})
 """The unique indexes of the idempotency keys: a violation of one is ``KeyTaken``."""
+_OWNER_KEYS = frozenset({"edit_requests_user_id_fkey", "edit_batches_user_id_fkey"})
+"""The rows' references to ``auth.users``: a violation of one is a user who is gone (``Unauthorized``)."""
 
 
 class EditRequests:
@@ -128,6 +131,11 @@ class EditRequests:
             if exc.diag.constraint_name not in _KEY_INDEXES:
                 raise
             raise KeyTaken("an earlier request holds this idempotency key") from exc
+        except psycopg.errors.ForeignKeyViolation as exc:
+            if exc.diag.constraint_name not in _OWNER_KEYS:
+                raise
+            # A valid token of a user deleted since it was issued: no one the rows could belong to.
+            raise Unauthorized("the token's user does not exist (deleted?); sign in again") from exc
         except psycopg.errors.InsufficientPrivilege as exc:
             # RLS: a path outside the caller's own folder (or a batch that is not theirs).
             raise InvalidInput(
@@ -167,6 +175,41 @@ class EditRequests:
         except psycopg.Error:
             return None  # the refusal stands; only the hint is lost
         return None if row is None or row["seconds"] is None else float(row["seconds"])
+
+    async def admit(self, user: User, params: EditParams, inputs: int, *, requests: int = 1) -> None:
+        # The cost's arguments as the insert trigger gives them to edit_request_cost (the speed's
+        # default is the database's); the limits and the refusal's text are the insert's. A value
+        # the insert could not store is refused here as the insert would (``_refusals``).
+        cost = requests * cost_of(params, inputs)
+        async with self._refusals(user, requests, cost), self._as_user(user) as conn:
+            cursor = await conn.execute(
+                "select refused, message from public.edit_request_admission_check(%s::integer, "
+                "%s::integer, %s::real, %s::text, %s::integer, %s::integer, %s::integer, %s::integer, "
+                "%s::integer, %s::integer)",
+                (
+                    requests,
+                    params.num_inference_steps,
+                    params.true_cfg_scale,
+                    params.speed,
+                    params.width,
+                    params.height,
+                    inputs,
+                    text_bytes(params.prompt),
+                    text_bytes(params.negative_prompt),
+                    len(params.loras),
+                ),
+            )
+            row = await cursor.fetchone()
+        if row is None or row["refused"] is None:
+            return
+        if row["refused"] == "no_such_user":
+            raise Unauthorized("the token's user does not exist (deleted?); sign in again")
+        message = str(row["message"])
+        raise LimitExceeded(
+            message,
+            reason=ReasonCode.QUOTA_EXCEEDED,
+            retry_after=await self._retry_after(user, message, requests, cost),
+        )
 
     async def insert(
         self,

@@ -32,6 +32,13 @@ class UserRequests(Protocol):
         ``KeyTaken`` when an earlier request of the user holds its ``idempotency_key``."""
         ...
 
+    async def admit(self, user: User, params: EditParams, inputs: int, *, requests: int = 1) -> None:
+        """Refuse, before any image is decoded or uploaded, what the insert of ``requests`` requests
+        with ``params`` and ``inputs`` input images each would refuse for the user's limits now:
+        ``LimitExceeded`` (``quota_exceeded``, with when it would pass where that is known), or
+        ``Unauthorized`` when the user no longer exists. Advisory (it takes no lock): the insert decides."""
+        ...
+
     async def find(self, user: User, idempotency_key: str) -> dict[str, Any] | None:
         """The user's request holding ``idempotency_key`` (as ``get`` shows it), if any."""
         ...
