@@ -21,6 +21,7 @@ from processor.adapters.diffusers.engine import DiffusersEditor, to_pixels
 from processor.adapters.diffusers.run import PreparedImageProcessor, PreparedProcessor
 from processor.domain.images import encode_image
 from processor.domain.request import EditParams
+from tests.conftest import DEADLINE, wait_for
 
 Span = tuple[str, float, float]
 
@@ -166,7 +167,7 @@ def test_an_edit_prepares_while_another_holds_the_lock(
     def hold(step: int, total: int) -> None:
         if step == 1:
             held.set()
-            assert proceed.wait(30)
+            assert proceed.wait(DEADLINE)
 
     inputs = [picture(seed=4)], [picture(seed=4)]
     with instrumented(tiny_editor, monkeypatch) as spans:
@@ -174,7 +175,7 @@ def test_an_edit_prepares_while_another_holds_the_lock(
             target=lambda: tiny_editor.edit(inputs[0], params, on_progress=hold), daemon=True
         )
         first.start()
-        assert held.wait(30)
+        assert held.wait(DEADLINE)
         results: list[bytes] = []
         second = threading.Thread(
             target=lambda: results.append(encode_image(tiny_editor.edit(inputs[1], params).image)),
@@ -182,14 +183,11 @@ def test_an_edit_prepares_while_another_holds_the_lock(
         )
         second.start()
         # The second edit's processor call ends while the first edit still holds the lock.
-        deadline = time.monotonic() + 30
-        while sum(name == "processor" for name, _, _ in spans) < 2:
-            assert time.monotonic() < deadline, "the second edit never prepared its inputs"
-            time.sleep(0.005)
+        wait_for(lambda: sum(name == "processor" for name, _, _ in spans) >= 2, what="the second preparation")
         assert not [name for name, _, _ in spans if name == "lock"]  # the first still holds it
         proceed.set()
-        first.join(30)
-        second.join(30)
+        first.join(DEADLINE)
+        second.join(DEADLINE)
     assert results == [expected]  # waiting changed nothing in the result
 
 

@@ -31,7 +31,7 @@ from processor.testing import (
     fast_config,
     running_worker,
 )
-from tests.conftest import OWNER
+from tests.conftest import DEADLINE, OWNER
 
 
 @pytest.mark.parametrize(
@@ -115,13 +115,13 @@ def test_the_worker_runs_one_edit_per_engine_at_once() -> None:
         config = fast_config(worker_concurrency=None, worker_prefetch=0)
         async with running_worker(queue, storage, pool, config):
             # Both held mid-edit at once: each on its own engine.
-            await asyncio.to_thread(engines[0].held.wait, 10)
-            await asyncio.to_thread(engines[1].held.wait, 10)
+            await asyncio.to_thread(engines[0].held.wait, DEADLINE)
+            await asyncio.to_thread(engines[1].held.wait, DEADLINE)
             for engine in engines:
                 engine.proceed.set()
-            await eventually(lambda: all(queue.row(i).status == "succeeded" for i in ids), timeout=10)
+            await eventually(lambda: all(queue.row(i).status == "succeeded" for i in ids), timeout=DEADLINE)
 
-    asyncio.run(asyncio.wait_for(scenario(), 30))
+    asyncio.run(asyncio.wait_for(scenario(), DEADLINE))
     assert sorted(pool.assigned) == [0, 1] and [engine.calls for engine in engines] == [1, 1]
 
 
@@ -132,13 +132,13 @@ def test_an_edit_waiting_for_a_busy_pool_can_be_cancelled() -> None:
     image = Image.new("RGB", (64, 48))
     first = threading.Thread(target=pool.edit, args=([image], params), daemon=True)
     first.start()
-    assert engine.held.wait(10)
+    assert engine.held.wait(DEADLINE)
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(EditCancelled):
         pool.edit([image], params, cancel=cancel)
     engine.proceed.set()
-    first.join(10)
+    first.join(DEADLINE)
     assert pool.assigned == [0]
 
 
@@ -160,15 +160,15 @@ def test_two_real_engines_on_stand_in_devices_give_one_engines_results(
 
         def hold(step: int, total: int) -> None:
             held.set()
-            go.wait(30)
+            go.wait(DEADLINE)
 
         busy = threading.Thread(target=pool.edit, args=([image], params), kwargs={"on_progress": hold})
         busy.start()
-        assert held.wait(30)  # engine 0 is busy: the next edit runs on engine 1
+        assert held.wait(DEADLINE)  # engine 0 is busy: the next edit runs on engine 1
         prepared = pool.prepare([image], params)  # prepared by engine 0's pipeline
         second = pool.edit([image], params, prepared=prepared)
         go.set()
-        busy.join(30)
+        busy.join(DEADLINE)
         assert pool.assigned == [0, 1]
         assert second.image.tobytes() == expected
     finally:

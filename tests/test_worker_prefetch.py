@@ -36,7 +36,7 @@ from processor.testing import (
     fast_config,
     running_worker,
 )
-from tests.conftest import OWNER
+from tests.conftest import DEADLINE, OWNER
 
 T = TypeVar("T")
 INPUTS = "edit-inputs"
@@ -50,7 +50,7 @@ def png() -> bytes:
 
 
 def run(scenario: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+    return asyncio.run(asyncio.wait_for(scenario(), timeout=DEADLINE))
 
 
 class World:
@@ -93,19 +93,27 @@ def test_the_next_job_is_claimed_and_readied_while_the_last_steps_run() -> None:
     async def scenario() -> None:
         first, second = world.request(), world.request()
         async with running_worker(world.queue, world.storage, editor) as worker:
-            await asyncio.to_thread(editor.held.wait, 10)
+            await asyncio.to_thread(editor.held.wait, DEADLINE)
             # While the first edit is held at its seventh step, the second is claimed ahead and made
             # ready (downloaded and decoded), but not edited: the GPU is the first's.
-            await eventually(lambda: world.status(second) == "processing", what="the claim ahead")
+            await eventually(
+                lambda: world.status(second) == "processing", what="the claim ahead", timeout=DEADLINE
+            )
             jobs = {job.job.id: job for job in worker._slots.jobs}
-            await eventually(lambda: jobs[second].ready_at is not None, what="the second job to be ready")
+            await eventually(
+                lambda: jobs[second].ready_at is not None, what="the second job to be ready", timeout=DEADLINE
+            )
             assert world.calls("claim_ahead") >= 1 and editor.calls == 1
             assert not jobs[second].has_turn and jobs[first].has_turn
             # Its lease is kept while it waits.
             beats = world.calls("heartbeat", second)
-            await eventually(lambda: world.calls("heartbeat", second) > beats, what="a heartbeat")
+            await eventually(
+                lambda: world.calls("heartbeat", second) > beats, what="a heartbeat", timeout=DEADLINE
+            )
             editor.proceed.set()
-            await eventually(lambda: world.status(first) == world.status(second) == "succeeded")
+            await eventually(
+                lambda: world.status(first) == world.status(second) == "succeeded", timeout=DEADLINE
+            )
 
     run(scenario)
     assert editor.calls == 2
@@ -120,16 +128,20 @@ def test_nothing_is_claimed_ahead_while_the_edit_has_long_to_run() -> None:
         first = world.request(steps=100)
         second = world.request()
         async with running_worker(world.queue, world.storage, editor):
-            await asyncio.to_thread(editor.held.wait, 10)
+            await asyncio.to_thread(editor.held.wait, DEADLINE)
             sweeps = world.calls("requeue_expired")
             # Several sweeps and wake-ups later, the second is still queued: waiting behind this edit
             # for 10 s is what claiming ahead must not do to a job.
-            await eventually(lambda: world.calls("requeue_expired") >= sweeps + 5, what="five sweeps")
+            await eventually(
+                lambda: world.calls("requeue_expired") >= sweeps + 5, what="five sweeps", timeout=DEADLINE
+            )
             assert (world.status(second), world.calls("claim_ahead")) == ("queued", 0)
             world.queue.cancel(first)
-            await eventually(lambda: world.status(second) == "processing", what="the second claimed")
+            await eventually(
+                lambda: world.status(second) == "processing", what="the second claimed", timeout=DEADLINE
+            )
             editor.proceed.set()
-            await eventually(lambda: world.status(second) == "succeeded")
+            await eventually(lambda: world.status(second) == "succeeded", timeout=DEADLINE)
 
     run(scenario)
 
@@ -142,17 +154,27 @@ def test_cancelling_a_job_claimed_ahead_frees_it_at_once() -> None:
         first = world.request()
         second = world.request()
         async with running_worker(world.queue, world.storage, editor) as worker:
-            await asyncio.to_thread(editor.held.wait, 10)
-            await eventually(lambda: world.status(second) == "processing", what="the claim ahead")
+            await asyncio.to_thread(editor.held.wait, DEADLINE)
+            await eventually(
+                lambda: world.status(second) == "processing", what="the claim ahead", timeout=DEADLINE
+            )
             assert world.queue.cancel(second)
             # Its job ends while the first edit is still held: nothing waits for the GPU to free.
-            await eventually(lambda: second not in {job.job.id for job in worker._slots.jobs}, what="freed")
+            await eventually(
+                lambda: second not in {job.job.id for job in worker._slots.jobs},
+                what="freed",
+                timeout=DEADLINE,
+            )
             assert editor.calls == 1 and not editor.proceed.is_set()
             # Its place is free: a third request is claimed ahead in its stead.
             third = world.request()
-            await eventually(lambda: world.status(third) == "processing", what="the third claimed ahead")
+            await eventually(
+                lambda: world.status(third) == "processing", what="the third claimed ahead", timeout=DEADLINE
+            )
             editor.proceed.set()
-            await eventually(lambda: world.status(first) == world.status(third) == "succeeded")
+            await eventually(
+                lambda: world.status(first) == world.status(third) == "succeeded", timeout=DEADLINE
+            )
         assert world.status(second) == "canceled"
         assert world.queue.row(second).output_path is None
 
@@ -167,12 +189,16 @@ def test_with_prefetch_off_the_next_job_waits_for_a_free_turn() -> None:
     async def scenario() -> None:
         first, second = world.request(), world.request()
         async with running_worker(world.queue, world.storage, editor, fast_config(worker_prefetch=0)):
-            await asyncio.to_thread(editor.held.wait, 10)
+            await asyncio.to_thread(editor.held.wait, DEADLINE)
             sweeps = world.calls("requeue_expired")
-            await eventually(lambda: world.calls("requeue_expired") >= sweeps + 3, what="three sweeps")
+            await eventually(
+                lambda: world.calls("requeue_expired") >= sweeps + 3, what="three sweeps", timeout=DEADLINE
+            )
             assert (world.status(second), world.calls("claim_ahead")) == ("queued", 0)
             editor.proceed.set()
-            await eventually(lambda: world.status(first) == world.status(second) == "succeeded")
+            await eventually(
+                lambda: world.status(first) == world.status(second) == "succeeded", timeout=DEADLINE
+            )
 
     run(scenario)
 
@@ -203,10 +229,14 @@ def test_the_gpu_turn_ends_with_the_edit_so_the_next_edit_overlaps_the_upload() 
         first, second = world.request(), world.request()
         async with running_worker(world.queue, world.storage, editor, fast_config(worker_prefetch=0)):
             # The first output's upload is held; the second edit runs meanwhile, on the one turn.
-            await eventually(lambda: editor.calls == 2 and storage.waiting == 2, what="both edits done")
+            await eventually(
+                lambda: editor.calls == 2 and storage.waiting == 2, what="both edits done", timeout=DEADLINE
+            )
             assert world.status(first) == world.status(second) == "processing"
             storage.gate.set()
-            await eventually(lambda: world.status(first) == world.status(second) == "succeeded")
+            await eventually(
+                lambda: world.status(first) == world.status(second) == "succeeded", timeout=DEADLINE
+            )
 
     run(scenario)
 
@@ -306,16 +336,16 @@ def test_with_two_workers_and_one_queued_job_the_idle_worker_gets_it(
         task_b: asyncio.Task[None] | None = None
         try:
             await eventually(
-                lambda: status(db, first)["claimed_by"] == "worker-a", what="A's edit", timeout=10
+                lambda: status(db, first)["claimed_by"] == "worker-a", what="A's edit", timeout=DEADLINE
             )
-            await asyncio.to_thread(busy_editor.held.wait, 10)
+            await asyncio.to_thread(busy_editor.held.wait, DEADLINE)
             task_b = asyncio.create_task(b.run(stop_b))  # its first sweep claims nothing: idle
-            await eventually(lambda: _idle(db) == ["worker-b"], what="B idle", timeout=10)
+            await eventually(lambda: _idle(db) == ["worker-b"], what="B idle", timeout=DEADLINE)
             second = add_with_input(add_request, storage)
             a.wake()
             b.wake()
             await eventually(
-                lambda: status(db, second)["status"] == "succeeded", what="the second", timeout=15
+                lambda: status(db, second)["status"] == "succeeded", what="the second", timeout=DEADLINE
             )
             assert status(db, second)["claimed_by"] == "worker-b"
             assert idle_editor.calls == 1 and busy_editor.calls == 1
@@ -326,11 +356,13 @@ def test_with_two_workers_and_one_queued_job_the_idle_worker_gets_it(
             third = add_with_input(add_request, storage)
             a.wake()
             await eventually(
-                lambda: status(db, third)["status"] == "processing", what="claimed ahead", timeout=10
+                lambda: status(db, third)["status"] == "processing", what="claimed ahead", timeout=DEADLINE
             )
             assert status(db, third)["claimed_by"] == "worker-a" and busy_editor.calls == 1
             busy_editor.proceed.set()
-            await eventually(lambda: status(db, third)["status"] == "succeeded", what="the third", timeout=15)
+            await eventually(
+                lambda: status(db, third)["status"] == "succeeded", what="the third", timeout=DEADLINE
+            )
         finally:
             busy_editor.proceed.set()
             stop.set()
@@ -370,9 +402,9 @@ def test_a_job_claimed_ahead_is_not_lost_when_its_worker_stops(
         second = add_with_input(add_request, storage)
         task = asyncio.create_task(worker.run(stop))
         try:
-            await asyncio.to_thread(editor.held.wait, 10)
+            await asyncio.to_thread(editor.held.wait, DEADLINE)
             await eventually(
-                lambda: status(db, second)["status"] == "processing", what="claimed ahead", timeout=10
+                lambda: status(db, second)["status"] == "processing", what="claimed ahead", timeout=DEADLINE
             )
             stop.set()
             await task

@@ -81,6 +81,21 @@ export type Database = {
         }
         Relationships: []
       }
+      edit_idle_workers: {
+        Row: {
+          seen_at: string
+          worker_id: string
+        }
+        Insert: {
+          seen_at?: string
+          worker_id: string
+        }
+        Update: {
+          seen_at?: string
+          worker_id?: string
+        }
+        Relationships: []
+      }
       edit_loras: {
         Row: {
           created_at: string
@@ -695,6 +710,67 @@ export type Database = {
         Args: {
           p_lease_seconds?: number
           p_request_id?: string
+          p_worker_id: string
+        }
+        Returns: {
+          attempts: number
+          base: string
+          base_color: string
+          batch_id: string | null
+          claimed_by: string | null
+          cost: number | null
+          created_at: string
+          error: string | null
+          error_code: string | null
+          error_message: string | null
+          fair_tag: string
+          finished_at: string | null
+          guidance_scale: number
+          height: number | null
+          id: string
+          idempotency_fingerprint: string | null
+          idempotency_key: string | null
+          input_bucket: string
+          input_paths: string[]
+          inputs_expired_at: string | null
+          lease_expires_at: string | null
+          loras: Json
+          max_attempts: number
+          negative_prompt: string
+          next_attempt_at: string | null
+          num_inference_steps: number
+          output_bucket: string
+          output_expired_at: string | null
+          output_format: string | null
+          output_path: string | null
+          output_quality: number | null
+          preview_path: string | null
+          preview_step: number | null
+          priority: number
+          progress: number
+          prompt: string
+          result: Json | null
+          seed: number | null
+          speed: string | null
+          started_at: string | null
+          status: string
+          true_cfg_scale: number
+          updated_at: string
+          user_id: string | null
+          webhook_endpoint_id: string | null
+          width: number | null
+        }[]
+        SetofOptions: {
+          from: "*"
+          to: "edit_requests"
+          isOneToOne: false
+          isSetofReturn: true
+        }
+      }
+      claim_edit_request_ahead: {
+        Args: {
+          p_idle_seconds?: number
+          p_lease_seconds?: number
           p_worker_id: string
         }
         Returns: {
