@@ -284,8 +284,12 @@ def run(args: argparse.Namespace, stop: ExitStack) -> dict[str, Any]:  # noqa: C
         raise TimeoutError("requests did not finish")
 
     first = insert(inputs[args.formats[0]][0])  # warms the path: first connections, first edit
+    ended = probe.jobs_ended()
     webhook(first)
     wait_done([first])
+    # Its end too: a job's end wakes the claim loop, which would otherwise claim the next request
+    # before its measurement begins.
+    probe.wait_for_end(ended)
 
     report: dict[str, Any] = {"sequential": {}, "formats": args.formats}
     outputs: list[str] = []
