@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from processor.core.decoding import DecodePool
 from processor.devtools.hostile_images import chunk_flood, photo_like, segment_flood
-from processor.domain.errors import InvalidInput
+from processor.domain.errors import InvalidInput, TransientError
 from processor.domain.images import ImageLimits
 from tests.conftest import Harness, StorageServer, png_bytes, wait_for
 
@@ -133,6 +133,39 @@ def test_a_decoder_that_crashes_its_process_is_corrupt_image(pool: DecodePool) -
         assert (await pool.decode(photo_png(64), ImageLimits())).size == (64, 64)
 
     asyncio.run(scenario())
+
+
+def test_a_decode_that_keeps_computing_is_never_cut_short_by_wall_time() -> None:
+    # A stall window far shorter than the decode: a child that keeps using the CPU is stopped only by
+    # its CPU limit, so the verdict is the image's, however loaded the machine (a wall-clock deadline
+    # once turned decode_too_slow into transient_error under load).
+    pool = DecodePool(1, stall_seconds=0.2)
+    try:
+        with pytest.raises(InvalidInput) as refused:
+            pool.decode_blocking(slow_jpeg(), ImageLimits(max_decode_seconds=1))
+        assert refused.value.reason == "decode_too_slow"
+    finally:
+        pool.close()
+
+
+def test_a_decoder_that_stops_using_the_cpu_is_killed_as_transient_and_frees_its_place() -> None:
+    pool = DecodePool(1, stall_seconds=1)
+
+    async def scenario() -> None:
+        decoding = asyncio.ensure_future(pool.check(slow_jpeg(), ImageLimits(max_decode_seconds=600)))
+        await asyncio.to_thread(wait_for, lambda: pool.busy == 1, what="the decode to start")
+        (child,) = pool.pids
+        os.kill(child, signal.SIGSTOP)  # a hung decoder, or a machine that gives it no CPU at all
+        with pytest.raises(TransientError) as stalled:
+            await decoding
+        assert "used no CPU time for 1 s" in stalled.value.message
+        assert not alive_child(child)
+        assert (await pool.decode(photo_png(64), ImageLimits())).size == (64, 64)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        pool.close()
 
 
 def test_the_worker_fails_a_request_whose_input_decodes_too_slowly(

@@ -5,7 +5,10 @@ everything else, whatever the decoder does with the bytes. Each image is decoded
 (``python -m processor.core.decoding``) whose CPU time the kernel limits: ``RLIMIT_CPU`` at
 ``ImageLimits.max_decode_seconds`` more than it had used, rounded up to whole seconds; past it the
 child gets ``SIGXCPU`` and dies, the caller gets ``decode_too_slow`` and the next image a new child.
-A wall-clock deadline backs it up, and cancelling a decode (a worker's job canceled) kills its child.
+A child that stops using CPU (blocked, or starved by the machine) for ``rules.DECODE_STALL_SECONDS``
+is killed (``transient_error``, retried); one that keeps running is stopped only by its CPU limit, so
+an image's verdict never depends on how loaded the machine is. Cancelling a decode (a worker's job
+canceled) kills its child.
 
 The child gets the bytes and limits as JSON and raw bytes, answers with a fixed binary layout (never a
 pickle: a decoder exploit stays in the child), and runs without the parent's environment (no secrets).
@@ -35,12 +38,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import IO, BinaryIO
 
+import psutil
 from PIL import Image
 
 from processor.domain.errors import InvalidInput, ProcessorError, TransientError
 from processor.domain.images import ImageLimits, decode_image
 from processor.domain.reasons import ReasonCode
-from processor.domain.rules import DECODE_PROCESSES, DECODE_WALL_EXTRA_SECONDS, DECODE_WALL_FACTOR
+from processor.domain.rules import DECODE_PROCESSES, DECODE_STALL_SECONDS
 
 _SIGXCPU = getattr(signal, "SIGXCPU", None)
 _HEADER = struct.Struct(">BIII")  # kind, then three numbers whose meaning depends on it
@@ -112,25 +116,29 @@ class _Child:
                 pipe.close()
 
     def call(
-        self, request: bytes, deadline: float, max_answer: int, sent: Callable[[], object]
+        self, request: bytes, max_answer: int, sent: Callable[[], object], stall_seconds: float
     ) -> tuple[int, int, int, int, bytearray]:
         """Send one request (``sent()`` once it is all written); the answer's header and body.
         ``_Stale`` when the child was gone before it had the request, ``_Died`` when it ends
-        after, ``TimeoutError`` (the child killed) at ``deadline`` (``time.monotonic``)."""
+        after, ``TimeoutError`` (the child killed) once it stalls (``_Watch``)."""
         stdin, stdout = self._process.stdin, self._process.stdout
         assert stdin is not None and stdout is not None
+        watch = _Watch(self._process.pid, stall_seconds)
         try:
-            _write_all(stdin.fileno(), request, deadline)
+            _write_all(stdin.fileno(), request, watch)
+        except TimeoutError:  # an OSError too, but the child is there: it stalled
+            self.kill()
+            raise
         except OSError as exc:  # no reader: the child ended before this request
             self.kill()
             raise _Stale(self._process.wait()) from exc
         sent()
         try:
-            header = _read_exactly(stdout.fileno(), _HEADER.size, deadline)
+            header = _read_exactly(stdout.fileno(), _HEADER.size, watch)
             kind, a, b, body_size = _HEADER.unpack(header)
             if body_size > max_answer:
                 raise _Died(None)  # a child that lies about its answer is not trusted with more
-            return kind, a, b, body_size, _read_exactly(stdout.fileno(), body_size, deadline)
+            return kind, a, b, body_size, _read_exactly(stdout.fileno(), body_size, watch)
         except TimeoutError:
             self.kill()
             raise
@@ -148,36 +156,68 @@ def _widen(pipe: IO[bytes] | None) -> None:
             fcntl.fcntl(pipe.fileno(), setpipe, 1 << 20)
 
 
-def _write_all(stdin: int, request: bytes, deadline: float) -> None:
-    """Write ``request`` by ``deadline`` (the child reads it whole before it decodes)."""
+class _Watch:
+    """Whether a child still works on its request: it does while it uses CPU time or moves bytes.
+    ``TimeoutError`` once it has done neither for ``stall`` seconds; a child that keeps computing is
+    left to its CPU limit, however little of the CPU a loaded machine gives it."""
+
+    def __init__(self, pid: int, stall: float) -> None:
+        self._stall = stall
+        try:
+            self._process: psutil.Process | None = psutil.Process(pid)
+        except psutil.Error:
+            self._process = None  # gone already: the pipe says so at once
+        self._cpu = self._cpu_seconds()
+        self._until = time.monotonic() + stall
+
+    def wait(self, selector: selectors.BaseSelector) -> None:
+        """Until ``selector`` is ready, or ``TimeoutError`` when the child stalls meanwhile."""
+        while not selector.select(max(0.0, self._until - time.monotonic())):
+            cpu = self._cpu_seconds()
+            if cpu is None or self._cpu is None or cpu <= self._cpu:
+                raise TimeoutError
+            self._cpu = cpu
+            self.progressed()
+
+    def progressed(self) -> None:
+        self._until = time.monotonic() + self._stall
+
+    def _cpu_seconds(self) -> float | None:
+        if self._process is None:
+            return None
+        try:
+            times = self._process.cpu_times()
+        except psutil.Error:
+            return None
+        return float(times.user + times.system)
+
+
+def _write_all(stdin: int, request: bytes, watch: _Watch) -> None:
+    """Write ``request`` (the child reads it whole before it decodes)."""
     view = memoryview(request)
     with selectors.DefaultSelector() as selector:
         selector.register(stdin, selectors.EVENT_WRITE)
         while view:
-            if not selector.select(_left(deadline)):
-                raise TimeoutError
+            watch.wait(selector)
             view = view[os.write(stdin, view[: 1 << 20]) :]
+            watch.progressed()
 
 
-def _read_exactly(fd: int, size: int, deadline: float) -> bytearray:
-    """``size`` bytes from ``fd`` by ``deadline``, read straight into one buffer (an image's pixels
-    are copied once on their way in, into the ``Image``)."""
+def _read_exactly(fd: int, size: int, watch: _Watch) -> bytearray:
+    """``size`` bytes from ``fd``, read straight into one buffer (an image's pixels are copied once
+    on their way in, into the ``Image``)."""
     buffer = bytearray(size)
     view, got = memoryview(buffer), 0
     with selectors.DefaultSelector() as selector:
         selector.register(fd, selectors.EVENT_READ)
         while got < size:
-            if not selector.select(_left(deadline)):
-                raise TimeoutError
+            watch.wait(selector)
             read = os.readv(fd, [view[got:]])
             if not read:
                 raise EOFError
             got += read
+            watch.progressed()
     return buffer
-
-
-def _left(deadline: float) -> float:
-    return max(0.0, deadline - time.monotonic())
 
 
 class _Call:
@@ -204,10 +244,11 @@ class DecodePool:
     """Decodes untrusted images in at most ``processes`` child processes, each image within its
     limits' CPU time. Refusals are ``InvalidInput`` with ``decode_image``'s reasons, plus
     ``decode_too_slow`` (the CPU limit) and ``corrupt_image`` (the decoder crashed its process); a
-    decode the machine starved past the wall-clock deadline is a ``TransientError``. Thread-safe;
+    decode whose child stalls (no CPU time for ``stall_seconds``) is a ``TransientError``. Thread-safe;
     children start on first use and are reused."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, *, stall_seconds: float = DECODE_STALL_SECONDS) -> None:
+        self._stall_seconds = stall_seconds
         self._slots: queue.LifoQueue[_Child | None] = queue.LifoQueue()
         for _ in range(processes):
             self._slots.put(None)
@@ -282,7 +323,6 @@ class DecodePool:
         try:
             if self._closed:
                 raise TransientError("the image decoding processes are shut down")
-            deadline = time.monotonic() + _wall_seconds(limits)
             max_answer = max(3 * limits.max_pixels if keep_pixels else 0, _MAX_TEXT)
             for attempt in (1, 2):
                 if child is None or not child.alive:
@@ -293,7 +333,7 @@ class DecodePool:
                     raise TransientError("the decode was cancelled")
                 decoding = _Counted(self._count_busy)
                 try:
-                    answer = child.call(request, deadline, max_answer, sent=decoding.start)
+                    answer = child.call(request, max_answer, decoding.start, self._stall_seconds)
                     break
                 except _Stale:
                     self._forget(child)
@@ -303,7 +343,7 @@ class DecodePool:
                 except (TimeoutError, _Died) as exc:
                     self._forget(child)
                     child = None
-                    raise _failure(exc, limits, call) from None
+                    raise _failure(exc, limits, call, self._stall_seconds) from None
                 finally:
                     decoding.stop()
             return _answer(*answer, limits=limits)
@@ -359,10 +399,6 @@ def shared_pool() -> DecodePool:
         return _shared
 
 
-def _wall_seconds(limits: ImageLimits) -> float:
-    return DECODE_WALL_FACTOR * limits.max_decode_seconds + DECODE_WALL_EXTRA_SECONDS
-
-
 def _request(data: bytes, limits: ImageLimits, keep_pixels: bool) -> bytes:
     header = json.dumps({"limits": asdict(limits), "keep_pixels": keep_pixels}).encode()
     return struct.pack(">II", len(header), len(data)) + header + data
@@ -386,14 +422,14 @@ def _answer(kind: int, a: int, b: int, _size: int, body: bytearray, *, limits: I
     raise InvalidInput("the image decoder gave a malformed answer", reason=ReasonCode.CORRUPT_IMAGE)
 
 
-def _failure(exc: TimeoutError | _Died, limits: ImageLimits, call: _Call) -> Exception:
+def _failure(exc: TimeoutError | _Died, limits: ImageLimits, call: _Call, stall_seconds: float) -> Exception:
     """What a decode whose child did not answer means for the caller."""
     if call.cancelled:
         return TransientError("the decode was cancelled")
     if isinstance(exc, TimeoutError):
         return TransientError(
-            f"the image did not decode within {_wall_seconds(limits):.0f} s of wall time "
-            "(the machine gave the decoder too little CPU)"
+            f"the image decoder used no CPU time for {stall_seconds:g} s "
+            "(a machine that gives it none, or a decoder that hangs)"
         )
     if _SIGXCPU is not None and exc.returncode == -_SIGXCPU:
         return InvalidInput(

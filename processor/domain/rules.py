@@ -284,11 +284,11 @@ MAX_DECODE_SECONDS: Final = 5.0
 """Default ``MAX_DECODE_SECONDS``: the CPU time one input image may take to decode (in a process the
 kernel stops at that point, ``RLIMIT_CPU``; whole seconds, rounded up). The slowest real inputs
 measured, a 25 MP progressive JPEG and a 25 MP PNG, take 0.66 s and 0.35 s (docs/limits.md)."""
-DECODE_WALL_FACTOR: Final = 4
-DECODE_WALL_EXTRA_SECONDS: Final = 30.0
-"""A decode also ends after ``DECODE_WALL_FACTOR × MAX_DECODE_SECONDS + DECODE_WALL_EXTRA_SECONDS``
-of wall time (20 + 30 = 50 s by default): a machine that gives the decoder so little CPU is the
-fault, not the image (``transient_error``, retried)."""
+DECODE_STALL_SECONDS: Final = 30.0
+"""A decode whose process has used no CPU time (and moved no byte) for this long is killed as
+``transient_error`` (retried): a hung decoder, or a machine that gives it no CPU at all. One that keeps
+computing is stopped only at ``MAX_DECODE_SECONDS`` of CPU time however loaded the machine is, so an
+image's verdict (``decode_too_slow`` or not) never depends on the load."""
 DECODE_PROCESSES = 2
 """Processes that decode the worker's inputs (and RunPod's, and the CLI's) in one process."""
 
