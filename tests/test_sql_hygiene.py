@@ -69,6 +69,7 @@ AUTHENTICATED = {
     "edit_request_run_cost": "edit_request_cost calls it (inlined, but only for a caller who may execute it)",
     "edit_request_retry_after": "Retry-After of a refused insert, from the caller's own limits and usage",
     "edit_request_admission_check": "whether an insert would pass the caller's own limits, asked first",
+    "edit_input_space_refusal": "the policies 'edit inputs: users upload to / overwrite in their folder'",
     "edit_webhook_max_attempts": "a pure rule apps may read (mirrors rules.WEBHOOK_MAX_ATTEMPTS)",
     "edit_webhook_max_endpoints": "a pure rule apps may read (mirrors rules.WEBHOOK_MAX_ENDPOINTS_PER_USER)",
     "edit_webhook_url_host": "a pure rule apps may check a URL's shape with (mirrors rules.WEBHOOK_URL_PATTERN)",

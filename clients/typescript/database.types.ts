@@ -96,6 +96,24 @@ export type Database = {
         }
         Relationships: []
       }
+      edit_input_usage: {
+        Row: {
+          bytes: number
+          folder: string
+          objects: number
+        }
+        Insert: {
+          bytes?: number
+          folder: string
+          objects?: number
+        }
+        Update: {
+          bytes?: number
+          folder?: string
+          objects?: number
+        }
+        Relationships: []
+      }
       edit_loras: {
         Row: {
           created_at: string
@@ -408,6 +426,8 @@ export type Database = {
           max_cost_per_hour: number | null
           max_in_flight: number | null
           max_requests_per_hour: number | null
+          max_stored_input_bytes: number | null
+          max_stored_inputs: number | null
           note: string | null
           updated_at: string
           user_id: string
@@ -416,6 +436,8 @@ export type Database = {
           max_cost_per_hour?: number | null
           max_in_flight?: number | null
           max_requests_per_hour?: number | null
+          max_stored_input_bytes?: number | null
+          max_stored_inputs?: number | null
           note?: string | null
           updated_at?: string
           user_id: string
@@ -424,6 +446,8 @@ export type Database = {
           max_cost_per_hour?: number | null
           max_in_flight?: number | null
           max_requests_per_hour?: number | null
+          max_stored_input_bytes?: number | null
+          max_stored_inputs?: number | null
           note?: string | null
           updated_at?: string
           user_id?: string
@@ -858,6 +882,8 @@ export type Database = {
         Args: { p_id: string; p_status_code: number; p_worker_id: string }
         Returns: boolean
       }
+      edit_input_space_refusal: { Args: never; Returns: string }
+      edit_object_size: { Args: { p_metadata: Json }; Returns: number }
       edit_request_admission_check: {
         Args: {
           p_height: number

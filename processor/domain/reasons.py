@@ -153,7 +153,7 @@ REASONS: Final[Mapping[ReasonCode, Reason]] = {
     ),
     ReasonCode.LIMIT_EXCEEDED: Reason("The caller is over a limit no narrower code names.", None),
     ReasonCode.QUOTA_EXCEEDED: Reason(
-        "The user has as many requests in flight, or in the last hour, or as much cost as edit_user_limits allows.",
+        "The user has as many requests in flight, or in the last hour, or as much cost, or as many stored inputs as edit_user_limits allows.",
         None,
     ),
     ReasonCode.TRANSIENT_ERROR: Reason("A fault outside the request that may pass.", True),

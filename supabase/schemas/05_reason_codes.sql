@@ -112,7 +112,7 @@ as $$
     when 'too_many_waits' then 'The user already holds as many waits and event streams as allowed.'
     when 'too_many_submissions' then 'The user, or the whole process, already has as many submissions being read and checked as allowed.'
     when 'limit_exceeded' then 'The caller is over a limit no narrower code names.'
-    when 'quota_exceeded' then 'The user has as many requests in flight, or in the last hour, or as much cost as edit_user_limits allows.'
+    when 'quota_exceeded' then 'The user has as many requests in flight, or in the last hour, or as much cost, or as many stored inputs as edit_user_limits allows.'
     when 'transient_error' then 'A fault outside the request that may pass.'
     when 'database_unavailable' then 'The database did not answer.'
     when 'storage_unavailable' then 'Storage did not answer or failed (5xx, timeouts).'

@@ -1,9 +1,16 @@
 -- Storage: the buckets, who may upload and read what, and readiness (a request waits for its images).
 --
--- Inputs: signed-in users write (and, for upserts, read and overwrite) only under
+-- Inputs: signed-in users write (and, for upserts, read and overwrite) and delete only under
 -- `edit-inputs/{their uid}/...`. Outputs are written by the processor (the service role, which
 -- bypasses RLS) to `edit-outputs/{user_id}/{request_id}.png` (and a live preview next to it); users
 -- read only their folder. supabase/config.toml declares the same buckets for the CLI.
+--
+-- Space: what each user's folder of edit-inputs holds (objects and bytes) is counted as Storage
+-- commits and deletes objects, and a user may store more while they hold less than the
+-- max_stored_inputs and max_stored_input_bytes of edit_user_limits (25_fair_sharing_and_limits.sql).
+-- Storage asks before the bytes arrive (its permission check), so a user ends at most one object
+-- per concurrent upload past a limit; REST and MCP, which upload for the user, ask the same
+-- question first (edit_request_admission_check).
 --
 -- Readiness: a request whose input objects are not all in storage.objects is inserted
 -- `awaiting_image` and queued by the trigger below when the last one arrives. An upload and the
@@ -21,9 +28,115 @@ values
   ('edit-outputs', 'edit-outputs', false, 50 * 1024 * 1024, array['image/png', 'image/jpeg', 'image/webp'])
 on conflict (id) do nothing;
 
+-- Space per user ------------------------------------------------------------------------------------
+
+create table public.edit_input_usage (
+  folder text primary key,  -- the top folder in edit-inputs: a user's id (their uploads must go there)
+  objects bigint not null default 0,
+  bytes bigint not null default 0
+);
+comment on table public.edit_input_usage is
+  'Objects and bytes each top folder of the edit-inputs bucket holds (a user''s uploads), kept by '
+  'triggers on storage.objects; what max_stored_inputs and max_stored_input_bytes bound.';
+
+create function public.edit_object_size(p_metadata jsonb)
+returns bigint
+language sql immutable parallel safe
+set search_path = ''
+as $$
+  -- Storage's metadata.size, set by its committed write; 0 where a row has none (a permission check).
+  select case when jsonb_typeof(p_metadata -> 'size') = 'number'
+              then greatest(0, (p_metadata ->> 'size')::numeric)::bigint else 0 end
+$$;
+
+create function public.edit_input_usage_count()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  -- New rows add, old rows subtract (an overwrite or a move is both), per folder in folder order,
+  -- so two statements lock the counters they share in the same order. These triggers are named to
+  -- run after the readiness ones (triggers run in name order), so every writer of storage.objects
+  -- takes the path slots first and the counters second: never the reverse of another's order.
+  if tg_op in ('INSERT', 'UPDATE') then
+    insert into public.edit_input_usage as u (folder, objects, bytes)
+    select split_part(n.name, '/', 1), count(*), sum(public.edit_object_size(n.metadata))
+      from new_objects n where n.bucket_id = 'edit-inputs' and n.name is not null
+     group by 1 order by 1
+    on conflict (folder) do update set objects = u.objects + excluded.objects, bytes = u.bytes + excluded.bytes;
+  end if;
+  if tg_op in ('UPDATE', 'DELETE') then
+    update public.edit_input_usage u
+       set objects = u.objects - o.objects, bytes = u.bytes - o.bytes
+      from (select split_part(x.name, '/', 1) as folder, count(*) as objects,
+                   sum(public.edit_object_size(x.metadata)) as bytes
+              from old_objects x where x.bucket_id = 'edit-inputs' and x.name is not null
+             group by 1 order by 1) o
+     where u.folder = o.folder;
+  end if;
+  return null;
+end
+$$;
+
+create trigger edit_stored_inputs_counted_on_insert
+  after insert on storage.objects
+  referencing new table as new_objects
+  for each statement execute function public.edit_input_usage_count();
+create trigger edit_stored_inputs_counted_on_update
+  after update on storage.objects
+  referencing old table as old_objects new table as new_objects
+  for each statement execute function public.edit_input_usage_count();
+create trigger edit_stored_inputs_counted_on_delete
+  after delete on storage.objects
+  referencing old table as old_objects
+  for each statement execute function public.edit_input_usage_count();
+
+create function public.edit_input_space_refusal()
+returns text
+language plpgsql stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_zero constant uuid := '00000000-0000-0000-0000-000000000000';
+  v_user uuid := auth.uid();
+  v_max_objects bigint;
+  v_max_bytes bigint;
+  v_usage public.edit_input_usage;
+begin
+  -- Null when the caller may store more inputs; else the limit they are at, with its value, as
+  -- edit_request_admission_check's messages name limits. Operators (the
+  -- service role) are not limited; a caller that is no user has no folder to write to anyway.
+  if v_user is null or public.edit_request_caller_is_operator() then
+    return null;
+  end if;
+  select coalesce(u.max_stored_inputs, d.max_stored_inputs), coalesce(u.max_stored_input_bytes, d.max_stored_input_bytes)
+    into v_max_objects, v_max_bytes
+    from (select 1) one
+    left join public.edit_user_limits d on d.user_id = v_zero
+    left join public.edit_user_limits u on u.user_id = v_user;
+  select * into v_usage from public.edit_input_usage where folder = v_user::text;
+  if v_max_objects is not null and coalesce(v_usage.objects, 0) >= v_max_objects then
+    return format('max_stored_inputs (%s)', v_max_objects);
+  elsif v_max_bytes is not null and coalesce(v_usage.bytes, 0) >= v_max_bytes then
+    return format('max_stored_input_bytes (%s)', v_max_bytes);
+  end if;
+  return null;
+end
+$$;
+comment on function public.edit_input_space_refusal() is
+  'Whether the caller may store more input images: null, or the limit they are at with its value '
+  '("max_stored_inputs (10000)", "max_stored_input_bytes (...)", of edit_user_limits). Storage''s '
+  'upload policies and edit_request_admission_check ask it.';
+
+-- Policies -----------------------------------------------------------------------------------------
+
 create policy "edit inputs: users upload to their folder" on storage.objects
   for insert to authenticated
-  with check (bucket_id = 'edit-inputs' and (storage.foldername(name))[1] = (select auth.uid()::text));
+  with check (bucket_id = 'edit-inputs' and (storage.foldername(name))[1] = (select auth.uid()::text)
+              and (select public.edit_input_space_refusal()) is null);
 
 create policy "edit inputs: users read their folder" on storage.objects
   for select to authenticated
@@ -32,7 +145,14 @@ create policy "edit inputs: users read their folder" on storage.objects
 create policy "edit inputs: users overwrite in their folder" on storage.objects
   for update to authenticated
   using (bucket_id = 'edit-inputs' and (storage.foldername(name))[1] = (select auth.uid()::text))
-  with check (bucket_id = 'edit-inputs' and (storage.foldername(name))[1] = (select auth.uid()::text));
+  with check (bucket_id = 'edit-inputs' and (storage.foldername(name))[1] = (select auth.uid()::text)
+              and (select public.edit_input_space_refusal()) is null);
+
+-- Users free their space, or take their pictures back; a live request's inputs stay
+-- (edit_requests_keep_live_inputs, 50_retention.sql, keeps them whoever deletes).
+create policy "edit inputs: users delete in their folder" on storage.objects
+  for delete to authenticated
+  using (bucket_id = 'edit-inputs' and (storage.foldername(name))[1] = (select auth.uid()::text));
 
 create policy "edit outputs: users read their results" on storage.objects
   for select to authenticated
@@ -129,14 +249,31 @@ create index edit_requests_awaiting_inputs_idx
   on public.edit_requests using gin (input_paths) where status = 'awaiting_image';
 
 -- Access ------------------------------------------------------------------------------------------
+-- Users read their own space (an app may show it); only the triggers write it.
+alter table public.edit_input_usage enable row level security;
+revoke all on public.edit_input_usage from public, anon, authenticated;
+grant all on public.edit_input_usage to service_role;
+grant select on public.edit_input_usage to authenticated;
+create policy "users read their space" on public.edit_input_usage
+  for select to authenticated
+  using (folder = (select auth.uid()::text));
+
+-- The upload policies ask for the caller's own space; nothing else is the users'.
+revoke all on function public.edit_input_space_refusal() from public, anon, authenticated;
+grant execute on function public.edit_input_space_refusal() to authenticated, service_role;
+
 -- Called inside the security definer functions and triggers only.
 revoke all on function
+  public.edit_object_size(jsonb),
+  public.edit_input_usage_count(),
   public.edit_request_lock_slot(text, text),
   public.edit_request_lock_slots(integer[]),
   public.edit_request_inputs_present(text, text[]),
   public.edit_requests_on_objects_stored()
   from public, anon, authenticated;
 grant execute on function
+  public.edit_object_size(jsonb),
+  public.edit_input_usage_count(),
   public.edit_request_lock_slot(text, text),
   public.edit_request_lock_slots(integer[]),
   public.edit_request_inputs_present(text, text[]),

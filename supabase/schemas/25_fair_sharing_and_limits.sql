@@ -28,15 +28,23 @@ create table public.edit_user_limits (
   max_requests_per_hour integer check (max_requests_per_hour >= 0),
   max_cost_per_hour double precision check (max_cost_per_hour >= 0),
   note text,
-  updated_at timestamptz not null default now()
+  updated_at timestamptz not null default now(),
+  -- What the user may hold in edit-inputs (15_storage.sql counts it): checked where bytes arrive,
+  -- by Storage's upload policies and by the REST API's and MCP's admission, not at insert.
+  max_stored_inputs bigint check (max_stored_inputs >= 0),
+  max_stored_input_bytes bigint check (max_stored_input_bytes >= 0)
 );
 comment on table public.edit_user_limits is
   'Per-user limits checked at insert (service_role and postgres are exempt). user_id '
   '00000000-0000-0000-0000-000000000000 is the default for everyone; other rows override it '
   'column by column. Cost is edit_request_cost (the transformer work of the steps over the output '
-  'and every input; a default edit costs about 40); each row''s charge is in edit_requests.cost.';
-insert into public.edit_user_limits (user_id, max_in_flight, max_requests_per_hour, max_cost_per_hour, note)
-values ('00000000-0000-0000-0000-000000000000', 100, 1000, 20000, 'default for every user');
+  'and every input; a default edit costs about 40); each row''s charge is in edit_requests.cost. '
+  'max_stored_inputs and max_stored_input_bytes bound what the user holds in edit-inputs: checked '
+  'when they upload (Storage) or submit through the REST API or MCP, not at insert.';
+insert into public.edit_user_limits
+  (user_id, max_in_flight, max_requests_per_hour, max_cost_per_hour, max_stored_inputs, max_stored_input_bytes, note)
+values ('00000000-0000-0000-0000-000000000000', 100, 1000, 20000, 10000, 10 * 1024 * 1024 * 1024::bigint,
+        'default for every user');
 
 create table public.edit_user_usage (
   -- Written only by a user's own inserts (never by claims or completions), so the processor
@@ -610,6 +618,7 @@ declare
   v_cost double precision := 0;
   v_in_flight integer;
   v_row_cost double precision;
+  v_space text;
 begin
   if public.edit_request_caller_is_operator() then
     return query select null::text, null::text;
@@ -643,6 +652,7 @@ begin
                                   p_height, p_inputs, p_prompt_chars, p_negative_chars, p_loras)
     into v_row_cost
     from public.edit_queue_settings s;
+  v_space := public.edit_input_space_refusal();
   if v_max_in_flight is not null and v_in_flight + p_requests > v_max_in_flight then
     return query select 'max_in_flight'::text,
                         format('edit request limit exceeded: max_in_flight (%s)', v_max_in_flight);
@@ -652,6 +662,11 @@ begin
   elsif v_max_cost is not null and v_cost + p_requests * v_row_cost > v_max_cost then
     return query select 'max_cost_per_hour'::text,
                         format('edit request limit exceeded: max_cost_per_hour (%s)', v_max_cost);
+  elsif v_space is not null then
+    -- The question Storage's upload policies ask (15_storage.sql): these callers upload next.
+    return query select split_part(v_space, ' ', 1),
+                        format('edit request limit exceeded: %s: delete inputs you no longer need, or wait '
+                               'for retention to delete them', v_space);
   else
     return query select null::text, null::text;
   end if;
@@ -662,7 +677,8 @@ comment on function public.edit_request_admission_check(integer, integer, real, 
   'Whether p_requests requests with these cost arguments (edit_request_cost''s) would pass the caller''s '
   'limits now: refused is null, or the limit (max_in_flight, max_requests_per_hour, max_cost_per_hour) '
   'or no_such_user, with the insert''s message. Advisory: the insert decides. Called before any image '
-  'is decoded or uploaded (issue 22 item 4).';
+  'is decoded or uploaded (issue 22 item 4); so it also asks what Storage''s upload policies ask, '
+  'whether the caller may store more inputs (max_stored_inputs, max_stored_input_bytes).';
 
 revoke all on function public.edit_request_admission_check(integer, integer, real, text, integer, integer, integer, integer, integer, integer)
   from public, anon, authenticated;
