@@ -59,12 +59,14 @@ def alive(pid: int) -> bool:
 
 
 def alive_child(pid: int) -> bool:
-    """Whether our child ``pid`` still runs (a dead one stays a zombie until the pool reaps it)."""
+    """Whether our child ``pid`` has not yet ended for good: until it can be reaped. Its /proc state
+    reads ``Z`` as soon as its main thread exits, while its other threads (OpenBLAS's) may still hold
+    its end of the pipes; only then does the pool see it gone (``waitid`` with ``WNOWAIT`` looks
+    without reaping it)."""
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:
+        return False  # reaped already
 
 
 @pytest.mark.parametrize(
