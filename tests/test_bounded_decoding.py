@@ -13,6 +13,8 @@ import base64
 import io
 import os
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +28,7 @@ from processor.core.decoding import DecodePool
 from processor.devtools.hostile_images import chunk_flood, photo_like, segment_flood
 from processor.domain.errors import InvalidInput, TransientError
 from processor.domain.images import ImageLimits
-from tests.conftest import Harness, StorageServer, png_bytes, wait_for
+from tests.conftest import DEADLINE, Harness, StorageServer, png_bytes, wait_for
 
 ONE_SECOND = ImageLimits(max_decode_seconds=1)
 
@@ -57,12 +59,14 @@ def alive(pid: int) -> bool:
 
 
 def alive_child(pid: int) -> bool:
-    """Whether our child ``pid`` still runs (a dead one stays a zombie until the pool reaps it)."""
+    """Whether our child ``pid`` has not yet ended for good: until it can be reaped. Its /proc state
+    reads ``Z`` as soon as its main thread exits, while its other threads (OpenBLAS's) may still hold
+    its end of the pipes; only then does the pool see it gone (``waitid`` with ``WNOWAIT`` looks
+    without reaping it)."""
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:
+        return False  # reaped already
 
 
 @pytest.mark.parametrize(
@@ -166,6 +170,31 @@ def test_a_decoder_that_stops_using_the_cpu_is_killed_as_transient_and_frees_its
         asyncio.run(scenario())
     finally:
         pool.close()
+
+
+@pytest.mark.service  # starts Python in a subprocess
+def test_a_process_that_decoded_ends_its_decoding_children_when_it_exits() -> None:
+    script = (
+        "import io\n"
+        "from PIL import Image\n"
+        "from processor.core.decoding import shared_pool\n"
+        "from processor.domain.images import ImageLimits\n"
+        "data = io.BytesIO()\n"
+        "Image.new('RGB', (40, 40)).save(data, format='PNG')\n"
+        "print(shared_pool().decode_blocking(data.getvalue(), ImageLimits()).size)\n"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    ended = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", script],
+        env={**os.environ, "PYTHONPATH": root},
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+    assert ended.returncode == 0, ended.stderr
+    assert ended.stdout.strip() == "(40, 40)"
+    # Before: "ResourceWarning: subprocess ... is still running" and its unclosed pipes, at every exit.
+    assert "ResourceWarning" not in ended.stderr, ended.stderr
 
 
 def test_the_worker_fails_a_request_whose_input_decodes_too_slowly(

@@ -19,6 +19,7 @@ docs/decisions/0030-decode-in-child-processes.md has why not multiprocessing or 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import fcntl
 import json
@@ -396,6 +397,9 @@ def shared_pool() -> DecodePool:
     with _shared_lock:
         if _shared is None:
             _shared = DecodePool(DECODE_PROCESSES)
+            # The process owns it: its children end with the process, not as running
+            # subprocesses Python warns about at exit.
+            atexit.register(_shared.close)
         return _shared
 
 
