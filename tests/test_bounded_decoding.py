@@ -172,6 +172,20 @@ def test_a_decoder_that_stops_using_the_cpu_is_killed_as_transient_and_frees_its
         pool.close()
 
 
+def test_a_decoder_killed_from_outside_is_transient_not_the_images_fault(pool: DecodePool) -> None:
+    async def scenario() -> None:
+        decoding = asyncio.ensure_future(pool.check(slow_jpeg(), ImageLimits(max_decode_seconds=600)))
+        await asyncio.to_thread(wait_for, lambda: pool.busy == 1, what="the decode to start")
+        (child,) = pool.pids
+        os.kill(child, signal.SIGKILL)  # the out-of-memory killer's way
+        # Before: corrupt_image, a request failed for good for a machine's lack of memory.
+        with pytest.raises(TransientError, match="killed from outside"):
+            await decoding
+        assert (await pool.decode(photo_png(64), ImageLimits())).size == (64, 64)
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.service  # starts Python in a subprocess
 def test_a_process_that_decoded_ends_its_decoding_children_when_it_exits() -> None:
     script = (

@@ -94,13 +94,16 @@ def test_names_are_exact_and_what_is_not_there_is_just_absent(
 
 
 def test_rls_decides_what_a_user_may_delete(storage_server: StorageServer, make_user: Any) -> None:
-    user = make_user()
+    user, other = make_user(), make_user()
     put(storage_server, storage_server.token(user), f"{user}/a.png")
-    # The project grants users no delete policy on edit-inputs: their own object is not deleted either.
-    answer = delete(storage_server, storage_server.token(user), {"prefixes": [f"{user}/a.png"]})
-    assert (answer.status_code, answer.json()) == (200, [])
+    # Users may delete in their own folder of edit-inputs (supabase/schemas/15_storage.sql), nowhere else.
+    theirs = delete(storage_server, storage_server.token(other), {"prefixes": [f"{user}/a.png"]})
+    assert (theirs.status_code, theirs.json()) == (200, [])
     anon = delete(storage_server, storage_server.token(role="anon"), {"prefixes": [f"{user}/a.png"]})
     assert (anon.status_code, anon.json()) == (200, [])
+    answer = delete(storage_server, storage_server.token(user), {"prefixes": [f"{user}/a.png"]})
+    assert answer.status_code == 200
+    assert [item["name"] for item in answer.json()] == [f"{user}/a.png"]
 
 
 @pytest.mark.parametrize(

@@ -435,6 +435,10 @@ def _failure(exc: TimeoutError | _Died, limits: ImageLimits, call: _Call, stall_
             f"the image decoder used no CPU time for {stall_seconds:g} s "
             "(a machine that gives it none, or a decoder that hangs)"
         )
+    if exc.returncode == -signal.SIGKILL:
+        # Nothing in the child sends it (its CPU limit is SIGXCPU): the out-of-memory killer or an
+        # operator did, so the image is not to blame, and a retry may pass.
+        return TransientError("the image decoding process was killed from outside (out of memory?)")
     if _SIGXCPU is not None and exc.returncode == -_SIGXCPU:
         return InvalidInput(
             f"decoding the image took more than {math.ceil(limits.max_decode_seconds)} s of CPU time",
