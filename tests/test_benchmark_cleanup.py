@@ -44,6 +44,9 @@ def start(admin: str, script: str, *args: str, prelude: str = "") -> subprocess.
             "import faulthandler, runpy, signal, sys",
             # Where each thread is, on SIGUSR1: what a run that does not end is doing (``ended``).
             "faulthandler.register(signal.SIGUSR1, all_threads=True)",
+            # Ctrl-C as a terminal delivers it, however this suite was started: a suite run in the
+            # background of a script (`cmd &`) has SIGINT ignored, which its subprocesses inherit.
+            "signal.signal(signal.SIGINT, signal.default_int_handler)",
             prelude,
             f"sys.path.insert(0, {str(BENCHMARKS)!r})",
             f"sys.argv = [{script!r}, *{list(args)!r}]",
