@@ -172,15 +172,14 @@ class _Watch:
         self._until = time.monotonic() + stall
 
     def wait(self, selector: selectors.BaseSelector) -> None:
-        """Until ``selector`` is ready, or ``TimeoutError`` when the child stalls meanwhile."""
+        """Until ``selector`` is ready (bytes move: progress), or ``TimeoutError`` when the child
+        stalls meanwhile."""
         while not selector.select(max(0.0, self._until - time.monotonic())):
             cpu = self._cpu_seconds()
             if cpu is None or self._cpu is None or cpu <= self._cpu:
                 raise TimeoutError
             self._cpu = cpu
-            self.progressed()
-
-    def progressed(self) -> None:
+            self._until = time.monotonic() + self._stall
         self._until = time.monotonic() + self._stall
 
     def _cpu_seconds(self) -> float | None:
@@ -201,7 +200,6 @@ def _write_all(stdin: int, request: bytes, watch: _Watch) -> None:
         while view:
             watch.wait(selector)
             view = view[os.write(stdin, view[: 1 << 20]) :]
-            watch.progressed()
 
 
 def _read_exactly(fd: int, size: int, watch: _Watch) -> bytearray:
@@ -217,7 +215,6 @@ def _read_exactly(fd: int, size: int, watch: _Watch) -> bytearray:
             if not read:
                 raise EOFError
             got += read
-            watch.progressed()
     return buffer
 
 
