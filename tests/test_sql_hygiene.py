@@ -70,6 +70,8 @@ AUTHENTICATED = {
     "edit_request_retry_after": "Retry-After of a refused insert, from the caller's own limits and usage",
     "edit_request_admission_check": "whether an insert would pass the caller's own limits, asked first",
     "edit_input_space_refusal": "the policies 'edit inputs: users upload to / overwrite in their folder'",
+    "edit_user_limits_of": "edit_request_retry_after runs as the caller; apps read their own limits",
+    "edit_user_usage_now": "edit_request_retry_after runs as the caller and rolls their usage to this hour",
     "edit_webhook_max_attempts": "a pure rule apps may read (mirrors rules.WEBHOOK_MAX_ATTEMPTS)",
     "edit_webhook_max_endpoints": "a pure rule apps may read (mirrors rules.WEBHOOK_MAX_ENDPOINTS_PER_USER)",
     "edit_webhook_url_host": "a pure rule apps may check a URL's shape with (mirrors rules.WEBHOOK_URL_PATTERN)",

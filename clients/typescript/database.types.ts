@@ -999,6 +999,51 @@ export type Database = {
         Args: { p_worker_id: string }
         Returns: boolean
       }
+      edit_user_hourly_estimate: {
+        Args: {
+          p_usage: Database["public"]["Tables"]["edit_user_usage"]["Row"]
+        }
+        Returns: Record<string, unknown>
+      }
+      edit_user_limits_of: {
+        Args: { p_user: string }
+        Returns: {
+          max_cost_per_hour: number | null
+          max_in_flight: number | null
+          max_requests_per_hour: number | null
+          max_stored_input_bytes: number | null
+          max_stored_inputs: number | null
+          note: string | null
+          updated_at: string
+          user_id: string
+        }
+        SetofOptions: {
+          from: "*"
+          to: "edit_user_limits"
+          isOneToOne: true
+          isSetofReturn: false
+        }
+      }
+      edit_user_usage_now: {
+        Args: {
+          p_usage: Database["public"]["Tables"]["edit_user_usage"]["Row"]
+        }
+        Returns: {
+          hour_cost: number
+          hour_requests: number
+          hour_start: string | null
+          previous_hour_cost: number
+          previous_hour_requests: number
+          updated_at: string
+          user_id: string
+        }
+        SetofOptions: {
+          from: "*"
+          to: "edit_user_usage"
+          isOneToOne: true
+          isSetofReturn: false
+        }
+      }
       edit_webhook_address_private: {
         Args: { p_host: string }
         Returns: boolean

@@ -100,7 +100,6 @@ security definer
 set search_path = ''
 as $$
 declare
-  v_zero constant uuid := '00000000-0000-0000-0000-000000000000';
   v_user uuid := auth.uid();
   v_max_objects bigint;
   v_max_bytes bigint;
@@ -112,11 +111,8 @@ begin
   if v_user is null or public.edit_request_caller_is_operator() then
     return null;
   end if;
-  select coalesce(u.max_stored_inputs, d.max_stored_inputs), coalesce(u.max_stored_input_bytes, d.max_stored_input_bytes)
-    into v_max_objects, v_max_bytes
-    from (select 1) one
-    left join public.edit_user_limits d on d.user_id = v_zero
-    left join public.edit_user_limits u on u.user_id = v_user;
+  select l.max_stored_inputs, l.max_stored_input_bytes into v_max_objects, v_max_bytes
+    from public.edit_user_limits_of(v_user) l;
   select * into v_usage from public.edit_input_usage where folder = v_user::text;
   if v_max_objects is not null and coalesce(v_usage.objects, 0) >= v_max_objects then
     return format('max_stored_inputs (%s)', v_max_objects);

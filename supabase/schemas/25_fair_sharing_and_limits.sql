@@ -61,6 +61,69 @@ comment on table public.edit_user_usage is
   'Requests and cost charged per clock hour (this and the previous one); the hourly limits use '
   'a sliding estimate: previous x (1 - fraction of this hour gone) + this hour.';
 
+-- What applies to a user now, written once: the limits (their row over the default) and the hourly
+-- usage (rolled to this clock hour, and its sliding estimate). The insert (edit_request_admission_start),
+-- the advance check (edit_request_admission_check), Retry-After (edit_request_retry_after) and
+-- Storage's upload policies (edit_input_space_refusal, 15_storage.sql) read them here.
+
+create function public.edit_user_limits_of(p_user uuid)
+returns public.edit_user_limits
+language sql stable
+set search_path = ''
+as $$
+  -- Column by column, the user's value or else the default row's (null there: no limit). Security
+  -- invoker: a signed-in caller sees only their own row and the default (the policies below), so
+  -- for anyone else's id this answers the default's values.
+  select p_user,
+         coalesce(u.max_in_flight, d.max_in_flight),
+         coalesce(u.max_requests_per_hour, d.max_requests_per_hour),
+         coalesce(u.max_cost_per_hour, d.max_cost_per_hour),
+         coalesce(u.note, d.note),
+         coalesce(u.updated_at, d.updated_at),
+         coalesce(u.max_stored_inputs, d.max_stored_inputs),
+         coalesce(u.max_stored_input_bytes, d.max_stored_input_bytes)
+    from (select 1) one
+    left join public.edit_user_limits d on d.user_id = '00000000-0000-0000-0000-000000000000'
+    left join public.edit_user_limits u on u.user_id = p_user
+$$;
+comment on function public.edit_user_limits_of(uuid) is
+  'The limits that apply to p_user: their edit_user_limits row over the default row, column by column '
+  '(null: no limit). A signed-in user may ask for their own (POST /rest/v1/rpc/edit_user_limits_of).';
+
+create function public.edit_user_usage_now(p_usage public.edit_user_usage)
+returns public.edit_user_usage
+language sql stable
+set search_path = ''
+as $$
+  -- A row of an earlier hour moves on: the previous hour's counts become previous_hour_*, older ones
+  -- count nothing (so does no row). Writes nothing; edit_request_admission_start stores it.
+  select p_usage.user_id, h.hour,
+         case when p_usage.hour_start = h.hour then p_usage.hour_requests else 0 end,
+         case when p_usage.hour_start = h.hour then p_usage.hour_cost else 0 end,
+         case when p_usage.hour_start = h.hour then p_usage.previous_hour_requests
+              when p_usage.hour_start = h.hour - interval '1 hour' then p_usage.hour_requests else 0 end,
+         case when p_usage.hour_start = h.hour then p_usage.previous_hour_cost
+              when p_usage.hour_start = h.hour - interval '1 hour' then p_usage.hour_cost else 0 end,
+         p_usage.updated_at
+    from (select date_trunc('hour', now()) as hour) h
+$$;
+comment on function public.edit_user_usage_now(public.edit_user_usage) is
+  'An edit_user_usage row as of this clock hour (counts of an older hour moved or dropped); writes nothing.';
+
+create function public.edit_user_hourly_estimate(
+  p_usage public.edit_user_usage, out requests double precision, out cost double precision)
+language sql stable
+set search_path = ''
+as $$
+  -- What the hourly limits bound: the previous hour x (1 - fraction of this hour gone) + this hour.
+  select n.previous_hour_requests * (1 - g.gone) + n.hour_requests,
+         n.previous_hour_cost * (1 - g.gone) + n.hour_cost
+    from public.edit_user_usage_now(p_usage) n,
+         (select (extract(epoch from now() - date_trunc('hour', now())) / 3600)::double precision as gone) g
+$$;
+comment on function public.edit_user_hourly_estimate(public.edit_user_usage) is
+  'The sliding hourly estimate of requests and cost the hourly limits of edit_user_limits bound.';
+
 -- The in-flight count at admission reads at most limit + 1 entries of this index; with the status in
 -- it, edit_request_places counts an owner's queued and processing rows without reading their rows
 -- awaiting images.
@@ -202,7 +265,6 @@ security definer
 set search_path = ''
 as $$
 declare
-  v_zero constant uuid := '00000000-0000-0000-0000-000000000000';
   v_limited boolean := not public.edit_request_caller_is_operator();
   v_quantum double precision;
   v_default_speed text;
@@ -210,8 +272,6 @@ declare
   v_max_requests integer;
   v_max_cost double precision;
   v_usage public.edit_user_usage;
-  v_hour timestamptz := date_trunc('hour', now());
-  v_gone double precision := extract(epoch from now() - date_trunc('hour', now())) / 3600;
   v_base_requests double precision := 0;
   v_base_cost double precision := 0;
   v_in_flight integer;
@@ -222,29 +282,24 @@ begin
   select extract(epoch from s.fair_share_quantum), s.default_speed into v_quantum, v_default_speed
     from public.edit_queue_settings s;
   if v_limited then
-    select coalesce(u.max_in_flight, d.max_in_flight),
-           coalesce(u.max_requests_per_hour, d.max_requests_per_hour),
-           coalesce(u.max_cost_per_hour, d.max_cost_per_hour)
+    select l.max_in_flight, l.max_requests_per_hour, l.max_cost_per_hour
       into v_max_in_flight, v_max_requests, v_max_cost
-      from (select 1) one
-      left join public.edit_user_limits d on d.user_id = v_zero
-      left join public.edit_user_limits u on u.user_id = p_owner;
+      from public.edit_user_limits_of(p_owner) l;
     -- The usage row is the owner's lock: concurrent inserts by one user queue here, so the
     -- in-flight count below includes whatever the previous one committed.
     insert into public.edit_user_usage (user_id) values (p_owner) on conflict (user_id) do nothing;
     select * into v_usage from public.edit_user_usage where user_id = p_owner for update;
-    if v_usage.hour_start is distinct from v_hour then
+    if v_usage.hour_start is distinct from date_trunc('hour', now()) then
+      v_usage := public.edit_user_usage_now(v_usage);
       update public.edit_user_usage
-         set previous_hour_requests = case when v_usage.hour_start = v_hour - interval '1 hour'
-                                           then v_usage.hour_requests else 0 end,
-             previous_hour_cost = case when v_usage.hour_start = v_hour - interval '1 hour'
-                                       then v_usage.hour_cost else 0 end,
-             hour_requests = 0, hour_cost = 0, hour_start = v_hour, updated_at = now()
+         set hour_start = v_usage.hour_start, hour_requests = v_usage.hour_requests,
+             hour_cost = v_usage.hour_cost, previous_hour_requests = v_usage.previous_hour_requests,
+             previous_hour_cost = v_usage.previous_hour_cost, updated_at = now()
        where user_id = p_owner
       returning * into v_usage;
     end if;
-    v_base_requests := v_usage.previous_hour_requests * (1 - v_gone) + v_usage.hour_requests;
-    v_base_cost := v_usage.previous_hour_cost * (1 - v_gone) + v_usage.hour_cost;
+    select e.requests, e.cost into v_base_requests, v_base_cost
+      from public.edit_user_hourly_estimate(v_usage) e;
   end if;
   -- Bounded: no more than one past the limit is ever counted (1000 for exempt callers, whose
   -- count only places their rows in the fair order). In flight counts for the limit; queued or
@@ -479,6 +534,22 @@ create policy "users read their limits" on public.edit_user_limits
 create policy "users read their usage" on public.edit_user_usage
   for select to authenticated
   using (user_id = (select auth.uid()));
+-- The helpers at the top of this file: as security invoker, a user reaches only their own rows.
+revoke all on function
+  public.edit_user_limits_of(uuid),
+  public.edit_user_usage_now(public.edit_user_usage),
+  public.edit_user_hourly_estimate(public.edit_user_usage)
+  from public, anon, authenticated;
+grant execute on function
+  public.edit_user_limits_of(uuid),
+  public.edit_user_usage_now(public.edit_user_usage),
+  public.edit_user_hourly_estimate(public.edit_user_usage)
+  to service_role;
+-- edit_request_retry_after runs as the caller; apps may ask for their own limits.
+grant execute on function
+  public.edit_user_limits_of(uuid),
+  public.edit_user_usage_now(public.edit_user_usage)
+  to authenticated;
 
 revoke all on function
   public.edit_request_places(uuid[]),
@@ -515,29 +586,23 @@ language plpgsql stable
 set search_path = ''
 as $$
 declare
-  v_zero constant uuid := '00000000-0000-0000-0000-000000000000';
   v_user uuid := auth.uid();
-  v_hour timestamptz := date_trunc('hour', now());
   v_gone double precision := extract(epoch from now() - date_trunc('hour', now())) / 3600;
+  v_limits public.edit_user_limits;
   v_max double precision;
   v_amount double precision;
   v_usage public.edit_user_usage;
-  v_previous double precision := 0;
-  v_current double precision := 0;
+  v_previous double precision;
+  v_current double precision;
 begin
   -- Security invoker: a user reads their own limits and usage (the policies of this file).
+  v_limits := public.edit_user_limits_of(v_user);
   if p_limit = 'max_requests_per_hour' then
     v_amount := p_requests;
-    select coalesce(u.max_requests_per_hour, d.max_requests_per_hour) into v_max
-      from (select 1) one
-      left join public.edit_user_limits d on d.user_id = v_zero
-      left join public.edit_user_limits u on u.user_id = v_user;
+    v_max := v_limits.max_requests_per_hour;
   elsif p_limit = 'max_cost_per_hour' then
     v_amount := p_cost;
-    select coalesce(u.max_cost_per_hour, d.max_cost_per_hour) into v_max
-      from (select 1) one
-      left join public.edit_user_limits d on d.user_id = v_zero
-      left join public.edit_user_limits u on u.user_id = v_user;
+    v_max := v_limits.max_cost_per_hour;
   else
     return null;
   end if;
@@ -545,15 +610,11 @@ begin
     return null;
   end if;
   select * into v_usage from public.edit_user_usage where user_id = v_user;
-  if v_usage.hour_start = v_hour then
-    v_previous := case p_limit when 'max_requests_per_hour' then v_usage.previous_hour_requests
-                               else v_usage.previous_hour_cost end;
-    v_current := case p_limit when 'max_requests_per_hour' then v_usage.hour_requests
-                              else v_usage.hour_cost end;
-  elsif v_usage.hour_start = v_hour - interval '1 hour' then
-    v_previous := case p_limit when 'max_requests_per_hour' then v_usage.hour_requests
-                               else v_usage.hour_cost end;
-  end if;
+  v_usage := public.edit_user_usage_now(v_usage);
+  v_previous := case p_limit when 'max_requests_per_hour' then v_usage.previous_hour_requests
+                             else v_usage.previous_hour_cost end;
+  v_current := case p_limit when 'max_requests_per_hour' then v_usage.hour_requests
+                            else v_usage.hour_cost end;
   if v_current + v_amount <= v_max then
     -- Within this hour, once the previous hour's share has shrunk enough.
     if v_previous <= 0 then
@@ -606,16 +667,13 @@ security definer
 set search_path = ''
 as $$
 declare
-  v_zero constant uuid := '00000000-0000-0000-0000-000000000000';
   v_user uuid := auth.uid();
-  v_hour timestamptz := date_trunc('hour', now());
-  v_gone double precision := extract(epoch from now() - date_trunc('hour', now())) / 3600;
   v_max_in_flight integer;
   v_max_requests integer;
   v_max_cost double precision;
   v_usage public.edit_user_usage;
-  v_requests double precision := 0;
-  v_cost double precision := 0;
+  v_requests double precision;
+  v_cost double precision;
   v_in_flight integer;
   v_row_cost double precision;
   v_space text;
@@ -628,21 +686,11 @@ begin
     return query select 'no_such_user'::text, 'the caller is no user of this project'::text;
     return;
   end if;
-  select coalesce(u.max_in_flight, d.max_in_flight),
-         coalesce(u.max_requests_per_hour, d.max_requests_per_hour),
-         coalesce(u.max_cost_per_hour, d.max_cost_per_hour)
+  select l.max_in_flight, l.max_requests_per_hour, l.max_cost_per_hour
     into v_max_in_flight, v_max_requests, v_max_cost
-    from (select 1) one
-    left join public.edit_user_limits d on d.user_id = v_zero
-    left join public.edit_user_limits u on u.user_id = v_user;
+    from public.edit_user_limits_of(v_user) l;
   select * into v_usage from public.edit_user_usage where user_id = v_user;
-  if v_usage.hour_start = v_hour then
-    v_requests := v_usage.previous_hour_requests * (1 - v_gone) + v_usage.hour_requests;
-    v_cost := v_usage.previous_hour_cost * (1 - v_gone) + v_usage.hour_cost;
-  elsif v_usage.hour_start = v_hour - interval '1 hour' then
-    v_requests := v_usage.hour_requests * (1 - v_gone);
-    v_cost := v_usage.hour_cost * (1 - v_gone);
-  end if;
+  select e.requests, e.cost into v_requests, v_cost from public.edit_user_hourly_estimate(v_usage) e;
   select count(*) into v_in_flight from (
     select 1 from public.edit_requests r
      where r.user_id = v_user and r.status in ('awaiting_image', 'queued', 'processing')
