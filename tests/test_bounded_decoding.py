@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -60,7 +61,7 @@ def alive(pid: int) -> bool:
 
 def alive_child(pid: int) -> bool:
     """Whether our child ``pid`` has not yet ended for good: until it can be reaped. Its /proc state
-    reads ``Z`` as soon as its main thread exits, while its other threads (OpenBLAS's) may still hold
+    reads ``Z`` as soon as its main thread exits, while any other thread of it may still hold
     its end of the pipes; only then does the pool see it gone (``waitid`` with ``WNOWAIT`` looks
     without reaping it)."""
     try:
@@ -123,6 +124,13 @@ def test_a_child_killed_while_idle_is_replaced_without_blaming_the_next_image(po
     wait_for(lambda: not alive_child(idle), what="the idle child to die")
     assert pool.decode_blocking(png_bytes(), ImageLimits()).size == (64, 48)
     assert idle not in pool.pids
+
+
+def test_a_decoding_child_runs_on_one_thread(pool: DecodePool) -> None:
+    """One image at a time: no thread pool per core (OpenBLAS's, through numpy) idles in each child."""
+    assert pool.decode_blocking(photo_png(64), ImageLimits()).size == (64, 64)
+    (child,) = pool.pids
+    assert psutil.Process(child).num_threads() == 1
 
 
 def test_a_decoder_that_crashes_its_process_is_corrupt_image(pool: DecodePool) -> None:

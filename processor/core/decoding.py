@@ -64,6 +64,9 @@ _ENVIRONMENT = (
     "LC_ALL",
     "TMPDIR",
 )
+# One image at a time on one thread: without these, numpy's OpenBLAS (numpy comes with the processor's
+# image code) starts a thread per core in every child, idle but counted, on a 64-core GPU host 64 each.
+_ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +90,7 @@ class _Child:
     """One decoding process, fed one image at a time over its stdin and stdout."""
 
     def __init__(self) -> None:
-        environment = {name: os.environ[name] for name in _ENVIRONMENT if name in os.environ}
+        environment = {name: os.environ[name] for name in _ENVIRONMENT if name in os.environ} | _ONE_THREAD
         self._process = subprocess.Popen(
             [sys.executable, "-m", __name__],
             stdin=subprocess.PIPE,
